@@ -1,0 +1,52 @@
+//! The `plumb` command line: a thin layer that parses flags, calls the
+//! library crates and prints. One file per subcommand under `cmd/`.
+//!
+//! Exit codes (shared/DESIGN.md): 0 success, 1 a divergence or failed gate,
+//! 2 bad input or usage.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod out;
+
+#[derive(Parser)]
+#[command(
+    name = "plumb",
+    version,
+    about = "An LLM inference engine built to be seen inside"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a model's architecture, hyperparameters, tokenizer and tensors, and validate it.
+    Inspect(cmd::inspect::Args),
+}
+
+/// How a command ended when it did not fail outright.
+pub enum Outcome {
+    Ok,
+    /// A gate failed (invalid model, divergence found): exit code 1.
+    GateFailed,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(a) => cmd::inspect::run(a),
+    };
+    match result {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::GateFailed) => ExitCode::from(1),
+        Err(e) if out::is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("plumb: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! Model files in, checked tensors out.
+//!
+//! Two on-disk sources feed plumb: GGUF files ([`gguf`]) and HuggingFace
+//! safetensors folders ([`hf`]). Both are treated as hostile — every count,
+//! length and offset is checked against the file size before anything is
+//! allocated or sliced — and both end up as [`TensorView`]s: a name, a
+//! row-major shape, a ggml type and the raw bytes of a memory-mapped file.
+//!
+//! This crate knows nothing about architectures; the model crate decides
+//! which tensors it needs.
+
+pub mod error;
+pub mod gguf;
+pub mod hf;
+pub mod writer;
+
+pub use error::FormatError;
+pub use plumb_quant::GgmlType;
+
+/// A tensor inside a memory-mapped model file.
+#[derive(Debug, Clone, Copy)]
+pub struct TensorView<'a> {
+    pub name: &'a str,
+    /// Row-major shape: the last dimension is contiguous (the HuggingFace /
+    /// numpy convention; GGUF's `ne` order is reversed at load).
+    pub shape: &'a [usize],
+    pub ty: GgmlType,
+    pub data: &'a [u8],
+}
+
+impl TensorView<'_> {
+    pub fn n_elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Dequantizes the whole tensor to f32.
+    pub fn to_f32(&self) -> Result<Vec<f32>, plumb_quant::QuantError> {
+        let mut out = vec![0.0; self.n_elements()];
+        plumb_quant::dequantize(self.ty, self.data, &mut out)?;
+        Ok(out)
+    }
+}

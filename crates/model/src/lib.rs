@@ -1,0 +1,32 @@
+//! Decoder-only language models: configuration settled at load time
+//! ([`config`]), the tensors each architecture needs ([`weights`]), and the
+//! forward pass over them.
+//!
+//! Architecture quirks (rope base per layer, q/k norm, post-norms, embedding
+//! scale, activation, softcaps, sliding windows) are data in [`ModelConfig`];
+//! the forward code never asks which model it is running.
+
+pub mod config;
+pub mod source;
+pub mod weights;
+
+pub use config::{Activation, Arch, ModelConfig};
+pub use source::ModelSource;
+
+/// Errors from loading a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Format(#[from] plumb_formats::FormatError),
+    #[error("{path}: {what}")]
+    Invalid { path: String, what: String },
+}
+
+impl ModelError {
+    pub fn invalid(path: &std::path::Path, what: impl Into<String>) -> Self {
+        ModelError::Invalid {
+            path: path.display().to_string(),
+            what: what.into(),
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! Where a model's tensors come from: a GGUF file or a HuggingFace folder,
+//! behind one lookup by canonical (GGUF-style) tensor name.
+
+use std::path::{Path, PathBuf};
+
+use plumb_formats::gguf::GgufFile;
+use plumb_formats::hf::HfModel;
+use plumb_formats::TensorView;
+
+use crate::weights::hf_name;
+use crate::{Arch, ModelError};
+
+pub enum ModelSource {
+    Gguf(GgufFile),
+    Hf(HfModel),
+}
+
+impl ModelSource {
+    /// Opens a GGUF file, or a folder holding `config.json` and safetensors.
+    pub fn open(path: &Path) -> Result<ModelSource, ModelError> {
+        if path.is_dir() {
+            Ok(ModelSource::Hf(HfModel::open(path)?))
+        } else if path.exists() {
+            Ok(ModelSource::Gguf(GgufFile::open(path)?))
+        } else {
+            Err(ModelError::invalid(path, "no such file or folder"))
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        match self {
+            ModelSource::Gguf(g) => g.path().to_path_buf(),
+            ModelSource::Hf(h) => h.dir.clone(),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ModelSource::Gguf(_) => "gguf",
+            ModelSource::Hf(_) => "safetensors",
+        }
+    }
+
+    /// Looks a tensor up by its GGUF name (`blk.3.attn_q.weight`); for a
+    /// HuggingFace folder the name is mapped to the folder's naming.
+    pub fn tensor(&self, arch: Arch, gguf_name: &str) -> Option<TensorView<'_>> {
+        match self {
+            ModelSource::Gguf(g) => g.tensor(gguf_name),
+            ModelSource::Hf(h) => hf_name(arch, gguf_name).and_then(|n| h.tensor(&n)),
+        }
+    }
+}
