@@ -26,6 +26,8 @@ struct Cli {
 enum Command {
     /// Show a model's architecture, hyperparameters, tokenizer and tensors, and validate it.
     Inspect(cmd::inspect::Args),
+    /// Generate text from a prompt.
+    Run(cmd::run::Args),
 }
 
 /// How a command ended when it did not fail outright.
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Run(a) => cmd::run::run(a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use plumb_quant::GgmlType;
 
-use crate::{FormatError, TensorView};
+use crate::{Bytes, FormatError, OwnedTensor, TensorView};
 
 pub const MAGIC: &[u8; 4] = b"GGUF";
 pub const DEFAULT_ALIGNMENT: u64 = 32;
@@ -242,7 +242,7 @@ impl TensorInfo {
 /// A parsed, memory-mapped GGUF file.
 pub struct GgufFile {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: std::sync::Arc<Mmap>,
     pub version: u32,
     pub alignment: u64,
     /// Absolute offset of the tensor data section.
@@ -384,7 +384,7 @@ impl<'a> Cursor<'a> {
                         field,
                         count_at,
                         format!(
-                            "array claims {n} {elem:?} elements but only {} bytes are left",
+                            "array claims {n} {elem:?} elements but only {} bytes are left (truncated?)",
                             self.remaining()
                         ),
                     ));
@@ -593,7 +593,7 @@ impl GgufFile {
 
         Ok(GgufFile {
             path,
-            mmap,
+            mmap: std::sync::Arc::new(mmap),
             version,
             alignment,
             data_offset,
@@ -698,5 +698,20 @@ impl GgufFile {
 
     pub fn tensor(&self, name: &str) -> Option<TensorView<'_>> {
         self.tensor_info(name).map(|t| self.view(t))
+    }
+
+    /// A tensor holding a share of the memory map.
+    pub fn tensor_owned(&self, name: &str) -> Option<OwnedTensor> {
+        let t = self.tensor_info(name)?;
+        Some(OwnedTensor {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            ty: t.ty,
+            bytes: Bytes::Mapped {
+                map: self.mmap.clone(),
+                start: t.start as usize,
+                len: t.n_bytes as usize,
+            },
+        })
     }
 }

@@ -14,7 +14,7 @@ use memmap2::Mmap;
 use plumb_quant::GgmlType;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::{FormatError, TensorView};
+use crate::{Bytes, FormatError, OwnedTensor, TensorView};
 
 /// Larger config.json files are refused rather than read.
 const MAX_CONFIG_BYTES: u64 = 16 << 20;
@@ -35,7 +35,7 @@ pub struct HfModel {
     pub dir: PathBuf,
     pub config: serde_json::Value,
     pub shard_paths: Vec<PathBuf>,
-    shards: Vec<Mmap>,
+    shards: Vec<std::sync::Arc<Mmap>>,
     /// Tensors in name order.
     pub tensors: BTreeMap<String, HfTensor>,
 }
@@ -138,18 +138,19 @@ impl HfModel {
             let infos: HashMap<String, &safetensors::tensor::TensorInfo> =
                 meta.tensors().into_iter().collect();
             for (tname, info) in infos {
-                let ty =
-                    match info.dtype {
-                        Dtype::F32 => GgmlType::F32,
-                        Dtype::F16 => GgmlType::F16,
-                        Dtype::BF16 => GgmlType::BF16,
-                        other => return Err(FormatError::invalid(
+                let ty = match info.dtype {
+                    Dtype::F32 => GgmlType::F32,
+                    Dtype::F16 => GgmlType::F16,
+                    Dtype::BF16 => GgmlType::BF16,
+                    other => {
+                        return Err(FormatError::invalid(
                             &path,
                             format!(
                                 "tensor {tname}: dtype {other:?} is not supported (F32, F16, BF16)"
                             ),
-                        )),
-                    };
+                        ))
+                    }
+                };
                 let (s, e) = info.data_offsets;
                 let t = HfTensor {
                     name: tname.clone(),
@@ -166,7 +167,7 @@ impl HfModel {
                     ));
                 }
             }
-            shards.push(mmap);
+            shards.push(std::sync::Arc::new(mmap));
             shard_paths.push(path);
         }
         Ok(HfModel {
@@ -185,6 +186,21 @@ impl HfModel {
             shape: &t.shape,
             ty: t.ty,
             data: &self.shards[t.shard][t.start..t.end],
+        })
+    }
+
+    /// A tensor holding a share of its shard's memory map.
+    pub fn tensor_owned(&self, name: &str) -> Option<OwnedTensor> {
+        let t = self.tensors.get(name)?;
+        Some(OwnedTensor {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            ty: t.ty,
+            bytes: Bytes::Mapped {
+                map: self.shards[t.shard].clone(),
+                start: t.start,
+                len: t.end - t.start,
+            },
         })
     }
 

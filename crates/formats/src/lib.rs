@@ -17,6 +17,43 @@ pub mod writer;
 pub use error::FormatError;
 pub use plumb_quant::GgmlType;
 
+/// Bytes of a tensor in a shared memory map, or owned when plumb had to
+/// rearrange them (e.g. un-permuting rows). Cheap to clone.
+#[derive(Clone)]
+pub enum Bytes {
+    Mapped {
+        map: std::sync::Arc<memmap2::Mmap>,
+        start: usize,
+        len: usize,
+    },
+    Owned(std::sync::Arc<Vec<u8>>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped { map, start, len } => &map[*start..*start + *len],
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bytes({})", self.len())
+    }
+}
+
+/// A tensor that owns (a share of) its bytes, independent of the file object.
+#[derive(Debug, Clone)]
+pub struct OwnedTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub ty: GgmlType,
+    pub bytes: Bytes,
+}
+
 /// A tensor inside a memory-mapped model file.
 #[derive(Debug, Clone, Copy)]
 pub struct TensorView<'a> {

@@ -7,11 +7,19 @@
 //! the forward code never asks which model it is running.
 
 pub mod config;
+pub mod kernels;
+pub mod model;
+pub mod sample;
 pub mod source;
+pub mod stage;
+pub mod tokenizer;
 pub mod weights;
 
 pub use config::{Activation, Arch, ModelConfig};
+pub use kernels::{Kernels, Precision};
+pub use model::{KvCache, Model};
 pub use source::ModelSource;
+pub use stage::{NoTrace, Observer, Stage};
 
 /// Errors from loading a model.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use plumb_formats::gguf::GgufFile;
 use plumb_formats::hf::HfModel;
-use plumb_formats::TensorView;
+use plumb_formats::{OwnedTensor, TensorView};
 
 use crate::weights::hf_name;
 use crate::{Arch, ModelError};
@@ -47,6 +47,14 @@ impl ModelSource {
         match self {
             ModelSource::Gguf(g) => g.tensor(gguf_name),
             ModelSource::Hf(h) => hf_name(arch, gguf_name).and_then(|n| h.tensor(&n)),
+        }
+    }
+
+    /// As [`ModelSource::tensor`], holding a share of the file's memory map.
+    pub fn tensor_owned(&self, arch: Arch, gguf_name: &str) -> Option<OwnedTensor> {
+        match self {
+            ModelSource::Gguf(g) => g.tensor_owned(gguf_name),
+            ModelSource::Hf(h) => hf_name(arch, gguf_name).and_then(|n| h.tensor_owned(&n)),
         }
     }
 }

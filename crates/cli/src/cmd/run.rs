@@ -1,0 +1,131 @@
+//! `plumb run MODEL -p PROMPT`: generate text, streaming it to stdout, with
+//! prompt and generation speed on stderr.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::bail;
+use plumb_model::kernels::kernels_for;
+use plumb_model::sample::{Sampler, SamplerConfig};
+use plumb_model::tokenizer::StreamDecoder;
+use plumb_model::{KvCache, NoTrace};
+
+use crate::cmd::common::{load, ModelArgs, PromptArgs};
+use crate::Outcome;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+    /// Tokens to generate.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 64)]
+    pub n: usize,
+    /// Sampling temperature; 0 is greedy (the default).
+    #[arg(long, default_value_t = 0.0)]
+    pub temp: f32,
+    /// Keep only the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p.
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Show token ids: the prompt's on stderr, each generated one after its text.
+    #[arg(long)]
+    pub ids: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
+        bail!("--top-p must be in (0, 1], got {}", args.top_p);
+    }
+    if !args.temp.is_finite() || args.temp < 0.0 {
+        bail!("--temp must be a finite number ≥ 0, got {}", args.temp);
+    }
+    let loaded = load(&args.model)?;
+    let (model, tok) = (&loaded.model, &loaded.tokenizer);
+    let prompt_ids = args.prompt.token_ids(tok.as_ref())?;
+    let capacity = prompt_ids.len() + args.n;
+    if capacity > model.cfg.ctx_len {
+        bail!(
+            "prompt ({} tokens) + -n {} exceeds the model's context of {} tokens; shorten the prompt or lower -n",
+            prompt_ids.len(),
+            args.n,
+            model.cfg.ctx_len
+        );
+    }
+    if args.ids {
+        eprintln!("prompt ids: {prompt_ids:?}");
+    }
+    let kernels = kernels_for(args.model.precision);
+    let mut cache = KvCache::new(&model.cfg, capacity);
+    let mut sampler = Sampler::new(SamplerConfig {
+        temp: args.temp,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+    });
+
+    let mut stdout = std::io::stdout().lock();
+    if let Some(t) = tok.as_ref() {
+        write!(
+            stdout,
+            "{}",
+            args.prompt
+                .text
+                .as_deref()
+                .map(|_| t.decode(&prompt_ids[usize::from(t.add_bos)..]))
+                .unwrap_or_default()
+        )?;
+        stdout.flush()?;
+    }
+    let t0 = Instant::now();
+    let mut logits = model.forward(
+        kernels.as_ref(),
+        &prompt_ids,
+        &mut cache,
+        false,
+        &mut NoTrace,
+    );
+    let prefill = t0.elapsed();
+
+    let mut dec = StreamDecoder::default();
+    let t1 = Instant::now();
+    let mut generated = 0usize;
+    for _ in 0..args.n {
+        let next = sampler.sample(&logits);
+        generated += 1;
+        if tok.as_ref().is_some_and(|t| t.is_eog(next)) {
+            break;
+        }
+        match tok.as_ref() {
+            Some(t) => write!(stdout, "{}", dec.push(&t.token_bytes(next)))?,
+            None => write!(stdout, "{next} ")?,
+        }
+        if args.ids {
+            write!(stdout, "[{next}]")?;
+        }
+        stdout.flush()?;
+        if cache.len >= capacity {
+            break;
+        }
+        logits = model.forward(kernels.as_ref(), &[next], &mut cache, false, &mut NoTrace);
+    }
+    writeln!(stdout, "{}", dec.finish())?;
+    let gen = t1.elapsed();
+    eprintln!(
+        "prompt: {} tokens in {:.2} s ({:.1} tokens/s) · generation: {} tokens in {:.2} s ({:.1} tokens/s) · {} precision, {} threads",
+        prompt_ids.len(),
+        prefill.as_secs_f64(),
+        prompt_ids.len() as f64 / prefill.as_secs_f64(),
+        generated,
+        gen.as_secs_f64(),
+        generated as f64 / gen.as_secs_f64().max(1e-9),
+        args.model.precision.name(),
+        rayon::current_num_threads(),
+    );
+    Ok(Outcome::Ok)
+}

@@ -1,0 +1,131 @@
+//! The narrow interface between the model and its arithmetic: a linear layer
+//! `y[t] = W · x[t]` over quantized weights, chosen per precision.
+//!
+//! The model never touches block formats; it hands a [`Weight`] and
+//! activations to [`Kernels::linear`]. `exact` dequantizes each weight row
+//! with the scalar reference dequantizer and takes f32 dot products with
+//! eight independent partial sums, as BLAS kernels do. Each output element
+//! is computed by exactly one thread, in a fixed order, so results do not
+//! depend on the thread count.
+
+use plumb_formats::Bytes;
+use plumb_quant::GgmlType;
+use rayon::prelude::*;
+
+/// A weight matrix [rows, cols] in its stored block format.
+#[derive(Debug, Clone)]
+pub struct Weight {
+    pub name: String,
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub bytes: Bytes,
+}
+
+impl Weight {
+    pub fn row_bytes(&self) -> usize {
+        self.cols / self.ty.block_elems() * self.ty.block_bytes()
+    }
+
+    /// Dequantizes row `r` into `out` (length `cols`).
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        let rb = self.row_bytes();
+        let src = &self.bytes[r * rb..(r + 1) * rb];
+        // Types and lengths were checked at load.
+        plumb_quant::dequantize(self.ty, src, out).expect("weight row checked at load");
+    }
+}
+
+/// Which arithmetic the model runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 activations, weights dequantized to f32: the reference numerics.
+    Exact,
+}
+
+impl Precision {
+    pub fn parse(s: &str) -> Option<Precision> {
+        match s {
+            "exact" => Some(Precision::Exact),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Exact => "exact",
+        }
+    }
+}
+
+/// A set of kernels for one precision.
+pub trait Kernels: Sync {
+    /// `x` is [t, w.cols] row-major; `y` is [t, w.rows].
+    fn linear(&self, w: &Weight, x: &[f32], t: usize, y: &mut [f32]);
+    /// A description of the code path, for headers and `--version`.
+    fn describe(&self) -> String;
+}
+
+pub fn kernels_for(p: Precision) -> Box<dyn Kernels> {
+    match p {
+        Precision::Exact => Box::new(ExactKernels),
+    }
+}
+
+/// f32 dot product with eight partial sums, combined pairwise.
+#[inline]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut tail = 0f32;
+    for (x, y) in ra.iter().zip(rb) {
+        tail += x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+pub struct ExactKernels;
+
+/// Rows handed to one task at a time.
+const ROWS_PER_TASK: usize = 16;
+
+impl Kernels for ExactKernels {
+    fn linear(&self, w: &Weight, x: &[f32], t: usize, y: &mut [f32]) {
+        debug_assert_eq!(x.len(), t * w.cols);
+        debug_assert_eq!(y.len(), t * w.rows);
+        let (rows, cols) = (w.rows, w.cols);
+        // Output laid out [row-chunk][t][row] so each task owns one chunk, then
+        // scattered into y[t, row].
+        let n_chunks = rows.div_ceil(ROWS_PER_TASK);
+        let mut tmp = vec![0f32; n_chunks * ROWS_PER_TASK * t];
+        tmp.par_chunks_mut(ROWS_PER_TASK * t)
+            .enumerate()
+            .for_each(|(c, out)| {
+                let mut row = vec![0f32; cols];
+                let r0 = c * ROWS_PER_TASK;
+                for r in r0..(r0 + ROWS_PER_TASK).min(rows) {
+                    w.row_into(r, &mut row);
+                    for ti in 0..t {
+                        out[(r - r0) * t + ti] = dot_f32(&row, &x[ti * cols..(ti + 1) * cols]);
+                    }
+                }
+            });
+        for r in 0..rows {
+            let (c, k) = (r / ROWS_PER_TASK, r % ROWS_PER_TASK);
+            for ti in 0..t {
+                y[ti * rows + r] = tmp[c * ROWS_PER_TASK * t + k * t + ti];
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        "exact: scalar dequantize + f32 dot (8 partial sums)".into()
+    }
+}

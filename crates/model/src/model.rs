@@ -1,0 +1,508 @@
+//! A loaded model and its forward pass.
+//!
+//! Dimension legend (as in llm.c): T tokens in this step, P tokens already
+//! in the cache, Tkv = P + T, d model width, H / Hkv query / key-value heads,
+//! hd head dim, ff FFN width, V vocabulary.
+
+use std::path::Path;
+
+use plumb_formats::{Bytes, OwnedTensor};
+
+use crate::config::{Activation, ModelConfig};
+use crate::kernels::{Kernels, Weight};
+use crate::stage::{Observer, Stage};
+use crate::weights::validate;
+use crate::{ModelError, ModelSource};
+
+/// One layer's weights. Vectors (norms, biases) are f32, with any stored
+/// offset already applied (HF gemma's 1 + w).
+pub struct Layer {
+    pub attn_norm: Vec<f32>,
+    pub wq: Weight,
+    pub wk: Weight,
+    pub wv: Weight,
+    pub bq: Option<Vec<f32>>,
+    pub bk: Option<Vec<f32>>,
+    pub bv: Option<Vec<f32>>,
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
+    pub wo: Weight,
+    pub attn_post_norm: Option<Vec<f32>>,
+    pub ffn_norm: Vec<f32>,
+    pub w_gate: Weight,
+    pub w_up: Weight,
+    pub w_down: Weight,
+    pub ffn_post_norm: Option<Vec<f32>>,
+}
+
+pub struct Model {
+    pub cfg: ModelConfig,
+    pub source: ModelSource,
+    pub embed: Weight,
+    pub layers: Vec<Layer>,
+    pub final_norm: Vec<f32>,
+    /// The output matrix (the embedding when tied).
+    pub output: Weight,
+    /// Rotary inverse frequencies for global and sliding layers, [hd/2].
+    inv_freq: Vec<f32>,
+    inv_freq_local: Vec<f32>,
+}
+
+/// The key/value cache: per layer, rows of [Hkv·hd] for each position.
+pub struct KvCache {
+    pub k: Vec<Vec<f32>>,
+    pub v: Vec<Vec<f32>>,
+    pub len: usize,
+    pub capacity: usize,
+    kv_dim: usize,
+}
+
+impl KvCache {
+    pub fn new(cfg: &ModelConfig, capacity: usize) -> KvCache {
+        let kv_dim = cfg.kv_dim();
+        KvCache {
+            k: (0..cfg.n_layer)
+                .map(|_| Vec::with_capacity(capacity * kv_dim))
+                .collect(),
+            v: (0..cfg.n_layer)
+                .map(|_| Vec::with_capacity(capacity * kv_dim))
+                .collect(),
+            len: 0,
+            capacity,
+            kv_dim,
+        }
+    }
+
+    /// Bytes the cache takes when full.
+    pub fn bytes_for(cfg: &ModelConfig, capacity: usize) -> u64 {
+        2 * cfg.n_layer as u64 * capacity as u64 * cfg.kv_dim() as u64 * 4
+    }
+
+    pub fn clear(&mut self) {
+        for l in self.k.iter_mut().chain(self.v.iter_mut()) {
+            l.clear();
+        }
+        self.len = 0;
+    }
+
+    /// Drops every position from `len` on.
+    pub fn truncate(&mut self, len: usize) {
+        for l in self.k.iter_mut().chain(self.v.iter_mut()) {
+            l.truncate(len * self.kv_dim);
+        }
+        self.len = self.len.min(len);
+    }
+}
+
+fn rope_inv_freq(theta: f32, hd: usize) -> Vec<f32> {
+    // transformers: 1 / base^(arange(0, hd, 2) / hd), in f32.
+    (0..hd / 2)
+        .map(|i| 1.0 / theta.powf((2 * i) as f32 / hd as f32))
+        .collect()
+}
+
+impl Model {
+    /// Opens and loads a model, validating every tensor it needs.
+    pub fn load(path: &Path) -> Result<Model, ModelError> {
+        let source = ModelSource::open(path)?;
+        let cfg = ModelConfig::from_source(&source)?;
+        let problems = validate(&source, &cfg);
+        if let Some(p) = problems.first() {
+            let more = if problems.len() > 1 {
+                format!(" (and {} more problems)", problems.len() - 1)
+            } else {
+                String::new()
+            };
+            return Err(ModelError::invalid(path, format!("{p}{more}")));
+        }
+        let arch = cfg.arch;
+        let get = |name: &str| -> OwnedTensor {
+            source.tensor_owned(arch, name).expect("validated above")
+        };
+        let weight = |name: &str| -> Weight {
+            let t = get(name);
+            Weight {
+                name: t.name.clone(),
+                ty: t.ty,
+                rows: t.shape[0],
+                cols: t.shape[1],
+                bytes: t.bytes,
+            }
+        };
+        let vector = |name: &str| -> Result<Vec<f32>, ModelError> {
+            let t = get(name);
+            let mut v = vec![0f32; t.shape.iter().product()];
+            plumb_quant::dequantize(t.ty, &t.bytes, &mut v)
+                .map_err(|e| ModelError::invalid(path, format!("{name}: {e}")))?;
+            Ok(v)
+        };
+        let norm = |name: &str| -> Result<Vec<f32>, ModelError> {
+            let mut v = vector(name)?;
+            if cfg.norm_plus_one {
+                v.iter_mut().for_each(|w| *w += 1.0);
+            }
+            Ok(v)
+        };
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for l in 0..cfg.n_layer {
+            let n = |s: &str| format!("blk.{l}.{s}");
+            let mut wq = weight(&n("attn_q.weight"));
+            let mut wk = weight(&n("attn_k.weight"));
+            if cfg.unpermute_qk {
+                wq = unpermute_rows(&wq, cfg.n_head);
+                wk = unpermute_rows(&wk, cfg.n_head_kv);
+            }
+            let opt = |s: &str, on: bool, is_norm: bool| -> Result<Option<Vec<f32>>, ModelError> {
+                if !on {
+                    return Ok(None);
+                }
+                Ok(Some(if is_norm {
+                    norm(&n(s))?
+                } else {
+                    vector(&n(s))?
+                }))
+            };
+            layers.push(Layer {
+                attn_norm: norm(&n("attn_norm.weight"))?,
+                wq,
+                wk,
+                wv: weight(&n("attn_v.weight")),
+                bq: opt("attn_q.bias", cfg.qkv_bias, false)?,
+                bk: opt("attn_k.bias", cfg.qkv_bias, false)?,
+                bv: opt("attn_v.bias", cfg.qkv_bias, false)?,
+                q_norm: opt("attn_q_norm.weight", cfg.qk_norm, true)?,
+                k_norm: opt("attn_k_norm.weight", cfg.qk_norm, true)?,
+                wo: weight(&n("attn_output.weight")),
+                attn_post_norm: opt("post_attention_norm.weight", cfg.post_norms, true)?,
+                ffn_norm: norm(&n("ffn_norm.weight"))?,
+                w_gate: weight(&n("ffn_gate.weight")),
+                w_up: weight(&n("ffn_up.weight")),
+                w_down: weight(&n("ffn_down.weight")),
+                ffn_post_norm: opt("post_ffw_norm.weight", cfg.post_norms, true)?,
+            });
+        }
+        let embed = weight("token_embd.weight");
+        let output = if cfg.tied_output {
+            embed.clone()
+        } else {
+            weight("output.weight")
+        };
+        let final_norm = norm("output_norm.weight")?;
+        let inv_freq = rope_inv_freq(cfg.rope_theta, cfg.head_dim);
+        let inv_freq_local = rope_inv_freq(cfg.rope_theta_local, cfg.head_dim);
+        Ok(Model {
+            cfg,
+            source,
+            embed,
+            layers,
+            final_norm,
+            output,
+            inv_freq,
+            inv_freq_local,
+        })
+    }
+
+    /// Runs `tokens` at positions `cache.len ..`, appending to the cache.
+    /// Returns logits [T, V] for every position when `all_logits`, else for
+    /// the last position only ([1, V]).
+    pub fn forward(
+        &self,
+        k: &dyn Kernels,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        all_logits: bool,
+        tr: &mut dyn Observer,
+    ) -> Vec<f32> {
+        let c = &self.cfg;
+        let (t, d, hd, ff) = (tokens.len(), c.d, c.head_dim, c.ff);
+        let (nh, nkv, qd, kvd) = (c.n_head, c.n_head_kv, c.q_dim(), c.kv_dim());
+        let p = cache.len;
+        let tkv = p + t;
+        assert!(
+            tkv <= cache.capacity,
+            "KV cache full: {tkv} > {}",
+            cache.capacity
+        );
+
+        // x = embed(tokens) * embed_scale                                   [T, d]
+        let mut x = vec![0f32; t * d];
+        for (i, &tok) in tokens.iter().enumerate() {
+            self.embed
+                .row_into(tok as usize, &mut x[i * d..(i + 1) * d]);
+        }
+        if c.embed_scale != 1.0 {
+            x.iter_mut().for_each(|v| *v *= c.embed_scale);
+        }
+        tr.record(None, Stage::Embedding, &x, &[t, d]);
+
+        let mut xn = vec![0f32; t * d]; //                                    [T, d]
+        let mut q = vec![0f32; t * qd]; //                                    [T, H*hd]
+        let mut kk = vec![0f32; t * kvd]; //                                  [T, Hkv*hd]
+        let mut vv = vec![0f32; t * kvd]; //                                  [T, Hkv*hd]
+        let mut scores = vec![0f32; nh * t * tkv]; //                         [H, T, Tkv]
+        let mut ctx = vec![0f32; t * qd]; //                                  [T, H*hd]
+        let mut attn = vec![0f32; t * d]; //                                  [T, d]
+        let mut gate = vec![0f32; t * ff]; //                                 [T, ff]
+        let mut up = vec![0f32; t * ff]; //                                   [T, ff]
+        let mut down = vec![0f32; t * d]; //                                  [T, d]
+
+        for (l, w) in self.layers.iter().enumerate() {
+            let lr = Some(l);
+            // xn = norm(x)
+            rms_norm(&x, &w.attn_norm, c.rms_eps, &mut xn);
+            tr.record(lr, Stage::AttnNorm, &xn, &[t, d]);
+
+            // q, k, v = xn·Wqᵀ + bq, …
+            k.linear(&w.wq, &xn, t, &mut q);
+            k.linear(&w.wk, &xn, t, &mut kk);
+            k.linear(&w.wv, &xn, t, &mut vv);
+            add_bias(&mut q, w.bq.as_deref());
+            add_bias(&mut kk, w.bk.as_deref());
+            add_bias(&mut vv, w.bv.as_deref());
+            tr.record(lr, Stage::QProj, &q, &[t, qd]);
+            tr.record(lr, Stage::KProj, &kk, &[t, kvd]);
+            tr.record(lr, Stage::VProj, &vv, &[t, kvd]);
+
+            // q, k = headwise_norm(q), headwise_norm(k)
+            if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+                head_rms_norm(&mut q, qn, c.rms_eps);
+                head_rms_norm(&mut kk, kn, c.rms_eps);
+                tr.record(lr, Stage::QNorm, &q, &[t, qd]);
+                tr.record(lr, Stage::KNorm, &kk, &[t, kvd]);
+            }
+
+            // q, k = rope(q, pos), rope(k, pos)   (HF rotate-half convention)
+            let sliding = c.layer_sliding[l];
+            let inv_freq = if sliding {
+                &self.inv_freq_local
+            } else {
+                &self.inv_freq
+            };
+            rope(&mut q, qd, hd, p, inv_freq);
+            rope(&mut kk, kvd, hd, p, inv_freq);
+            tr.record(lr, Stage::QRope, &q, &[t, qd]);
+            tr.record(lr, Stage::KRope, &kk, &[t, kvd]);
+
+            cache.k[l].extend_from_slice(&kk);
+            cache.v[l].extend_from_slice(&vv);
+            let (kc, vc) = (&cache.k[l], &cache.v[l]);
+
+            // scores[h, i, j] = q[i, h]·k[j, h/(H/Hkv)] · scale (then softcap)
+            let group = nh / nkv;
+            for h in 0..nh {
+                let kh = h / group;
+                for i in 0..t {
+                    let qi = &q[i * qd + h * hd..i * qd + (h + 1) * hd];
+                    let row = &mut scores[(h * t + i) * tkv..(h * t + i + 1) * tkv];
+                    for (j, s) in row.iter_mut().enumerate() {
+                        let kj = &kc[j * kvd + kh * hd..j * kvd + (kh + 1) * hd];
+                        let mut v = dot_f32_exact(qi, kj) * c.attn_scale;
+                        if let Some(cap) = c.attn_softcap {
+                            v = (v / cap).tanh() * cap;
+                        }
+                        *s = v;
+                    }
+                }
+            }
+            tr.record(lr, Stage::AttnScores, &scores, &[nh, t, tkv]);
+
+            // probs = softmax(scores + causal/sliding mask)
+            let window = if sliding { c.sliding_window } else { None };
+            for h in 0..nh {
+                for i in 0..t {
+                    let qpos = p + i;
+                    let row = &mut scores[(h * t + i) * tkv..(h * t + i + 1) * tkv];
+                    let visible = |j: usize| j <= qpos && window.is_none_or(|win| qpos - j < win);
+                    softmax_masked(row, visible);
+                }
+            }
+            tr.record(lr, Stage::AttnProbs, &scores, &[nh, t, tkv]);
+
+            // ctx[i, h] = Σ_j probs[h, i, j] · v[j, h/(H/Hkv)]
+            ctx.iter_mut().for_each(|v| *v = 0.0);
+            for h in 0..nh {
+                let kh = h / group;
+                for i in 0..t {
+                    let probs = &scores[(h * t + i) * tkv..(h * t + i + 1) * tkv];
+                    let out = &mut ctx[i * qd + h * hd..i * qd + (h + 1) * hd];
+                    for (j, &pr) in probs.iter().enumerate() {
+                        if pr == 0.0 {
+                            continue;
+                        }
+                        let vj = &vc[j * kvd + kh * hd..j * kvd + (kh + 1) * hd];
+                        for (o, v) in out.iter_mut().zip(vj) {
+                            *o += pr * v;
+                        }
+                    }
+                }
+            }
+            tr.record(lr, Stage::AttnContext, &ctx, &[t, qd]);
+
+            // attn = ctx·Woᵀ (then post-norm)
+            k.linear(&w.wo, &ctx, t, &mut attn);
+            tr.record(lr, Stage::AttnOut, &attn, &[t, d]);
+            if let Some(pn) = &w.attn_post_norm {
+                let raw = attn.clone();
+                rms_norm(&raw, pn, c.rms_eps, &mut attn);
+                tr.record(lr, Stage::AttnPostNorm, &attn, &[t, d]);
+            }
+
+            // x = x + attn
+            x.iter_mut().zip(&attn).for_each(|(a, b)| *a += b);
+            tr.record(lr, Stage::AttnResidual, &x, &[t, d]);
+
+            // xn = norm(x); gate, up = xn·Wgateᵀ, xn·Wupᵀ
+            rms_norm(&x, &w.ffn_norm, c.rms_eps, &mut xn);
+            tr.record(lr, Stage::FfnNorm, &xn, &[t, d]);
+            k.linear(&w.w_gate, &xn, t, &mut gate);
+            k.linear(&w.w_up, &xn, t, &mut up);
+            tr.record(lr, Stage::FfnGate, &gate, &[t, ff]);
+            tr.record(lr, Stage::FfnUp, &up, &[t, ff]);
+
+            // gate = act(gate); gate = gate * up
+            match c.act {
+                Activation::Silu => gate.iter_mut().for_each(|g| *g = silu(*g)),
+                Activation::GeluTanh => gate.iter_mut().for_each(|g| *g = gelu_tanh(*g)),
+            }
+            tr.record(lr, Stage::FfnAct, &gate, &[t, ff]);
+            gate.iter_mut().zip(&up).for_each(|(g, u)| *g *= u);
+            tr.record(lr, Stage::FfnMul, &gate, &[t, ff]);
+
+            // down = gate·Wdownᵀ (then post-norm)
+            k.linear(&w.w_down, &gate, t, &mut down);
+            tr.record(lr, Stage::FfnDown, &down, &[t, d]);
+            if let Some(pn) = &w.ffn_post_norm {
+                let raw = down.clone();
+                rms_norm(&raw, pn, c.rms_eps, &mut down);
+                tr.record(lr, Stage::FfnPostNorm, &down, &[t, d]);
+            }
+
+            // x = x + down
+            x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+            tr.record(lr, Stage::LayerOut, &x, &[t, d]);
+        }
+        cache.len = tkv;
+
+        // logits = norm(x)·Woutᵀ (then softcap)
+        rms_norm(&x, &self.final_norm, c.rms_eps, &mut xn);
+        tr.record(None, Stage::FinalNorm, &xn, &[t, d]);
+        let (rows, from) = if all_logits { (t, 0) } else { (1, t - 1) };
+        let mut logits = vec![0f32; rows * c.vocab];
+        k.linear(&self.output, &xn[from * d..], rows, &mut logits);
+        if let Some(cap) = c.final_softcap {
+            logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
+        }
+        tr.record(None, Stage::Logits, &logits, &[rows, c.vocab]);
+        logits
+    }
+}
+
+/// Reorders the rows of a llama-arch GGUF Q or K matrix from the interleaved
+/// rope layout back to HuggingFace's rotate-half layout. The converter maps
+/// HF row (h, half, i) to GGUF row (h, i, half) for i < hd/2; rows are moved
+/// whole, as raw block bytes, so no precision is touched.
+fn unpermute_rows(w: &Weight, heads: usize) -> Weight {
+    let rb = w.row_bytes();
+    let hd = w.rows / heads;
+    let half = hd / 2;
+    let mut out = vec![0u8; w.bytes.len()];
+    for h in 0..heads {
+        for part in 0..2 {
+            for i in 0..half {
+                let hf_row = h * hd + part * half + i;
+                let gguf_row = h * hd + i * 2 + part;
+                out[hf_row * rb..(hf_row + 1) * rb]
+                    .copy_from_slice(&w.bytes[gguf_row * rb..(gguf_row + 1) * rb]);
+            }
+        }
+    }
+    Weight {
+        bytes: Bytes::Owned(std::sync::Arc::new(out)),
+        ..w.clone()
+    }
+}
+
+/// y = x / sqrt(mean(x²) + eps) · w, row by row; the mean in f64.
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
+    let n = w.len();
+    for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
+        let ms = xr.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / n as f64;
+        let r = (1.0 / (ms + eps as f64).sqrt()) as f32;
+        for ((o, v), g) in yr.iter_mut().zip(xr).zip(w) {
+            *o = (v * r) * g;
+        }
+    }
+}
+
+/// RMSNorm over each head's slice of width w.len().
+fn head_rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
+    let hd = w.len();
+    let mut tmp = vec![0f32; hd];
+    for head in x.chunks_exact_mut(hd) {
+        rms_norm(head, w, eps, &mut tmp);
+        head.copy_from_slice(&tmp);
+    }
+}
+
+fn add_bias(x: &mut [f32], b: Option<&[f32]>) {
+    if let Some(b) = b {
+        for row in x.chunks_exact_mut(b.len()) {
+            row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+        }
+    }
+}
+
+/// Rotate-half rotary embedding on x [T, width]: within each head of hd,
+/// element i pairs with i + hd/2 at angle pos · inv_freq[i], pos = p0 + row.
+fn rope(x: &mut [f32], width: usize, hd: usize, p0: usize, inv_freq: &[f32]) {
+    let half = hd / 2;
+    for (ti, row) in x.chunks_exact_mut(width).enumerate() {
+        let pos = (p0 + ti) as f32;
+        for head in row.chunks_exact_mut(hd) {
+            for i in 0..half {
+                let (sin, cos) = (pos * inv_freq[i]).sin_cos();
+                let (a, b) = (head[i], head[i + half]);
+                head[i] = a * cos - b * sin;
+                head[i + half] = b * cos + a * sin;
+            }
+        }
+    }
+}
+
+#[inline]
+fn dot_f32_exact(a: &[f32], b: &[f32]) -> f32 {
+    crate::kernels::dot_f32(a, b)
+}
+
+/// In-place softmax over the visible positions; hidden ones become 0.
+fn softmax_masked(row: &mut [f32], visible: impl Fn(usize) -> bool) {
+    let mut max = f32::NEG_INFINITY;
+    for (j, v) in row.iter().enumerate() {
+        if visible(j) && *v > max {
+            max = *v;
+        }
+    }
+    let mut sum = 0f64;
+    for (j, v) in row.iter_mut().enumerate() {
+        if visible(j) {
+            *v = (*v - max).exp();
+            sum += *v as f64;
+        } else {
+            *v = 0.0;
+        }
+    }
+    let inv = (1.0 / sum) as f32;
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+#[inline]
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// GELU, tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+#[inline]
+fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
+}

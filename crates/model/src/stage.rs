@@ -1,0 +1,135 @@
+//! Trace points: the named steps of the forward pass (shared/DESIGN.md) and
+//! the observer that the forward pass reports each of them to.
+//!
+//! Tracing only observes: the forward pass hands each finished buffer to
+//! [`Observer::record`] and carries on. [`NoTrace`] does nothing and is what
+//! plain inference uses.
+
+/// A stage of the forward pass, in execution order within a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Stage {
+    Embedding,
+    AttnNorm,
+    QProj,
+    KProj,
+    VProj,
+    QNorm,
+    KNorm,
+    QRope,
+    KRope,
+    AttnScores,
+    AttnProbs,
+    AttnContext,
+    AttnOut,
+    AttnPostNorm,
+    AttnResidual,
+    FfnNorm,
+    FfnGate,
+    FfnUp,
+    FfnAct,
+    FfnMul,
+    FfnDown,
+    FfnPostNorm,
+    LayerOut,
+    FinalNorm,
+    Logits,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 25] = {
+        use Stage::*;
+        [
+            Embedding,
+            AttnNorm,
+            QProj,
+            KProj,
+            VProj,
+            QNorm,
+            KNorm,
+            QRope,
+            KRope,
+            AttnScores,
+            AttnProbs,
+            AttnContext,
+            AttnOut,
+            AttnPostNorm,
+            AttnResidual,
+            FfnNorm,
+            FfnGate,
+            FfnUp,
+            FfnAct,
+            FfnMul,
+            FfnDown,
+            FfnPostNorm,
+            LayerOut,
+            FinalNorm,
+            Logits,
+        ]
+    };
+
+    /// The canonical name (shared/DESIGN.md).
+    pub fn name(self) -> &'static str {
+        use Stage::*;
+        match self {
+            Embedding => "embedding",
+            AttnNorm => "attn_norm",
+            QProj => "q_proj",
+            KProj => "k_proj",
+            VProj => "v_proj",
+            QNorm => "q_norm",
+            KNorm => "k_norm",
+            QRope => "q_rope",
+            KRope => "k_rope",
+            AttnScores => "attn_scores",
+            AttnProbs => "attn_probs",
+            AttnContext => "attn_context",
+            AttnOut => "attn_out",
+            AttnPostNorm => "attn_post_norm",
+            AttnResidual => "attn_residual",
+            FfnNorm => "ffn_norm",
+            FfnGate => "ffn_gate",
+            FfnUp => "ffn_up",
+            FfnAct => "ffn_act",
+            FfnMul => "ffn_mul",
+            FfnDown => "ffn_down",
+            FfnPostNorm => "ffn_post_norm",
+            LayerOut => "layer_out",
+            FinalNorm => "final_norm",
+            Logits => "logits",
+        }
+    }
+
+    /// Whether the stage sits inside a layer (`blk.L.<stage>`).
+    pub fn is_per_layer(self) -> bool {
+        !matches!(self, Stage::Embedding | Stage::FinalNorm | Stage::Logits)
+    }
+
+    /// The trace tensor name: `embedding`, `blk.3.ffn_mul`, `logits`.
+    pub fn key(self, layer: Option<usize>) -> String {
+        match layer {
+            Some(l) => format!("blk.{l}.{}", self.name()),
+            None => self.name().to_string(),
+        }
+    }
+}
+
+/// Receives every finished stage of a forward pass.
+pub trait Observer {
+    /// Whether `record` would keep anything for this stage; lets the forward
+    /// pass skip assembling buffers that exist only for the trace.
+    fn wants(&self, layer: Option<usize>, stage: Stage) -> bool;
+    /// `data` is row-major with `shape`.
+    fn record(&mut self, layer: Option<usize>, stage: Stage, data: &[f32], shape: &[usize]);
+}
+
+/// The observer of plain inference: keeps nothing.
+pub struct NoTrace;
+
+impl Observer for NoTrace {
+    #[inline]
+    fn wants(&self, _: Option<usize>, _: Stage) -> bool {
+        false
+    }
+    #[inline]
+    fn record(&mut self, _: Option<usize>, _: Stage, _: &[f32], _: &[usize]) {}
+}

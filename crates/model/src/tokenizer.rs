@@ -1,0 +1,368 @@
+//! Tokenizers read from GGUF metadata.
+//!
+//! `llama` (SentencePiece-style): text has its spaces escaped to `▁`
+//! (and a leading one added when `tokenizer.ggml.add_space_prefix` says so),
+//! is split into characters, and adjacent pieces are merged greedily by the
+//! highest vocabulary score, leftmost first; pieces not in the vocabulary
+//! fall back to `<0xXX>` byte tokens. User-defined tokens are matched in the
+//! raw text first, and control tokens too when special parsing is on.
+
+use std::collections::{BinaryHeap, HashMap};
+
+use plumb_formats::gguf::{GgufFile, Value};
+
+/// GGUF token types (llama.cpp `llama_token_type`).
+pub const TOKEN_NORMAL: i32 = 1;
+pub const TOKEN_UNKNOWN: i32 = 2;
+pub const TOKEN_CONTROL: i32 = 3;
+pub const TOKEN_USER_DEFINED: i32 = 4;
+pub const TOKEN_BYTE: i32 = 6;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("tokenizer: {0}")]
+    Invalid(String),
+}
+
+pub struct Tokenizer {
+    pub kind: String,
+    tokens: Vec<String>,
+    scores: Vec<f32>,
+    types: Vec<i32>,
+    index: HashMap<String, u32>,
+    byte_tokens: [Option<u32>; 256],
+    /// Tokens matched in raw text before merging, longest first.
+    specials: Vec<(String, u32, bool)>,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    /// Extra end-of-generation tokens (end of turn).
+    pub eog: Vec<u32>,
+    pub add_bos: bool,
+    pub add_space_prefix: bool,
+    pub unk: Option<u32>,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tokenizer({}, {} tokens)", self.kind, self.tokens.len())
+    }
+}
+
+#[derive(PartialEq)]
+struct Bigram {
+    score: f32,
+    left: usize,
+    right: usize,
+    len: usize,
+}
+impl Eq for Bigram {}
+impl PartialOrd for Bigram {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Bigram {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        // Highest score first; on ties the leftmost pair.
+        self.score
+            .total_cmp(&o.score)
+            .then_with(|| o.left.cmp(&self.left))
+    }
+}
+
+impl Tokenizer {
+    pub fn from_gguf(g: &GgufFile) -> Result<Tokenizer, TokenizerError> {
+        let bad = |m: String| TokenizerError::Invalid(format!("{}: {m}", g.path().display()));
+        let kind = g
+            .str_opt("tokenizer.ggml.model")
+            .map_err(|e| bad(e.to_string()))?
+            .unwrap_or("none")
+            .to_string();
+        if kind != "llama" {
+            return Err(bad(format!(
+                "tokenizer model {kind:?} is not supported yet (llama/SentencePiece is)"
+            )));
+        }
+        let arr = |k: &str| g.get(k).and_then(Value::as_array);
+        let tokens: Vec<String> = arr("tokenizer.ggml.tokens")
+            .ok_or_else(|| bad("tokenizer.ggml.tokens is missing".into()))?
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(String::from)
+                    .ok_or_else(|| bad("tokenizer.ggml.tokens holds a non-string".into()))
+            })
+            .collect::<Result<_, _>>()?;
+        let n = tokens.len();
+        let scores: Vec<f32> = match arr("tokenizer.ggml.scores") {
+            Some(a) if a.len() == n => a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect(),
+            Some(a) => return Err(bad(format!("{} scores for {n} tokens", a.len()))),
+            None => vec![0.0; n],
+        };
+        let types: Vec<i32> = match arr("tokenizer.ggml.token_type") {
+            Some(a) if a.len() == n => a.iter().map(|v| v.as_i64().unwrap_or(1) as i32).collect(),
+            Some(a) => return Err(bad(format!("{} token types for {n} tokens", a.len()))),
+            None => vec![TOKEN_NORMAL; n],
+        };
+        let mut index = HashMap::with_capacity(n);
+        for (i, t) in tokens.iter().enumerate() {
+            index.entry(t.clone()).or_insert(i as u32);
+        }
+        let mut byte_tokens = [None; 256];
+        for (b, slot) in byte_tokens.iter_mut().enumerate() {
+            *slot = index.get(&format!("<0x{b:02X}>")).copied();
+        }
+        let mut specials: Vec<(String, u32, bool)> = types
+            .iter()
+            .enumerate()
+            .filter(|(_, &ty)| ty == TOKEN_CONTROL || ty == TOKEN_USER_DEFINED)
+            .filter(|(i, _)| !tokens[*i].is_empty())
+            .map(|(i, &ty)| (tokens[i].clone(), i as u32, ty == TOKEN_CONTROL))
+            .collect();
+        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        let id = |k: &str| -> Result<Option<u32>, TokenizerError> {
+            match g.u64_opt(k).map_err(|e| bad(e.to_string()))? {
+                Some(v) if (v as usize) < n => Ok(Some(v as u32)),
+                Some(v) => Err(bad(format!(
+                    "{k} = {v} is outside the {n}-token vocabulary"
+                ))),
+                None => Ok(None),
+            }
+        };
+        let flag = |k: &str, default: bool| g.get(k).and_then(Value::as_bool).unwrap_or(default);
+        let mut eog = Vec::new();
+        if let Some(e) = id("tokenizer.ggml.eot_token_id")? {
+            eog.push(e);
+        }
+        // Chat models end a turn with <end_of_turn> / <|im_end|> / <|eot_id|>.
+        for name in ["<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|endoftext|>"] {
+            if let Some(&i) = index.get(name) {
+                if types[i as usize] == TOKEN_CONTROL && !eog.contains(&i) {
+                    eog.push(i);
+                }
+            }
+        }
+        Ok(Tokenizer {
+            kind,
+            bos: id("tokenizer.ggml.bos_token_id")?,
+            eos: id("tokenizer.ggml.eos_token_id")?,
+            unk: id("tokenizer.ggml.unknown_token_id")?,
+            add_bos: flag("tokenizer.ggml.add_bos_token", true),
+            add_space_prefix: flag("tokenizer.ggml.add_space_prefix", true),
+            tokens,
+            scores,
+            types,
+            index,
+            byte_tokens,
+            specials,
+            eog,
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_eog(&self, id: u32) -> bool {
+        Some(id) == self.eos || self.eog.contains(&id)
+    }
+
+    /// Token ids for `text`; BOS first when the model asks for it and
+    /// `add_special` is set; control tokens in the text are recognized when
+    /// `parse_special` is set.
+    pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
+        let mut out = Vec::new();
+        if add_special && self.add_bos {
+            if let Some(b) = self.bos {
+                out.push(b);
+            }
+        }
+        // Split into raw-text fragments and special tokens.
+        let mut frag_start = 0;
+        let mut i = 0;
+        let mut first = true;
+        let bytes = text.as_bytes();
+        while i < bytes.len() {
+            let hit = if text.is_char_boundary(i) {
+                self.specials.iter().find(|(s, _, control)| {
+                    (parse_special || !control) && text[i..].starts_with(s.as_str())
+                })
+            } else {
+                None
+            };
+            match hit {
+                Some((s, id, _)) => {
+                    if frag_start < i {
+                        self.encode_fragment(&text[frag_start..i], first, &mut out);
+                    }
+                    first = false;
+                    out.push(*id);
+                    i += s.len();
+                    frag_start = i;
+                }
+                None => i += 1,
+            }
+        }
+        if frag_start < bytes.len() {
+            self.encode_fragment(&text[frag_start..], first, &mut out);
+        }
+        out
+    }
+
+    fn encode_fragment(&self, text: &str, first: bool, out: &mut Vec<u32>) {
+        let mut s = String::with_capacity(text.len() + 3);
+        if self.add_space_prefix && first {
+            s.push('▁');
+        }
+        for c in text.chars() {
+            s.push(if c == ' ' { '▁' } else { c });
+        }
+        // Symbols as a linked list over char ranges of s.
+        struct Sym {
+            start: usize,
+            len: usize,
+            prev: Option<usize>,
+            next: Option<usize>,
+        }
+        let mut syms: Vec<Sym> = Vec::new();
+        for (k, (pos, c)) in s.char_indices().enumerate() {
+            syms.push(Sym {
+                start: pos,
+                len: c.len_utf8(),
+                prev: k.checked_sub(1),
+                next: Some(k + 1),
+            });
+        }
+        if let Some(last) = syms.last_mut() {
+            last.next = None;
+        }
+        let mut heap = BinaryHeap::new();
+        let try_pair =
+            |syms: &Vec<Sym>, heap: &mut BinaryHeap<Bigram>, left: usize, right: usize| {
+                let piece = &s[syms[left].start..syms[right].start + syms[right].len];
+                if let Some(&id) = self.index.get(piece) {
+                    heap.push(Bigram {
+                        score: self.scores[id as usize],
+                        left,
+                        right,
+                        len: piece.len(),
+                    });
+                }
+            };
+        for k in 1..syms.len() {
+            try_pair(&syms, &mut heap, k - 1, k);
+        }
+        while let Some(b) = heap.pop() {
+            // Skip pairs invalidated by an earlier merge.
+            if syms[b.left].len == 0
+                || syms[b.right].len == 0
+                || syms[b.left].len + syms[b.right].len != b.len
+            {
+                continue;
+            }
+            syms[b.left].len += syms[b.right].len;
+            syms[b.right].len = 0;
+            syms[b.left].next = syms[b.right].next;
+            if let Some(nx) = syms[b.right].next {
+                syms[nx].prev = Some(b.left);
+            }
+            if let Some(pv) = syms[b.left].prev {
+                try_pair(&syms, &mut heap, pv, b.left);
+            }
+            if let Some(nx) = syms[b.left].next {
+                try_pair(&syms, &mut heap, b.left, nx);
+            }
+        }
+        let mut k = if syms.is_empty() { None } else { Some(0) };
+        while let Some(idx) = k {
+            let sym = &syms[idx];
+            let piece = &s[sym.start..sym.start + sym.len];
+            match self.index.get(piece) {
+                Some(&id) => out.push(id),
+                None => {
+                    for b in piece.bytes() {
+                        match self.byte_tokens[b as usize].or(self.unk) {
+                            Some(id) => out.push(id),
+                            None => {}
+                        }
+                    }
+                }
+            }
+            k = sym.next;
+        }
+    }
+
+    /// The bytes a token stands for in generated text (control tokens give
+    /// none; byte tokens their byte; `▁` becomes a space).
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let Some(t) = self.tokens.get(id as usize) else {
+            return Vec::new();
+        };
+        match self.types[id as usize] {
+            TOKEN_CONTROL | TOKEN_UNKNOWN => Vec::new(),
+            TOKEN_BYTE => {
+                let hex = t.strip_prefix("<0x").and_then(|h| h.strip_suffix('>'));
+                hex.and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .map(|b| vec![b])
+                    .unwrap_or_default()
+            }
+            _ => t.replace('▁', " ").into_bytes(),
+        }
+    }
+
+    /// The vocabulary string of a token, as stored.
+    pub fn piece(&self, id: u32) -> Option<&str> {
+        self.tokens.get(id as usize).map(String::as_str)
+    }
+
+    /// Decodes ids to text; invalid UTF-8 becomes U+FFFD.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let bytes: Vec<u8> = ids.iter().flat_map(|&i| self.token_bytes(i)).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// Turns a stream of token bytes into printable text, holding back an
+/// incomplete UTF-8 sequence until its last byte arrives.
+#[derive(Default)]
+pub struct StreamDecoder {
+    pending: Vec<u8>,
+}
+
+impl StreamDecoder {
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        let mut out = String::new();
+        loop {
+            match std::str::from_utf8(&self.pending) {
+                Ok(s) => {
+                    out.push_str(s);
+                    self.pending.clear();
+                    return out;
+                }
+                Err(e) => {
+                    let good = e.valid_up_to();
+                    out.push_str(std::str::from_utf8(&self.pending[..good]).unwrap_or_default());
+                    match e.error_len() {
+                        // Incomplete tail: keep it for the next token.
+                        None => {
+                            self.pending.drain(..good);
+                            return out;
+                        }
+                        Some(bad) => {
+                            out.push('\u{FFFD}');
+                            self.pending.drain(..good + bad);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whatever is left at the end, lossily.
+    pub fn finish(&mut self) -> String {
+        let s = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        s
+    }
+}
