@@ -45,6 +45,8 @@ mkdir -p "$MODELS"
 TMP="$MODELS/.$MODEL_NAME.tmp.$$"
 rm -f "$TMP"
 trap 'rm -f "$TMP"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 echo "assembling $TARGET"
 "$VPY" - "$TMP" <<'EOF'
@@ -57,5 +59,5 @@ print(f"assembled {path} (sha256 {EXPECTED_SHA256})")
 EOF
 
 mv -f "$TMP" "$TARGET"
-trap - EXIT
+trap - EXIT INT TERM
 echo "wrote $TARGET ($(du -h "$TARGET" | cut -f1))"
