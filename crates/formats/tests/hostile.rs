@@ -88,7 +88,7 @@ const KV_START: usize = 24;
 fn corrupt(f: impl Fn(&mut Vec<u8>)) -> String {
     let mut b = small_file();
     f(&mut b);
-    open_bytes(&b).err().expect("corrupted file was accepted")
+    open_bytes(&b).expect_err("corrupted file was accepted")
 }
 
 #[test]

@@ -120,7 +120,7 @@ impl ModelConfig {
                 return Err(bad(path, format!("{what} is {v}, outside 1..=16777216")));
             }
         }
-        if self.n_head % self.n_head_kv != 0 {
+        if !self.n_head.is_multiple_of(self.n_head_kv) {
             return Err(bad(
                 path,
                 format!(
@@ -129,7 +129,7 @@ impl ModelConfig {
                 ),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(bad(
                 path,
                 format!(
@@ -172,7 +172,7 @@ impl ModelConfig {
         let head_dim = g
             .u64_opt(&key("attention.key_length"))?
             .map(|v| v as usize)
-            .unwrap_or(if n_head > 0 { d / n_head } else { 0 });
+            .unwrap_or(d.checked_div(n_head).unwrap_or(0));
         let ff = req("feed_forward_length")?;
         let vocab = match g.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()) {
             Some(t) => t.len(),

@@ -281,9 +281,8 @@ impl Tokenizer {
                 Some(&id) => out.push(id),
                 None => {
                     for b in piece.bytes() {
-                        match self.byte_tokens[b as usize].or(self.unk) {
-                            Some(id) => out.push(id),
-                            None => {}
+                        if let Some(id) = self.byte_tokens[b as usize].or(self.unk) {
+                            out.push(id)
                         }
                     }
                 }

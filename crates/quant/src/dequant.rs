@@ -25,7 +25,7 @@ pub trait Block: Pod {
 pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
     let n = dst.len();
     let (be, _) = ty.geometry();
-    if n % be != 0 {
+    if !n.is_multiple_of(be) {
         return Err(QuantError::NotBlockMultiple { ty, n, block: be });
     }
     let expected = ty.bytes_for(n as u64).unwrap_or(u64::MAX);

@@ -17,7 +17,7 @@ const SUPPORTED: &str = "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q8_
 pub fn quantize(ty: GgmlType, src: &[f32]) -> Result<Vec<u8>, QuantError> {
     let n = src.len();
     let be = ty.block_elems();
-    if n % be != 0 {
+    if !n.is_multiple_of(be) {
         return Err(QuantError::NotBlockMultiple { ty, n, block: be });
     }
     let nb = n / be;

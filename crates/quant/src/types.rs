@@ -118,7 +118,7 @@ impl GgmlType {
     /// of blocks or the product overflows.
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         let (be, bb) = self.geometry();
-        if n % be as u64 != 0 {
+        if !n.is_multiple_of(be as u64) {
             return None;
         }
         (n / be as u64).checked_mul(bb as u64)
