@@ -1,4 +1,6 @@
-//! Tokenizers read from GGUF metadata.
+//! Tokenizers: SentencePiece-style from GGUF metadata (ours, below), and
+//! byte-level BPE — GGUF `gpt2` vocabularies and HF `tokenizer.json` files —
+//! through the `tokenizers` crate.
 //!
 //! `llama` (SentencePiece-style): text has its spaces escaped to `▁`
 //! (and a leading one added when `tokenizer.ggml.add_space_prefix` says so),
@@ -24,8 +26,18 @@ pub enum TokenizerError {
     Invalid(String),
 }
 
+/// How text becomes ids.
+enum Backend {
+    /// Score-ordered merges over characters (below).
+    Spm,
+    /// A `tokenizers` pipeline, with whether token strings are byte-level
+    /// (GPT-2's byte-to-unicode alphabet) or SentencePiece-style.
+    Hf { tk: Box<tokenizers::Tokenizer>, byte_level: bool },
+}
+
 pub struct Tokenizer {
     pub kind: String,
+    backend: Backend,
     tokens: Vec<String>,
     scores: Vec<f32>,
     types: Vec<i32>,
@@ -142,13 +154,27 @@ impl Tokenizer {
                 }
             }
         }
+        let backend = if kind == "gpt2" {
+            let merges: Vec<String> = arr("tokenizer.ggml.merges")
+                .ok_or_else(|| bad("tokenizer.ggml.merges is missing for a gpt2 tokenizer".into()))?
+                .iter()
+                .map(|v| v.as_str().map(String::from).ok_or_else(|| bad("tokenizer.ggml.merges holds a non-string".into())))
+                .collect::<Result<_, _>>()?;
+            let pre = g.str_opt("tokenizer.ggml.pre").map_err(|e| bad(e.to_string()))?.unwrap_or("default");
+            let tk = byte_level_bpe(&tokens, &types, &merges, pre).map_err(bad)?;
+            Backend::Hf { tk: Box::new(tk), byte_level: true }
+        } else {
+            Backend::Spm
+        };
+        let default_bos = kind == "llama";
         Ok(Tokenizer {
             kind,
+            backend,
             bos: id("tokenizer.ggml.bos_token_id")?,
             eos: id("tokenizer.ggml.eos_token_id")?,
             unk: id("tokenizer.ggml.unknown_token_id")?,
-            add_bos: flag("tokenizer.ggml.add_bos_token", true),
-            add_space_prefix: flag("tokenizer.ggml.add_space_prefix", true),
+            add_bos: flag("tokenizer.ggml.add_bos_token", default_bos),
+            add_space_prefix: flag("tokenizer.ggml.add_space_prefix", default_bos),
             tokens,
             scores,
             types,
@@ -176,6 +202,14 @@ impl Tokenizer {
             if let Some(b) = self.bos {
                 out.push(b);
             }
+        }
+        if let Backend::Hf { tk, .. } = &self.backend {
+            // Added tokens are always matched by `tokenizers`; BOS is ours.
+            match tk.encode(text, false) {
+                Ok(enc) => out.extend_from_slice(enc.get_ids()),
+                Err(e) => eprintln!("plumb: warning: tokenizer failed on the prompt: {e}"),
+            }
+            return out;
         }
         // Split into raw-text fragments and special tokens.
         let mut frag_start = 0;
@@ -297,6 +331,12 @@ impl Tokenizer {
         let Some(t) = self.tokens.get(id as usize) else {
             return Vec::new();
         };
+        if let Backend::Hf { byte_level: true, .. } = &self.backend {
+            if self.types[id as usize] == TOKEN_CONTROL {
+                return Vec::new();
+            }
+            return t.chars().map(|c| unicode_to_byte(c).unwrap_or(b'?')).collect();
+        }
         match self.types[id as usize] {
             TOKEN_CONTROL | TOKEN_UNKNOWN => Vec::new(),
             TOKEN_BYTE => {
@@ -363,5 +403,152 @@ impl StreamDecoder {
         let s = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending.clear();
         s
+    }
+}
+
+/// GPT-2's reversible byte → printable-char map: printable Latin-1 bytes map
+/// to themselves, the other 68 to U+0100 upward in byte order.
+fn byte_to_unicode() -> [char; 256] {
+    let mut map = ['\0'; 256];
+    let mut n = 0u32;
+    for b in 0..=255u8 {
+        let printable = (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        map[b as usize] = if printable {
+            b as char
+        } else {
+            n += 1;
+            char::from_u32(255 + n).unwrap_or('?')
+        };
+    }
+    map
+}
+
+fn unicode_to_byte(c: char) -> Option<u8> {
+    let u = c as u32;
+    let b = u as u8;
+    let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    if u <= 0xFF && printable(b) {
+        return Some(b);
+    }
+    byte_to_unicode().iter().position(|&m| m == c).map(|p| p as u8)
+}
+
+/// The pre-tokenizer split pattern for a GGUF `tokenizer.ggml.pre` name
+/// (the regexes of the model families' tokenizer.json files).
+fn pre_pattern(pre: &str) -> Result<&'static str, String> {
+    const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+    const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    Ok(match pre {
+        "default" | "gpt2" | "gpt-2" => GPT2,
+        "llama3" | "llama-bpe" | "llama-v3" | "smaug-bpe" => LLAMA3,
+        "qwen2" | "deepseek-r1-qwen" => QWEN2,
+        other => return Err(format!("pre-tokenizer {other:?} is not supported (default, llama-bpe, qwen2)")),
+    })
+}
+
+/// Builds a byte-level BPE `tokenizers` pipeline from GGUF vocabulary data,
+/// as a tokenizer.json document handed to the crate.
+fn byte_level_bpe(tokens: &[String], types: &[i32], merges: &[String], pre: &str) -> Result<tokenizers::Tokenizer, String> {
+    use serde_json::json;
+    let pattern = pre_pattern(pre)?;
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
+    let added: Vec<serde_json::Value> = types
+        .iter()
+        .enumerate()
+        .filter(|(_, &ty)| ty == TOKEN_CONTROL || ty == TOKEN_USER_DEFINED)
+        .map(|(i, &ty)| {
+            json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false, "rstrip": false,
+                   "normalized": false, "special": ty == TOKEN_CONTROL})
+        })
+        .collect();
+    let normalizer = if pre == "qwen2" { json!({"type": "NFC"}) } else { serde_json::Value::Null };
+    let doc = json!({
+        "version": "1.0",
+        "added_tokens": added,
+        "normalizer": normalizer,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
+        ]},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                  "ignore_merges": pre != "qwen2" && pre != "default" && pre != "gpt2",
+                  "vocab": vocab, "merges": merges},
+    });
+    <tokenizers::Tokenizer as std::str::FromStr>::from_str(&doc.to_string()).map_err(|e| format!("cannot build the BPE tokenizer: {e}"))
+}
+
+impl Tokenizer {
+    /// Loads `tokenizer.json` (and BOS/EOS from `tokenizer_config.json` /
+    /// `config.json`) from a HuggingFace model folder.
+    pub fn from_hf_dir(dir: &std::path::Path) -> Result<Tokenizer, TokenizerError> {
+        let path = dir.join("tokenizer.json");
+        let bad = |m: String| TokenizerError::Invalid(format!("{}: {m}", path.display()));
+        let tk = tokenizers::Tokenizer::from_file(&path).map_err(|e| bad(e.to_string()))?;
+        let n = tk.get_vocab_size(true);
+        let mut tokens = vec![String::new(); n];
+        for (t, i) in tk.get_vocab(true) {
+            if let Some(slot) = tokens.get_mut(i as usize) {
+                *slot = t;
+            }
+        }
+        let mut types = vec![TOKEN_NORMAL; n];
+        for (i, at) in tk.get_added_tokens_decoder() {
+            if let Some(slot) = types.get_mut(i as usize) {
+                *slot = if at.special { TOKEN_CONTROL } else { TOKEN_USER_DEFINED };
+            }
+        }
+        let json: serde_json::Value = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let byte_level = json["decoder"]["type"] == "ByteLevel"
+            || json["pre_tokenizer"]["pretokenizers"].as_array().is_some_and(|a| a.iter().any(|p| p["type"] == "ByteLevel"));
+        let read = |name: &str| -> serde_json::Value {
+            std::fs::read(dir.join(name)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+        };
+        let (tc, cfg) = (read("tokenizer_config.json"), read("config.json"));
+        let token_id = |v: &serde_json::Value| -> Option<u32> {
+            let s = v.as_str().or_else(|| v["content"].as_str())?;
+            tk.token_to_id(s)
+        };
+        let bos = token_id(&tc["bos_token"]).or_else(|| cfg["bos_token_id"].as_u64().map(|v| v as u32));
+        let eos = token_id(&tc["eos_token"]).or_else(|| cfg["eos_token_id"].as_u64().map(|v| v as u32));
+        // BOS is added when the post-processor's template starts with it or
+        // the config says so.
+        let template_bos = bos.is_some_and(|b| {
+            let single = &json["post_processor"]["single"];
+            single[0]["SpecialToken"]["id"].as_str().and_then(|s| tk.token_to_id(s)) == Some(b)
+        });
+        let add_bos = tc["add_bos_token"].as_bool().unwrap_or(template_bos);
+        let index = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let mut eog = Vec::new();
+        for name in ["<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|endoftext|>"] {
+            if let Some(i) = tk.token_to_id(name) {
+                eog.push(i);
+            }
+        }
+        let mut tk = tk;
+        tk.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
+        Ok(Tokenizer {
+            kind: "tokenizer.json".into(),
+            backend: Backend::Hf { tk: Box::new(tk), byte_level },
+            scores: vec![0.0; n],
+            byte_tokens: [None; 256],
+            specials: Vec::new(),
+            unk: None,
+            add_space_prefix: false,
+            tokens,
+            types,
+            index,
+            bos,
+            eos,
+            eog,
+            add_bos,
+        })
     }
 }

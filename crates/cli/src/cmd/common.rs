@@ -76,6 +76,9 @@ pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
                 None
             }
         },
+        ModelSource::Hf(h) if h.dir.join("tokenizer.json").is_file() => Some(
+            Tokenizer::from_hf_dir(&h.dir).with_context(|| format!("cannot load the tokenizer of {}", args.model.display()))?,
+        ),
         ModelSource::Hf(_) => None,
     };
     Ok(Loaded { model, tokenizer })
