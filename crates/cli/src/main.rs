@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod out;
+mod style;
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +29,8 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Generate text from a prompt.
     Run(cmd::run::Args),
+    /// Run a prompt with every stage traced: statistics per layer, verdicts, tensors.
+    Trace(cmd::trace::Args),
 }
 
 /// How a command ended when it did not fail outright.
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Run(a) => cmd::run::run(a),
+        Command::Trace(a) => cmd::trace::run(a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

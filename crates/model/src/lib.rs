@@ -11,15 +11,14 @@ pub mod kernels;
 pub mod model;
 pub mod sample;
 pub mod source;
-pub mod stage;
 pub mod tokenizer;
 pub mod weights;
 
 pub use config::{Activation, Arch, ModelConfig};
 pub use kernels::{Kernels, Precision};
 pub use model::{KvCache, Model};
+pub use plumb_trace::stage::{self, NoTrace, Observer, Stage};
 pub use source::ModelSource;
-pub use stage::{NoTrace, Observer, Stage};
 
 /// Errors from loading a model.
 #[derive(Debug, thiserror::Error)]

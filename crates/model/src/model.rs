@@ -10,9 +10,9 @@ use plumb_formats::{Bytes, OwnedTensor};
 
 use crate::config::{Activation, ModelConfig};
 use crate::kernels::{Kernels, Weight};
-use crate::stage::{Observer, Stage};
 use crate::weights::validate;
 use crate::{ModelError, ModelSource};
+use plumb_trace::stage::{Observer, Stage};
 
 /// One layer's weights. Vectors (norms, biases) are f32, with any stored
 /// offset already applied (HF gemma's 1 + w).

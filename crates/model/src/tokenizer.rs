@@ -32,7 +32,10 @@ enum Backend {
     Spm,
     /// A `tokenizers` pipeline, with whether token strings are byte-level
     /// (GPT-2's byte-to-unicode alphabet) or SentencePiece-style.
-    Hf { tk: Box<tokenizers::Tokenizer>, byte_level: bool },
+    Hf {
+        tk: Box<tokenizers::Tokenizer>,
+        byte_level: bool,
+    },
 }
 
 pub struct Tokenizer {
@@ -158,11 +161,21 @@ impl Tokenizer {
             let merges: Vec<String> = arr("tokenizer.ggml.merges")
                 .ok_or_else(|| bad("tokenizer.ggml.merges is missing for a gpt2 tokenizer".into()))?
                 .iter()
-                .map(|v| v.as_str().map(String::from).ok_or_else(|| bad("tokenizer.ggml.merges holds a non-string".into())))
+                .map(|v| {
+                    v.as_str()
+                        .map(String::from)
+                        .ok_or_else(|| bad("tokenizer.ggml.merges holds a non-string".into()))
+                })
                 .collect::<Result<_, _>>()?;
-            let pre = g.str_opt("tokenizer.ggml.pre").map_err(|e| bad(e.to_string()))?.unwrap_or("default");
+            let pre = g
+                .str_opt("tokenizer.ggml.pre")
+                .map_err(|e| bad(e.to_string()))?
+                .unwrap_or("default");
             let tk = byte_level_bpe(&tokens, &types, &merges, pre).map_err(bad)?;
-            Backend::Hf { tk: Box::new(tk), byte_level: true }
+            Backend::Hf {
+                tk: Box::new(tk),
+                byte_level: true,
+            }
         } else {
             Backend::Spm
         };
@@ -331,11 +344,17 @@ impl Tokenizer {
         let Some(t) = self.tokens.get(id as usize) else {
             return Vec::new();
         };
-        if let Backend::Hf { byte_level: true, .. } = &self.backend {
+        if let Backend::Hf {
+            byte_level: true, ..
+        } = &self.backend
+        {
             if self.types[id as usize] == TOKEN_CONTROL {
                 return Vec::new();
             }
-            return t.chars().map(|c| unicode_to_byte(c).unwrap_or(b'?')).collect();
+            return t
+                .chars()
+                .map(|c| unicode_to_byte(c).unwrap_or(b'?'))
+                .collect();
         }
         match self.types[id as usize] {
             TOKEN_CONTROL | TOKEN_UNKNOWN => Vec::new(),
@@ -412,7 +431,8 @@ fn byte_to_unicode() -> [char; 256] {
     let mut map = ['\0'; 256];
     let mut n = 0u32;
     for b in 0..=255u8 {
-        let printable = (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        let printable =
+            (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
         map[b as usize] = if printable {
             b as char
         } else {
@@ -426,34 +446,52 @@ fn byte_to_unicode() -> [char; 256] {
 fn unicode_to_byte(c: char) -> Option<u8> {
     let u = c as u32;
     let b = u as u8;
-    let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let printable = |b: u8| {
+        (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
+    };
     if u <= 0xFF && printable(b) {
         return Some(b);
     }
-    byte_to_unicode().iter().position(|&m| m == c).map(|p| p as u8)
+    byte_to_unicode()
+        .iter()
+        .position(|&m| m == c)
+        .map(|p| p as u8)
 }
 
 /// The pre-tokenizer split pattern for a GGUF `tokenizer.ggml.pre` name
 /// (the regexes of the model families' tokenizer.json files).
 fn pre_pattern(pre: &str) -> Result<&'static str, String> {
-    const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+    const GPT2: &str =
+        r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
     const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     Ok(match pre {
         "default" | "gpt2" | "gpt-2" => GPT2,
         "llama3" | "llama-bpe" | "llama-v3" | "smaug-bpe" => LLAMA3,
         "qwen2" | "deepseek-r1-qwen" => QWEN2,
-        other => return Err(format!("pre-tokenizer {other:?} is not supported (default, llama-bpe, qwen2)")),
+        other => {
+            return Err(format!(
+                "pre-tokenizer {other:?} is not supported (default, llama-bpe, qwen2)"
+            ))
+        }
     })
 }
 
 /// Builds a byte-level BPE `tokenizers` pipeline from GGUF vocabulary data,
 /// as a tokenizer.json document handed to the crate.
-fn byte_level_bpe(tokens: &[String], types: &[i32], merges: &[String], pre: &str) -> Result<tokenizers::Tokenizer, String> {
+fn byte_level_bpe(
+    tokens: &[String],
+    types: &[i32],
+    merges: &[String],
+    pre: &str,
+) -> Result<tokenizers::Tokenizer, String> {
     use serde_json::json;
     let pattern = pre_pattern(pre)?;
-    let vocab: serde_json::Map<String, serde_json::Value> =
-        tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), json!(i)))
+        .collect();
     let added: Vec<serde_json::Value> = types
         .iter()
         .enumerate()
@@ -463,7 +501,11 @@ fn byte_level_bpe(tokens: &[String], types: &[i32], merges: &[String], pre: &str
                    "normalized": false, "special": ty == TOKEN_CONTROL})
         })
         .collect();
-    let normalizer = if pre == "qwen2" { json!({"type": "NFC"}) } else { serde_json::Value::Null };
+    let normalizer = if pre == "qwen2" {
+        json!({"type": "NFC"})
+    } else {
+        serde_json::Value::Null
+    };
     let doc = json!({
         "version": "1.0",
         "added_tokens": added,
@@ -479,7 +521,8 @@ fn byte_level_bpe(tokens: &[String], types: &[i32], merges: &[String], pre: &str
                   "ignore_merges": pre != "qwen2" && pre != "default" && pre != "gpt2",
                   "vocab": vocab, "merges": merges},
     });
-    <tokenizers::Tokenizer as std::str::FromStr>::from_str(&doc.to_string()).map_err(|e| format!("cannot build the BPE tokenizer: {e}"))
+    <tokenizers::Tokenizer as std::str::FromStr>::from_str(&doc.to_string())
+        .map_err(|e| format!("cannot build the BPE tokenizer: {e}"))
 }
 
 impl Tokenizer {
@@ -499,7 +542,11 @@ impl Tokenizer {
         let mut types = vec![TOKEN_NORMAL; n];
         for (i, at) in tk.get_added_tokens_decoder() {
             if let Some(slot) = types.get_mut(i as usize) {
-                *slot = if at.special { TOKEN_CONTROL } else { TOKEN_USER_DEFINED };
+                *slot = if at.special {
+                    TOKEN_CONTROL
+                } else {
+                    TOKEN_USER_DEFINED
+                };
             }
         }
         let json: serde_json::Value = std::fs::read(&path)
@@ -507,25 +554,39 @@ impl Tokenizer {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         let byte_level = json["decoder"]["type"] == "ByteLevel"
-            || json["pre_tokenizer"]["pretokenizers"].as_array().is_some_and(|a| a.iter().any(|p| p["type"] == "ByteLevel"));
+            || json["pre_tokenizer"]["pretokenizers"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|p| p["type"] == "ByteLevel"));
         let read = |name: &str| -> serde_json::Value {
-            std::fs::read(dir.join(name)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+            std::fs::read(dir.join(name))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default()
         };
         let (tc, cfg) = (read("tokenizer_config.json"), read("config.json"));
         let token_id = |v: &serde_json::Value| -> Option<u32> {
             let s = v.as_str().or_else(|| v["content"].as_str())?;
             tk.token_to_id(s)
         };
-        let bos = token_id(&tc["bos_token"]).or_else(|| cfg["bos_token_id"].as_u64().map(|v| v as u32));
-        let eos = token_id(&tc["eos_token"]).or_else(|| cfg["eos_token_id"].as_u64().map(|v| v as u32));
+        let bos =
+            token_id(&tc["bos_token"]).or_else(|| cfg["bos_token_id"].as_u64().map(|v| v as u32));
+        let eos =
+            token_id(&tc["eos_token"]).or_else(|| cfg["eos_token_id"].as_u64().map(|v| v as u32));
         // BOS is added when the post-processor's template starts with it or
         // the config says so.
         let template_bos = bos.is_some_and(|b| {
             let single = &json["post_processor"]["single"];
-            single[0]["SpecialToken"]["id"].as_str().and_then(|s| tk.token_to_id(s)) == Some(b)
+            single[0]["SpecialToken"]["id"]
+                .as_str()
+                .and_then(|s| tk.token_to_id(s))
+                == Some(b)
         });
         let add_bos = tc["add_bos_token"].as_bool().unwrap_or(template_bos);
-        let index = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let index = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
         let mut eog = Vec::new();
         for name in ["<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|endoftext|>"] {
             if let Some(i) = tk.token_to_id(name) {
@@ -536,7 +597,10 @@ impl Tokenizer {
         tk.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
         Ok(Tokenizer {
             kind: "tokenizer.json".into(),
-            backend: Backend::Hf { tk: Box::new(tk), byte_level },
+            backend: Backend::Hf {
+                tk: Box::new(tk),
+                byte_level,
+            },
             scores: vec![0.0; n],
             byte_tokens: [None; 256],
             specials: Vec::new(),

@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use plumb_model::tokenizer::Tokenizer;
 use plumb_model::{Model, ModelSource, Precision};
 
-fn parse_precision(s: &str) -> Result<Precision, String> {
+pub fn parse_precision(s: &str) -> Result<Precision, String> {
     Precision::parse(s).ok_or_else(|| format!("unknown precision {s:?} (available: exact)"))
 }
 
@@ -76,9 +76,11 @@ pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
                 None
             }
         },
-        ModelSource::Hf(h) if h.dir.join("tokenizer.json").is_file() => Some(
-            Tokenizer::from_hf_dir(&h.dir).with_context(|| format!("cannot load the tokenizer of {}", args.model.display()))?,
-        ),
+        ModelSource::Hf(h) if h.dir.join("tokenizer.json").is_file() => {
+            Some(Tokenizer::from_hf_dir(&h.dir).with_context(|| {
+                format!("cannot load the tokenizer of {}", args.model.display())
+            })?)
+        }
         ModelSource::Hf(_) => None,
     };
     Ok(Loaded { model, tokenizer })

@@ -1,3 +1,4 @@
 pub mod common;
 pub mod inspect;
 pub mod run;
+pub mod trace;

@@ -133,3 +133,61 @@ impl Observer for NoTrace {
     #[inline]
     fn record(&mut self, _: Option<usize>, _: Stage, _: &[f32], _: &[usize]) {}
 }
+
+impl Stage {
+    pub fn from_name(name: &str) -> Option<Stage> {
+        Stage::ALL.iter().copied().find(|s| s.name() == name)
+    }
+
+    /// The axis that indexes tokens: 1 for [H, T, Tkv] attention matrices,
+    /// 0 for everything else.
+    pub fn token_axis(self) -> usize {
+        match self {
+            Stage::AttnScores | Stage::AttnProbs => 1,
+            _ => 0,
+        }
+    }
+}
+
+/// Splits a trace key (`blk.3.ffn_mul`, `logits`) into its stage and layer.
+pub fn parse_key(key: &str) -> Option<(Stage, Option<usize>)> {
+    if let Some(rest) = key.strip_prefix("blk.") {
+        let (l, name) = rest.split_once('.')?;
+        let layer = l.parse().ok()?;
+        let s = Stage::from_name(name)?;
+        s.is_per_layer().then_some((s, Some(layer)))
+    } else {
+        let s = Stage::from_name(key)?;
+        (!s.is_per_layer()).then_some((s, None))
+    }
+}
+
+/// Execution order of trace keys: embedding, then layer by layer in stage
+/// order, then final_norm and logits; unknown names last, by name.
+pub fn order_key(key: &str) -> (u8, usize, usize, String) {
+    match parse_key(key) {
+        Some((Stage::Embedding, _)) => (0, 0, 0, String::new()),
+        Some((s, Some(l))) => (1, l, s as usize, String::new()),
+        Some((s, None)) => (2, 0, s as usize, String::new()),
+        None => (3, 0, 0, key.to_string()),
+    }
+}
+
+/// Names accepted on the command line for compatibility with an earlier
+/// tool (shared/DESIGN.md), mapped to canonical stage names.
+pub fn resolve_alias(name: &str) -> Option<&'static [&'static str]> {
+    Some(match name {
+        "qkv_matmul" => &["q_proj", "k_proj", "v_proj"],
+        "q_post_rope" => &["q_rope"],
+        "k_post_rope" => &["k_rope"],
+        "attn_softmax" => &["attn_probs"],
+        "attention" => &["attn_context"],
+        "ffn_silu" => &["ffn_act"],
+        "ffn_swigl" | "ffn_swiglu" => &["ffn_mul"],
+        "ffn_out" => &["ffn_down"],
+        "post_ffn_residual" | "layer_output" => &["layer_out"],
+        "post_attn_residual" => &["attn_residual"],
+        "lm_head" => &["logits"],
+        _ => return None,
+    })
+}

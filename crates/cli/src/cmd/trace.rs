@@ -1,0 +1,591 @@
+//! `plumb trace MODEL -p PROMPT`: every stage of the forward pass, with
+//! statistics per layer and stage, layer verdicts, the next-token list, and
+//! optionally the tensors, saved as a format-1 trace file.
+//! `plumb trace --from FILE` renders a saved trace (from any engine).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use plumb_model::kernels::kernels_for;
+use plumb_model::sample::argmax;
+use plumb_model::{KvCache, NoTrace, Precision};
+use plumb_trace::plan::{parse_layers, parse_positions, parse_stages};
+use plumb_trace::stage::parse_key;
+use plumb_trace::{Recorder, Stats, TensorStats, Trace, TracePlan};
+use serde_json::json;
+
+use crate::cmd::common::{load, parse_precision, ModelArgs, PromptArgs};
+use crate::style::{ColorChoice, Style};
+use crate::{out, Outcome};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A GGUF file or a HuggingFace model folder (omit with --from).
+    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+    /// Render a saved trace file instead of running a model.
+    #[arg(long, conflicts_with = "model")]
+    pub from: Option<PathBuf>,
+    /// Arithmetic: `exact`.
+    #[arg(long, default_value = "exact", value_parser = parse_precision)]
+    pub precision: Precision,
+    #[arg(short = 't', long)]
+    pub threads: Option<usize>,
+    /// Stages to record: names, globs and aliases, e.g. `attn_norm,ffn_*`.
+    #[arg(long, default_value = "*")]
+    pub stages: String,
+    /// Layers to record, e.g. `0-3,17` (default: all).
+    #[arg(long)]
+    pub layers: Option<String>,
+    /// Keep the full tensors of the selected stages (for --save).
+    #[arg(long)]
+    pub tensors: bool,
+    /// Token positions kept in saved tensors: `all` or `last`.
+    #[arg(long, default_value = "all")]
+    pub positions: String,
+    /// Write the trace to this file (safetensors, format 1).
+    #[arg(long)]
+    pub save: Option<PathBuf>,
+    /// Overwrite an existing --save file.
+    #[arg(long)]
+    pub force: bool,
+    /// JSON Lines on stdout instead of the report.
+    #[arg(long)]
+    pub json: bool,
+    /// Continue greedily for N tokens after the trace and check the output.
+    #[arg(long, default_value_t = 0)]
+    pub generate: usize,
+    /// How many next-token candidates to list.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// A layer whose output std grows more than this factor over the
+    /// previous layer's is marked HIGH-VAR.
+    #[arg(long, default_value_t = 8.0)]
+    pub std_jump: f64,
+    /// A stage whose abs_max exceeds this many stds is marked HIGH-VAR.
+    #[arg(long, default_value_t = 200.0)]
+    pub outlier: f64,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub color: ColorChoice,
+}
+
+pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    let style = Style::new(args.color);
+    let (trace, generated) = match (&args.from, &args.model) {
+        (Some(f), _) => (Trace::load(f)?, None),
+        (None, Some(_)) => run_model(&args)?,
+        (None, None) => bail!("give a MODEL to run, or --from FILE to render a saved trace"),
+    };
+    if let (Some(path), None) = (&args.save, &args.from) {
+        trace.save(path)?;
+        eprintln!(
+            "wrote {} ({} stats, {} tensors)",
+            path.display(),
+            trace.stats.len(),
+            trace.tensors.len()
+        );
+    }
+    let verdicts = judge(&trace, args.std_jump, args.outlier);
+    let garbage = generated
+        .as_ref()
+        .map(|g: &Generated| g.flags.clone())
+        .unwrap_or_default();
+    if args.json {
+        out::print(&render_json(&trace, &verdicts, generated.as_ref())?)?;
+    } else {
+        out::print(&render_text(&trace, &verdicts, generated.as_ref(), style)?)?;
+    }
+    let failed = verdicts.iter().any(|v| v.level == Level::Anomaly) || !garbage.is_empty();
+    Ok(if failed {
+        Outcome::GateFailed
+    } else {
+        Outcome::Ok
+    })
+}
+
+/// A greedy continuation and what looks wrong with it.
+pub struct Generated {
+    pub ids: Vec<u32>,
+    pub text: String,
+    pub flags: Vec<String>,
+}
+
+fn sha256_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>)> {
+    let model_path = args.model.clone().expect("checked by caller");
+    if let Some(p) = &args.save {
+        if p.exists() && !args.force {
+            bail!("{} exists; pass --force to overwrite it", p.display());
+        }
+    }
+    let plan = TracePlan {
+        stages: parse_stages(&args.stages)?,
+        layers: args.layers.as_deref().map(parse_layers).transpose()?,
+        tensors: args.tensors,
+        positions: parse_positions(&args.positions)?,
+    };
+    let margs = ModelArgs {
+        model: model_path.clone(),
+        precision: args.precision,
+        threads: args.threads,
+    };
+    let loaded = load(&margs)?;
+    let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref());
+    let ids = args.prompt.token_ids(tok)?;
+    let capacity = ids.len() + args.generate;
+    if capacity > model.cfg.ctx_len {
+        bail!(
+            "prompt ({} tokens) + --generate {} exceeds the context of {}",
+            ids.len(),
+            args.generate,
+            model.cfg.ctx_len
+        );
+    }
+    let kernels = kernels_for(args.precision);
+    let mut rec = Recorder::new(plan);
+    let mut cache = KvCache::new(&model.cfg, capacity);
+    let logits = model.forward(kernels.as_ref(), &ids, &mut cache, true, &mut rec);
+    let v = model.cfg.vocab;
+    let last = &logits[(ids.len() - 1) * v..];
+
+    let piece = |id: u32| -> String { tok.and_then(|t| t.piece(id)).unwrap_or("").to_string() };
+    let top = top_k(last, args.top);
+    let mut meta = BTreeMap::new();
+    meta.insert(
+        "plumb.engine".into(),
+        format!(
+            "plumb {} ({})",
+            env!("CARGO_PKG_VERSION"),
+            args.precision.name()
+        ),
+    );
+    meta.insert(
+        "plumb.model".into(),
+        model_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    );
+    if model_path.is_file() {
+        meta.insert("plumb.model_sha256".into(), sha256_file(&model_path)?);
+    }
+    meta.insert("plumb.arch".into(), model.cfg.arch.name().into());
+    if let Some(p) = &args.prompt.text {
+        meta.insert("plumb.prompt".into(), p.clone());
+    }
+    meta.insert("plumb.precision".into(), args.precision.name().into());
+    meta.insert("plumb.kernels".into(), kernels.describe());
+    meta.insert(
+        "plumb.token_text".into(),
+        serde_json::to_string(&ids.iter().map(|&i| piece(i)).collect::<Vec<_>>())?,
+    );
+    let top_json: Vec<_> = top
+        .iter()
+        .map(|(id, p, l)| json!({"id": id, "token": piece(*id), "prob": p, "logit": l}))
+        .collect();
+    meta.insert("plumb.top".into(), serde_json::to_string(&top_json)?);
+    let mut trace = Trace {
+        meta,
+        tokens: ids.clone(),
+        stats: std::mem::take(&mut rec.stats),
+        tensors: rec.tensors.drain(..).map(|(k, s, d)| (k, (s, d))).collect(),
+    };
+    trace.sort();
+
+    let generated = if args.generate > 0 {
+        let mut out_ids = Vec::new();
+        let mut next = argmax(last) as u32;
+        let mut nan_logits = last.iter().any(|x| !x.is_finite());
+        for _ in 0..args.generate {
+            out_ids.push(next);
+            if tok.is_some_and(|t| t.is_eog(next)) || cache.len >= capacity {
+                break;
+            }
+            let l = model.forward(kernels.as_ref(), &[next], &mut cache, false, &mut NoTrace);
+            nan_logits |= l.iter().any(|x| !x.is_finite());
+            next = argmax(&l) as u32;
+        }
+        let text = tok.map(|t| t.decode(&out_ids)).unwrap_or_default();
+        let mut flags = garbage_flags(&out_ids, &text, v);
+        if nan_logits {
+            flags.insert(0, "NaN or Inf in the logits".into());
+        }
+        Some(Generated {
+            ids: out_ids,
+            text,
+            flags,
+        })
+    } else {
+        None
+    };
+    Ok((trace, generated))
+}
+
+/// (id, probability, logit) of the k most likely tokens, softmax in f64.
+fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f64, f32)> {
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|x| x.is_finite())
+        .fold(f32::NEG_INFINITY, f32::max);
+    let z: f64 = logits
+        .iter()
+        .filter(|x| x.is_finite())
+        .map(|&x| ((x - max) as f64).exp())
+        .sum();
+    let mut idx: Vec<usize> = (0..logits.len())
+        .filter(|&i| logits[i].is_finite())
+        .collect();
+    idx.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx.into_iter()
+        .map(|i| (i as u32, ((logits[i] - max) as f64).exp() / z, logits[i]))
+        .collect()
+}
+
+/// Signs of garbage output that hold in any language: a repeating loop at
+/// the end, replacement characters, ids outside the vocabulary.
+pub fn garbage_flags(ids: &[u32], text: &str, vocab: usize) -> Vec<String> {
+    let mut flags = Vec::new();
+    if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+        flags.push(format!(
+            "token id {bad} is outside the {vocab}-token vocabulary"
+        ));
+    }
+    let fffd = text.matches('\u{FFFD}').count();
+    if fffd > 0 {
+        flags.push(format!(
+            "{fffd} replacement character(s) (U+FFFD): invalid UTF-8 from byte tokens"
+        ));
+    }
+    // A period-p loop repeated at least 3 full times (and over ≥ 8 tokens) at the end.
+    for p in 1..=ids.len() / 3 {
+        let mut reps = 1;
+        while (reps + 1) * p <= ids.len()
+            && ids[ids.len() - (reps + 1) * p..ids.len() - reps * p] == ids[ids.len() - p..]
+        {
+            reps += 1;
+        }
+        if reps >= 3 && reps * p >= 8 {
+            flags.push(format!(
+                "repetition loop: the last {p} token(s) repeat {reps} times"
+            ));
+            break;
+        }
+    }
+    flags
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Ok,
+    HighVar,
+    Anomaly,
+}
+
+pub struct Verdict {
+    /// None: the global stages (embedding, final norm, logits).
+    pub layer: Option<usize>,
+    pub level: Level,
+    pub reasons: Vec<String>,
+}
+
+fn fmt_g(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(x) if x == 0.0 => "0".into(),
+        Some(x) if x.abs() >= 1e5 || x.abs() < 1e-3 => format!("{x:.3e}"),
+        Some(x) => format!("{x:.4}"),
+    }
+}
+
+/// Verdicts per layer: ANOMALY for NaN/Inf; HIGH-VAR for a std jump of the
+/// layer output over the previous layer's, or an abs_max far outside the std.
+pub fn judge(trace: &Trace, std_jump: f64, outlier: f64) -> Vec<Verdict> {
+    let mut groups: BTreeMap<Option<usize>, Vec<(&str, &TensorStats)>> = BTreeMap::new();
+    for (k, s) in &trace.stats {
+        let layer = parse_key(k).and_then(|(_, l)| l);
+        groups.entry(layer).or_default().push((k, s));
+    }
+    let out_std = |l: Option<usize>| -> Option<f64> {
+        let key = match l {
+            Some(l) => format!("blk.{l}.layer_out"),
+            None => "embedding".into(),
+        };
+        trace.stat(&key).and_then(|s| s.all.std)
+    };
+    let mut verdicts = Vec::new();
+    for (layer, stages) in groups {
+        let mut v = Verdict {
+            layer,
+            level: Level::Ok,
+            reasons: Vec::new(),
+        };
+        for (k, s) in &stages {
+            if s.all.nan + s.all.inf > 0 {
+                v.level = Level::Anomaly;
+                v.reasons
+                    .push(format!("{k}: {} NaN, {} Inf", s.all.nan, s.all.inf));
+            }
+            if let (Some(a), Some(sd)) = (s.all.abs_max, s.all.std) {
+                if sd > 0.0 && a / sd > outlier {
+                    v.level = v.level.max(Level::HighVar);
+                    v.reasons.push(format!(
+                        "{k}: abs_max {} is {:.0}× its std",
+                        fmt_g(Some(a)),
+                        a / sd
+                    ));
+                }
+            }
+        }
+        // Layer 0 is not compared with the embedding: the embedding's scale is
+        // the model's choice (gemma's sqrt(d), post-norms), not a layer's doing.
+        if let Some(l) = layer.filter(|&l| l > 0) {
+            if let (Some(p), Some(c)) = (out_std(Some(l - 1)), out_std(Some(l))) {
+                if p > 0.0 && c / p > std_jump {
+                    v.level = v.level.max(Level::HighVar);
+                    v.reasons.push(format!(
+                        "layer_out std jumps ×{:.1} over the previous layer",
+                        c / p
+                    ));
+                }
+            }
+        }
+        verdicts.push(v);
+    }
+    verdicts
+}
+
+fn token_texts(trace: &Trace) -> Vec<String> {
+    trace
+        .meta
+        .get("plumb.token_text")
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or_default()
+}
+
+fn stats_row(name: &str, s: &Stats, style: Style) -> String {
+    let bad = s.nan + s.inf > 0;
+    let naninf = format!("{}/{}", s.nan, s.inf);
+    let row = format!(
+        "  {name:<16} {:>11} {:>11} {:>11} {:>11} {:>11} {:>8}",
+        fmt_g(s.mean),
+        fmt_g(s.std),
+        fmt_g(s.min),
+        fmt_g(s.max),
+        fmt_g(s.abs_max),
+        naninf
+    );
+    if bad {
+        style.red(&row)
+    } else {
+        row
+    }
+}
+
+fn render_text(
+    trace: &Trace,
+    verdicts: &[Verdict],
+    generated: Option<&Generated>,
+    style: Style,
+) -> anyhow::Result<String> {
+    let mut s = String::new();
+    let m = |k: &str| trace.meta.get(k).cloned().unwrap_or_else(|| "?".into());
+    writeln!(
+        s,
+        "{}  {} ({})",
+        style.bold("plumb trace"),
+        m("plumb.model"),
+        trace.arch()
+    )?;
+    writeln!(s, "engine     {}", trace.engine())?;
+    if let Some(k) = trace.meta.get("plumb.kernels") {
+        writeln!(s, "kernels    {k}")?;
+    }
+    if let Some(p) = trace.meta.get("plumb.prompt") {
+        writeln!(s, "prompt     {p:?}")?;
+    }
+    let texts = token_texts(trace);
+    let toks: Vec<String> = trace
+        .tokens
+        .iter()
+        .enumerate()
+        .map(|(i, id)| match texts.get(i) {
+            Some(t) => format!("{id}:{t:?}"),
+            None => id.to_string(),
+        })
+        .collect();
+    writeln!(s, "tokens     {} · {}", trace.tokens.len(), toks.join(" "))?;
+    writeln!(
+        s,
+        "{}",
+        style.dim("stats over all tokens (f64); the last token's are in --json and the trace file")
+    )?;
+    let header = format!(
+        "  {:<16} {:>11} {:>11} {:>11} {:>11} {:>11} {:>8}",
+        "stage", "mean", "std", "min", "max", "abs_max", "nan/inf"
+    );
+    let by_layer: BTreeMap<Option<usize>, &Verdict> =
+        verdicts.iter().map(|v| (v.layer, v)).collect();
+    let mut current: Option<Option<usize>> = None;
+    let mut global_header_done = false;
+    for (k, st) in &trace.stats {
+        let (stage_name, layer) = match parse_key(k) {
+            Some((stage, l)) => (stage.name().to_string(), l),
+            None => (k.clone(), None),
+        };
+        if current != Some(layer) {
+            current = Some(layer);
+            match layer {
+                Some(l) => {
+                    let v = by_layer.get(&Some(l));
+                    let tag = match v.map(|v| v.level) {
+                        Some(Level::Anomaly) => style.red("ANOMALY"),
+                        Some(Level::HighVar) => style.yellow("HIGH-VAR"),
+                        _ => style.green("OK"),
+                    };
+                    writeln!(s, "\n{} {tag}", style.bold(&format!("layer {l}")))?;
+                    for r in v.map(|v| v.reasons.as_slice()).unwrap_or_default() {
+                        writeln!(s, "  {}", style.yellow(&format!("! {r}")))?;
+                    }
+                    writeln!(s, "{}", style.dim(&header))?;
+                }
+                None => {
+                    if !global_header_done {
+                        writeln!(s, "\n{}", style.dim(&header))?;
+                        global_header_done = true;
+                    } else {
+                        writeln!(s)?;
+                    }
+                }
+            }
+        }
+        writeln!(s, "{}", stats_row(&stage_name, &st.all, style))?;
+    }
+    if let Some(top) = trace
+        .meta
+        .get("plumb.top")
+        .and_then(|t| serde_json::from_str::<Vec<serde_json::Value>>(t).ok())
+    {
+        writeln!(s, "\n{}", style.bold("next token (last position)"))?;
+        for (i, e) in top.iter().enumerate() {
+            writeln!(
+                s,
+                "  {:>2}. {:>7} {:<20} p={:.4}  logit={:.4}",
+                i + 1,
+                e["id"],
+                format!("{:?}", e["token"].as_str().unwrap_or("")),
+                e["prob"].as_f64().unwrap_or(f64::NAN),
+                e["logit"].as_f64().unwrap_or(f64::NAN)
+            )?;
+        }
+    }
+    if let Some(g) = generated {
+        writeln!(
+            s,
+            "\n{} {:?}",
+            style.bold(&format!("greedy continuation ({} tokens):", g.ids.len())),
+            g.text
+        )?;
+        for f in &g.flags {
+            writeln!(s, "  {}", style.red(&format!("GARBAGE: {f}")))?;
+        }
+    }
+    let first_anomaly = verdicts.iter().find(|v| v.level == Level::Anomaly);
+    let first_high = verdicts.iter().find(|v| v.level == Level::HighVar);
+    let n_layers = verdicts.iter().filter(|v| v.layer.is_some()).count();
+    writeln!(s)?;
+    match (first_anomaly, first_high) {
+        (Some(v), _) => writeln!(
+            s,
+            "{} first anomaly in {}: {}",
+            style.red("summary"),
+            v.layer
+                .map(|l| format!("layer {l}"))
+                .unwrap_or_else(|| "the global stages".into()),
+            v.reasons.first().cloned().unwrap_or_default()
+        )?,
+        (None, Some(v)) => writeln!(
+            s,
+            "{} no NaN/Inf; first high-variance layer {}: {}",
+            style.yellow("summary"),
+            v.layer.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+            v.reasons.first().cloned().unwrap_or_default()
+        )?,
+        (None, None) => writeln!(
+            s,
+            "{} {} layers, {} stages traced, no anomaly",
+            style.green("summary"),
+            n_layers,
+            trace.stats.len()
+        )?,
+    }
+    Ok(s)
+}
+
+fn render_json(
+    trace: &Trace,
+    verdicts: &[Verdict],
+    generated: Option<&Generated>,
+) -> anyhow::Result<String> {
+    let mut lines = Vec::new();
+    lines.push(json!({
+        "type": "header",
+        "engine": trace.engine(),
+        "arch": trace.arch(),
+        "meta": trace.meta.iter().filter(|(k, _)| k.as_str() != "plumb.top" && k.as_str() != "plumb.token_text").map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "tokens": trace.tokens,
+        "token_text": token_texts(trace),
+    }));
+    for (k, st) in &trace.stats {
+        let (stage, layer) = match parse_key(k) {
+            Some((s, l)) => (s.name().to_string(), l),
+            None => (k.clone(), None),
+        };
+        lines.push(json!({"type": "stage", "key": k, "stage": stage, "layer": layer, "stats": st}));
+    }
+    for v in verdicts {
+        let level = match v.level {
+            Level::Ok => "OK",
+            Level::HighVar => "HIGH-VAR",
+            Level::Anomaly => "ANOMALY",
+        };
+        lines.push(
+            json!({"type": "verdict", "layer": v.layer, "level": level, "reasons": v.reasons}),
+        );
+    }
+    if let Some(top) = trace
+        .meta
+        .get("plumb.top")
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+    {
+        lines.push(json!({"type": "top", "tokens": top}));
+    }
+    if let Some(g) = generated {
+        lines.push(json!({"type": "generation", "ids": g.ids, "text": g.text, "flags": g.flags}));
+    }
+    let mut s = String::new();
+    for l in lines {
+        s.push_str(&serde_json::to_string(&l).context("JSON")?);
+        s.push('\n');
+    }
+    Ok(s)
+}

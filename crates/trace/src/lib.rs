@@ -1,0 +1,19 @@
+//! Tracing: the named stages of a forward pass, the plan of what to record,
+//! statistics, the recorder that a traced forward pass reports to, and trace
+//! files (format 1, shared/DESIGN.md).
+//!
+//! This crate knows nothing of models or kernels: the engine depends on it
+//! for [`stage::Observer`], and diff tools read [`file::Trace`] without ever
+//! seeing the engine.
+
+pub mod file;
+pub mod plan;
+pub mod recorder;
+pub mod stage;
+pub mod stats;
+
+pub use file::{Trace, TraceError};
+pub use plan::{Positions, TracePlan};
+pub use recorder::Recorder;
+pub use stage::{NoTrace, Observer, Stage};
+pub use stats::{Stats, TensorStats};

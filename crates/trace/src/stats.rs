@@ -1,0 +1,154 @@
+//! Statistics of one traced tensor (shared/DESIGN.md): computed in f64 over
+//! all elements and again over the last token's slice; NaN and Inf are
+//! counted apart and left out of every other figure.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub count: u64,
+    pub mean: Option<f64>,
+    pub std: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub abs_max: Option<f64>,
+    pub l2: Option<f64>,
+    pub nan: u64,
+    pub inf: u64,
+}
+
+/// Stats of a whole tensor plus its last token's slice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorStats {
+    pub shape: Vec<usize>,
+    #[serde(flatten)]
+    pub all: Stats,
+    pub last: Stats,
+}
+
+impl Stats {
+    /// Over an iterator of values. `count` is every element, NaN/Inf included.
+    pub fn of<'a>(values: impl Iterator<Item = &'a f32>) -> Stats {
+        let (mut n, mut finite, mut nan, mut inf) = (0u64, 0u64, 0u64, 0u64);
+        let (mut sum, mut sumsq) = (0f64, 0f64);
+        let (mut min, mut max, mut amax) = (f64::INFINITY, f64::NEG_INFINITY, 0f64);
+        // Two passes would be more accurate for the variance; a shifted
+        // single pass (by the first finite value) is accurate enough in f64
+        // for f32 data and keeps one pass over large tensors.
+        let mut shift: Option<f64> = None;
+        let mut ssum = 0f64;
+        for &v in values {
+            n += 1;
+            if v.is_nan() {
+                nan += 1;
+                continue;
+            }
+            if v.is_infinite() {
+                inf += 1;
+                continue;
+            }
+            let x = v as f64;
+            finite += 1;
+            sum += x;
+            sumsq += x * x;
+            let k = *shift.get_or_insert(x);
+            ssum += (x - k) * (x - k);
+            min = min.min(x);
+            max = max.max(x);
+            amax = amax.max(x.abs());
+        }
+        if finite == 0 {
+            return Stats {
+                count: n,
+                mean: None,
+                std: None,
+                min: None,
+                max: None,
+                abs_max: None,
+                l2: None,
+                nan,
+                inf,
+            };
+        }
+        let f = finite as f64;
+        let mean = sum / f;
+        let k = shift.unwrap_or(0.0);
+        let var = (ssum / f - (mean - k) * (mean - k)).max(0.0);
+        Stats {
+            count: n,
+            mean: Some(mean),
+            std: Some(var.sqrt()),
+            min: Some(min),
+            max: Some(max),
+            abs_max: Some(amax),
+            l2: Some(sumsq.sqrt()),
+            nan,
+            inf,
+        }
+    }
+}
+
+/// Elements of `data` (row-major, `shape`) whose index on `axis` is the last.
+pub fn last_slice<'a>(
+    data: &'a [f32],
+    shape: &[usize],
+    axis: usize,
+) -> impl Iterator<Item = &'a f32> + 'a {
+    let axis = axis.min(shape.len().saturating_sub(1));
+    let outer: usize = shape[..axis].iter().product();
+    let len = shape.get(axis).copied().unwrap_or(1);
+    let inner: usize = shape[axis + 1..].iter().product();
+    (0..outer).flat_map(move |o| {
+        let start = (o * len + len.saturating_sub(1)) * inner;
+        data[start..start + inner].iter()
+    })
+}
+
+impl TensorStats {
+    pub fn compute(data: &[f32], shape: &[usize], token_axis: usize) -> TensorStats {
+        TensorStats {
+            shape: shape.to_vec(),
+            all: Stats::of(data.iter()),
+            last: Stats::of(last_slice(data, shape, token_axis)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_exclude_nan_and_inf() {
+        let s = Stats::of([1.0f32, 2.0, 3.0, f32::NAN, f32::INFINITY, -4.0].iter());
+        assert_eq!(s.count, 6);
+        assert_eq!((s.nan, s.inf), (1, 1));
+        assert_eq!(s.mean, Some(0.5));
+        assert_eq!(s.min, Some(-4.0));
+        assert_eq!(s.abs_max, Some(4.0));
+        let var: f64 = [1.0f64, 2.0, 3.0, -4.0]
+            .iter()
+            .map(|x| (x - 0.5).powi(2))
+            .sum::<f64>()
+            / 4.0;
+        assert!((s.std.unwrap() - var.sqrt()).abs() < 1e-12);
+        assert!((s.l2.unwrap() - 30f64.sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn last_slice_follows_the_token_axis() {
+        // [2, 3, 2]: axis 1 picks rows [0,2,:] and [1,2,:].
+        let d: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let v: Vec<f32> = last_slice(&d, &[2, 3, 2], 1).copied().collect();
+        assert_eq!(v, vec![4.0, 5.0, 10.0, 11.0]);
+        let v: Vec<f32> = last_slice(&d, &[3, 4], 0).copied().collect();
+        assert_eq!(v, vec![8.0, 9.0, 10.0, 11.0]);
+    }
+
+    #[test]
+    fn all_nan_gives_no_figures() {
+        let s = Stats::of([f32::NAN; 3].iter());
+        assert_eq!(s.mean, None);
+        assert_eq!(s.nan, 3);
+    }
+}
