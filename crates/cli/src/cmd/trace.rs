@@ -311,7 +311,7 @@ pub struct Verdict {
 fn fmt_g(v: Option<f64>) -> String {
     match v {
         None => "-".into(),
-        Some(x) if x == 0.0 => "0".into(),
+        Some(0.0) => "0".into(),
         Some(x) if x.abs() >= 1e5 || x.abs() < 1e-3 => format!("{x:.3e}"),
         Some(x) => format!("{x:.4}"),
     }
@@ -588,4 +588,32 @@ fn render_json(
         s.push('\n');
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::garbage_flags;
+
+    #[test]
+    fn loops_replacement_chars_and_bad_ids_are_flagged() {
+        let ids: Vec<u32> = [5, 6, 7].into_iter().chain([1, 2, 3].repeat(4)).collect();
+        let f = garbage_flags(&ids, "ok", 100);
+        assert!(
+            f.iter()
+                .any(|m| m.contains("last 3 token(s) repeat 4 times")),
+            "{f:?}"
+        );
+        assert!(garbage_flags(&[9; 10], "ok", 100)
+            .iter()
+            .any(|m| m.contains("repeat 10 times")));
+        assert!(garbage_flags(&[1, 2], "a\u{FFFD}b", 100)
+            .iter()
+            .any(|m| m.contains("replacement")));
+        assert!(garbage_flags(&[1, 200], "ab", 100)
+            .iter()
+            .any(|m| m.contains("outside")));
+        // Short repeats (fewer than 8 tokens in the loop) and varied text pass.
+        assert!(garbage_flags(&[1, 2, 1, 2, 1, 2], "ok", 100).is_empty());
+        assert!(garbage_flags(&(0..40).collect::<Vec<_>>(), "Привет, 世界", 100).is_empty());
+    }
 }

@@ -1,0 +1,83 @@
+//! Tracing only observes, and threads do not change numbers: logits are
+//! bit-identical with tracing off, stats-only and full tensors, and for one
+//! thread or two.
+
+use std::path::PathBuf;
+
+use plumb_model::kernels::kernels_for;
+use plumb_model::{KvCache, Model, NoTrace, Precision};
+use plumb_trace::{Recorder, TracePlan};
+
+fn real_model() -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/gemma-3-270m-q4_k_m.gguf");
+    if p.is_file() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "CI must fetch the real model first"
+    );
+    None
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn tracing_and_threads_never_change_a_number() {
+    let Some(p) = real_model() else { return };
+    let model = Model::load(&p).unwrap();
+    let k = kernels_for(Precision::Exact);
+    let prompt = [2u32, 818, 5279, 529, 7001, 563];
+    let run = |obs: &mut dyn plumb_model::Observer| {
+        let mut cache = KvCache::new(&model.cfg, prompt.len() + 1);
+        let mut l = model.forward(k.as_ref(), &prompt, &mut cache, true, obs);
+        // One decode step too.
+        l.extend(model.forward(k.as_ref(), &[506], &mut cache, true, obs));
+        l
+    };
+    let plain = run(&mut NoTrace);
+    let mut stats_only = Recorder::new(TracePlan::default());
+    let with_stats = run(&mut stats_only);
+    let mut full = Recorder::new(TracePlan {
+        tensors: true,
+        ..TracePlan::default()
+    });
+    let with_tensors = run(&mut full);
+    assert_eq!(bits(&plain), bits(&with_stats));
+    assert_eq!(bits(&plain), bits(&with_tensors));
+    assert!(!full.tensors.is_empty() && !stats_only.stats.is_empty());
+    // The decode step recorded T = 1 tensors.
+    let (_, shape, _) = full
+        .tensors
+        .iter()
+        .find(|(k, _, _)| k == "blk.0.attn_norm")
+        .unwrap();
+    assert_eq!(shape, &vec![1, 640]);
+    let (_, shape, _) = full
+        .tensors
+        .iter()
+        .find(|(k, _, _)| k == "blk.0.attn_scores")
+        .unwrap();
+    assert_eq!(shape, &vec![4, 1, 7]);
+
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(|| run(&mut NoTrace));
+    let two = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap()
+        .install(|| run(&mut NoTrace));
+    let three = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap()
+        .install(|| run(&mut NoTrace));
+    assert_eq!(bits(&one), bits(&plain));
+    assert_eq!(bits(&one), bits(&two));
+    assert_eq!(bits(&one), bits(&three));
+}
