@@ -7,6 +7,7 @@
 //! the forward code never asks which model it is running.
 
 pub mod config;
+pub mod fault;
 pub mod kernels;
 pub mod model;
 pub mod sample;

@@ -9,6 +9,7 @@ use std::path::Path;
 use plumb_formats::{Bytes, OwnedTensor};
 
 use crate::config::{Activation, ModelConfig};
+use crate::fault::Fault;
 use crate::kernels::{Kernels, Weight};
 use crate::weights::validate;
 use crate::{ModelError, ModelSource};
@@ -46,6 +47,8 @@ pub struct Model {
     /// Rotary inverse frequencies for global and sliding layers, [hd/2].
     inv_freq: Vec<f32>,
     inv_freq_local: Vec<f32>,
+    /// A deliberate perturbation of one stage, for testing the diff tools.
+    pub fault: Option<Fault>,
 }
 
 /// The key/value cache: per layer, rows of [Hkv·hd] for each position.
@@ -199,6 +202,7 @@ impl Model {
             output,
             inv_freq,
             inv_freq_local,
+            fault: None,
         })
     }
 
@@ -213,28 +217,69 @@ impl Model {
         all_logits: bool,
         tr: &mut dyn Observer,
     ) -> Vec<f32> {
-        let c = &self.cfg;
-        let (t, d, hd, ff) = (tokens.len(), c.d, c.head_dim, c.ff);
-        let (nh, nkv, qd, kvd) = (c.n_head, c.n_head_kv, c.q_dim(), c.kv_dim());
+        let t = tokens.len();
         let p = cache.len;
-        let tkv = p + t;
         assert!(
-            tkv <= cache.capacity,
-            "KV cache full: {tkv} > {}",
+            p + t <= cache.capacity,
+            "KV cache full: {} > {}",
+            p + t,
             cache.capacity
         );
+        let mut x = self.embed(tokens, tr);
+        for l in 0..self.cfg.n_layer {
+            self.layer(k, l, &mut x, t, cache, p, tr);
+        }
+        cache.len = p + t;
+        self.head(k, &x, t, all_logits, tr)
+    }
 
-        // x = embed(tokens) * embed_scale                                   [T, d]
+    /// Applies the model's fault, if it targets this stage (self-tests of
+    /// the diff tools); a no-op otherwise.
+    #[inline]
+    fn tap(&self, layer: Option<usize>, stage: Stage, data: &mut [f32], shape: &[usize]) {
+        if let Some(f) = &self.fault {
+            if f.stage == stage && f.layer == layer {
+                f.apply(data, shape);
+            }
+        }
+    }
+
+    /// x = embed(tokens) · embed_scale                                      [T, d]
+    pub fn embed(&self, tokens: &[u32], tr: &mut dyn Observer) -> Vec<f32> {
+        let (t, d) = (tokens.len(), self.cfg.d);
         let mut x = vec![0f32; t * d];
         for (i, &tok) in tokens.iter().enumerate() {
             self.embed
                 .row_into(tok as usize, &mut x[i * d..(i + 1) * d]);
         }
-        if c.embed_scale != 1.0 {
-            x.iter_mut().for_each(|v| *v *= c.embed_scale);
+        if self.cfg.embed_scale != 1.0 {
+            x.iter_mut().for_each(|v| *v *= self.cfg.embed_scale);
         }
+        self.tap(None, Stage::Embedding, &mut x, &[t, d]);
         tr.record(None, Stage::Embedding, &x, &[t, d]);
+        x
+    }
 
+    /// One decoder layer on the residual stream x [T, d] at positions
+    /// p .. p+T, appending this layer's keys and values to the cache (which
+    /// must already hold positions 0 .. p for this layer).
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer(
+        &self,
+        k: &dyn Kernels,
+        l: usize,
+        x: &mut [f32],
+        t: usize,
+        cache: &mut KvCache,
+        p: usize,
+        tr: &mut dyn Observer,
+    ) {
+        let c = &self.cfg;
+        let w = &self.layers[l];
+        let (d, hd, ff) = (c.d, c.head_dim, c.ff);
+        let (nh, nkv, qd, kvd) = (c.n_head, c.n_head_kv, c.q_dim(), c.kv_dim());
+        let tkv = p + t;
+        let lr = Some(l);
         let mut xn = vec![0f32; t * d]; //                                    [T, d]
         let mut q = vec![0f32; t * qd]; //                                    [T, H*hd]
         let mut kk = vec![0f32; t * kvd]; //                                  [T, Hkv*hd]
@@ -246,145 +291,177 @@ impl Model {
         let mut up = vec![0f32; t * ff]; //                                   [T, ff]
         let mut down = vec![0f32; t * d]; //                                  [T, d]
 
-        for (l, w) in self.layers.iter().enumerate() {
-            let lr = Some(l);
-            // xn = norm(x)
-            rms_norm(&x, &w.attn_norm, c.rms_eps, &mut xn);
-            tr.record(lr, Stage::AttnNorm, &xn, &[t, d]);
+        // xn = norm(x)
+        rms_norm(x, &w.attn_norm, c.rms_eps, &mut xn);
+        self.tap(lr, Stage::AttnNorm, &mut xn, &[t, d]);
+        tr.record(lr, Stage::AttnNorm, &xn, &[t, d]);
 
-            // q, k, v = xn·Wqᵀ + bq, …
-            k.linear(&w.wq, &xn, t, &mut q);
-            k.linear(&w.wk, &xn, t, &mut kk);
-            k.linear(&w.wv, &xn, t, &mut vv);
-            add_bias(&mut q, w.bq.as_deref());
-            add_bias(&mut kk, w.bk.as_deref());
-            add_bias(&mut vv, w.bv.as_deref());
-            tr.record(lr, Stage::QProj, &q, &[t, qd]);
-            tr.record(lr, Stage::KProj, &kk, &[t, kvd]);
-            tr.record(lr, Stage::VProj, &vv, &[t, kvd]);
+        // q, k, v = xn·Wqᵀ + bq, …
+        k.linear(&w.wq, &xn, t, &mut q);
+        add_bias(&mut q, w.bq.as_deref());
+        self.tap(lr, Stage::QProj, &mut q, &[t, qd]);
+        tr.record(lr, Stage::QProj, &q, &[t, qd]);
+        k.linear(&w.wk, &xn, t, &mut kk);
+        add_bias(&mut kk, w.bk.as_deref());
+        self.tap(lr, Stage::KProj, &mut kk, &[t, kvd]);
+        tr.record(lr, Stage::KProj, &kk, &[t, kvd]);
+        k.linear(&w.wv, &xn, t, &mut vv);
+        add_bias(&mut vv, w.bv.as_deref());
+        self.tap(lr, Stage::VProj, &mut vv, &[t, kvd]);
+        tr.record(lr, Stage::VProj, &vv, &[t, kvd]);
 
-            // q, k = headwise_norm(q), headwise_norm(k)
-            if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
-                head_rms_norm(&mut q, qn, c.rms_eps);
-                head_rms_norm(&mut kk, kn, c.rms_eps);
-                tr.record(lr, Stage::QNorm, &q, &[t, qd]);
-                tr.record(lr, Stage::KNorm, &kk, &[t, kvd]);
-            }
-
-            // q, k = rope(q, pos), rope(k, pos)   (HF rotate-half convention)
-            let sliding = c.layer_sliding[l];
-            let inv_freq = if sliding {
-                &self.inv_freq_local
-            } else {
-                &self.inv_freq
-            };
-            rope(&mut q, qd, hd, p, inv_freq);
-            rope(&mut kk, kvd, hd, p, inv_freq);
-            tr.record(lr, Stage::QRope, &q, &[t, qd]);
-            tr.record(lr, Stage::KRope, &kk, &[t, kvd]);
-
-            cache.k[l].extend_from_slice(&kk);
-            cache.v[l].extend_from_slice(&vv);
-            let (kc, vc) = (&cache.k[l], &cache.v[l]);
-
-            // scores[h, i, j] = q[i, h]·k[j, h/(H/Hkv)] · scale (then softcap)
-            let group = nh / nkv;
-            for h in 0..nh {
-                let kh = h / group;
-                for i in 0..t {
-                    let qi = &q[i * qd + h * hd..i * qd + (h + 1) * hd];
-                    let row = &mut scores[(h * t + i) * tkv..(h * t + i + 1) * tkv];
-                    for (j, s) in row.iter_mut().enumerate() {
-                        let kj = &kc[j * kvd + kh * hd..j * kvd + (kh + 1) * hd];
-                        let mut v = dot_f32_exact(qi, kj) * c.attn_scale;
-                        if let Some(cap) = c.attn_softcap {
-                            v = (v / cap).tanh() * cap;
-                        }
-                        *s = v;
-                    }
-                }
-            }
-            tr.record(lr, Stage::AttnScores, &scores, &[nh, t, tkv]);
-
-            // probs = softmax(scores + causal/sliding mask)
-            let window = if sliding { c.sliding_window } else { None };
-            for h in 0..nh {
-                for i in 0..t {
-                    let qpos = p + i;
-                    let row = &mut scores[(h * t + i) * tkv..(h * t + i + 1) * tkv];
-                    let visible = |j: usize| j <= qpos && window.is_none_or(|win| qpos - j < win);
-                    softmax_masked(row, visible);
-                }
-            }
-            tr.record(lr, Stage::AttnProbs, &scores, &[nh, t, tkv]);
-
-            // ctx[i, h] = Σ_j probs[h, i, j] · v[j, h/(H/Hkv)]
-            ctx.iter_mut().for_each(|v| *v = 0.0);
-            for h in 0..nh {
-                let kh = h / group;
-                for i in 0..t {
-                    let probs = &scores[(h * t + i) * tkv..(h * t + i + 1) * tkv];
-                    let out = &mut ctx[i * qd + h * hd..i * qd + (h + 1) * hd];
-                    for (j, &pr) in probs.iter().enumerate() {
-                        if pr == 0.0 {
-                            continue;
-                        }
-                        let vj = &vc[j * kvd + kh * hd..j * kvd + (kh + 1) * hd];
-                        for (o, v) in out.iter_mut().zip(vj) {
-                            *o += pr * v;
-                        }
-                    }
-                }
-            }
-            tr.record(lr, Stage::AttnContext, &ctx, &[t, qd]);
-
-            // attn = ctx·Woᵀ (then post-norm)
-            k.linear(&w.wo, &ctx, t, &mut attn);
-            tr.record(lr, Stage::AttnOut, &attn, &[t, d]);
-            if let Some(pn) = &w.attn_post_norm {
-                let raw = attn.clone();
-                rms_norm(&raw, pn, c.rms_eps, &mut attn);
-                tr.record(lr, Stage::AttnPostNorm, &attn, &[t, d]);
-            }
-
-            // x = x + attn
-            x.iter_mut().zip(&attn).for_each(|(a, b)| *a += b);
-            tr.record(lr, Stage::AttnResidual, &x, &[t, d]);
-
-            // xn = norm(x); gate, up = xn·Wgateᵀ, xn·Wupᵀ
-            rms_norm(&x, &w.ffn_norm, c.rms_eps, &mut xn);
-            tr.record(lr, Stage::FfnNorm, &xn, &[t, d]);
-            k.linear(&w.w_gate, &xn, t, &mut gate);
-            k.linear(&w.w_up, &xn, t, &mut up);
-            tr.record(lr, Stage::FfnGate, &gate, &[t, ff]);
-            tr.record(lr, Stage::FfnUp, &up, &[t, ff]);
-
-            // gate = act(gate); gate = gate * up
-            match c.act {
-                Activation::Silu => gate.iter_mut().for_each(|g| *g = silu(*g)),
-                Activation::GeluTanh => gate.iter_mut().for_each(|g| *g = gelu_tanh(*g)),
-            }
-            tr.record(lr, Stage::FfnAct, &gate, &[t, ff]);
-            gate.iter_mut().zip(&up).for_each(|(g, u)| *g *= u);
-            tr.record(lr, Stage::FfnMul, &gate, &[t, ff]);
-
-            // down = gate·Wdownᵀ (then post-norm)
-            k.linear(&w.w_down, &gate, t, &mut down);
-            tr.record(lr, Stage::FfnDown, &down, &[t, d]);
-            if let Some(pn) = &w.ffn_post_norm {
-                let raw = down.clone();
-                rms_norm(&raw, pn, c.rms_eps, &mut down);
-                tr.record(lr, Stage::FfnPostNorm, &down, &[t, d]);
-            }
-
-            // x = x + down
-            x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
-            tr.record(lr, Stage::LayerOut, &x, &[t, d]);
+        // q, k = headwise_norm(q), headwise_norm(k)
+        if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+            head_rms_norm(&mut q, qn, c.rms_eps);
+            self.tap(lr, Stage::QNorm, &mut q, &[t, qd]);
+            tr.record(lr, Stage::QNorm, &q, &[t, qd]);
+            head_rms_norm(&mut kk, kn, c.rms_eps);
+            self.tap(lr, Stage::KNorm, &mut kk, &[t, kvd]);
+            tr.record(lr, Stage::KNorm, &kk, &[t, kvd]);
         }
-        cache.len = tkv;
 
-        // logits = norm(x)·Woutᵀ (then softcap)
-        rms_norm(&x, &self.final_norm, c.rms_eps, &mut xn);
+        // q, k = rope(q, pos), rope(k, pos)   (HF rotate-half convention)
+        let sliding = c.layer_sliding[l];
+        let inv_freq = if sliding {
+            &self.inv_freq_local
+        } else {
+            &self.inv_freq
+        };
+        rope(&mut q, qd, hd, p, inv_freq);
+        self.tap(lr, Stage::QRope, &mut q, &[t, qd]);
+        tr.record(lr, Stage::QRope, &q, &[t, qd]);
+        rope(&mut kk, kvd, hd, p, inv_freq);
+        self.tap(lr, Stage::KRope, &mut kk, &[t, kvd]);
+        tr.record(lr, Stage::KRope, &kk, &[t, kvd]);
+
+        cache.k[l].truncate(p * kvd);
+        cache.v[l].truncate(p * kvd);
+        cache.k[l].extend_from_slice(&kk);
+        cache.v[l].extend_from_slice(&vv);
+        let (kc, vc) = (&cache.k[l], &cache.v[l]);
+
+        // scores[h, i, j] = q[i, h]·k[j, h/(H/Hkv)] · scale (then softcap)
+        let group = nh / nkv;
+        for h in 0..nh {
+            let kh = h / group;
+            for i in 0..t {
+                let qi = &q[i * qd + h * hd..i * qd + (h + 1) * hd];
+                let row = &mut scores[(h * t + i) * tkv..(h * t + i + 1) * tkv];
+                for (j, s) in row.iter_mut().enumerate() {
+                    let kj = &kc[j * kvd + kh * hd..j * kvd + (kh + 1) * hd];
+                    let mut v = dot_f32_exact(qi, kj) * c.attn_scale;
+                    if let Some(cap) = c.attn_softcap {
+                        v = (v / cap).tanh() * cap;
+                    }
+                    *s = v;
+                }
+            }
+        }
+        self.tap(lr, Stage::AttnScores, &mut scores, &[nh, t, tkv]);
+        tr.record(lr, Stage::AttnScores, &scores, &[nh, t, tkv]);
+
+        // probs = softmax(scores + causal/sliding mask)
+        let window = if sliding { c.sliding_window } else { None };
+        for h in 0..nh {
+            for i in 0..t {
+                let qpos = p + i;
+                let row = &mut scores[(h * t + i) * tkv..(h * t + i + 1) * tkv];
+                let visible = |j: usize| j <= qpos && window.is_none_or(|win| qpos - j < win);
+                softmax_masked(row, visible);
+            }
+        }
+        self.tap(lr, Stage::AttnProbs, &mut scores, &[nh, t, tkv]);
+        tr.record(lr, Stage::AttnProbs, &scores, &[nh, t, tkv]);
+
+        // ctx[i, h] = Σ_j probs[h, i, j] · v[j, h/(H/Hkv)]
+        for h in 0..nh {
+            let kh = h / group;
+            for i in 0..t {
+                let probs = &scores[(h * t + i) * tkv..(h * t + i + 1) * tkv];
+                let out = &mut ctx[i * qd + h * hd..i * qd + (h + 1) * hd];
+                for (j, &pr) in probs.iter().enumerate() {
+                    if pr == 0.0 {
+                        continue;
+                    }
+                    let vj = &vc[j * kvd + kh * hd..j * kvd + (kh + 1) * hd];
+                    for (o, v) in out.iter_mut().zip(vj) {
+                        *o += pr * v;
+                    }
+                }
+            }
+        }
+        self.tap(lr, Stage::AttnContext, &mut ctx, &[t, qd]);
+        tr.record(lr, Stage::AttnContext, &ctx, &[t, qd]);
+
+        // attn = ctx·Woᵀ (then post-norm)
+        k.linear(&w.wo, &ctx, t, &mut attn);
+        self.tap(lr, Stage::AttnOut, &mut attn, &[t, d]);
+        tr.record(lr, Stage::AttnOut, &attn, &[t, d]);
+        if let Some(pn) = &w.attn_post_norm {
+            let raw = attn.clone();
+            rms_norm(&raw, pn, c.rms_eps, &mut attn);
+            self.tap(lr, Stage::AttnPostNorm, &mut attn, &[t, d]);
+            tr.record(lr, Stage::AttnPostNorm, &attn, &[t, d]);
+        }
+
+        // x = x + attn
+        x.iter_mut().zip(&attn).for_each(|(a, b)| *a += b);
+        self.tap(lr, Stage::AttnResidual, x, &[t, d]);
+        tr.record(lr, Stage::AttnResidual, x, &[t, d]);
+
+        // xn = norm(x); gate, up = xn·Wgateᵀ, xn·Wupᵀ
+        rms_norm(x, &w.ffn_norm, c.rms_eps, &mut xn);
+        self.tap(lr, Stage::FfnNorm, &mut xn, &[t, d]);
+        tr.record(lr, Stage::FfnNorm, &xn, &[t, d]);
+        k.linear(&w.w_gate, &xn, t, &mut gate);
+        self.tap(lr, Stage::FfnGate, &mut gate, &[t, ff]);
+        tr.record(lr, Stage::FfnGate, &gate, &[t, ff]);
+        k.linear(&w.w_up, &xn, t, &mut up);
+        self.tap(lr, Stage::FfnUp, &mut up, &[t, ff]);
+        tr.record(lr, Stage::FfnUp, &up, &[t, ff]);
+
+        // gate = act(gate); gate = gate * up
+        match c.act {
+            Activation::Silu => gate.iter_mut().for_each(|g| *g = silu(*g)),
+            Activation::GeluTanh => gate.iter_mut().for_each(|g| *g = gelu_tanh(*g)),
+        }
+        self.tap(lr, Stage::FfnAct, &mut gate, &[t, ff]);
+        tr.record(lr, Stage::FfnAct, &gate, &[t, ff]);
+        gate.iter_mut().zip(&up).for_each(|(g, u)| *g *= u);
+        self.tap(lr, Stage::FfnMul, &mut gate, &[t, ff]);
+        tr.record(lr, Stage::FfnMul, &gate, &[t, ff]);
+
+        // down = gate·Wdownᵀ (then post-norm)
+        k.linear(&w.w_down, &gate, t, &mut down);
+        self.tap(lr, Stage::FfnDown, &mut down, &[t, d]);
+        tr.record(lr, Stage::FfnDown, &down, &[t, d]);
+        if let Some(pn) = &w.ffn_post_norm {
+            let raw = down.clone();
+            rms_norm(&raw, pn, c.rms_eps, &mut down);
+            self.tap(lr, Stage::FfnPostNorm, &mut down, &[t, d]);
+            tr.record(lr, Stage::FfnPostNorm, &down, &[t, d]);
+        }
+
+        // x = x + down
+        x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+        self.tap(lr, Stage::LayerOut, x, &[t, d]);
+        tr.record(lr, Stage::LayerOut, x, &[t, d]);
+    }
+
+    /// logits = norm(x)·Woutᵀ (then softcap), for all T rows or the last.
+    pub fn head(
+        &self,
+        k: &dyn Kernels,
+        x: &[f32],
+        t: usize,
+        all_logits: bool,
+        tr: &mut dyn Observer,
+    ) -> Vec<f32> {
+        let c = &self.cfg;
+        let d = c.d;
+        let mut xn = vec![0f32; t * d];
+        rms_norm(x, &self.final_norm, c.rms_eps, &mut xn);
+        self.tap(None, Stage::FinalNorm, &mut xn, &[t, d]);
         tr.record(None, Stage::FinalNorm, &xn, &[t, d]);
         let (rows, from) = if all_logits { (t, 0) } else { (1, t - 1) };
         let mut logits = vec![0f32; rows * c.vocab];
@@ -392,6 +469,7 @@ impl Model {
         if let Some(cap) = c.final_softcap {
             logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
         }
+        self.tap(None, Stage::Logits, &mut logits, &[rows, c.vocab]);
         tr.record(None, Stage::Logits, &logits, &[rows, c.vocab]);
         logits
     }
