@@ -13,11 +13,7 @@ mod out;
 mod style;
 
 #[derive(Parser)]
-#[command(
-    name = "plumb",
-    version,
-    about = "An LLM inference engine built to be seen inside"
-)]
+#[command(name = "plumb", version, about = "An LLM inference engine built to be seen inside")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -31,6 +27,10 @@ enum Command {
     Run(cmd::run::Args),
     /// Run a prompt with every stage traced: statistics per layer, verdicts, tensors.
     Trace(cmd::trace::Args),
+    /// Compare two trace files (from any engine) stage by stage; B is the reference.
+    Diff(cmd::diff::Args),
+    /// Run two models or precisions on the same tokens and name the first stage where they part.
+    Bisect(cmd::bisect::Args),
 }
 
 /// How a command ended when it did not fail outright.
@@ -46,6 +46,8 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Run(a) => cmd::run::run(a),
         Command::Trace(a) => cmd::trace::run(a),
+        Command::Diff(a) => cmd::diff::run(a),
+        Command::Bisect(a) => cmd::bisect::run(a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -19,11 +19,13 @@ impl Style {
         let on = match choice {
             ColorChoice::Always => true,
             ColorChoice::Never => false,
-            ColorChoice::Auto => {
-                std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
-            }
+            ColorChoice::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
         };
         Style { on }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.on
     }
 
     fn paint(&self, code: &str, s: &str) -> String {

@@ -9,14 +9,9 @@ use plumb_formats::writer::GgufWriter;
 use plumb_formats::GgmlType;
 
 fn plumb(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_plumb"))
-        .args(args)
-        .output()
-        .unwrap();
-    let (so, se) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
+    let out = Command::new(env!("CARGO_BIN_EXE_plumb")).args(args).output().unwrap();
+    let (so, se) =
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
     assert!(!se.contains("panicked"), "plumb {args:?} panicked:\n{se}");
     (out.status.code().unwrap_or(-1), so, se)
 }
@@ -26,10 +21,7 @@ fn real_model() -> Option<PathBuf> {
     if p.is_file() {
         return Some(p);
     }
-    assert!(
-        std::env::var("CI").is_err(),
-        "CI must fetch the real model first (scripts/fetch-model.sh)"
-    );
+    assert!(std::env::var("CI").is_err(), "CI must fetch the real model first (scripts/fetch-model.sh)");
     eprintln!("skipping: real model not present");
     None
 }
@@ -43,13 +35,7 @@ fn real_model_report() {
     assert!(out.contains("18 layers · d 640"), "{out}");
     assert!(out.contains("vocab 262144"), "{out}");
     assert!(out.contains("tensors (236)"), "{out}");
-    for (ty, n) in [
-        ("F32", 109),
-        ("Q5_0", 81),
-        ("Q4_K", 27),
-        ("Q8_0", 10),
-        ("Q6_K", 9),
-    ] {
+    for (ty, n) in [("F32", 109), ("Q5_0", 81), ("Q4_K", 27), ("Q8_0", 10), ("Q6_K", 9)] {
         let line = out
             .lines()
             .find(|l| l.trim_start().starts_with(&format!("{ty} ")))
@@ -64,8 +50,7 @@ fn real_model_json() {
     let Some(p) = real_model() else { return };
     let (code, out, _) = plumb(&["inspect", "--json", p.to_str().unwrap()]);
     assert_eq!(code, 0);
-    let j: serde_json::Value =
-        serde_json::from_str(&out).expect("inspect --json is one JSON document");
+    let j: serde_json::Value = serde_json::from_str(&out).expect("inspect --json is one JSON document");
     assert_eq!(j["config"]["layers"], 18);
     assert_eq!(j["config"]["embedding"], 640);
     assert_eq!(j["config"]["vocab"], 262144);
@@ -78,10 +63,7 @@ fn real_model_json() {
 fn small_gguf() -> Vec<u8> {
     let mut w = GgufWriter::new();
     w.set("general.architecture", Value::String("llama".into()));
-    w.set(
-        "general.tags",
-        Value::Array(vec![Value::String("t".into())]),
-    );
+    w.set("general.tags", Value::Array(vec![Value::String("t".into())]));
     let x: Vec<f32> = (0..64).map(|i| i as f32).collect();
     w.add_f32("a.weight", &[2, 32], GgmlType::Q8_0, &x).unwrap();
     w.add_f32("b.weight", &[64], GgmlType::F32, &x).unwrap();
@@ -104,10 +86,7 @@ fn every_truncation_exits_2_naming_the_file() {
         let p = write(dir.path(), "cut.gguf", &bytes[..len]);
         let (code, _, err) = plumb(&["inspect", p.to_str().unwrap()]);
         assert_eq!(code, 2, "truncated to {len}: exit {code}, stderr {err}");
-        assert!(
-            err.contains("cut.gguf"),
-            "truncated to {len}: message does not name the file: {err}"
-        );
+        assert!(err.contains("cut.gguf"), "truncated to {len}: message does not name the file: {err}");
     }
 }
 
@@ -118,16 +97,12 @@ fn incomplete_model_is_a_failed_gate_not_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = GgufWriter::new();
     w.set("general.architecture", Value::String("llama".into()));
-    for (k, v) in [
-        ("block_count", 1u32),
-        ("embedding_length", 32),
-        ("feed_forward_length", 64),
-        ("attention.head_count", 2),
-    ] {
+    for (k, v) in
+        [("block_count", 1u32), ("embedding_length", 32), ("feed_forward_length", 64), ("attention.head_count", 2)]
+    {
         w.set(format!("llama.{k}"), Value::U32(v));
     }
-    w.add_f32("token_embd.weight", &[8, 32], GgmlType::F32, &[0.0; 256])
-        .unwrap();
+    w.add_f32("token_embd.weight", &[8, 32], GgmlType::F32, &[0.0; 256]).unwrap();
     let p = dir.path().join("partial.gguf");
     w.write(&p).unwrap();
     let (code, out, _) = plumb(&["inspect", p.to_str().unwrap()]);
@@ -142,11 +117,7 @@ fn bad_paths_and_garbage_exit_2() {
     let (code, _, err) = plumb(&["inspect", "/nonexistent/model.gguf"]);
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/model.gguf"), "{err}");
-    let p = write(
-        dir.path(),
-        "junk.gguf",
-        b"this is not a model at all, just text",
-    );
+    let p = write(dir.path(), "junk.gguf", b"this is not a model at all, just text");
     let (code, _, err) = plumb(&["inspect", p.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(err.contains("not a GGUF file"), "{err}");
@@ -155,11 +126,7 @@ fn bad_paths_and_garbage_exit_2() {
     assert_eq!(code, 2);
     assert!(err.contains("config.json"), "{err}");
     // A folder whose safetensors header lies.
-    std::fs::write(
-        dir.path().join("config.json"),
-        br#"{"model_type": "llama"}"#,
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("config.json"), br#"{"model_type": "llama"}"#).unwrap();
     let mut st = (1u64 << 40).to_le_bytes().to_vec();
     st.extend_from_slice(b"{}");
     std::fs::write(dir.path().join("model.safetensors"), st).unwrap();

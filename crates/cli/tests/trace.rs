@@ -16,23 +16,15 @@ fn real_model() -> Option<PathBuf> {
     if p.is_file() {
         return Some(p);
     }
-    assert!(
-        std::env::var("CI").is_err(),
-        "CI must fetch the real model first (scripts/fetch-model.sh)"
-    );
+    assert!(std::env::var("CI").is_err(), "CI must fetch the real model first (scripts/fetch-model.sh)");
     eprintln!("skipping: real model not present");
     None
 }
 
 fn plumb(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_plumb"))
-        .args(args)
-        .output()
-        .unwrap();
-    let (so, se) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
+    let out = Command::new(env!("CARGO_BIN_EXE_plumb")).args(args).output().unwrap();
+    let (so, se) =
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
     assert!(!se.contains("panicked"), "plumb {args:?} panicked:\n{se}");
     (out.status.code().unwrap_or(-1), so, se)
 }
@@ -47,10 +39,7 @@ fn python() -> Option<PathBuf> {
     if p.is_file() {
         return Some(p);
     }
-    assert!(
-        std::env::var("CI").is_err(),
-        "CI must create .venv-test with numpy and safetensors"
-    );
+    assert!(std::env::var("CI").is_err(), "CI must create .venv-test with numpy and safetensors");
     eprintln!("skipping: no Python with numpy + safetensors (.venv-test or $PLUMB_PYTHON)");
     None
 }
@@ -58,24 +47,12 @@ fn python() -> Option<PathBuf> {
 #[test]
 fn report_shows_every_layer_and_stage_and_transformers_top_tokens() {
     let Some(m) = real_model() else { return };
-    let (code, out, _) = plumb(&[
-        "trace",
-        m.to_str().unwrap(),
-        "-p",
-        "The capital of France is",
-        "--color",
-        "never",
-    ]);
+    let (code, out, _) = plumb(&["trace", m.to_str().unwrap(), "-p", "The capital of France is", "--color", "never"]);
     assert_eq!(code, 0, "{out}");
     for l in 0..18 {
-        let start = out
-            .find(&format!("\nlayer {l} "))
-            .unwrap_or_else(|| panic!("no layer {l}"));
+        let start = out.find(&format!("\nlayer {l} ")).unwrap_or_else(|| panic!("no layer {l}"));
         let block = &out[start..];
-        let block = &block[..block[1..]
-            .find("\nlayer ")
-            .map(|e| e + 1)
-            .unwrap_or(block.len())];
+        let block = &block[..block[1..].find("\nlayer ").map(|e| e + 1).unwrap_or(block.len())];
         for s in GEMMA_STAGES.split(',') {
             assert!(block.contains(&format!("\n  {s} ")), "layer {l} lacks {s}");
         }
@@ -93,25 +70,11 @@ fn trace_file_is_readable_from_python_and_rerenders() {
     let Some(m) = real_model() else { return };
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("t.safetensors");
-    let args = [
-        "trace",
-        m.to_str().unwrap(),
-        "-p",
-        "The capital of France is",
-        "--color",
-        "never",
-    ];
-    let (code, direct, _) =
-        plumb(&[&args[..], &["--tensors", "--save", file.to_str().unwrap()]].concat());
+    let args = ["trace", m.to_str().unwrap(), "-p", "The capital of France is", "--color", "never"];
+    let (code, direct, _) = plumb(&[&args[..], &["--tensors", "--save", file.to_str().unwrap()]].concat());
     assert_eq!(code, 0);
     // Re-rendering the saved file gives the same report.
-    let (code, again, _) = plumb(&[
-        "trace",
-        "--from",
-        file.to_str().unwrap(),
-        "--color",
-        "never",
-    ]);
+    let (code, again, _) = plumb(&["trace", "--from", file.to_str().unwrap(), "--color", "never"]);
     assert_eq!(code, 0);
     assert_eq!(direct, again);
     // An existing file is not overwritten without --force.
@@ -121,21 +84,11 @@ fn trace_file_is_readable_from_python_and_rerenders() {
     let Some(py) = python() else { return };
     let out = Command::new(py)
         .arg(root().join("tests/python/check_trace.py"))
-        .args([
-            file.to_str().unwrap(),
-            "--layers",
-            "18",
-            "--stages",
-            GEMMA_STAGES,
-        ])
+        .args([file.to_str().unwrap(), "--layers", "18", "--stages", GEMMA_STAGES])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "python check failed:\n{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "python check failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.starts_with("ok: 399 tensors"), "{text}");
 }
 
@@ -154,34 +107,17 @@ fn json_lines_and_filters() {
         "0-1,17",
     ]);
     assert_eq!(code, 0);
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines[0]["type"], "header");
-    let keys: Vec<&str> = lines
-        .iter()
-        .filter(|l| l["type"] == "stage")
-        .map(|l| l["key"].as_str().unwrap())
-        .collect();
+    let keys: Vec<&str> = lines.iter().filter(|l| l["type"] == "stage").map(|l| l["key"].as_str().unwrap()).collect();
     assert_eq!(keys.len(), 3 * 7 + 1, "{keys:?}");
-    assert!(
-        keys.contains(&"blk.17.ffn_post_norm")
-            && keys.contains(&"logits")
-            && !keys.contains(&"blk.2.ffn_up")
-    );
+    assert!(keys.contains(&"blk.17.ffn_post_norm") && keys.contains(&"logits") && !keys.contains(&"blk.2.ffn_up"));
     let stage = lines.iter().find(|l| l["key"] == "blk.0.ffn_up").unwrap();
     assert_eq!(stage["stats"]["shape"], serde_json::json!([2, 2048]));
     assert_eq!(stage["stats"]["last"]["count"], 2048);
     // Unknown stage names and bad layer specs are usage errors.
-    assert_eq!(
-        plumb(&["trace", m.to_str().unwrap(), "-p", "x", "--stages", "nope"]).0,
-        2
-    );
-    assert_eq!(
-        plumb(&["trace", m.to_str().unwrap(), "-p", "x", "--layers", "5-2"]).0,
-        2
-    );
+    assert_eq!(plumb(&["trace", m.to_str().unwrap(), "-p", "x", "--stages", "nope"]).0, 2);
+    assert_eq!(plumb(&["trace", m.to_str().unwrap(), "-p", "x", "--layers", "5-2"]).0, 2);
 }
 
 #[test]

@@ -13,12 +13,7 @@ pub enum FormatError {
     },
     /// A structural problem at a known place in the file.
     #[error("{}: {field} at byte offset {offset}: {what}", path.display())]
-    At {
-        path: PathBuf,
-        field: String,
-        offset: u64,
-        what: String,
-    },
+    At { path: PathBuf, field: String, offset: u64, what: String },
     /// A problem with the file as a whole (missing tensor, bad shape, …).
     #[error("{}: {what}", path.display())]
     Invalid { path: PathBuf, what: String },
@@ -26,16 +21,10 @@ pub enum FormatError {
 
 impl FormatError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        FormatError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        FormatError::Io { path: path.to_path_buf(), source }
     }
 
     pub fn invalid(path: &Path, what: impl Into<String>) -> Self {
-        FormatError::Invalid {
-            path: path.to_path_buf(),
-            what: what.into(),
-        }
+        FormatError::Invalid { path: path.to_path_buf(), what: what.into() }
     }
 }

@@ -181,10 +181,7 @@ impl Value {
                 format!("{t:?}")
             }
             Value::Array(a) => {
-                let ty = a
-                    .first()
-                    .map(|v| format!("{:?}", v.type_id()))
-                    .unwrap_or_else(|| "?".into());
+                let ty = a.first().map(|v| format!("{:?}", v.type_id())).unwrap_or_else(|| "?".into());
                 let head: Vec<String> = a.iter().take(3).map(|v| v.summary()).collect();
                 let more = if a.len() > 3 { ", …" } else { "" };
                 format!("[{ty}; {}] [{}{more}]", a.len(), head.join(", "))
@@ -209,9 +206,7 @@ impl Value {
                 .and_then(serde_json::Number::from_f64)
                 .map(J::Number)
                 .unwrap_or(J::Null),
-            Value::F64(v) => serde_json::Number::from_f64(*v)
-                .map(J::Number)
-                .unwrap_or(J::Null),
+            Value::F64(v) => serde_json::Number::from_f64(*v).map(J::Number).unwrap_or(J::Null),
             Value::Bool(b) => J::Bool(*b),
             Value::U64(v) => J::from(*v),
             other => other.as_i64().map(J::from).unwrap_or(J::Null),
@@ -273,12 +268,7 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn err(&self, field: &str, offset: u64, what: impl Into<String>) -> FormatError {
-        FormatError::At {
-            path: self.path.to_path_buf(),
-            field: field.to_string(),
-            offset,
-            what: what.into(),
-        }
+        FormatError::At { path: self.path.to_path_buf(), field: field.to_string(), offset, what: what.into() }
     }
 
     fn remaining(&self) -> u64 {
@@ -290,10 +280,7 @@ impl<'a> Cursor<'a> {
             return Err(self.err(
                 field,
                 self.pos,
-                format!(
-                    "needs {n} bytes but the file ends after {} (truncated?)",
-                    self.remaining()
-                ),
+                format!("needs {n} bytes but the file ends after {} (truncated?)", self.remaining()),
             ));
         }
         let start = self.pos as usize;
@@ -323,20 +310,12 @@ impl<'a> Cursor<'a> {
             return Err(self.err(
                 field,
                 at,
-                format!(
-                    "string length {len} exceeds the {} bytes left in the file",
-                    self.remaining()
-                ),
+                format!("string length {len} exceeds the {} bytes left in the file", self.remaining()),
             ));
         }
         let bytes = self.take(len, field)?;
-        String::from_utf8(bytes.to_vec()).map_err(|e| {
-            self.err(
-                field,
-                at + 8 + e.utf8_error().valid_up_to() as u64,
-                "string is not valid UTF-8",
-            )
-        })
+        String::from_utf8(bytes.to_vec())
+            .map_err(|e| self.err(field, at + 8 + e.utf8_error().valid_up_to() as u64, "string is not valid UTF-8"))
     }
 
     fn value(&mut self, ty: ValueType, field: &str, depth: usize) -> Result<Value, FormatError> {
@@ -362,24 +341,17 @@ impl<'a> Cursor<'a> {
             ValueType::String => Value::String(self.string(field)?),
             ValueType::Array => {
                 if depth >= MAX_NESTING {
-                    return Err(self.err(
-                        field,
-                        self.pos,
-                        format!("arrays nested deeper than {MAX_NESTING}"),
-                    ));
+                    return Err(self.err(field, self.pos, format!("arrays nested deeper than {MAX_NESTING}")));
                 }
                 let at = self.pos;
                 let elem_id = self.u32(field)?;
-                let elem = ValueType::from_id(elem_id).ok_or_else(|| {
-                    self.err(field, at, format!("unknown array element type {elem_id}"))
-                })?;
+                let elem = ValueType::from_id(elem_id)
+                    .ok_or_else(|| self.err(field, at, format!("unknown array element type {elem_id}")))?;
                 let count_at = self.pos;
                 let n = self.u64(field)?;
                 // Each element takes at least min_size bytes: refuse counts the
                 // file cannot possibly hold before sizing any vector by them.
-                if n.checked_mul(elem.min_size())
-                    .is_none_or(|need| need > self.remaining())
-                {
+                if n.checked_mul(elem.min_size()).is_none_or(|need| need > self.remaining()) {
                     return Err(self.err(
                         field,
                         count_at,
@@ -417,49 +389,25 @@ impl GgufFile {
     }
 
     fn parse(path: PathBuf, mmap: Mmap) -> Result<GgufFile, FormatError> {
-        let mut c = Cursor {
-            path: &path,
-            buf: &mmap[..],
-            pos: 0,
-        };
+        let mut c = Cursor { path: &path, buf: &mmap[..], pos: 0 };
         let magic = c.array::<4>("magic")?;
         if &magic != MAGIC {
-            return Err(c.err(
-                "magic",
-                0,
-                format!("expected \"GGUF\", found {magic:02x?} (not a GGUF file)"),
-            ));
+            return Err(c.err("magic", 0, format!("expected \"GGUF\", found {magic:02x?} (not a GGUF file)")));
         }
         let version = c.u32("version")?;
         if !(2..=3).contains(&version) {
-            let hint = if version.swap_bytes() <= 3 {
-                " (a big-endian file?)"
-            } else {
-                ""
-            };
-            return Err(c.err(
-                "version",
-                4,
-                format!("unsupported GGUF version {version}{hint}; plumb reads 2 and 3"),
-            ));
+            let hint = if version.swap_bytes() <= 3 { " (a big-endian file?)" } else { "" };
+            return Err(c.err("version", 4, format!("unsupported GGUF version {version}{hint}; plumb reads 2 and 3")));
         }
         let n_tensors = c.u64("tensor_count")?;
         let n_kv = c.u64("metadata_kv_count")?;
         // A key/value pair takes at least 8 (key length) + 4 (type) + 1 bytes,
         // a tensor info at least 8 + 4 + 4 + 8 bytes.
         if n_kv.checked_mul(13).is_none_or(|n| n > c.remaining()) {
-            return Err(c.err(
-                "metadata_kv_count",
-                16,
-                format!("{n_kv} entries cannot fit in the file"),
-            ));
+            return Err(c.err("metadata_kv_count", 16, format!("{n_kv} entries cannot fit in the file")));
         }
         if n_tensors.checked_mul(24).is_none_or(|n| n > c.remaining()) {
-            return Err(c.err(
-                "tensor_count",
-                8,
-                format!("{n_tensors} tensors cannot fit in the file"),
-            ));
+            return Err(c.err("tensor_count", 8, format!("{n_tensors} tensors cannot fit in the file")));
         }
 
         let mut metadata = Vec::with_capacity(n_kv as usize);
@@ -469,9 +417,8 @@ impl GgufFile {
             let key = c.string(&format!("metadata key #{i}"))?;
             let ty_at = c.pos;
             let ty_id = c.u32(&key)?;
-            let ty = ValueType::from_id(ty_id).ok_or_else(|| {
-                c.err(&key, ty_at, format!("unknown metadata value type {ty_id}"))
-            })?;
+            let ty = ValueType::from_id(ty_id)
+                .ok_or_else(|| c.err(&key, ty_at, format!("unknown metadata value type {ty_id}")))?;
             let value = c.value(ty, &key, 0)?;
             if index.insert(key.clone(), metadata.len()).is_some() {
                 return Err(c.err(&key, key_at, "duplicate metadata key"));
@@ -486,10 +433,7 @@ impl GgufFile {
                 _ => {
                     return Err(FormatError::invalid(
                         &path,
-                        format!(
-                            "general.alignment is {}, not a power of two up to 1 MiB",
-                            v.summary()
-                        ),
+                        format!("general.alignment is {}, not a power of two up to 1 MiB", v.summary()),
                     ))
                 }
             },
@@ -503,11 +447,7 @@ impl GgufFile {
             let dims_at = c.pos;
             let n_dims = c.u32(&name)?;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(c.err(
-                    &name,
-                    dims_at,
-                    format!("tensor has {n_dims} dimensions; 1 to {MAX_DIMS} allowed"),
-                ));
+                return Err(c.err(&name, dims_at, format!("tensor has {n_dims} dimensions; 1 to {MAX_DIMS} allowed")));
             }
             let mut ne = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
@@ -515,29 +455,19 @@ impl GgufFile {
             }
             let ty_at = c.pos;
             let ty_id = c.u32(&name)?;
-            let ty = GgmlType::from_id(ty_id)
-                .ok_or_else(|| c.err(&name, ty_at, format!("unknown ggml type id {ty_id}")))?;
+            let ty =
+                GgmlType::from_id(ty_id).ok_or_else(|| c.err(&name, ty_at, format!("unknown ggml type id {ty_id}")))?;
             let off_at = c.pos;
             let offset = c.u64(&name)?;
             let n_elem = ne.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
-            let n_elem = n_elem
-                .filter(|&n| n <= c.buf.len() as u64 * 8)
-                .ok_or_else(|| {
-                    c.err(
-                        &name,
-                        dims_at,
-                        format!("dimensions {ne:?} are larger than the file could hold"),
-                    )
-                })?;
+            let n_elem = n_elem.filter(|&n| n <= c.buf.len() as u64 * 8).ok_or_else(|| {
+                c.err(&name, dims_at, format!("dimensions {ne:?} are larger than the file could hold"))
+            })?;
             if ne[0] % ty.block_elems() as u64 != 0 {
                 return Err(c.err(
                     &name,
                     dims_at,
-                    format!(
-                        "row length {} is not a multiple of the {ty} block size {}",
-                        ne[0],
-                        ty.block_elems()
-                    ),
+                    format!("row length {} is not a multiple of the {ty} block size {}", ne[0], ty.block_elems()),
                 ));
             }
             let n_bytes = ty.bytes_for(n_elem).unwrap_or(u64::MAX);
@@ -552,14 +482,7 @@ impl GgufFile {
             if tensor_index.insert(name.clone(), infos.len()).is_some() {
                 return Err(c.err(&name, at, "duplicate tensor name"));
             }
-            infos.push(TensorInfo {
-                name,
-                shape,
-                ty,
-                offset,
-                start: 0,
-                n_bytes,
-            });
+            infos.push(TensorInfo { name, shape, ty, offset, start: 0, n_bytes });
         }
 
         let data_offset = c.pos.div_ceil(alignment) * alignment;
@@ -583,10 +506,7 @@ impl GgufFile {
             if pair[0].start + pair[0].n_bytes > pair[1].start {
                 return Err(FormatError::invalid(
                     &path,
-                    format!(
-                        "tensors {} and {} overlap in the data section",
-                        pair[0].name, pair[1].name
-                    ),
+                    format!("tensors {} and {} overlap in the data section", pair[0].name, pair[1].name),
                 ));
             }
         }
@@ -633,29 +553,20 @@ impl GgufFile {
     }
 
     fn wrong(&self, key: &str, want: &str, v: &Value) -> FormatError {
-        FormatError::invalid(
-            &self.path,
-            format!("metadata {key} should be {want}, found {}", v.summary()),
-        )
+        FormatError::invalid(&self.path, format!("metadata {key} should be {want}, found {}", v.summary()))
     }
 
     /// A required unsigned integer.
     pub fn u64(&self, key: &str) -> Result<u64, FormatError> {
-        let v = self.get(key).ok_or_else(|| {
-            FormatError::invalid(&self.path, format!("metadata {key} is missing"))
-        })?;
-        v.as_u64()
-            .ok_or_else(|| self.wrong(key, "an unsigned integer", v))
+        let v = self.get(key).ok_or_else(|| FormatError::invalid(&self.path, format!("metadata {key} is missing")))?;
+        v.as_u64().ok_or_else(|| self.wrong(key, "an unsigned integer", v))
     }
 
     /// An optional unsigned integer (present but mistyped is an error).
     pub fn u64_opt(&self, key: &str) -> Result<Option<u64>, FormatError> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| self.wrong(key, "an unsigned integer", v)),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| self.wrong(key, "an unsigned integer", v)),
         }
     }
 
@@ -663,10 +574,7 @@ impl GgufFile {
     pub fn f64_opt(&self, key: &str) -> Result<Option<f64>, FormatError> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| self.wrong(key, "a number", v)),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.wrong(key, "a number", v)),
         }
     }
 
@@ -674,10 +582,7 @@ impl GgufFile {
     pub fn str_opt(&self, key: &str) -> Result<Option<&str>, FormatError> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(Some)
-                .ok_or_else(|| self.wrong(key, "a string", v)),
+            Some(v) => v.as_str().map(Some).ok_or_else(|| self.wrong(key, "a string", v)),
         }
     }
 
@@ -688,12 +593,7 @@ impl GgufFile {
     /// A view of a tensor's bytes (bounds were checked at open).
     pub fn view<'a>(&'a self, t: &'a TensorInfo) -> TensorView<'a> {
         let start = t.start as usize;
-        TensorView {
-            name: &t.name,
-            shape: &t.shape,
-            ty: t.ty,
-            data: &self.mmap[start..start + t.n_bytes as usize],
-        }
+        TensorView { name: &t.name, shape: &t.shape, ty: t.ty, data: &self.mmap[start..start + t.n_bytes as usize] }
     }
 
     pub fn tensor(&self, name: &str) -> Option<TensorView<'_>> {
@@ -707,11 +607,7 @@ impl GgufFile {
             name: t.name.clone(),
             shape: t.shape.clone(),
             ty: t.ty,
-            bytes: Bytes::Mapped {
-                map: self.mmap.clone(),
-                start: t.start as usize,
-                len: t.n_bytes as usize,
-            },
+            bytes: Bytes::Mapped { map: self.mmap.clone(), start: t.start as usize, len: t.n_bytes as usize },
         })
     }
 }

@@ -42,26 +42,17 @@ pub struct HfModel {
 
 impl std::fmt::Debug for HfModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HfModel")
-            .field("dir", &self.dir)
-            .field("tensors", &self.tensors.len())
-            .finish()
+        f.debug_struct("HfModel").field("dir", &self.dir).field("tensors", &self.tensors.len()).finish()
     }
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value, FormatError> {
-    let len = std::fs::metadata(path)
-        .map_err(|e| FormatError::io(path, e))?
-        .len();
+    let len = std::fs::metadata(path).map_err(|e| FormatError::io(path, e))?.len();
     if len > MAX_CONFIG_BYTES {
-        return Err(FormatError::invalid(
-            path,
-            format!("{len} bytes is too large for a JSON config"),
-        ));
+        return Err(FormatError::invalid(path, format!("{len} bytes is too large for a JSON config")));
     }
     let text = std::fs::read(path).map_err(|e| FormatError::io(path, e))?;
-    serde_json::from_slice(&text)
-        .map_err(|e| FormatError::invalid(path, format!("not valid JSON: {e}")))
+    serde_json::from_slice(&text).map_err(|e| FormatError::invalid(path, format!("not valid JSON: {e}")))
 }
 
 impl HfModel {
@@ -77,10 +68,7 @@ impl HfModel {
         }
         let config = read_json(&config_path)?;
         if !config.is_object() {
-            return Err(FormatError::invalid(
-                &config_path,
-                "config.json is not a JSON object",
-            ));
+            return Err(FormatError::invalid(&config_path, "config.json is not a JSON object"));
         }
 
         let single = dir.join("model.safetensors");
@@ -96,10 +84,7 @@ impl HfModel {
             let mut names: Vec<String> = Vec::new();
             for (tensor, file) in map {
                 let file = file.as_str().ok_or_else(|| {
-                    FormatError::invalid(
-                        &index_path,
-                        format!("weight_map[{tensor:?}] is not a file name"),
-                    )
+                    FormatError::invalid(&index_path, format!("weight_map[{tensor:?}] is not a file name"))
                 })?;
                 if file.contains('/') || file.contains('\\') || file.starts_with('.') {
                     return Err(FormatError::invalid(
@@ -114,10 +99,7 @@ impl HfModel {
             names.sort();
             names
         } else {
-            return Err(FormatError::invalid(
-                &dir,
-                "no model.safetensors or model.safetensors.index.json",
-            ));
+            return Err(FormatError::invalid(&dir, "no model.safetensors or model.safetensors.index.json"));
         };
 
         let mut shards = Vec::new();
@@ -135,8 +117,7 @@ impl HfModel {
             SafeTensors::deserialize(&mmap[..])
                 .map_err(|e| FormatError::invalid(&path, format!("bad safetensors file: {e}")))?;
             let base = 8 + header_len;
-            let infos: HashMap<String, &safetensors::tensor::TensorInfo> =
-                meta.tensors().into_iter().collect();
+            let infos: HashMap<String, &safetensors::tensor::TensorInfo> = meta.tensors().into_iter().collect();
             for (tname, info) in infos {
                 let ty = match info.dtype {
                     Dtype::F32 => GgmlType::F32,
@@ -145,9 +126,7 @@ impl HfModel {
                     other => {
                         return Err(FormatError::invalid(
                             &path,
-                            format!(
-                                "tensor {tname}: dtype {other:?} is not supported (F32, F16, BF16)"
-                            ),
+                            format!("tensor {tname}: dtype {other:?} is not supported (F32, F16, BF16)"),
                         ))
                     }
                 };
@@ -170,23 +149,12 @@ impl HfModel {
             shards.push(std::sync::Arc::new(mmap));
             shard_paths.push(path);
         }
-        Ok(HfModel {
-            dir,
-            config,
-            shard_paths,
-            shards,
-            tensors,
-        })
+        Ok(HfModel { dir, config, shard_paths, shards, tensors })
     }
 
     pub fn tensor(&self, name: &str) -> Option<TensorView<'_>> {
         let t = self.tensors.get(name)?;
-        Some(TensorView {
-            name: &t.name,
-            shape: &t.shape,
-            ty: t.ty,
-            data: &self.shards[t.shard][t.start..t.end],
-        })
+        Some(TensorView { name: &t.name, shape: &t.shape, ty: t.ty, data: &self.shards[t.shard][t.start..t.end] })
     }
 
     /// A tensor holding a share of its shard's memory map.
@@ -196,11 +164,7 @@ impl HfModel {
             name: t.name.clone(),
             shape: t.shape.clone(),
             ty: t.ty,
-            bytes: Bytes::Mapped {
-                map: self.shards[t.shard].clone(),
-                start: t.start,
-                len: t.end - t.start,
-            },
+            bytes: Bytes::Mapped { map: self.shards[t.shard].clone(), start: t.start, len: t.end - t.start },
         })
     }
 

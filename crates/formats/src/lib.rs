@@ -21,11 +21,7 @@ pub use plumb_quant::GgmlType;
 /// rearrange them (e.g. un-permuting rows). Cheap to clone.
 #[derive(Clone)]
 pub enum Bytes {
-    Mapped {
-        map: std::sync::Arc<memmap2::Mmap>,
-        start: usize,
-        len: usize,
-    },
+    Mapped { map: std::sync::Arc<memmap2::Mmap>, start: usize, len: usize },
     Owned(std::sync::Arc<Vec<u8>>),
 }
 

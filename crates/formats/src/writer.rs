@@ -50,9 +50,7 @@ impl GgufWriter {
         let n: usize = shape.iter().product();
         let row = shape.last().copied().unwrap_or(1);
         if row % ty.block_elems() != 0 {
-            return Err(format!(
-                "{name}: row length {row} is not a multiple of the {ty} block size"
-            ));
+            return Err(format!("{name}: row length {row} is not a multiple of the {ty} block size"));
         }
         if ty.bytes_for(n as u64) != Some(data.len() as u64) {
             return Err(format!(
@@ -62,17 +60,9 @@ impl GgufWriter {
             ));
         }
         if shape.is_empty() || shape.len() > 4 {
-            return Err(format!(
-                "{name}: {} dimensions; 1 to 4 allowed",
-                shape.len()
-            ));
+            return Err(format!("{name}: {} dimensions; 1 to 4 allowed", shape.len()));
         }
-        self.tensors.push(PendingTensor {
-            name,
-            shape: shape.to_vec(),
-            ty,
-            data,
-        });
+        self.tensors.push(PendingTensor { name, shape: shape.to_vec(), ty, data });
         Ok(())
     }
 
@@ -137,14 +127,8 @@ impl GgufWriter {
 
 /// Writes `bytes` to `path` through a temporary file in the same folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FormatError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| {
         let f = std::fs::File::create(&tmp)?;

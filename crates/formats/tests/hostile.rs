@@ -10,21 +10,14 @@ fn small_file() -> Vec<u8> {
     let mut w = GgufWriter::new();
     w.set("general.architecture", Value::String("llama".into()));
     w.set("llama.block_count", Value::U32(1));
-    w.set(
-        "general.tags",
-        Value::Array(vec![Value::String("a".into()), Value::String("bé".into())]),
-    );
-    w.set(
-        "nested",
-        Value::Array(vec![Value::Array(vec![Value::I16(-3), Value::I16(4)])]),
-    );
+    w.set("general.tags", Value::Array(vec![Value::String("a".into()), Value::String("bé".into())]));
+    w.set("nested", Value::Array(vec![Value::Array(vec![Value::I16(-3), Value::I16(4)])]));
     w.set("flag", Value::Bool(true));
     w.set("pi", Value::F64(3.25));
     let x: Vec<f32> = (0..64).map(|i| i as f32 * 0.25 - 3.0).collect();
     w.add_f32("a.weight", &[2, 32], GgmlType::Q8_0, &x).unwrap();
     w.add_f32("b.weight", &[64], GgmlType::F32, &x).unwrap();
-    w.add_f32("c.weight", &[1, 256], GgmlType::Q4_K, &[0.5; 256])
-        .unwrap();
+    w.add_f32("c.weight", &[1, 256], GgmlType::Q4_K, &[0.5; 256]).unwrap();
     w.to_bytes()
 }
 
@@ -65,13 +58,8 @@ fn every_truncation_is_an_error_not_a_panic() {
     let g = open_bytes(&bytes).unwrap();
     let data_end = g.tensors.iter().map(|t| t.start + t.n_bytes).max().unwrap() as usize;
     for len in 0..data_end {
-        let err = open_bytes(&bytes[..len])
-            .err()
-            .unwrap_or_else(|| panic!("truncated to {len} bytes was accepted"));
-        assert!(
-            err.contains("m.gguf"),
-            "error does not name the file: {err}"
-        );
+        let err = open_bytes(&bytes[..len]).err().unwrap_or_else(|| panic!("truncated to {len} bytes was accepted"));
+        assert!(err.contains("m.gguf"), "error does not name the file: {err}");
         assert!(
             err.contains("truncated")
                 || err.contains("exceeds")
@@ -95,26 +83,11 @@ fn corrupt(f: impl Fn(&mut Vec<u8>)) -> String {
 fn corrupted_headers_name_the_problem() {
     let cases: Vec<(&str, String)> = vec![
         ("not a GGUF", corrupt(|b| b[0] = b'X')),
-        (
-            "unsupported GGUF version",
-            corrupt(|b| b[4..8].copy_from_slice(&7u32.to_le_bytes())),
-        ),
-        (
-            "big-endian",
-            corrupt(|b| b[4..8].copy_from_slice(&3u32.to_be_bytes())),
-        ),
-        (
-            "cannot fit",
-            corrupt(|b| b[8..16].copy_from_slice(&u64::MAX.to_le_bytes())),
-        ),
-        (
-            "cannot fit",
-            corrupt(|b| b[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes())),
-        ),
-        (
-            "string length",
-            corrupt(|b| b[KV_START..KV_START + 8].copy_from_slice(&(1u64 << 50).to_le_bytes())),
-        ),
+        ("unsupported GGUF version", corrupt(|b| b[4..8].copy_from_slice(&7u32.to_le_bytes()))),
+        ("big-endian", corrupt(|b| b[4..8].copy_from_slice(&3u32.to_be_bytes()))),
+        ("cannot fit", corrupt(|b| b[8..16].copy_from_slice(&u64::MAX.to_le_bytes()))),
+        ("cannot fit", corrupt(|b| b[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes()))),
+        ("string length", corrupt(|b| b[KV_START..KV_START + 8].copy_from_slice(&(1u64 << 50).to_le_bytes()))),
         ("not valid UTF-8", corrupt(|b| b[KV_START + 8] = 0xFF)),
         (
             "unknown metadata value type",
@@ -127,10 +100,7 @@ fn corrupted_headers_name_the_problem() {
     ];
     for (want, got) in &cases {
         assert!(got.contains(want), "expected {want:?} in {got:?}");
-        assert!(
-            got.contains("m.gguf"),
-            "error does not name the file: {got}"
-        );
+        assert!(got.contains("m.gguf"), "error does not name the file: {got}");
     }
 }
 
@@ -146,19 +116,13 @@ fn corrupted_tensor_infos_name_the_tensor() {
         let at = info_at(b) + 4 + 16;
         b[at..at + 4].copy_from_slice(&200u32.to_le_bytes());
     });
-    assert!(
-        unknown.contains("a.weight") && unknown.contains("unknown ggml type id 200"),
-        "{unknown}"
-    );
+    assert!(unknown.contains("a.weight") && unknown.contains("unknown ggml type id 200"), "{unknown}");
 
     let dims = corrupt(|b| {
         let at = info_at(b);
         b[at..at + 4].copy_from_slice(&9u32.to_le_bytes());
     });
-    assert!(
-        dims.contains("a.weight") && dims.contains("dimensions"),
-        "{dims}"
-    );
+    assert!(dims.contains("a.weight") && dims.contains("dimensions"), "{dims}");
 
     let huge = corrupt(|b| {
         let at = info_at(b) + 4;
@@ -170,10 +134,7 @@ fn corrupted_tensor_infos_name_the_tensor() {
         let at = info_at(b) + 4 + 16 + 4;
         b[at..at + 8].copy_from_slice(&(1u64 << 30).to_le_bytes());
     });
-    assert!(
-        past_end.contains("a.weight") && past_end.contains("past the end"),
-        "{past_end}"
-    );
+    assert!(past_end.contains("a.weight") && past_end.contains("past the end"), "{past_end}");
 
     let misaligned = corrupt(|b| {
         let at = info_at(b) + 4 + 16 + 4;
@@ -203,8 +164,5 @@ fn huge_array_count_is_refused_before_allocating() {
         let at = find(b, b"general.tags") + 12 + 4 + 4;
         b[at..at + 8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
     });
-    assert!(
-        err.contains("general.tags") && err.contains("array claims"),
-        "{err}"
-    );
+    assert!(err.contains("general.tags") && err.contains("array claims"), "{err}");
 }

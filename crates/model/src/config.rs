@@ -121,75 +121,41 @@ impl ModelConfig {
             }
         }
         if !self.n_head.is_multiple_of(self.n_head_kv) {
-            return Err(bad(
-                path,
-                format!(
-                    "{} heads is not a multiple of {} kv heads",
-                    self.n_head, self.n_head_kv
-                ),
-            ));
+            return Err(bad(path, format!("{} heads is not a multiple of {} kv heads", self.n_head, self.n_head_kv)));
         }
         if !self.head_dim.is_multiple_of(2) {
-            return Err(bad(
-                path,
-                format!(
-                    "head dim {} is odd; rotary embedding needs pairs",
-                    self.head_dim
-                ),
-            ));
+            return Err(bad(path, format!("head dim {} is odd; rotary embedding needs pairs", self.head_dim)));
         }
         if self.layer_sliding.len() != self.n_layer {
-            return Err(bad(
-                path,
-                "sliding-window pattern length differs from the layer count",
-            ));
+            return Err(bad(path, "sliding-window pattern length differs from the layer count"));
         }
         Ok(())
     }
 
     pub fn from_gguf(g: &GgufFile) -> Result<ModelConfig, ModelError> {
         let path = g.path();
-        let arch_name = g
-            .arch()
-            .ok_or_else(|| bad(path, "metadata general.architecture is missing"))?;
+        let arch_name = g.arch().ok_or_else(|| bad(path, "metadata general.architecture is missing"))?;
         let arch = Arch::from_name(arch_name).ok_or_else(|| {
-            bad(
-                path,
-                format!(
-                    "architecture {arch_name:?} is not supported (llama, qwen2, qwen3, gemma3)"
-                ),
-            )
+            bad(path, format!("architecture {arch_name:?} is not supported (llama, qwen2, qwen3, gemma3)"))
         })?;
         let key = |k: &str| format!("{arch_name}.{k}");
         let req = |k: &str| -> Result<usize, ModelError> { Ok(g.u64(&key(k))? as usize) };
         let n_layer = req("block_count")?;
         let d = req("embedding_length")?;
         let n_head = req("attention.head_count")?;
-        let n_head_kv = g
-            .u64_opt(&key("attention.head_count_kv"))?
-            .map(|v| v as usize)
-            .unwrap_or(n_head);
-        let head_dim = g
-            .u64_opt(&key("attention.key_length"))?
-            .map(|v| v as usize)
-            .unwrap_or(d.checked_div(n_head).unwrap_or(0));
+        let n_head_kv = g.u64_opt(&key("attention.head_count_kv"))?.map(|v| v as usize).unwrap_or(n_head);
+        let head_dim =
+            g.u64_opt(&key("attention.key_length"))?.map(|v| v as usize).unwrap_or(d.checked_div(n_head).unwrap_or(0));
         let ff = req("feed_forward_length")?;
         let vocab = match g.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()) {
             Some(t) => t.len(),
             None => g
                 .tensor_info("token_embd.weight")
                 .map(|t| t.shape[0])
-                .ok_or_else(|| {
-                    bad(
-                        path,
-                        "no tokenizer.ggml.tokens and no token_embd.weight to size the vocabulary",
-                    )
-                })?,
+                .ok_or_else(|| bad(path, "no tokenizer.ggml.tokens and no token_embd.weight to size the vocabulary"))?,
         };
         let ctx_len = g.u64_opt(&key("context_length"))?.unwrap_or(2048) as usize;
-        let rms_eps = g
-            .f64_opt(&key("attention.layer_norm_rms_epsilon"))?
-            .unwrap_or(1e-6) as f32;
+        let rms_eps = g.f64_opt(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-6) as f32;
         let rope_theta = g.f64_opt(&key("rope.freq_base"))?.unwrap_or(10000.0) as f32;
         let tied_output = g.tensor_info("output.weight").is_none();
         let mut cfg = ModelConfig {
@@ -222,23 +188,15 @@ impl ModelConfig {
         if arch == Arch::Gemma3 {
             cfg.act = Activation::GeluTanh;
             cfg.embed_scale = (d as f32).sqrt();
-            cfg.sliding_window = g
-                .u64_opt(&key("attention.sliding_window"))?
-                .map(|v| v as usize);
+            cfg.sliding_window = g.u64_opt(&key("attention.sliding_window"))?.map(|v| v as usize);
             // llama.cpp's gemma3 defaults: local rope base 10000, every sixth
             // layer global; files may override both (plumb's writer does).
-            cfg.rope_theta_local =
-                g.f64_opt(&key("rope.local.freq_base"))?.unwrap_or(10000.0) as f32;
+            cfg.rope_theta_local = g.f64_opt(&key("rope.local.freq_base"))?.unwrap_or(10000.0) as f32;
             cfg.layer_sliding = match g.get(&key("attention.sliding_window_pattern")) {
                 Some(v) => {
-                    let arr = v
-                        .as_array()
-                        .ok_or_else(|| bad(path, "sliding_window_pattern is not an array"))?;
+                    let arr = v.as_array().ok_or_else(|| bad(path, "sliding_window_pattern is not an array"))?;
                     arr.iter()
-                        .map(|b| {
-                            b.as_bool()
-                                .ok_or_else(|| bad(path, "sliding_window_pattern holds a non-bool"))
-                        })
+                        .map(|b| b.as_bool().ok_or_else(|| bad(path, "sliding_window_pattern holds a non-bool")))
                         .collect::<Result<Vec<_>, _>>()?
                 }
                 None => (0..n_layer).map(|il| il % 6 != 5).collect(),
@@ -246,14 +204,10 @@ impl ModelConfig {
             if cfg.sliding_window.is_none() {
                 cfg.layer_sliding = vec![false; n_layer];
             }
-            let scalar = g
-                .f64_opt(&key("attention.query_pre_attn_scalar"))?
-                .unwrap_or(head_dim as f64);
+            let scalar = g.f64_opt(&key("attention.query_pre_attn_scalar"))?.unwrap_or(head_dim as f64);
             cfg.attn_scale = (1.0 / scalar.sqrt()) as f32;
             cfg.attn_softcap = g.f64_opt(&key("attn_logit_softcapping"))?.map(|v| v as f32);
-            cfg.final_softcap = g
-                .f64_opt(&key("final_logit_softcapping"))?
-                .map(|v| v as f32);
+            cfg.final_softcap = g.f64_opt(&key("final_logit_softcapping"))?.map(|v| v as f32);
         }
         Ok(cfg)
     }
@@ -270,31 +224,19 @@ impl ModelConfig {
             .and_then(J::as_str)
             .ok_or_else(|| bad(path, "no model_type"))?;
         let arch = Arch::from_name(model_type).ok_or_else(|| {
-            bad(
-                path,
-                format!("model_type {model_type:?} is not supported (llama, qwen2, qwen3, gemma3)"),
-            )
+            bad(path, format!("model_type {model_type:?} is not supported (llama, qwen2, qwen3, gemma3)"))
         })?;
         let num = |k: &str| -> Option<f64> { c.get(k).and_then(J::as_f64) };
         let req = |k: &str| -> Result<usize, ModelError> {
             c.get(k)
                 .and_then(J::as_u64)
                 .map(|v| v as usize)
-                .ok_or_else(|| {
-                    bad(
-                        path,
-                        format!("{k} is missing or not a non-negative integer"),
-                    )
-                })
+                .ok_or_else(|| bad(path, format!("{k} is missing or not a non-negative integer")))
         };
         let n_layer = req("num_hidden_layers")?;
         let d = req("hidden_size")?;
         let n_head = req("num_attention_heads")?;
-        let n_head_kv = c
-            .get("num_key_value_heads")
-            .and_then(J::as_u64)
-            .map(|v| v as usize)
-            .unwrap_or(n_head);
+        let n_head_kv = c.get("num_key_value_heads").and_then(J::as_u64).map(|v| v as usize).unwrap_or(n_head);
         let head_dim = match c.get("head_dim").and_then(J::as_u64) {
             Some(h) => h as usize,
             None => d / n_head.max(1),
@@ -321,23 +263,14 @@ impl ModelConfig {
         };
         for r in [rope, c.get("rope_scaling")].into_iter().flatten() {
             let kinds: Vec<&J> = if r.get("full_attention").is_some() {
-                r.as_object()
-                    .map(|o| o.values().collect())
-                    .unwrap_or_default()
+                r.as_object().map(|o| o.values().collect()).unwrap_or_default()
             } else {
                 vec![r]
             };
             for k in kinds {
-                let ty = k
-                    .get("rope_type")
-                    .or_else(|| k.get("type"))
-                    .and_then(J::as_str)
-                    .unwrap_or("default");
+                let ty = k.get("rope_type").or_else(|| k.get("type")).and_then(J::as_str).unwrap_or("default");
                 if ty != "default" {
-                    return Err(bad(
-                        path,
-                        format!("rope scaling type {ty:?} is not supported yet"),
-                    ));
+                    return Err(bad(path, format!("rope scaling type {ty:?} is not supported yet")));
                 }
             }
         }
@@ -355,19 +288,13 @@ impl ModelConfig {
             head_dim,
             ff,
             vocab,
-            ctx_len: c
-                .get("max_position_embeddings")
-                .and_then(J::as_u64)
-                .unwrap_or(2048) as usize,
+            ctx_len: c.get("max_position_embeddings").and_then(J::as_u64).unwrap_or(2048) as usize,
             rms_eps: num("rms_norm_eps").unwrap_or(1e-6) as f32,
             rope_theta: rope_theta as f32,
             rope_theta_local: rope_theta_local as f32,
             sliding_window: None,
             layer_sliding: vec![false; n_layer],
-            qkv_bias: arch == Arch::Qwen2
-                || c.get("attention_bias")
-                    .and_then(J::as_bool)
-                    .unwrap_or(false),
+            qkv_bias: arch == Arch::Qwen2 || c.get("attention_bias").and_then(J::as_bool).unwrap_or(false),
             qk_norm: matches!(arch, Arch::Qwen3 | Arch::Gemma3),
             post_norms: arch == Arch::Gemma3,
             embed_scale: 1.0,
@@ -386,23 +313,12 @@ impl ModelConfig {
             cfg.act = Activation::GeluTanh;
             cfg.embed_scale = (d as f32).sqrt();
             cfg.norm_plus_one = true;
-            cfg.sliding_window = c
-                .get("sliding_window")
-                .and_then(J::as_u64)
-                .map(|v| v as usize);
+            cfg.sliding_window = c.get("sliding_window").and_then(J::as_u64).map(|v| v as usize);
             cfg.layer_sliding = match c.get("layer_types").and_then(J::as_array) {
-                Some(types) => types
-                    .iter()
-                    .map(|t| t.as_str() == Some("sliding_attention"))
-                    .collect(),
+                Some(types) => types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect(),
                 None => {
-                    let pattern = c
-                        .get("sliding_window_pattern")
-                        .and_then(J::as_u64)
-                        .unwrap_or(6) as usize;
-                    (0..n_layer)
-                        .map(|il| (il + 1) % pattern.max(1) != 0)
-                        .collect()
+                    let pattern = c.get("sliding_window_pattern").and_then(J::as_u64).unwrap_or(6) as usize;
+                    (0..n_layer).map(|il| (il + 1) % pattern.max(1) != 0).collect()
                 }
             };
             let scalar = num("query_pre_attn_scalar").unwrap_or(head_dim as f64);
@@ -414,20 +330,13 @@ impl ModelConfig {
             // when use_sliding_window is set; llama/mistral use it directly.
             let used = match arch {
                 Arch::Llama => true,
-                _ => c
-                    .get("use_sliding_window")
-                    .and_then(J::as_bool)
-                    .unwrap_or(false),
+                _ => c.get("use_sliding_window").and_then(J::as_bool).unwrap_or(false),
             };
             if used {
                 cfg.sliding_window = Some(w as usize);
-                let max_window_layers = c
-                    .get("max_window_layers")
-                    .and_then(J::as_u64)
-                    .map(|v| v as usize);
-                cfg.layer_sliding = (0..n_layer)
-                    .map(|il| max_window_layers.is_none_or(|m| il >= m) || arch == Arch::Llama)
-                    .collect();
+                let max_window_layers = c.get("max_window_layers").and_then(J::as_u64).map(|v| v as usize);
+                cfg.layer_sliding =
+                    (0..n_layer).map(|il| max_window_layers.is_none_or(|m| il >= m) || arch == Arch::Llama).collect();
             }
         }
         Ok(cfg)

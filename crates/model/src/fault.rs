@@ -32,24 +32,17 @@ pub struct Fault {
 impl Fault {
     /// Parses `STAGE@LAYER:KIND` (`STAGE:KIND` for global stages).
     pub fn parse(spec: &str, head_dim: usize) -> Result<Fault, String> {
-        let (target, kind) = spec
-            .split_once(':')
-            .ok_or_else(|| format!("--inject {spec:?}: expected STAGE@LAYER:KIND"))?;
+        let (target, kind) =
+            spec.split_once(':').ok_or_else(|| format!("--inject {spec:?}: expected STAGE@LAYER:KIND"))?;
         let key = match target.split_once('@') {
             Some((s, l)) => format!("blk.{l}.{s}"),
             None => target.to_string(),
         };
-        let (stage, layer) = parse_key(&key)
-            .ok_or_else(|| format!("--inject {spec:?}: {target:?} is not a stage@layer"))?;
+        let (stage, layer) =
+            parse_key(&key).ok_or_else(|| format!("--inject {spec:?}: {target:?} is not a stage@layer"))?;
         let (name, arg) = kind.split_once('=').unwrap_or((kind, ""));
-        let num = |a: &str| {
-            a.parse::<f32>()
-                .map_err(|_| format!("--inject {spec:?}: {a:?} is not a number"))
-        };
-        let idx = |a: &str| {
-            a.parse::<usize>()
-                .map_err(|_| format!("--inject {spec:?}: {a:?} is not a head index"))
-        };
+        let num = |a: &str| a.parse::<f32>().map_err(|_| format!("--inject {spec:?}: {a:?} is not a number"));
+        let idx = |a: &str| a.parse::<usize>().map_err(|_| format!("--inject {spec:?}: {a:?} is not a head index"));
         let kind = match name {
             "scale" => FaultKind::Scale(if arg.is_empty() { 1.5 } else { num(arg)? }),
             "noise" => FaultKind::Noise(if arg.is_empty() { 0.1 } else { num(arg)? }),
@@ -66,12 +59,7 @@ impl Fault {
                 ))
             }
         };
-        Ok(Fault {
-            stage,
-            layer,
-            kind,
-            head_dim,
-        })
+        Ok(Fault { stage, layer, kind, head_dim })
     }
 
     /// Perturbs `data` (row-major `shape`) in place.
@@ -80,18 +68,13 @@ impl Fault {
         // Attention matrices [H, T, Tkv] have heads on axis 0; everything
         // else has features on the last axis, cut into heads of head_dim.
         let attn = shape.len() == 3;
-        let hd = if attn {
-            data.len() / shape[0].max(1)
-        } else {
-            self.head_dim.min(width).max(1)
-        };
+        let hd = if attn { data.len() / shape[0].max(1) } else { self.head_dim.min(width).max(1) };
         match self.kind {
             FaultKind::Scale(f) => data.iter_mut().for_each(|v| *v *= f),
             FaultKind::Noise(s) => {
                 let n = data.len().max(1) as f64;
                 let mean = data.iter().map(|&v| v as f64).sum::<f64>() / n;
-                let std = (data.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt()
-                    as f32;
+                let std = (data.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt() as f32;
                 let mut state = 0x9E37_79B9_7F4A_7C15u64;
                 for v in data.iter_mut() {
                     // xorshift64* → two uniforms → Box–Muller.
@@ -99,8 +82,7 @@ impl Fault {
                         state ^= state >> 12;
                         state ^= state << 25;
                         state ^= state >> 27;
-                        ((state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 + 0.5)
-                            / (1u64 << 53) as f64
+                        ((state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
                     };
                     let (u1, u2) = (next(), next());
                     let g = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
@@ -165,13 +147,7 @@ impl Fault {
 }
 
 /// Calls `f(head_slice, head_index)` for every head of every row.
-fn for_each_head(
-    data: &mut [f32],
-    width: usize,
-    hd: usize,
-    attn: bool,
-    mut f: impl FnMut(&mut [f32], usize),
-) {
+fn for_each_head(data: &mut [f32], width: usize, hd: usize, attn: bool, mut f: impl FnMut(&mut [f32], usize)) {
     if attn {
         for (i, head) in data.chunks_exact_mut(hd).enumerate() {
             f(head, i);

@@ -105,18 +105,16 @@ impl Kernels for ExactKernels {
         // scattered into y[t, row].
         let n_chunks = rows.div_ceil(ROWS_PER_TASK);
         let mut tmp = vec![0f32; n_chunks * ROWS_PER_TASK * t];
-        tmp.par_chunks_mut(ROWS_PER_TASK * t)
-            .enumerate()
-            .for_each(|(c, out)| {
-                let mut row = vec![0f32; cols];
-                let r0 = c * ROWS_PER_TASK;
-                for r in r0..(r0 + ROWS_PER_TASK).min(rows) {
-                    w.row_into(r, &mut row);
-                    for ti in 0..t {
-                        out[(r - r0) * t + ti] = dot_f32(&row, &x[ti * cols..(ti + 1) * cols]);
-                    }
+        tmp.par_chunks_mut(ROWS_PER_TASK * t).enumerate().for_each(|(c, out)| {
+            let mut row = vec![0f32; cols];
+            let r0 = c * ROWS_PER_TASK;
+            for r in r0..(r0 + ROWS_PER_TASK).min(rows) {
+                w.row_into(r, &mut row);
+                for ti in 0..t {
+                    out[(r - r0) * t + ti] = dot_f32(&row, &x[ti * cols..(ti + 1) * cols]);
                 }
-            });
+            }
+        });
         for r in 0..rows {
             let (c, k) = (r / ROWS_PER_TASK, r % ROWS_PER_TASK);
             for ti in 0..t {

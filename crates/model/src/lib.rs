@@ -32,9 +32,6 @@ pub enum ModelError {
 
 impl ModelError {
     pub fn invalid(path: &std::path::Path, what: impl Into<String>) -> Self {
-        ModelError::Invalid {
-            path: path.display().to_string(),
-            what: what.into(),
-        }
+        ModelError::Invalid { path: path.display().to_string(), what: what.into() }
     }
 }

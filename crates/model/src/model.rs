@@ -64,12 +64,8 @@ impl KvCache {
     pub fn new(cfg: &ModelConfig, capacity: usize) -> KvCache {
         let kv_dim = cfg.kv_dim();
         KvCache {
-            k: (0..cfg.n_layer)
-                .map(|_| Vec::with_capacity(capacity * kv_dim))
-                .collect(),
-            v: (0..cfg.n_layer)
-                .map(|_| Vec::with_capacity(capacity * kv_dim))
-                .collect(),
+            k: (0..cfg.n_layer).map(|_| Vec::with_capacity(capacity * kv_dim)).collect(),
+            v: (0..cfg.n_layer).map(|_| Vec::with_capacity(capacity * kv_dim)).collect(),
             len: 0,
             capacity,
             kv_dim,
@@ -99,9 +95,7 @@ impl KvCache {
 
 fn rope_inv_freq(theta: f32, hd: usize) -> Vec<f32> {
     // transformers: 1 / base^(arange(0, hd, 2) / hd), in f32.
-    (0..hd / 2)
-        .map(|i| 1.0 / theta.powf((2 * i) as f32 / hd as f32))
-        .collect()
+    (0..hd / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / hd as f32)).collect()
 }
 
 impl Model {
@@ -111,26 +105,15 @@ impl Model {
         let cfg = ModelConfig::from_source(&source)?;
         let problems = validate(&source, &cfg);
         if let Some(p) = problems.first() {
-            let more = if problems.len() > 1 {
-                format!(" (and {} more problems)", problems.len() - 1)
-            } else {
-                String::new()
-            };
+            let more =
+                if problems.len() > 1 { format!(" (and {} more problems)", problems.len() - 1) } else { String::new() };
             return Err(ModelError::invalid(path, format!("{p}{more}")));
         }
         let arch = cfg.arch;
-        let get = |name: &str| -> OwnedTensor {
-            source.tensor_owned(arch, name).expect("validated above")
-        };
+        let get = |name: &str| -> OwnedTensor { source.tensor_owned(arch, name).expect("validated above") };
         let weight = |name: &str| -> Weight {
             let t = get(name);
-            Weight {
-                name: t.name.clone(),
-                ty: t.ty,
-                rows: t.shape[0],
-                cols: t.shape[1],
-                bytes: t.bytes,
-            }
+            Weight { name: t.name.clone(), ty: t.ty, rows: t.shape[0], cols: t.shape[1], bytes: t.bytes }
         };
         let vector = |name: &str| -> Result<Vec<f32>, ModelError> {
             let t = get(name);
@@ -159,11 +142,7 @@ impl Model {
                 if !on {
                     return Ok(None);
                 }
-                Ok(Some(if is_norm {
-                    norm(&n(s))?
-                } else {
-                    vector(&n(s))?
-                }))
+                Ok(Some(if is_norm { norm(&n(s))? } else { vector(&n(s))? }))
             };
             layers.push(Layer {
                 attn_norm: norm(&n("attn_norm.weight"))?,
@@ -185,25 +164,11 @@ impl Model {
             });
         }
         let embed = weight("token_embd.weight");
-        let output = if cfg.tied_output {
-            embed.clone()
-        } else {
-            weight("output.weight")
-        };
+        let output = if cfg.tied_output { embed.clone() } else { weight("output.weight") };
         let final_norm = norm("output_norm.weight")?;
         let inv_freq = rope_inv_freq(cfg.rope_theta, cfg.head_dim);
         let inv_freq_local = rope_inv_freq(cfg.rope_theta_local, cfg.head_dim);
-        Ok(Model {
-            cfg,
-            source,
-            embed,
-            layers,
-            final_norm,
-            output,
-            inv_freq,
-            inv_freq_local,
-            fault: None,
-        })
+        Ok(Model { cfg, source, embed, layers, final_norm, output, inv_freq, inv_freq_local, fault: None })
     }
 
     /// Runs `tokens` at positions `cache.len ..`, appending to the cache.
@@ -219,12 +184,7 @@ impl Model {
     ) -> Vec<f32> {
         let t = tokens.len();
         let p = cache.len;
-        assert!(
-            p + t <= cache.capacity,
-            "KV cache full: {} > {}",
-            p + t,
-            cache.capacity
-        );
+        assert!(p + t <= cache.capacity, "KV cache full: {} > {}", p + t, cache.capacity);
         let mut x = self.embed(tokens, tr);
         for l in 0..self.cfg.n_layer {
             self.layer(k, l, &mut x, t, cache, p, tr);
@@ -249,8 +209,7 @@ impl Model {
         let (t, d) = (tokens.len(), self.cfg.d);
         let mut x = vec![0f32; t * d];
         for (i, &tok) in tokens.iter().enumerate() {
-            self.embed
-                .row_into(tok as usize, &mut x[i * d..(i + 1) * d]);
+            self.embed.row_into(tok as usize, &mut x[i * d..(i + 1) * d]);
         }
         if self.cfg.embed_scale != 1.0 {
             x.iter_mut().for_each(|v| *v *= self.cfg.embed_scale);
@@ -322,11 +281,7 @@ impl Model {
 
         // q, k = rope(q, pos), rope(k, pos)   (HF rotate-half convention)
         let sliding = c.layer_sliding[l];
-        let inv_freq = if sliding {
-            &self.inv_freq_local
-        } else {
-            &self.inv_freq
-        };
+        let inv_freq = if sliding { &self.inv_freq_local } else { &self.inv_freq };
         rope(&mut q, qd, hd, p, inv_freq);
         self.tap(lr, Stage::QRope, &mut q, &[t, qd]);
         tr.record(lr, Stage::QRope, &q, &[t, qd]);
@@ -449,14 +404,7 @@ impl Model {
     }
 
     /// logits = norm(x)·Woutᵀ (then softcap), for all T rows or the last.
-    pub fn head(
-        &self,
-        k: &dyn Kernels,
-        x: &[f32],
-        t: usize,
-        all_logits: bool,
-        tr: &mut dyn Observer,
-    ) -> Vec<f32> {
+    pub fn head(&self, k: &dyn Kernels, x: &[f32], t: usize, all_logits: bool, tr: &mut dyn Observer) -> Vec<f32> {
         let c = &self.cfg;
         let d = c.d;
         let mut xn = vec![0f32; t * d];
@@ -489,15 +437,11 @@ fn unpermute_rows(w: &Weight, heads: usize) -> Weight {
             for i in 0..half {
                 let hf_row = h * hd + part * half + i;
                 let gguf_row = h * hd + i * 2 + part;
-                out[hf_row * rb..(hf_row + 1) * rb]
-                    .copy_from_slice(&w.bytes[gguf_row * rb..(gguf_row + 1) * rb]);
+                out[hf_row * rb..(hf_row + 1) * rb].copy_from_slice(&w.bytes[gguf_row * rb..(gguf_row + 1) * rb]);
             }
         }
     }
-    Weight {
-        bytes: Bytes::Owned(std::sync::Arc::new(out)),
-        ..w.clone()
-    }
+    Weight { bytes: Bytes::Owned(std::sync::Arc::new(out)), ..w.clone() }
 }
 
 /// y = x / sqrt(mean(x²) + eps) · w, row by row; the mean in f64.

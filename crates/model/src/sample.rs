@@ -46,10 +46,7 @@ impl Sampler {
             idx.truncate(self.cfg.top_k);
         }
         let max = logits[idx[0]];
-        let mut probs: Vec<f64> = idx
-            .iter()
-            .map(|&i| (((logits[i] - max) / self.cfg.temp) as f64).exp())
-            .collect();
+        let mut probs: Vec<f64> = idx.iter().map(|&i| (((logits[i] - max) / self.cfg.temp) as f64).exp()).collect();
         let sum: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= sum);
         if self.cfg.top_p < 1.0 {

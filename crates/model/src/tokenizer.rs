@@ -32,10 +32,7 @@ enum Backend {
     Spm,
     /// A `tokenizers` pipeline, with whether token strings are byte-level
     /// (GPT-2's byte-to-unicode alphabet) or SentencePiece-style.
-    Hf {
-        tk: Box<tokenizers::Tokenizer>,
-        byte_level: bool,
-    },
+    Hf { tk: Box<tokenizers::Tokenizer>, byte_level: bool },
 }
 
 pub struct Tokenizer {
@@ -79,34 +76,22 @@ impl PartialOrd for Bigram {
 impl Ord for Bigram {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
         // Highest score first; on ties the leftmost pair.
-        self.score
-            .total_cmp(&o.score)
-            .then_with(|| o.left.cmp(&self.left))
+        self.score.total_cmp(&o.score).then_with(|| o.left.cmp(&self.left))
     }
 }
 
 impl Tokenizer {
     pub fn from_gguf(g: &GgufFile) -> Result<Tokenizer, TokenizerError> {
         let bad = |m: String| TokenizerError::Invalid(format!("{}: {m}", g.path().display()));
-        let kind = g
-            .str_opt("tokenizer.ggml.model")
-            .map_err(|e| bad(e.to_string()))?
-            .unwrap_or("none")
-            .to_string();
+        let kind = g.str_opt("tokenizer.ggml.model").map_err(|e| bad(e.to_string()))?.unwrap_or("none").to_string();
         if kind != "llama" {
-            return Err(bad(format!(
-                "tokenizer model {kind:?} is not supported yet (llama/SentencePiece is)"
-            )));
+            return Err(bad(format!("tokenizer model {kind:?} is not supported yet (llama/SentencePiece is)")));
         }
         let arr = |k: &str| g.get(k).and_then(Value::as_array);
         let tokens: Vec<String> = arr("tokenizer.ggml.tokens")
             .ok_or_else(|| bad("tokenizer.ggml.tokens is missing".into()))?
             .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(String::from)
-                    .ok_or_else(|| bad("tokenizer.ggml.tokens holds a non-string".into()))
-            })
+            .map(|v| v.as_str().map(String::from).ok_or_else(|| bad("tokenizer.ggml.tokens holds a non-string".into())))
             .collect::<Result<_, _>>()?;
         let n = tokens.len();
         let scores: Vec<f32> = match arr("tokenizer.ggml.scores") {
@@ -138,9 +123,7 @@ impl Tokenizer {
         let id = |k: &str| -> Result<Option<u32>, TokenizerError> {
             match g.u64_opt(k).map_err(|e| bad(e.to_string()))? {
                 Some(v) if (v as usize) < n => Ok(Some(v as u32)),
-                Some(v) => Err(bad(format!(
-                    "{k} = {v} is outside the {n}-token vocabulary"
-                ))),
+                Some(v) => Err(bad(format!("{k} = {v} is outside the {n}-token vocabulary"))),
                 None => Ok(None),
             }
         };
@@ -162,20 +145,12 @@ impl Tokenizer {
                 .ok_or_else(|| bad("tokenizer.ggml.merges is missing for a gpt2 tokenizer".into()))?
                 .iter()
                 .map(|v| {
-                    v.as_str()
-                        .map(String::from)
-                        .ok_or_else(|| bad("tokenizer.ggml.merges holds a non-string".into()))
+                    v.as_str().map(String::from).ok_or_else(|| bad("tokenizer.ggml.merges holds a non-string".into()))
                 })
                 .collect::<Result<_, _>>()?;
-            let pre = g
-                .str_opt("tokenizer.ggml.pre")
-                .map_err(|e| bad(e.to_string()))?
-                .unwrap_or("default");
+            let pre = g.str_opt("tokenizer.ggml.pre").map_err(|e| bad(e.to_string()))?.unwrap_or("default");
             let tk = byte_level_bpe(&tokens, &types, &merges, pre).map_err(bad)?;
-            Backend::Hf {
-                tk: Box::new(tk),
-                byte_level: true,
-            }
+            Backend::Hf { tk: Box::new(tk), byte_level: true }
         } else {
             Backend::Spm
         };
@@ -231,9 +206,9 @@ impl Tokenizer {
         let bytes = text.as_bytes();
         while i < bytes.len() {
             let hit = if text.is_char_boundary(i) {
-                self.specials.iter().find(|(s, _, control)| {
-                    (parse_special || !control) && text[i..].starts_with(s.as_str())
-                })
+                self.specials
+                    .iter()
+                    .find(|(s, _, control)| (parse_special || !control) && text[i..].starts_with(s.as_str()))
             } else {
                 None
             };
@@ -273,38 +248,24 @@ impl Tokenizer {
         }
         let mut syms: Vec<Sym> = Vec::new();
         for (k, (pos, c)) in s.char_indices().enumerate() {
-            syms.push(Sym {
-                start: pos,
-                len: c.len_utf8(),
-                prev: k.checked_sub(1),
-                next: Some(k + 1),
-            });
+            syms.push(Sym { start: pos, len: c.len_utf8(), prev: k.checked_sub(1), next: Some(k + 1) });
         }
         if let Some(last) = syms.last_mut() {
             last.next = None;
         }
         let mut heap = BinaryHeap::new();
-        let try_pair =
-            |syms: &Vec<Sym>, heap: &mut BinaryHeap<Bigram>, left: usize, right: usize| {
-                let piece = &s[syms[left].start..syms[right].start + syms[right].len];
-                if let Some(&id) = self.index.get(piece) {
-                    heap.push(Bigram {
-                        score: self.scores[id as usize],
-                        left,
-                        right,
-                        len: piece.len(),
-                    });
-                }
-            };
+        let try_pair = |syms: &Vec<Sym>, heap: &mut BinaryHeap<Bigram>, left: usize, right: usize| {
+            let piece = &s[syms[left].start..syms[right].start + syms[right].len];
+            if let Some(&id) = self.index.get(piece) {
+                heap.push(Bigram { score: self.scores[id as usize], left, right, len: piece.len() });
+            }
+        };
         for k in 1..syms.len() {
             try_pair(&syms, &mut heap, k - 1, k);
         }
         while let Some(b) = heap.pop() {
             // Skip pairs invalidated by an earlier merge.
-            if syms[b.left].len == 0
-                || syms[b.right].len == 0
-                || syms[b.left].len + syms[b.right].len != b.len
-            {
+            if syms[b.left].len == 0 || syms[b.right].len == 0 || syms[b.left].len + syms[b.right].len != b.len {
                 continue;
             }
             syms[b.left].len += syms[b.right].len;
@@ -344,25 +305,17 @@ impl Tokenizer {
         let Some(t) = self.tokens.get(id as usize) else {
             return Vec::new();
         };
-        if let Backend::Hf {
-            byte_level: true, ..
-        } = &self.backend
-        {
+        if let Backend::Hf { byte_level: true, .. } = &self.backend {
             if self.types[id as usize] == TOKEN_CONTROL {
                 return Vec::new();
             }
-            return t
-                .chars()
-                .map(|c| unicode_to_byte(c).unwrap_or(b'?'))
-                .collect();
+            return t.chars().map(|c| unicode_to_byte(c).unwrap_or(b'?')).collect();
         }
         match self.types[id as usize] {
             TOKEN_CONTROL | TOKEN_UNKNOWN => Vec::new(),
             TOKEN_BYTE => {
                 let hex = t.strip_prefix("<0x").and_then(|h| h.strip_suffix('>'));
-                hex.and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .map(|b| vec![b])
-                    .unwrap_or_default()
+                hex.and_then(|h| u8::from_str_radix(h, 16).ok()).map(|b| vec![b]).unwrap_or_default()
             }
             _ => t.replace('▁', " ").into_bytes(),
         }
@@ -431,8 +384,7 @@ fn byte_to_unicode() -> [char; 256] {
     let mut map = ['\0'; 256];
     let mut n = 0u32;
     for b in 0..=255u8 {
-        let printable =
-            (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        let printable = (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
         map[b as usize] = if printable {
             b as char
         } else {
@@ -446,34 +398,24 @@ fn byte_to_unicode() -> [char; 256] {
 fn unicode_to_byte(c: char) -> Option<u8> {
     let u = c as u32;
     let b = u as u8;
-    let printable = |b: u8| {
-        (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
-    };
+    let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
     if u <= 0xFF && printable(b) {
         return Some(b);
     }
-    byte_to_unicode()
-        .iter()
-        .position(|&m| m == c)
-        .map(|p| p as u8)
+    byte_to_unicode().iter().position(|&m| m == c).map(|p| p as u8)
 }
 
 /// The pre-tokenizer split pattern for a GGUF `tokenizer.ggml.pre` name
 /// (the regexes of the model families' tokenizer.json files).
 fn pre_pattern(pre: &str) -> Result<&'static str, String> {
-    const GPT2: &str =
-        r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+    const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
     const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     Ok(match pre {
         "default" | "gpt2" | "gpt-2" => GPT2,
         "llama3" | "llama-bpe" | "llama-v3" | "smaug-bpe" => LLAMA3,
         "qwen2" | "deepseek-r1-qwen" => QWEN2,
-        other => {
-            return Err(format!(
-                "pre-tokenizer {other:?} is not supported (default, llama-bpe, qwen2)"
-            ))
-        }
+        other => return Err(format!("pre-tokenizer {other:?} is not supported (default, llama-bpe, qwen2)")),
     })
 }
 
@@ -487,11 +429,8 @@ fn byte_level_bpe(
 ) -> Result<tokenizers::Tokenizer, String> {
     use serde_json::json;
     let pattern = pre_pattern(pre)?;
-    let vocab: serde_json::Map<String, serde_json::Value> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), json!(i)))
-        .collect();
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
     let added: Vec<serde_json::Value> = types
         .iter()
         .enumerate()
@@ -501,11 +440,7 @@ fn byte_level_bpe(
                    "normalized": false, "special": ty == TOKEN_CONTROL})
         })
         .collect();
-    let normalizer = if pre == "qwen2" {
-        json!({"type": "NFC"})
-    } else {
-        serde_json::Value::Null
-    };
+    let normalizer = if pre == "qwen2" { json!({"type": "NFC"}) } else { serde_json::Value::Null };
     let doc = json!({
         "version": "1.0",
         "added_tokens": added,
@@ -542,51 +477,33 @@ impl Tokenizer {
         let mut types = vec![TOKEN_NORMAL; n];
         for (i, at) in tk.get_added_tokens_decoder() {
             if let Some(slot) = types.get_mut(i as usize) {
-                *slot = if at.special {
-                    TOKEN_CONTROL
-                } else {
-                    TOKEN_USER_DEFINED
-                };
+                *slot = if at.special { TOKEN_CONTROL } else { TOKEN_USER_DEFINED };
             }
         }
-        let json: serde_json::Value = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let json: serde_json::Value =
+            std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         let byte_level = json["decoder"]["type"] == "ByteLevel"
             || json["pre_tokenizer"]["pretokenizers"]
                 .as_array()
                 .is_some_and(|a| a.iter().any(|p| p["type"] == "ByteLevel"));
         let read = |name: &str| -> serde_json::Value {
-            std::fs::read(dir.join(name))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_default()
+            std::fs::read(dir.join(name)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
         };
         let (tc, cfg) = (read("tokenizer_config.json"), read("config.json"));
         let token_id = |v: &serde_json::Value| -> Option<u32> {
             let s = v.as_str().or_else(|| v["content"].as_str())?;
             tk.token_to_id(s)
         };
-        let bos =
-            token_id(&tc["bos_token"]).or_else(|| cfg["bos_token_id"].as_u64().map(|v| v as u32));
-        let eos =
-            token_id(&tc["eos_token"]).or_else(|| cfg["eos_token_id"].as_u64().map(|v| v as u32));
+        let bos = token_id(&tc["bos_token"]).or_else(|| cfg["bos_token_id"].as_u64().map(|v| v as u32));
+        let eos = token_id(&tc["eos_token"]).or_else(|| cfg["eos_token_id"].as_u64().map(|v| v as u32));
         // BOS is added when the post-processor's template starts with it or
         // the config says so.
         let template_bos = bos.is_some_and(|b| {
             let single = &json["post_processor"]["single"];
-            single[0]["SpecialToken"]["id"]
-                .as_str()
-                .and_then(|s| tk.token_to_id(s))
-                == Some(b)
+            single[0]["SpecialToken"]["id"].as_str().and_then(|s| tk.token_to_id(s)) == Some(b)
         });
         let add_bos = tc["add_bos_token"].as_bool().unwrap_or(template_bos);
-        let index = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
+        let index = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
         let mut eog = Vec::new();
         for name in ["<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|endoftext|>"] {
             if let Some(i) = tk.token_to_id(name) {
@@ -597,10 +514,7 @@ impl Tokenizer {
         tk.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
         Ok(Tokenizer {
             kind: "tokenizer.json".into(),
-            backend: Backend::Hf {
-                tk: Box::new(tk),
-                byte_level,
-            },
+            backend: Backend::Hf { tk: Box::new(tk), byte_level },
             scores: vec![0.0; n],
             byte_tokens: [None; 256],
             specials: Vec::new(),

@@ -15,17 +15,9 @@ pub struct TensorSpec {
 /// Every tensor the forward pass reads, in load order.
 pub fn expected_tensors(cfg: &ModelConfig) -> Vec<TensorSpec> {
     let (d, q, kv, ff, hd) = (cfg.d, cfg.q_dim(), cfg.kv_dim(), cfg.ff, cfg.head_dim);
-    let mut v = vec![TensorSpec {
-        name: "token_embd.weight".into(),
-        shape: vec![cfg.vocab, d],
-    }];
+    let mut v = vec![TensorSpec { name: "token_embd.weight".into(), shape: vec![cfg.vocab, d] }];
     for l in 0..cfg.n_layer {
-        let mut t = |n: &str, shape: Vec<usize>| {
-            v.push(TensorSpec {
-                name: format!("blk.{l}.{n}"),
-                shape,
-            })
-        };
+        let mut t = |n: &str, shape: Vec<usize>| v.push(TensorSpec { name: format!("blk.{l}.{n}"), shape });
         t("attn_norm.weight", vec![d]);
         t("attn_q.weight", vec![q, d]);
         t("attn_k.weight", vec![kv, d]);
@@ -51,15 +43,9 @@ pub fn expected_tensors(cfg: &ModelConfig) -> Vec<TensorSpec> {
             t("post_ffw_norm.weight", vec![d]);
         }
     }
-    v.push(TensorSpec {
-        name: "output_norm.weight".into(),
-        shape: vec![d],
-    });
+    v.push(TensorSpec { name: "output_norm.weight".into(), shape: vec![d] });
     if !cfg.tied_output {
-        v.push(TensorSpec {
-            name: "output.weight".into(),
-            shape: vec![cfg.vocab, d],
-        });
+        v.push(TensorSpec { name: "output.weight".into(), shape: vec![cfg.vocab, d] });
     }
     v
 }
@@ -104,19 +90,9 @@ pub fn hf_name(arch: Arch, gguf: &str) -> Option<String> {
 /// One finding of [`validate`].
 #[derive(Debug, Clone)]
 pub enum Problem {
-    Missing {
-        name: String,
-        shape: Vec<usize>,
-    },
-    Shape {
-        name: String,
-        expected: Vec<usize>,
-        actual: Vec<usize>,
-    },
-    NoDequantizer {
-        name: String,
-        ty: plumb_quant::GgmlType,
-    },
+    Missing { name: String, shape: Vec<usize> },
+    Shape { name: String, expected: Vec<usize>, actual: Vec<usize> },
+    NoDequantizer { name: String, ty: plumb_quant::GgmlType },
 }
 
 impl std::fmt::Display for Problem {
@@ -125,11 +101,7 @@ impl std::fmt::Display for Problem {
             Problem::Missing { name, shape } => {
                 write!(f, "{name}: missing (expected shape {shape:?})")
             }
-            Problem::Shape {
-                name,
-                expected,
-                actual,
-            } => {
+            Problem::Shape { name, expected, actual } => {
                 write!(f, "{name}: shape {actual:?}, expected {expected:?}")
             }
             Problem::NoDequantizer { name, ty } => {
@@ -145,19 +117,13 @@ pub fn validate(src: &ModelSource, cfg: &ModelConfig) -> Vec<Problem> {
     let mut problems = Vec::new();
     for spec in expected_tensors(cfg) {
         match src.tensor(cfg.arch, &spec.name) {
-            None => problems.push(Problem::Missing {
-                name: spec.name,
-                shape: spec.shape,
-            }),
+            None => problems.push(Problem::Missing { name: spec.name, shape: spec.shape }),
             Some(t) if t.shape != spec.shape.as_slice() => problems.push(Problem::Shape {
                 name: spec.name.clone(),
                 expected: spec.shape,
                 actual: t.shape.to_vec(),
             }),
-            Some(t) if !t.ty.can_dequantize() => problems.push(Problem::NoDequantizer {
-                name: spec.name,
-                ty: t.ty,
-            }),
+            Some(t) if !t.ty.can_dequantize() => problems.push(Problem::NoDequantizer { name: spec.name, ty: t.ty }),
             Some(_) => {}
         }
     }

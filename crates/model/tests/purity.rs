@@ -13,10 +13,7 @@ fn real_model() -> Option<PathBuf> {
     if p.is_file() {
         return Some(p);
     }
-    assert!(
-        std::env::var("CI").is_err(),
-        "CI must fetch the real model first"
-    );
+    assert!(std::env::var("CI").is_err(), "CI must fetch the real model first");
     None
 }
 
@@ -40,43 +37,20 @@ fn tracing_and_threads_never_change_a_number() {
     let plain = run(&mut NoTrace);
     let mut stats_only = Recorder::new(TracePlan::default());
     let with_stats = run(&mut stats_only);
-    let mut full = Recorder::new(TracePlan {
-        tensors: true,
-        ..TracePlan::default()
-    });
+    let mut full = Recorder::new(TracePlan { tensors: true, ..TracePlan::default() });
     let with_tensors = run(&mut full);
     assert_eq!(bits(&plain), bits(&with_stats));
     assert_eq!(bits(&plain), bits(&with_tensors));
     assert!(!full.tensors.is_empty() && !stats_only.stats.is_empty());
     // The decode step recorded T = 1 tensors.
-    let (_, shape, _) = full
-        .tensors
-        .iter()
-        .find(|(k, _, _)| k == "blk.0.attn_norm")
-        .unwrap();
+    let (_, shape, _) = full.tensors.iter().find(|(k, _, _)| k == "blk.0.attn_norm").unwrap();
     assert_eq!(shape, &vec![1, 640]);
-    let (_, shape, _) = full
-        .tensors
-        .iter()
-        .find(|(k, _, _)| k == "blk.0.attn_scores")
-        .unwrap();
+    let (_, shape, _) = full.tensors.iter().find(|(k, _, _)| k == "blk.0.attn_scores").unwrap();
     assert_eq!(shape, &vec![4, 1, 7]);
 
-    let one = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap()
-        .install(|| run(&mut NoTrace));
-    let two = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap()
-        .install(|| run(&mut NoTrace));
-    let three = rayon::ThreadPoolBuilder::new()
-        .num_threads(3)
-        .build()
-        .unwrap()
-        .install(|| run(&mut NoTrace));
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| run(&mut NoTrace));
+    let two = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap().install(|| run(&mut NoTrace));
+    let three = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap().install(|| run(&mut NoTrace));
     assert_eq!(bits(&one), bits(&plain));
     assert_eq!(bits(&one), bits(&two));
     assert_eq!(bits(&one), bits(&three));

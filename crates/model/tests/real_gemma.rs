@@ -22,14 +22,8 @@ fn model_path() -> Option<PathBuf> {
     if p.is_file() {
         return Some(p);
     }
-    assert!(
-        std::env::var("CI").is_err(),
-        "CI must fetch the real model first (scripts/fetch-model.sh)"
-    );
-    eprintln!(
-        "skipping: {} not found; run scripts/fetch-model.sh",
-        p.display()
-    );
+    assert!(std::env::var("CI").is_err(), "CI must fetch the real model first (scripts/fetch-model.sh)");
+    eprintln!("skipping: {} not found; run scripts/fetch-model.sh", p.display());
     None
 }
 
@@ -39,11 +33,7 @@ fn reference() -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
 #[test]
@@ -58,14 +48,8 @@ fn tokenizer_matches_transformers() {
         let with = ids(&case["with_special"]["ids"]);
         let without = ids(&case["without_special"]["ids"]);
         assert_eq!(tok.encode(text, true, false), with, "with BOS: {text:?}");
-        assert_eq!(
-            tok.encode(text, false, false),
-            without,
-            "without BOS: {text:?}"
-        );
-        let decoded = case["without_special"]["decoded_skip_special"]
-            .as_str()
-            .unwrap();
+        assert_eq!(tok.encode(text, false, false), without, "without BOS: {text:?}");
+        let decoded = case["without_special"]["decoded_skip_special"].as_str().unwrap();
         assert_eq!(tok.decode(&without), decoded, "decode of {text:?}");
     }
 }
@@ -94,30 +78,19 @@ fn greedy_continuations_match_transformers() {
                     "{:?}: step {step}: plumb {got} vs transformers {want}, reference margin {margin} is not a near-tie",
                     g["prompt"]
                 );
-                report.push(format!(
-                    "{:?}: parted at step {step} at a near-tie (margin {margin:.2e})",
-                    g["prompt"]
-                ));
+                report.push(format!("{:?}: parted at step {step} at a near-tie (margin {margin:.2e})", g["prompt"]));
                 break;
             }
             agreed += 1;
             logits = model.forward(k.as_ref(), &[got], &mut cache, false, &mut NoTrace);
         }
         if agreed == expect.len() {
-            report.push(format!(
-                "{:?}: {agreed}/{} tokens identical",
-                g["prompt"],
-                expect.len()
-            ));
+            report.push(format!("{:?}: {agreed}/{} tokens identical", g["prompt"], expect.len()));
         }
     }
     eprintln!("{}", report.join("\n"));
     let identical = report.iter().filter(|l| l.contains("identical")).count();
-    assert!(
-        identical >= 5,
-        "fewer than five prompts identical for 32 tokens:\n{}",
-        report.join("\n")
-    );
+    assert!(identical >= 5, "fewer than five prompts identical for 32 tokens:\n{}", report.join("\n"));
 }
 
 #[test]
@@ -142,27 +115,16 @@ fn last_position_logits_match_transformers() {
     }
     // The engine issue's bound: max |Δ| ≤ 1e-4 × max|logit|, here over the
     // reference's top 20 of the last position.
-    assert!(
-        worst <= 1e-4 * max_ref.abs(),
-        "worst |Δ| {worst} over top-20 vs bound {}",
-        1e-4 * max_ref.abs()
-    );
+    assert!(worst <= 1e-4 * max_ref.abs(), "worst |Δ| {worst} over top-20 vs bound {}", 1e-4 * max_ref.abs());
     // Per-position statistics of the whole row.
     for pos in l["per_position"].as_array().unwrap() {
         let p = pos["position"].as_u64().unwrap() as usize;
         let row = &logits[p * v..(p + 1) * v];
-        assert_eq!(
-            argmax(row) as u64,
-            pos["argmax"].as_u64().unwrap(),
-            "argmax at position {p}"
-        );
+        assert_eq!(argmax(row) as u64, pos["argmax"].as_u64().unwrap(), "argmax at position {p}");
         let mean = row.iter().map(|&x| x as f64).sum::<f64>() / v as f64;
         let std = (row.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / v as f64).sqrt();
         let (rm, rs) = (pos["mean"].as_f64().unwrap(), pos["std"].as_f64().unwrap());
-        assert!(
-            (mean - rm).abs() <= 1e-4 * rs.max(1.0),
-            "mean at {p}: {mean} vs {rm}"
-        );
+        assert!((mean - rm).abs() <= 1e-4 * rs.max(1.0), "mean at {p}: {mean} vs {rm}");
         assert!((std - rs).abs() <= 1e-4 * rs, "std at {p}: {std} vs {rs}");
     }
     eprintln!("top-20 worst |Δ| = {worst:.3e} (max logit {max_ref:.3})");

@@ -30,12 +30,7 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
     }
     let expected = ty.bytes_for(n as u64).unwrap_or(u64::MAX);
     if expected != src.len() as u64 {
-        return Err(QuantError::ByteLength {
-            ty,
-            n,
-            expected: expected as usize,
-            actual: src.len(),
-        });
+        return Err(QuantError::ByteLength { ty, n, expected: expected as usize, actual: src.len() });
     }
     match ty {
         GgmlType::F32 => {

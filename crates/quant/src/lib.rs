@@ -23,21 +23,9 @@ pub enum QuantError {
     #[error("{ty} has no dequantizer in plumb yet")]
     Unsupported { ty: GgmlType },
     #[error("{ty} cannot be quantized by plumb (supported: {supported})")]
-    NoQuantizer {
-        ty: GgmlType,
-        supported: &'static str,
-    },
+    NoQuantizer { ty: GgmlType, supported: &'static str },
     #[error("{ty}: {n} elements is not a multiple of the block size {block}")]
-    NotBlockMultiple {
-        ty: GgmlType,
-        n: usize,
-        block: usize,
-    },
+    NotBlockMultiple { ty: GgmlType, n: usize, block: usize },
     #[error("{ty}: {n} elements need {expected} bytes, got {actual}")]
-    ByteLength {
-        ty: GgmlType,
-        n: usize,
-        expected: usize,
-        actual: usize,
-    },
+    ByteLength { ty: GgmlType, n: usize, expected: usize, actual: usize },
 }

@@ -24,10 +24,7 @@ pub fn quantize(ty: GgmlType, src: &[f32]) -> Result<Vec<u8>, QuantError> {
     Ok(match ty {
         GgmlType::F32 => src.iter().flat_map(|x| x.to_le_bytes()).collect(),
         GgmlType::F16 => src.iter().flat_map(|x| f32_to_f16(*x)).collect(),
-        GgmlType::BF16 => src
-            .iter()
-            .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
-            .collect(),
+        GgmlType::BF16 => src.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
         GgmlType::Q4_0 => to_bytes(src, nb, quantize_q4_0),
         GgmlType::Q4_1 => to_bytes(src, nb, quantize_q4_1),
         GgmlType::Q5_0 => to_bytes(src, nb, quantize_q5_0),
@@ -37,20 +34,11 @@ pub fn quantize(ty: GgmlType, src: &[f32]) -> Result<Vec<u8>, QuantError> {
         GgmlType::Q8_K => to_bytes(src, nb, quantize_q8_k),
         GgmlType::Q4_K => to_bytes(src, nb, quantize_q4_k),
         GgmlType::Q6_K => to_bytes(src, nb, quantize_q6_k),
-        _ => {
-            return Err(QuantError::NoQuantizer {
-                ty,
-                supported: SUPPORTED,
-            })
-        }
+        _ => return Err(QuantError::NoQuantizer { ty, supported: SUPPORTED }),
     })
 }
 
-fn to_bytes<B: bytemuck::Pod + bytemuck::Zeroable>(
-    src: &[f32],
-    nb: usize,
-    f: fn(&[f32]) -> B,
-) -> Vec<u8> {
+fn to_bytes<B: bytemuck::Pod + bytemuck::Zeroable>(src: &[f32], nb: usize, f: fn(&[f32]) -> B) -> Vec<u8> {
     let be = src.len() / nb.max(1);
     let blocks: Vec<B> = src.chunks_exact(be.max(1)).take(nb).map(f).collect();
     bytemuck::cast_slice(&blocks).to_vec()
@@ -84,10 +72,7 @@ pub fn quantize_q8_0(x: &[f32]) -> BlockQ8_0 {
     for (q, v) in qs.iter_mut().zip(x) {
         *q = (v * id).round() as i8;
     }
-    BlockQ8_0 {
-        d: f32_to_f16(d),
-        qs,
-    }
+    BlockQ8_0 { d: f32_to_f16(d), qs }
 }
 
 /// Q8_1: as Q8_0, plus `s = d * sum(q)`.
@@ -95,22 +80,14 @@ pub fn quantize_q8_1(x: &[f32]) -> BlockQ8_1 {
     let b = quantize_q8_0(x);
     let d = f16_to_f32(b.d);
     let sum: i32 = b.qs.iter().map(|&q| q as i32).sum();
-    BlockQ8_1 {
-        d: b.d,
-        s: f32_to_f16(sum as f32 * d),
-        qs: b.qs,
-    }
+    BlockQ8_1 { d: b.d, s: f32_to_f16(sum as f32 * d), qs: b.qs }
 }
 
 /// Q8_K (ggml `quantize_row_q8_K_ref`): scale from the signed absmax so that
 /// it maps to -127, f32 scale, per-16 sums.
 pub fn quantize_q8_k(x: &[f32]) -> BlockQ8K {
     let max = signed_absmax(x);
-    let mut b = BlockQ8K {
-        d: 0.0,
-        qs: [0; QK_K],
-        bsums: [0; QK_K / 16],
-    };
+    let mut b = BlockQ8K { d: 0.0, qs: [0; QK_K], bsums: [0; QK_K / 16] };
     if max == 0.0 {
         return b;
     }
@@ -135,10 +112,7 @@ pub fn quantize_q4_0(x: &[f32]) -> BlockQ4_0 {
         let x1 = ((x[j + 16] * id + 8.5) as i8).min(15) as u8;
         qs[j] = x0 | (x1 << 4);
     }
-    BlockQ4_0 {
-        d: f32_to_f16(d),
-        qs,
-    }
+    BlockQ4_0 { d: f32_to_f16(d), qs }
 }
 
 /// Q4_1 (ggml reference): affine over [min, max] in 15 steps.
@@ -153,11 +127,7 @@ pub fn quantize_q4_1(x: &[f32]) -> BlockQ4_1 {
         let x1 = (((x[j + 16] - min) * id + 0.5) as i8).min(15) as u8;
         qs[j] = x0 | (x1 << 4);
     }
-    BlockQ4_1 {
-        d: f32_to_f16(d),
-        m: f32_to_f16(min),
-        qs,
-    }
+    BlockQ4_1 { d: f32_to_f16(d), m: f32_to_f16(min), qs }
 }
 
 /// Q5_0 (ggml reference): d = max / -16 with the signed absmax.
@@ -173,11 +143,7 @@ pub fn quantize_q5_0(x: &[f32]) -> BlockQ5_0 {
         qh |= (((x0 & 0x10) >> 4) as u32) << j;
         qh |= (((x1 & 0x10) >> 4) as u32) << (j + 16);
     }
-    BlockQ5_0 {
-        d: f32_to_f16(d),
-        qh: qh.to_le_bytes(),
-        qs,
-    }
+    BlockQ5_0 { d: f32_to_f16(d), qh: qh.to_le_bytes(), qs }
 }
 
 /// Q5_1 (ggml reference): affine over [min, max] in 31 steps.
@@ -195,12 +161,7 @@ pub fn quantize_q5_1(x: &[f32]) -> BlockQ5_1 {
         qh |= (((x0 & 0x10) >> 4) as u32) << j;
         qh |= (((x1 & 0x10) >> 4) as u32) << (j + 16);
     }
-    BlockQ5_1 {
-        d: f32_to_f16(d),
-        m: f32_to_f16(min),
-        qh: qh.to_le_bytes(),
-        qs,
-    }
+    BlockQ5_1 { d: f32_to_f16(d), m: f32_to_f16(min), qh: qh.to_le_bytes(), qs }
 }
 
 /// Q4_K: per group of 32 an affine fit over [min(0, min x), max x], the
@@ -216,11 +177,7 @@ pub fn quantize_q4_k(x: &[f32]) -> BlockQ4K {
     }
     let max_scale = scales.iter().copied().fold(0.0f32, f32::max);
     let max_min = mins.iter().copied().fold(0.0f32, f32::max);
-    let inv_scale = if max_scale > 0.0 {
-        63.0 / max_scale
-    } else {
-        0.0
-    };
+    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let mut packed = [0u8; 12];
     for j in 0..8 {
@@ -244,11 +201,7 @@ pub fn quantize_q4_k(x: &[f32]) -> BlockQ4K {
         let dj = df * sc as f32;
         let mj = dminf * m as f32;
         for l in 0..32 {
-            let q = if dj != 0.0 {
-                ((x[j * 32 + l] + mj) / dj).round() as i32
-            } else {
-                0
-            };
+            let q = if dj != 0.0 { ((x[j * 32 + l] + mj) / dj).round() as i32 } else { 0 };
             levels[j * 32 + l] = q.clamp(0, 15) as u8;
         }
     }
@@ -258,12 +211,7 @@ pub fn quantize_q4_k(x: &[f32]) -> BlockQ4K {
             qs[chunk * 32 + l] = levels[chunk * 64 + l] | (levels[chunk * 64 + l + 32] << 4);
         }
     }
-    BlockQ4K {
-        d,
-        dmin,
-        scales: packed,
-        qs,
-    }
+    BlockQ4K { d, dmin, scales: packed, qs }
 }
 
 /// Q6_K: per group of 16 a symmetric fit onto -32..31, the group scales
@@ -275,12 +223,7 @@ pub fn quantize_q6_k(x: &[f32]) -> BlockQ6K {
         group_scale[j] = if m != 0.0 { m / -32.0 } else { 0.0 };
     }
     let max_scale = signed_absmax(&group_scale);
-    let mut b = BlockQ6K {
-        ql: [0; 128],
-        qh: [0; 64],
-        scales: [0; 16],
-        d: [0; 2],
-    };
+    let mut b = BlockQ6K { ql: [0; 128], qh: [0; 64], scales: [0; 16], d: [0; 2] };
     if max_scale == 0.0 {
         return b;
     }
@@ -293,11 +236,7 @@ pub fn quantize_q6_k(x: &[f32]) -> BlockQ6K {
         b.scales[j] = sc;
         let dj = d * sc as f32;
         for l in 0..16 {
-            let q = if dj != 0.0 {
-                (x[j * 16 + l] / dj).round() as i32
-            } else {
-                0
-            };
+            let q = if dj != 0.0 { (x[j * 16 + l] / dj).round() as i32 } else { 0 };
             levels[j * 16 + l] = (q.clamp(-32, 31) + 32) as u8;
         }
     }
@@ -307,8 +246,7 @@ pub fn quantize_q6_k(x: &[f32]) -> BlockQ6K {
             let (q1, q2, q3, q4) = (lv[l], lv[l + 32], lv[l + 64], lv[l + 96]);
             b.ql[half * 64 + l] = (q1 & 0xF) | ((q3 & 0xF) << 4);
             b.ql[half * 64 + l + 32] = (q2 & 0xF) | ((q4 & 0xF) << 4);
-            b.qh[half * 32 + l] =
-                (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
+            b.qh[half * 32 + l] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
         }
     }
     b

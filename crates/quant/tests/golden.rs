@@ -14,24 +14,15 @@ fn golden_dir() -> PathBuf {
 fn every_storage_format_is_bit_exact_against_gguf_numpy() {
     let dir = golden_dir();
     let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest.json"))
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest.json")).unwrap();
     let formats = manifest["formats"].as_array().unwrap();
     let mut seen = Vec::new();
     for f in formats {
         let name = f["type"].as_str().unwrap();
         let ty = GgmlType::from_name(name).unwrap_or_else(|| panic!("unknown type {name}"));
         assert_eq!(ty as u64, f["ggml_type"].as_u64().unwrap(), "{name} id");
-        assert_eq!(
-            ty.block_elems() as u64,
-            f["block_elems"].as_u64().unwrap(),
-            "{name} block elems"
-        );
-        assert_eq!(
-            ty.block_bytes() as u64,
-            f["block_bytes"].as_u64().unwrap(),
-            "{name} block bytes"
-        );
+        assert_eq!(ty.block_elems() as u64, f["block_elems"].as_u64().unwrap(), "{name} block elems");
+        assert_eq!(ty.block_bytes() as u64, f["block_bytes"].as_u64().unwrap(), "{name} block bytes");
         let blocks = std::fs::read(dir.join(f["blocks_file"].as_str().unwrap())).unwrap();
         let expect: Vec<f32> = std::fs::read(dir.join(f["f32_file"].as_str().unwrap()))
             .unwrap()
@@ -46,31 +37,17 @@ fn every_storage_format_is_bit_exact_against_gguf_numpy() {
             let mut out = vec![0f32; n];
             dequantize(ty, &blocks[byte_at..byte_at + nb], &mut out).unwrap();
             for (i, (a, b)) in out.iter().zip(&expect[elem_at..elem_at + n]).enumerate() {
-                assert_eq!(
-                    a.to_bits(),
-                    b.to_bits(),
-                    "{name}: row of {n}, element {i}: plumb {a} vs gguf {b}"
-                );
+                assert_eq!(a.to_bits(), b.to_bits(), "{name}: row of {n}, element {i}: plumb {a} vs gguf {b}");
             }
             byte_at += nb;
             elem_at += n;
         }
-        assert_eq!(
-            byte_at,
-            blocks.len(),
-            "{name}: golden bytes not all consumed"
-        );
-        assert_eq!(
-            elem_at,
-            expect.len(),
-            "{name}: golden values not all consumed"
-        );
+        assert_eq!(byte_at, blocks.len(), "{name}: golden bytes not all consumed");
+        assert_eq!(elem_at, expect.len(), "{name}: golden values not all consumed");
         seen.push(ty);
     }
     use GgmlType::*;
-    for ty in [
-        F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS,
-    ] {
+    for ty in [F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS] {
         assert!(seen.contains(&ty), "no golden vectors for {ty}");
     }
 }

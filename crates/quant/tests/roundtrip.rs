@@ -29,11 +29,7 @@ fn nrmse(ty: GgmlType, x: &[f32]) -> f64 {
     assert_eq!(q.len() as u64, ty.bytes_for(x.len() as u64).unwrap());
     let mut y = vec![0f32; x.len()];
     dequantize(ty, &q, &mut y).unwrap();
-    let err: f64 = x
-        .iter()
-        .zip(&y)
-        .map(|(a, b)| ((a - b) as f64).powi(2))
-        .sum();
+    let err: f64 = x.iter().zip(&y).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
     let sig: f64 = x.iter().map(|a| (*a as f64).powi(2)).sum();
     (err / sig).sqrt()
 }
@@ -62,10 +58,7 @@ fn quantize_dequantize_error_is_bounded() {
     for &(ty, bound) in BOUNDS {
         let e = nrmse(ty, &x);
         report.push_str(&format!("{ty}: {e:.5} (bound {bound})\n"));
-        assert!(
-            e <= bound,
-            "{ty}: normalized RMS error {e} over bound {bound}\n{report}"
-        );
+        assert!(e <= bound, "{ty}: normalized RMS error {e} over bound {bound}\n{report}");
     }
     eprintln!("{report}");
 }
@@ -80,14 +73,8 @@ fn all_zero_and_constant_blocks_survive() {
             let mut y = vec![f32::NAN; n];
             dequantize(ty, &q, &mut y).unwrap();
             for (i, b) in y.iter().enumerate() {
-                assert!(
-                    b.is_finite(),
-                    "{ty}: constant {v} gave non-finite {b} at {i}"
-                );
-                assert!(
-                    (b - v).abs() <= 0.1 * v.abs() + 1e-6,
-                    "{ty}: constant {v} came back as {b} at {i}"
-                );
+                assert!(b.is_finite(), "{ty}: constant {v} gave non-finite {b} at {i}");
+                assert!((b - v).abs() <= 0.1 * v.abs() + 1e-6, "{ty}: constant {v} came back as {b} at {i}");
             }
         }
     }

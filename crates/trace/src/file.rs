@@ -18,19 +18,13 @@ pub const FORMAT: &str = "1";
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{}: {what}", path.display())]
     Invalid { path: PathBuf, what: String },
 }
 
 fn invalid(path: &Path, what: impl Into<String>) -> TraceError {
-    TraceError::Invalid {
-        path: path.to_path_buf(),
-        what: what.into(),
-    }
+    TraceError::Invalid { path: path.to_path_buf(), what: what.into() }
 }
 
 /// A trace in memory.
@@ -47,17 +41,11 @@ pub struct Trace {
 
 impl Trace {
     pub fn engine(&self) -> &str {
-        self.meta
-            .get("plumb.engine")
-            .map(String::as_str)
-            .unwrap_or("?")
+        self.meta.get("plumb.engine").map(String::as_str).unwrap_or("?")
     }
 
     pub fn arch(&self) -> &str {
-        self.meta
-            .get("plumb.arch")
-            .map(String::as_str)
-            .unwrap_or("?")
+        self.meta.get("plumb.arch").map(String::as_str).unwrap_or("?")
     }
 
     pub fn stat(&self, key: &str) -> Option<&TensorStats> {
@@ -71,33 +59,20 @@ impl Trace {
 
     /// Serializes to safetensors bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
-        let mut meta: std::collections::HashMap<String, String> =
-            self.meta.clone().into_iter().collect();
+        let mut meta: std::collections::HashMap<String, String> = self.meta.clone().into_iter().collect();
         meta.insert("plumb.format".into(), FORMAT.into());
-        meta.insert(
-            "plumb.tokens".into(),
-            serde_json::to_string(&self.tokens).map_err(|e| e.to_string())?,
-        );
+        meta.insert("plumb.tokens".into(), serde_json::to_string(&self.tokens).map_err(|e| e.to_string())?);
         let stats: serde_json::Map<String, serde_json::Value> = self
             .stats
             .iter()
             .map(|(k, s)| Ok((k.clone(), serde_json::to_value(s)?)))
             .collect::<Result<_, serde_json::Error>>()
             .map_err(|e| e.to_string())?;
-        meta.insert(
-            "plumb.stats".into(),
-            serde_json::Value::Object(stats).to_string(),
-        );
+        meta.insert("plumb.stats".into(), serde_json::Value::Object(stats).to_string());
         let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
             .tensors
             .iter()
-            .map(|(k, (shape, data))| {
-                (
-                    k.clone(),
-                    shape.clone(),
-                    data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                )
-            })
+            .map(|(k, (shape, data))| (k.clone(), shape.clone(), data.iter().flat_map(|v| v.to_le_bytes()).collect()))
             .collect();
         let views: Vec<(String, TensorView<'_>)> = bytes
             .iter()
@@ -110,56 +85,33 @@ impl Trace {
     /// Writes the trace to `path` through a temporary file and a rename.
     pub fn save(&self, path: &Path) -> Result<(), TraceError> {
         let bytes = self.to_bytes().map_err(|e| invalid(path, e))?;
-        write_atomic(path, &bytes).map_err(|e| TraceError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })
+        write_atomic(path, &bytes).map_err(|e| TraceError::Io { path: path.to_path_buf(), source: e })
     }
 
     /// Reads a trace file from any engine.
     pub fn load(path: &Path) -> Result<Trace, TraceError> {
-        let io = |e| TraceError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        };
+        let io = |e| TraceError::Io { path: path.to_path_buf(), source: e };
         let file = std::fs::File::open(path).map_err(io)?;
         if !file.metadata().map_err(io)?.is_file() {
             return Err(invalid(path, "not a regular file"));
         }
         // SAFETY: read-only map of a file plumb does not modify.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-        let st = SafeTensors::deserialize(&map[..])
-            .map_err(|e| invalid(path, format!("not a safetensors trace: {e}")))?;
-        let (_, header) = SafeTensors::read_metadata(&map[..])
-            .map_err(|e| invalid(path, format!("bad safetensors header: {e}")))?;
-        let mut meta: BTreeMap<String, String> = header
-            .metadata()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+        let st =
+            SafeTensors::deserialize(&map[..]).map_err(|e| invalid(path, format!("not a safetensors trace: {e}")))?;
+        let (_, header) =
+            SafeTensors::read_metadata(&map[..]).map_err(|e| invalid(path, format!("bad safetensors header: {e}")))?;
+        let mut meta: BTreeMap<String, String> = header.metadata().clone().unwrap_or_default().into_iter().collect();
         match meta.get("plumb.format").map(String::as_str) {
             Some(FORMAT) => {}
             Some(other) => {
-                return Err(invalid(
-                    path,
-                    format!("trace format {other:?}; this plumb reads format {FORMAT}"),
-                ))
+                return Err(invalid(path, format!("trace format {other:?}; this plumb reads format {FORMAT}")))
             }
-            None => {
-                return Err(invalid(
-                    path,
-                    "no plumb.format in the metadata: not a plumb trace file",
-                ))
-            }
+            None => return Err(invalid(path, "no plumb.format in the metadata: not a plumb trace file")),
         }
         let tokens: Vec<u32> = match meta.remove("plumb.tokens") {
-            Some(t) => serde_json::from_str(&t).map_err(|e| {
-                invalid(
-                    path,
-                    format!("plumb.tokens is not a JSON array of ids: {e}"),
-                )
-            })?,
+            Some(t) => serde_json::from_str(&t)
+                .map_err(|e| invalid(path, format!("plumb.tokens is not a JSON array of ids: {e}")))?,
             None => Vec::new(),
         };
         let mut stats: Vec<(String, TensorStats)> = match meta.remove("plumb.stats") {
@@ -179,33 +131,20 @@ impl Trace {
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
             if view.dtype() != Dtype::F32 {
-                return Err(invalid(
-                    path,
-                    format!("tensor {name}: dtype {:?}, traces hold F32", view.dtype()),
-                ));
+                return Err(invalid(path, format!("tensor {name}: dtype {:?}, traces hold F32", view.dtype())));
             }
-            let data: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
+            let data: Vec<f32> =
+                view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
             tensors.insert(name, (view.shape().to_vec(), data));
         }
         // Tensors without stats (another engine's minimal trace) get them.
         for (name, (shape, data)) in &tensors {
             if !stats.iter().any(|(k, _)| k == name) {
-                let axis = crate::stage::parse_key(name)
-                    .map(|(s, _)| s.token_axis())
-                    .unwrap_or(0);
+                let axis = crate::stage::parse_key(name).map(|(s, _)| s.token_axis()).unwrap_or(0);
                 stats.push((name.clone(), TensorStats::compute(data, shape, axis)));
             }
         }
-        let mut t = Trace {
-            meta,
-            tokens,
-            stats,
-            tensors,
-        };
+        let mut t = Trace { meta, tokens, stats, tensors };
         t.sort();
         Ok(t)
     }
@@ -215,14 +154,8 @@ impl Trace {
 /// reader ever sees a partial file under the real name.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;

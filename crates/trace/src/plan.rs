@@ -24,12 +24,7 @@ pub struct TracePlan {
 
 impl Default for TracePlan {
     fn default() -> Self {
-        TracePlan {
-            stages: Stage::ALL.into_iter().collect(),
-            layers: None,
-            tensors: false,
-            positions: Positions::All,
-        }
+        TracePlan { stages: Stage::ALL.into_iter().collect(), layers: None, tensors: false, positions: Positions::All }
     }
 }
 
@@ -100,10 +95,8 @@ pub fn parse_layers(spec: &str) -> Result<BTreeSet<usize>, PlanError> {
     for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         match item.split_once('-') {
             Some((a, b)) => {
-                let (a, b): (usize, usize) = (
-                    a.trim().parse().map_err(|_| bad())?,
-                    b.trim().parse().map_err(|_| bad())?,
-                );
+                let (a, b): (usize, usize) =
+                    (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
                 if a > b || b - a > 1_000_000 {
                     return Err(bad());
                 }
@@ -145,33 +138,16 @@ mod tests {
     #[test]
     fn globs_and_aliases() {
         let s = parse_stages("ffn_*").unwrap();
-        assert!(
-            s.contains(&Stage::FfnGate)
-                && s.contains(&Stage::FfnPostNorm)
-                && !s.contains(&Stage::AttnOut)
-        );
+        assert!(s.contains(&Stage::FfnGate) && s.contains(&Stage::FfnPostNorm) && !s.contains(&Stage::AttnOut));
         let s = parse_stages("qkv_matmul,lm_head").unwrap();
-        assert_eq!(
-            s.into_iter().collect::<Vec<_>>(),
-            vec![Stage::QProj, Stage::KProj, Stage::VProj, Stage::Logits]
-        );
+        assert_eq!(s.into_iter().collect::<Vec<_>>(), vec![Stage::QProj, Stage::KProj, Stage::VProj, Stage::Logits]);
         assert!(parse_stages("nonsense").is_err());
-        assert!(
-            glob_match("attn_*", "attn_probs")
-                && !glob_match("attn_?", "attn_probs")
-                && glob_match("*", "")
-        );
+        assert!(glob_match("attn_*", "attn_probs") && !glob_match("attn_?", "attn_probs") && glob_match("*", ""));
     }
 
     #[test]
     fn layers() {
-        assert_eq!(
-            parse_layers("0-3,27")
-                .unwrap()
-                .into_iter()
-                .collect::<Vec<_>>(),
-            vec![0, 1, 2, 3, 27]
-        );
+        assert_eq!(parse_layers("0-3,27").unwrap().into_iter().collect::<Vec<_>>(), vec![0, 1, 2, 3, 27]);
         assert!(parse_layers("3-1").is_err());
         assert!(parse_layers("0-999999999999").is_err());
         assert!(parse_layers("x").is_err());

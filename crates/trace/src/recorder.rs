@@ -15,11 +15,7 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn new(plan: TracePlan) -> Recorder {
-        Recorder {
-            plan,
-            stats: Vec::new(),
-            tensors: Vec::new(),
-        }
+        Recorder { plan, stats: Vec::new(), tensors: Vec::new() }
     }
 
     pub fn clear(&mut self) {
@@ -46,11 +42,7 @@ impl Observer for Recorder {
         }
         let key = stage.key(layer);
         let axis = stage.token_axis();
-        upsert(
-            &mut self.stats,
-            key.clone(),
-            TensorStats::compute(data, shape, axis),
-        );
+        upsert(&mut self.stats, key.clone(), TensorStats::compute(data, shape, axis));
         if self.plan.tensors {
             let (shape, data) = match self.plan.positions {
                 Positions::All => (shape.to_vec(), data.to_vec()),

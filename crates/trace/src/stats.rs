@@ -58,17 +58,7 @@ impl Stats {
             amax = amax.max(x.abs());
         }
         if finite == 0 {
-            return Stats {
-                count: n,
-                mean: None,
-                std: None,
-                min: None,
-                max: None,
-                abs_max: None,
-                l2: None,
-                nan,
-                inf,
-            };
+            return Stats { count: n, mean: None, std: None, min: None, max: None, abs_max: None, l2: None, nan, inf };
         }
         let f = finite as f64;
         let mean = sum / f;
@@ -89,11 +79,7 @@ impl Stats {
 }
 
 /// Elements of `data` (row-major, `shape`) whose index on `axis` is the last.
-pub fn last_slice<'a>(
-    data: &'a [f32],
-    shape: &[usize],
-    axis: usize,
-) -> impl Iterator<Item = &'a f32> + 'a {
+pub fn last_slice<'a>(data: &'a [f32], shape: &[usize], axis: usize) -> impl Iterator<Item = &'a f32> + 'a {
     let axis = axis.min(shape.len().saturating_sub(1));
     let outer: usize = shape[..axis].iter().product();
     let len = shape.get(axis).copied().unwrap_or(1);
@@ -126,11 +112,7 @@ mod tests {
         assert_eq!(s.mean, Some(0.5));
         assert_eq!(s.min, Some(-4.0));
         assert_eq!(s.abs_max, Some(4.0));
-        let var: f64 = [1.0f64, 2.0, 3.0, -4.0]
-            .iter()
-            .map(|x| (x - 0.5).powi(2))
-            .sum::<f64>()
-            / 4.0;
+        let var: f64 = [1.0f64, 2.0, 3.0, -4.0].iter().map(|x| (x - 0.5).powi(2)).sum::<f64>() / 4.0;
         assert!((s.std.unwrap() - var.sqrt()).abs() < 1e-12);
         assert!((s.l2.unwrap() - 30f64.sqrt()).abs() < 1e-12);
     }

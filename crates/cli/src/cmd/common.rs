@@ -51,13 +51,9 @@ pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
         if n == 0 {
             bail!("-t/--threads must be at least 1");
         }
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .ok();
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().ok();
     }
-    let model = Model::load(&args.model)
-        .with_context(|| format!("cannot load {}", args.model.display()))?;
+    let model = Model::load(&args.model).with_context(|| format!("cannot load {}", args.model.display()))?;
     let tokenizer = match &model.source {
         ModelSource::Gguf(g) => match Tokenizer::from_gguf(g) {
             Ok(t) => {
@@ -76,11 +72,10 @@ pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
                 None
             }
         },
-        ModelSource::Hf(h) if h.dir.join("tokenizer.json").is_file() => {
-            Some(Tokenizer::from_hf_dir(&h.dir).with_context(|| {
-                format!("cannot load the tokenizer of {}", args.model.display())
-            })?)
-        }
+        ModelSource::Hf(h) if h.dir.join("tokenizer.json").is_file() => Some(
+            Tokenizer::from_hf_dir(&h.dir)
+                .with_context(|| format!("cannot load the tokenizer of {}", args.model.display()))?,
+        ),
         ModelSource::Hf(_) => None,
     };
     Ok(Loaded { model, tokenizer })
@@ -95,10 +90,7 @@ impl PromptArgs {
             }
             if let Some(t) = tok {
                 if let Some(bad) = ids.iter().find(|&&i| i as usize >= t.vocab_size()) {
-                    bail!(
-                        "--tokens: id {bad} is outside the {}-token vocabulary",
-                        t.vocab_size()
-                    );
+                    bail!("--tokens: id {bad} is outside the {}-token vocabulary", t.vocab_size());
                 }
             }
             return Ok(ids.clone());
@@ -106,8 +98,7 @@ impl PromptArgs {
         let text = match (&self.text, &self.file) {
             (Some(t), _) => t.clone(),
             (None, Some(f)) => {
-                let bytes = std::fs::read(f)
-                    .with_context(|| format!("cannot read prompt file {}", f.display()))?;
+                let bytes = std::fs::read(f).with_context(|| format!("cannot read prompt file {}", f.display()))?;
                 String::from_utf8(bytes).map_err(|e| {
                     anyhow::anyhow!(
                         "{}: prompt file is not UTF-8 (invalid byte at offset {})",
@@ -127,4 +118,66 @@ impl PromptArgs {
         }
         Ok(ids)
     }
+}
+
+/// Metadata of a plumb trace of `model_path` run at `precision`.
+pub fn trace_meta(
+    model_path: &std::path::Path,
+    loaded: &Loaded,
+    precision: Precision,
+    kernels: &dyn plumb_model::Kernels,
+    prompt: Option<&str>,
+    ids: &[u32],
+    hash: bool,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert("plumb.engine".into(), format!("plumb {} ({})", env!("CARGO_PKG_VERSION"), precision.name()));
+    meta.insert(
+        "plumb.model".into(),
+        model_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+    );
+    if hash && model_path.is_file() {
+        meta.insert("plumb.model_sha256".into(), sha256_file(model_path)?);
+    }
+    meta.insert("plumb.arch".into(), loaded.model.cfg.arch.name().into());
+    if let Some(p) = prompt {
+        meta.insert("plumb.prompt".into(), p.to_string());
+    }
+    meta.insert("plumb.precision".into(), precision.name().into());
+    meta.insert("plumb.kernels".into(), kernels.describe());
+    let piece = |id: u32| -> String { loaded.tokenizer.as_ref().and_then(|t| t.piece(id)).unwrap_or("").to_string() };
+    meta.insert("plumb.token_text".into(), serde_json::to_string(&ids.iter().map(|&i| piece(i)).collect::<Vec<_>>())?);
+    Ok(meta)
+}
+
+pub fn sha256_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Refuses to compare two models whose vocabularies disagree, naming the
+/// first token where they part.
+pub fn check_vocabularies(a: &Loaded, b: &Loaded) -> anyhow::Result<()> {
+    if a.model.cfg.vocab != b.model.cfg.vocab {
+        bail!("vocabularies disagree: A has {} tokens, B has {}", a.model.cfg.vocab, b.model.cfg.vocab);
+    }
+    if let (Some(ta), Some(tb)) = (&a.tokenizer, &b.tokenizer) {
+        for id in 0..ta.vocab_size().min(tb.vocab_size()) as u32 {
+            if ta.piece(id) != tb.piece(id) {
+                bail!("vocabularies disagree at token {id}: A {:?}, B {:?}", ta.piece(id), tb.piece(id));
+            }
+        }
+    }
+    Ok(())
 }

@@ -40,8 +40,7 @@ struct TokenizerInfo {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
-    let src = ModelSource::open(&args.model)
-        .with_context(|| format!("cannot open {}", args.model.display()))?;
+    let src = ModelSource::open(&args.model).with_context(|| format!("cannot open {}", args.model.display()))?;
     let (format, file_size, rows, metadata, tok) = describe(&src)?;
     let config = ModelConfig::from_source(&src);
     let problems = match &config {
@@ -94,11 +93,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     } else {
         let mut s = String::new();
         writeln!(s, "model       {}", args.model.display())?;
-        writeln!(
-            s,
-            "format      {format}, {} ({file_size} bytes)",
-            out::bytes(file_size)
-        )?;
+        writeln!(s, "format      {format}, {} ({file_size} bytes)", out::bytes(file_size))?;
         match &config {
             Ok(c) => {
                 writeln!(s, "arch        {}", c.arch.name())?;
@@ -107,13 +102,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                     "shape       {} layers · d {} · {} heads ({} kv) · head dim {} · ffn {} · vocab {} · context {}",
                     c.n_layer, c.d, c.n_head, c.n_head_kv, c.head_dim, c.ff, c.vocab, c.ctx_len
                 )?;
-                let sliding: Vec<String> = c
-                    .layer_sliding
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, s)| **s)
-                    .map(|(i, _)| i.to_string())
-                    .collect();
+                let sliding: Vec<String> =
+                    c.layer_sliding.iter().enumerate().filter(|(_, s)| **s).map(|(i, _)| i.to_string()).collect();
                 writeln!(
                     s,
                     "attention   rope base {} (local {}) · scale {:.6} · window {} on layers [{}]{}",
@@ -152,9 +142,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             s,
             "tokenizer   {} · {} tokens · bos {} · eos {}",
             tok.kind,
-            tok.vocab
-                .map(|v| v.to_string())
-                .unwrap_or_else(|| "?".into()),
+            tok.vocab.map(|v| v.to_string()).unwrap_or_else(|| "?".into()),
             id(tok.bos),
             id(tok.eos)
         )?;
@@ -162,43 +150,21 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             writeln!(s, "\nmetadata")?;
             for (k, v) in &metadata {
                 if args.all_metadata || !k.starts_with("tokenizer.") {
-                    writeln!(
-                        s,
-                        "  {k:<44} {}",
-                        v.as_str()
-                            .map(String::from)
-                            .unwrap_or_else(|| v.to_string())
-                    )?;
+                    writeln!(s, "  {k:<44} {}", v.as_str().map(String::from).unwrap_or_else(|| v.to_string()))?;
                 }
             }
         }
         writeln!(s, "\ntensors ({})", rows.len())?;
         let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
-        writeln!(
-            s,
-            "  {:<w$}  {:<16} {:<7} {:>12} {:>12}",
-            "name", "shape", "type", "bytes", "offset"
-        )?;
+        writeln!(s, "  {:<w$}  {:<16} {:<7} {:>12} {:>12}", "name", "shape", "type", "bytes", "offset")?;
         for r in &rows {
             let shape = format!("{:?}", r.shape);
-            let off = r
-                .offset
-                .map(|o| o.to_string())
-                .unwrap_or_else(|| "-".into());
-            writeln!(
-                s,
-                "  {:<w$}  {:<16} {:<7} {:>12} {:>12}",
-                r.name, shape, r.ty, r.bytes, off
-            )?;
+            let off = r.offset.map(|o| o.to_string()).unwrap_or_else(|| "-".into());
+            writeln!(s, "  {:<w$}  {:<16} {:<7} {:>12} {:>12}", r.name, shape, r.ty, r.bytes, off)?;
         }
         writeln!(s, "\nby type")?;
         for (t, (n, b, e)) in &by_type {
-            writeln!(
-                s,
-                "  {t:<7} {n:>4} tensors {:>12} {:>10} params",
-                out::bytes(*b),
-                out::count(*e)
-            )?;
+            writeln!(s, "  {t:<7} {n:>4} tensors {:>12} {:>10} params", out::bytes(*b), out::count(*e))?;
         }
         writeln!(s, "\nparameters  {} ({params})", out::count(params))?;
         if valid {
@@ -211,20 +177,10 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         }
         out::print(&s)?;
     }
-    Ok(if valid {
-        Outcome::Ok
-    } else {
-        Outcome::GateFailed
-    })
+    Ok(if valid { Outcome::Ok } else { Outcome::GateFailed })
 }
 
-type Described = (
-    String,
-    u64,
-    Vec<Row>,
-    Vec<(String, serde_json::Value)>,
-    TokenizerInfo,
-);
+type Described = (String, u64, Vec<Row>, Vec<(String, serde_json::Value)>, TokenizerInfo);
 
 fn describe(src: &ModelSource) -> anyhow::Result<Described> {
     match src {
@@ -252,24 +208,12 @@ fn describe(src: &ModelSource) -> anyhow::Result<Described> {
                 })
                 .collect();
             let tok = TokenizerInfo {
-                kind: g
-                    .str_opt("tokenizer.ggml.model")?
-                    .unwrap_or("none")
-                    .to_string(),
-                vocab: g
-                    .get("tokenizer.ggml.tokens")
-                    .and_then(Value::as_array)
-                    .map(|a| a.len()),
+                kind: g.str_opt("tokenizer.ggml.model")?.unwrap_or("none").to_string(),
+                vocab: g.get("tokenizer.ggml.tokens").and_then(Value::as_array).map(|a| a.len()),
                 bos: g.u64_opt("tokenizer.ggml.bos_token_id")?,
                 eos: g.u64_opt("tokenizer.ggml.eos_token_id")?,
             };
-            Ok((
-                format!("GGUF v{}", g.version),
-                g.file_size(),
-                rows,
-                metadata,
-                tok,
-            ))
+            Ok((format!("GGUF v{}", g.version), g.file_size(), rows, metadata, tok))
         }
         ModelSource::Hf(h) => {
             let rows = h
@@ -285,44 +229,23 @@ fn describe(src: &ModelSource) -> anyhow::Result<Described> {
                 .collect();
             let tok_path = h.dir.join("tokenizer.json");
             let tok = if tok_path.is_file() {
-                let text = std::fs::read(&tok_path)
-                    .with_context(|| format!("reading {}", tok_path.display()))?;
-                let j: serde_json::Value = serde_json::from_slice(&text)
-                    .with_context(|| format!("{}: not valid JSON", tok_path.display()))?;
+                let text = std::fs::read(&tok_path).with_context(|| format!("reading {}", tok_path.display()))?;
+                let j: serde_json::Value =
+                    serde_json::from_slice(&text).with_context(|| format!("{}: not valid JSON", tok_path.display()))?;
                 let kind = j["model"]["type"].as_str().unwrap_or("unknown").to_string();
                 let vocab = j["model"]["vocab"]
                     .as_object()
                     .map(|v| v.len())
                     .or_else(|| j["model"]["vocab"].as_array().map(|v| v.len()));
-                TokenizerInfo {
-                    kind: format!("tokenizer.json ({kind})"),
-                    vocab,
-                    bos: None,
-                    eos: None,
-                }
+                TokenizerInfo { kind: format!("tokenizer.json ({kind})"), vocab, bos: None, eos: None }
             } else {
-                TokenizerInfo {
-                    kind: "none".into(),
-                    vocab: None,
-                    bos: None,
-                    eos: None,
-                }
+                TokenizerInfo { kind: "none".into(), vocab: None, bos: None, eos: None }
             };
             let cfg = &h.config;
             let ids = |k: &str| cfg.get(k).and_then(|v| v.as_u64());
-            let tok = TokenizerInfo {
-                bos: ids("bos_token_id"),
-                eos: ids("eos_token_id"),
-                ..tok
-            };
+            let tok = TokenizerInfo { bos: ids("bos_token_id"), eos: ids("eos_token_id"), ..tok };
             let metadata = vec![("config.json".to_string(), cfg.clone())];
-            Ok((
-                format!("safetensors, {} shard(s)", h.shard_paths.len()),
-                h.total_file_size(),
-                rows,
-                metadata,
-                tok,
-            ))
+            Ok((format!("safetensors, {} shard(s)", h.shard_paths.len()), h.total_file_size(), rows, metadata, tok))
         }
     }
 }

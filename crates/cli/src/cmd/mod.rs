@@ -1,4 +1,6 @@
+pub mod bisect;
 pub mod common;
+pub mod diff;
 pub mod inspect;
 pub mod run;
 pub mod trace;

@@ -62,34 +62,20 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     }
     let kernels = kernels_for(args.model.precision);
     let mut cache = KvCache::new(&model.cfg, capacity);
-    let mut sampler = Sampler::new(SamplerConfig {
-        temp: args.temp,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        seed: args.seed,
-    });
+    let mut sampler =
+        Sampler::new(SamplerConfig { temp: args.temp, top_k: args.top_k, top_p: args.top_p, seed: args.seed });
 
     let mut stdout = std::io::stdout().lock();
     if let Some(t) = tok.as_ref() {
         write!(
             stdout,
             "{}",
-            args.prompt
-                .text
-                .as_deref()
-                .map(|_| t.decode(&prompt_ids[usize::from(t.add_bos)..]))
-                .unwrap_or_default()
+            args.prompt.text.as_deref().map(|_| t.decode(&prompt_ids[usize::from(t.add_bos)..])).unwrap_or_default()
         )?;
         stdout.flush()?;
     }
     let t0 = Instant::now();
-    let mut logits = model.forward(
-        kernels.as_ref(),
-        &prompt_ids,
-        &mut cache,
-        false,
-        &mut NoTrace,
-    );
+    let mut logits = model.forward(kernels.as_ref(), &prompt_ids, &mut cache, false, &mut NoTrace);
     let prefill = t0.elapsed();
 
     let mut dec = StreamDecoder::default();

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
@@ -17,7 +16,7 @@ use plumb_trace::stage::parse_key;
 use plumb_trace::{Recorder, Stats, TensorStats, Trace, TracePlan};
 use serde_json::json;
 
-use crate::cmd::common::{load, parse_precision, ModelArgs, PromptArgs};
+use crate::cmd::common::{load, parse_precision, trace_meta, ModelArgs, PromptArgs};
 use crate::style::{ColorChoice, Style};
 use crate::{out, Outcome};
 
@@ -82,29 +81,17 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     };
     if let (Some(path), None) = (&args.save, &args.from) {
         trace.save(path)?;
-        eprintln!(
-            "wrote {} ({} stats, {} tensors)",
-            path.display(),
-            trace.stats.len(),
-            trace.tensors.len()
-        );
+        eprintln!("wrote {} ({} stats, {} tensors)", path.display(), trace.stats.len(), trace.tensors.len());
     }
     let verdicts = judge(&trace, args.std_jump, args.outlier);
-    let garbage = generated
-        .as_ref()
-        .map(|g: &Generated| g.flags.clone())
-        .unwrap_or_default();
+    let garbage = generated.as_ref().map(|g: &Generated| g.flags.clone()).unwrap_or_default();
     if args.json {
         out::print(&render_json(&trace, &verdicts, generated.as_ref())?)?;
     } else {
         out::print(&render_text(&trace, &verdicts, generated.as_ref(), style)?)?;
     }
     let failed = verdicts.iter().any(|v| v.level == Level::Anomaly) || !garbage.is_empty();
-    Ok(if failed {
-        Outcome::GateFailed
-    } else {
-        Outcome::Ok
-    })
+    Ok(if failed { Outcome::GateFailed } else { Outcome::Ok })
 }
 
 /// A greedy continuation and what looks wrong with it.
@@ -112,21 +99,6 @@ pub struct Generated {
     pub ids: Vec<u32>,
     pub text: String,
     pub flags: Vec<String>,
-}
-
-fn sha256_file(path: &std::path::Path) -> anyhow::Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>)> {
@@ -142,11 +114,7 @@ fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>)> {
         tensors: args.tensors,
         positions: parse_positions(&args.positions)?,
     };
-    let margs = ModelArgs {
-        model: model_path.clone(),
-        precision: args.precision,
-        threads: args.threads,
-    };
+    let margs = ModelArgs { model: model_path.clone(), precision: args.precision, threads: args.threads };
     let loaded = load(&margs)?;
     let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref());
     let ids = args.prompt.token_ids(tok)?;
@@ -168,39 +136,10 @@ fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>)> {
 
     let piece = |id: u32| -> String { tok.and_then(|t| t.piece(id)).unwrap_or("").to_string() };
     let top = top_k(last, args.top);
-    let mut meta = BTreeMap::new();
-    meta.insert(
-        "plumb.engine".into(),
-        format!(
-            "plumb {} ({})",
-            env!("CARGO_PKG_VERSION"),
-            args.precision.name()
-        ),
-    );
-    meta.insert(
-        "plumb.model".into(),
-        model_path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-    );
-    if model_path.is_file() {
-        meta.insert("plumb.model_sha256".into(), sha256_file(&model_path)?);
-    }
-    meta.insert("plumb.arch".into(), model.cfg.arch.name().into());
-    if let Some(p) = &args.prompt.text {
-        meta.insert("plumb.prompt".into(), p.clone());
-    }
-    meta.insert("plumb.precision".into(), args.precision.name().into());
-    meta.insert("plumb.kernels".into(), kernels.describe());
-    meta.insert(
-        "plumb.token_text".into(),
-        serde_json::to_string(&ids.iter().map(|&i| piece(i)).collect::<Vec<_>>())?,
-    );
-    let top_json: Vec<_> = top
-        .iter()
-        .map(|(id, p, l)| json!({"id": id, "token": piece(*id), "prob": p, "logit": l}))
-        .collect();
+    let mut meta =
+        trace_meta(&model_path, &loaded, args.precision, kernels.as_ref(), args.prompt.text.as_deref(), &ids, true)?;
+    let top_json: Vec<_> =
+        top.iter().map(|(id, p, l)| json!({"id": id, "token": piece(*id), "prob": p, "logit": l})).collect();
     meta.insert("plumb.top".into(), serde_json::to_string(&top_json)?);
     let mut trace = Trace {
         meta,
@@ -228,11 +167,7 @@ fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>)> {
         if nan_logits {
             flags.insert(0, "NaN or Inf in the logits".into());
         }
-        Some(Generated {
-            ids: out_ids,
-            text,
-            flags,
-        })
+        Some(Generated { ids: out_ids, text, flags })
     } else {
         None
     };
@@ -240,25 +175,13 @@ fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>)> {
 }
 
 /// (id, probability, logit) of the k most likely tokens, softmax in f64.
-fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f64, f32)> {
-    let max = logits
-        .iter()
-        .copied()
-        .filter(|x| x.is_finite())
-        .fold(f32::NEG_INFINITY, f32::max);
-    let z: f64 = logits
-        .iter()
-        .filter(|x| x.is_finite())
-        .map(|&x| ((x - max) as f64).exp())
-        .sum();
-    let mut idx: Vec<usize> = (0..logits.len())
-        .filter(|&i| logits[i].is_finite())
-        .collect();
+pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f64, f32)> {
+    let max = logits.iter().copied().filter(|x| x.is_finite()).fold(f32::NEG_INFINITY, f32::max);
+    let z: f64 = logits.iter().filter(|x| x.is_finite()).map(|&x| ((x - max) as f64).exp()).sum();
+    let mut idx: Vec<usize> = (0..logits.len()).filter(|&i| logits[i].is_finite()).collect();
     idx.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
     idx.truncate(k);
-    idx.into_iter()
-        .map(|i| (i as u32, ((logits[i] - max) as f64).exp() / z, logits[i]))
-        .collect()
+    idx.into_iter().map(|i| (i as u32, ((logits[i] - max) as f64).exp() / z, logits[i])).collect()
 }
 
 /// Signs of garbage output that hold in any language: a repeating loop at
@@ -266,15 +189,11 @@ fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f64, f32)> {
 pub fn garbage_flags(ids: &[u32], text: &str, vocab: usize) -> Vec<String> {
     let mut flags = Vec::new();
     if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
-        flags.push(format!(
-            "token id {bad} is outside the {vocab}-token vocabulary"
-        ));
+        flags.push(format!("token id {bad} is outside the {vocab}-token vocabulary"));
     }
     let fffd = text.matches('\u{FFFD}').count();
     if fffd > 0 {
-        flags.push(format!(
-            "{fffd} replacement character(s) (U+FFFD): invalid UTF-8 from byte tokens"
-        ));
+        flags.push(format!("{fffd} replacement character(s) (U+FFFD): invalid UTF-8 from byte tokens"));
     }
     // A period-p loop repeated at least 3 full times (and over ≥ 8 tokens) at the end.
     for p in 1..=ids.len() / 3 {
@@ -285,9 +204,7 @@ pub fn garbage_flags(ids: &[u32], text: &str, vocab: usize) -> Vec<String> {
             reps += 1;
         }
         if reps >= 3 && reps * p >= 8 {
-            flags.push(format!(
-                "repetition loop: the last {p} token(s) repeat {reps} times"
-            ));
+            flags.push(format!("repetition loop: the last {p} token(s) repeat {reps} times"));
             break;
         }
     }
@@ -334,25 +251,16 @@ pub fn judge(trace: &Trace, std_jump: f64, outlier: f64) -> Vec<Verdict> {
     };
     let mut verdicts = Vec::new();
     for (layer, stages) in groups {
-        let mut v = Verdict {
-            layer,
-            level: Level::Ok,
-            reasons: Vec::new(),
-        };
+        let mut v = Verdict { layer, level: Level::Ok, reasons: Vec::new() };
         for (k, s) in &stages {
             if s.all.nan + s.all.inf > 0 {
                 v.level = Level::Anomaly;
-                v.reasons
-                    .push(format!("{k}: {} NaN, {} Inf", s.all.nan, s.all.inf));
+                v.reasons.push(format!("{k}: {} NaN, {} Inf", s.all.nan, s.all.inf));
             }
             if let (Some(a), Some(sd)) = (s.all.abs_max, s.all.std) {
                 if sd > 0.0 && a / sd > outlier {
                     v.level = v.level.max(Level::HighVar);
-                    v.reasons.push(format!(
-                        "{k}: abs_max {} is {:.0}× its std",
-                        fmt_g(Some(a)),
-                        a / sd
-                    ));
+                    v.reasons.push(format!("{k}: abs_max {} is {:.0}× its std", fmt_g(Some(a)), a / sd));
                 }
             }
         }
@@ -362,10 +270,7 @@ pub fn judge(trace: &Trace, std_jump: f64, outlier: f64) -> Vec<Verdict> {
             if let (Some(p), Some(c)) = (out_std(Some(l - 1)), out_std(Some(l))) {
                 if p > 0.0 && c / p > std_jump {
                     v.level = v.level.max(Level::HighVar);
-                    v.reasons.push(format!(
-                        "layer_out std jumps ×{:.1} over the previous layer",
-                        c / p
-                    ));
+                    v.reasons.push(format!("layer_out std jumps ×{:.1} over the previous layer", c / p));
                 }
             }
         }
@@ -375,11 +280,7 @@ pub fn judge(trace: &Trace, std_jump: f64, outlier: f64) -> Vec<Verdict> {
 }
 
 fn token_texts(trace: &Trace) -> Vec<String> {
-    trace
-        .meta
-        .get("plumb.token_text")
-        .and_then(|t| serde_json::from_str(t).ok())
-        .unwrap_or_default()
+    trace.meta.get("plumb.token_text").and_then(|t| serde_json::from_str(t).ok()).unwrap_or_default()
 }
 
 fn stats_row(name: &str, s: &Stats, style: Style) -> String {
@@ -409,13 +310,7 @@ fn render_text(
 ) -> anyhow::Result<String> {
     let mut s = String::new();
     let m = |k: &str| trace.meta.get(k).cloned().unwrap_or_else(|| "?".into());
-    writeln!(
-        s,
-        "{}  {} ({})",
-        style.bold("plumb trace"),
-        m("plumb.model"),
-        trace.arch()
-    )?;
+    writeln!(s, "{}  {} ({})", style.bold("plumb trace"), m("plumb.model"), trace.arch())?;
     writeln!(s, "engine     {}", trace.engine())?;
     if let Some(k) = trace.meta.get("plumb.kernels") {
         writeln!(s, "kernels    {k}")?;
@@ -434,17 +329,12 @@ fn render_text(
         })
         .collect();
     writeln!(s, "tokens     {} · {}", trace.tokens.len(), toks.join(" "))?;
-    writeln!(
-        s,
-        "{}",
-        style.dim("stats over all tokens (f64); the last token's are in --json and the trace file")
-    )?;
+    writeln!(s, "{}", style.dim("stats over all tokens (f64); the last token's are in --json and the trace file"))?;
     let header = format!(
         "  {:<16} {:>11} {:>11} {:>11} {:>11} {:>11} {:>8}",
         "stage", "mean", "std", "min", "max", "abs_max", "nan/inf"
     );
-    let by_layer: BTreeMap<Option<usize>, &Verdict> =
-        verdicts.iter().map(|v| (v.layer, v)).collect();
+    let by_layer: BTreeMap<Option<usize>, &Verdict> = verdicts.iter().map(|v| (v.layer, v)).collect();
     let mut current: Option<Option<usize>> = None;
     let mut global_header_done = false;
     for (k, st) in &trace.stats {
@@ -480,10 +370,7 @@ fn render_text(
         }
         writeln!(s, "{}", stats_row(&stage_name, &st.all, style))?;
     }
-    if let Some(top) = trace
-        .meta
-        .get("plumb.top")
-        .and_then(|t| serde_json::from_str::<Vec<serde_json::Value>>(t).ok())
+    if let Some(top) = trace.meta.get("plumb.top").and_then(|t| serde_json::from_str::<Vec<serde_json::Value>>(t).ok())
     {
         writeln!(s, "\n{}", style.bold("next token (last position)"))?;
         for (i, e) in top.iter().enumerate() {
@@ -499,12 +386,7 @@ fn render_text(
         }
     }
     if let Some(g) = generated {
-        writeln!(
-            s,
-            "\n{} {:?}",
-            style.bold(&format!("greedy continuation ({} tokens):", g.ids.len())),
-            g.text
-        )?;
+        writeln!(s, "\n{} {:?}", style.bold(&format!("greedy continuation ({} tokens):", g.ids.len())), g.text)?;
         for f in &g.flags {
             writeln!(s, "  {}", style.red(&format!("GARBAGE: {f}")))?;
         }
@@ -518,9 +400,7 @@ fn render_text(
             s,
             "{} first anomaly in {}: {}",
             style.red("summary"),
-            v.layer
-                .map(|l| format!("layer {l}"))
-                .unwrap_or_else(|| "the global stages".into()),
+            v.layer.map(|l| format!("layer {l}")).unwrap_or_else(|| "the global stages".into()),
             v.reasons.first().cloned().unwrap_or_default()
         )?,
         (None, Some(v)) => writeln!(
@@ -541,11 +421,7 @@ fn render_text(
     Ok(s)
 }
 
-fn render_json(
-    trace: &Trace,
-    verdicts: &[Verdict],
-    generated: Option<&Generated>,
-) -> anyhow::Result<String> {
+fn render_json(trace: &Trace, verdicts: &[Verdict], generated: Option<&Generated>) -> anyhow::Result<String> {
     let mut lines = Vec::new();
     lines.push(json!({
         "type": "header",
@@ -568,15 +444,9 @@ fn render_json(
             Level::HighVar => "HIGH-VAR",
             Level::Anomaly => "ANOMALY",
         };
-        lines.push(
-            json!({"type": "verdict", "layer": v.layer, "level": level, "reasons": v.reasons}),
-        );
+        lines.push(json!({"type": "verdict", "layer": v.layer, "level": level, "reasons": v.reasons}));
     }
-    if let Some(top) = trace
-        .meta
-        .get("plumb.top")
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
-    {
+    if let Some(top) = trace.meta.get("plumb.top").and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()) {
         lines.push(json!({"type": "top", "tokens": top}));
     }
     if let Some(g) = generated {
@@ -598,20 +468,10 @@ mod tests {
     fn loops_replacement_chars_and_bad_ids_are_flagged() {
         let ids: Vec<u32> = [5, 6, 7].into_iter().chain([1, 2, 3].repeat(4)).collect();
         let f = garbage_flags(&ids, "ok", 100);
-        assert!(
-            f.iter()
-                .any(|m| m.contains("last 3 token(s) repeat 4 times")),
-            "{f:?}"
-        );
-        assert!(garbage_flags(&[9; 10], "ok", 100)
-            .iter()
-            .any(|m| m.contains("repeat 10 times")));
-        assert!(garbage_flags(&[1, 2], "a\u{FFFD}b", 100)
-            .iter()
-            .any(|m| m.contains("replacement")));
-        assert!(garbage_flags(&[1, 200], "ab", 100)
-            .iter()
-            .any(|m| m.contains("outside")));
+        assert!(f.iter().any(|m| m.contains("last 3 token(s) repeat 4 times")), "{f:?}");
+        assert!(garbage_flags(&[9; 10], "ok", 100).iter().any(|m| m.contains("repeat 10 times")));
+        assert!(garbage_flags(&[1, 2], "a\u{FFFD}b", 100).iter().any(|m| m.contains("replacement")));
+        assert!(garbage_flags(&[1, 200], "ab", 100).iter().any(|m| m.contains("outside")));
         // Short repeats (fewer than 8 tokens in the loop) and varied text pass.
         assert!(garbage_flags(&[1, 2, 1, 2, 1, 2], "ok", 100).is_empty());
         assert!(garbage_flags(&(0..40).collect::<Vec<_>>(), "Привет, 世界", 100).is_empty());

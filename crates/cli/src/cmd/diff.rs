@@ -1,0 +1,99 @@
+//! `plumb diff A.safetensors B.safetensors`: compares two trace files from
+//! any engine, B being the reference, and names the first divergence.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use plumb_diff::report::{details, json, verdict, Paint};
+use plumb_diff::{diff, Gate};
+use plumb_trace::Trace;
+
+use crate::style::ColorChoice;
+use crate::{out, Outcome};
+
+#[derive(clap::Args)]
+pub struct GateArgs {
+    /// NMSE bound for every stage (default 1e-5, for f32 against f32).
+    #[arg(long, conflicts_with = "gate")]
+    pub tol: Option<f64>,
+    /// A TOML gate file with bounds per stage and layer.
+    #[arg(long)]
+    pub gate: Option<PathBuf>,
+    /// A top-1 flip where the reference's top-2 margin is below this is a near-tie, not a divergence.
+    #[arg(long, default_value_t = 0.01)]
+    pub tie_margin: f64,
+}
+
+impl GateArgs {
+    pub fn gate(&self) -> anyhow::Result<Gate> {
+        if let Some(t) = self.tol {
+            if !(t >= 0.0) {
+                anyhow::bail!("--tol must be a number ≥ 0, got {t}");
+            }
+            return Ok(Gate::with_tol(t));
+        }
+        match &self.gate {
+            Some(p) => {
+                let text =
+                    std::fs::read_to_string(p).with_context(|| format!("cannot read gate file {}", p.display()))?;
+                Gate::parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+            }
+            None => Ok(Gate::default()),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// One JSON document instead of the report.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write a self-contained HTML report with charts.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    /// Only the verdict, not the per-stage table.
+    #[arg(long)]
+    pub brief: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub color: ColorChoice,
+}
+
+impl ReportArgs {
+    pub fn emit(&self, d: &plumb_diff::Diff, a: &Trace, b: &Trace) -> anyhow::Result<()> {
+        if let Some(p) = &self.html {
+            plumb_trace::file::write_atomic(p, plumb_diff::html::page(d, a, b).as_bytes())
+                .with_context(|| format!("cannot write {}", p.display()))?;
+            eprintln!("wrote {}", p.display());
+        }
+        if self.json {
+            return out::print(&json(d));
+        }
+        let paint = Paint(crate::style::Style::new(self.color).enabled());
+        let mut s = verdict(d, paint);
+        if !self.brief {
+            s.push('\n');
+            s.push_str(&details(d, paint));
+        }
+        out::print(&s)
+    }
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The trace under test.
+    pub a: PathBuf,
+    /// The reference trace.
+    pub b: PathBuf,
+    #[command(flatten)]
+    pub gate: GateArgs,
+    #[command(flatten)]
+    pub report: ReportArgs,
+}
+
+pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    let a = Trace::load(&args.a)?;
+    let b = Trace::load(&args.b)?;
+    let d = diff(&a, &b, &args.gate.gate()?, args.gate.tie_margin);
+    args.report.emit(&d, &a, &b)?;
+    Ok(if d.diverged() { Outcome::GateFailed } else { Outcome::Ok })
+}

@@ -1,0 +1,429 @@
+//! Lines two traces up stage by stage (B is the reference) and measures how
+//! far A is from B at each stage, where the first divergence is, and whether
+//! each stage's error was introduced there or inherited from its inputs.
+
+use plumb_trace::stage::{order_key, parse_key, Stage};
+use plumb_trace::{Stats, Trace};
+use serde::Serialize;
+
+use crate::gate::{Bounds, Gate};
+
+/// Below this relative error a stage counts as exact when computing growth.
+const ERR_FLOOR: f64 = 1e-12;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Basis {
+    /// Both tensors present and the same shape: element-wise metrics.
+    Tensors,
+    /// Statistics only, over all elements (counts equal).
+    Stats,
+    /// Statistics only, over the last token (the full counts differ).
+    LastTokenStats,
+    OnlyA,
+    OnlyB,
+    /// Shapes (or counts) differ and no comparison was possible.
+    Mismatch {
+        a: Vec<usize>,
+        b: Vec<usize>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    Clean,
+    /// Over its bound while every input stage is within bounds.
+    Introduced,
+    /// Over its bound with an input already over.
+    Inherited,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageDiff {
+    pub key: String,
+    pub basis: Basis,
+    pub cosine: Option<f64>,
+    /// MSE / Var(reference).
+    pub nmse: Option<f64>,
+    pub max_abs: Option<f64>,
+    /// (token, feature) of max |Δ|; for [H, T, Tkv]: (token, head·Tkv + key).
+    pub max_at: Option<(usize, usize)>,
+    pub mean_abs: Option<f64>,
+    /// ‖A − B‖ / ‖B‖ — the error measure used for growth.
+    pub rel_l2: Option<f64>,
+    pub std_ratio: Option<f64>,
+    /// Stats-only comparison: max(|Δmean|, |Δstd|) / std(B).
+    pub stats_rel: Option<f64>,
+    pub bounds: Bounds,
+    pub over: bool,
+    /// Error here ÷ the largest error among this stage's inputs.
+    pub growth: Option<f64>,
+    pub inputs: Vec<String>,
+    pub origin: Origin,
+}
+
+impl StageDiff {
+    /// The error figure: rel_l2 for tensors, stats_rel otherwise.
+    pub fn err(&self) -> Option<f64> {
+        self.rel_l2.or(self.stats_rel)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PositionLogits {
+    pub position: usize,
+    pub top1_a: u32,
+    pub top1_b: u32,
+    pub top1_agree: bool,
+    /// |top-5 of A ∩ top-5 of B| / 5.
+    pub top5_overlap: f64,
+    /// KL(B ‖ A) in nats.
+    pub kl: f64,
+    /// The reference's top-1 minus top-2 logit.
+    pub ref_margin: f64,
+    /// A top-1 flip where the reference itself was nearly tied.
+    pub near_tie: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainLink {
+    pub key: String,
+    pub rel_l2: f64,
+    /// Error relative to the first divergent stage's.
+    pub factor: f64,
+    pub growth: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Diff {
+    pub engine_a: String,
+    pub engine_b: String,
+    pub notes: Vec<String>,
+    pub tokens_match: bool,
+    pub stages: Vec<StageDiff>,
+    /// Index into `stages` of the first stage over its bound.
+    pub first: Option<usize>,
+    pub chain: Vec<ChainLink>,
+    pub logits: Vec<PositionLogits>,
+    /// Top-1 flips that are not near-ties.
+    pub hard_flips: usize,
+    pub tie_margin: f64,
+}
+
+impl Diff {
+    /// True when a stage is over its bound or a logits flip is not a near-tie.
+    pub fn diverged(&self) -> bool {
+        self.first.is_some() || self.hard_flips > 0
+    }
+}
+
+fn f64s(x: &[f32]) -> impl Iterator<Item = f64> + '_ {
+    x.iter().map(|&v| v as f64)
+}
+
+/// Element-wise metrics of A against the reference B.
+fn tensor_metrics(a: &[f32], b: &[f32], shape: &[usize], token_axis: usize, d: &mut StageDiff) {
+    let n = b.len() as f64;
+    let (mut dot, mut na, mut nb, mut se, mut sabs) = (0f64, 0f64, 0f64, 0f64, 0f64);
+    let (mut max_abs, mut max_i) = (0f64, 0usize);
+    for (i, (x, y)) in f64s(a).zip(f64s(b)).enumerate() {
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+        let e = x - y;
+        if !e.is_finite() {
+            // NaN/Inf on one side: as far apart as it gets.
+            max_abs = f64::INFINITY;
+            max_i = i;
+            se = f64::INFINITY;
+            continue;
+        }
+        se += e * e;
+        sabs += e.abs();
+        if e.abs() > max_abs {
+            max_abs = e.abs();
+            max_i = i;
+        }
+    }
+    let mean_b = f64s(b).sum::<f64>() / n;
+    let var_b = f64s(b).map(|y| (y - mean_b).powi(2)).sum::<f64>() / n;
+    let mean_a = f64s(a).sum::<f64>() / n;
+    let var_a = f64s(a).map(|y| (y - mean_a).powi(2)).sum::<f64>() / n;
+    d.cosine = Some(if na > 0.0 && nb > 0.0 {
+        dot / (na.sqrt() * nb.sqrt())
+    } else if na == nb {
+        1.0
+    } else {
+        0.0
+    });
+    let mse = se / n;
+    d.nmse = Some(if var_b > 0.0 {
+        mse / var_b
+    } else if mse == 0.0 {
+        0.0
+    } else {
+        f64::INFINITY
+    });
+    d.max_abs = Some(max_abs);
+    // Position: index along the token axis, and the rest flattened.
+    let inner: usize = shape[token_axis + 1..].iter().product();
+    let tlen = shape.get(token_axis).copied().unwrap_or(1);
+    let outer_i = max_i / (tlen * inner).max(1);
+    let tok = (max_i / inner.max(1)) % tlen.max(1);
+    let feat = outer_i * inner + max_i % inner.max(1);
+    d.max_at = Some((tok, feat));
+    d.mean_abs = Some(sabs / n);
+    d.rel_l2 = Some(if nb > 0.0 {
+        se.sqrt() / nb.sqrt()
+    } else if se == 0.0 {
+        0.0
+    } else {
+        f64::INFINITY
+    });
+    d.std_ratio = Some(if var_b > 0.0 { (var_a / var_b).sqrt() } else { f64::NAN });
+}
+
+fn stats_metrics(a: &Stats, b: &Stats, d: &mut StageDiff) {
+    if a.nan + a.inf != b.nan + b.inf {
+        d.stats_rel = Some(f64::INFINITY);
+        return;
+    }
+    if let (Some(ma), Some(mb), Some(sa), Some(sb)) = (a.mean, b.mean, a.std, b.std) {
+        let scale = if sb > 0.0 { sb } else { 1.0 };
+        d.stats_rel = Some(((ma - mb).abs()).max((sa - sb).abs()) / scale);
+        d.std_ratio = Some(if sb > 0.0 { sa / sb } else { f64::NAN });
+    }
+}
+
+/// The stages a stage reads (the dataflow of one layer), as trace keys.
+pub fn inputs_of(key: &str, present: &dyn Fn(&str) -> bool) -> Vec<String> {
+    let Some((stage, layer)) = parse_key(key) else { return Vec::new() };
+    let k = |s: &str| match layer {
+        Some(l) => format!("blk.{l}.{s}"),
+        None => s.to_string(),
+    };
+    let layer_in = || match layer {
+        Some(0) | None => "embedding".to_string(),
+        Some(l) => format!("blk.{}.layer_out", l - 1),
+    };
+    let first = |cands: &[&str]| cands.iter().map(|c| k(c)).find(|c| present(c));
+    use Stage::*;
+    let v: Vec<String> = match stage {
+        Embedding => vec![],
+        AttnNorm => vec![layer_in()],
+        QProj | KProj | VProj => vec![k("attn_norm")],
+        QNorm => vec![k("q_proj")],
+        KNorm => vec![k("k_proj")],
+        QRope => first(&["q_norm", "q_proj"]).into_iter().collect(),
+        KRope => first(&["k_norm", "k_proj"]).into_iter().collect(),
+        AttnScores => [first(&["q_rope"]), first(&["k_rope"])].into_iter().flatten().collect(),
+        AttnProbs => vec![k("attn_scores")],
+        AttnContext => vec![k("attn_probs"), k("v_proj")],
+        AttnOut => vec![k("attn_context")],
+        AttnPostNorm => vec![k("attn_out")],
+        AttnResidual => [Some(layer_in()), first(&["attn_post_norm", "attn_out"])].into_iter().flatten().collect(),
+        FfnNorm => vec![k("attn_residual")],
+        FfnGate | FfnUp => vec![k("ffn_norm")],
+        FfnAct => vec![k("ffn_gate")],
+        FfnMul => vec![k("ffn_act"), k("ffn_up")],
+        FfnDown => vec![k("ffn_mul")],
+        FfnPostNorm => vec![k("ffn_down")],
+        LayerOut => [first(&["attn_residual"]), first(&["ffn_post_norm", "ffn_down"])].into_iter().flatten().collect(),
+        FinalNorm => vec![],
+        Logits => vec!["final_norm".into()],
+    };
+    v
+}
+
+fn softmax64(x: &[f32]) -> Vec<f64> {
+    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let e: Vec<f64> = x.iter().map(|&v| (v as f64 - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.into_iter().map(|v| v / s).collect()
+}
+
+fn top_n(x: &[f32], n: usize) -> Vec<u32> {
+    let mut idx: Vec<usize> = (0..x.len()).collect();
+    let n = n.min(x.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    idx.select_nth_unstable_by(n - 1, |&i, &j| x[j].total_cmp(&x[i]).then(i.cmp(&j)));
+    idx.truncate(n);
+    idx.sort_by(|&i, &j| x[j].total_cmp(&x[i]).then(i.cmp(&j)));
+    idx.into_iter().map(|i| i as u32).collect()
+}
+
+/// Per-position logit metrics of A against B, both [T, V].
+pub fn logits_metrics(a: &[f32], b: &[f32], vocab: usize, tie_margin: f64) -> Vec<PositionLogits> {
+    let mut out = Vec::new();
+    for (pos, (ra, rb)) in a.chunks_exact(vocab).zip(b.chunks_exact(vocab)).enumerate() {
+        let (ta, tb) = (top_n(ra, 5), top_n(rb, 5));
+        let overlap = ta.iter().filter(|i| tb.contains(i)).count() as f64 / 5f64.min(vocab as f64);
+        let (pa, pb) = (softmax64(ra), softmax64(rb));
+        let kl: f64 =
+            pb.iter().zip(&pa).filter(|(p, _)| **p > 0.0).map(|(p, q)| p * (p.ln() - q.max(1e-300).ln())).sum();
+        let margin = if tb.len() > 1 { rb[tb[0] as usize] as f64 - rb[tb[1] as usize] as f64 } else { f64::INFINITY };
+        let agree = ta.first() == tb.first();
+        out.push(PositionLogits {
+            position: pos,
+            top1_a: ta.first().copied().unwrap_or(0),
+            top1_b: tb.first().copied().unwrap_or(0),
+            top1_agree: agree,
+            top5_overlap: overlap,
+            kl: kl.max(0.0),
+            ref_margin: margin,
+            near_tie: !agree && margin < tie_margin,
+        });
+    }
+    out
+}
+
+/// Compares trace A against reference trace B.
+pub fn diff(a: &Trace, b: &Trace, gate: &Gate, tie_margin: f64) -> Diff {
+    let mut notes = Vec::new();
+    let tokens_match = a.tokens == b.tokens;
+    if !tokens_match {
+        let at = a.tokens.iter().zip(&b.tokens).position(|(x, y)| x != y).unwrap_or(a.tokens.len().min(b.tokens.len()));
+        notes.push(format!(
+            "token ids differ: A has {} tokens, B {}; first difference at position {at} (A {:?}, B {:?})",
+            a.tokens.len(),
+            b.tokens.len(),
+            a.tokens.get(at),
+            b.tokens.get(at)
+        ));
+    }
+    if a.arch() != b.arch() {
+        notes.push(format!("architectures differ: A {}, B {}", a.arch(), b.arch()));
+    }
+    let mut keys: Vec<String> = b.stats.iter().map(|(k, _)| k.clone()).collect();
+    for (k, _) in &a.stats {
+        if !keys.contains(k) {
+            keys.push(k.clone());
+        }
+    }
+    keys.sort_by_key(|k| order_key(k));
+
+    let mut stages: Vec<StageDiff> = Vec::new();
+    let mut stats_note = false;
+    for key in &keys {
+        let bounds = gate.bounds(key);
+        let mut d = StageDiff {
+            key: key.clone(),
+            basis: Basis::Tensors,
+            cosine: None,
+            nmse: None,
+            max_abs: None,
+            max_at: None,
+            mean_abs: None,
+            rel_l2: None,
+            std_ratio: None,
+            stats_rel: None,
+            bounds,
+            over: false,
+            growth: None,
+            inputs: Vec::new(),
+            origin: Origin::Clean,
+        };
+        let axis = parse_key(key).map(|(s, _)| s.token_axis()).unwrap_or(0);
+        match (a.stat(key), b.stat(key)) {
+            (None, _) => d.basis = Basis::OnlyB,
+            (_, None) => d.basis = Basis::OnlyA,
+            (Some(sa), Some(sb)) => match (a.tensors.get(key), b.tensors.get(key)) {
+                (Some((sha, da)), Some((shb, db))) if sha == shb => tensor_metrics(da, db, shb, axis, &mut d),
+                _ if sa.all.count == sb.all.count => {
+                    d.basis = Basis::Stats;
+                    stats_metrics(&sa.all, &sb.all, &mut d);
+                }
+                _ if sa.last.count == sb.last.count => {
+                    d.basis = Basis::LastTokenStats;
+                    stats_note = true;
+                    stats_metrics(&sa.last, &sb.last, &mut d);
+                }
+                _ => d.basis = Basis::Mismatch { a: sa.shape.clone(), b: sb.shape.clone() },
+            },
+        }
+        d.over = match d.basis {
+            Basis::Tensors => {
+                d.nmse.is_some_and(|n| !(n <= bounds.nmse))
+                    || bounds.cosine.is_some_and(|c| !(d.cosine.unwrap_or(0.0) >= c))
+            }
+            Basis::Stats | Basis::LastTokenStats => d.stats_rel.is_some_and(|s| !(s <= bounds.stats)),
+            Basis::Mismatch { .. } => true,
+            Basis::OnlyA | Basis::OnlyB => false,
+        };
+        stages.push(d);
+    }
+    if stats_note {
+        notes.push("some stages were compared on last-token statistics because their full counts differ".into());
+    }
+    // Growth and origin, from each stage's inputs.
+    let index: std::collections::HashMap<String, usize> =
+        stages.iter().enumerate().map(|(i, s)| (s.key.clone(), i)).collect();
+    for i in 0..stages.len() {
+        let present = |k: &str| index.contains_key(k);
+        let inputs = inputs_of(&stages[i].key, &present);
+        let in_err = inputs
+            .iter()
+            .filter_map(|k| index.get(k))
+            .filter_map(|&j| stages[j].err())
+            .fold(None, |m: Option<f64>, e| Some(m.map_or(e, |m| m.max(e))));
+        let any_over = inputs.iter().filter_map(|k| index.get(k)).any(|&j| stages[j].over);
+        let d = &mut stages[i];
+        if let (Some(e), Some(ie)) = (d.err(), in_err) {
+            d.growth = Some(e.max(ERR_FLOOR) / ie.max(ERR_FLOOR));
+        }
+        d.inputs = inputs;
+        if d.over {
+            d.origin = if any_over { Origin::Inherited } else { Origin::Introduced };
+        }
+    }
+    let first = stages.iter().position(|s| s.over);
+    let chain = first.map(|f| chain_from(&stages, f)).unwrap_or_default();
+
+    let mut logits = Vec::new();
+    if let (Some((sa, la)), Some((sb, lb))) = (a.tensors.get("logits"), b.tensors.get("logits")) {
+        if sa == sb && sa.len() == 2 {
+            logits = logits_metrics(la, lb, sa[1], tie_margin);
+        }
+    }
+    let hard_flips = logits.iter().filter(|p| !p.top1_agree && !p.near_tie).count();
+    Diff {
+        engine_a: a.engine().to_string(),
+        engine_b: b.engine().to_string(),
+        notes,
+        tokens_match,
+        stages,
+        first,
+        chain,
+        logits,
+        hard_flips,
+        tie_margin,
+    }
+}
+
+/// From the first divergence downstream along the dataflow: the stages of
+/// its layer that read from it (directly or not), then each later layer's
+/// output, then the final norm and logits.
+fn chain_from(stages: &[StageDiff], first: usize) -> Vec<ChainLink> {
+    let base = stages[first].err().unwrap_or(0.0).max(ERR_FLOOR);
+    let layer_of = |k: &str| parse_key(k).and_then(|(_, l)| l);
+    let first_layer = layer_of(&stages[first].key);
+    let mut reached: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    reached.insert(&stages[first].key);
+    let mut out = Vec::new();
+    for (i, s) in stages.iter().enumerate().skip(first) {
+        let downstream = i == first || s.inputs.iter().any(|k| reached.contains(k.as_str()));
+        if !downstream {
+            continue;
+        }
+        reached.insert(&s.key);
+        let l = layer_of(&s.key);
+        let shown = l == first_layer || l.is_none() || s.key.ends_with(".layer_out");
+        if let (true, Some(e)) = (shown, s.err()) {
+            out.push(ChainLink { key: s.key.clone(), rel_l2: e, factor: e / base, growth: s.growth });
+        }
+    }
+    out
+}
