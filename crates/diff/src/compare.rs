@@ -196,6 +196,11 @@ fn stats_metrics(a: &Stats, b: &Stats, d: &mut StageDiff) {
     }
 }
 
+/// `x > bound`, with NaN counting as over.
+fn exceeds(x: f64, bound: f64) -> bool {
+    x.is_nan() || x > bound
+}
+
 /// The stages a stage reads (the dataflow of one layer), as trace keys.
 pub fn inputs_of(key: &str, present: &dyn Fn(&str) -> bool) -> Vec<String> {
     let Some((stage, layer)) = parse_key(key) else { return Vec::new() };
@@ -346,10 +351,10 @@ pub fn diff(a: &Trace, b: &Trace, gate: &Gate, tie_margin: f64) -> Diff {
         }
         d.over = match d.basis {
             Basis::Tensors => {
-                d.nmse.is_some_and(|n| !(n <= bounds.nmse))
-                    || bounds.cosine.is_some_and(|c| !(d.cosine.unwrap_or(0.0) >= c))
+                d.nmse.is_some_and(|n| exceeds(n, bounds.nmse))
+                    || bounds.cosine.is_some_and(|c| d.cosine.is_none_or(|v| v.is_nan() || v < c))
             }
-            Basis::Stats | Basis::LastTokenStats => d.stats_rel.is_some_and(|s| !(s <= bounds.stats)),
+            Basis::Stats | Basis::LastTokenStats => d.stats_rel.is_some_and(|s| exceeds(s, bounds.stats)),
             Basis::Mismatch { .. } => true,
             Basis::OnlyA | Basis::OnlyB => false,
         };

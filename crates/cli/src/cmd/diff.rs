@@ -27,7 +27,7 @@ pub struct GateArgs {
 impl GateArgs {
     pub fn gate(&self) -> anyhow::Result<Gate> {
         if let Some(t) = self.tol {
-            if !(t >= 0.0) {
+            if t.is_nan() || t < 0.0 {
                 anyhow::bail!("--tol must be a number ≥ 0, got {t}");
             }
             return Ok(Gate::with_tol(t));
