@@ -1,10 +1,264 @@
-//! The HTML report: one self-contained page (inline SVG, no scripts from
-//! anywhere) with the verdict, error per stage across layers, std per layer
-//! for A and B, and the divergence chain.
+//! The HTML report: one self-contained page (inline SVG and CSS, no
+//! scripts, nothing fetched) with the verdict, a heatmap of the error per
+//! stage across layers, the residual stream's std per layer for A and B,
+//! the divergence chain, and the per-stage table.
 
-use crate::Diff;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use plumb_trace::stage::{parse_key, Stage};
 use plumb_trace::Trace;
 
-pub fn page(_d: &Diff, _a: &Trace, _b: &Trace) -> String {
-    String::new()
+use crate::compare::{Basis, Diff};
+use crate::report::g;
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Colour for log10(NMSE): green at ≤ -12, yellow at the bound, red above.
+fn heat(nmse: Option<f64>, bound: f64, over: bool) -> String {
+    let Some(n) = nmse else { return "#e5e7eb".into() };
+    if over {
+        let t = ((n.max(1e-30).log10() - bound.log10()) / 6.0).clamp(0.0, 1.0);
+        let l = 60.0 - 25.0 * t;
+        return format!("hsl(0, 80%, {l:.0}%)");
+    }
+    let lo = -12.0;
+    let hi = bound.log10();
+    let t = ((n.max(1e-30).log10() - lo) / (hi - lo)).clamp(0.0, 1.0);
+    let hue = 130.0 - 80.0 * t;
+    format!("hsl({hue:.0}, 65%, {:.0}%)", 45.0 + 10.0 * t)
+}
+
+fn heatmap(d: &Diff) -> String {
+    let mut layers: Vec<usize> = Vec::new();
+    let mut stages: Vec<Stage> = Vec::new();
+    let mut cells: BTreeMap<(Stage, usize), (Option<f64>, f64, bool, String)> = BTreeMap::new();
+    for s in &d.stages {
+        if let Some((st, Some(l))) = parse_key(&s.key) {
+            if !layers.contains(&l) {
+                layers.push(l);
+            }
+            if !stages.contains(&st) {
+                stages.push(st);
+            }
+            let tip = format!("{}: NMSE {} cosine {}", s.key, g(s.nmse.or(s.stats_rel)), g(s.cosine));
+            cells.insert((st, l), (s.nmse.or(s.stats_rel), s.bounds.nmse, s.over, tip));
+        }
+    }
+    layers.sort();
+    stages.sort();
+    if layers.is_empty() {
+        return "<p>No per-layer stages.</p>".into();
+    }
+    let (cw, ch, left, top) = (22.0, 16.0, 120.0, 24.0);
+    let w = left + cw * layers.len() as f64 + 10.0;
+    let h = top + ch * stages.len() as f64 + 10.0;
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-size="10" font-family="monospace">"#
+    );
+    for (i, l) in layers.iter().enumerate() {
+        let _ = write!(s, r#"<text x="{}" y="16" text-anchor="middle">{l}</text>"#, left + cw * i as f64 + cw / 2.0);
+    }
+    for (j, st) in stages.iter().enumerate() {
+        let y = top + ch * j as f64;
+        let _ = write!(s, r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#, left - 6.0, y + ch - 4.0, st.name());
+        for (i, l) in layers.iter().enumerate() {
+            let x = left + cw * i as f64;
+            match cells.get(&(*st, *l)) {
+                Some((n, b, over, tip)) => {
+                    let _ = write!(
+                        s,
+                        r#"<rect x="{x}" y="{y}" width="{}" height="{}" fill="{}" stroke="{}"><title>{}</title></rect>"#,
+                        cw - 1.0,
+                        ch - 1.0,
+                        heat(*n, *b, *over),
+                        if *over { "#7f1d1d" } else { "none" },
+                        esc(tip)
+                    );
+                }
+                None => {
+                    let _ = write!(
+                        s,
+                        r##"<rect x="{x}" y="{y}" width="{}" height="{}" fill="#f3f4f6"/>"##,
+                        cw - 1.0,
+                        ch - 1.0
+                    );
+                }
+            }
+        }
+    }
+    s.push_str("</svg>");
+    s
+}
+
+/// A line chart of layer_out std per layer for A and B (log scale).
+fn std_chart(a: &Trace, b: &Trace) -> String {
+    let series = |t: &Trace| -> Vec<(usize, f64)> {
+        t.stats
+            .iter()
+            .filter_map(|(k, s)| match parse_key(k) {
+                Some((Stage::LayerOut, Some(l))) => s.all.std.map(|v| (l, v)),
+                _ => None,
+            })
+            .collect()
+    };
+    let (sa, sb) = (series(a), series(b));
+    if sa.is_empty() && sb.is_empty() {
+        return "<p>No layer_out stages traced.</p>".into();
+    }
+    let n = sa.iter().chain(&sb).map(|p| p.0).max().unwrap_or(0) + 1;
+    let vals: Vec<f64> = sa.iter().chain(&sb).map(|p| p.1.max(1e-12).log10()).collect();
+    let (lo, hi) =
+        (vals.iter().cloned().fold(f64::INFINITY, f64::min), vals.iter().cloned().fold(f64::NEG_INFINITY, f64::max));
+    let (lo, hi) = if hi - lo < 1e-9 { (lo - 0.5, hi + 0.5) } else { (lo, hi) };
+    let (w, h, left, top, bottom) = (640.0, 240.0, 56.0, 12.0, 28.0);
+    let x = |l: usize| left + (w - left - 12.0) * l as f64 / ((n.max(2) - 1) as f64);
+    let y = |v: f64| top + (h - top - bottom) * (1.0 - (v.max(1e-12).log10() - lo) / (hi - lo));
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-size="10" font-family="monospace">"#
+    );
+    let _ = write!(
+        s,
+        r##"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="#9ca3af"/>"##,
+        h - bottom,
+        w - 12.0,
+        h - bottom
+    );
+    for l in 0..n {
+        let _ = write!(s, r#"<text x="{}" y="{}" text-anchor="middle">{l}</text>"#, x(l), h - bottom + 14.0);
+    }
+    for k in 0..=4 {
+        let v = lo + (hi - lo) * k as f64 / 4.0;
+        let yy = top + (h - top - bottom) * (1.0 - k as f64 / 4.0);
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
+            left - 4.0,
+            yy + 3.0,
+            g(Some(10f64.powf(v)))
+        );
+    }
+    for (pts, colour, dash) in [(&sb, "#2563eb", ""), (&sa, "#dc2626", "5,3")] {
+        let path: Vec<String> = pts.iter().map(|(l, v)| format!("{:.1},{:.1}", x(*l), y(*v))).collect();
+        let _ = write!(
+            s,
+            r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2" stroke-dasharray="{dash}"/>"#,
+            path.join(" ")
+        );
+    }
+    let _ = write!(
+        s,
+        r##"<text x="{}" y="20" fill="#2563eb">B (reference)</text><text x="{}" y="34" fill="#dc2626">A</text>"##,
+        w - 120.0,
+        w - 120.0
+    );
+    s.push_str("</svg>");
+    s
+}
+
+fn chain_chart(d: &Diff) -> String {
+    if d.chain.is_empty() {
+        return "<p>No divergence, so no chain.</p>".into();
+    }
+    let links = &d.chain[..d.chain.len().min(24)];
+    let (bw, left, h) = (360.0, 170.0, 18.0);
+    let max = links.iter().map(|c| c.factor.max(1e-6).log10()).fold(0.0f64, f64::max);
+    let min = links.iter().map(|c| c.factor.max(1e-6).log10()).fold(0.0f64, f64::min);
+    let span = (max - min).max(1.0);
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-size="10" font-family="monospace">"#,
+        left + bw + 80.0,
+        h * links.len() as f64 + 8.0
+    );
+    for (i, c) in links.iter().enumerate() {
+        let y = 4.0 + h * i as f64;
+        let len = bw * (c.factor.max(1e-6).log10() - min) / span;
+        let _ = write!(
+            s,
+            r##"<text x="{}" y="{}" text-anchor="end">{}</text><rect x="{left}" y="{y}" width="{:.1}" height="{}" fill="#f59e0b"/><text x="{}" y="{}">{}× (rel err {})</text>"##,
+            left - 6.0,
+            y + 12.0,
+            esc(&c.key),
+            len.max(1.0),
+            h - 4.0,
+            left + len.max(1.0) + 4.0,
+            y + 12.0,
+            g(Some(c.factor)),
+            g(Some(c.rel_l2))
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
+pub fn page(d: &Diff, a: &Trace, b: &Trace) -> String {
+    let mut s = String::new();
+    let verdict = match d.first {
+        Some(i) => format!(
+            r#"<div class="bad">DIVERGED at <b>{}</b> — {}</div>"#,
+            esc(&d.stages[i].key),
+            match d.stages[i].origin {
+                crate::compare::Origin::Introduced => "introduced here",
+                _ => "inherited",
+            }
+        ),
+        None if d.hard_flips > 0 => {
+            format!(r#"<div class="bad">DIVERGED: {} top-1 flips that are not near-ties</div>"#, d.hard_flips)
+        }
+        None => r#"<div class="good">PARITY: every stage within bounds</div>"#.to_string(),
+    };
+    let _ = write!(
+        s,
+        r#"<!doctype html><html><head><meta charset="utf-8"><title>plumb diff</title><style>
+body {{ font-family: system-ui, sans-serif; margin: 24px; color: #111827; }}
+h1 {{ font-size: 20px; }} h2 {{ font-size: 16px; margin-top: 28px; }}
+.bad {{ background: #fee2e2; border-left: 6px solid #dc2626; padding: 10px; font-size: 16px; }}
+.good {{ background: #dcfce7; border-left: 6px solid #16a34a; padding: 10px; font-size: 16px; }}
+table {{ border-collapse: collapse; font-family: monospace; font-size: 12px; }}
+td, th {{ padding: 2px 8px; border-bottom: 1px solid #e5e7eb; text-align: right; }}
+td:first-child, th:first-child {{ text-align: left; }} tr.over {{ background: #fee2e2; }}
+.note {{ color: #92400e; }}
+</style></head><body>
+<h1>plumb diff</h1><p>A: <b>{}</b> &nbsp; B (reference): <b>{}</b> &nbsp; tokens: {}</p>{verdict}"#,
+        esc(&d.engine_a),
+        esc(&d.engine_b),
+        b.tokens.len()
+    );
+    for n in &d.notes {
+        let _ = write!(s, r#"<p class="note">{}</p>"#, esc(n));
+    }
+    let _ = write!(s, "<h2>Error per stage across layers (NMSE; hover for values)</h2>{}", heatmap(d));
+    let _ = write!(s, "<h2>Residual stream std per layer (layer_out)</h2>{}", std_chart(a, b));
+    let _ = write!(
+        s,
+        "<h2>Divergence chain (error relative to the first divergent stage, log scale)</h2>{}",
+        chain_chart(d)
+    );
+    s.push_str("<h2>Stages</h2><table><tr><th>stage</th><th>cosine</th><th>NMSE</th><th>max |Δ|</th><th>rel L2</th><th>std A/B</th><th>growth</th><th>verdict</th></tr>");
+    for st in &d.stages {
+        let verdict = match (&st.basis, st.over) {
+            (Basis::OnlyA, _) => "only in A".into(),
+            (Basis::OnlyB, _) => "only in B".into(),
+            (_, true) => "OVER".into(),
+            (Basis::Tensors, false) => "ok".to_string(),
+            _ => "ok (stats)".into(),
+        };
+        let _ = write!(
+            s,
+            r#"<tr class="{}"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+            if st.over { "over" } else { "" },
+            esc(&st.key),
+            g(st.cosine),
+            g(st.nmse.or(st.stats_rel)),
+            g(st.max_abs),
+            g(st.rel_l2),
+            g(st.std_ratio),
+            st.growth.map(|x| format!("{}×", g(Some(x)))).unwrap_or_default(),
+            verdict
+        );
+    }
+    s.push_str("</table></body></html>\n");
+    s
 }
