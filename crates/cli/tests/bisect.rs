@@ -1,0 +1,130 @@
+//! `plumb bisect` and `plumb diff` end to end on the real Gemma 3 270M.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn real_model() -> Option<String> {
+    let p = root().join("models/gemma-3-270m-q4_k_m.gguf");
+    if p.is_file() {
+        return Some(p.to_string_lossy().into_owned());
+    }
+    assert!(std::env::var("CI").is_err(), "CI must fetch the real model first (scripts/fetch-model.sh)");
+    None
+}
+
+fn plumb(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_plumb")).args(args).output().unwrap();
+    let (so, se) =
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(!se.contains("panicked"), "plumb {args:?} panicked:\n{se}");
+    (out.status.code().unwrap_or(-1), so, se)
+}
+
+#[test]
+fn injected_fault_in_layer_3_ffn_gate_is_named_with_its_chain() {
+    let Some(m) = real_model() else { return };
+    let (code, out, _) = plumb(&[
+        "bisect",
+        &m,
+        "-p",
+        "The capital of France is",
+        "--inject",
+        "ffn_gate@3:scale=1.5",
+        "--color",
+        "never",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("DIVERGED first divergence at blk.3.ffn_gate — introduced here"), "{out}");
+    assert!(out.contains("chain (error relative to the first): L3.ffn_gate 1.00× → L3.ffn_act"), "{out}");
+    // Nothing before it is over its bound.
+    let table = &out[out.find("stage ").unwrap()..];
+    let first_over = table.lines().find(|l| l.contains("OVER")).unwrap();
+    assert!(first_over.starts_with("blk.3.ffn_gate "), "{first_over}");
+}
+
+#[test]
+fn same_model_same_precision_is_parity_and_json_parses() {
+    let Some(m) = real_model() else { return };
+    let (code, out, _) = plumb(&["bisect", &m, "-p", "Hello", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["diverged"], false);
+    assert_eq!(j["first_divergence"], serde_json::Value::Null);
+    assert!(j["stages"].as_array().unwrap().len() > 300);
+}
+
+#[test]
+fn isolate_confines_the_error_to_the_faulty_layer() {
+    let Some(m) = real_model() else { return };
+    let (code, out, _) =
+        plumb(&["bisect", &m, "-p", "Water boils at", "--inject", "attn_out@5:noise=0.5", "--isolate", "--json"]);
+    assert_eq!(code, 1);
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["first_divergence"], "blk.5.attn_out");
+    for s in j["stages"].as_array().unwrap() {
+        let key = s["key"].as_str().unwrap();
+        let in_l5 = key.starts_with("blk.5.");
+        if s["over"] == true {
+            assert!(in_l5, "{key} is over its bound outside the faulty layer under --isolate");
+        }
+    }
+}
+
+#[test]
+fn diff_of_saved_traces_and_teacher_forcing() {
+    let Some(m) = real_model() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.safetensors"), dir.path().join("b.safetensors"));
+    let html = dir.path().join("r.html");
+    let (code, _, _) = plumb(&[
+        "bisect",
+        &m,
+        "-p",
+        "Once upon a time",
+        "--inject",
+        "q_rope@2:permute-rope",
+        "--save-a",
+        a.to_str().unwrap(),
+        "--save-b",
+        b.to_str().unwrap(),
+        "--brief",
+        "--teacher-force",
+        "4",
+    ]);
+    assert_eq!(code, 1);
+    let (code, out, _) = plumb(&[
+        "diff",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--color",
+        "never",
+        "--html",
+        html.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(out.contains("first divergence at blk.2.q_rope"), "{out}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<svg") && page.contains("DIVERGED at <b>blk.2.q_rope</b>"));
+    // A trace against itself is parity.
+    let (code, out, _) = plumb(&["diff", b.to_str().unwrap(), b.to_str().unwrap(), "--brief", "--color", "never"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("PARITY"));
+    // A loose enough gate file accepts the fault.
+    let gate = dir.path().join("gate.toml");
+    std::fs::write(&gate, "nmse = 10.0\n").unwrap();
+    let (code, out, _) =
+        plumb(&["diff", a.to_str().unwrap(), b.to_str().unwrap(), "--gate", gate.to_str().unwrap(), "--brief"]);
+    assert!(code == 0 || out.contains("top-1 flips"), "{out}");
+    // Garbage in: exit 2.
+    let junk = dir.path().join("junk.safetensors");
+    std::fs::write(&junk, b"not a trace").unwrap();
+    let (code, _, err) = plumb(&["diff", junk.to_str().unwrap(), b.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("junk.safetensors"), "{err}");
+    std::fs::write(&gate, "nmse = [1]\n").unwrap();
+    assert_eq!(plumb(&["diff", a.to_str().unwrap(), b.to_str().unwrap(), "--gate", gate.to_str().unwrap()]).0, 2);
+}
