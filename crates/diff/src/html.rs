@@ -31,10 +31,13 @@ fn heat(nmse: Option<f64>, bound: f64, over: bool) -> String {
     format!("hsl({hue:.0}, 65%, {:.0}%)", 45.0 + 10.0 * t)
 }
 
+/// NMSE (or stats error), its bound, over or not, and the tooltip.
+type Cell = (Option<f64>, f64, bool, String);
+
 fn heatmap(d: &Diff) -> String {
     let mut layers: Vec<usize> = Vec::new();
     let mut stages: Vec<Stage> = Vec::new();
-    let mut cells: BTreeMap<(Stage, usize), (Option<f64>, f64, bool, String)> = BTreeMap::new();
+    let mut cells: BTreeMap<(Stage, usize), Cell> = BTreeMap::new();
     for s in &d.stages {
         if let Some((st, Some(l))) = parse_key(&s.key) {
             if !layers.contains(&l) {
