@@ -128,3 +128,54 @@ fn diff_of_saved_traces_and_teacher_forcing() {
     std::fs::write(&gate, "nmse = [1]\n").unwrap();
     assert_eq!(plumb(&["diff", a.to_str().unwrap(), b.to_str().unwrap(), "--gate", gate.to_str().unwrap()]).0, 2);
 }
+
+/// Headless Chromium renders the HTML report (Debian's `chromium`, which
+/// `.ci/run` installs); the screenshot must be a real picture, not a blank.
+#[test]
+fn html_report_renders_in_headless_chromium() {
+    let Some(m) = real_model() else { return };
+    let chromium =
+        ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| std::path::Path::new(p).exists());
+    let Some(chromium) = chromium else {
+        assert!(std::env::var("CI").is_err(), "CI must install chromium for the HTML report test");
+        eprintln!("skipping: no chromium");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let html = dir.path().join("report.html");
+    let png = dir.path().join("report.png");
+    let (code, _, _) = plumb(&[
+        "bisect",
+        &m,
+        "-p",
+        "The capital of France is",
+        "--inject",
+        "ffn_gate@3:scale=1.5",
+        "--brief",
+        "--html",
+        html.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    let out = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            &format!("--user-data-dir={}", dir.path().join("profile").display()),
+            "--window-size=1200,1400",
+            &format!("--screenshot={}", png.display()),
+            &format!("file://{}", html.display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(png.is_file(), "no screenshot: {}", String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    // A blank 1200×1400 page compresses to a few KB; the charts make it far larger.
+    assert!(bytes.len() > 40_000, "screenshot is only {} bytes: a blank page?", bytes.len());
+}

@@ -172,7 +172,7 @@ fn chain_chart(d: &Diff) -> String {
     let span = (max - min).max(1.0);
     let mut s = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-size="10" font-family="monospace">"#,
-        left + bw + 80.0,
+        left + bw + 220.0,
         h * links.len() as f64 + 8.0
     );
     for (i, c) in links.iter().enumerate() {
