@@ -8,7 +8,6 @@
 
 pub mod config;
 pub mod fault;
-pub mod kernels;
 pub mod model;
 pub mod sample;
 pub mod source;
@@ -16,8 +15,9 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use config::{Activation, Arch, ModelConfig};
-pub use kernels::{Kernels, Precision};
 pub use model::{KvCache, Model};
+pub use plumb_kernels as kernels;
+pub use plumb_kernels::{Kernels, Precision};
 pub use plumb_trace::stage::{self, NoTrace, Observer, Stage};
 pub use source::ModelSource;
 

@@ -10,9 +10,9 @@ use plumb_formats::{Bytes, OwnedTensor};
 
 use crate::config::{Activation, ModelConfig};
 use crate::fault::Fault;
-use crate::kernels::{Kernels, Weight};
 use crate::weights::validate;
 use crate::{ModelError, ModelSource};
+use plumb_kernels::{Kernels, Weight};
 use plumb_trace::stage::{Observer, Stage};
 
 /// One layer's weights. Vectors (norms, biases) are f32, with any stored
@@ -493,7 +493,7 @@ fn rope(x: &mut [f32], width: usize, hd: usize, p0: usize, inv_freq: &[f32]) {
 
 #[inline]
 fn dot_f32_exact(a: &[f32], b: &[f32]) -> f32 {
-    crate::kernels::dot_f32(a, b)
+    plumb_kernels::dot_f32(a, b)
 }
 
 /// In-place softmax over the visible positions; hidden ones become 0.

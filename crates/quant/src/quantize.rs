@@ -78,7 +78,8 @@ pub fn quantize_q8_0(x: &[f32]) -> BlockQ8_0 {
 /// Q8_1: as Q8_0, plus `s = d * sum(q)`.
 pub fn quantize_q8_1(x: &[f32]) -> BlockQ8_1 {
     let b = quantize_q8_0(x);
-    let d = f16_to_f32(b.d);
+    // ggml multiplies the sum by the unrounded scale.
+    let d = x.iter().fold(0.0f32, |a, v| a.max(v.abs())) / 127.0;
     let sum: i32 = b.qs.iter().map(|&q| q as i32).sum();
     BlockQ8_1 { d: b.d, s: f32_to_f16(sum as f32 * d), qs: b.qs }
 }
@@ -93,7 +94,8 @@ pub fn quantize_q8_k(x: &[f32]) -> BlockQ8K {
     }
     let iscale = -127.0 / max;
     for (q, v) in b.qs.iter_mut().zip(x) {
-        *q = ((iscale * v).round() as i32).min(127) as i8;
+        // ggml's nearest_int rounds half to even.
+        *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
     }
     for (j, s) in b.bsums.iter_mut().enumerate() {
         *s = b.qs[j * 16..j * 16 + 16].iter().map(|&q| q as i16).sum();

@@ -9,6 +9,11 @@
 //! depend on the thread count.
 
 use plumb_formats::Bytes;
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+pub mod dot;
+pub mod fast;
 use plumb_quant::GgmlType;
 use rayon::prelude::*;
 
@@ -41,12 +46,16 @@ impl Weight {
 pub enum Precision {
     /// f32 activations, weights dequantized to f32: the reference numerics.
     Exact,
+    /// Activations quantized per block (Q8_0 / Q8_1 / Q8_K as each weight
+    /// format pairs with) and integer dot products: llama.cpp's CPU numerics.
+    Fast,
 }
 
 impl Precision {
     pub fn parse(s: &str) -> Option<Precision> {
         match s {
             "exact" => Some(Precision::Exact),
+            "fast" => Some(Precision::Fast),
             _ => None,
         }
     }
@@ -54,6 +63,44 @@ impl Precision {
     pub fn name(self) -> &'static str {
         match self {
             Precision::Exact => "exact",
+            Precision::Fast => "fast",
+        }
+    }
+}
+
+/// The code path the kernels take: the scalar references, or SIMD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelPath {
+    Scalar,
+    /// x86-64 with AVX2, FMA and F16C.
+    Avx2,
+}
+
+impl KernelPath {
+    /// The best path this CPU supports (decided here, and only here).
+    pub fn detect() -> KernelPath {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+                return KernelPath::Avx2;
+            }
+        }
+        KernelPath::Scalar
+    }
+
+    pub fn parse(s: &str) -> Option<KernelPath> {
+        match s {
+            "scalar" => Some(KernelPath::Scalar),
+            "auto" => Some(KernelPath::detect()),
+            "avx2" if KernelPath::detect() == KernelPath::Avx2 => Some(KernelPath::Avx2),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelPath::Scalar => "scalar",
+            KernelPath::Avx2 => "avx2+fma+f16c",
         }
     }
 }
@@ -67,8 +114,13 @@ pub trait Kernels: Sync {
 }
 
 pub fn kernels_for(p: Precision) -> Box<dyn Kernels> {
+    kernels_with(p, KernelPath::detect())
+}
+
+pub fn kernels_with(p: Precision, path: KernelPath) -> Box<dyn Kernels> {
     match p {
-        Precision::Exact => Box::new(ExactKernels),
+        Precision::Exact => Box::new(ExactKernels { path }),
+        Precision::Fast => Box::new(fast::FastKernels { path }),
     }
 }
 
@@ -91,10 +143,24 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
-pub struct ExactKernels;
+pub struct ExactKernels {
+    pub path: KernelPath,
+}
 
 /// Rows handed to one task at a time.
 const ROWS_PER_TASK: usize = 16;
+
+impl ExactKernels {
+    #[inline]
+    fn dot(&self, a: &[f32], b: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if self.path == KernelPath::Avx2 {
+            // SAFETY: Avx2 is only chosen after runtime detection of avx2+fma.
+            return unsafe { avx2::f32_f32(a.len(), bytemuck::cast_slice(a), bytemuck::cast_slice(b)) };
+        }
+        dot_f32(a, b)
+    }
+}
 
 impl Kernels for ExactKernels {
     fn linear(&self, w: &Weight, x: &[f32], t: usize, y: &mut [f32]) {
@@ -111,7 +177,7 @@ impl Kernels for ExactKernels {
             for r in r0..(r0 + ROWS_PER_TASK).min(rows) {
                 w.row_into(r, &mut row);
                 for ti in 0..t {
-                    out[(r - r0) * t + ti] = dot_f32(&row, &x[ti * cols..(ti + 1) * cols]);
+                    out[(r - r0) * t + ti] = self.dot(&row, &x[ti * cols..(ti + 1) * cols]);
                 }
             }
         });
@@ -124,6 +190,6 @@ impl Kernels for ExactKernels {
     }
 
     fn describe(&self) -> String {
-        "exact: scalar dequantize + f32 dot (8 partial sums)".into()
+        format!("exact: dequantized f32 rows, f32 dot ({})", self.path.name())
     }
 }

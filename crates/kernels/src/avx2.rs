@@ -1,0 +1,289 @@
+//! AVX2 + FMA (+ F16C) dot products. Each computes the same integer sums
+//! as its scalar reference in `dot` and differs only in the order of the
+//! float accumulation; tests hold them to the reference on random blocks.
+//!
+//! Only reached through `dispatch`, after `is_x86_feature_detected!` has
+//! confirmed avx2, fma and f16c.
+
+#![allow(clippy::missing_safety_doc)]
+
+use std::arch::x86_64::*;
+
+use plumb_quant::blocks::*;
+
+#[inline]
+fn d16(h: F16le) -> f32 {
+    f16_to_f32(h)
+}
+
+/// Horizontal sum of 8 floats.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hsum_ps(v: __m256) -> f32 {
+    let lo = _mm256_castps256_ps128(v);
+    let hi = _mm256_extractf128_ps(v, 1);
+    let s = _mm_add_ps(lo, hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Σ x·y over 32 signed bytes each, as 8 i32 lanes (as float).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn mul_sum_i8_pairs_float(x: __m256i, y: __m256i) -> __m256 {
+    // maddubs needs an unsigned left operand: |x| and y with x's sign.
+    let ax = _mm256_sign_epi8(x, x);
+    let sy = _mm256_sign_epi8(y, x);
+    let dot16 = _mm256_maddubs_epi16(ax, sy);
+    let dot32 = _mm256_madd_epi16(dot16, _mm256_set1_epi16(1));
+    _mm256_cvtepi32_ps(dot32)
+}
+
+/// 16 bytes of nibbles → 32 bytes: low nibbles first, then high.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn nibbles_32(p: *const u8) -> __m256i {
+    let t = _mm_loadu_si128(p as *const __m128i);
+    let both = _mm256_insertf128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+}
+
+/// 32 bits → 32 bytes of 0xFF where the bit is set.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn bytes_from_bits_32(x: u32) -> __m256i {
+    let shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0x0000000000000000);
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x as i32), shuf);
+    let bit_mask = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe_u64 as i64);
+    let bytes = _mm256_or_si256(bytes, bit_mask);
+    _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f32_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (pw, pa) = (w.as_ptr() as *const f32, a.as_ptr() as *const f32);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (k, acc) in acc.iter_mut().enumerate() {
+            let x = _mm256_loadu_ps(pw.add(i + 8 * k));
+            let y = _mm256_loadu_ps(pa.add(i + 8 * k));
+            *acc = _mm256_fmadd_ps(x, y, *acc);
+        }
+        i += 32;
+    }
+    let mut s = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    while i < n {
+        s += *pw.add(i) * *pa.add(i);
+        i += 1;
+    }
+    s
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f16_f16(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (pw, pa) = (w.as_ptr(), a.as_ptr());
+    let mut acc = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= n {
+        let x = _mm256_cvtph_ps(_mm_loadu_si128(pw.add(2 * i) as *const __m128i));
+        let y = _mm256_cvtph_ps(_mm_loadu_si128(pa.add(2 * i) as *const __m128i));
+        acc = _mm256_fmadd_ps(x, y, acc);
+        i += 8;
+    }
+    let mut s = hsum_ps(acc);
+    while i < n {
+        s += f16_to_f32([w[2 * i], w[2 * i + 1]]) * f16_to_f32([a[2 * i], a[2 * i + 1]]);
+        i += 1;
+    }
+    s
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q8_0_q8_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let xs: &[BlockQ8_0] = bytemuck::cast_slice(w);
+    let ys: &[BlockQ8_0] = bytemuck::cast_slice(a);
+    let mut acc = _mm256_setzero_ps();
+    for (x, y) in xs.iter().zip(ys) {
+        let d = _mm256_set1_ps(d16(x.d) * d16(y.d));
+        let qx = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
+        let qy = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+        acc = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), acc);
+    }
+    hsum_ps(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_0_q8_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let xs: &[BlockQ4_0] = bytemuck::cast_slice(w);
+    let ys: &[BlockQ8_0] = bytemuck::cast_slice(a);
+    let mut acc = _mm256_setzero_ps();
+    let off = _mm256_set1_epi8(8);
+    for (x, y) in xs.iter().zip(ys) {
+        let d = _mm256_set1_ps(d16(x.d) * d16(y.d));
+        let qx = _mm256_sub_epi8(nibbles_32(x.qs.as_ptr()), off);
+        let qy = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+        acc = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), acc);
+    }
+    hsum_ps(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q5_0_q8_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let xs: &[BlockQ5_0] = bytemuck::cast_slice(w);
+    let ys: &[BlockQ8_0] = bytemuck::cast_slice(a);
+    let mut acc = _mm256_setzero_ps();
+    for (x, y) in xs.iter().zip(ys) {
+        let d = _mm256_set1_ps(d16(x.d) * d16(y.d));
+        let lo = nibbles_32(x.qs.as_ptr());
+        // Fifth bit: 0x10 where set; value = (nibble | 0x10·bit) − 16.
+        let hi = _mm256_and_si256(bytes_from_bits_32(u32::from_le_bytes(x.qh)), _mm256_set1_epi8(0x10));
+        let qx = _mm256_sub_epi8(_mm256_or_si256(lo, hi), _mm256_set1_epi8(16));
+        let qy = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+        acc = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), acc);
+    }
+    hsum_ps(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn iq4_nl_q8_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let xs: &[BlockIQ4NL] = bytemuck::cast_slice(w);
+    let ys: &[BlockQ8_0] = bytemuck::cast_slice(a);
+    let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i));
+    let mut acc = _mm256_setzero_ps();
+    for (x, y) in xs.iter().zip(ys) {
+        let d = _mm256_set1_ps(d16(x.d) * d16(y.d));
+        let qx = _mm256_shuffle_epi8(table, nibbles_32(x.qs.as_ptr()));
+        let qy = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+        acc = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), acc);
+    }
+    hsum_ps(acc)
+}
+
+/// Σ over 16 i16 lanes of products with 16-bit scales, as 8 i32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn madd_scale(p16: __m256i, scale: i16) -> __m256i {
+    _mm256_madd_epi16(p16, _mm256_set1_epi16(scale))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let xs: &[BlockQ4K] = bytemuck::cast_slice(w);
+    let ys: &[BlockQ8K] = bytemuck::cast_slice(a);
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_m = 0f32;
+    let m4 = _mm256_set1_epi8(0x0F);
+    for (x, y) in xs.iter().zip(ys) {
+        let d = d16(x.d) * y.d;
+        let dmin = d16(x.dmin) * y.d;
+        let mut sumi = _mm256_setzero_si256();
+        let mut msum = 0i32;
+        for c in 0..4 {
+            let (sc1, m1) = scale_min_k4(2 * c, &x.scales);
+            let (sc2, m2) = scale_min_k4(2 * c + 1, &x.scales);
+            msum += m1 as i32 * (y.bsums[4 * c] as i32 + y.bsums[4 * c + 1] as i32)
+                + m2 as i32 * (y.bsums[4 * c + 2] as i32 + y.bsums[4 * c + 3] as i32);
+            let q4 = _mm256_loadu_si256(x.qs.as_ptr().add(32 * c) as *const __m256i);
+            let lo = _mm256_and_si256(q4, m4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+            let y1 = _mm256_loadu_si256(y.qs.as_ptr().add(64 * c) as *const __m256i);
+            let y2 = _mm256_loadu_si256(y.qs.as_ptr().add(64 * c + 32) as *const __m256i);
+            let p1 = madd_scale(_mm256_maddubs_epi16(lo, y1), sc1 as i16);
+            let p2 = madd_scale(_mm256_maddubs_epi16(hi, y2), sc2 as i16);
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p1, p2));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        acc_m += dmin * msum as f32;
+    }
+    hsum_ps(acc) - acc_m
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q5_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let xs: &[BlockQ5K] = bytemuck::cast_slice(w);
+    let ys: &[BlockQ8K] = bytemuck::cast_slice(a);
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_m = 0f32;
+    let m4 = _mm256_set1_epi8(0x0F);
+    let bit16 = _mm256_set1_epi8(16);
+    for (x, y) in xs.iter().zip(ys) {
+        let d = d16(x.d) * y.d;
+        let dmin = d16(x.dmin) * y.d;
+        let qh = _mm256_loadu_si256(x.qh.as_ptr() as *const __m256i);
+        let mut sumi = _mm256_setzero_si256();
+        let mut msum = 0i32;
+        for c in 0..4 {
+            let (sc1, m1) = scale_min_k4(2 * c, &x.scales);
+            let (sc2, m2) = scale_min_k4(2 * c + 1, &x.scales);
+            msum += m1 as i32 * (y.bsums[4 * c] as i32 + y.bsums[4 * c + 1] as i32)
+                + m2 as i32 * (y.bsums[4 * c + 2] as i32 + y.bsums[4 * c + 3] as i32);
+            let q5 = _mm256_loadu_si256(x.qs.as_ptr().add(32 * c) as *const __m256i);
+            // Bit 2c of qh[l] is the fifth bit of the low half, 2c+1 of the high.
+            let b1 = _mm256_set1_epi8((1u8 << (2 * c)) as i8);
+            let b2 = _mm256_set1_epi8((2u8 << (2 * c)) as i8);
+            let h1 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b1), b1), bit16);
+            let h2 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b2), b2), bit16);
+            let lo = _mm256_or_si256(_mm256_and_si256(q5, m4), h1);
+            let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q5, 4), m4), h2);
+            let y1 = _mm256_loadu_si256(y.qs.as_ptr().add(64 * c) as *const __m256i);
+            let y2 = _mm256_loadu_si256(y.qs.as_ptr().add(64 * c + 32) as *const __m256i);
+            let p1 = madd_scale(_mm256_maddubs_epi16(lo, y1), sc1 as i16);
+            let p2 = madd_scale(_mm256_maddubs_epi16(hi, y2), sc2 as i16);
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p1, p2));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        acc_m += dmin * msum as f32;
+    }
+    hsum_ps(acc) - acc_m
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q6_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let xs: &[BlockQ6K] = bytemuck::cast_slice(w);
+    let ys: &[BlockQ8K] = bytemuck::cast_slice(a);
+    let mut acc = _mm256_setzero_ps();
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m2 = _mm256_set1_epi8(0x03);
+    let m32 = _mm256_set1_epi8(32);
+    for (x, y) in xs.iter().zip(ys) {
+        let d = d16(x.d) * y.d;
+        let mut sumi = _mm256_setzero_si256();
+        for half in 0..2 {
+            let ql0 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * half) as *const __m256i);
+            let ql1 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * half + 32) as *const __m256i);
+            let qh = _mm256_loadu_si256(x.qh.as_ptr().add(32 * half) as *const __m256i);
+            // Four groups of 32 values (unsigned 0..63).
+            let q = [
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4),
+                ),
+            ];
+            for (k, qk) in q.iter().enumerate() {
+                let yk = _mm256_loadu_si256(y.qs.as_ptr().add(128 * half + 32 * k) as *const __m256i);
+                // (q − 32)·y = q·y − 32·y
+                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(*qk, yk), _mm256_maddubs_epi16(m32, yk));
+                // Lanes 0..7 of p hold elements 0..15 (scale 2k), lanes 8..15 elements 16..31 (scale 2k+1).
+                let s_lo = x.scales[8 * half + 2 * k] as i16;
+                let s_hi = x.scales[8 * half + 2 * k + 1] as i16;
+                let scales = _mm256_setr_epi16(
+                    s_lo, s_lo, s_lo, s_lo, s_lo, s_lo, s_lo, s_lo, s_hi, s_hi, s_hi, s_hi, s_hi, s_hi, s_hi, s_hi,
+                );
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scales));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc)
+}

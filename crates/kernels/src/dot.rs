@@ -1,0 +1,314 @@
+//! Scalar reference dot products between a row of quantized weights and a
+//! row of quantized activations, written like ggml's reference code: an
+//! exact integer sum per block (or group), then the block's float scales.
+//! These are the numerics of llama.cpp's CPU path; the SIMD variants in
+//! `avx2` compute the same integer sums and may only differ in the order
+//! of the float accumulation.
+//!
+//! Every function has the signature `fn(n, weights, activations) -> f32`
+//! where `n` is the row length and both slices hold whole blocks.
+
+#![allow(clippy::needless_range_loop)] // index loops mirror the ggml reference code
+
+use plumb_quant::blocks::*;
+use plumb_quant::GgmlType;
+
+/// The activation format each weight format is paired with (ggml's
+/// `vec_dot_type`).
+pub fn act_type(w: GgmlType) -> GgmlType {
+    use GgmlType::*;
+    match w {
+        Q4_0 | Q5_0 | Q8_0 | IQ4_NL => Q8_0,
+        Q4_1 | Q5_1 => Q8_1,
+        Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_XS => Q8_K,
+        F16 => F16,
+        BF16 => BF16,
+        _ => F32,
+    }
+}
+
+pub type DotFn = fn(usize, &[u8], &[u8]) -> f32;
+
+fn blocks<B: bytemuck::Pod>(b: &[u8]) -> &[B] {
+    bytemuck::cast_slice(b)
+}
+
+/// Q8_K blocks have alignment 4; activation buffers are built aligned.
+fn q8k(b: &[u8]) -> &[BlockQ8K] {
+    bytemuck::cast_slice(b)
+}
+
+pub fn f32_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let w: &[f32] = bytemuck::cast_slice(&w[..n * 4]);
+    let a: &[f32] = bytemuck::cast_slice(&a[..n * 4]);
+    crate::dot_f32(w, a)
+}
+
+pub fn f16_f16(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut s = 0f32;
+    for i in 0..n {
+        s += f16_to_f32([w[2 * i], w[2 * i + 1]]) * f16_to_f32([a[2 * i], a[2 * i + 1]]);
+    }
+    s
+}
+
+pub fn bf16_bf16(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut s = 0f32;
+    for i in 0..n {
+        s += bf16_to_f32([w[2 * i], w[2 * i + 1]]) * bf16_to_f32([a[2 * i], a[2 * i + 1]]);
+    }
+    s
+}
+
+pub fn q8_0_q8_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut sumf = 0f32;
+    for (x, y) in blocks::<BlockQ8_0>(w).iter().zip(blocks::<BlockQ8_0>(a)) {
+        let sumi: i32 = x.qs.iter().zip(&y.qs).map(|(&p, &q)| p as i32 * q as i32).sum();
+        sumf += sumi as f32 * (f16_to_f32(x.d) * f16_to_f32(y.d));
+    }
+    sumf
+}
+
+pub fn q4_0_q8_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut sumf = 0f32;
+    for (x, y) in blocks::<BlockQ4_0>(w).iter().zip(blocks::<BlockQ8_0>(a)) {
+        let mut sumi = 0i32;
+        for j in 0..16 {
+            sumi += ((x.qs[j] & 0xF) as i32 - 8) * y.qs[j] as i32 + ((x.qs[j] >> 4) as i32 - 8) * y.qs[j + 16] as i32;
+        }
+        sumf += sumi as f32 * (f16_to_f32(x.d) * f16_to_f32(y.d));
+    }
+    sumf
+}
+
+pub fn q4_1_q8_1(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut sumf = 0f32;
+    for (x, y) in blocks::<BlockQ4_1>(w).iter().zip(blocks::<BlockQ8_1>(a)) {
+        let mut sumi = 0i32;
+        for j in 0..16 {
+            sumi += (x.qs[j] & 0xF) as i32 * y.qs[j] as i32 + (x.qs[j] >> 4) as i32 * y.qs[j + 16] as i32;
+        }
+        sumf += (f16_to_f32(x.d) * f16_to_f32(y.d)) * sumi as f32 + f16_to_f32(x.m) * f16_to_f32(y.s);
+    }
+    sumf
+}
+
+fn q5_bits(qh: u32, j: usize) -> (i32, i32) {
+    (((qh >> j) << 4 & 0x10) as i32, ((qh >> (j + 12)) & 0x10) as i32)
+}
+
+pub fn q5_0_q8_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut sumf = 0f32;
+    for (x, y) in blocks::<BlockQ5_0>(w).iter().zip(blocks::<BlockQ8_0>(a)) {
+        let qh = u32::from_le_bytes(x.qh);
+        let mut sumi = 0i32;
+        for j in 0..16 {
+            let (h0, h1) = q5_bits(qh, j);
+            let x0 = ((x.qs[j] & 0xF) as i32 | h0) - 16;
+            let x1 = ((x.qs[j] >> 4) as i32 | h1) - 16;
+            sumi += x0 * y.qs[j] as i32 + x1 * y.qs[j + 16] as i32;
+        }
+        sumf += sumi as f32 * (f16_to_f32(x.d) * f16_to_f32(y.d));
+    }
+    sumf
+}
+
+pub fn q5_1_q8_1(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut sumf = 0f32;
+    for (x, y) in blocks::<BlockQ5_1>(w).iter().zip(blocks::<BlockQ8_1>(a)) {
+        let qh = u32::from_le_bytes(x.qh);
+        let mut sumi = 0i32;
+        for j in 0..16 {
+            let (h0, h1) = q5_bits(qh, j);
+            sumi += ((x.qs[j] & 0xF) as i32 | h0) * y.qs[j] as i32 + ((x.qs[j] >> 4) as i32 | h1) * y.qs[j + 16] as i32;
+        }
+        sumf += (f16_to_f32(x.d) * f16_to_f32(y.d)) * sumi as f32 + f16_to_f32(x.m) * f16_to_f32(y.s);
+    }
+    sumf
+}
+
+pub fn iq4_nl_q8_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut sumf = 0f32;
+    for (x, y) in blocks::<BlockIQ4NL>(w).iter().zip(blocks::<BlockQ8_0>(a)) {
+        let mut sumi = 0i32;
+        for j in 0..16 {
+            sumi += KVALUES_IQ4NL[(x.qs[j] & 0xF) as usize] as i32 * y.qs[j] as i32
+                + KVALUES_IQ4NL[(x.qs[j] >> 4) as usize] as i32 * y.qs[j + 16] as i32;
+        }
+        sumf += (f16_to_f32(x.d) * f16_to_f32(y.d)) * sumi as f32;
+    }
+    sumf
+}
+
+pub fn q2_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut sumf = 0f32;
+    for (x, y) in blocks::<BlockQ2K>(w).iter().zip(q8k(a)) {
+        let summs: i32 = (0..16).map(|j| (x.scales[j] >> 4) as i32 * y.bsums[j] as i32).sum();
+        let dall = y.d * f16_to_f32(x.d);
+        let dmin = y.d * f16_to_f32(x.dmin);
+        let mut isum = 0i32;
+        let mut is = 0;
+        for half in 0..2 {
+            let q2 = &x.qs[half * 32..half * 32 + 32];
+            for shift in [0u32, 2, 4, 6] {
+                for part in 0..2 {
+                    let d = (x.scales[is] & 0xF) as i32;
+                    let q8 = &y.qs[half * 128 + (shift as usize / 2) * 32 + part * 16..][..16];
+                    let s: i32 = (0..16).map(|l| q8[l] as i32 * ((q2[part * 16 + l] >> shift) & 3) as i32).sum();
+                    isum += d * s;
+                    is += 1;
+                }
+            }
+        }
+        sumf += dall * isum as f32 - dmin * summs as f32;
+    }
+    sumf
+}
+
+pub fn q3_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut sumf = 0f32;
+    for (x, y) in blocks::<BlockQ3K>(w).iter().zip(q8k(a)) {
+        let scales = q3k_scales(&x.scales);
+        let mut isum = 0i32;
+        let mut m = 1u8;
+        let mut is = 0;
+        for half in 0..2 {
+            let q3 = &x.qs[half * 32..half * 32 + 32];
+            for shift in [0u32, 2, 4, 6] {
+                for part in 0..2 {
+                    let q8 = &y.qs[half * 128 + (shift as usize / 2) * 32 + part * 16..][..16];
+                    let mut s = 0i32;
+                    for l in 0..16 {
+                        let i = part * 16 + l;
+                        let v = ((q3[i] >> shift) & 3) as i32 - if x.hmask[i] & m != 0 { 0 } else { 4 };
+                        s += v * q8[l] as i32;
+                    }
+                    isum += (scales[is] as i32 - 32) * s;
+                    is += 1;
+                }
+                m <<= 1;
+            }
+        }
+        sumf += f16_to_f32(x.d) * y.d * isum as f32;
+    }
+    sumf
+}
+
+pub fn q4_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut sumf = 0f32;
+    for (x, y) in blocks::<BlockQ4K>(w).iter().zip(q8k(a)) {
+        let mut isum = 0i32;
+        let mut msum = 0i32;
+        for j in 0..8 {
+            let (sc, m) = scale_min_k4(j, &x.scales);
+            let q4 = &x.qs[(j / 2) * 32..(j / 2) * 32 + 32];
+            let q8 = &y.qs[j * 32..j * 32 + 32];
+            let shift = if j % 2 == 0 { 0 } else { 4 };
+            let s: i32 = (0..32).map(|l| ((q4[l] >> shift) & 0xF) as i32 * q8[l] as i32).sum();
+            isum += sc as i32 * s;
+            msum += m as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
+        }
+        let d = f16_to_f32(x.d) * y.d;
+        let dmin = f16_to_f32(x.dmin) * y.d;
+        sumf += d * isum as f32 - dmin * msum as f32;
+    }
+    sumf
+}
+
+pub fn q5_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut sumf = 0f32;
+    for (x, y) in blocks::<BlockQ5K>(w).iter().zip(q8k(a)) {
+        let mut isum = 0i32;
+        let mut msum = 0i32;
+        for j in 0..8 {
+            let (sc, m) = scale_min_k4(j, &x.scales);
+            let q5 = &x.qs[(j / 2) * 32..(j / 2) * 32 + 32];
+            let q8 = &y.qs[j * 32..j * 32 + 32];
+            let shift = if j % 2 == 0 { 0 } else { 4 };
+            let s: i32 = (0..32)
+                .map(|l| {
+                    let hi = if x.qh[l] & (1 << j) != 0 { 16 } else { 0 };
+                    (((q5[l] >> shift) & 0xF) as i32 + hi) * q8[l] as i32
+                })
+                .sum();
+            isum += sc as i32 * s;
+            msum += m as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
+        }
+        let d = f16_to_f32(x.d) * y.d;
+        let dmin = f16_to_f32(x.dmin) * y.d;
+        sumf += d * isum as f32 - dmin * msum as f32;
+    }
+    sumf
+}
+
+pub fn q6_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut sumf = 0f32;
+    for (x, y) in blocks::<BlockQ6K>(w).iter().zip(q8k(a)) {
+        let mut isum = 0i32;
+        for half in 0..2 {
+            let ql = &x.ql[half * 64..half * 64 + 64];
+            let qh = &x.qh[half * 32..half * 32 + 32];
+            let sc = &x.scales[half * 8..half * 8 + 8];
+            let q8 = &y.qs[half * 128..half * 128 + 128];
+            for l in 0..32 {
+                let is = l / 16;
+                let q1 = ((ql[l] & 0xF) | (qh[l] & 3) << 4) as i32 - 32;
+                let q2 = ((ql[l + 32] & 0xF) | ((qh[l] >> 2) & 3) << 4) as i32 - 32;
+                let q3 = ((ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4) as i32 - 32;
+                let q4 = ((ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4) as i32 - 32;
+                isum += sc[is] as i32 * q1 * q8[l] as i32
+                    + sc[is + 2] as i32 * q2 * q8[l + 32] as i32
+                    + sc[is + 4] as i32 * q3 * q8[l + 64] as i32
+                    + sc[is + 6] as i32 * q4 * q8[l + 96] as i32;
+            }
+        }
+        sumf += f16_to_f32(x.d) * y.d * isum as f32;
+    }
+    sumf
+}
+
+pub fn iq4_xs_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut sumf = 0f32;
+    for (x, y) in blocks::<BlockIQ4XS>(w).iter().zip(q8k(a)) {
+        let scales_h = u16::from_le_bytes(x.scales_h);
+        let d = f16_to_f32(x.d) * y.d;
+        let mut isum = 0i32;
+        for ib in 0..8 {
+            let ls =
+                (((x.scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF) | ((((scales_h >> (2 * ib)) & 3) as u8) << 4)) as i32;
+            let qs = &x.qs[ib * 16..ib * 16 + 16];
+            let q8 = &y.qs[ib * 32..ib * 32 + 32];
+            let mut s = 0i32;
+            for j in 0..16 {
+                s += KVALUES_IQ4NL[(qs[j] & 0xF) as usize] as i32 * q8[j] as i32
+                    + KVALUES_IQ4NL[(qs[j] >> 4) as usize] as i32 * q8[j + 16] as i32;
+            }
+            isum += (ls - 32) * s;
+        }
+        sumf += d * isum as f32;
+    }
+    sumf
+}
+
+/// The scalar reference dot product for a weight type, if plumb has one.
+pub fn scalar_dot(w: GgmlType) -> Option<DotFn> {
+    use GgmlType::*;
+    Some(match w {
+        F32 => f32_f32,
+        F16 => f16_f16,
+        BF16 => bf16_bf16,
+        Q8_0 => q8_0_q8_0,
+        Q4_0 => q4_0_q8_0,
+        Q4_1 => q4_1_q8_1,
+        Q5_0 => q5_0_q8_0,
+        Q5_1 => q5_1_q8_1,
+        IQ4_NL => iq4_nl_q8_0,
+        Q2_K => q2_k_q8_k,
+        Q3_K => q3_k_q8_k,
+        Q4_K => q4_k_q8_k,
+        Q5_K => q5_k_q8_k,
+        Q6_K => q6_k_q8_k,
+        IQ4_XS => iq4_xs_q8_k,
+        _ => return None,
+    })
+}

@@ -1,0 +1,157 @@
+//! The fast precision: activations quantized once per linear call into the
+//! block format each weight format pairs with, then one integer dot product
+//! per (weight row, token). For T > 1 the loop runs row-outer, token-inner,
+//! so each weight row is read from memory once per call and reused from
+//! cache for every token.
+
+use plumb_quant::blocks::{f32_to_f16, BlockQ8K};
+use plumb_quant::quantize::{quantize_q8_0, quantize_q8_1, quantize_q8_k};
+use plumb_quant::GgmlType;
+use rayon::prelude::*;
+
+use crate::dot::{act_type, scalar_dot, DotFn};
+use crate::{KernelPath, Kernels, Weight};
+
+pub struct FastKernels {
+    pub path: KernelPath,
+}
+
+/// Quantized activations, T rows, in an 8-byte-aligned buffer (Q8_K blocks
+/// need 4).
+pub struct Activations {
+    buf: Vec<u64>,
+    /// Bytes between rows (row_bytes rounded up to 8, for alignment).
+    stride: usize,
+    pub row_bytes: usize,
+    pub ty: GgmlType,
+}
+
+impl Activations {
+    pub fn row(&self, t: usize) -> &[u8] {
+        let all: &[u8] = bytemuck::cast_slice(&self.buf);
+        &all[t * self.stride..t * self.stride + self.row_bytes]
+    }
+}
+
+/// Quantizes T rows of `cols` floats into `ty` (ggml's reference quantizers).
+pub fn quantize_activations(x: &[f32], t: usize, cols: usize, ty: GgmlType) -> Activations {
+    let row_bytes = ty.bytes_for(cols as u64).expect("row length checked at load") as usize;
+    // Rows start at multiples of 8 bytes so Q8_K blocks (align 4) stay aligned.
+    let stride = row_bytes.div_ceil(8) * 8;
+    let mut buf = vec![0u64; stride * t / 8 + 1];
+    {
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut buf);
+        for (ti, xr) in x.chunks_exact(cols).take(t).enumerate() {
+            let out = &mut bytes[ti * stride..ti * stride + row_bytes];
+            match ty {
+                GgmlType::Q8_0 => {
+                    for (b, o) in xr.chunks_exact(32).zip(out.chunks_exact_mut(34)) {
+                        o.copy_from_slice(bytemuck::bytes_of(&quantize_q8_0(b)));
+                    }
+                }
+                GgmlType::Q8_1 => {
+                    for (b, o) in xr.chunks_exact(32).zip(out.chunks_exact_mut(36)) {
+                        o.copy_from_slice(bytemuck::bytes_of(&quantize_q8_1(b)));
+                    }
+                }
+                GgmlType::Q8_K => {
+                    for (b, o) in xr.chunks_exact(256).zip(out.chunks_exact_mut(std::mem::size_of::<BlockQ8K>())) {
+                        o.copy_from_slice(bytemuck::bytes_of(&quantize_q8_k(b)));
+                    }
+                }
+                GgmlType::F16 => {
+                    for (v, o) in xr.iter().zip(out.chunks_exact_mut(2)) {
+                        o.copy_from_slice(&f32_to_f16(*v));
+                    }
+                }
+                GgmlType::BF16 => {
+                    for (v, o) in xr.iter().zip(out.chunks_exact_mut(2)) {
+                        o.copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes());
+                    }
+                }
+                _ => {
+                    for (v, o) in xr.iter().zip(out.chunks_exact_mut(4)) {
+                        o.copy_from_slice(&v.to_le_bytes());
+                    }
+                }
+            }
+        }
+    }
+    Activations { buf, stride, row_bytes, ty }
+}
+
+/// The dot product for weight type `w` on `path`: SIMD where plumb has it,
+/// else the scalar reference.
+pub fn dot_for(w: GgmlType, path: KernelPath) -> DotFn {
+    #[cfg(target_arch = "x86_64")]
+    if path == KernelPath::Avx2 {
+        if let Some(f) = avx2_dot(w) {
+            return f;
+        }
+    }
+    let _ = path;
+    scalar_dot(w).expect("weight types checked at load")
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2_dot(w: GgmlType) -> Option<DotFn> {
+    use crate::avx2;
+    // SAFETY (all): only reached when KernelPath::detect() found avx2, fma
+    // and f16c; the slices hold whole blocks, checked at load.
+    Some(match w {
+        GgmlType::F32 => |n, a, b| unsafe { avx2::f32_f32(n, a, b) },
+        GgmlType::F16 => |n, a, b| unsafe { avx2::f16_f16(n, a, b) },
+        GgmlType::Q8_0 => |n, a, b| unsafe { avx2::q8_0_q8_0(n, a, b) },
+        GgmlType::Q4_0 => |n, a, b| unsafe { avx2::q4_0_q8_0(n, a, b) },
+        GgmlType::Q5_0 => |n, a, b| unsafe { avx2::q5_0_q8_0(n, a, b) },
+        GgmlType::IQ4_NL => |n, a, b| unsafe { avx2::iq4_nl_q8_0(n, a, b) },
+        GgmlType::Q4_K => |n, a, b| unsafe { avx2::q4_k_q8_k(n, a, b) },
+        GgmlType::Q5_K => |n, a, b| unsafe { avx2::q5_k_q8_k(n, a, b) },
+        GgmlType::Q6_K => |n, a, b| unsafe { avx2::q6_k_q8_k(n, a, b) },
+        _ => return None,
+    })
+}
+
+/// Weight rows handed to one task.
+const ROWS_PER_TASK: usize = 32;
+
+impl Kernels for FastKernels {
+    fn linear(&self, w: &Weight, x: &[f32], t: usize, y: &mut [f32]) {
+        let (rows, cols) = (w.rows, w.cols);
+        let act = quantize_activations(x, t, cols, act_type(w.ty));
+        let dot = dot_for(w.ty, self.path);
+        let rb = w.row_bytes();
+        let bytes: &[u8] = &w.bytes;
+        if t == 1 {
+            y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(c, out)| {
+                let a = act.row(0);
+                for (k, o) in out.iter_mut().enumerate() {
+                    let r = c * ROWS_PER_TASK + k;
+                    *o = dot(cols, &bytes[r * rb..(r + 1) * rb], a);
+                }
+            });
+            return;
+        }
+        let n_chunks = rows.div_ceil(ROWS_PER_TASK);
+        let mut tmp = vec![0f32; n_chunks * ROWS_PER_TASK * t];
+        tmp.par_chunks_mut(ROWS_PER_TASK * t).enumerate().for_each(|(c, out)| {
+            let r0 = c * ROWS_PER_TASK;
+            for r in r0..(r0 + ROWS_PER_TASK).min(rows) {
+                let wr = &bytes[r * rb..(r + 1) * rb];
+                for ti in 0..t {
+                    out[(r - r0) * t + ti] = dot(cols, wr, act.row(ti));
+                }
+            }
+        });
+        for r in 0..rows {
+            let (c, k) = (r / ROWS_PER_TASK, r % ROWS_PER_TASK);
+            for ti in 0..t {
+                y[ti * rows + r] = tmp[c * ROWS_PER_TASK * t + k * t + ti];
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("fast: activations quantized per block, integer dot products ({})", self.path.name())
+    }
+}

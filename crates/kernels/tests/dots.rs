@@ -1,0 +1,137 @@
+//! Dot-product kernels, two kinds of test (shared/STYLE.md §10):
+//! every scalar reference equals Σ dequant(w)·dequant(a) computed in f64,
+//! and every SIMD variant equals its scalar reference, on random blocks and
+//! odd block counts.
+
+use plumb_kernels::dot::{act_type, scalar_dot};
+use plumb_kernels::fast::{dot_for, quantize_activations};
+use plumb_kernels::KernelPath;
+use plumb_quant::{dequantize, quantize, GgmlType};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+/// Random but valid weight blocks: quantized from Gaussian data where plumb
+/// has a quantizer, random bytes with sane scales otherwise.
+fn random_weights(ty: GgmlType, n: usize, rng: &mut StdRng) -> Vec<u8> {
+    let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0) * rng.gen_range(0.1f32..2.0)).collect();
+    if let Ok(q) = quantize(ty, &x) {
+        return q;
+    }
+    let (be, bb) = ty.geometry();
+    let mut bytes: Vec<u8> = (0..n / be * bb).map(|_| rng.gen()).collect();
+    // Overwrite the f16 scale fields with small finite values.
+    let scale_offsets: &[usize] = match ty {
+        GgmlType::Q2_K => &[80, 82],
+        GgmlType::Q3_K => &[108],
+        GgmlType::Q5_K => &[0, 2],
+        GgmlType::Q6_K => &[208],
+        GgmlType::IQ4_NL | GgmlType::IQ4_XS => &[0],
+        _ => &[],
+    };
+    for b in bytes.chunks_exact_mut(bb) {
+        for &o in scale_offsets {
+            let v = half::f16::from_f32(rng.gen_range(-0.05f32..0.05)).to_le_bytes();
+            b[o..o + 2].copy_from_slice(&v);
+        }
+    }
+    bytes
+}
+
+const TYPES: [GgmlType; 15] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
+];
+
+#[test]
+fn scalar_references_equal_dequantized_dot_products() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for ty in TYPES {
+        for blocks in [1usize, 3, 7] {
+            let n = blocks * ty.block_elems().max(32);
+            let w = random_weights(ty, n, &mut rng);
+            let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+            let act = quantize_activations(&x, 1, n, act_type(ty));
+            let got = scalar_dot(ty).unwrap()(n, &w, act.row(0)) as f64;
+            let mut wd = vec![0f32; n];
+            dequantize(ty, &w, &mut wd).unwrap();
+            let mut ad = vec![0f32; n];
+            dequantize(act_type(ty), &act.row(0)[..ty_bytes(act_type(ty), n)], &mut ad).unwrap();
+            let want: f64 = wd.iter().zip(&ad).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let scale: f64 = wd.iter().zip(&ad).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum::<f64>().max(1e-30);
+            // Q8_1 stores s = d·Σq as f16: the min term m·s carries that
+            // rounding (half an f16 ulp, 2^-11 relative) by design.
+            let s_err: f64 = if act_type(ty) == GgmlType::Q8_1 {
+                let (wb, ab) = (ty.block_bytes(), 36);
+                (0..n / 32)
+                    .map(|i| {
+                        let m = half::f16::from_le_bytes([w[i * wb + 2], w[i * wb + 3]]).to_f64();
+                        let s = half::f16::from_le_bytes([act.row(0)[i * ab + 2], act.row(0)[i * ab + 3]]).to_f64();
+                        (m * s).abs() * 2f64.powi(-11)
+                    })
+                    .sum()
+            } else {
+                0.0
+            };
+            assert!(
+                (got - want).abs() <= 1e-5 * scale + s_err,
+                "{ty} × {}: {got} vs {want} ({blocks} blocks)",
+                act_type(ty)
+            );
+        }
+    }
+}
+
+fn ty_bytes(ty: GgmlType, n: usize) -> usize {
+    ty.bytes_for(n as u64).unwrap() as usize
+}
+
+#[test]
+fn simd_equals_scalar_reference() {
+    let path = KernelPath::detect();
+    if path == KernelPath::Scalar {
+        eprintln!("no SIMD path on this CPU; nothing to compare");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(5);
+    for ty in TYPES {
+        for blocks in [1usize, 2, 5, 9, 40] {
+            let n = blocks * ty.block_elems().max(32);
+            let w = random_weights(ty, n, &mut rng);
+            let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+            let act = quantize_activations(&x, 1, n, act_type(ty));
+            let r = scalar_dot(ty).unwrap()(n, &w, act.row(0));
+            let s = dot_for(ty, path)(n, &w, act.row(0));
+            // Same integer sums; only the float accumulation order differs.
+            let tol = 1e-5 * r.abs().max(1.0);
+            assert!((r - s).abs() <= tol, "{ty}: SIMD {s} vs scalar {r} ({blocks} blocks)");
+        }
+    }
+}
+
+#[test]
+fn f32_dot_handles_odd_lengths() {
+    let mut rng = StdRng::seed_from_u64(2);
+    for n in [1usize, 7, 31, 33, 100] {
+        let a: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let b: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let wb: &[u8] = bytemuck::cast_slice(&a);
+        let ab: &[u8] = bytemuck::cast_slice(&b);
+        for path in [KernelPath::Scalar, KernelPath::detect()] {
+            let got = dot_for(GgmlType::F32, path)(n, wb, ab) as f64;
+            assert!((got - want).abs() < 1e-5, "n={n} {path:?}: {got} vs {want}");
+        }
+    }
+}
