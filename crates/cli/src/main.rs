@@ -13,10 +13,22 @@ mod out;
 mod style;
 
 #[derive(Parser)]
-#[command(name = "plumb", version, about = "An LLM inference engine built to be seen inside")]
+#[command(name = "plumb", about = "An LLM inference engine built to be seen inside")]
 struct Cli {
+    /// Kernel code path: `auto` (the best this CPU has) or `scalar` (the reference kernels).
+    #[arg(long, global = true, default_value = "auto", value_parser = parse_kernels)]
+    kernels: plumb_kernels::KernelPath,
     #[command(subcommand)]
     command: Command,
+}
+
+fn parse_kernels(s: &str) -> Result<plumb_kernels::KernelPath, String> {
+    plumb_kernels::KernelPath::parse(s).ok_or_else(|| {
+        format!(
+            "unknown or unavailable kernel path {s:?} (auto, scalar; this CPU: {})",
+            plumb_kernels::KernelPath::detect().name()
+        )
+    })
 }
 
 #[derive(Subcommand)]
@@ -25,6 +37,8 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Generate text from a prompt.
     Run(cmd::run::Args),
+    /// Measure prompt and generation speed (like llama-bench).
+    Bench(cmd::bench::Args),
     /// Run a prompt with every stage traced: statistics per layer, verdicts, tensors.
     Trace(cmd::trace::Args),
     /// Compare two trace files (from any engine) stage by stage; B is the reference.
@@ -41,10 +55,22 @@ pub enum Outcome {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    // The version line names the kernel path this CPU gets.
+    let version: &'static str = Box::leak(
+        format!("{} (kernels: {})", env!("CARGO_PKG_VERSION"), plumb_kernels::KernelPath::detect().name())
+            .into_boxed_str(),
+    );
+    let matches = Cli::command().version(version).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    plumb_kernels::set_path(cli.kernels);
     let result = match cli.command {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Run(a) => cmd::run::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
         Command::Trace(a) => cmd::trace::run(a),
         Command::Diff(a) => cmd::diff::run(a),
         Command::Bisect(a) => cmd::bisect::run(a),

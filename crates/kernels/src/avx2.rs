@@ -11,9 +11,12 @@ use std::arch::x86_64::*;
 
 use plumb_quant::blocks::*;
 
+/// f16 → f32 with the F16C instruction (the `half` crate's portable
+/// conversion is several times slower in these loops).
 #[inline]
-fn d16(h: F16le) -> f32 {
-    f16_to_f32(h)
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn d16(h: F16le) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes(h) as i32)))
 }
 
 /// Horizontal sum of 8 floats.
@@ -286,4 +289,79 @@ pub unsafe fn q6_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum_ps(acc)
+}
+
+/// The 32 signed weights of one block of the Q8_0-paired formats.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unpack_q8_0(b: &[u8]) -> __m256i {
+    _mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unpack_q4_0(b: &[u8]) -> __m256i {
+    _mm256_sub_epi8(nibbles_32(b.as_ptr().add(2)), _mm256_set1_epi8(8))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unpack_q5_0(b: &[u8]) -> __m256i {
+    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+    let lo = nibbles_32(b.as_ptr().add(6));
+    let hi = _mm256_and_si256(bytes_from_bits_32(qh), _mm256_set1_epi8(0x10));
+    _mm256_sub_epi8(_mm256_or_si256(lo, hi), _mm256_set1_epi8(16))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unpack_iq4_nl(b: &[u8]) -> __m256i {
+    let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i));
+    _mm256_shuffle_epi8(table, nibbles_32(b.as_ptr().add(2)))
+}
+
+/// One weight row against four activation rows (Q8_0), unpacking each
+/// weight block once. Block sizes: `bb` bytes per weight block.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot4_q8_family<const KIND: u8>(w: &[u8], a: [&[u8]; 4], bb: usize) -> [f32; 4] {
+    let nb = w.len() / bb;
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for i in 0..nb {
+        let blk = &w[i * bb..(i + 1) * bb];
+        let dx = d16([blk[0], blk[1]]);
+        let qx = match KIND {
+            0 => unpack_q8_0(blk),
+            1 => unpack_q4_0(blk),
+            2 => unpack_q5_0(blk),
+            _ => unpack_iq4_nl(blk),
+        };
+        for k in 0..4 {
+            let y = &a[k][i * 34..(i + 1) * 34];
+            let d = _mm256_set1_ps(dx * d16([y[0], y[1]]));
+            let qy = _mm256_loadu_si256(y.as_ptr().add(2) as *const __m256i);
+            acc[k] = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), acc[k]);
+        }
+    }
+    [hsum_ps(acc[0]), hsum_ps(acc[1]), hsum_ps(acc[2]), hsum_ps(acc[3])]
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q8_0_q8_0_x4(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+    dot4_q8_family::<0>(w, a, 34)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_0_q8_0_x4(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+    dot4_q8_family::<1>(w, a, 18)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q5_0_q8_0_x4(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+    dot4_q8_family::<2>(w, a, 22)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn iq4_nl_q8_0_x4(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+    dot4_q8_family::<3>(w, a, 18)
 }

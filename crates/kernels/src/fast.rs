@@ -112,21 +112,50 @@ fn avx2_dot(w: GgmlType) -> Option<DotFn> {
     })
 }
 
+/// One weight row against four activation rows.
+pub type Dot4Fn = fn(&[u8], [&[u8]; 4]) -> [f32; 4];
+
+/// A four-token kernel for `w`, where plumb has one on `path`. Each of its
+/// four results equals the single-token kernel's bit for bit (same per-lane
+/// accumulation order), so the tile shape never changes a number.
+pub fn dot4_for(w: GgmlType, path: KernelPath) -> Option<Dot4Fn> {
+    #[cfg(target_arch = "x86_64")]
+    if path == KernelPath::Avx2 {
+        use crate::avx2;
+        // SAFETY: as in `avx2_dot`.
+        return Some(match w {
+            GgmlType::Q8_0 => |a, b| unsafe { avx2::q8_0_q8_0_x4(a, b) },
+            GgmlType::Q4_0 => |a, b| unsafe { avx2::q4_0_q8_0_x4(a, b) },
+            GgmlType::Q5_0 => |a, b| unsafe { avx2::q5_0_q8_0_x4(a, b) },
+            GgmlType::IQ4_NL => |a, b| unsafe { avx2::iq4_nl_q8_0_x4(a, b) },
+            _ => return None,
+        });
+    }
+    let _ = (w, path);
+    None
+}
+
 /// Weight rows handed to one task.
 const ROWS_PER_TASK: usize = 32;
+/// Tokens taken against one tile of weight rows.
+const TOKENS_PER_TILE: usize = 16;
 
 impl Kernels for FastKernels {
     fn linear(&self, w: &Weight, x: &[f32], t: usize, y: &mut [f32]) {
         let (rows, cols) = (w.rows, w.cols);
         let act = quantize_activations(x, t, cols, act_type(w.ty));
         let dot = dot_for(w.ty, self.path);
+        let dot4 = dot4_for(w.ty, self.path);
         let rb = w.row_bytes();
         let bytes: &[u8] = &w.bytes;
         if t == 1 {
-            y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(c, out)| {
+            // A few large chunks per thread: each row is independent, so the
+            // split never changes a number, only the scheduling overhead.
+            let chunk = rows.div_ceil(rayon::current_num_threads() * 64).max(ROWS_PER_TASK);
+            y.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
                 let a = act.row(0);
                 for (k, o) in out.iter_mut().enumerate() {
-                    let r = c * ROWS_PER_TASK + k;
+                    let r = c * chunk + k;
                     *o = dot(cols, &bytes[r * rb..(r + 1) * rb], a);
                 }
             });
@@ -134,12 +163,26 @@ impl Kernels for FastKernels {
         }
         let n_chunks = rows.div_ceil(ROWS_PER_TASK);
         let mut tmp = vec![0f32; n_chunks * ROWS_PER_TASK * t];
+        // Tiles of ROWS_PER_TASK weight rows × TOKENS_PER_TILE tokens, so
+        // both stay in L1/L2 while every pair is taken.
         tmp.par_chunks_mut(ROWS_PER_TASK * t).enumerate().for_each(|(c, out)| {
             let r0 = c * ROWS_PER_TASK;
-            for r in r0..(r0 + ROWS_PER_TASK).min(rows) {
-                let wr = &bytes[r * rb..(r + 1) * rb];
-                for ti in 0..t {
-                    out[(r - r0) * t + ti] = dot(cols, wr, act.row(ti));
+            let r1 = (r0 + ROWS_PER_TASK).min(rows);
+            for t0 in (0..t).step_by(TOKENS_PER_TILE) {
+                let t1 = (t0 + TOKENS_PER_TILE).min(t);
+                for r in r0..r1 {
+                    let wr = &bytes[r * rb..(r + 1) * rb];
+                    let mut ti = t0;
+                    if let Some(d4) = dot4 {
+                        while ti + 4 <= t1 {
+                            let v = d4(wr, [act.row(ti), act.row(ti + 1), act.row(ti + 2), act.row(ti + 3)]);
+                            out[(r - r0) * t + ti..(r - r0) * t + ti + 4].copy_from_slice(&v);
+                            ti += 4;
+                        }
+                    }
+                    for ti in ti..t1 {
+                        out[(r - r0) * t + ti] = dot(cols, wr, act.row(ti));
+                    }
                 }
             }
         });

@@ -113,8 +113,21 @@ pub trait Kernels: Sync {
     fn describe(&self) -> String;
 }
 
+static PATH: std::sync::OnceLock<KernelPath> = std::sync::OnceLock::new();
+
+/// Forces the code path for the whole process (`--kernels scalar`). Must
+/// be called before the first kernel is made; later calls are ignored.
+pub fn set_path(p: KernelPath) {
+    let _ = PATH.set(p);
+}
+
+/// The code path in use: forced by [`set_path`], else detected.
+pub fn active_path() -> KernelPath {
+    *PATH.get_or_init(KernelPath::detect)
+}
+
 pub fn kernels_for(p: Precision) -> Box<dyn Kernels> {
-    kernels_with(p, KernelPath::detect())
+    kernels_with(p, active_path())
 }
 
 pub fn kernels_with(p: Precision, path: KernelPath) -> Box<dyn Kernels> {
@@ -122,6 +135,16 @@ pub fn kernels_with(p: Precision, path: KernelPath) -> Box<dyn Kernels> {
         Precision::Exact => Box::new(ExactKernels { path }),
         Precision::Fast => Box::new(fast::FastKernels { path }),
     }
+}
+
+/// The f32 dot product of the active path (for attention).
+pub fn f32_dot_fn() -> fn(&[f32], &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if active_path() == KernelPath::Avx2 {
+        // SAFETY: Avx2 is only active after runtime detection.
+        return |a, b| unsafe { avx2::f32_f32(a.len(), bytemuck::cast_slice(a), bytemuck::cast_slice(b)) };
+    }
+    dot_f32
 }
 
 /// f32 dot product with eight partial sums, combined pairwise.

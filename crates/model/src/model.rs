@@ -14,6 +14,7 @@ use crate::weights::validate;
 use crate::{ModelError, ModelSource};
 use plumb_kernels::{Kernels, Weight};
 use plumb_trace::stage::{Observer, Stage};
+use rayon::prelude::*;
 
 /// One layer's weights. Vectors (norms, biases) are f32, with any stored
 /// offset already applied (HF gemma's 1 + w).
@@ -295,54 +296,68 @@ impl Model {
         cache.v[l].extend_from_slice(&vv);
         let (kc, vc) = (&cache.k[l], &cache.v[l]);
 
-        // scores[h, i, j] = q[i, h]·k[j, h/(H/Hkv)] · scale (then softcap)
+        // scores[h, i, j] = q[i, h]·k[j, h/(H/Hkv)] · scale (then softcap).
+        // Future positions are computed only when the trace asks for the
+        // pre-mask scores; the mask zeroes their probabilities either way.
         let group = nh / nkv;
-        for h in 0..nh {
+        let full = tr.wants(lr, Stage::AttnScores);
+        let window = if sliding { c.sliding_window } else { None };
+        let dot = plumb_kernels::f32_dot_fn();
+        // One token's attention is too small to be worth splitting across threads.
+        let min_len = if t * tkv < 4096 { nh } else { 1 };
+        scores.par_chunks_mut(t * tkv).with_min_len(min_len).enumerate().for_each(|(h, sh)| {
             let kh = h / group;
             for i in 0..t {
                 let qi = &q[i * qd + h * hd..i * qd + (h + 1) * hd];
-                let row = &mut scores[(h * t + i) * tkv..(h * t + i + 1) * tkv];
-                for (j, s) in row.iter_mut().enumerate() {
+                let row = &mut sh[i * tkv..(i + 1) * tkv];
+                let last = if full { tkv } else { p + i + 1 };
+                for (j, s) in row.iter_mut().enumerate().take(last) {
                     let kj = &kc[j * kvd + kh * hd..j * kvd + (kh + 1) * hd];
-                    let mut v = dot_f32_exact(qi, kj) * c.attn_scale;
+                    let mut v = dot(qi, kj) * c.attn_scale;
                     if let Some(cap) = c.attn_softcap {
                         v = (v / cap).tanh() * cap;
                     }
                     *s = v;
                 }
             }
-        }
+        });
         self.tap(lr, Stage::AttnScores, &mut scores, &[nh, t, tkv]);
         tr.record(lr, Stage::AttnScores, &scores, &[nh, t, tkv]);
 
         // probs = softmax(scores + causal/sliding mask)
-        let window = if sliding { c.sliding_window } else { None };
-        for h in 0..nh {
+        scores.par_chunks_mut(t * tkv).with_min_len(min_len).for_each(|sh| {
             for i in 0..t {
                 let qpos = p + i;
-                let row = &mut scores[(h * t + i) * tkv..(h * t + i + 1) * tkv];
+                let row = &mut sh[i * tkv..(i + 1) * tkv];
                 let visible = |j: usize| j <= qpos && window.is_none_or(|win| qpos - j < win);
                 softmax_masked(row, visible);
             }
-        }
+        });
         self.tap(lr, Stage::AttnProbs, &mut scores, &[nh, t, tkv]);
         tr.record(lr, Stage::AttnProbs, &scores, &[nh, t, tkv]);
 
-        // ctx[i, h] = Σ_j probs[h, i, j] · v[j, h/(H/Hkv)]
-        for h in 0..nh {
+        // ctx[i, h] = Σ_j probs[h, i, j] · v[j, h/(H/Hkv)]   (per head, then interleaved)
+        let mut per_head = vec![0f32; nh * t * hd]; //                        [H, T, hd]
+        per_head.par_chunks_mut(t * hd).with_min_len(min_len).enumerate().for_each(|(h, out)| {
             let kh = h / group;
             for i in 0..t {
                 let probs = &scores[(h * t + i) * tkv..(h * t + i + 1) * tkv];
-                let out = &mut ctx[i * qd + h * hd..i * qd + (h + 1) * hd];
+                let o = &mut out[i * hd..(i + 1) * hd];
                 for (j, &pr) in probs.iter().enumerate() {
                     if pr == 0.0 {
                         continue;
                     }
                     let vj = &vc[j * kvd + kh * hd..j * kvd + (kh + 1) * hd];
-                    for (o, v) in out.iter_mut().zip(vj) {
+                    for (o, v) in o.iter_mut().zip(vj) {
                         *o += pr * v;
                     }
                 }
+            }
+        });
+        for h in 0..nh {
+            for i in 0..t {
+                ctx[i * qd + h * hd..i * qd + (h + 1) * hd]
+                    .copy_from_slice(&per_head[(h * t + i) * hd..(h * t + i + 1) * hd]);
             }
         }
         self.tap(lr, Stage::AttnContext, &mut ctx, &[t, qd]);
@@ -489,11 +504,6 @@ fn rope(x: &mut [f32], width: usize, hd: usize, p0: usize, inv_freq: &[f32]) {
             }
         }
     }
-}
-
-#[inline]
-fn dot_f32_exact(a: &[f32], b: &[f32]) -> f32 {
-    plumb_kernels::dot_f32(a, b)
 }
 
 /// In-place softmax over the visible positions; hidden ones become 0.

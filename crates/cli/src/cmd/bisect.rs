@@ -121,15 +121,19 @@ fn isolated(
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
-    let a_args = ModelArgs { model: args.a.clone(), precision: args.a_precision, threads: args.threads };
+    let a_args = ModelArgs { model: args.a.clone(), precision: Some(args.a_precision), threads: args.threads };
     let mut a = load(&a_args)?;
     if let Some(spec) = &args.inject {
         a.model.fault = Some(Fault::parse(spec, a.model.cfg.head_dim).map_err(|e| anyhow::anyhow!(e))?);
     }
     let b_loaded = match (&args.reference, &args.b) {
         (Some(_), _) => None,
-        (None, Some(bp)) => Some(load(&ModelArgs { model: bp.clone(), precision: args.b_precision, threads: None })?),
-        (None, None) => Some(load(&ModelArgs { model: args.a.clone(), precision: args.b_precision, threads: None })?),
+        (None, Some(bp)) => {
+            Some(load(&ModelArgs { model: bp.clone(), precision: Some(args.b_precision), threads: None })?)
+        }
+        (None, None) => {
+            Some(load(&ModelArgs { model: args.a.clone(), precision: Some(args.b_precision), threads: None })?)
+        }
     };
     if let Some(b) = &b_loaded {
         check_vocabularies(&a, b)?;

@@ -7,16 +7,17 @@ use plumb_model::tokenizer::Tokenizer;
 use plumb_model::{Model, ModelSource, Precision};
 
 pub fn parse_precision(s: &str) -> Result<Precision, String> {
-    Precision::parse(s).ok_or_else(|| format!("unknown precision {s:?} (available: exact)"))
+    Precision::parse(s).ok_or_else(|| format!("unknown precision {s:?} (available: exact, fast)"))
 }
 
 #[derive(clap::Args)]
 pub struct ModelArgs {
     /// A GGUF file or a HuggingFace model folder.
     pub model: PathBuf,
-    /// Arithmetic: `exact` (f32 activations, dequantized weights).
-    #[arg(long, default_value = "exact", value_parser = parse_precision)]
-    pub precision: Precision,
+    /// Arithmetic: `fast` (quantized activations, integer dot products, as
+    /// llama.cpp) or `exact` (f32 activations, dequantized weights).
+    #[arg(long, value_parser = parse_precision)]
+    pub precision: Option<Precision>,
     /// Threads (default: all cores). Results do not depend on it.
     #[arg(short = 't', long)]
     pub threads: Option<usize>,

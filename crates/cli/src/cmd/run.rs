@@ -8,7 +8,7 @@ use anyhow::bail;
 use plumb_model::kernels::kernels_for;
 use plumb_model::sample::{Sampler, SamplerConfig};
 use plumb_model::tokenizer::StreamDecoder;
-use plumb_model::{KvCache, NoTrace};
+use plumb_model::{KvCache, NoTrace, Precision};
 
 use crate::cmd::common::{load, ModelArgs, PromptArgs};
 use crate::Outcome;
@@ -60,7 +60,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     if args.ids {
         eprintln!("prompt ids: {prompt_ids:?}");
     }
-    let kernels = kernels_for(args.model.precision);
+    let precision = args.model.precision.unwrap_or(Precision::Fast);
+    let kernels = kernels_for(precision);
     let mut cache = KvCache::new(&model.cfg, capacity);
     let mut sampler =
         Sampler::new(SamplerConfig { temp: args.temp, top_k: args.top_k, top_p: args.top_p, seed: args.seed });
@@ -110,7 +111,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         generated,
         gen.as_secs_f64(),
         generated as f64 / gen.as_secs_f64().max(1e-9),
-        args.model.precision.name(),
+        precision.name(),
         rayon::current_num_threads(),
     );
     Ok(Outcome::Ok)

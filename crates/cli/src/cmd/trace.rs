@@ -29,7 +29,7 @@ pub struct Args {
     /// Render a saved trace file instead of running a model.
     #[arg(long, conflicts_with = "model")]
     pub from: Option<PathBuf>,
-    /// Arithmetic: `exact`.
+    /// Arithmetic: `exact` (the default here) or `fast`.
     #[arg(long, default_value = "exact", value_parser = parse_precision)]
     pub precision: Precision,
     #[arg(short = 't', long)]
@@ -114,7 +114,7 @@ fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>)> {
         tensors: args.tensors,
         positions: parse_positions(&args.positions)?,
     };
-    let margs = ModelArgs { model: model_path.clone(), precision: args.precision, threads: args.threads };
+    let margs = ModelArgs { model: model_path.clone(), precision: Some(args.precision), threads: args.threads };
     let loaded = load(&margs)?;
     let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref());
     let ids = args.prompt.token_ids(tok)?;

@@ -1,0 +1,145 @@
+//! `plumb bench MODEL`: prompt processing and generation speed, like
+//! llama-bench: `-p 512 -n 128 -r 5`, each test repeated after a warm-up,
+//! reported as mean ± σ tokens/s with the precision and kernel path.
+
+use std::time::Instant;
+
+use anyhow::bail;
+use plumb_model::kernels::kernels_for;
+use plumb_model::{KvCache, Model, NoTrace, Observer, Precision};
+use plumb_trace::{Recorder, TracePlan};
+use serde_json::json;
+
+use crate::cmd::common::{load, ModelArgs};
+use crate::{out, Outcome};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt tokens processed as one batch (0 skips the test).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    pub n_prompt: usize,
+    /// Tokens generated one at a time (0 skips the test).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    pub n_gen: usize,
+    /// Repetitions of each test.
+    #[arg(short = 'r', long, default_value_t = 5)]
+    pub reps: usize,
+    /// Trace while timing: `off`, or `stats` (every stage, statistics only).
+    #[arg(long, default_value = "off")]
+    pub trace: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let m = xs.iter().sum::<f64>() / n;
+    let v = if xs.len() > 1 { xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (m, v.sqrt())
+}
+
+/// Peak resident memory of this process (Linux VmHWM), in bytes.
+fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn observer(kind: &str) -> Box<dyn Observer> {
+    match kind {
+        "stats" => Box::new(Recorder::new(TracePlan::default())),
+        _ => Box::new(NoTrace),
+    }
+}
+
+/// Tokens of a deterministic synthetic prompt (speed does not depend on them).
+fn tokens(model: &Model, n: usize) -> Vec<u32> {
+    let v = model.cfg.vocab as u64;
+    (0..n as u64).map(|i| ((i * 7919 + 13) % v.max(1)) as u32).collect()
+}
+
+pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    if args.reps == 0 {
+        bail!("-r must be at least 1");
+    }
+    if !matches!(args.trace.as_str(), "off" | "stats") {
+        bail!("--trace must be `off` or `stats`, got {:?}", args.trace);
+    }
+    let precision = args.model.precision.unwrap_or(Precision::Fast);
+    let loaded = load(&args.model)?;
+    let model = &loaded.model;
+    let need = args.n_prompt.max(args.n_gen).max(1);
+    if need > model.cfg.ctx_len {
+        bail!("{need} tokens exceed the model's context of {}", model.cfg.ctx_len);
+    }
+    let kernels = kernels_for(precision);
+    let mut results = Vec::new();
+    for (test, n) in [("pp", args.n_prompt), ("tg", args.n_gen)] {
+        if n == 0 {
+            continue;
+        }
+        let toks = tokens(model, n);
+        let mut times = Vec::new();
+        for rep in 0..=args.reps {
+            let mut cache = KvCache::new(&model.cfg, n);
+            let mut obs = observer(&args.trace);
+            let t0 = Instant::now();
+            if test == "pp" {
+                model.forward(kernels.as_ref(), &toks, &mut cache, false, obs.as_mut());
+            } else {
+                for &t in &toks {
+                    model.forward(kernels.as_ref(), &[t], &mut cache, false, obs.as_mut());
+                }
+            }
+            let dt = t0.elapsed().as_secs_f64();
+            if rep > 0 {
+                // rep 0 is the warm-up.
+                times.push(n as f64 / dt);
+            }
+        }
+        let (m, sd) = mean_sd(&times);
+        results.push((format!("{test}{n}"), m, sd, times));
+    }
+    let threads = rayon::current_num_threads();
+    let size = model.source.path().metadata().map(|m| m.len()).unwrap_or(0);
+    if args.json {
+        let doc = json!({
+            "model": model.source.path().display().to_string(),
+            "model_bytes": size,
+            "arch": model.cfg.arch.name(),
+            "precision": precision.name(),
+            "kernels": kernels.describe(),
+            "threads": threads,
+            "trace": args.trace,
+            "reps": args.reps,
+            "peak_rss_bytes": peak_rss(),
+            "tests": results.iter().map(|(t, m, sd, ts)| json!({"test": t, "tokens_per_s": m, "stddev": sd, "samples": ts})).collect::<Vec<_>>(),
+        });
+        out::print(&(serde_json::to_string_pretty(&doc)? + "\n"))?;
+    } else {
+        let mut s = String::new();
+        s.push_str("| model | size | precision | kernels | threads | trace | test | t/s |\n|---|---:|---|---|---:|---|---:|---:|\n");
+        for (t, m, sd, _) in &results {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {:.2} ± {:.2} |\n",
+                model.source.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                out::bytes(size),
+                precision.name(),
+                plumb_kernels::active_path().name(),
+                threads,
+                args.trace,
+                t,
+                m,
+                sd
+            ));
+        }
+        if let Some(r) = peak_rss() {
+            s.push_str(&format!("\npeak RSS {} (model file {})\n", out::bytes(r), out::bytes(size)));
+        }
+        out::print(&s)?;
+    }
+    Ok(Outcome::Ok)
+}
