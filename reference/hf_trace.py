@@ -615,6 +615,10 @@ def write_trace(out_path: Path, tensors: dict[str, np.ndarray], metadata: dict[s
     tmp = out_path.parent / f".{out_path.name}.tmp.{os.getpid()}"
     try:
         save_file(tensors, str(tmp), metadata=metadata)
+        # safetensors creates the file 0600; give it the usual umask mode.
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, out_path)

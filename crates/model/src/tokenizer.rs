@@ -84,8 +84,8 @@ impl Tokenizer {
     pub fn from_gguf(g: &GgufFile) -> Result<Tokenizer, TokenizerError> {
         let bad = |m: String| TokenizerError::Invalid(format!("{}: {m}", g.path().display()));
         let kind = g.str_opt("tokenizer.ggml.model").map_err(|e| bad(e.to_string()))?.unwrap_or("none").to_string();
-        if kind != "llama" {
-            return Err(bad(format!("tokenizer model {kind:?} is not supported yet (llama/SentencePiece is)")));
+        if kind != "llama" && kind != "gpt2" {
+            return Err(bad(format!("tokenizer model {kind:?} is not supported (llama, gpt2)")));
         }
         let arr = |k: &str| g.get(k).and_then(Value::as_array);
         let tokens: Vec<String> = arr("tokenizer.ggml.tokens")
@@ -498,9 +498,16 @@ impl Tokenizer {
         let eos = token_id(&tc["eos_token"]).or_else(|| cfg["eos_token_id"].as_u64().map(|v| v as u32));
         // BOS is added when the post-processor's template starts with it or
         // the config says so.
+        // The template may sit in a Sequence of processors (Llama-3 style).
+        let pp = &json["post_processor"];
+        let mut templates: Vec<&serde_json::Value> = vec![pp];
+        if let Some(list) = pp["processors"].as_array() {
+            templates.extend(list.iter());
+        }
         let template_bos = bos.is_some_and(|b| {
-            let single = &json["post_processor"]["single"];
-            single[0]["SpecialToken"]["id"].as_str().and_then(|s| tk.token_to_id(s)) == Some(b)
+            templates
+                .iter()
+                .any(|t| t["single"][0]["SpecialToken"]["id"].as_str().and_then(|s| tk.token_to_id(s)) == Some(b))
         });
         let add_bos = tc["add_bos_token"].as_bool().unwrap_or(template_bos);
         let index = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
