@@ -75,6 +75,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     if need > model.cfg.ctx_len {
         bail!("{need} tokens exceed the model's context of {}", model.cfg.ctx_len);
     }
+    crate::cmd::common::check_kv_fits(model, need)?;
     let kernels = kernels_for(precision);
     let mut results = Vec::new();
     for (test, n) in [("pp", args.n_prompt), ("tg", args.n_gen)] {

@@ -17,7 +17,9 @@ use plumb_model::sample::argmax;
 use plumb_model::{KvCache, NoTrace, Precision};
 use plumb_trace::{Positions, Recorder, Trace, TracePlan};
 
-use crate::cmd::common::{check_vocabularies, load, parse_precision, trace_meta, Loaded, ModelArgs, PromptArgs};
+use crate::cmd::common::{
+    check_output, check_vocabularies, load, parse_precision, trace_meta, Loaded, ModelArgs, PromptArgs,
+};
 use crate::cmd::diff::{GateArgs, ReportArgs};
 use crate::{out, Outcome};
 
@@ -51,6 +53,9 @@ pub struct Args {
     pub save_a: Option<PathBuf>,
     #[arg(long)]
     pub save_b: Option<PathBuf>,
+    /// Overwrite existing --save-a, --save-b and --html files.
+    #[arg(long)]
+    pub force: bool,
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
     #[command(flatten)]
@@ -121,6 +126,9 @@ fn isolated(
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    for p in [&args.save_a, &args.save_b, &args.report.html].into_iter().flatten() {
+        check_output(p, args.force)?;
+    }
     let a_args = ModelArgs { model: args.a.clone(), precision: Some(args.a_precision), threads: args.threads };
     let mut a = load(&a_args)?;
     if let Some(spec) = &args.inject {

@@ -182,3 +182,31 @@ pub fn check_vocabularies(a: &Loaded, b: &Loaded) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Refuses a KV cache that cannot fit in the memory available now, before
+/// allocating it.
+pub fn check_kv_fits(model: &Model, capacity: usize) -> anyhow::Result<()> {
+    let need = plumb_model::KvCache::bytes_for(&model.cfg, capacity);
+    let avail = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+    });
+    if let Some(avail) = avail {
+        if need > avail {
+            bail!(
+                "the KV cache for {capacity} positions needs {} but only {} of memory is available; use a shorter prompt or fewer tokens",
+                crate::out::bytes(need),
+                crate::out::bytes(avail)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Refuses to overwrite an existing output file unless `force`.
+pub fn check_output(path: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    if path.exists() && !force {
+        bail!("{} exists; pass --force to overwrite it", path.display());
+    }
+    Ok(())
+}

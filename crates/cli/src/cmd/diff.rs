@@ -88,9 +88,15 @@ pub struct Args {
     pub gate: GateArgs,
     #[command(flatten)]
     pub report: ReportArgs,
+    /// Overwrite an existing --html file.
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    if let Some(p) = &args.report.html {
+        crate::cmd::common::check_output(p, args.force)?;
+    }
     let a = Trace::load(&args.a)?;
     let b = Trace::load(&args.b)?;
     let d = diff(&a, &b, &args.gate.gate()?, args.gate.tie_margin);

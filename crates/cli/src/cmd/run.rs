@@ -10,7 +10,7 @@ use plumb_model::sample::{Sampler, SamplerConfig};
 use plumb_model::tokenizer::StreamDecoder;
 use plumb_model::{KvCache, NoTrace, Precision};
 
-use crate::cmd::common::{load, ModelArgs, PromptArgs};
+use crate::cmd::common::{check_kv_fits, load, ModelArgs, PromptArgs};
 use crate::Outcome;
 
 #[derive(clap::Args)]
@@ -57,6 +57,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             model.cfg.ctx_len
         );
     }
+    check_kv_fits(model, capacity)?;
     if args.ids {
         eprintln!("prompt ids: {prompt_ids:?}");
     }

@@ -127,6 +127,7 @@ fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>)> {
             model.cfg.ctx_len
         );
     }
+    crate::cmd::common::check_kv_fits(model, capacity)?;
     let kernels = kernels_for(args.precision);
     let mut rec = Recorder::new(plan);
     let mut cache = KvCache::new(&model.cfg, capacity);
