@@ -715,8 +715,9 @@ def run(args) -> int:
     if args.verbose:
         for k in keys:
             s = stats[k]
-            print(f"{k:28s} {str(s['shape']):18s} mean {s['mean']!s:>24} std {s['std']!s:>24} "
-                  f"abs_max {s['abs_max']!s:>24} nan {s['nan']} inf {s['inf']}", file=sys.stderr)
+            fig = {f: ("-" if s[f] is None else f"{s[f]:.6g}") for f in ("mean", "std", "abs_max")}
+            print(f"{k:28s} {str(s['shape']):18s} mean {fig['mean']:>12} std {fig['std']:>12} "
+                  f"abs_max {fig['abs_max']:>12} nan {s['nan']} inf {s['inf']}", file=sys.stderr)
 
     meta = {
         "plumb.format": FORMAT,

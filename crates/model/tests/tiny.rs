@@ -1,0 +1,97 @@
+//! Every architecture's tiny model, from its HuggingFace folder and from its
+//! F32 GGUF, against transformers' logits (`scripts/gen_tiny_models.py` →
+//! `testdata/tiny/<arch>/golden.json`): max |Δ| ≤ 1e-4 × max|logit| and the
+//! same argmax at every position. The Q8_0 GGUF stays close too.
+
+use std::path::PathBuf;
+
+use plumb_model::kernels::kernels_for;
+use plumb_model::sample::argmax;
+use plumb_model::{KvCache, Model, NoTrace, Precision};
+
+const ARCHS: [&str; 4] = ["llama", "qwen2", "qwen3", "gemma3"];
+
+fn dir(arch: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tiny").join(arch)
+}
+
+struct Golden {
+    tokens: Vec<u32>,
+    logits: Vec<Vec<f32>>,
+}
+
+fn golden(arch: &str) -> Golden {
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(dir(arch).join("golden.json")).unwrap()).unwrap();
+    Golden {
+        tokens: j["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect(),
+        logits: j["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect())
+            .collect(),
+    }
+}
+
+/// All-position logits for the golden tokens: the first half as a batch,
+/// the rest one token at a time through the KV cache.
+fn logits(model: &Model, p: Precision, tokens: &[u32]) -> Vec<Vec<f32>> {
+    let k = kernels_for(p);
+    let mut cache = KvCache::new(&model.cfg, tokens.len());
+    let half = tokens.len() / 2;
+    let v = model.cfg.vocab;
+    let mut rows: Vec<Vec<f32>> = model
+        .forward(k.as_ref(), &tokens[..half], &mut cache, true, &mut NoTrace)
+        .chunks(v)
+        .map(|r| r.to_vec())
+        .collect();
+    for &t in &tokens[half..] {
+        rows.push(model.forward(k.as_ref(), &[t], &mut cache, true, &mut NoTrace));
+    }
+    rows
+}
+
+fn compare(name: &str, got: &[Vec<f32>], want: &[Vec<f32>]) -> f32 {
+    let max_logit = want.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+    let mut worst = 0f32;
+    for (pos, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(argmax(g), argmax(w), "{name}: argmax differs at position {pos}");
+        for (a, b) in g.iter().zip(w) {
+            worst = worst.max((a - b).abs());
+        }
+    }
+    assert!(worst <= 1e-4 * max_logit, "{name}: max |Δ| {worst} > 1e-4 × {max_logit}");
+    worst / max_logit
+}
+
+#[test]
+fn hf_folders_and_f32_gguf_match_transformers() {
+    for arch in ARCHS {
+        let g = golden(arch);
+        for (what, path) in [("hf", dir(arch).join("hf")), ("f32 gguf", dir(arch).join(format!("{arch}-f32.gguf")))] {
+            let model = Model::load(&path).unwrap_or_else(|e| panic!("{arch} {what}: {e}"));
+            let rel = compare(&format!("{arch} {what}"), &logits(&model, Precision::Exact, &g.tokens), &g.logits);
+            eprintln!("{arch} {what}: max |Δ| / max|logit| = {rel:.2e}");
+        }
+    }
+}
+
+#[test]
+fn q8_0_gguf_and_fast_precision_stay_close() {
+    for arch in ARCHS {
+        let g = golden(arch);
+        let model = Model::load(&dir(arch).join(format!("{arch}-q8_0.gguf"))).unwrap();
+        for p in [Precision::Exact, Precision::Fast] {
+            let got = logits(&model, p, &g.tokens);
+            let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
+            for (a, b) in got.iter().flatten().zip(g.logits.iter().flatten()) {
+                dot += (*a as f64) * (*b as f64);
+                na += (*a as f64).powi(2);
+                nb += (*b as f64).powi(2);
+            }
+            let cos = dot / (na.sqrt() * nb.sqrt());
+            eprintln!("{arch} q8_0 {}: cosine to transformers' f32 logits {cos:.6}", p.name());
+            assert!(cos > 0.999, "{arch} q8_0 {}: cosine {cos}", p.name());
+        }
+    }
+}
