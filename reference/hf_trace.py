@@ -86,6 +86,14 @@ replacing the globals for the duration of the forward pass sees every call;
 they are restored afterwards. The model is loaded with
 ``attn_implementation="eager"`` so the eager function is the one used.
 
+GGUF files: transformers' GGUF loader leaves some config fields at their
+Hugging Face defaults whatever the file says: head_dim for qwen3
+(attention.key_length), and for gemma3 query_pre_attn_scalar, the
+sliding/full layer pattern and the local RoPE base. The script reads those
+keys from the GGUF metadata, as llama.cpp does, and notes each change on
+stderr. (The released Gemma 3 270M GGUF carries values equal to the
+defaults, so nothing changes for it.)
+
 Statistics (``plumb.stats``): for every traced stage, ``shape``, then over
 the whole tensor and again over the last token's slice (``last``: row T-1
 along axis 0, or ``[:, T-1, :]`` for attn_scores/attn_probs): ``count`` (all
@@ -286,9 +294,74 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def gguf_config_fixes(path: Path, config) -> list[str]:
+    """Sets config fields transformers' GGUF loader leaves at their defaults.
+
+    transformers (checked with 5.24) does not map attention.key_length to
+    head_dim for qwen3 (so only the default 128 loads), and maps only a few
+    gemma3 GGUF keys onto the config: query_pre_attn_scalar, the per-layer sliding-window pattern
+    and the local RoPE base keep the Hugging Face defaults (256, every 6th
+    layer global, 10000), which is right for the released Gemma 3 files but
+    not for a GGUF that says otherwise. Read them from the file, as llama.cpp
+    does. Returns one note per changed field.
+    """
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+
+    def field(name):
+        f = reader.fields.get(name)
+        return None if f is None else f.contents()
+
+    arch = field("general.architecture")
+    notes: list[str] = []
+    cfg = text_config(config)
+
+    def setattr_noted(obj, attr, value, label):
+        old = getattr(obj, attr, None)
+        if old != value:
+            setattr(obj, attr, value)
+            notes.append(f"{label}: {old!r} -> {value!r} (from the GGUF metadata)")
+
+    # qwen3 (and others): attention.key_length is not mapped to head_dim, so
+    # a head_dim other than the config class default breaks loading.
+    key_len = field(f"{arch}.attention.key_length")
+    if key_len is not None and hasattr(cfg, "head_dim"):
+        setattr_noted(cfg, "head_dim", int(key_len), "head_dim")
+    if arch != "gemma3":
+        return notes
+
+    qpas = field(f"{arch}.attention.query_pre_attn_scalar")
+    if qpas is not None:
+        qpas = float(qpas)
+        setattr_noted(cfg, "query_pre_attn_scalar", int(qpas) if qpas.is_integer() else qpas,
+                      "query_pre_attn_scalar")
+    pattern = field(f"{arch}.attention.sliding_window_pattern")
+    n = cfg.num_hidden_layers
+    if isinstance(pattern, list) and len(pattern) == n:
+        types = ["sliding_attention" if bool(x) else "full_attention" for x in pattern]
+        setattr_noted(cfg, "layer_types", types, "layer_types")
+    elif isinstance(pattern, (int, float)) and int(pattern) > 0:
+        p = int(pattern)
+        types = ["full_attention" if (i + 1) % p == 0 else "sliding_attention" for i in range(n)]
+        setattr_noted(cfg, "layer_types", types, "layer_types")
+    rope = getattr(cfg, "rope_parameters", None)
+    local = field(f"{arch}.rope.local.freq_base")
+    glob = field(f"{arch}.rope.freq_base")
+    if isinstance(rope, dict):
+        for kind, base in (("sliding_attention", local), ("full_attention", glob)):
+            if base is not None and isinstance(rope.get(kind), dict):
+                old = rope[kind].get("rope_theta")
+                if old != float(base):
+                    rope[kind]["rope_theta"] = float(base)
+                    notes.append(f"rope_parameters[{kind}].rope_theta: {old!r} -> {float(base)!r} "
+                                 "(from the GGUF metadata)")
+    return notes
+
+
 def load(model_path: Path, dtype, device: str, need_tokenizer: bool):
     import torch  # noqa: F401
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if model_path.is_file():
         folder, kw = str(model_path.parent), {"gguf_file": model_path.name}
@@ -297,6 +370,11 @@ def load(model_path: Path, dtype, device: str, need_tokenizer: bool):
     else:
         raise UsageError(f"{model_path}: no such file or folder")
     tok = AutoTokenizer.from_pretrained(folder, **kw) if need_tokenizer else None
+    if kw:
+        config = AutoConfig.from_pretrained(folder, **kw)
+        for note in gguf_config_fixes(model_path, config):
+            print(f"hf_trace: note: {note}", file=sys.stderr)
+        kw["config"] = config
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager", **kw)
     model.to(device)
     model.eval()
