@@ -376,8 +376,11 @@ pub fn diff(a: &Trace, b: &Trace, gate: &Gate, tie_margin: f64) -> Diff {
             .fold(None, |m: Option<f64>, e| Some(m.map_or(e, |m| m.max(e))));
         let any_over = inputs.iter().filter_map(|k| index.get(k)).any(|&j| stages[j].over);
         let d = &mut stages[i];
+        // Growth is undefined where the inputs are exact.
         if let (Some(e), Some(ie)) = (d.err(), in_err) {
-            d.growth = Some(e.max(ERR_FLOOR) / ie.max(ERR_FLOOR));
+            if ie > ERR_FLOOR {
+                d.growth = Some(e.max(ERR_FLOOR) / ie);
+            }
         }
         d.inputs = inputs;
         if d.over {

@@ -365,3 +365,122 @@ pub unsafe fn q5_0_q8_0_x4(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
 pub unsafe fn iq4_nl_q8_0_x4(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
     dot4_q8_family::<3>(w, a, 18)
 }
+
+// ---- Dequantizers: the same per-element float operations as the scalar
+// references in plumb-quant (one multiply, then the min), so their output
+// is bit-identical; no fused multiply-add.
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn store_i8x32_scaled(q: __m256i, d: f32, out: *mut f32) {
+    let dv = _mm256_set1_ps(d);
+    let lo = _mm256_castsi256_si128(q);
+    let hi = _mm256_extracti128_si256(q, 1);
+    for (k, half) in [lo, hi].into_iter().enumerate() {
+        let a = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(half));
+        let b = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(half, 8)));
+        _mm256_storeu_ps(out.add(16 * k), _mm256_mul_ps(a, dv));
+        _mm256_storeu_ps(out.add(16 * k + 8), _mm256_mul_ps(b, dv));
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dequant_q8_0(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(34).zip(dst.chunks_exact_mut(32)) {
+        store_i8x32_scaled(unpack_q8_0(b), d16([b[0], b[1]]), y.as_mut_ptr());
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dequant_q5_0(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(22).zip(dst.chunks_exact_mut(32)) {
+        store_i8x32_scaled(unpack_q5_0(b), d16([b[0], b[1]]), y.as_mut_ptr());
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dequant_q4_0(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(18).zip(dst.chunks_exact_mut(32)) {
+        store_i8x32_scaled(unpack_q4_0(b), d16([b[0], b[1]]), y.as_mut_ptr());
+    }
+}
+
+/// 32 unsigned quants (0..=63) → d1·q − m1, stored.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn store_u8x32_affine(q: __m256i, d: f32, m: f32, out: *mut f32) {
+    let (dv, mv) = (_mm256_set1_ps(d), _mm256_set1_ps(m));
+    let lo = _mm256_castsi256_si128(q);
+    let hi = _mm256_extracti128_si256(q, 1);
+    for (k, half) in [lo, hi].into_iter().enumerate() {
+        let a = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(half));
+        let b = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(half, 8)));
+        _mm256_storeu_ps(out.add(16 * k), _mm256_sub_ps(_mm256_mul_ps(a, dv), mv));
+        _mm256_storeu_ps(out.add(16 * k + 8), _mm256_sub_ps(_mm256_mul_ps(b, dv), mv));
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dequant_q4_k(src: &[u8], dst: &mut [f32]) {
+    let blocks: &[BlockQ4K] = bytemuck::cast_slice(src);
+    let m4 = _mm256_set1_epi8(0x0F);
+    for (x, y) in blocks.iter().zip(dst.chunks_exact_mut(256)) {
+        let (d, min) = (d16(x.d), d16(x.dmin));
+        for c in 0..4 {
+            let (sc1, m1) = scale_min_k4(2 * c, &x.scales);
+            let (sc2, m2) = scale_min_k4(2 * c + 1, &x.scales);
+            let q = _mm256_loadu_si256(x.qs.as_ptr().add(32 * c) as *const __m256i);
+            let out = y.as_mut_ptr().add(64 * c);
+            store_u8x32_affine(_mm256_and_si256(q, m4), d * sc1 as f32, min * m1 as f32, out);
+            store_u8x32_affine(
+                _mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
+                d * sc2 as f32,
+                min * m2 as f32,
+                out.add(32),
+            );
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dequant_q6_k(src: &[u8], dst: &mut [f32]) {
+    let blocks: &[BlockQ6K] = bytemuck::cast_slice(src);
+    let (m4, m2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x03));
+    for (x, y) in blocks.iter().zip(dst.chunks_exact_mut(256)) {
+        let d = d16(x.d);
+        for half in 0..2 {
+            let ql0 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * half) as *const __m256i);
+            let ql1 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * half + 32) as *const __m256i);
+            let qh = _mm256_loadu_si256(x.qh.as_ptr().add(32 * half) as *const __m256i);
+            let q = [
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4),
+                ),
+            ];
+            for (k, qk) in q.iter().enumerate() {
+                // (d·sc)·(q − 32) per 16 elements, as the scalar reference.
+                let signed = _mm256_sub_epi8(*qk, _mm256_set1_epi8(32));
+                let lo = _mm256_castsi256_si128(signed);
+                let hi = _mm256_extracti128_si256(signed, 1);
+                let out = y.as_mut_ptr().add(128 * half + 32 * k);
+                for (g, part) in [lo, hi].into_iter().enumerate() {
+                    let ds = _mm256_set1_ps(d * x.scales[8 * half + 2 * k + g] as f32);
+                    let a = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(part));
+                    let b = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(part, 8)));
+                    _mm256_storeu_ps(out.add(16 * g), _mm256_mul_ps(ds, a));
+                    _mm256_storeu_ps(out.add(16 * g + 8), _mm256_mul_ps(ds, b));
+                }
+            }
+        }
+    }
+}

@@ -32,12 +32,13 @@ impl Weight {
         self.cols / self.ty.block_elems() * self.ty.block_bytes()
     }
 
-    /// Dequantizes row `r` into `out` (length `cols`).
+    /// Dequantizes row `r` into `out` (length `cols`), with the SIMD
+    /// dequantizer of the active path where there is one (bit-identical to
+    /// the scalar reference).
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
         let rb = self.row_bytes();
         let src = &self.bytes[r * rb..(r + 1) * rb];
-        // Types and lengths were checked at load.
-        plumb_quant::dequantize(self.ty, src, out).expect("weight row checked at load");
+        dequantize_row(self.ty, src, out, active_path());
     }
 }
 
@@ -137,6 +138,28 @@ pub fn kernels_with(p: Precision, path: KernelPath) -> Box<dyn Kernels> {
     }
 }
 
+/// Dequantizes one row of whole blocks on `path`. Types and lengths were
+/// checked at load.
+pub fn dequantize_row(ty: GgmlType, src: &[u8], out: &mut [f32], path: KernelPath) {
+    #[cfg(target_arch = "x86_64")]
+    if path == KernelPath::Avx2 {
+        // SAFETY: Avx2 is only active after runtime detection; src holds
+        // whole blocks for out.len() elements.
+        unsafe {
+            match ty {
+                GgmlType::Q8_0 => return avx2::dequant_q8_0(src, out),
+                GgmlType::Q4_0 => return avx2::dequant_q4_0(src, out),
+                GgmlType::Q5_0 => return avx2::dequant_q5_0(src, out),
+                GgmlType::Q4_K => return avx2::dequant_q4_k(src, out),
+                GgmlType::Q6_K => return avx2::dequant_q6_k(src, out),
+                _ => {}
+            }
+        }
+    }
+    let _ = path;
+    plumb_quant::dequantize(ty, src, out).expect("weight row checked at load");
+}
+
 /// The f32 dot product of the active path (for attention).
 pub fn f32_dot_fn() -> fn(&[f32], &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
@@ -190,6 +213,16 @@ impl Kernels for ExactKernels {
         debug_assert_eq!(x.len(), t * w.cols);
         debug_assert_eq!(y.len(), t * w.rows);
         let (rows, cols) = (w.rows, w.cols);
+        if t == 1 {
+            y.par_chunks_mut(256).enumerate().for_each(|(c, out)| {
+                let mut row = vec![0f32; cols];
+                for (k, o) in out.iter_mut().enumerate() {
+                    w.row_into(c * 256 + k, &mut row);
+                    *o = self.dot(&row, x);
+                }
+            });
+            return;
+        }
         // Output laid out [row-chunk][t][row] so each task owns one chunk, then
         // scattered into y[t, row].
         let n_chunks = rows.div_ceil(ROWS_PER_TASK);

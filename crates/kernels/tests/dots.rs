@@ -135,3 +135,22 @@ fn f32_dot_handles_odd_lengths() {
         }
     }
 }
+
+#[test]
+fn simd_dequantizers_are_bit_identical_to_the_references() {
+    let path = KernelPath::detect();
+    let mut rng = StdRng::seed_from_u64(9);
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+        for blocks in [1usize, 3, 8] {
+            let n = blocks * ty.block_elems();
+            let w = random_weights(ty, n, &mut rng);
+            let mut want = vec![0f32; n];
+            dequantize(ty, &w, &mut want).unwrap();
+            let mut got = vec![f32::NAN; n];
+            plumb_kernels::dequantize_row(ty, &w, &mut got, path);
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "{ty} ({path:?}) element {i}: {a} vs {b}");
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! plumb's traces against transformers' (`reference/hf_trace.py`, made by
+//! `scripts/gen_tiny_traces.sh`): every stage of every tiny architecture
+//! with cosine ≥ 0.99999 and `plumb diff` reporting parity; and the real
+//! Gemma 3 270M against a stats-only transformers trace.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use plumb_diff::{diff, Gate};
+use plumb_trace::Trace;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn plumb(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_plumb")).args(args).output().unwrap();
+    let se = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!se.contains("panicked"), "{se}");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn tiny_models_match_transformers_stage_by_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    for arch in ["llama", "qwen2", "qwen3", "gemma3"] {
+        let t = root().join(format!("testdata/tiny/{arch}"));
+        let reference = t.join("hf_trace.safetensors");
+        let b = Trace::load(&reference).unwrap();
+        let ids: Vec<String> = b.tokens.iter().map(|i| i.to_string()).collect();
+        for model in [t.join("hf"), t.join(format!("{arch}-f32.gguf"))] {
+            let out = dir.path().join(format!("{arch}.safetensors"));
+            let (code, _) = plumb(&[
+                "trace",
+                model.to_str().unwrap(),
+                "--tokens",
+                &ids.join(","),
+                "--tensors",
+                "--save",
+                out.to_str().unwrap(),
+                "--force",
+            ]);
+            assert_eq!(code, 0);
+            let a = Trace::load(&out).unwrap();
+            let d = diff(&a, &b, &Gate::default(), 0.01);
+            assert!(
+                !d.diverged(),
+                "{arch} ({}) diverges from transformers at {:?}",
+                model.display(),
+                d.first.map(|i| &d.stages[i].key)
+            );
+            let compared = d.stages.iter().filter(|s| s.cosine.is_some()).count();
+            assert_eq!(compared, b.stats.len(), "{arch}: every transformers stage compared element-wise");
+            for s in &d.stages {
+                let c = s.cosine.unwrap_or_else(|| panic!("{arch}: {} not compared element-wise", s.key));
+                assert!(c >= 0.99999, "{arch}: {} cosine {c}", s.key);
+            }
+            let (code, out) =
+                plumb(&["diff", out.to_str().unwrap(), reference.to_str().unwrap(), "--brief", "--color", "never"]);
+            assert_eq!(code, 0, "{out}");
+            assert!(out.contains("PARITY"), "{out}");
+        }
+    }
+}
+
+#[test]
+fn real_gemma_matches_transformers_stats() {
+    let m = root().join("models/gemma-3-270m-q4_k_m.gguf");
+    if !m.is_file() {
+        assert!(std::env::var("CI").is_err(), "CI must fetch the real model first");
+        return;
+    }
+    let reference = root().join("testdata/gemma3-270m/hf_trace_stats.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("plumb.safetensors");
+    let (code, _) =
+        plumb(&["trace", m.to_str().unwrap(), "-p", "The capital of France is", "--save", out.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let (code, report) = plumb(&["diff", out.to_str().unwrap(), reference.to_str().unwrap(), "--color", "never"]);
+    assert_eq!(code, 0, "{report}");
+    assert!(report.contains("stages compared: 399"), "{report}");
+    assert!(report.contains("PARITY"), "{report}");
+}
