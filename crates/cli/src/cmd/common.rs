@@ -176,7 +176,11 @@ pub fn check_vocabularies(a: &Loaded, b: &Loaded) -> anyhow::Result<()> {
     if let (Some(ta), Some(tb)) = (&a.tokenizer, &b.tokenizer) {
         for id in 0..ta.vocab_size().min(tb.vocab_size()) as u32 {
             if ta.piece(id) != tb.piece(id) {
-                bail!("vocabularies disagree at token {id}: A {:?}, B {:?}", ta.piece(id), tb.piece(id));
+                bail!(
+                    "vocabularies disagree at token {id}: A {:?}, B {:?}",
+                    ta.piece(id).unwrap_or(""),
+                    tb.piece(id).unwrap_or("")
+                );
             }
         }
     }

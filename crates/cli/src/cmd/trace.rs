@@ -392,8 +392,14 @@ fn render_text(
             writeln!(s, "  {}", style.red(&format!("GARBAGE: {f}")))?;
         }
     }
-    let first_anomaly = verdicts.iter().find(|v| v.level == Level::Anomaly);
-    let first_high = verdicts.iter().find(|v| v.level == Level::HighVar);
+    // In execution order: the embedding, the layers, then the global tail.
+    let rank = |v: &&Verdict| match v.layer {
+        Some(l) => l + 1,
+        None if v.reasons.first().is_some_and(|r| r.starts_with("embedding")) => 0,
+        None => usize::MAX,
+    };
+    let first_anomaly = verdicts.iter().filter(|v| v.level == Level::Anomaly).min_by_key(rank);
+    let first_high = verdicts.iter().filter(|v| v.level == Level::HighVar).min_by_key(rank);
     let n_layers = verdicts.iter().filter(|v| v.layer.is_some()).count();
     writeln!(s)?;
     match (first_anomaly, first_high) {

@@ -1,0 +1,136 @@
+//! Broken models and bad input give clear answers, never a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use plumb_formats::gguf::GgufFile;
+use plumb_formats::writer::GgufWriter;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn plumb(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_plumb")).args(args).output().unwrap();
+    let (so, se) =
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(!se.contains("panicked"), "plumb {args:?} panicked:\n{se}");
+    (out.status.code().unwrap_or(-1), so, se)
+}
+
+/// A copy of the tiny llama GGUF with `edit` applied to each tensor's f32 data.
+fn edited_copy(dir: &Path, name: &str, edit: impl Fn(&str, &mut Vec<f32>)) -> PathBuf {
+    let src = GgufFile::open(root().join("testdata/tiny/llama/llama-f32.gguf")).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in src.metadata() {
+        w.set(k.clone(), v.clone());
+    }
+    for t in &src.tensors {
+        let mut data = src.view(t).to_f32().unwrap();
+        edit(&t.name, &mut data);
+        w.add_f32(t.name.clone(), &t.shape, plumb_formats::GgmlType::F32, &data).unwrap();
+    }
+    let p = dir.join(name);
+    w.write(&p).unwrap();
+    p
+}
+
+#[test]
+fn nan_weights_are_flagged_at_the_first_stage_they_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = edited_copy(dir.path(), "nan.gguf", |name, d| {
+        if name == "blk.1.ffn_up.weight" {
+            d[5] = f32::NAN;
+        }
+    });
+    let m = p.to_str().unwrap();
+    let (code, out, _) = plumb(&["trace", m, "--tokens", "1,17,255,3", "--color", "never"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("layer 1 ANOMALY"), "{out}");
+    assert!(out.contains("summary first anomaly in layer 1: blk.1.ffn_up:"), "{out}");
+    assert!(out.contains("layer 0 OK"), "{out}");
+    // Generation does not crash on NaN logits.
+    let (code, _, _) = plumb(&["run", m, "--tokens", "1,17", "-n", "3"]);
+    assert_eq!(code, 0);
+    // Against the healthy model, bisect names the same stage.
+    let good = root().join("testdata/tiny/llama/llama-f32.gguf");
+    let (code, out, _) =
+        plumb(&["bisect", m, good.to_str().unwrap(), "--tokens", "1,17,255,3", "--brief", "--color", "never"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("first divergence at blk.1.ffn_up"), "{out}");
+}
+
+#[test]
+fn misshaped_tensor_and_contradicting_metadata_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = GgufFile::open(root().join("testdata/tiny/llama/llama-f32.gguf")).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in src.metadata() {
+        let v = if k == "llama.feed_forward_length" { plumb_formats::gguf::Value::U32(100) } else { v.clone() };
+        w.set(k.clone(), v);
+    }
+    for t in &src.tensors {
+        let data = src.view(t).to_f32().unwrap();
+        w.add_f32(t.name.clone(), &t.shape, plumb_formats::GgmlType::F32, &data).unwrap();
+    }
+    let p = dir.path().join("contradict.gguf");
+    w.write(&p).unwrap();
+    let (code, _, err) = plumb(&["run", p.to_str().unwrap(), "--tokens", "1,2"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("blk.0.ffn_gate.weight: shape [128, 64], expected [100, 64]"), "{err}");
+    let (code, out, _) = plumb(&["inspect", p.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(out.contains("INVALID"), "{out}");
+}
+
+#[test]
+fn bad_prompts_and_arguments_exit_2_with_a_message() {
+    let m = root().join("testdata/tiny/llama/llama-f32.gguf");
+    let m = m.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The same model with one vocabulary entry renamed.
+    let renamed = {
+        let src = GgufFile::open(root().join("testdata/tiny/llama/llama-f32.gguf")).unwrap();
+        let mut w = GgufWriter::new();
+        for (k, v) in src.metadata() {
+            let mut v = v.clone();
+            if k == "tokenizer.ggml.tokens" {
+                if let plumb_formats::gguf::Value::Array(items) = &mut v {
+                    items[7] = plumb_formats::gguf::Value::String("x7".into());
+                }
+            }
+            w.set(k.clone(), v);
+        }
+        for t in &src.tensors {
+            w.add_f32(t.name.clone(), &t.shape, plumb_formats::GgmlType::F32, &src.view(t).to_f32().unwrap()).unwrap();
+        }
+        let p = dir.path().join("renamed.gguf");
+        w.write(&p).unwrap();
+        p
+    };
+    let bad = dir.path().join("prompt.txt");
+    std::fs::write(&bad, b"caf\xe9").unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["run", m, "-f", bad.to_str().unwrap()], "not UTF-8"),
+        (vec!["run", m, "--tokens", "1,99999"], "outside the 512-token vocabulary"),
+        (vec!["run", m, "-p", "", "--no-bos"], "empty"),
+        (vec!["run", m, "--tokens", "1", "-n", "1000"], "exceeds the model's context of 256"),
+        (vec!["run", m, "--tokens", "1", "--top-p", "0"], "--top-p"),
+        (vec!["run", m, "--tokens", "1", "-t", "0"], "at least 1"),
+        (vec!["trace", m, "--tokens", "1", "--precision", "turbo"], "unknown precision"),
+        (
+            vec!["bisect", m, renamed.to_str().unwrap(), "--tokens", "1"],
+            "vocabularies disagree at token 7: A \"t7\", B \"x7\"",
+        ),
+        (vec!["bisect", m, "--tokens", "1", "--inject", "ffn_up@0:melt"], "unknown kind"),
+        (vec!["--kernels", "neon", "inspect", m], "kernel path"),
+    ];
+    for (args, want) in cases {
+        let (code, _, err) = plumb(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: expected {want:?} in {err:?}");
+    }
+    // -n 0 generates nothing and succeeds.
+    let (code, _, _) = plumb(&["run", m, "--tokens", "1,2", "-n", "0"]);
+    assert_eq!(code, 0);
+}
