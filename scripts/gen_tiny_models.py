@@ -15,20 +15,51 @@ trivial, and writes under testdata/tiny/<arch>/:
   golden.json                            transformers' logits for a fixed token
                                          sequence (float32, eager attention)
 
-Run: python scripts/gen_tiny_models.py   (needs torch, transformers, gguf, numpy)
+GGUF metadata (all archs): general.architecture, general.name,
+<arch>.context_length, .embedding_length, .block_count, .feed_forward_length,
+.attention.head_count, .attention.head_count_kv, .attention.key_length,
+.attention.value_length, .attention.layer_norm_rms_epsilon, .rope.freq_base,
+general.file_type (0 = F32, 7 = Q8_0) and a stub llama-style tokenizer
+(tokenizer.ggml.model "llama", tokens "<unk>" "<s>" "</s>" "t3".."t511",
+zero scores, types 2/3/3/1..., bos 1, eos 2). gemma3 adds
+gemma3.attention.sliding_window (u32, 4), gemma3.attention.sliding_window_pattern
+(bool per layer, true = sliding; the gguf package's SLIDING_WINDOW_PATTERN key --
+llama.cpp's own gemma3 loader ignores it and assumes every 6th layer global,
+which for 3 layers also makes them all sliding), gemma3.rope.local.freq_base
+(f32, rope theta of the sliding layers; plumb's own key) and
+gemma3.attention.query_pre_attn_scalar (f32; plumb's own key, llama.cpp derives
+the scale from key_length). rope.freq_base is the global layers' theta.
+
+After writing, every model is checked (see self_check): the F32 GGUF's tensors
+read back with gguf.GGUFReader and un-converted must equal the HF weights
+exactly, our tensor names must agree with gguf.get_tensor_name_map, and
+transformers' own GGUF loader (AutoModelForCausalLM.from_pretrained(dir,
+gguf_file=...)) must reproduce the golden logits from the F32 GGUF -- the
+independent proof of the layout conventions. The script exits non-zero if a
+check fails.
+
+Run: python scripts/gen_tiny_models.py [--out DIR] [--check-only]
+     (needs torch, transformers, gguf, numpy; deterministic: a rerun gives
+     byte-identical files with the same torch/transformers versions)
 """
 
+import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import gguf  # noqa: E402
 import transformers  # noqa: E402
 from transformers import (  # noqa: E402
+    AutoConfig,
+    AutoModelForCausalLM,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
     LlamaConfig,
@@ -137,7 +168,7 @@ def write_gguf(path, arch, cfg, tensors, quant):
     w.close()
 
 
-def main():
+def generate(out_dir):
     torch.manual_seed(0)
     for arch, (cls, cfg) in configs().items():
         cfg._attn_implementation = "eager"
@@ -146,7 +177,7 @@ def main():
         with torch.no_grad():
             for name, p in model.named_parameters():
                 p.add_(torch.randn_like(p) * (0.1 if p.ndim == 1 else 0.05))
-        d = OUT / arch
+        d = out_dir / arch
         (d / "hf").mkdir(parents=True, exist_ok=True)
         model.save_pretrained(d / "hf", safe_serialization=True)
         with torch.no_grad():
@@ -162,18 +193,136 @@ def main():
         for hf, t in model.state_dict().items():
             if hf == "lm_head.weight" and cfg.tie_word_embeddings:
                 continue
-            a = t.float().numpy().copy()
             name = gguf_name(arch, hf)
-            if arch == "llama" and name.endswith("attn_q.weight"):
-                a = permute(a, cfg.num_attention_heads)
-            if arch == "llama" and name.endswith("attn_k.weight"):
-                a = permute(a, cfg.num_key_value_heads)
-            if arch == "gemma3" and "norm" in name:
-                a = a + 1.0
-            tensors.append((name, np.ascontiguousarray(a, dtype=np.float32)))
+            tensors.append((name, convert(arch, name, t.float().numpy().copy(), cfg)))
         write_gguf(d / f"{arch}-f32.gguf", arch, cfg, tensors, quant=False)
         write_gguf(d / f"{arch}-q8_0.gguf", arch, cfg, tensors, quant=True)
         print(f"{arch}: head_dim {hd}, argmax {golden['argmax']}")
+
+
+def convert(arch, name, a, cfg):
+    """The converter's layout changes (HF tensor → GGUF tensor), as generate() applies them."""
+    if arch == "llama" and name.endswith("attn_q.weight"):
+        a = permute(a, cfg.num_attention_heads)
+    if arch == "llama" and name.endswith("attn_k.weight"):
+        a = permute(a, cfg.num_key_value_heads)
+    if arch == "gemma3" and "norm" in name:
+        a = a + 1.0
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def logits_of(model, tokens):
+    with torch.no_grad():
+        return model(torch.tensor([tokens]), use_cache=False).logits[0].float().numpy()
+
+
+def self_check(d, arch):
+    """Checks d's files against each other; returns a list of failures (printing a report)."""
+    fails = []
+    golden = json.loads((d / "golden.json").read_text())
+    gl = np.array(golden["logits"], dtype=np.float64)
+    scale = float(np.abs(gl).max())
+    hf_cfg = AutoConfig.from_pretrained(d / "hf")
+    hf_model = AutoModelForCausalLM.from_pretrained(d / "hf", dtype=torch.float32,
+                                                    attn_implementation="eager").eval()
+    diff = float(np.abs(logits_of(hf_model, golden["tokens"]) - gl).max())
+    print(f"  [{arch}] HF folder reloaded vs golden: max|d| {diff:.3g}")
+    if diff > 1e-5 * scale:
+        fails.append(f"{arch}: HF folder does not reproduce golden ({diff})")
+
+    # 1. Tensors read back with the gguf package equal the HF weights put through convert() bit
+    #    for bit, and convert() is what llama.cpp does (checked by 2. below); names agree
+    #    with the gguf package's own HF→GGUF name map.
+    sd = {k: v.float().numpy() for k, v in hf_model.state_dict().items()}
+    nmap = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.upper()), hf_cfg.num_hidden_layers)
+    expected = {}
+    for hf in sd:
+        if hf == "lm_head.weight" and hf_cfg.tie_word_embeddings:
+            continue
+        ours = gguf_name(arch, hf)
+        theirs = nmap.get_name(hf, try_suffixes=(".weight", ".bias"))
+        if ours != theirs:
+            fails.append(f"{arch}: {hf} → {ours}, gguf name map says {theirs}")
+        expected[ours] = hf
+    reader = gguf.GGUFReader(str(d / f"{arch}-f32.gguf"))
+    names = [t.name for t in reader.tensors]
+    if sorted(names) != sorted(expected):
+        fails.append(f"{arch}: GGUF tensors {sorted(set(names) ^ set(expected))} differ from HF's")
+    worst = 0.0
+    for t in reader.tensors:
+        if t.name not in expected:
+            continue
+        a = np.array(t.data, dtype=np.float32)
+        ref = convert(arch, t.name, sd[expected[t.name]], hf_cfg)
+        if a.shape != ref.shape:
+            fails.append(f"{arch}: {t.name} shape {a.shape} vs HF {ref.shape}")
+            continue
+        worst = max(worst, float(np.abs(a - ref).max()))
+    print(f"  [{arch}] F32 GGUF tensors (gguf reader) vs converted HF weights: max|d| {worst:.3g}")
+    if worst != 0.0:
+        fails.append(f"{arch}: F32 GGUF tensors differ from HF weights by {worst}")
+    fields = reader.fields
+    meta = {k: fields[k].contents() for k in fields if not k.startswith("tokenizer.")}
+    print(f"  [{arch}] metadata: " + ", ".join(f"{k}={v}" for k, v in meta.items() if not k.startswith("GGUF.")))
+
+    # 2. transformers' own GGUF loader: (a) config from the GGUF as transformers maps it,
+    #    (b) that config plus the keys transformers does not map but our GGUF carries,
+    #    (c) the HF config (isolates the weight conventions).
+    for q in ("f32", "q8_0"):
+        fn = f"{arch}-{q}.gguf"
+        tol = 1e-5 * scale if q == "f32" else 0.1 * scale
+        results = {}
+        try:
+            m = AutoModelForCausalLM.from_pretrained(d, gguf_file=fn, dtype=torch.float32,
+                                                     attn_implementation="eager").eval()
+            results["gguf config as transformers maps it"] = float(np.abs(logits_of(m, golden["tokens"]) - gl).max())
+        except Exception as e:  # transformers may not map every key (qwen3: key_length → head_dim)
+            results["gguf config as transformers maps it"] = f"not loadable: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        cfg = AutoConfig.from_pretrained(d, gguf_file=fn)
+        ignored = {k: getattr(cfg, k, None) for k in ("head_dim", "layer_types", "query_pre_attn_scalar")
+                   if getattr(cfg, k, None) != getattr(hf_cfg, k, None)}
+        if ignored:
+            print(f"  [{arch}] transformers' config from {fn} differs from the HF config in {ignored}")
+        f = gguf.GGUFReader(str(d / fn)).fields
+        cfg.head_dim = int(f[f"{arch}.attention.key_length"].contents())
+        if arch == "gemma3":
+            cfg.layer_types = ["sliding_attention" if s else "full_attention"
+                               for s in f["gemma3.attention.sliding_window_pattern"].contents()]
+            scalar = float(f["gemma3.attention.query_pre_attn_scalar"].contents())
+            cfg.query_pre_attn_scalar = int(scalar) if scalar.is_integer() else scalar
+            cfg.rope_parameters["sliding_attention"]["rope_theta"] = float(f["gemma3.rope.local.freq_base"].contents())
+            cfg.rope_parameters["full_attention"]["rope_theta"] = float(f["gemma3.rope.freq_base"].contents())
+        m = AutoModelForCausalLM.from_pretrained(d, gguf_file=fn, config=cfg, dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
+        results["gguf config + keys transformers ignores"] = float(np.abs(logits_of(m, golden["tokens"]) - gl).max())
+        must = ["gguf config + keys transformers ignores"]
+        m = AutoModelForCausalLM.from_pretrained(d, gguf_file=fn, config=hf_cfg, dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
+        results["gguf weights + HF config"] = float(np.abs(logits_of(m, golden["tokens"]) - gl).max())
+        must.append("gguf weights + HF config")
+        for k, v in results.items():
+            shown = f"max|d| {v:.3g}" if isinstance(v, float) else v
+            print(f"  [{arch}] transformers loads {fn} ({k}): {shown}   (max|logit| {scale:.3g})")
+        for k in must:
+            if results[k] > tol:
+                fails.append(f"{arch}: transformers from {fn} ({k}) differs by {results[k]} > {tol}")
+    return fails
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=OUT, help="output folder (default: testdata/tiny)")
+    ap.add_argument("--check-only", action="store_true", help="only check the files already there")
+    args = ap.parse_args()
+    if not args.check_only:
+        generate(args.out)
+    fails = []
+    for arch in configs():
+        fails += self_check(args.out / arch, arch)
+    if fails:
+        print("SELF-CHECK FAILED:\n  " + "\n  ".join(fails))
+        sys.exit(1)
+    print("self-check passed")
 
 
 if __name__ == "__main__":
