@@ -63,6 +63,7 @@ unsafe fn bytes_from_bits_32(x: u32) -> __m256i {
     _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
 }
 
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn f32_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let (pw, pa) = (w.as_ptr() as *const f32, a.as_ptr() as *const f32);
@@ -84,6 +85,7 @@ pub unsafe fn f32_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
     s
 }
 
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn f16_f16(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let (pw, pa) = (w.as_ptr(), a.as_ptr());
@@ -103,6 +105,7 @@ pub unsafe fn f16_f16(n: usize, w: &[u8], a: &[u8]) -> f32 {
     s
 }
 
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q8_0_q8_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     let xs: &[BlockQ8_0] = bytemuck::cast_slice(w);
@@ -117,6 +120,7 @@ pub unsafe fn q8_0_q8_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     hsum_ps(acc)
 }
 
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q4_0_q8_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     let xs: &[BlockQ4_0] = bytemuck::cast_slice(w);
@@ -132,6 +136,7 @@ pub unsafe fn q4_0_q8_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     hsum_ps(acc)
 }
 
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q5_0_q8_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     let xs: &[BlockQ5_0] = bytemuck::cast_slice(w);
@@ -149,6 +154,7 @@ pub unsafe fn q5_0_q8_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     hsum_ps(acc)
 }
 
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn iq4_nl_q8_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     let xs: &[BlockIQ4NL] = bytemuck::cast_slice(w);
@@ -171,6 +177,7 @@ unsafe fn madd_scale(p16: __m256i, scale: i16) -> __m256i {
     _mm256_madd_epi16(p16, _mm256_set1_epi16(scale))
 }
 
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q4_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     let xs: &[BlockQ4K] = bytemuck::cast_slice(w);
@@ -203,6 +210,7 @@ pub unsafe fn q4_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     hsum_ps(acc) - acc_m
 }
 
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q5_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     let xs: &[BlockQ5K] = bytemuck::cast_slice(w);
@@ -242,6 +250,7 @@ pub unsafe fn q5_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     hsum_ps(acc) - acc_m
 }
 
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q6_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     let xs: &[BlockQ6K] = bytemuck::cast_slice(w);
@@ -328,7 +337,7 @@ unsafe fn dot4_q8_family<const KIND: u8>(w: &[u8], a: [&[u8]; 4], bb: usize) -> 
     let nb = w.len() / bb;
     let mut acc = [_mm256_setzero_ps(); 4];
     for i in 0..nb {
-        let blk = &w[i * bb..(i + 1) * bb];
+        let blk = w.get_unchecked(i * bb..(i + 1) * bb);
         let dx = d16([blk[0], blk[1]]);
         let qx = match KIND {
             0 => unpack_q8_0(blk),
@@ -336,11 +345,16 @@ unsafe fn dot4_q8_family<const KIND: u8>(w: &[u8], a: [&[u8]; 4], bb: usize) -> 
             2 => unpack_q5_0(blk),
             _ => unpack_iq4_nl(blk),
         };
+        // |qx| once per block; each token's quants take qx's signs.
+        let ax = _mm256_sign_epi8(qx, qx);
+        let ones = _mm256_set1_epi16(1);
         for k in 0..4 {
-            let y = &a[k][i * 34..(i + 1) * 34];
+            let y = a[k].get_unchecked(i * 34..(i + 1) * 34);
             let d = _mm256_set1_ps(dx * d16([y[0], y[1]]));
             let qy = _mm256_loadu_si256(y.as_ptr().add(2) as *const __m256i);
-            acc[k] = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), acc[k]);
+            let dot16 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(qy, qx));
+            let sum = _mm256_cvtepi32_ps(_mm256_madd_epi16(dot16, ones));
+            acc[k] = _mm256_fmadd_ps(d, sum, acc[k]);
         }
     }
     [hsum_ps(acc[0]), hsum_ps(acc[1]), hsum_ps(acc[2]), hsum_ps(acc[3])]
@@ -484,3 +498,27 @@ pub unsafe fn dequant_q6_k(src: &[u8], dst: &mut [f32]) {
         }
     }
 }
+
+/// `out[k] = dot(row k of w, a)` for consecutive rows of `rb` bytes: the
+/// per-row kernel inlined into one loop, so a short row (640 weights is 20
+/// blocks) does not pay a call and its checks per row.
+macro_rules! rows_kernel {
+    ($name:ident, $dot:ident) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $name(w: &[u8], rb: usize, n: usize, a: &[u8], out: &mut [f32]) {
+            for (k, o) in out.iter_mut().enumerate() {
+                *o = $dot(n, w.get_unchecked(k * rb..(k + 1) * rb), a);
+            }
+        }
+    };
+}
+
+rows_kernel!(rows_q8_0, q8_0_q8_0);
+rows_kernel!(rows_q4_0, q4_0_q8_0);
+rows_kernel!(rows_q5_0, q5_0_q8_0);
+rows_kernel!(rows_iq4_nl, iq4_nl_q8_0);
+rows_kernel!(rows_q4_k, q4_k_q8_k);
+rows_kernel!(rows_q5_k, q5_k_q8_k);
+rows_kernel!(rows_q6_k, q6_k_q8_k);
+rows_kernel!(rows_f32, f32_f32);
+rows_kernel!(rows_f16, f16_f16);

@@ -112,6 +112,34 @@ fn avx2_dot(w: GgmlType) -> Option<DotFn> {
     })
 }
 
+/// Many consecutive weight rows against one activation row.
+pub type RowsFn = fn(&[u8], usize, usize, &[u8], &mut [f32]);
+
+/// The multi-row kernel for `w` on `path`: each output equals the
+/// single-row kernel's bit for bit.
+pub fn rows_for(w: GgmlType, path: KernelPath) -> Option<RowsFn> {
+    #[cfg(target_arch = "x86_64")]
+    if path == KernelPath::Avx2 {
+        use crate::avx2;
+        // SAFETY: as in `avx2_dot`; w holds out.len() whole rows of rb bytes.
+        let f: Option<RowsFn> = match w {
+            GgmlType::Q8_0 => Some(|w, rb, n, a, o| unsafe { avx2::rows_q8_0(w, rb, n, a, o) }),
+            GgmlType::Q4_0 => Some(|w, rb, n, a, o| unsafe { avx2::rows_q4_0(w, rb, n, a, o) }),
+            GgmlType::Q5_0 => Some(|w, rb, n, a, o| unsafe { avx2::rows_q5_0(w, rb, n, a, o) }),
+            GgmlType::IQ4_NL => Some(|w, rb, n, a, o| unsafe { avx2::rows_iq4_nl(w, rb, n, a, o) }),
+            GgmlType::Q4_K => Some(|w, rb, n, a, o| unsafe { avx2::rows_q4_k(w, rb, n, a, o) }),
+            GgmlType::Q5_K => Some(|w, rb, n, a, o| unsafe { avx2::rows_q5_k(w, rb, n, a, o) }),
+            GgmlType::Q6_K => Some(|w, rb, n, a, o| unsafe { avx2::rows_q6_k(w, rb, n, a, o) }),
+            GgmlType::F32 => Some(|w, rb, n, a, o| unsafe { avx2::rows_f32(w, rb, n, a, o) }),
+            GgmlType::F16 => Some(|w, rb, n, a, o| unsafe { avx2::rows_f16(w, rb, n, a, o) }),
+            _ => None,
+        };
+        return f;
+    }
+    let _ = (w, path);
+    None
+}
+
 /// One weight row against four activation rows.
 pub type Dot4Fn = fn(&[u8], [&[u8]; 4]) -> [f32; 4];
 
@@ -146,6 +174,7 @@ impl Kernels for FastKernels {
         let act = quantize_activations(x, t, cols, act_type(w.ty));
         let dot = dot_for(w.ty, self.path);
         let dot4 = dot4_for(w.ty, self.path);
+        let rows_fn = rows_for(w.ty, self.path);
         let rb = w.row_bytes();
         let bytes: &[u8] = &w.bytes;
         if t == 1 {
@@ -154,9 +183,15 @@ impl Kernels for FastKernels {
             let chunk = rows.div_ceil(rayon::current_num_threads() * 64).max(ROWS_PER_TASK);
             y.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
                 let a = act.row(0);
-                for (k, o) in out.iter_mut().enumerate() {
-                    let r = c * chunk + k;
-                    *o = dot(cols, &bytes[r * rb..(r + 1) * rb], a);
+                let r0 = c * chunk;
+                match rows_fn {
+                    Some(f) => f(&bytes[r0 * rb..(r0 + out.len()) * rb], rb, cols, a, out),
+                    None => {
+                        for (k, o) in out.iter_mut().enumerate() {
+                            let r = r0 + k;
+                            *o = dot(cols, &bytes[r * rb..(r + 1) * rb], a);
+                        }
+                    }
                 }
             });
             return;
@@ -180,8 +215,21 @@ impl Kernels for FastKernels {
                             ti += 4;
                         }
                     }
-                    for ti in ti..t1 {
-                        out[(r - r0) * t + ti] = dot(cols, wr, act.row(ti));
+                    if dot4.is_some() || rows_fn.is_none() {
+                        for ti in ti..t1 {
+                            out[(r - r0) * t + ti] = dot(cols, wr, act.row(ti));
+                        }
+                    }
+                }
+                // Formats without a four-token kernel: the multi-row kernel,
+                // once per token, over this tile's rows (still in L1).
+                if let (None, Some(f)) = (dot4, rows_fn) {
+                    let mut col = [0f32; ROWS_PER_TASK];
+                    for ti in t0..t1 {
+                        f(&bytes[r0 * rb..r1 * rb], rb, cols, act.row(ti), &mut col[..r1 - r0]);
+                        for (k, v) in col[..r1 - r0].iter().enumerate() {
+                            out[k * t + ti] = *v;
+                        }
                     }
                 }
             }
