@@ -7,6 +7,9 @@ use crate::stats::{last_slice, TensorStats};
 
 pub struct Recorder {
     pub plan: TracePlan,
+    /// Key → position in `stats` (and in `tensors` when kept), so a decode
+    /// step replaces its earlier entry without a linear search.
+    index: std::collections::HashMap<String, usize>,
     /// Stats in the order recorded (execution order), by trace key.
     pub stats: Vec<(String, TensorStats)>,
     /// Kept tensors: key, shape, data.
@@ -15,19 +18,13 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn new(plan: TracePlan) -> Recorder {
-        Recorder { plan, stats: Vec::new(), tensors: Vec::new() }
+        Recorder { plan, index: std::collections::HashMap::new(), stats: Vec::new(), tensors: Vec::new() }
     }
 
     pub fn clear(&mut self) {
+        self.index.clear();
         self.stats.clear();
         self.tensors.clear();
-    }
-}
-
-fn upsert<T>(v: &mut Vec<(String, T)>, key: String, value: T) {
-    match v.iter_mut().find(|(k, _)| *k == key) {
-        Some(slot) => slot.1 = value,
-        None => v.push((key, value)),
     }
 }
 
@@ -42,21 +39,30 @@ impl Observer for Recorder {
         }
         let key = stage.key(layer);
         let axis = stage.token_axis();
-        upsert(&mut self.stats, key.clone(), TensorStats::compute(data, shape, axis));
-        if self.plan.tensors {
-            let (shape, data) = match self.plan.positions {
-                Positions::All => (shape.to_vec(), data.to_vec()),
-                Positions::Last => {
-                    let mut s = shape.to_vec();
-                    if let Some(d) = s.get_mut(axis) {
-                        *d = 1;
-                    }
-                    (s, last_slice(data, shape, axis).copied().collect())
+        let stats = TensorStats::compute(data, shape, axis);
+        let kept = self.plan.tensors.then(|| match self.plan.positions {
+            Positions::All => (shape.to_vec(), data.to_vec()),
+            Positions::Last => {
+                let mut s = shape.to_vec();
+                if let Some(d) = s.get_mut(axis) {
+                    *d = 1;
                 }
-            };
-            match self.tensors.iter_mut().find(|(k, _, _)| *k == key) {
-                Some(slot) => *slot = (key, shape, data),
-                None => self.tensors.push((key, shape, data)),
+                (s, last_slice(data, shape, axis).copied().collect())
+            }
+        });
+        match self.index.get(&key) {
+            Some(&i) => {
+                self.stats[i].1 = stats;
+                if let Some((s, d)) = kept {
+                    self.tensors[i] = (key, s, d);
+                }
+            }
+            None => {
+                self.index.insert(key.clone(), self.stats.len());
+                self.stats.push((key.clone(), stats));
+                if let Some((s, d)) = kept {
+                    self.tensors.push((key, s, d));
+                }
             }
         }
     }
