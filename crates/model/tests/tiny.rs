@@ -95,3 +95,49 @@ fn q8_0_gguf_and_fast_precision_stay_close() {
         }
     }
 }
+
+/// Writes the tiny llama's weights as two shards with an index.
+fn shard_copy(dst: &std::path::Path, extra_index_entry: Option<(&str, &str)>) {
+    let src = dir("llama").join("hf");
+    std::fs::copy(src.join("config.json"), dst.join("config.json")).unwrap();
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    let (a, b) = names.split_at(names.len() / 2);
+    let mut map = serde_json::Map::new();
+    for (i, part) in [a, b].iter().enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i + 1);
+        let views: Vec<(String, safetensors::tensor::TensorView)> =
+            part.iter().map(|n| (n.clone(), st.tensor(n).unwrap())).collect();
+        safetensors::serialize_to_file(views, None, &dst.join(&file)).unwrap();
+        for n in part.iter() {
+            map.insert(n.clone(), serde_json::Value::String(file.clone()));
+        }
+    }
+    if let Some((k, v)) = extra_index_entry {
+        map.insert(k.into(), serde_json::Value::String(v.into()));
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(dst.join("model.safetensors.index.json"), index.to_string()).unwrap();
+}
+
+#[test]
+fn sharded_hf_folder_gives_the_same_logits() {
+    let tmp = tempfile::tempdir().unwrap();
+    shard_copy(tmp.path(), None);
+    let g = golden("llama");
+    let model = Model::load(tmp.path()).unwrap();
+    compare("llama sharded", &logits(&model, Precision::Exact, &g.tokens), &g.logits);
+
+    // An index naming a shard that is not there is refused, naming it.
+    let bad = tempfile::tempdir().unwrap();
+    shard_copy(bad.path(), Some(("extra.weight", "model-00009-of-00009.safetensors")));
+    let err = Model::load(bad.path()).err().expect("missing shard accepted").to_string();
+    assert!(err.contains("model-00009-of-00009.safetensors"), "{err}");
+    // A shard name that tries to leave the folder is refused.
+    let evil = tempfile::tempdir().unwrap();
+    shard_copy(evil.path(), Some(("extra.weight", "../model.safetensors")));
+    let err = Model::load(evil.path()).err().expect("path escape accepted").to_string();
+    assert!(err.contains("not a plain file name"), "{err}");
+}
