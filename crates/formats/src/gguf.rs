@@ -389,7 +389,39 @@ impl GgufFile {
     }
 
     fn parse(path: PathBuf, mmap: Mmap) -> Result<GgufFile, FormatError> {
-        let mut c = Cursor { path: &path, buf: &mmap[..], pos: 0 };
+        let h = parse_header(&path, &mmap[..])?;
+        Ok(GgufFile {
+            path,
+            mmap: std::sync::Arc::new(mmap),
+            version: h.version,
+            alignment: h.alignment,
+            data_offset: h.data_offset,
+            metadata: h.metadata,
+            index: h.index,
+            tensors: h.tensors,
+            tensor_index: h.tensor_index,
+        })
+    }
+}
+
+/// Everything in a GGUF file but the tensor data, parsed and checked.
+pub struct Header {
+    pub version: u32,
+    pub alignment: u64,
+    pub data_offset: u64,
+    pub metadata: Vec<(String, Value)>,
+    index: HashMap<String, usize>,
+    pub tensors: Vec<TensorInfo>,
+    tensor_index: HashMap<String, usize>,
+}
+
+/// Parses and validates a GGUF file held in `bytes` (`path` only names it in
+/// errors). The fuzz target calls this directly.
+pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header, FormatError> {
+    let path = path.to_path_buf();
+    let mmap = bytes;
+    {
+        let mut c = Cursor { path: &path, buf: mmap, pos: 0 };
         let magic = c.array::<4>("magic")?;
         if &magic != MAGIC {
             return Err(c.err("magic", 0, format!("expected \"GGUF\", found {magic:02x?} (not a GGUF file)")));
@@ -511,19 +543,11 @@ impl GgufFile {
             }
         }
 
-        Ok(GgufFile {
-            path,
-            mmap: std::sync::Arc::new(mmap),
-            version,
-            alignment,
-            data_offset,
-            metadata,
-            index,
-            tensors: infos,
-            tensor_index,
-        })
+        Ok(Header { version, alignment, data_offset, metadata, index, tensors: infos, tensor_index })
     }
+}
 
+impl GgufFile {
     pub fn path(&self) -> &Path {
         &self.path
     }

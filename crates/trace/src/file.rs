@@ -97,10 +97,14 @@ impl Trace {
         }
         // SAFETY: read-only map of a file plumb does not modify.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-        let st =
-            SafeTensors::deserialize(&map[..]).map_err(|e| invalid(path, format!("not a safetensors trace: {e}")))?;
+        Trace::from_bytes(path, &map[..])
+    }
+
+    /// Parses a trace held in memory (`path` only names it in errors).
+    pub fn from_bytes(path: &Path, map: &[u8]) -> Result<Trace, TraceError> {
+        let st = SafeTensors::deserialize(map).map_err(|e| invalid(path, format!("not a safetensors trace: {e}")))?;
         let (_, header) =
-            SafeTensors::read_metadata(&map[..]).map_err(|e| invalid(path, format!("bad safetensors header: {e}")))?;
+            SafeTensors::read_metadata(map).map_err(|e| invalid(path, format!("bad safetensors header: {e}")))?;
         let mut meta: BTreeMap<String, String> = header.metadata().clone().unwrap_or_default().into_iter().collect();
         match meta.get("plumb.format").map(String::as_str) {
             Some(FORMAT) => {}
