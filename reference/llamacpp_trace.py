@@ -712,6 +712,8 @@ def main(argv=None) -> int:
     ap.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
     ap.add_argument("--kv-type", choices=["f32", "f16"], default="f32",
                     help="KV cache type (default f32; llama.cpp's own default is f16)")
+    ap.add_argument("--no-repack", action="store_true",
+                    help="no CPU weight repacking (llama.cpp's --no-repack): the plain ggml dot products")
     ap.add_argument("--no-unpermute", action="store_true",
                     help="keep llama.cpp's interleaved Q/K layout for NORM-rope (llama) models")
     ap.add_argument("--list-nodes", action="store_true", help="print every graph node seen on stderr")
@@ -760,7 +762,8 @@ def run(args) -> int:
 
     mparams = L.llama_model_default_params()
     mparams.n_gpu_layers = 0
-    mparams.use_mmap = True
+    if args.no_repack:
+        mparams.use_extra_bufts = False
     model = L.llama_model_load_from_file(str(model_path).encode(), mparams)
     if not model:
         raise UsageError(f"{model_path}: llama.cpp could not load the model (run with -v for its log)")

@@ -1,32 +1,14 @@
 //! `plumb bisect` and `plumb diff` end to end on the real Gemma 3 270M.
 
-use std::path::PathBuf;
+mod common;
+use common::*;
+
 use std::process::Command;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn real_model() -> Option<String> {
-    let p = root().join("models/gemma-3-270m-q4_k_m.gguf");
-    if p.is_file() {
-        return Some(p.to_string_lossy().into_owned());
-    }
-    assert!(std::env::var("CI").is_err(), "CI must fetch the real model first (scripts/fetch-model.sh)");
-    None
-}
-
-fn plumb(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_plumb")).args(args).output().unwrap();
-    let (so, se) =
-        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
-    assert!(!se.contains("panicked"), "plumb {args:?} panicked:\n{se}");
-    (out.status.code().unwrap_or(-1), so, se)
-}
 
 #[test]
 fn injected_fault_in_layer_3_ffn_gate_is_named_with_its_chain() {
     let Some(m) = real_model() else { return };
+    let m = m.to_string_lossy().into_owned();
     let (code, out, _) = plumb(&[
         "bisect",
         &m,
@@ -49,6 +31,7 @@ fn injected_fault_in_layer_3_ffn_gate_is_named_with_its_chain() {
 #[test]
 fn same_model_same_precision_is_parity_and_json_parses() {
     let Some(m) = real_model() else { return };
+    let m = m.to_string_lossy().into_owned();
     let (code, out, _) = plumb(&["bisect", &m, "-p", "Hello", "--json"]);
     assert_eq!(code, 0, "{out}");
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -60,6 +43,7 @@ fn same_model_same_precision_is_parity_and_json_parses() {
 #[test]
 fn isolate_confines_the_error_to_the_faulty_layer() {
     let Some(m) = real_model() else { return };
+    let m = m.to_string_lossy().into_owned();
     let (code, out, _) =
         plumb(&["bisect", &m, "-p", "Water boils at", "--inject", "attn_out@5:noise=0.5", "--isolate", "--json"]);
     assert_eq!(code, 1);
@@ -77,6 +61,7 @@ fn isolate_confines_the_error_to_the_faulty_layer() {
 #[test]
 fn diff_of_saved_traces_and_teacher_forcing() {
     let Some(m) = real_model() else { return };
+    let m = m.to_string_lossy().into_owned();
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a.safetensors"), dir.path().join("b.safetensors"));
     let html = dir.path().join("r.html");
@@ -134,6 +119,7 @@ fn diff_of_saved_traces_and_teacher_forcing() {
 #[test]
 fn html_report_renders_in_headless_chromium() {
     let Some(m) = real_model() else { return };
+    let m = m.to_string_lossy().into_owned();
     let chromium =
         ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| std::path::Path::new(p).exists());
     let Some(chromium) = chromium else {

@@ -1,22 +1,12 @@
 //! Broken models and bad input give clear answers, never a panic.
 
+mod common;
+use common::*;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use plumb_formats::gguf::GgufFile;
 use plumb_formats::writer::GgufWriter;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn plumb(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_plumb")).args(args).output().unwrap();
-    let (so, se) =
-        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
-    assert!(!se.contains("panicked"), "plumb {args:?} panicked:\n{se}");
-    (out.status.code().unwrap_or(-1), so, se)
-}
 
 /// A copy of the tiny llama GGUF with `edit` applied to each tensor's f32 data.
 fn edited_copy(dir: &Path, name: &str, edit: impl Fn(&str, &mut Vec<f32>)) -> PathBuf {

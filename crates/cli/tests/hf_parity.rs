@@ -3,22 +3,11 @@
 //! with cosine ≥ 0.99999 and `plumb diff` reporting parity; and the real
 //! Gemma 3 270M against a stats-only transformers trace.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
+use common::*;
 
 use plumb_diff::{diff, Gate};
 use plumb_trace::Trace;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn plumb(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_plumb")).args(args).output().unwrap();
-    let se = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!se.contains("panicked"), "{se}");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 #[test]
 fn tiny_models_match_transformers_stage_by_stage() {
@@ -30,7 +19,7 @@ fn tiny_models_match_transformers_stage_by_stage() {
         let ids: Vec<String> = b.tokens.iter().map(|i| i.to_string()).collect();
         for model in [t.join("hf"), t.join(format!("{arch}-f32.gguf"))] {
             let out = dir.path().join(format!("{arch}.safetensors"));
-            let (code, _) = plumb(&[
+            let (code, _, _) = plumb(&[
                 "trace",
                 model.to_str().unwrap(),
                 "--tokens",
@@ -55,7 +44,7 @@ fn tiny_models_match_transformers_stage_by_stage() {
                 let c = s.cosine.unwrap_or_else(|| panic!("{arch}: {} not compared element-wise", s.key));
                 assert!(c >= 0.99999, "{arch}: {} cosine {c}", s.key);
             }
-            let (code, out) =
+            let (code, out, _) =
                 plumb(&["diff", out.to_str().unwrap(), reference.to_str().unwrap(), "--brief", "--color", "never"]);
             assert_eq!(code, 0, "{out}");
             assert!(out.contains("PARITY"), "{out}");
@@ -73,10 +62,10 @@ fn real_gemma_matches_transformers_stats() {
     let reference = root().join("testdata/gemma3-270m/hf_trace_stats.safetensors");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("plumb.safetensors");
-    let (code, _) =
+    let (code, _, _) =
         plumb(&["trace", m.to_str().unwrap(), "-p", "The capital of France is", "--save", out.to_str().unwrap()]);
     assert_eq!(code, 0);
-    let (code, report) = plumb(&["diff", out.to_str().unwrap(), reference.to_str().unwrap(), "--color", "never"]);
+    let (code, report, _) = plumb(&["diff", out.to_str().unwrap(), reference.to_str().unwrap(), "--color", "never"]);
     assert_eq!(code, 0, "{report}");
     assert!(report.contains("stages compared: 399"), "{report}");
     assert!(report.contains("PARITY"), "{report}");

@@ -1,30 +1,14 @@
 //! `plumb inspect` end to end: the real model's figures, JSON output, and
 //! exit code 2 with a clear message for every broken file.
 
+mod common;
+use common::*;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use plumb_formats::gguf::Value;
 use plumb_formats::writer::GgufWriter;
 use plumb_formats::GgmlType;
-
-fn plumb(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_plumb")).args(args).output().unwrap();
-    let (so, se) =
-        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
-    assert!(!se.contains("panicked"), "plumb {args:?} panicked:\n{se}");
-    (out.status.code().unwrap_or(-1), so, se)
-}
-
-fn real_model() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/gemma-3-270m-q4_k_m.gguf");
-    if p.is_file() {
-        return Some(p);
-    }
-    assert!(std::env::var("CI").is_err(), "CI must fetch the real model first (scripts/fetch-model.sh)");
-    eprintln!("skipping: real model not present");
-    None
-}
 
 #[test]
 fn real_model_report() {

@@ -1,33 +1,14 @@
 //! `plumb trace` end to end on the real model: the report, the JSON Lines,
 //! the trace file read back by Python, and `--from` re-rendering.
 
+mod common;
+use common::*;
+
 use std::path::PathBuf;
 use std::process::Command;
 
 const GEMMA_STAGES: &str = "attn_norm,q_proj,k_proj,v_proj,q_norm,k_norm,q_rope,k_rope,attn_scores,attn_probs,\
 attn_context,attn_out,attn_post_norm,attn_residual,ffn_norm,ffn_gate,ffn_up,ffn_act,ffn_mul,ffn_down,ffn_post_norm,layer_out";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn real_model() -> Option<PathBuf> {
-    let p = root().join("models/gemma-3-270m-q4_k_m.gguf");
-    if p.is_file() {
-        return Some(p);
-    }
-    assert!(std::env::var("CI").is_err(), "CI must fetch the real model first (scripts/fetch-model.sh)");
-    eprintln!("skipping: real model not present");
-    None
-}
-
-fn plumb(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_plumb")).args(args).output().unwrap();
-    let (so, se) =
-        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
-    assert!(!se.contains("panicked"), "plumb {args:?} panicked:\n{se}");
-    (out.status.code().unwrap_or(-1), so, se)
-}
 
 /// The Python with numpy + safetensors: $PLUMB_PYTHON, or .venv-test/ made by
 /// `.ci/run` (`python3 -m venv .venv-test && .venv-test/bin/pip install numpy safetensors`).

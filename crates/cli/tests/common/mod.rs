@@ -1,0 +1,31 @@
+//! Helpers shared by the end-to-end tests: run the `plumb` binary, find the
+//! repository's files, and the real model (mandatory in CI).
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs plumb; returns (exit code, stdout, stderr). Fails on any panic.
+pub fn plumb(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_plumb")).args(args).output().unwrap();
+    let (so, se) =
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(!se.contains("panicked"), "plumb {args:?} panicked:\n{se}");
+    (out.status.code().unwrap_or(-1), so, se)
+}
+
+/// The real Gemma 3 270M, if fetched; CI must have it.
+pub fn real_model() -> Option<PathBuf> {
+    let p = root().join("models/gemma-3-270m-q4_k_m.gguf");
+    if p.is_file() {
+        return Some(p);
+    }
+    assert!(std::env::var("CI").is_err(), "CI must fetch the real model first (scripts/fetch-model.sh)");
+    eprintln!("skipping: {} not found; run scripts/fetch-model.sh", p.display());
+    None
+}
