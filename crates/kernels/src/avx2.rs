@@ -250,38 +250,41 @@ pub unsafe fn q5_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     hsum_ps(acc) - acc_m
 }
 
+/// The 128 quants of one half of a Q6_K block as four groups of 32
+/// unsigned 6-bit values (elements 0–31, 32–63, 64–95, 96–127 of the half).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6k_half(x: &BlockQ6K, half: usize) -> [__m256i; 4] {
+    let (m4, m2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x03));
+    let ql0 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * half) as *const __m256i);
+    let ql1 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * half + 32) as *const __m256i);
+    let qh = _mm256_loadu_si256(x.qh.as_ptr().add(32 * half) as *const __m256i);
+    let hi = |shift: i32| match shift {
+        0 => _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4),
+        2 => _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4),
+        4 => _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4),
+        _ => _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4),
+    };
+    [
+        _mm256_or_si256(_mm256_and_si256(ql0, m4), hi(0)),
+        _mm256_or_si256(_mm256_and_si256(ql1, m4), hi(2)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), hi(4)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), hi(6)),
+    ]
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q6_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     let xs: &[BlockQ6K] = bytemuck::cast_slice(w);
     let ys: &[BlockQ8K] = bytemuck::cast_slice(a);
     let mut acc = _mm256_setzero_ps();
-    let m4 = _mm256_set1_epi8(0x0F);
-    let m2 = _mm256_set1_epi8(0x03);
     let m32 = _mm256_set1_epi8(32);
     for (x, y) in xs.iter().zip(ys) {
         let d = d16(x.d) * y.d;
         let mut sumi = _mm256_setzero_si256();
         for half in 0..2 {
-            let ql0 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * half) as *const __m256i);
-            let ql1 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * half + 32) as *const __m256i);
-            let qh = _mm256_loadu_si256(x.qh.as_ptr().add(32 * half) as *const __m256i);
-            // Four groups of 32 values (unsigned 0..63).
-            let q = [
-                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
-                _mm256_or_si256(
-                    _mm256_and_si256(ql1, m4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4),
-                ),
-            ];
+            let q = q6k_half(x, half);
             for (k, qk) in q.iter().enumerate() {
                 let yk = _mm256_loadu_si256(y.qs.as_ptr().add(128 * half + 32 * k) as *const __m256i);
                 // (q − 32)·y = q·y − 32·y
@@ -459,28 +462,10 @@ pub unsafe fn dequant_q4_k(src: &[u8], dst: &mut [f32]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dequant_q6_k(src: &[u8], dst: &mut [f32]) {
     let blocks: &[BlockQ6K] = bytemuck::cast_slice(src);
-    let (m4, m2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x03));
     for (x, y) in blocks.iter().zip(dst.chunks_exact_mut(256)) {
         let d = d16(x.d);
         for half in 0..2 {
-            let ql0 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * half) as *const __m256i);
-            let ql1 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * half + 32) as *const __m256i);
-            let qh = _mm256_loadu_si256(x.qh.as_ptr().add(32 * half) as *const __m256i);
-            let q = [
-                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
-                _mm256_or_si256(
-                    _mm256_and_si256(ql1, m4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4),
-                ),
-            ];
+            let q = q6k_half(x, half);
             for (k, qk) in q.iter().enumerate() {
                 // (d·sc)·(q − 32) per 16 elements, as the scalar reference.
                 let signed = _mm256_sub_epi8(*qk, _mm256_set1_epi8(32));
