@@ -17,7 +17,7 @@ Usage::
 
     python reference/llamacpp_trace.py MODEL.gguf (-p PROMPT | --tokens 1,2,3) -o OUT.safetensors
         [--no-bos] [--special] [--stats-only] [--threads N] [--stages GLOBS] [--layers 0-3,7]
-        [--kv-type f32|f16] [--no-unpermute] [--list-nodes] [-v]
+        [--kv-type f32|f16] [--no-repack] [--no-unpermute] [--list-nodes] [-v]
 
 With ``-p`` the prompt is tokenized by llama.cpp's own tokenizer, BOS added
 (when the model asks for it) unless ``--no-bos``; control tokens written in
@@ -64,7 +64,8 @@ Node name -> stage (llama.cpp names nodes ``<name>-<layer>``)
     attn_probs      kq_soft_max-L
     attn_context    kqv_out-L
     attn_out        attn_out-L (llama); else the unnamed MUL_MAT whose src[1] is
-                    kqv_out-L (qwen2, qwen3, gemma3 name no node there)
+                    kqv_out-L (qwen2, qwen3, gemma3 name no node there; an output
+                    bias, which none of them has, would be left out)
     attn_post_norm  attn_post_norm-L                                    (gemma3)
     attn_residual   ffn_inp-L (llama, qwen2, qwen3), sa_out-L (gemma3)
     ffn_norm        ffn_norm-L
@@ -177,6 +178,10 @@ LAYER_NAME = re.compile(r"^(.+)-(\d+)$")
 
 GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16 = 0, 1, 30
 LLAMA_ROPE_TYPE_NORM = 0
+
+
+# ctypes callbacks handed to llama.cpp must outlive every call into it.
+_KEEP_ALIVE: list = []
 
 
 class UsageError(Exception):
@@ -444,7 +449,7 @@ class Capture:
             if ask:
                 name = self.ggml.name(ptr)
                 n = Node(len(self.nodes), ptr, name, self.ggml.op_name(t.op), t.type,
-                         [int(x) for x in t.ne], [int(s) for s in t.src if s],
+                         [int(x) for x in t.ne], [int(s or 0) for s in t.src],
                          list(t.op_params))
                 if name == "result_output" and any(x.name == "result_output" for x in self.nodes):
                     # a second graph (should not happen: one ubatch)
@@ -757,6 +762,7 @@ def run(args) -> int:
             sys.stderr.write(text.decode("utf-8", "replace"))
 
     L.llama_log_set(log_cb, None)
+    _KEEP_ALIVE.append(log_cb)  # llama.cpp may still log after run() returns
     L.llama_backend_init()
     ggml = Ggml(L._lib._name)
 
