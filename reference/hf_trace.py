@@ -110,10 +110,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fnmatch
-import hashlib
 import inspect
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -124,35 +122,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 
-FORMAT = "1"
+from trace_format import (  # noqa: E402  (same folder)
+    UsageError,
+    parse_layers,
+    parse_stages,
+    stage_of,
+    order_key,
+    tensor_stats,
+    sha256_file,
+    write_trace,
+    _json_safe,
+    FORMAT,
+)
 
-GLOBAL_BEFORE = ["embedding"]
-LAYER_STAGES = [
-    "attn_norm", "q_proj", "k_proj", "v_proj", "q_norm", "k_norm", "q_rope", "k_rope",
-    "attn_scores", "attn_probs", "attn_context", "attn_out", "attn_post_norm", "attn_residual",
-    "ffn_norm", "ffn_gate", "ffn_up", "ffn_act", "ffn_mul", "ffn_down", "ffn_post_norm", "layer_out",
-]
-GLOBAL_AFTER = ["final_norm", "logits"]
-ALL_STAGES = GLOBAL_BEFORE + LAYER_STAGES + GLOBAL_AFTER
+
 # Stages whose token axis is 1 ([H, T, Tkv]); all others have it at 0.
-HEAD_MAJOR = {"attn_scores", "attn_probs"}
 
 # Command-line aliases (shared/DESIGN.md).
-ALIASES = {
-    "qkv_matmul": ["q_proj", "k_proj", "v_proj"],
-    "q_post_rope": ["q_rope"],
-    "k_post_rope": ["k_rope"],
-    "attn_softmax": ["attn_probs"],
-    "attention": ["attn_context"],
-    "ffn_silu": ["ffn_act"],
-    "ffn_swigl": ["ffn_mul"],
-    "ffn_swiglu": ["ffn_mul"],
-    "ffn_out": ["ffn_down"],
-    "post_ffn_residual": ["layer_out"],
-    "layer_output": ["layer_out"],
-    "post_attn_residual": ["attn_residual"],
-    "lm_head": ["logits"],
-}
 
 ARCH_MAP = {
     "llama": "llama",
@@ -167,56 +153,16 @@ ARCH_MAP = {
 # gemma3 [B,H,T,hd] after it.
 NORM_LAYOUT_DEFAULT = {"qwen3": "BTHD", "gemma3": "BHTD"}
 
-STAT_FIELDS = ("mean", "std", "min", "max", "abs_max", "l2")
 
 
-class UsageError(Exception):
-    pass
 
 
 # --------------------------------------------------------------------------
 # selection
 
 
-def parse_layers(spec: str | None, n_layers: int) -> list[int]:
-    if spec is None:
-        return list(range(n_layers))
-    out: set[int] = set()
-    for part in spec.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            if "-" in part:
-                a, b = part.split("-", 1)
-                lo, hi = int(a), int(b)
-                if lo > hi:
-                    raise ValueError
-                out.update(range(lo, hi + 1))
-            else:
-                out.add(int(part))
-        except ValueError:
-            raise UsageError(f"--layers: bad item {part!r} (want N or A-B)") from None
-    bad = sorted(x for x in out if x < 0 or x >= n_layers)
-    if bad:
-        raise UsageError(f"--layers: layer {bad[0]} out of range (the model has {n_layers} layers)")
-    return sorted(out)
 
 
-def parse_stages(spec: str | None) -> list[str] | None:
-    """Returns a list of glob patterns (aliases expanded), or None for all."""
-    if spec is None:
-        return None
-    pats: list[str] = []
-    for p in spec.split(","):
-        p = p.strip()
-        if not p:
-            continue
-        pats.extend(ALIASES.get(p, [p]))
-    for p in pats:
-        if not any(fnmatch.fnmatchcase(s, p) for s in ALL_STAGES):
-            raise UsageError(f"--stages: {p!r} matches no stage (stages: {', '.join(ALL_STAGES)})")
-    return pats
 
 
 class Selection:
@@ -233,65 +179,22 @@ class Selection:
         return self.stage(name)
 
 
-def stage_of(key: str) -> str:
-    return key.split(".", 2)[2] if key.startswith("blk.") else key
 
 
-def order_key(key: str):
-    if key.startswith("blk."):
-        _, l, name = key.split(".", 2)
-        return (1, int(l), LAYER_STAGES.index(name) if name in LAYER_STAGES else 99, key)
-    if key in GLOBAL_BEFORE:
-        return (0, 0, GLOBAL_BEFORE.index(key), key)
-    return (2, 0, GLOBAL_AFTER.index(key) if key in GLOBAL_AFTER else 99, key)
 
 
 # --------------------------------------------------------------------------
 # statistics
 
 
-def _stats(x: np.ndarray) -> dict:
-    x = np.asarray(x, dtype=np.float64).ravel()
-    nan = int(np.isnan(x).sum())
-    inf = int(np.isinf(x).sum())
-    f = x[np.isfinite(x)]
-    out: dict = {"count": int(x.size)}
-    if f.size == 0:
-        out.update({k: None for k in STAT_FIELDS})
-    else:
-        out.update(
-            mean=float(f.mean()),
-            std=float(f.std()),
-            min=float(f.min()),
-            max=float(f.max()),
-            abs_max=float(np.abs(f).max()),
-            l2=float(np.sqrt(np.dot(f, f))),
-        )
-    out["nan"] = nan
-    out["inf"] = inf
-    return out
 
 
-def tensor_stats(name: str, x: np.ndarray) -> dict:
-    axis = 1 if name in HEAD_MAJOR else 0
-    axis = min(axis, max(x.ndim - 1, 0))
-    last = np.take(x, x.shape[axis] - 1, axis=axis) if x.ndim and x.shape[axis] else x[:0]
-    s = {"shape": [int(d) for d in x.shape]}
-    s.update(_stats(x))
-    s["last"] = _stats(last)
-    return s
 
 
 # --------------------------------------------------------------------------
 # loading
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def gguf_config_fixes(path: Path, config) -> list[str]:
@@ -360,7 +263,6 @@ def gguf_config_fixes(path: Path, config) -> list[str]:
 
 
 def load(model_path: Path, dtype, device: str, need_tokenizer: bool):
-    import torch  # noqa: F401
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if model_path.is_file():
@@ -686,34 +588,8 @@ class Tracer:
 # output
 
 
-def write_trace(out_path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
-    from safetensors.numpy import save_file
-
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.parent / f".{out_path.name}.tmp.{os.getpid()}"
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        # safetensors creates the file 0600; give it the usual umask mode.
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out_path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
-def _json_safe(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_json_safe(v) for v in x]
-    return x
 
 
 def main(argv=None) -> int:
