@@ -191,7 +191,9 @@ impl Model {
             self.layer(k, l, &mut x, t, cache, p, tr);
         }
         cache.len = p + t;
-        self.head(k, &x, t, all_logits, tr)
+        let logits = self.head(k, &x, t, all_logits, tr);
+        tr.step_done();
+        logits
     }
 
     /// Applies the model's fault, if it targets this stage (self-tests of

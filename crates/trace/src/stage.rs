@@ -120,6 +120,9 @@ pub trait Observer {
     fn wants(&self, layer: Option<usize>, stage: Stage) -> bool;
     /// `data` is row-major with `shape`.
     fn record(&mut self, layer: Option<usize>, stage: Stage, data: &[f32], shape: &[usize]);
+    /// Called once at the end of every forward step, so an observer can
+    /// finish deferred work (the recorder computes its statistics here).
+    fn step_done(&mut self) {}
 }
 
 /// The observer of plain inference: keeps nothing.

@@ -15,7 +15,7 @@ use plumb_model::fault::Fault;
 use plumb_model::kernels::kernels_for;
 use plumb_model::sample::argmax;
 use plumb_model::{KvCache, NoTrace, Precision};
-use plumb_trace::{Positions, Recorder, Trace, TracePlan};
+use plumb_trace::{Observer, Positions, Recorder, Trace, TracePlan};
 
 use crate::cmd::common::{
     check_output, check_vocabularies, load, parse_precision, trace_meta, Loaded, ModelArgs, PromptArgs,
@@ -117,6 +117,7 @@ fn isolated(
     }
     let x = get(&format!("blk.{}.layer_out", m.cfg.n_layer - 1))?;
     m.head(kernels.as_ref(), &x, t, true, &mut rec);
+    rec.step_done();
     let mut meta = trace_meta(path, a, precision, kernels.as_ref(), prompt, ids, false)?;
     meta.insert("plumb.isolated".into(), "each layer on the reference's input".into());
     let mut tr = Trace { meta, tokens: ids.to_vec(), stats: rec.stats, tensors: Default::default() };
