@@ -51,16 +51,18 @@ impl Observer for Recorder {
         self.plan.wants(layer, stage)
     }
 
-    /// Large stages get their statistics now (computed in parallel chunks);
-    /// small ones are copied and done all together in `step_done`, in
-    /// parallel, rather than one by one between the forward pass's parallel
-    /// sections, which left the other cores idle in a decode step.
+    /// In a decode step the stages are copied and their statistics done all
+    /// together in `step_done`, in parallel, rather than one by one between
+    /// the forward pass's parallel sections, which left the other cores idle.
+    /// Prompt steps compute them at once (large tensors in parallel chunks).
     fn record(&mut self, layer: Option<usize>, stage: Stage, data: &[f32], shape: &[usize]) {
         if !self.plan.wants(layer, stage) {
             return;
         }
         let axis = stage.token_axis();
-        let (stats, kept) = if data.len() >= DEFER_BELOW {
+        // A one-token step (decoding) defers; a prompt's large tensors do not,
+        // so a traced prefill holds no second copy of every stage.
+        let (stats, kept) = if shape.get(axis) != Some(&1) || data.len() >= DEFER_BELOW {
             let st = TensorStats::compute(data, shape, axis);
             (Some(st), if self.plan.tensors { data.to_vec() } else { Vec::new() })
         } else {
