@@ -120,3 +120,26 @@ fn garbage_detector_flags_loops_and_replacement_chars() {
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("GARBAGE"), "{out}");
 }
+
+#[test]
+fn the_same_command_writes_a_bit_identical_trace_file() {
+    let m = root().join("testdata/tiny/gemma3/gemma3-q8_0.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = (0..2).map(|i| dir.path().join(format!("t{i}.safetensors"))).collect();
+    for (i, f) in files.iter().enumerate() {
+        let threads = if i == 0 { "1" } else { "2" };
+        let (code, _, _) = plumb(&[
+            "trace",
+            m.to_str().unwrap(),
+            "--tokens",
+            "1,17,255,3,400,511",
+            "--tensors",
+            "--save",
+            f.to_str().unwrap(),
+            "-t",
+            threads,
+        ]);
+        assert_eq!(code, 0);
+    }
+    assert_eq!(std::fs::read(&files[0]).unwrap(), std::fs::read(&files[1]).unwrap(), "trace files differ between runs");
+}

@@ -154,3 +154,32 @@ fn simd_dequantizers_are_bit_identical_to_the_references() {
         }
     }
 }
+
+#[test]
+fn four_token_and_multi_row_kernels_equal_the_single_kernel_bit_for_bit() {
+    use plumb_kernels::fast::{dot4_for, rows_for};
+    let path = KernelPath::detect();
+    let mut rng = StdRng::seed_from_u64(21);
+    for ty in TYPES {
+        let n = 5 * ty.block_elems().max(32);
+        let rows = 3;
+        let w: Vec<u8> = (0..rows).flat_map(|_| random_weights(ty, n, &mut rng)).collect();
+        let rb = w.len() / rows;
+        let x: Vec<f32> = (0..4 * n).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+        let act = quantize_activations(&x, 4, n, act_type(ty));
+        let one = dot_for(ty, path);
+        if let Some(d4) = dot4_for(ty, path) {
+            let got = d4(&w[..rb], [act.row(0), act.row(1), act.row(2), act.row(3)]);
+            for (t, g) in got.iter().enumerate() {
+                assert_eq!(g.to_bits(), one(n, &w[..rb], act.row(t)).to_bits(), "{ty} dot4 token {t}");
+            }
+        }
+        if let Some(rf) = rows_for(ty, path) {
+            let mut out = vec![0f32; rows];
+            rf(&w, rb, n, act.row(0), &mut out);
+            for (r, g) in out.iter().enumerate() {
+                assert_eq!(g.to_bits(), one(n, &w[r * rb..(r + 1) * rb], act.row(0)).to_bits(), "{ty} rows row {r}");
+            }
+        }
+    }
+}

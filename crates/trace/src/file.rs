@@ -79,7 +79,8 @@ impl Trace {
             .map(|(k, shape, b)| Ok((k.clone(), TensorView::new(Dtype::F32, shape.clone(), b)?)))
             .collect::<Result<_, safetensors::SafeTensorError>>()
             .map_err(|e| e.to_string())?;
-        safetensors::tensor::serialize(views, Some(meta)).map_err(|e| e.to_string())
+        let bytes = safetensors::tensor::serialize(views, Some(meta)).map_err(|e| e.to_string())?;
+        Ok(canonical_header(bytes))
     }
 
     /// Writes the trace to `path` through a temporary file and a rename.
@@ -171,4 +172,36 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Rewrites the JSON header of a safetensors file with its keys sorted, so
+/// the same trace always gives the same bytes (the writer emits the
+/// metadata in hash-map order). The header keeps its length, padded with
+/// spaces as the format allows, so the data offsets do not move.
+fn canonical_header(mut bytes: Vec<u8>) -> Vec<u8> {
+    fn sorted(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut entries: Vec<(String, serde_json::Value)> =
+                    m.into_iter().map(|(k, v)| (k, sorted(v))).collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                serde_json::Value::Object(entries.into_iter().collect())
+            }
+            other => other,
+        }
+    }
+    if bytes.len() < 8 {
+        return bytes;
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8])) as usize;
+    let Some(header) = bytes.get(8..8 + n) else { return bytes };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(header) else { return bytes };
+    let Ok(text) = serde_json::to_string(&sorted(v)) else { return bytes };
+    if text.len() > n {
+        return bytes;
+    }
+    let mut padded = text.into_bytes();
+    padded.resize(n, b' ');
+    bytes[8..8 + n].copy_from_slice(&padded);
+    bytes
 }
