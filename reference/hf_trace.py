@@ -109,7 +109,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fnmatch
 import inspect
 import json
 import os
@@ -123,6 +122,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 
 from trace_format import (  # noqa: E402  (same folder)
+    Selection,
     UsageError,
     parse_layers,
     parse_stages,
@@ -154,47 +154,16 @@ ARCH_MAP = {
 NORM_LAYOUT_DEFAULT = {"qwen3": "BTHD", "gemma3": "BHTD"}
 
 
-
-
-
 # --------------------------------------------------------------------------
 # selection
-
-
-
-
-
-
-class Selection:
-    def __init__(self, patterns: list[str] | None, layers: list[int]):
-        self.patterns = patterns
-        self.layers = set(layers)
-
-    def stage(self, name: str) -> bool:
-        return self.patterns is None or any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
-
-    def want(self, name: str, layer: int | None = None) -> bool:
-        if layer is not None and layer not in self.layers:
-            return False
-        return self.stage(name)
-
-
-
-
 
 
 # --------------------------------------------------------------------------
 # statistics
 
 
-
-
-
-
 # --------------------------------------------------------------------------
 # loading
-
-
 
 
 def gguf_config_fixes(path: Path, config) -> list[str]:
@@ -586,10 +555,6 @@ class Tracer:
 
 # --------------------------------------------------------------------------
 # output
-
-
-
-
 
 
 def main(argv=None) -> int:

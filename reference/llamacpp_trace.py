@@ -114,7 +114,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import fnmatch
 import json
 import os
 import re
@@ -124,6 +123,7 @@ from pathlib import Path
 import numpy as np
 
 from trace_format import (  # noqa: E402  (same folder)
+    Selection,
     UsageError,
     parse_layers,
     parse_stages,
@@ -168,42 +168,12 @@ LLAMA_ROPE_TYPE_NORM = 0
 _KEEP_ALIVE: list = []
 
 
-
-
 # --------------------------------------------------------------------------
 # selection (as in hf_trace.py)
 
 
-
-
-
-
-class Selection:
-    def __init__(self, patterns: list[str] | None, layers: list[int]):
-        self.patterns = patterns
-        self.layers = set(layers)
-
-    def stage(self, name: str) -> bool:
-        return self.patterns is None or any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
-
-    def want(self, name: str, layer: int | None = None) -> bool:
-        if layer is not None and layer not in self.layers:
-            return False
-        return self.stage(name)
-
-
-
-
-
-
 # --------------------------------------------------------------------------
 # statistics (as in hf_trace.py)
-
-
-
-
-
-
 
 
 # --------------------------------------------------------------------------
@@ -545,10 +515,6 @@ class Mapper:
 
 # --------------------------------------------------------------------------
 # output (as in hf_trace.py)
-
-
-
-
 
 
 # --------------------------------------------------------------------------

@@ -181,3 +181,17 @@ def _json_safe(x):
     if isinstance(x, list):
         return [_json_safe(v) for v in x]
     return x
+
+
+class Selection:
+    def __init__(self, patterns: list[str] | None, layers: list[int]):
+        self.patterns = patterns
+        self.layers = set(layers)
+
+    def stage(self, name: str) -> bool:
+        return self.patterns is None or any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
+
+    def want(self, name: str, layer: int | None = None) -> bool:
+        if layer is not None and layer not in self.layers:
+            return False
+        return self.stage(name)
