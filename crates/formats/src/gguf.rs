@@ -419,132 +419,129 @@ pub struct Header {
 /// errors). The fuzz target calls this directly.
 pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header, FormatError> {
     let path = path.to_path_buf();
-    let mmap = bytes;
-    {
-        let mut c = Cursor { path: &path, buf: mmap, pos: 0 };
-        let magic = c.array::<4>("magic")?;
-        if &magic != MAGIC {
-            return Err(c.err("magic", 0, format!("expected \"GGUF\", found {magic:02x?} (not a GGUF file)")));
-        }
-        let version = c.u32("version")?;
-        if !(2..=3).contains(&version) {
-            let hint = if version.swap_bytes() <= 3 { " (a big-endian file?)" } else { "" };
-            return Err(c.err("version", 4, format!("unsupported GGUF version {version}{hint}; plumb reads 2 and 3")));
-        }
-        let n_tensors = c.u64("tensor_count")?;
-        let n_kv = c.u64("metadata_kv_count")?;
-        // A key/value pair takes at least 8 (key length) + 4 (type) + 1 bytes,
-        // a tensor info at least 8 + 4 + 4 + 8 bytes.
-        if n_kv.checked_mul(13).is_none_or(|n| n > c.remaining()) {
-            return Err(c.err("metadata_kv_count", 16, format!("{n_kv} entries cannot fit in the file")));
-        }
-        if n_tensors.checked_mul(24).is_none_or(|n| n > c.remaining()) {
-            return Err(c.err("tensor_count", 8, format!("{n_tensors} tensors cannot fit in the file")));
-        }
-
-        let mut metadata = Vec::with_capacity(n_kv as usize);
-        let mut index = HashMap::new();
-        for i in 0..n_kv {
-            let key_at = c.pos;
-            let key = c.string(&format!("metadata key #{i}"))?;
-            let ty_at = c.pos;
-            let ty_id = c.u32(&key)?;
-            let ty = ValueType::from_id(ty_id)
-                .ok_or_else(|| c.err(&key, ty_at, format!("unknown metadata value type {ty_id}")))?;
-            let value = c.value(ty, &key, 0)?;
-            if index.insert(key.clone(), metadata.len()).is_some() {
-                return Err(c.err(&key, key_at, "duplicate metadata key"));
-            }
-            metadata.push((key, value));
-        }
-
-        let alignment = match index.get("general.alignment").map(|&i| &metadata[i].1) {
-            None => DEFAULT_ALIGNMENT,
-            Some(v) => match v.as_u64() {
-                Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 20 => a,
-                _ => {
-                    return Err(FormatError::invalid(
-                        &path,
-                        format!("general.alignment is {}, not a power of two up to 1 MiB", v.summary()),
-                    ))
-                }
-            },
-        };
-
-        let mut infos = Vec::with_capacity(n_tensors as usize);
-        let mut tensor_index = HashMap::new();
-        for i in 0..n_tensors {
-            let at = c.pos;
-            let name = c.string(&format!("tensor #{i} name"))?;
-            let dims_at = c.pos;
-            let n_dims = c.u32(&name)?;
-            if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(c.err(&name, dims_at, format!("tensor has {n_dims} dimensions; 1 to {MAX_DIMS} allowed")));
-            }
-            let mut ne = Vec::with_capacity(n_dims as usize);
-            for _ in 0..n_dims {
-                ne.push(c.u64(&name)?);
-            }
-            let ty_at = c.pos;
-            let ty_id = c.u32(&name)?;
-            let ty =
-                GgmlType::from_id(ty_id).ok_or_else(|| c.err(&name, ty_at, format!("unknown ggml type id {ty_id}")))?;
-            let off_at = c.pos;
-            let offset = c.u64(&name)?;
-            let n_elem = ne.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
-            let n_elem = n_elem.filter(|&n| n <= c.buf.len() as u64 * 8).ok_or_else(|| {
-                c.err(&name, dims_at, format!("dimensions {ne:?} are larger than the file could hold"))
-            })?;
-            if ne[0] % ty.block_elems() as u64 != 0 {
-                return Err(c.err(
-                    &name,
-                    dims_at,
-                    format!("row length {} is not a multiple of the {ty} block size {}", ne[0], ty.block_elems()),
-                ));
-            }
-            let n_bytes = ty.bytes_for(n_elem).unwrap_or(u64::MAX);
-            if offset % alignment != 0 {
-                return Err(c.err(
-                    &name,
-                    off_at,
-                    format!("data offset {offset} is not a multiple of the alignment {alignment}"),
-                ));
-            }
-            let shape: Vec<usize> = ne.iter().rev().map(|&d| d as usize).collect();
-            if tensor_index.insert(name.clone(), infos.len()).is_some() {
-                return Err(c.err(&name, at, "duplicate tensor name"));
-            }
-            infos.push(TensorInfo { name, shape, ty, offset, start: 0, n_bytes });
-        }
-
-        let data_offset = c.pos.div_ceil(alignment) * alignment;
-        let file_len = mmap.len() as u64;
-        for t in &mut infos {
-            t.start = data_offset.saturating_add(t.offset);
-            let end = t.start.checked_add(t.n_bytes);
-            if end.is_none_or(|e| e > file_len) {
-                return Err(FormatError::invalid(
-                    &path,
-                    format!(
-                        "tensor {}: data [{}, +{}) runs past the end of the file ({} bytes; truncated?)",
-                        t.name, t.start, t.n_bytes, file_len
-                    ),
-                ));
-            }
-        }
-        let mut by_start: Vec<&TensorInfo> = infos.iter().collect();
-        by_start.sort_by_key(|t| t.start);
-        for pair in by_start.windows(2) {
-            if pair[0].start + pair[0].n_bytes > pair[1].start {
-                return Err(FormatError::invalid(
-                    &path,
-                    format!("tensors {} and {} overlap in the data section", pair[0].name, pair[1].name),
-                ));
-            }
-        }
-
-        Ok(Header { version, alignment, data_offset, metadata, index, tensors: infos, tensor_index })
+    let mut c = Cursor { path: &path, buf: bytes, pos: 0 };
+    let magic = c.array::<4>("magic")?;
+    if &magic != MAGIC {
+        return Err(c.err("magic", 0, format!("expected \"GGUF\", found {magic:02x?} (not a GGUF file)")));
     }
+    let version = c.u32("version")?;
+    if !(2..=3).contains(&version) {
+        let hint = if version.swap_bytes() <= 3 { " (a big-endian file?)" } else { "" };
+        return Err(c.err("version", 4, format!("unsupported GGUF version {version}{hint}; plumb reads 2 and 3")));
+    }
+    let n_tensors = c.u64("tensor_count")?;
+    let n_kv = c.u64("metadata_kv_count")?;
+    // A key/value pair takes at least 8 (key length) + 4 (type) + 1 bytes,
+    // a tensor info at least 8 + 4 + 4 + 8 bytes.
+    if n_kv.checked_mul(13).is_none_or(|n| n > c.remaining()) {
+        return Err(c.err("metadata_kv_count", 16, format!("{n_kv} entries cannot fit in the file")));
+    }
+    if n_tensors.checked_mul(24).is_none_or(|n| n > c.remaining()) {
+        return Err(c.err("tensor_count", 8, format!("{n_tensors} tensors cannot fit in the file")));
+    }
+
+    let mut metadata = Vec::with_capacity(n_kv as usize);
+    let mut index = HashMap::new();
+    for i in 0..n_kv {
+        let key_at = c.pos;
+        let key = c.string(&format!("metadata key #{i}"))?;
+        let ty_at = c.pos;
+        let ty_id = c.u32(&key)?;
+        let ty = ValueType::from_id(ty_id)
+            .ok_or_else(|| c.err(&key, ty_at, format!("unknown metadata value type {ty_id}")))?;
+        let value = c.value(ty, &key, 0)?;
+        if index.insert(key.clone(), metadata.len()).is_some() {
+            return Err(c.err(&key, key_at, "duplicate metadata key"));
+        }
+        metadata.push((key, value));
+    }
+
+    let alignment = match index.get("general.alignment").map(|&i| &metadata[i].1) {
+        None => DEFAULT_ALIGNMENT,
+        Some(v) => match v.as_u64() {
+            Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 20 => a,
+            _ => {
+                return Err(FormatError::invalid(
+                    &path,
+                    format!("general.alignment is {}, not a power of two up to 1 MiB", v.summary()),
+                ))
+            }
+        },
+    };
+
+    let mut infos = Vec::with_capacity(n_tensors as usize);
+    let mut tensor_index = HashMap::new();
+    for i in 0..n_tensors {
+        let at = c.pos;
+        let name = c.string(&format!("tensor #{i} name"))?;
+        let dims_at = c.pos;
+        let n_dims = c.u32(&name)?;
+        if n_dims == 0 || n_dims > MAX_DIMS {
+            return Err(c.err(&name, dims_at, format!("tensor has {n_dims} dimensions; 1 to {MAX_DIMS} allowed")));
+        }
+        let mut ne = Vec::with_capacity(n_dims as usize);
+        for _ in 0..n_dims {
+            ne.push(c.u64(&name)?);
+        }
+        let ty_at = c.pos;
+        let ty_id = c.u32(&name)?;
+        let ty =
+            GgmlType::from_id(ty_id).ok_or_else(|| c.err(&name, ty_at, format!("unknown ggml type id {ty_id}")))?;
+        let off_at = c.pos;
+        let offset = c.u64(&name)?;
+        let n_elem = ne.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
+        let n_elem = n_elem
+            .filter(|&n| n <= c.buf.len() as u64 * 8)
+            .ok_or_else(|| c.err(&name, dims_at, format!("dimensions {ne:?} are larger than the file could hold")))?;
+        if ne[0] % ty.block_elems() as u64 != 0 {
+            return Err(c.err(
+                &name,
+                dims_at,
+                format!("row length {} is not a multiple of the {ty} block size {}", ne[0], ty.block_elems()),
+            ));
+        }
+        let n_bytes = ty.bytes_for(n_elem).unwrap_or(u64::MAX);
+        if offset % alignment != 0 {
+            return Err(c.err(
+                &name,
+                off_at,
+                format!("data offset {offset} is not a multiple of the alignment {alignment}"),
+            ));
+        }
+        let shape: Vec<usize> = ne.iter().rev().map(|&d| d as usize).collect();
+        if tensor_index.insert(name.clone(), infos.len()).is_some() {
+            return Err(c.err(&name, at, "duplicate tensor name"));
+        }
+        infos.push(TensorInfo { name, shape, ty, offset, start: 0, n_bytes });
+    }
+
+    let data_offset = c.pos.div_ceil(alignment) * alignment;
+    let file_len = bytes.len() as u64;
+    for t in &mut infos {
+        t.start = data_offset.saturating_add(t.offset);
+        let end = t.start.checked_add(t.n_bytes);
+        if end.is_none_or(|e| e > file_len) {
+            return Err(FormatError::invalid(
+                &path,
+                format!(
+                    "tensor {}: data [{}, +{}) runs past the end of the file ({} bytes; truncated?)",
+                    t.name, t.start, t.n_bytes, file_len
+                ),
+            ));
+        }
+    }
+    let mut by_start: Vec<&TensorInfo> = infos.iter().collect();
+    by_start.sort_by_key(|t| t.start);
+    for pair in by_start.windows(2) {
+        if pair[0].start + pair[0].n_bytes > pair[1].start {
+            return Err(FormatError::invalid(
+                &path,
+                format!("tensors {} and {} overlap in the data section", pair[0].name, pair[1].name),
+            ));
+        }
+    }
+
+    Ok(Header { version, alignment, data_offset, metadata, index, tensors: infos, tensor_index })
 }
 
 impl GgufFile {

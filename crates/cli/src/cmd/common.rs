@@ -187,6 +187,18 @@ pub fn check_vocabularies(a: &Loaded, b: &Loaded) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refuses a prompt plus `n` more tokens (asked for with `flag`) that
+/// overflows the model's context or whose KV cache cannot fit in memory.
+pub fn check_capacity(model: &Model, prompt: usize, flag: &str, n: usize) -> anyhow::Result<()> {
+    if prompt + n > model.cfg.ctx_len {
+        bail!(
+            "prompt ({prompt} tokens) + {flag} {n} exceeds the model's context of {} tokens; shorten the prompt or lower {flag}",
+            model.cfg.ctx_len
+        );
+    }
+    check_kv_fits(model, prompt + n)
+}
+
 /// Refuses a KV cache that cannot fit in the memory available now, before
 /// allocating it.
 pub fn check_kv_fits(model: &Model, capacity: usize) -> anyhow::Result<()> {

@@ -10,7 +10,7 @@ use plumb_model::sample::{Sampler, SamplerConfig};
 use plumb_model::tokenizer::StreamDecoder;
 use plumb_model::{KvCache, NoTrace, Precision};
 
-use crate::cmd::common::{check_kv_fits, load, ModelArgs, PromptArgs};
+use crate::cmd::common::{check_capacity, load, ModelArgs, PromptArgs};
 use crate::Outcome;
 
 #[derive(clap::Args)]
@@ -49,15 +49,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let (model, tok) = (&loaded.model, &loaded.tokenizer);
     let prompt_ids = args.prompt.token_ids(tok.as_ref())?;
     let capacity = prompt_ids.len() + args.n;
-    if capacity > model.cfg.ctx_len {
-        bail!(
-            "prompt ({} tokens) + -n {} exceeds the model's context of {} tokens; shorten the prompt or lower -n",
-            prompt_ids.len(),
-            args.n,
-            model.cfg.ctx_len
-        );
-    }
-    check_kv_fits(model, capacity)?;
+    check_capacity(model, prompt_ids.len(), "-n", args.n)?;
     if args.ids {
         eprintln!("prompt ids: {prompt_ids:?}");
     }

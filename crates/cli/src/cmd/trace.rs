@@ -119,15 +119,7 @@ fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>)> {
     let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref());
     let ids = args.prompt.token_ids(tok)?;
     let capacity = ids.len() + args.generate;
-    if capacity > model.cfg.ctx_len {
-        bail!(
-            "prompt ({} tokens) + --generate {} exceeds the context of {}",
-            ids.len(),
-            args.generate,
-            model.cfg.ctx_len
-        );
-    }
-    crate::cmd::common::check_kv_fits(model, capacity)?;
+    crate::cmd::common::check_capacity(model, ids.len(), "--generate", args.generate)?;
     let kernels = kernels_for(args.precision);
     let mut rec = Recorder::new(plan);
     let mut cache = KvCache::new(&model.cfg, capacity);
@@ -243,13 +235,7 @@ pub fn judge(trace: &Trace, std_jump: f64, outlier: f64) -> Vec<Verdict> {
         let layer = parse_key(k).and_then(|(_, l)| l);
         groups.entry(layer).or_default().push((k, s));
     }
-    let out_std = |l: Option<usize>| -> Option<f64> {
-        let key = match l {
-            Some(l) => format!("blk.{l}.layer_out"),
-            None => "embedding".into(),
-        };
-        trace.stat(&key).and_then(|s| s.all.std)
-    };
+    let out_std = |l: usize| trace.stat(&format!("blk.{l}.layer_out")).and_then(|s| s.all.std);
     let mut verdicts = Vec::new();
     for (layer, stages) in groups {
         let mut v = Verdict { layer, level: Level::Ok, reasons: Vec::new() };
@@ -268,7 +254,7 @@ pub fn judge(trace: &Trace, std_jump: f64, outlier: f64) -> Vec<Verdict> {
         // Layer 0 is not compared with the embedding: the embedding's scale is
         // the model's choice (gemma's sqrt(d), post-norms), not a layer's doing.
         if let Some(l) = layer.filter(|&l| l > 0) {
-            if let (Some(p), Some(c)) = (out_std(Some(l - 1)), out_std(Some(l))) {
+            if let (Some(p), Some(c)) = (out_std(l - 1), out_std(l)) {
                 if p > 0.0 && c / p > std_jump {
                     v.level = v.level.max(Level::HighVar);
                     v.reasons.push(format!("layer_out std jumps ×{:.1} over the previous layer", c / p));
