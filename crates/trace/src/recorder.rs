@@ -10,7 +10,7 @@ use crate::stats::{last_slice, TensorStats};
 type Pending = (String, Vec<usize>, usize, Option<TensorStats>, Vec<f32>);
 
 /// Stages with at least this many values get their statistics at once.
-const DEFER_BELOW: usize = 1 << 19;
+const DEFER_BELOW: usize = 1 << 16;
 
 pub struct Recorder {
     pub plan: TracePlan,

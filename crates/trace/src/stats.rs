@@ -97,30 +97,15 @@ impl Stats {
     /// As [`Stats::of`] over a slice, with a branch-free pass when every
     /// value is finite (the usual case; same figures either way).
     pub fn of_slice(x: &[f32]) -> Stats {
-        if !x.iter().all(|v| v.is_finite()) {
-            return Stats::of(x.iter());
-        }
-        if x.is_empty() {
+        if x.is_empty() || !x[0].is_finite() {
             return Stats::of(x.iter());
         }
         let k = x[0] as f64;
         // Fixed-size chunks, summed in order: large tensors (the logits) use
         // every core, and the figures do not depend on the thread count.
-        let part = |c: &[f32]| {
-            let (mut sum, mut sumsq, mut ssum) = (0f64, 0f64, 0f64);
-            let (mut min, mut max) = (f32::INFINITY, f32::NEG_INFINITY);
-            for &v in c {
-                let d = v as f64;
-                sum += d;
-                sumsq += d * d;
-                ssum += (d - k) * (d - k);
-                min = min.min(v);
-                max = max.max(v);
-            }
-            (sum, sumsq, ssum, min, max)
-        };
+        let part = |c: &[f32]| partial(c, k);
         use rayon::prelude::*;
-        let parts: Vec<(f64, f64, f64, f32, f32)> = if x.len() >= 4 * CHUNK {
+        let parts: Vec<Partial> = if x.len() >= 4 * CHUNK {
             x.par_chunks(CHUNK).map(part).collect()
         } else {
             x.chunks(CHUNK).map(part).collect()
@@ -133,6 +118,11 @@ impl Stats {
             ssum += c;
             min = min.min(lo);
             max = max.max(hi);
+        }
+        // A NaN or an infinity anywhere makes the sums non-finite (finite f32
+        // values cannot overflow an f64 sum): then count them apart, slowly.
+        if !(sum.is_finite() && sumsq.is_finite() && ssum.is_finite()) {
+            return Stats::of(x.iter());
         }
         let f = x.len() as f64;
         let mean = sum / f;
@@ -149,6 +139,98 @@ impl Stats {
             inf: 0,
         }
     }
+}
+
+/// Lanes of the partial sums: eight, one AVX register of f32.
+const L: usize = 8;
+
+/// Per-lane running sums: Σx, Σx², Σ(x−k)², min, max.
+struct Lanes {
+    sum: [f64; L],
+    sumsq: [f64; L],
+    ssum: [f64; L],
+    min: [f32; L],
+    max: [f32; L],
+}
+
+type Partial = (f64, f64, f64, f32, f32);
+
+impl Lanes {
+    fn new() -> Lanes {
+        Lanes { sum: [0.0; L], sumsq: [0.0; L], ssum: [0.0; L], min: [f32::INFINITY; L], max: [f32::NEG_INFINITY; L] }
+    }
+
+    /// Adds values lane by lane, from lane 0 (the scalar reference, and the tail).
+    fn add(&mut self, v: &[f32], k: f64) {
+        for (l, &x) in v.iter().enumerate() {
+            let d = x as f64;
+            self.sum[l] += d;
+            self.sumsq[l] += d * d;
+            self.ssum[l] += (d - k) * (d - k);
+            self.min[l] = if x < self.min[l] { x } else { self.min[l] };
+            self.max[l] = if x > self.max[l] { x } else { self.max[l] };
+        }
+    }
+
+    fn total(&self) -> Partial {
+        let t = |a: &[f64; L]| a.iter().sum::<f64>();
+        let lo = self.min.iter().fold(f32::INFINITY, |m, &v| m.min(v));
+        let hi = self.max.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        (t(&self.sum), t(&self.sumsq), t(&self.ssum), lo, hi)
+    }
+}
+
+/// The partial sums of a chunk of finite values. The AVX2 path keeps the
+/// same eight lanes with the same unfused operations as the scalar one, so
+/// both give the same bits.
+fn partial(c: &[f32], k: f64) -> Partial {
+    let mut lanes = Lanes::new();
+    let mut rest = c;
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        let whole = c.len() / L * L;
+        // SAFETY: the CPU has AVX2 (checked just above); `whole` ≤ c.len().
+        unsafe { partial_avx2(&c[..whole], k, &mut lanes) };
+        rest = &c[whole..];
+    }
+    for v in rest.chunks(L) {
+        lanes.add(v, k);
+    }
+    lanes.total()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn partial_avx2(c: &[f32], k: f64, out: &mut Lanes) {
+    use std::arch::x86_64::*;
+    let kk = _mm256_set1_pd(k);
+    let (mut s0, mut s1) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+    let (mut q0, mut q1) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+    let (mut r0, mut r1) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+    let mut lo = _mm256_set1_ps(f32::INFINITY);
+    let mut hi = _mm256_set1_ps(f32::NEG_INFINITY);
+    for v in c.chunks_exact(L) {
+        let x = _mm256_loadu_ps(v.as_ptr());
+        let (a, b) = (_mm256_cvtps_pd(_mm256_castps256_ps128(x)), _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)));
+        s0 = _mm256_add_pd(s0, a);
+        s1 = _mm256_add_pd(s1, b);
+        q0 = _mm256_add_pd(q0, _mm256_mul_pd(a, a));
+        q1 = _mm256_add_pd(q1, _mm256_mul_pd(b, b));
+        let (da, db) = (_mm256_sub_pd(a, kk), _mm256_sub_pd(b, kk));
+        r0 = _mm256_add_pd(r0, _mm256_mul_pd(da, da));
+        r1 = _mm256_add_pd(r1, _mm256_mul_pd(db, db));
+        lo = _mm256_min_ps(x, lo);
+        hi = _mm256_max_ps(x, hi);
+    }
+    let store = |a: __m256d, b: __m256d, o: &mut [f64; L]| {
+        _mm256_storeu_pd(o.as_mut_ptr(), a);
+        _mm256_storeu_pd(o.as_mut_ptr().add(4), b);
+    };
+    store(s0, s1, &mut out.sum);
+    store(q0, q1, &mut out.sumsq);
+    store(r0, r1, &mut out.ssum);
+    _mm256_storeu_ps(out.min.as_mut_ptr(), lo);
+    _mm256_storeu_ps(out.max.as_mut_ptr(), hi);
 }
 
 impl TensorStats {
@@ -194,6 +276,31 @@ mod tests {
         assert_eq!((a.count, a.min, a.max, a.abs_max), (b.count, b.min, b.max, b.abs_max));
         for (p, q) in [(a.mean, b.mean), (a.std, b.std), (a.l2, b.l2)] {
             assert!((p.unwrap() - q.unwrap()).abs() <= 1e-12 * q.unwrap().abs().max(1.0));
+        }
+    }
+
+    #[test]
+    fn simd_lanes_equal_the_scalar_lanes_bit_for_bit() {
+        for n in [1usize, 7, 8, 9, 640, 1003] {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 613) as f32 - 300.0) * 1.7e-3).collect();
+            let k = x[0] as f64;
+            let mut scalar = Lanes::new();
+            for v in x.chunks(L) {
+                scalar.add(v, k);
+            }
+            let (a, b) = (partial(&x, k), scalar.total());
+            assert_eq!(format!("{a:?}"), format!("{b:?}"), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn a_nan_or_inf_anywhere_takes_the_counting_path() {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut x: Vec<f32> = (0..100).map(|i| i as f32).collect();
+            x[57] = bad;
+            let s = Stats::of_slice(&x);
+            assert_eq!(s.nan + s.inf, 1);
+            assert_eq!(s.max, Some(99.0));
         }
     }
 
