@@ -90,3 +90,24 @@ fn parser_corpus() {
         }
     }
 }
+
+#[test]
+fn hf_corpus() {
+    use plumb_model::kernels::kernels_for;
+    use plumb_model::{KvCache, Model, NoTrace, Precision};
+    let dir = tempfile::tempdir().unwrap();
+    let mut loaded = 0;
+    for data in inputs("hf") {
+        if plumb_model::fuzzing::write_hf_folder(dir.path(), &data).is_err() {
+            continue;
+        }
+        if let Ok(model) = Model::load(dir.path()) {
+            let mut cache = KvCache::new(&model.cfg, 1);
+            let k = kernels_for(Precision::Exact);
+            assert_eq!(model.forward(k.as_ref(), &[0], &mut cache, false, &mut NoTrace).len(), model.cfg.vocab);
+            loaded += 1;
+        }
+    }
+    // The seeds (fuzz/seed_hf.py) are whole models of every architecture.
+    assert!(loaded >= 4, "only {loaded} corpus inputs load as models");
+}

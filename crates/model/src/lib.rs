@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod fault;
+pub mod fuzzing;
 pub mod model;
 pub mod sample;
 pub mod source;
