@@ -5,12 +5,12 @@
 //! cache for every token.
 
 use plumb_quant::blocks::{f32_to_f16, BlockQ8K};
-use plumb_quant::quantize::{quantize_q8_0, quantize_q8_1, quantize_q8_k};
+use plumb_quant::quantize::{quantize_q8_0_act, quantize_q8_1_act, quantize_q8_k};
 use plumb_quant::GgmlType;
 use rayon::prelude::*;
 
 use crate::dot::{act_type, scalar_dot, DotFn};
-use crate::{KernelPath, Kernels, Weight};
+use crate::{KernelPath, Kernels, Precision, Weight};
 
 pub struct FastKernels {
     pub path: KernelPath,
@@ -46,12 +46,12 @@ pub fn quantize_activations(x: &[f32], t: usize, cols: usize, ty: GgmlType) -> A
             match ty {
                 GgmlType::Q8_0 => {
                     for (b, o) in xr.chunks_exact(32).zip(out.chunks_exact_mut(34)) {
-                        o.copy_from_slice(bytemuck::bytes_of(&quantize_q8_0(b)));
+                        o.copy_from_slice(bytemuck::bytes_of(&quantize_q8_0_act(b)));
                     }
                 }
                 GgmlType::Q8_1 => {
                     for (b, o) in xr.chunks_exact(32).zip(out.chunks_exact_mut(36)) {
-                        o.copy_from_slice(bytemuck::bytes_of(&quantize_q8_1(b)));
+                        o.copy_from_slice(bytemuck::bytes_of(&quantize_q8_1_act(b)));
                     }
                 }
                 GgmlType::Q8_K => {
@@ -169,6 +169,10 @@ const ROWS_PER_TASK: usize = 32;
 const TOKENS_PER_TILE: usize = 16;
 
 impl Kernels for FastKernels {
+    fn precision(&self) -> Precision {
+        Precision::Fast
+    }
+
     fn linear(&self, w: &Weight, x: &[f32], t: usize, y: &mut [f32]) {
         let (rows, cols) = (w.rows, w.cols);
         let act = quantize_activations(x, t, cols, act_type(w.ty));

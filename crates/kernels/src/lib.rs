@@ -112,6 +112,10 @@ pub trait Kernels: Sync {
     fn linear(&self, w: &Weight, x: &[f32], t: usize, y: &mut [f32]);
     /// A description of the code path, for headers and `--version`.
     fn describe(&self) -> String;
+    /// The arithmetic these kernels do; the forward pass picks its
+    /// element-wise functions to match (the fast precision mirrors
+    /// llama.cpp's CPU backend there too).
+    fn precision(&self) -> Precision;
 }
 
 static PATH: std::sync::OnceLock<KernelPath> = std::sync::OnceLock::new();
@@ -209,6 +213,10 @@ impl ExactKernels {
 }
 
 impl Kernels for ExactKernels {
+    fn precision(&self) -> Precision {
+        Precision::Exact
+    }
+
     fn linear(&self, w: &Weight, x: &[f32], t: usize, y: &mut [f32]) {
         debug_assert_eq!(x.len(), t * w.cols);
         debug_assert_eq!(y.len(), t * w.rows);

@@ -12,7 +12,8 @@ use crate::config::{Activation, ModelConfig};
 use crate::fault::Fault;
 use crate::weights::validate;
 use crate::{ModelError, ModelSource};
-use plumb_kernels::{Kernels, Weight};
+use plumb_kernels::{Kernels, Precision, Weight};
+use plumb_quant::blocks::{f16_to_f32, f32_to_f16};
 use plumb_trace::stage::{Observer, Stage};
 use rayon::prelude::*;
 
@@ -254,7 +255,7 @@ impl Model {
         let mut down = vec![0f32; t * d]; //                                  [T, d]
 
         // xn = norm(x)
-        rms_norm(x, &w.attn_norm, c.rms_eps, &mut xn);
+        rms_norm(x, &w.attn_norm, c.rms_eps, &mut xn, k.precision());
         self.tap(lr, Stage::AttnNorm, &mut xn, &[t, d]);
         tr.record(lr, Stage::AttnNorm, &xn, &[t, d]);
 
@@ -274,10 +275,10 @@ impl Model {
 
         // q, k = headwise_norm(q), headwise_norm(k)
         if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
-            head_rms_norm(&mut q, qn, c.rms_eps);
+            head_rms_norm(&mut q, qn, c.rms_eps, k.precision());
             self.tap(lr, Stage::QNorm, &mut q, &[t, qd]);
             tr.record(lr, Stage::QNorm, &q, &[t, qd]);
-            head_rms_norm(&mut kk, kn, c.rms_eps);
+            head_rms_norm(&mut kk, kn, c.rms_eps, k.precision());
             self.tap(lr, Stage::KNorm, &mut kk, &[t, kvd]);
             tr.record(lr, Stage::KNorm, &kk, &[t, kvd]);
         }
@@ -371,7 +372,7 @@ impl Model {
         tr.record(lr, Stage::AttnOut, &attn, &[t, d]);
         if let Some(pn) = &w.attn_post_norm {
             let raw = attn.clone();
-            rms_norm(&raw, pn, c.rms_eps, &mut attn);
+            rms_norm(&raw, pn, c.rms_eps, &mut attn, k.precision());
             self.tap(lr, Stage::AttnPostNorm, &mut attn, &[t, d]);
             tr.record(lr, Stage::AttnPostNorm, &attn, &[t, d]);
         }
@@ -382,7 +383,7 @@ impl Model {
         tr.record(lr, Stage::AttnResidual, x, &[t, d]);
 
         // xn = norm(x); gate, up = xn·Wgateᵀ, xn·Wupᵀ
-        rms_norm(x, &w.ffn_norm, c.rms_eps, &mut xn);
+        rms_norm(x, &w.ffn_norm, c.rms_eps, &mut xn, k.precision());
         self.tap(lr, Stage::FfnNorm, &mut xn, &[t, d]);
         tr.record(lr, Stage::FfnNorm, &xn, &[t, d]);
         k.linear(&w.w_gate, &xn, t, &mut gate);
@@ -395,6 +396,10 @@ impl Model {
         // gate = act(gate); gate = gate * up
         match c.act {
             Activation::Silu => gate.iter_mut().for_each(|g| *g = silu(*g)),
+            Activation::GeluTanh if k.precision() == Precision::Fast => {
+                let table = gelu_f16_table();
+                gate.iter_mut().for_each(|g| *g = gelu_by_table(table, *g))
+            }
             Activation::GeluTanh => gate.iter_mut().for_each(|g| *g = gelu_tanh(*g)),
         }
         self.tap(lr, Stage::FfnAct, &mut gate, &[t, ff]);
@@ -409,7 +414,7 @@ impl Model {
         tr.record(lr, Stage::FfnDown, &down, &[t, d]);
         if let Some(pn) = &w.ffn_post_norm {
             let raw = down.clone();
-            rms_norm(&raw, pn, c.rms_eps, &mut down);
+            rms_norm(&raw, pn, c.rms_eps, &mut down, k.precision());
             self.tap(lr, Stage::FfnPostNorm, &mut down, &[t, d]);
             tr.record(lr, Stage::FfnPostNorm, &down, &[t, d]);
         }
@@ -425,7 +430,7 @@ impl Model {
         let c = &self.cfg;
         let d = c.d;
         let mut xn = vec![0f32; t * d];
-        rms_norm(x, &self.final_norm, c.rms_eps, &mut xn);
+        rms_norm(x, &self.final_norm, c.rms_eps, &mut xn, k.precision());
         self.tap(None, Stage::FinalNorm, &mut xn, &[t, d]);
         tr.record(None, Stage::FinalNorm, &xn, &[t, d]);
         let (rows, from) = if all_logits { (t, 0) } else { (1, t - 1) };
@@ -462,11 +467,22 @@ fn unpermute_rows(w: &Weight, heads: usize) -> Weight {
 }
 
 /// y = x / sqrt(mean(x²) + eps) · w, row by row; the mean in f64.
-fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
+///
+/// The fast precision rounds as llama.cpp's CPU backend does: squares in
+/// f32 summed in f64, then the mean, the epsilon and the scale in f32.
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], p: Precision) {
     let n = w.len();
     for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
-        let ms = xr.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / n as f64;
-        let r = (1.0 / (ms + eps as f64).sqrt()) as f32;
+        let r = match p {
+            Precision::Exact => {
+                let ms = xr.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / n as f64;
+                (1.0 / (ms + eps as f64).sqrt()) as f32
+            }
+            Precision::Fast => {
+                let mean = (xr.iter().map(|v| (v * v) as f64).sum::<f64>() / n as f64) as f32;
+                1.0 / (mean + eps).sqrt()
+            }
+        };
         for ((o, v), g) in yr.iter_mut().zip(xr).zip(w) {
             *o = (v * r) * g;
         }
@@ -474,11 +490,11 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
 }
 
 /// RMSNorm over each head's slice of width w.len().
-fn head_rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
+fn head_rms_norm(x: &mut [f32], w: &[f32], eps: f32, p: Precision) {
     let hd = w.len();
     let mut tmp = vec![0f32; hd];
     for head in x.chunks_exact_mut(hd) {
-        rms_norm(head, w, eps, &mut tmp);
+        rms_norm(head, w, eps, &mut tmp, p);
         head.copy_from_slice(&tmp);
     }
 }
@@ -534,9 +550,59 @@ fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
+/// GELU as llama.cpp's CPU backend computes it, for the fast precision:
+/// outside ±10 it is 0 or x; inside, x is rounded to f16 and looked up in a
+/// table of f16-rounded results of 0.5·x·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²))).
+#[inline]
+fn gelu_by_table(table: &[f32], x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        table[u16::from_le_bytes(f32_to_f16(x)) as usize]
+    }
+}
+
+/// The table of [`gelu_by_table`], by f16 bit pattern, made once.
+fn gelu_f16_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        (0..=u16::MAX)
+            .map(|bits| {
+                let x = f16_to_f32(bits.to_le_bytes());
+                let y = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh());
+                f16_to_f32(f32_to_f16(y))
+            })
+            .collect()
+    })
+}
+
 /// GELU, tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
 #[inline]
 fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_gelu_is_the_f16_rounded_formula_on_the_f16_rounded_input() {
+        let table = gelu_f16_table();
+        assert_eq!(gelu_by_table(table, -10.0), 0.0);
+        assert_eq!(gelu_by_table(table, 12.5), 12.5);
+        for x in [-3.7f32, -0.3, 0.0, 0.1234, 1.0, 2.5, 9.99] {
+            let xh = f16_to_f32(f32_to_f16(x));
+            let want = f16_to_f32(f32_to_f16(gelu_tanh(xh)));
+            let got = gelu_by_table(table, x);
+            // The two arrangements of the cubic differ in the last bit of
+            // f32 at most, which f16 rounding hides except at a tie.
+            assert!((got - want).abs() <= f32::EPSILON * 8.0 * want.abs().max(1.0), "{x}: {got} vs {want}");
+            assert_eq!(f16_to_f32(f32_to_f16(got)), got, "results are f16 values");
+        }
+    }
 }

@@ -75,6 +75,31 @@ pub fn quantize_q8_0(x: &[f32]) -> BlockQ8_0 {
     BlockQ8_0 { d: f32_to_f16(d), qs }
 }
 
+/// Q8_0 as llama.cpp's x86 CPU backend quantizes activations (its AVX2
+/// `quantize_row_q8_0`), which the fast precision mirrors: the inverse
+/// scale is `127 / amax` rather than `1 / (amax / 127)`, and products round
+/// half to even rather than away from zero. It differs from
+/// [`quantize_q8_0`] (ggml's reference, used for weights) in the last bit
+/// of a few products, and that is enough to flip a rounding.
+pub fn quantize_q8_0_act(x: &[f32]) -> BlockQ8_0 {
+    let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    let mut qs = [0i8; 32];
+    for (q, v) in qs.iter_mut().zip(x) {
+        *q = (v * id).round_ties_even() as i8;
+    }
+    BlockQ8_0 { d: f32_to_f16(amax / 127.0), qs }
+}
+
+/// Q8_1 activations as llama.cpp's x86 CPU backend makes them: as
+/// [`quantize_q8_0_act`], plus `s = d * sum(q)` with the unrounded scale.
+pub fn quantize_q8_1_act(x: &[f32]) -> BlockQ8_1 {
+    let b = quantize_q8_0_act(x);
+    let d = x.iter().fold(0.0f32, |a, v| a.max(v.abs())) / 127.0;
+    let sum: i32 = b.qs.iter().map(|&q| q as i32).sum();
+    BlockQ8_1 { d: b.d, s: f32_to_f16(sum as f32 * d), qs: b.qs }
+}
+
 /// Q8_1: as Q8_0, plus `s = d * sum(q)`.
 pub fn quantize_q8_1(x: &[f32]) -> BlockQ8_1 {
     let b = quantize_q8_0(x);
@@ -252,4 +277,25 @@ pub fn quantize_q6_k(x: &[f32]) -> BlockQ6K {
         }
     }
     b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blocks::f16_to_f32;
+
+    #[test]
+    fn activation_q8_0_rounds_half_to_even_like_the_x86_backend() {
+        // amax 127 makes the inverse scale exactly 1, so x·id is x itself.
+        let mut x = [0f32; 32];
+        x[0] = 127.0;
+        x[1..5].copy_from_slice(&[2.5, 3.5, -2.5, 0.5]);
+        let (act, reference) = (quantize_q8_0_act(&x), quantize_q8_0(&x));
+        assert_eq!(act.qs[..5], [127, 2, 4, -2, 0]);
+        assert_eq!(reference.qs[..5], [127, 3, 4, -3, 1]);
+        assert_eq!(f16_to_f32(act.d), 1.0);
+        let q1 = quantize_q8_1_act(&x);
+        assert_eq!(q1.qs, act.qs);
+        assert_eq!(f16_to_f32(q1.s), act.qs.iter().map(|&q| q as f32).sum::<f32>());
+    }
 }
