@@ -177,78 +177,117 @@ unsafe fn madd_scale(p16: __m256i, scale: i16) -> __m256i {
     _mm256_madd_epi16(p16, _mm256_set1_epi16(scale))
 }
 
+/// One Q4_K superblock against its Q8_K block: Σ scale·q·y in eight i32
+/// lanes (exact), and Σ min·Σy per pair of sub-blocks.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let xs: &[BlockQ4K] = bytemuck::cast_slice(w);
-    let ys: &[BlockQ8K] = bytemuck::cast_slice(a);
-    let mut acc = _mm256_setzero_ps();
-    let mut acc_m = 0f32;
+unsafe fn q4_k_sums(x: &BlockQ4K, y: &BlockQ8K) -> (__m256i, [i32; 4]) {
     let m4 = _mm256_set1_epi8(0x0F);
-    for (x, y) in xs.iter().zip(ys) {
-        let d = d16(x.d) * y.d;
-        let dmin = d16(x.dmin) * y.d;
-        let mut sumi = _mm256_setzero_si256();
-        let mut msum = 0i32;
-        for c in 0..4 {
-            let (sc1, m1) = scale_min_k4(2 * c, &x.scales);
-            let (sc2, m2) = scale_min_k4(2 * c + 1, &x.scales);
-            msum += m1 as i32 * (y.bsums[4 * c] as i32 + y.bsums[4 * c + 1] as i32)
-                + m2 as i32 * (y.bsums[4 * c + 2] as i32 + y.bsums[4 * c + 3] as i32);
-            let q4 = _mm256_loadu_si256(x.qs.as_ptr().add(32 * c) as *const __m256i);
-            let lo = _mm256_and_si256(q4, m4);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
-            let y1 = _mm256_loadu_si256(y.qs.as_ptr().add(64 * c) as *const __m256i);
-            let y2 = _mm256_loadu_si256(y.qs.as_ptr().add(64 * c + 32) as *const __m256i);
-            let p1 = madd_scale(_mm256_maddubs_epi16(lo, y1), sc1 as i16);
-            let p2 = madd_scale(_mm256_maddubs_epi16(hi, y2), sc2 as i16);
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p1, p2));
-        }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-        acc_m += dmin * msum as f32;
+    let mut sumi = _mm256_setzero_si256();
+    let mut msum = [0i32; 4];
+    for (c, ms) in msum.iter_mut().enumerate() {
+        let (sc1, m1) = scale_min_k4(2 * c, &x.scales);
+        let (sc2, m2) = scale_min_k4(2 * c + 1, &x.scales);
+        *ms = m1 as i32 * (y.bsums[4 * c] as i32 + y.bsums[4 * c + 1] as i32)
+            + m2 as i32 * (y.bsums[4 * c + 2] as i32 + y.bsums[4 * c + 3] as i32);
+        let q4 = _mm256_loadu_si256(x.qs.as_ptr().add(32 * c) as *const __m256i);
+        let lo = _mm256_and_si256(q4, m4);
+        let hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+        let y1 = _mm256_loadu_si256(y.qs.as_ptr().add(64 * c) as *const __m256i);
+        let y2 = _mm256_loadu_si256(y.qs.as_ptr().add(64 * c + 32) as *const __m256i);
+        let p1 = madd_scale(_mm256_maddubs_epi16(lo, y1), sc1 as i16);
+        let p2 = madd_scale(_mm256_maddubs_epi16(hi, y2), sc2 as i16);
+        sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p1, p2));
     }
-    hsum_ps(acc) - acc_m
+    (sumi, msum)
 }
 
+/// As [`q4_k_sums`] for Q5_K (the fifth bit from qh).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q5_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let xs: &[BlockQ5K] = bytemuck::cast_slice(w);
-    let ys: &[BlockQ8K] = bytemuck::cast_slice(a);
-    let mut acc = _mm256_setzero_ps();
-    let mut acc_m = 0f32;
+unsafe fn q5_k_sums(x: &BlockQ5K, y: &BlockQ8K) -> (__m256i, [i32; 4]) {
     let m4 = _mm256_set1_epi8(0x0F);
     let bit16 = _mm256_set1_epi8(16);
-    for (x, y) in xs.iter().zip(ys) {
-        let d = d16(x.d) * y.d;
-        let dmin = d16(x.dmin) * y.d;
-        let qh = _mm256_loadu_si256(x.qh.as_ptr() as *const __m256i);
-        let mut sumi = _mm256_setzero_si256();
-        let mut msum = 0i32;
-        for c in 0..4 {
-            let (sc1, m1) = scale_min_k4(2 * c, &x.scales);
-            let (sc2, m2) = scale_min_k4(2 * c + 1, &x.scales);
-            msum += m1 as i32 * (y.bsums[4 * c] as i32 + y.bsums[4 * c + 1] as i32)
-                + m2 as i32 * (y.bsums[4 * c + 2] as i32 + y.bsums[4 * c + 3] as i32);
-            let q5 = _mm256_loadu_si256(x.qs.as_ptr().add(32 * c) as *const __m256i);
-            // Bit 2c of qh[l] is the fifth bit of the low half, 2c+1 of the high.
-            let b1 = _mm256_set1_epi8((1u8 << (2 * c)) as i8);
-            let b2 = _mm256_set1_epi8((2u8 << (2 * c)) as i8);
-            let h1 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b1), b1), bit16);
-            let h2 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b2), b2), bit16);
-            let lo = _mm256_or_si256(_mm256_and_si256(q5, m4), h1);
-            let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q5, 4), m4), h2);
-            let y1 = _mm256_loadu_si256(y.qs.as_ptr().add(64 * c) as *const __m256i);
-            let y2 = _mm256_loadu_si256(y.qs.as_ptr().add(64 * c + 32) as *const __m256i);
-            let p1 = madd_scale(_mm256_maddubs_epi16(lo, y1), sc1 as i16);
-            let p2 = madd_scale(_mm256_maddubs_epi16(hi, y2), sc2 as i16);
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p1, p2));
-        }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-        acc_m += dmin * msum as f32;
+    let qh = _mm256_loadu_si256(x.qh.as_ptr() as *const __m256i);
+    let mut sumi = _mm256_setzero_si256();
+    let mut msum = [0i32; 4];
+    for (c, ms) in msum.iter_mut().enumerate() {
+        let (sc1, m1) = scale_min_k4(2 * c, &x.scales);
+        let (sc2, m2) = scale_min_k4(2 * c + 1, &x.scales);
+        *ms = m1 as i32 * (y.bsums[4 * c] as i32 + y.bsums[4 * c + 1] as i32)
+            + m2 as i32 * (y.bsums[4 * c + 2] as i32 + y.bsums[4 * c + 3] as i32);
+        let q5 = _mm256_loadu_si256(x.qs.as_ptr().add(32 * c) as *const __m256i);
+        // Bit 2c of qh[l] is the fifth bit of the low half, 2c+1 of the high.
+        let b1 = _mm256_set1_epi8((1u8 << (2 * c)) as i8);
+        let b2 = _mm256_set1_epi8((2u8 << (2 * c)) as i8);
+        let h1 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b1), b1), bit16);
+        let h2 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b2), b2), bit16);
+        let lo = _mm256_or_si256(_mm256_and_si256(q5, m4), h1);
+        let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q5, 4), m4), h2);
+        let y1 = _mm256_loadu_si256(y.qs.as_ptr().add(64 * c) as *const __m256i);
+        let y2 = _mm256_loadu_si256(y.qs.as_ptr().add(64 * c + 32) as *const __m256i);
+        let p1 = madd_scale(_mm256_maddubs_epi16(lo, y1), sc1 as i16);
+        let p2 = madd_scale(_mm256_maddubs_epi16(hi, y2), sc2 as i16);
+        sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p1, p2));
     }
-    hsum_ps(acc) - acc_m
+    (sumi, msum)
 }
+
+/// Sum of eight i32 lanes (exact).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum_epi32(v: __m256i) -> i32 {
+    let mut l = [0i32; 8];
+    _mm256_storeu_si256(l.as_mut_ptr() as *mut __m256i, v);
+    l.iter().sum()
+}
+
+/// The K-quants with mins (Q4_K, Q5_K), summed as llama.cpp's
+/// `ggml_vec_dot_q4_K_q8_K` does on AVX2: each superblock's lanes fused
+/// into eight f32 lanes; the mins' term in four lanes, one per pair of
+/// sub-blocks, fused multiply-adds, summed (0+2)+(1+3) at the end.
+macro_rules! k_with_mins {
+    ($name:ident, $tiled:ident, $block:ty, $sums:ident) => {
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $name(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+            let xs: &[$block] = bytemuck::cast_slice(w);
+            let ys: &[BlockQ8K] = bytemuck::cast_slice(a);
+            let mut acc = _mm256_setzero_ps();
+            let mut acc_m = [0f32; 4];
+            for (x, y) in xs.iter().zip(ys) {
+                let d = d16(x.d) * y.d;
+                let dmin = -(y.d * d16(x.dmin));
+                let (sumi, msum) = $sums(x, y);
+                for (am, m) in acc_m.iter_mut().zip(msum) {
+                    *am = dmin.mul_add(m as f32, *am);
+                }
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+            }
+            hsum_ps(acc) + ((acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3]))
+        }
+
+        /// The same dot product summed as llama.cpp's tiled K-quant matmul
+        /// sums it (batches of eight or more tokens): see `dot::q4_k_q8_k_tiled`.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $tiled(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+            let xs: &[$block] = bytemuck::cast_slice(w);
+            let ys: &[BlockQ8K] = bytemuck::cast_slice(a);
+            let mut acc = 0f32;
+            for (x, y) in xs.iter().zip(ys) {
+                let (sumi, msum) = $sums(x, y);
+                let m: i32 = msum.iter().sum();
+                let r = (-d16(x.dmin)).mul_add(m as f32, hsum_epi32(sumi) as f32 * d16(x.d));
+                acc = r.mul_add(y.d, acc);
+            }
+            acc
+        }
+    };
+}
+
+k_with_mins!(q4_k_q8_k, q4_k_q8_k_tiled, BlockQ4K, q4_k_sums);
+k_with_mins!(q5_k_q8_k, q5_k_q8_k_tiled, BlockQ5K, q5_k_sums);
 
 /// The 128 quants of one half of a Q6_K block as four groups of 32
 /// unsigned 6-bit values (elements 0–31, 32–63, 64–95, 96–127 of the half).
@@ -273,34 +312,58 @@ unsafe fn q6k_half(x: &BlockQ6K, half: usize) -> [__m256i; 4] {
     ]
 }
 
+/// One Q6_K superblock against its Q8_K block: Σ scale·(q − 32)·y in
+/// eight i32 lanes (exact). The −32 term comes from the per-16 sums of y,
+/// lane k holding sub-blocks 2k and 2k+1, as in llama.cpp's AVX2 kernel:
+/// the lanes' integer totals, and so the float rounding, then match it.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_k_sums(x: &BlockQ6K, y: &BlockQ8K) -> __m256i {
+    let bsums = _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i);
+    let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.scales.as_ptr() as *const __m128i));
+    let offset = _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16), 5);
+    let mut sumi = _mm256_setzero_si256();
+    for half in 0..2 {
+        let q = q6k_half(x, half);
+        for (k, qk) in q.iter().enumerate() {
+            let yk = _mm256_loadu_si256(y.qs.as_ptr().add(128 * half + 32 * k) as *const __m256i);
+            let p = _mm256_maddubs_epi16(*qk, yk);
+            // Lanes 0..7 of p hold elements 0..15 (scale 2k), lanes 8..15 elements 16..31 (scale 2k+1).
+            let s_lo = x.scales[8 * half + 2 * k] as i16;
+            let s_hi = x.scales[8 * half + 2 * k + 1] as i16;
+            let scales = _mm256_setr_epi16(
+                s_lo, s_lo, s_lo, s_lo, s_lo, s_lo, s_lo, s_lo, s_hi, s_hi, s_hi, s_hi, s_hi, s_hi, s_hi, s_hi,
+            );
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scales));
+        }
+    }
+    _mm256_sub_epi32(sumi, offset)
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q6_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     let xs: &[BlockQ6K] = bytemuck::cast_slice(w);
     let ys: &[BlockQ8K] = bytemuck::cast_slice(a);
     let mut acc = _mm256_setzero_ps();
-    let m32 = _mm256_set1_epi8(32);
     for (x, y) in xs.iter().zip(ys) {
         let d = d16(x.d) * y.d;
-        let mut sumi = _mm256_setzero_si256();
-        for half in 0..2 {
-            let q = q6k_half(x, half);
-            for (k, qk) in q.iter().enumerate() {
-                let yk = _mm256_loadu_si256(y.qs.as_ptr().add(128 * half + 32 * k) as *const __m256i);
-                // (q − 32)·y = q·y − 32·y
-                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(*qk, yk), _mm256_maddubs_epi16(m32, yk));
-                // Lanes 0..7 of p hold elements 0..15 (scale 2k), lanes 8..15 elements 16..31 (scale 2k+1).
-                let s_lo = x.scales[8 * half + 2 * k] as i16;
-                let s_hi = x.scales[8 * half + 2 * k + 1] as i16;
-                let scales = _mm256_setr_epi16(
-                    s_lo, s_lo, s_lo, s_lo, s_lo, s_lo, s_lo, s_lo, s_hi, s_hi, s_hi, s_hi, s_hi, s_hi, s_hi, s_hi,
-                );
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scales));
-            }
-        }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(q6_k_sums(x, y)), acc);
     }
     hsum_ps(acc)
+}
+
+/// Q6_K summed as llama.cpp's tiled K-quant matmul does: see `dot::q6_k_q8_k_tiled`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q6_k_q8_k_tiled(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let xs: &[BlockQ6K] = bytemuck::cast_slice(w);
+    let ys: &[BlockQ8K] = bytemuck::cast_slice(a);
+    let mut acc = 0f32;
+    for (x, y) in xs.iter().zip(ys) {
+        acc = (hsum_epi32(q6_k_sums(x, y)) as f32 * d16(x.d)).mul_add(y.d, acc);
+    }
+    acc
 }
 
 /// The 32 signed weights of one block of the Q8_0-paired formats.

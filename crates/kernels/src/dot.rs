@@ -241,30 +241,91 @@ pub fn q5_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     sumf
 }
 
+/// One Q6_K superblock's Σ scale·(q − 32)·y (exact).
+fn q6_k_isum(x: &BlockQ6K, y: &BlockQ8K) -> i32 {
+    let mut isum = 0i32;
+    for half in 0..2 {
+        let ql = &x.ql[half * 64..half * 64 + 64];
+        let qh = &x.qh[half * 32..half * 32 + 32];
+        let sc = &x.scales[half * 8..half * 8 + 8];
+        let q8 = &y.qs[half * 128..half * 128 + 128];
+        for l in 0..32 {
+            let is = l / 16;
+            let q1 = ((ql[l] & 0xF) | (qh[l] & 3) << 4) as i32 - 32;
+            let q2 = ((ql[l + 32] & 0xF) | ((qh[l] >> 2) & 3) << 4) as i32 - 32;
+            let q3 = ((ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4) as i32 - 32;
+            let q4 = ((ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4) as i32 - 32;
+            isum += sc[is] as i32 * q1 * q8[l] as i32
+                + sc[is + 2] as i32 * q2 * q8[l + 32] as i32
+                + sc[is + 4] as i32 * q3 * q8[l + 64] as i32
+                + sc[is + 6] as i32 * q4 * q8[l + 96] as i32;
+        }
+    }
+    isum
+}
+
 pub fn q6_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut sumf = 0f32;
     for (x, y) in blocks::<BlockQ6K>(w).iter().zip(q8k(a)) {
-        let mut isum = 0i32;
-        for half in 0..2 {
-            let ql = &x.ql[half * 64..half * 64 + 64];
-            let qh = &x.qh[half * 32..half * 32 + 32];
-            let sc = &x.scales[half * 8..half * 8 + 8];
-            let q8 = &y.qs[half * 128..half * 128 + 128];
-            for l in 0..32 {
-                let is = l / 16;
-                let q1 = ((ql[l] & 0xF) | (qh[l] & 3) << 4) as i32 - 32;
-                let q2 = ((ql[l + 32] & 0xF) | ((qh[l] >> 2) & 3) << 4) as i32 - 32;
-                let q3 = ((ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4) as i32 - 32;
-                let q4 = ((ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4) as i32 - 32;
-                isum += sc[is] as i32 * q1 * q8[l] as i32
-                    + sc[is + 2] as i32 * q2 * q8[l + 32] as i32
-                    + sc[is + 4] as i32 * q3 * q8[l + 64] as i32
-                    + sc[is + 6] as i32 * q4 * q8[l + 96] as i32;
-            }
-        }
-        sumf += f16_to_f32(x.d) * y.d * isum as f32;
+        sumf += f16_to_f32(x.d) * y.d * q6_k_isum(x, y) as f32;
     }
     sumf
+}
+
+/// The K-quant dot products as llama.cpp's tiled K-quant matmul sums them
+/// (its path for batches of eight or more tokens): per superblock the exact
+/// integer sums, r = Σscale·q·y · d − dmin · Σmin·Σy (one fused
+/// multiply-add), and the running total += r · d_y, fused too (the
+/// compiler contracts llama.cpp's separate multiply and add).
+pub fn q4_k_q8_k_tiled(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = 0f32;
+    for (x, y) in blocks::<BlockQ4K>(w).iter().zip(q8k(a)) {
+        let (mut isum, mut msum) = (0i32, 0i32);
+        for j in 0..8 {
+            let (sc, m) = scale_min_k4(j, &x.scales);
+            let q4 = &x.qs[(j / 2) * 32..(j / 2) * 32 + 32];
+            let q8 = &y.qs[j * 32..j * 32 + 32];
+            let shift = if j % 2 == 0 { 0 } else { 4 };
+            let s: i32 = (0..32).map(|l| ((q4[l] >> shift) & 0xF) as i32 * q8[l] as i32).sum();
+            isum += sc as i32 * s;
+            msum += m as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
+        }
+        let r = (-f16_to_f32(x.dmin)).mul_add(msum as f32, isum as f32 * f16_to_f32(x.d));
+        acc = r.mul_add(y.d, acc);
+    }
+    acc
+}
+
+pub fn q5_k_q8_k_tiled(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = 0f32;
+    for (x, y) in blocks::<BlockQ5K>(w).iter().zip(q8k(a)) {
+        let (mut isum, mut msum) = (0i32, 0i32);
+        for j in 0..8 {
+            let (sc, m) = scale_min_k4(j, &x.scales);
+            let q5 = &x.qs[(j / 2) * 32..(j / 2) * 32 + 32];
+            let q8 = &y.qs[j * 32..j * 32 + 32];
+            let shift = if j % 2 == 0 { 0 } else { 4 };
+            let s: i32 = (0..32)
+                .map(|l| {
+                    let hi = if x.qh[l] & (1 << j) != 0 { 16 } else { 0 };
+                    (((q5[l] >> shift) & 0xF) as i32 + hi) * q8[l] as i32
+                })
+                .sum();
+            isum += sc as i32 * s;
+            msum += m as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
+        }
+        let r = (-f16_to_f32(x.dmin)).mul_add(msum as f32, isum as f32 * f16_to_f32(x.d));
+        acc = r.mul_add(y.d, acc);
+    }
+    acc
+}
+
+pub fn q6_k_q8_k_tiled(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = 0f32;
+    for (x, y) in blocks::<BlockQ6K>(w).iter().zip(q8k(a)) {
+        acc = (q6_k_isum(x, y) as f32 * f16_to_f32(x.d)).mul_add(y.d, acc);
+    }
+    acc
 }
 
 pub fn iq4_xs_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {

@@ -112,6 +112,32 @@ fn avx2_dot(w: GgmlType) -> Option<DotFn> {
     })
 }
 
+/// The fewest tokens for which llama.cpp takes its tiled K-quant matmul.
+pub const TILED_MIN_TOKENS: usize = 8;
+
+/// The dot product in the order of llama.cpp's tiled K-quant matmul, for
+/// the formats it covers that plumb has (Q4_K, Q5_K, Q6_K).
+pub fn tiled_dot_for(w: GgmlType, path: KernelPath) -> Option<DotFn> {
+    #[cfg(target_arch = "x86_64")]
+    if path == KernelPath::Avx2 {
+        use crate::avx2;
+        // SAFETY: as in `avx2_dot`.
+        return match w {
+            GgmlType::Q4_K => Some(|n, a, b| unsafe { avx2::q4_k_q8_k_tiled(n, a, b) }),
+            GgmlType::Q5_K => Some(|n, a, b| unsafe { avx2::q5_k_q8_k_tiled(n, a, b) }),
+            GgmlType::Q6_K => Some(|n, a, b| unsafe { avx2::q6_k_q8_k_tiled(n, a, b) }),
+            _ => None,
+        };
+    }
+    let _ = path;
+    match w {
+        GgmlType::Q4_K => Some(crate::dot::q4_k_q8_k_tiled),
+        GgmlType::Q5_K => Some(crate::dot::q5_k_q8_k_tiled),
+        GgmlType::Q6_K => Some(crate::dot::q6_k_q8_k_tiled),
+        _ => None,
+    }
+}
+
 /// Many consecutive weight rows against one activation row.
 pub type RowsFn = fn(&[u8], usize, usize, &[u8], &mut [f32]);
 
@@ -176,9 +202,12 @@ impl Kernels for FastKernels {
     fn linear(&self, w: &Weight, x: &[f32], t: usize, y: &mut [f32]) {
         let (rows, cols) = (w.rows, w.cols);
         let act = quantize_activations(x, t, cols, act_type(w.ty));
-        let dot = dot_for(w.ty, self.path);
-        let dot4 = dot4_for(w.ty, self.path);
-        let rows_fn = rows_for(w.ty, self.path);
+        // Batches of eight or more tokens: llama.cpp's tiled K-quant matmul,
+        // which rounds in its own order; plumb follows it there.
+        let tiled = if t >= TILED_MIN_TOKENS { tiled_dot_for(w.ty, self.path) } else { None };
+        let dot = tiled.unwrap_or_else(|| dot_for(w.ty, self.path));
+        let dot4 = if tiled.is_some() { None } else { dot4_for(w.ty, self.path) };
+        let rows_fn = if tiled.is_some() { None } else { rows_for(w.ty, self.path) };
         let rb = w.row_bytes();
         let bytes: &[u8] = &w.bytes;
         if t == 1 {

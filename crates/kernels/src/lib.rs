@@ -14,6 +14,7 @@ use plumb_formats::Bytes;
 pub mod avx2;
 pub mod dot;
 pub mod fast;
+pub mod mirror;
 use plumb_quant::GgmlType;
 use rayon::prelude::*;
 

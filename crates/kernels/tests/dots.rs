@@ -183,3 +183,24 @@ fn four_token_and_multi_row_kernels_equal_the_single_kernel_bit_for_bit() {
         }
     }
 }
+
+#[test]
+fn tiled_order_kernels_are_bit_identical_across_paths_and_close_to_the_unit_order() {
+    use plumb_kernels::fast::tiled_dot_for;
+    let path = KernelPath::detect();
+    let mut rng = StdRng::seed_from_u64(11);
+    for ty in [GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
+        for blocks in [1usize, 3, 8] {
+            let n = blocks * 256;
+            let w = random_weights(ty, n, &mut rng);
+            let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+            let act = quantize_activations(&x, 1, n, act_type(ty));
+            // Exact integer sums per superblock, then the same float steps.
+            let scalar = tiled_dot_for(ty, KernelPath::Scalar).unwrap()(n, &w, act.row(0));
+            let simd = tiled_dot_for(ty, path).unwrap()(n, &w, act.row(0));
+            assert_eq!(scalar.to_bits(), simd.to_bits(), "{ty}: {blocks} blocks");
+            let unit = scalar_dot(ty).unwrap()(n, &w, act.row(0));
+            assert!((unit - scalar).abs() <= 1e-5 * unit.abs().max(1.0), "{ty}: {unit} vs {scalar}");
+        }
+    }
+}

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use plumb_formats::{Bytes, OwnedTensor};
 
-use crate::config::{Activation, ModelConfig};
+use crate::config::{Activation, Arch, ModelConfig};
 use crate::fault::Fault;
 use crate::weights::validate;
 use crate::{ModelError, ModelSource};
@@ -286,10 +286,15 @@ impl Model {
         // q, k = rope(q, pos), rope(k, pos)   (HF rotate-half convention)
         let sliding = c.layer_sliding[l];
         let inv_freq = if sliding { &self.inv_freq_local } else { &self.inv_freq };
-        rope(&mut q, qd, hd, p, inv_freq);
+        let base = if sliding { c.rope_theta_local } else { c.rope_theta };
+        let rope = |x: &mut [f32], width: usize| match k.precision() {
+            Precision::Exact => rope(x, width, hd, p, inv_freq),
+            Precision::Fast => rope_ggml(x, width, hd, p, base),
+        };
+        rope(&mut q, qd);
         self.tap(lr, Stage::QRope, &mut q, &[t, qd]);
         tr.record(lr, Stage::QRope, &q, &[t, qd]);
-        rope(&mut kk, kvd, hd, p, inv_freq);
+        rope(&mut kk, kvd);
         self.tap(lr, Stage::KRope, &mut kk, &[t, kvd]);
         tr.record(lr, Stage::KRope, &kk, &[t, kvd]);
 
@@ -305,18 +310,31 @@ impl Model {
         let group = nh / nkv;
         let full = tr.wants(lr, Stage::AttnScores);
         let window = if sliding { c.sliding_window } else { None };
-        let dot = plumb_kernels::f32_dot_fn();
+        // The fast precision does attention in llama.cpp's f32 order
+        // (plumb_kernels::mirror), and scales where it does: gemma3's
+        // queries before Q·Kᵀ, other models' scores after.
+        let fast = k.precision() == Precision::Fast;
+        let prescaled: Option<Vec<f32>> =
+            (fast && c.arch == Arch::Gemma3).then(|| q.iter().map(|v| v * c.attn_scale).collect());
+        let (qs, post_scale) = match &prescaled {
+            Some(qs) => (qs.as_slice(), None),
+            None => (q.as_slice(), Some(c.attn_scale)),
+        };
+        let dot = if fast { plumb_kernels::mirror::dot_f32 } else { plumb_kernels::f32_dot_fn() };
         // One token's attention is too small to be worth splitting across threads.
         let min_len = if t * tkv < 4096 { nh } else { 1 };
         scores.par_chunks_mut(t * tkv).with_min_len(min_len).enumerate().for_each(|(h, sh)| {
             let kh = h / group;
             for i in 0..t {
-                let qi = &q[i * qd + h * hd..i * qd + (h + 1) * hd];
+                let qi = &qs[i * qd + h * hd..i * qd + (h + 1) * hd];
                 let row = &mut sh[i * tkv..(i + 1) * tkv];
                 let last = if full { tkv } else { p + i + 1 };
                 for (j, s) in row.iter_mut().enumerate().take(last) {
                     let kj = &kc[j * kvd + kh * hd..j * kvd + (kh + 1) * hd];
-                    let mut v = dot(qi, kj) * c.attn_scale;
+                    let mut v = dot(qi, kj);
+                    if let Some(scale) = post_scale {
+                        v *= scale;
+                    }
                     if let Some(cap) = c.attn_softcap {
                         v = (v / cap).tanh() * cap;
                     }
@@ -333,7 +351,16 @@ impl Model {
                 let qpos = p + i;
                 let row = &mut sh[i * tkv..(i + 1) * tkv];
                 let visible = |j: usize| j <= qpos && window.is_none_or(|win| qpos - j < win);
-                softmax_masked(row, visible);
+                if fast {
+                    for (j, v) in row.iter_mut().enumerate() {
+                        if !visible(j) {
+                            *v = f32::NEG_INFINITY;
+                        }
+                    }
+                    plumb_kernels::mirror::softmax(row);
+                } else {
+                    softmax_masked(row, visible);
+                }
             }
         });
         self.tap(lr, Stage::AttnProbs, &mut scores, &[nh, t, tkv]);
@@ -341,8 +368,37 @@ impl Model {
 
         // ctx[i, h] = Σ_j probs[h, i, j] · v[j, h/(H/Hkv)]   (per head, then interleaved)
         let mut per_head = vec![0f32; nh * t * hd]; //                        [H, T, hd]
+                                                    // Fast: each output is a dot product over positions, with V
+                                                    // transposed to [Hkv, hd, Tkv] (llama.cpp keeps its V cache so).
+                                                    // Positions are padded with zeros to a multiple of 64, as llama.cpp
+                                                    // pads its cache; it sums one token's outputs as its dot product
+                                                    // does, several tokens' as its tiled matmul does.
+        let tpad = tkv.div_ceil(64) * 64;
+        let vt: Vec<f32> = if fast {
+            let mut vt = vec![0f32; nkv * hd * tpad];
+            for j in 0..tkv {
+                for (e, v) in vc[j * kvd..(j + 1) * kvd].iter().enumerate() {
+                    vt[e * tpad + j] = *v;
+                }
+            }
+            vt
+        } else {
+            Vec::new()
+        };
+        let ctx_dot = if t == 1 { plumb_kernels::mirror::dot_f32 } else { plumb_kernels::mirror::dot_f32_tiled };
         per_head.par_chunks_mut(t * hd).with_min_len(min_len).enumerate().for_each(|(h, out)| {
             let kh = h / group;
+            if fast {
+                let mut probs = vec![0f32; tpad];
+                for i in 0..t {
+                    probs[..tkv].copy_from_slice(&scores[(h * t + i) * tkv..(h * t + i + 1) * tkv]);
+                    for (e, o) in out[i * hd..(i + 1) * hd].iter_mut().enumerate() {
+                        let col = (kh * hd + e) * tpad;
+                        *o = ctx_dot(&probs, &vt[col..col + tpad]);
+                    }
+                }
+                return;
+            }
             for i in 0..t {
                 let probs = &scores[(h * t + i) * tkv..(h * t + i + 1) * tkv];
                 let o = &mut out[i * hd..(i + 1) * hd];
@@ -524,6 +580,30 @@ fn rope(x: &mut [f32], width: usize, hd: usize, p0: usize, inv_freq: &[f32]) {
     }
 }
 
+/// The rotary embedding of the fast precision, rounded as llama.cpp's CPU
+/// backend rounds it: the angle of pair i is pos·θ^i with θ = base^(−2/hd),
+/// made by repeated multiplication in f32, and each rotation is two fused
+/// multiply-adds (a·cos − b·sin as fma(a, cos, −b·sin)).
+fn rope_ggml(x: &mut [f32], width: usize, hd: usize, p0: usize, base: f32) {
+    let half = hd / 2;
+    let theta_scale = base.powf(-2.0 / hd as f32);
+    let mut cs = vec![(0f32, 0f32); half];
+    for (ti, row) in x.chunks_exact_mut(width).enumerate() {
+        let mut theta = (p0 + ti) as f32;
+        for c in cs.iter_mut() {
+            *c = (theta.cos(), theta.sin());
+            theta *= theta_scale;
+        }
+        for head in row.chunks_exact_mut(hd) {
+            for (i, &(cos, sin)) in cs.iter().enumerate() {
+                let (a, b) = (head[i], head[i + half]);
+                head[i] = a.mul_add(cos, -(b * sin));
+                head[i + half] = a.mul_add(sin, b * cos);
+            }
+        }
+    }
+}
+
 /// In-place softmax over the visible positions; hidden ones become 0.
 fn softmax_masked(row: &mut [f32], visible: impl Fn(usize) -> bool) {
     let mut max = f32::NEG_INFINITY;
@@ -572,7 +652,8 @@ fn gelu_f16_table() -> &'static [f32] {
         (0..=u16::MAX)
             .map(|bits| {
                 let x = f16_to_f32(bits.to_le_bytes());
-                let y = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh());
+                // 1 + a·x·x is one fused multiply-add in llama.cpp's build.
+                let y = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (0.044715 * x).mul_add(x, 1.0)).tanh());
                 f16_to_f32(f32_to_f16(y))
             })
             .collect()

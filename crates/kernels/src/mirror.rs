@@ -1,0 +1,302 @@
+//! The f32 arithmetic of llama.cpp's x86 CPU backend as built natively for
+//! an AVX-512 CPU (the build on plumb's reference machine), reproduced for
+//! the fast precision's attention: its f32 dot product and its softmax
+//! with a polynomial exp. Each has a scalar version that makes the same
+//! roundings lane by lane (fused multiply-adds as `mul_add`), and an AVX2
+//! version that keeps the 512-bit lanes in pairs of 256-bit registers;
+//! tests hold the two to the same bits.
+//!
+//! The order of operations is the whole point here, so each function says
+//! which order it keeps. (An AVX2-only build of llama.cpp sums in another
+//! order; there plumb fast and llama.cpp agree to the last bit or so, not
+//! bit for bit.)
+
+use crate::{active_path, KernelPath};
+
+/// Lanes of the dot product's accumulators: four 512-bit registers.
+const LANES: usize = 64;
+
+/// Σ x·y as llama.cpp's `ggml_vec_dot_f32` sums it: 64 running fused
+/// multiply-adds (lane l takes elements l, l+64, …); the four registers
+/// added as (0+2)+(1+3), the halves of the result folded 256 → 128 → 64
+/// bits, and the last two lanes added. Elements past the last multiple of
+/// 64 are then added one at a time in f32: products rounded apart in runs
+/// of 16 and of 8, fused for the last few (as the compiler built it).
+pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
+    debug_assert_eq!(x.len(), y.len());
+    let n = x.len().min(y.len());
+    let whole = n / LANES * LANES;
+    #[cfg(target_arch = "x86_64")]
+    let mut r = if active_path() == KernelPath::Avx2 {
+        // SAFETY: Avx2 is only active after runtime detection.
+        unsafe { avx2_dot_lanes(&x[..whole], &y[..whole]) }
+    } else {
+        scalar_dot_lanes(&x[..whole], &y[..whole])
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let mut r = scalar_dot_lanes(&x[..whole], &y[..whole]);
+    let mut i = whole;
+    for run in [16, 8] {
+        while n - i >= run {
+            for k in i..i + run {
+                r += x[k] * y[k];
+            }
+            i += run;
+        }
+    }
+    for k in i..n {
+        r = x[k].mul_add(y[k], r);
+    }
+    r
+}
+
+/// The 64-lane part of [`dot_f32`] (lengths a multiple of 64), lane by lane.
+pub fn scalar_dot_lanes(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    for (xc, yc) in x.chunks_exact(LANES).zip(y.chunks_exact(LANES)) {
+        for (l, (a, b)) in xc.iter().zip(yc).enumerate() {
+            acc[l] = a.mul_add(*b, acc[l]);
+        }
+    }
+    let mut w = [0f32; 16];
+    for (l, w) in w.iter_mut().enumerate() {
+        *w = (acc[l] + acc[32 + l]) + (acc[16 + l] + acc[48 + l]);
+    }
+    fold16(&w)
+}
+
+/// 16 lanes to one: 256-bit halves, 128-bit halves, 64-bit halves, then
+/// lane 0 + lane 1 (the reduction both of llama.cpp's loops end with).
+fn fold16(w: &[f32; 16]) -> f32 {
+    let v: [f32; 8] = std::array::from_fn(|l| w[8 + l] + w[l]);
+    let x: [f32; 4] = std::array::from_fn(|l| v[4 + l] + v[l]);
+    (x[0] + x[2]) + (x[1] + x[3])
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_dot_lanes(x: &[f32], y: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    // acc[2k] and acc[2k+1] are the low and high halves of 512-bit register k.
+    let mut acc = [_mm256_setzero_ps(); 8];
+    let (px, py) = (x.as_ptr(), y.as_ptr());
+    let mut i = 0;
+    while i + LANES <= x.len().min(y.len()) {
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_fmadd_ps(_mm256_loadu_ps(px.add(i + 8 * k)), _mm256_loadu_ps(py.add(i + 8 * k)), *a);
+        }
+        i += LANES;
+    }
+    let lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+    let hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+    let mut w = [0f32; 16];
+    _mm256_storeu_ps(w.as_mut_ptr(), lo);
+    _mm256_storeu_ps(w.as_mut_ptr().add(8), hi);
+    fold16(&w)
+}
+
+/// Σ x·y as llama.cpp's f32 matmul sums it for two or more tokens
+/// (tinyBLAS): one 16-lane fused multiply-add accumulator over the whole
+/// length, folded as [`fold16`] does. The length must be a multiple of 16
+/// (llama.cpp pads its KV cache so; pad with zeros).
+pub fn dot_f32_tiled(x: &[f32], y: &[f32]) -> f32 {
+    debug_assert!(x.len() == y.len() && x.len().is_multiple_of(16));
+    #[cfg(target_arch = "x86_64")]
+    if active_path() == KernelPath::Avx2 {
+        // SAFETY: Avx2 is only active after runtime detection.
+        return unsafe { avx2_dot_tiled(x, y) };
+    }
+    scalar_dot_tiled(x, y)
+}
+
+pub fn scalar_dot_tiled(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    for (xc, yc) in x.chunks_exact(16).zip(y.chunks_exact(16)) {
+        for (l, (a, b)) in xc.iter().zip(yc).enumerate() {
+            acc[l] = a.mul_add(*b, acc[l]);
+        }
+    }
+    fold16(&acc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_dot_tiled(x: &[f32], y: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let (px, py) = (x.as_ptr(), y.as_ptr());
+    let mut i = 0;
+    while i + 16 <= x.len().min(y.len()) {
+        lo = _mm256_fmadd_ps(_mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i)), lo);
+        hi = _mm256_fmadd_ps(_mm256_loadu_ps(px.add(i + 8)), _mm256_loadu_ps(py.add(i + 8)), hi);
+        i += 16;
+    }
+    let mut w = [0f32; 16];
+    _mm256_storeu_ps(w.as_mut_ptr(), lo);
+    _mm256_storeu_ps(w.as_mut_ptr().add(8), hi);
+    fold16(&w)
+}
+
+/// The polynomial constants of [`exp_approx`], as f32 bit patterns.
+const LOG2E: u32 = 0x3fb8_aa3b; // 0x1.715476p+0
+const SHIFTER: u32 = 0x4b40_0000; // 0x1.8p23
+const LN2_HI: u32 = 0x3f31_7200; // 0x1.62e4p-1
+const LN2_LO: u32 = 0x35bf_be8e; // 0x1.7f7d1cp-20
+const C: [u32; 5] = [0x3f7f_fff6, 0x3eff_fedb, 0x3e2a_af33, 0x3d2b_9f17, 0x3c07_2010];
+
+/// eˣ by llama.cpp's AVX-512 approximation (`ggml_v_expf`): x = n·ln2 + b
+/// with n rounded by the 1.5·2²³ trick, 1 + a degree-5 polynomial in b,
+/// scaled by 2ⁿ with one rounding (`vscalefps`); |n| > 192 gives 0 below
+/// and ∞ above.
+pub fn exp_approx(x: f32) -> f32 {
+    let f = f32::from_bits;
+    let z = x.mul_add(f(LOG2E), f(SHIFTER));
+    let n = z - f(SHIFTER);
+    let b = (-n).mul_add(f(LN2_LO), (-n).mul_add(f(LN2_HI), x));
+    let u = b * b;
+    let j = f(C[4]).mul_add(b, f(C[3])).mul_add(u, f(C[2]).mul_add(b, f(C[1])));
+    let j = j.mul_add(u, f(C[0]).mul_add(b, 1.0));
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    // 2ⁿ in two normal factors: the first product is exact, the second
+    // rounds once, as scalef does.
+    let ni = n as i32;
+    let a = ni >> 1;
+    let pow2 = |e: i32| f(((e + 127) as u32) << 23);
+    (j * pow2(a)) * pow2(ni - a)
+}
+
+/// Softmax of one row in place, as llama.cpp's `ggml_vec_soft_max_f32` and
+/// the op around it compute it: the maximum, then eˣ⁻ᵐᵃˣ by [`exp_approx`]
+/// in groups of 16 (the row padded with −∞, as its KV cache is padded to
+/// a multiple of 256), each group folded in f32 as [`fold16`] does and
+/// added to an f64 total, and last every value times (f32)(1 / total).
+/// Hidden positions must hold −∞; they become 0.
+pub fn softmax(row: &mut [f32]) {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    let mut sum = 0f64;
+    for g in row.chunks_mut(16) {
+        let mut w = [0f32; 16];
+        #[cfg(target_arch = "x86_64")]
+        if active_path() == KernelPath::Avx2 {
+            // SAFETY: Avx2 is only active after runtime detection.
+            unsafe { avx2_exp16(g, max, &mut w) };
+        } else {
+            scalar_exp16(g, max, &mut w);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        scalar_exp16(g, max, &mut w);
+        g.copy_from_slice(&w[..g.len()]);
+        sum += fold16(&w) as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// eˣ⁻ᵐᵃˣ of up to 16 values into `out`, the rest of `out` 0 (e^−∞).
+pub fn scalar_exp16(g: &[f32], max: f32, out: &mut [f32; 16]) {
+    for (o, x) in out.iter_mut().zip(g) {
+        *o = exp_approx(x - max);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_exp16(g: &[f32], max: f32, out: &mut [f32; 16]) {
+    use std::arch::x86_64::*;
+    let mut buf = [f32::NEG_INFINITY; 16];
+    buf[..g.len()].copy_from_slice(g);
+    let vmax = _mm256_set1_ps(max);
+    for h in 0..2 {
+        let x = _mm256_sub_ps(_mm256_loadu_ps(buf.as_ptr().add(8 * h)), vmax);
+        _mm256_storeu_ps(out.as_mut_ptr().add(8 * h), avx2_exp8(x));
+    }
+}
+
+/// Eight lanes of [`exp_approx`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let c = |bits: u32| _mm256_set1_ps(f32::from_bits(bits));
+    let z = _mm256_fmadd_ps(x, c(LOG2E), c(SHIFTER));
+    let n = _mm256_sub_ps(z, c(SHIFTER));
+    let b = _mm256_fnmadd_ps(n, c(LN2_LO), _mm256_fnmadd_ps(n, c(LN2_HI), x));
+    let u = _mm256_mul_ps(b, b);
+    let j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(_mm256_fmadd_ps(c(C[4]), b, c(C[3])), u, _mm256_fmadd_ps(c(C[2]), b, c(C[1]))),
+        u,
+        _mm256_fmadd_ps(c(C[0]), b, _mm256_set1_ps(1.0)),
+    );
+    // 2ⁿ as two normal factors; lanes with |n| > 192 are replaced below.
+    let big = _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0), n), _mm256_set1_ps(192.0), _CMP_GT_OQ);
+    let ni = _mm256_cvttps_epi32(_mm256_blendv_ps(n, _mm256_setzero_ps(), big));
+    let a = _mm256_srai_epi32(ni, 1);
+    let pow2 = |e: __m256i| _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(127)), 23));
+    let res = _mm256_mul_ps(_mm256_mul_ps(j, pow2(a)), pow2(_mm256_sub_epi32(ni, a)));
+    let below = _mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ);
+    let alt = _mm256_blendv_ps(_mm256_set1_ps(f32::INFINITY), _mm256_setzero_ps(), below);
+    _mm256_blendv_ps(res, alt, big)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 250.0 - 4.0).collect()
+    }
+
+    #[test]
+    fn dot_lanes_scalar_and_avx2_agree_bit_for_bit() {
+        for n in [64usize, 128, 256, 320] {
+            let (x, y) = (values(n, 1), values(n, 7));
+            let s = scalar_dot_lanes(&x, &y);
+            let exact: f64 = x.iter().zip(&y).map(|(a, b)| *a as f64 * *b as f64).sum();
+            assert!((s as f64 - exact).abs() <= 1e-5 * exact.abs().max(1.0), "n {n}: {s} vs {exact}");
+            #[cfg(target_arch = "x86_64")]
+            if KernelPath::detect() == KernelPath::Avx2 {
+                assert_eq!(s.to_bits(), unsafe { avx2_dot_lanes(&x, &y) }.to_bits(), "n {n}");
+                let t = scalar_dot_tiled(&x, &y);
+                assert_eq!(t.to_bits(), unsafe { avx2_dot_tiled(&x, &y) }.to_bits(), "n {n}");
+                assert!((t as f64 - exact).abs() <= 1e-5 * exact.abs().max(1.0));
+            }
+        }
+        for n in [1usize, 7, 8, 31, 63, 65, 90, 300] {
+            let (x, y) = (values(n, 3), values(n, 5));
+            let exact: f64 = x.iter().zip(&y).map(|(a, b)| *a as f64 * *b as f64).sum();
+            assert!((dot_f32(&x, &y) as f64 - exact).abs() <= 1e-5 * exact.abs().max(1.0), "n {n}");
+        }
+    }
+
+    #[test]
+    fn exp_approximation_is_close_and_its_lanes_agree() {
+        let xs: Vec<f32> =
+            (0..4000).map(|i| -200.0 + i as f32 * 0.0513).chain([0.0, -0.0, f32::NEG_INFINITY]).collect();
+        for &x in &xs {
+            let (got, want) = (exp_approx(x), (x as f64).exp());
+            assert!((got as f64 - want).abs() <= 4e-7 * want + 1e-45, "{x}: {got} vs {want}");
+        }
+        assert_eq!(exp_approx(f32::NEG_INFINITY), 0.0);
+        #[cfg(target_arch = "x86_64")]
+        if KernelPath::detect() == KernelPath::Avx2 {
+            for g in xs.chunks(16) {
+                let (mut a, mut b) = ([0f32; 16], [0f32; 16]);
+                scalar_exp16(g, 0.0, &mut a);
+                unsafe { avx2_exp16(g, 0.0, &mut b) };
+                assert_eq!(a.map(f32::to_bits), b.map(f32::to_bits), "{g:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_hides_minus_infinity() {
+        let mut row = values(37, 3);
+        row[5] = f32::NEG_INFINITY;
+        softmax(&mut row);
+        assert_eq!(row[5], 0.0);
+        let total: f64 = row.iter().map(|v| *v as f64).sum();
+        assert!((total - 1.0).abs() < 1e-6);
+    }
+}
