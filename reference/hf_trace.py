@@ -557,6 +557,24 @@ class Tracer:
 # output
 
 
+def greedy(model, ids: list[int], n: int, device: str) -> list[int]:
+    """N tokens, each the argmax of the logits after the previous ones (the
+    prompt in one forward pass, then one token at a time with the cache)."""
+    import torch
+
+    out: list[int] = []
+    past = None
+    step = torch.tensor([ids], device=device)
+    with torch.no_grad():
+        while len(out) < n:
+            res = model(input_ids=step, past_key_values=past, use_cache=True)
+            past = res.past_key_values
+            nxt = int(torch.argmax(res.logits[0, -1]).item())
+            out.append(nxt)
+            step = torch.tensor([[nxt]], device=device)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description="Trace a forward pass in Hugging Face transformers into a plumb trace file (format 1).",
@@ -565,7 +583,10 @@ def main(argv=None) -> int:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("-p", "--prompt", help="prompt text (tokenized with the model's tokenizer)")
     src.add_argument("--tokens", help="comma-separated token ids, fed as given")
-    ap.add_argument("-o", "--out", required=True, help="output trace file (.safetensors)")
+    ap.add_argument("-o", "--out", help="output trace file (.safetensors); required unless --generate")
+    ap.add_argument("--generate", type=int, metavar="N",
+                    help="greedy-decode N tokens (argmax of each step's logits, KV cache on) and print "
+                         "{\"tokens\": prompt ids, \"generated\": ids} as JSON on stdout; with -o, trace too")
     ap.add_argument("--no-bos", action="store_true", help="with -p: do not add special tokens (BOS)")
     ap.add_argument("--stages", help="comma-separated stage globs, e.g. attn_*,logits (default: all)")
     ap.add_argument("--layers", help="layers to trace, e.g. 0-3,7 (default: all)")
@@ -574,6 +595,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="torch device (default cpu)")
     ap.add_argument("-v", "--verbose", action="store_true", help="one summary line per stage on stderr")
     args = ap.parse_args(argv)
+    if args.out is None and args.generate is None:
+        ap.error("-o/--out is required (or --generate N)")
 
     try:
         return run(args)
@@ -623,6 +646,13 @@ def run(args) -> int:
     bad = [i for i in ids if i >= vocab]
     if bad:
         raise UsageError(f"token id {bad[0]} out of range (vocabulary {vocab})")
+
+    if args.generate is not None:
+        if args.generate < 0:
+            raise UsageError("--generate: must be at least 0")
+        print(json.dumps({"tokens": ids, "generated": greedy(model, ids, args.generate, args.device)}))
+        if args.out is None:
+            return 0
 
     n_layers = len(base_model(model).layers)
     sel = Selection(patterns, parse_layers(args.layers, n_layers))

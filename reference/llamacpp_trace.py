@@ -549,7 +549,11 @@ def main(argv=None) -> int:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("-p", "--prompt", help="prompt text (tokenized by llama.cpp)")
     src.add_argument("--tokens", help="comma-separated token ids, fed as given")
-    ap.add_argument("-o", "--out", required=True, help="output trace file (.safetensors)")
+    ap.add_argument("-o", "--out", help="output trace file (.safetensors); required unless --generate")
+    ap.add_argument("--generate", type=int, metavar="N",
+                    help="greedy-decode N tokens as llama.cpp runs a model (the prompt as one batch with "
+                         "logits for its last token only, then one token at a time) and print "
+                         "{\"tokens\": prompt ids, \"generated\": ids} as JSON on stdout; with -o, trace too")
     ap.add_argument("--no-bos", action="store_true", help="with -p: do not add BOS")
     ap.add_argument("--special", action="store_true",
                     help="with -p: recognize control tokens written in the prompt")
@@ -567,11 +571,64 @@ def main(argv=None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true",
                     help="llama.cpp's log and one line per stage (with its source node) on stderr")
     args = ap.parse_args(argv)
+    if args.out is None and args.generate is None:
+        ap.error("-o/--out is required (or --generate N)")
     try:
         return run(args)
     except UsageError as e:
         print(f"llamacpp_trace: {e}", file=sys.stderr)
         return 2
+
+
+def greedy(L, model, ids: list[int], args) -> list[int]:
+    """N greedy tokens after `ids`, computed the way llama.cpp runs a model:
+    the prompt as one batch asking for the last position's logits only (so
+    the last layer finishes with that row alone), then one token at a time."""
+    n = args.generate
+    if n < 0:
+        raise UsageError("--generate: must be at least 0")
+    T = len(ids)
+    cparams = L.llama_context_default_params()
+    cparams.n_ctx = max(T + n, 32)
+    cparams.n_batch = max(T, 32)
+    cparams.n_ubatch = max(T, 32)
+    cparams.n_seq_max = 1
+    threads = args.threads or os.cpu_count() or 1
+    cparams.n_threads = threads
+    cparams.n_threads_batch = threads
+    cparams.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    kv = L.GGML_TYPE_F32 if args.kv_type == "f32" else L.GGML_TYPE_F16
+    cparams.type_k = kv
+    cparams.type_v = kv
+    cparams.no_perf = True
+    ctx = L.llama_init_from_model(model, cparams)
+    if not ctx:
+        raise RuntimeError("llama_init_from_model failed (run with -v for llama.cpp's log)")
+    batch = L.llama_batch_init(max(T, 1), 0, 1)
+    out: list[int] = []
+    try:
+        n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(model))
+        step, pos = list(ids), 0
+        while len(out) < n:
+            batch.n_tokens = len(step)
+            for i, tok in enumerate(step):
+                batch.token[i] = tok
+                batch.pos[i] = pos + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = 1 if i == len(step) - 1 else 0
+            rc = L.llama_decode(ctx, batch)
+            if rc != 0:
+                raise RuntimeError(f"llama_decode returned {rc}")
+            logits = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
+            nxt = int(np.argmax(logits))
+            out.append(nxt)
+            pos += len(step)
+            step = [nxt]
+    finally:
+        L.llama_batch_free(batch)
+        L.llama_free(ctx)
+    return out
 
 
 def run(args) -> int:
@@ -648,6 +705,10 @@ def run(args) -> int:
         if bad:
             raise UsageError(f"token id {bad[0]} out of range (vocabulary {n_vocab})")
         T = len(ids)
+        if args.generate is not None:
+            print(json.dumps({"tokens": ids, "generated": greedy(L, model, ids, args)}))
+            if args.out is None:
+                return 0
         sel = Selection(patterns, parse_layers(args.layers, n_layers))
 
         capture = Capture(ggml, sel.layers, args.list_nodes)

@@ -188,11 +188,15 @@ impl Model {
         let p = cache.len;
         assert!(p + t <= cache.capacity, "KV cache full: {} > {}", p + t, cache.capacity);
         let mut x = self.embed(tokens, tr);
+        let mut rows = t;
         for l in 0..self.cfg.n_layer {
-            self.layer(k, l, &mut x, t, cache, p, tr);
+            // Without every position's logits, the last layer goes on past
+            // its attention with the last token only, as llama.cpp does.
+            let keep_last = !all_logits && l + 1 == self.cfg.n_layer;
+            rows = self.layer(k, l, &mut x, rows, cache, p, keep_last, tr);
         }
         cache.len = p + t;
-        let logits = self.head(k, &x, t, all_logits, tr);
+        let logits = self.head(k, &x, rows, all_logits, tr);
         tr.step_done();
         logits
     }
@@ -231,12 +235,13 @@ impl Model {
         &self,
         k: &dyn Kernels,
         l: usize,
-        x: &mut [f32],
+        x: &mut Vec<f32>,
         t: usize,
         cache: &mut KvCache,
         p: usize,
+        keep_last: bool,
         tr: &mut dyn Observer,
-    ) {
+    ) -> usize {
         let c = &self.cfg;
         let w = &self.layers[l];
         let (d, hd, ff) = (c.d, c.head_dim, c.ff);
@@ -250,9 +255,6 @@ impl Model {
         let mut scores = vec![0f32; nh * t * tkv]; //                         [H, T, Tkv]
         let mut ctx = vec![0f32; t * qd]; //                                  [T, H*hd]
         let mut attn = vec![0f32; t * d]; //                                  [T, d]
-        let mut gate = vec![0f32; t * ff]; //                                 [T, ff]
-        let mut up = vec![0f32; t * ff]; //                                   [T, ff]
-        let mut down = vec![0f32; t * d]; //                                  [T, d]
 
         // xn = norm(x)
         rms_norm(x, &w.attn_norm, c.rms_eps, &mut xn, k.precision());
@@ -426,6 +428,19 @@ impl Model {
         k.linear(&w.wo, &ctx, t, &mut attn);
         self.tap(lr, Stage::AttnOut, &mut attn, &[t, d]);
         tr.record(lr, Stage::AttnOut, &attn, &[t, d]);
+        // From here on only the last token, when asked (the last layer of a
+        // step whose earlier positions' logits nobody reads).
+        let t = if keep_last && t > 1 {
+            attn.drain(..(t - 1) * d);
+            x.drain(..(t - 1) * d);
+            xn.truncate(d);
+            1
+        } else {
+            t
+        };
+        let mut gate = vec![0f32; t * ff]; //                                 [T, ff]
+        let mut up = vec![0f32; t * ff]; //                                   [T, ff]
+        let mut down = vec![0f32; t * d]; //                                  [T, d]
         if let Some(pn) = &w.attn_post_norm {
             let raw = attn.clone();
             rms_norm(&raw, pn, c.rms_eps, &mut attn, k.precision());
@@ -479,6 +494,7 @@ impl Model {
         x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
         self.tap(lr, Stage::LayerOut, x, &[t, d]);
         tr.record(lr, Stage::LayerOut, x, &[t, d]);
+        t
     }
 
     /// logits = norm(x)·Woutᵀ (then softcap), for all T rows or the last.

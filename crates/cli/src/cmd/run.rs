@@ -36,6 +36,10 @@ pub struct Args {
     /// Show token ids: the prompt's on stderr, each generated one after its text.
     #[arg(long)]
     pub ids: bool,
+    /// Print one JSON document instead of streaming text: the prompt's ids,
+    /// the generated ids (an end-of-generation token included) and the text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
@@ -60,7 +64,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         Sampler::new(SamplerConfig { temp: args.temp, top_k: args.top_k, top_p: args.top_p, seed: args.seed });
 
     let mut stdout = std::io::stdout().lock();
-    if let Some(t) = tok.as_ref() {
+    let stream = !args.json;
+    if let (Some(t), true) = (tok.as_ref(), stream) {
         write!(
             stdout,
             "{}",
@@ -74,36 +79,48 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
 
     let mut dec = StreamDecoder::default();
     let t1 = Instant::now();
-    let mut generated = 0usize;
+    let mut generated: Vec<u32> = Vec::new();
+    let mut text = String::new();
     for _ in 0..args.n {
         let next = sampler.sample(&logits);
-        generated += 1;
+        generated.push(next);
         if tok.as_ref().is_some_and(|t| t.is_eog(next)) {
             break;
         }
-        match tok.as_ref() {
-            Some(t) => write!(stdout, "{}", dec.push(&t.token_bytes(next)))?,
-            None => write!(stdout, "{next} ")?,
+        let piece = match tok.as_ref() {
+            Some(t) => dec.push(&t.token_bytes(next)),
+            None => format!("{next} "),
+        };
+        text.push_str(&piece);
+        if stream {
+            write!(stdout, "{piece}")?;
+            if args.ids {
+                write!(stdout, "[{next}]")?;
+            }
+            stdout.flush()?;
         }
-        if args.ids {
-            write!(stdout, "[{next}]")?;
-        }
-        stdout.flush()?;
         if cache.len >= capacity {
             break;
         }
         logits = model.forward(kernels.as_ref(), &[next], &mut cache, false, &mut NoTrace);
     }
-    writeln!(stdout, "{}", dec.finish())?;
+    let tail = dec.finish();
+    text.push_str(&tail);
+    if stream {
+        writeln!(stdout, "{tail}")?;
+    } else {
+        let doc = serde_json::json!({ "prompt_ids": prompt_ids, "generated": generated, "text": text });
+        writeln!(stdout, "{doc}")?;
+    }
     let gen = t1.elapsed();
     eprintln!(
         "prompt: {} tokens in {:.2} s ({:.1} tokens/s) · generation: {} tokens in {:.2} s ({:.1} tokens/s) · {} precision, {} threads",
         prompt_ids.len(),
         prefill.as_secs_f64(),
         prompt_ids.len() as f64 / prefill.as_secs_f64(),
-        generated,
+        generated.len(),
         gen.as_secs_f64(),
-        generated as f64 / gen.as_secs_f64().max(1e-9),
+        generated.len() as f64 / gen.as_secs_f64().max(1e-9),
         precision.name(),
         rayon::current_num_threads(),
     );
