@@ -67,6 +67,13 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     plumb_kernels::set_path(cli.kernels);
+    // Ctrl-C or a termination signal: remove any file being written (the
+    // target is only ever replaced whole, by a rename) and exit as a shell
+    // expects of an interrupted program.
+    let _ = ctrlc::set_handler(|| {
+        plumb_formats::atomic::abandon_writes();
+        std::process::exit(130);
+    });
     let result = match cli.command {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Run(a) => cmd::run::run(a),

@@ -4,7 +4,6 @@
 //! written to a temporary name beside the target and renamed into place, so
 //! an interrupted write never leaves a partial file under the real name.
 
-use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use plumb_quant::GgmlType;
@@ -127,21 +126,7 @@ impl GgufWriter {
 
 /// Writes `bytes` to `path` through a temporary file in the same folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FormatError> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let f = std::fs::File::create(&tmp)?;
-        let mut w = BufWriter::new(f);
-        w.write_all(bytes)?;
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(FormatError::io(path, e));
-    }
-    Ok(())
+    crate::atomic::write_atomic(path, bytes).map_err(|e| FormatError::io(path, e))
 }
 
 fn put_string(out: &mut Vec<u8>, s: &str) {

@@ -155,24 +155,7 @@ impl Trace {
     }
 }
 
-/// Writes `bytes` to `path` via a temporary sibling and a rename, so no
-/// reader ever sees a partial file under the real name.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
+pub use plumb_formats::atomic::write_atomic;
 
 /// Rewrites the JSON header of a safetensors file with its keys sorted, so
 /// the same trace always gives the same bytes (the writer emits the

@@ -1,0 +1,33 @@
+//! plumb's fast precision continues the real model exactly as llama.cpp does.
+//! The golden (testdata/gemma3-270m/llamacpp_greedy.json) is llama.cpp's own
+//! greedy output, made by scripts/conformance.py through
+//! reference/llamacpp_trace.py --generate; see docs/CONFORMANCE.md.
+
+mod common;
+use common::{plumb, real_model, root};
+
+#[test]
+fn fast_precision_continues_exactly_as_llama_cpp() {
+    let Some(model) = real_model() else { return };
+    let text = std::fs::read_to_string(root().join("testdata/gemma3-270m/llamacpp_greedy.json")).unwrap();
+    let golden: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cases = golden["cases"].as_array().unwrap();
+    assert!(cases.len() >= 5);
+    let ids =
+        |v: &serde_json::Value| -> Vec<u64> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect() };
+    for case in cases {
+        let (prompt, want) = (ids(&case["prompt_ids"]), ids(&case["generated"]));
+        let toks = prompt.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+        let n = want.len().to_string();
+        let (code, out, err) = plumb(&["run", model.to_str().unwrap(), "--tokens", &toks, "-n", &n, "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let got: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let got = ids(&got["generated"]);
+        // plumb stops after an end-of-generation token; llama.cpp's loop does not.
+        assert!(
+            !got.is_empty() && got[..] == want[..got.len()],
+            "{:?}:\n plumb     {got:?}\n llama.cpp {want:?}",
+            case["prompt"]
+        );
+    }
+}
