@@ -41,43 +41,66 @@ pub fn quantize_activations(x: &[f32], t: usize, cols: usize, ty: GgmlType) -> A
     let mut buf = vec![0u64; stride * t / 8 + 1];
     {
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut buf);
+        #[cfg(target_arch = "x86_64")]
+        let simd = crate::active_path() == KernelPath::Avx2;
         for (ti, xr) in x.chunks_exact(cols).take(t).enumerate() {
             let out = &mut bytes[ti * stride..ti * stride + row_bytes];
-            match ty {
-                GgmlType::Q8_0 => {
-                    for (b, o) in xr.chunks_exact(32).zip(out.chunks_exact_mut(34)) {
-                        o.copy_from_slice(bytemuck::bytes_of(&quantize_q8_0_act(b)));
-                    }
-                }
-                GgmlType::Q8_1 => {
-                    for (b, o) in xr.chunks_exact(32).zip(out.chunks_exact_mut(36)) {
-                        o.copy_from_slice(bytemuck::bytes_of(&quantize_q8_1_act(b)));
-                    }
-                }
-                GgmlType::Q8_K => {
-                    for (b, o) in xr.chunks_exact(256).zip(out.chunks_exact_mut(std::mem::size_of::<BlockQ8K>())) {
-                        o.copy_from_slice(bytemuck::bytes_of(&quantize_q8_k(b)));
-                    }
-                }
-                GgmlType::F16 => {
-                    for (v, o) in xr.iter().zip(out.chunks_exact_mut(2)) {
-                        o.copy_from_slice(&f32_to_f16(*v));
-                    }
-                }
-                GgmlType::BF16 => {
-                    for (v, o) in xr.iter().zip(out.chunks_exact_mut(2)) {
-                        o.copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes());
-                    }
-                }
-                _ => {
-                    for (v, o) in xr.iter().zip(out.chunks_exact_mut(4)) {
-                        o.copy_from_slice(&v.to_le_bytes());
-                    }
-                }
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: the Avx2 path is only active after runtime detection.
+                unsafe { quantize_row_avx2(xr, out, ty) };
+                continue;
             }
+            quantize_row(xr, out, ty);
         }
     }
     Activations { buf, stride, row_bytes, ty }
+}
+
+/// One activation row into `out` (the same code compiled twice below: the
+/// roundings are IEEE operations, so both builds give the same bytes).
+#[inline(always)]
+fn quantize_row(xr: &[f32], out: &mut [u8], ty: GgmlType) {
+    match ty {
+        GgmlType::Q8_0 => {
+            for (b, o) in xr.chunks_exact(32).zip(out.chunks_exact_mut(34)) {
+                o.copy_from_slice(bytemuck::bytes_of(&quantize_q8_0_act(b)));
+            }
+        }
+        GgmlType::Q8_1 => {
+            for (b, o) in xr.chunks_exact(32).zip(out.chunks_exact_mut(36)) {
+                o.copy_from_slice(bytemuck::bytes_of(&quantize_q8_1_act(b)));
+            }
+        }
+        GgmlType::Q8_K => {
+            for (b, o) in xr.chunks_exact(256).zip(out.chunks_exact_mut(std::mem::size_of::<BlockQ8K>())) {
+                o.copy_from_slice(bytemuck::bytes_of(&quantize_q8_k(b)));
+            }
+        }
+        GgmlType::F16 => {
+            for (v, o) in xr.iter().zip(out.chunks_exact_mut(2)) {
+                o.copy_from_slice(&f32_to_f16(*v));
+            }
+        }
+        GgmlType::BF16 => {
+            for (v, o) in xr.iter().zip(out.chunks_exact_mut(2)) {
+                o.copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes());
+            }
+        }
+        _ => {
+            for (v, o) in xr.iter().zip(out.chunks_exact_mut(4)) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
+}
+
+/// [`quantize_row`] compiled for AVX2, where rounding is one instruction
+/// rather than a call into libm.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_row_avx2(xr: &[f32], out: &mut [u8], ty: GgmlType) {
+    quantize_row(xr, out, ty)
 }
 
 /// The dot product for weight type `w` on `path`: SIMD where plumb has it,
@@ -189,6 +212,26 @@ pub fn dot4_for(w: GgmlType, path: KernelPath) -> Option<Dot4Fn> {
     None
 }
 
+/// The format number of a Q8_0-paired weight type for the VNNI kernels,
+/// where this CPU has AVX-512 VNNI (and plumb is on its SIMD path).
+pub fn vnni_kind(w: GgmlType, path: KernelPath) -> Option<u8> {
+    #[cfg(target_arch = "x86_64")]
+    if path == KernelPath::Avx2
+        && std::is_x86_feature_detected!("avx512vnni")
+        && std::is_x86_feature_detected!("avx512vl")
+    {
+        return match w {
+            GgmlType::Q8_0 => Some(0),
+            GgmlType::Q4_0 => Some(1),
+            GgmlType::Q5_0 => Some(2),
+            GgmlType::IQ4_NL => Some(3),
+            _ => None,
+        };
+    }
+    let _ = (w, path);
+    None
+}
+
 /// Weight rows handed to one task.
 const ROWS_PER_TASK: usize = 32;
 /// Tokens taken against one tile of weight rows.
@@ -214,6 +257,19 @@ impl Kernels for FastKernels {
             // A few large chunks per thread: each row is independent, so the
             // split never changes a number, only the scheduling overhead.
             let chunk = rows.div_ceil(rayon::current_num_threads() * 64).max(ROWS_PER_TASK);
+            #[cfg(target_arch = "x86_64")]
+            if let Some(kind) = vnni_kind(w.ty, self.path) {
+                let mut aux = Vec::with_capacity(cols / 32);
+                crate::avx2::act_aux(act.row(0), crate::avx2::vnni_offset(kind), &mut aux);
+                y.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
+                    let r0 = c * chunk;
+                    // SAFETY: as for x4_vnni below.
+                    unsafe {
+                        crate::avx2::rows_vnni(kind, &bytes[r0 * rb..(r0 + out.len()) * rb], rb, act.row(0), &aux, out)
+                    };
+                });
+                return;
+            }
             y.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
                 let a = act.row(0);
                 let r0 = c * chunk;
@@ -229,6 +285,18 @@ impl Kernels for FastKernels {
             });
             return;
         }
+        // Where the CPU has VNNI: each activation block's scale and offset
+        // correction, once for all weight rows.
+        #[cfg(target_arch = "x86_64")]
+        let vnni = vnni_kind(w.ty, self.path).filter(|_| t >= 4 && tiled.is_none()).map(|kind| {
+            let mut aux = Vec::with_capacity(t * cols / 32);
+            for ti in 0..t {
+                crate::avx2::act_aux(act.row(ti), crate::avx2::vnni_offset(kind), &mut aux);
+            }
+            (kind, aux)
+        });
+        #[cfg(target_arch = "x86_64")]
+        let nbk = cols / 32;
         let n_chunks = rows.div_ceil(ROWS_PER_TASK);
         let mut tmp = vec![0f32; n_chunks * ROWS_PER_TASK * t];
         // Tiles of ROWS_PER_TASK weight rows × TOKENS_PER_TILE tokens, so
@@ -241,6 +309,18 @@ impl Kernels for FastKernels {
                 for r in r0..r1 {
                     let wr = &bytes[r * rb..(r + 1) * rb];
                     let mut ti = t0;
+                    #[cfg(target_arch = "x86_64")]
+                    if let Some((kind, aux)) = &vnni {
+                        while ti + 4 <= t1 {
+                            let ax = |k: usize| &aux[(ti + k) * nbk..(ti + k + 1) * nbk];
+                            let rows4 = [act.row(ti), act.row(ti + 1), act.row(ti + 2), act.row(ti + 3)];
+                            // SAFETY: vnni_kind checked avx512vnni and avx512vl (and the
+                            // Avx2 path, so avx2, fma and f16c); whole blocks, checked at load.
+                            let v = unsafe { crate::avx2::x4_vnni(*kind, wr, rows4, [ax(0), ax(1), ax(2), ax(3)]) };
+                            out[(r - r0) * t + ti..(r - r0) * t + ti + 4].copy_from_slice(&v);
+                            ti += 4;
+                        }
+                    }
                     if let Some(d4) = dot4 {
                         while ti + 4 <= t1 {
                             let v = d4(wr, [act.row(ti), act.row(ti + 1), act.row(ti + 2), act.row(ti + 3)]);

@@ -204,3 +204,59 @@ fn tiled_order_kernels_are_bit_identical_across_paths_and_close_to_the_unit_orde
         }
     }
 }
+
+#[test]
+fn vnni_four_token_kernels_equal_the_avx2_ones_bit_for_bit() {
+    use plumb_kernels::fast::{dot4_for, vnni_kind};
+    let path = KernelPath::detect();
+    let mut rng = StdRng::seed_from_u64(13);
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::IQ4_NL] {
+        let Some(kind) = vnni_kind(ty, path) else {
+            eprintln!("no AVX-512 VNNI on this CPU; nothing to compare");
+            return;
+        };
+        for blocks in [1usize, 7, 20] {
+            let n = blocks * 32;
+            let w = random_weights(ty, n, &mut rng);
+            let rows: Vec<Vec<f32>> = (0..4).map(|_| (0..n).map(|_| rng.gen_range(-3.0f32..3.0)).collect()).collect();
+            let flat: Vec<f32> = rows.concat();
+            let act = quantize_activations(&flat, 4, n, act_type(ty));
+            let r = [act.row(0), act.row(1), act.row(2), act.row(3)];
+            let aux: Vec<Vec<plumb_kernels::avx2::ActAux>> = r
+                .iter()
+                .map(|row| {
+                    let mut v = Vec::new();
+                    plumb_kernels::avx2::act_aux(row, plumb_kernels::avx2::vnni_offset(kind), &mut v);
+                    v
+                })
+                .collect();
+            let want = dot4_for(ty, path).unwrap()(&w, r);
+            let got = unsafe { plumb_kernels::avx2::x4_vnni(kind, &w, r, [&aux[0], &aux[1], &aux[2], &aux[3]]) };
+            assert_eq!(want.map(f32::to_bits), got.map(f32::to_bits), "{ty}: {blocks} blocks");
+        }
+    }
+}
+
+#[test]
+fn vnni_multi_row_kernels_equal_the_single_kernel_bit_for_bit() {
+    use plumb_kernels::fast::vnni_kind;
+    let path = KernelPath::detect();
+    let mut rng = StdRng::seed_from_u64(17);
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::IQ4_NL] {
+        let Some(kind) = vnni_kind(ty, path) else { return };
+        let n = 20 * 32;
+        let rows = 11;
+        let rb = ty_bytes(ty, n);
+        let w = random_weights(ty, n * rows, &mut rng);
+        let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+        let act = quantize_activations(&x, 1, n, act_type(ty));
+        let mut aux = Vec::new();
+        plumb_kernels::avx2::act_aux(act.row(0), plumb_kernels::avx2::vnni_offset(kind), &mut aux);
+        let mut got = vec![0f32; rows];
+        unsafe { plumb_kernels::avx2::rows_vnni(kind, &w, rb, act.row(0), &aux, &mut got) };
+        for (r, g) in got.iter().enumerate() {
+            let want = dot_for(ty, path)(n, &w[r * rb..(r + 1) * rb], act.row(0));
+            assert_eq!(want.to_bits(), g.to_bits(), "{ty} row {r}");
+        }
+    }
+}
