@@ -54,7 +54,7 @@ pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
         }
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global().ok();
     }
-    let model = Model::load(&args.model).with_context(|| format!("cannot load {}", args.model.display()))?;
+    let mut model = Model::load(&args.model).with_context(|| format!("cannot load {}", args.model.display()))?;
     let tokenizer = match &model.source {
         ModelSource::Gguf(g) => match Tokenizer::from_gguf(g) {
             Ok(t) => {
@@ -79,6 +79,15 @@ pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
         ),
         ModelSource::Hf(_) => None,
     };
+    // The tokenizer holds its own copy of the vocabulary now.
+    if let (ModelSource::Gguf(g), Some(_)) = (&mut model.source, &tokenizer) {
+        g.release(&[
+            "tokenizer.ggml.tokens",
+            "tokenizer.ggml.scores",
+            "tokenizer.ggml.token_type",
+            "tokenizer.ggml.merges",
+        ]);
+    }
     Ok(Loaded { model, tokenizer })
 }
 
