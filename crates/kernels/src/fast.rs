@@ -317,42 +317,45 @@ impl Kernels for FastKernels {
                             // SAFETY: vnni_kind checked avx512vnni and avx512vl (and the
                             // Avx2 path, so avx2, fma and f16c); whole blocks, checked at load.
                             let v = unsafe { crate::avx2::x4_vnni(*kind, wr, rows4, [ax(0), ax(1), ax(2), ax(3)]) };
-                            out[(r - r0) * t + ti..(r - r0) * t + ti + 4].copy_from_slice(&v);
+                            for (k, v) in v.into_iter().enumerate() {
+                                out[(ti + k) * ROWS_PER_TASK + r - r0] = v;
+                            }
                             ti += 4;
                         }
                     }
                     if let Some(d4) = dot4 {
                         while ti + 4 <= t1 {
                             let v = d4(wr, [act.row(ti), act.row(ti + 1), act.row(ti + 2), act.row(ti + 3)]);
-                            out[(r - r0) * t + ti..(r - r0) * t + ti + 4].copy_from_slice(&v);
+                            for (k, v) in v.into_iter().enumerate() {
+                                out[(ti + k) * ROWS_PER_TASK + r - r0] = v;
+                            }
                             ti += 4;
                         }
                     }
                     if dot4.is_some() || rows_fn.is_none() {
                         for ti in ti..t1 {
-                            out[(r - r0) * t + ti] = dot(cols, wr, act.row(ti));
+                            out[ti * ROWS_PER_TASK + r - r0] = dot(cols, wr, act.row(ti));
                         }
                     }
                 }
                 // Formats without a four-token kernel: the multi-row kernel,
                 // once per token, over this tile's rows (still in L1).
                 if let (None, Some(f)) = (dot4, rows_fn) {
-                    let mut col = [0f32; ROWS_PER_TASK];
                     for ti in t0..t1 {
-                        f(&bytes[r0 * rb..r1 * rb], rb, cols, act.row(ti), &mut col[..r1 - r0]);
-                        for (k, v) in col[..r1 - r0].iter().enumerate() {
-                            out[k * t + ti] = *v;
-                        }
+                        let col = &mut out[ti * ROWS_PER_TASK..ti * ROWS_PER_TASK + r1 - r0];
+                        f(&bytes[r0 * rb..r1 * rb], rb, cols, act.row(ti), col);
                     }
                 }
             }
         });
-        for r in 0..rows {
-            let (c, k) = (r / ROWS_PER_TASK, r % ROWS_PER_TASK);
-            for ti in 0..t {
-                y[ti * rows + r] = tmp[c * ROWS_PER_TASK * t + k * t + ti];
+        // Each task's outputs are [token][its rows]: copied out in runs of
+        // ROWS_PER_TASK contiguous floats, one token row per task.
+        y.par_chunks_mut(rows).enumerate().for_each(|(ti, yrow)| {
+            for (c, ys) in yrow.chunks_mut(ROWS_PER_TASK).enumerate() {
+                let src = c * ROWS_PER_TASK * t + ti * ROWS_PER_TASK;
+                ys.copy_from_slice(&tmp[src..src + ys.len()]);
             }
-        }
+        });
     }
 
     fn describe(&self) -> String {

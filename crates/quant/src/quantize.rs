@@ -45,7 +45,7 @@ fn to_bytes<B: bytemuck::Pod + bytemuck::Zeroable>(src: &[f32], nb: usize, f: fn
 }
 
 /// The element with the largest magnitude, keeping its sign.
-#[inline]
+#[inline(always)]
 fn signed_absmax(x: &[f32]) -> f32 {
     let mut best = 0.0f32;
     for &v in x {
@@ -82,7 +82,7 @@ pub fn quantize_q8_0(x: &[f32]) -> BlockQ8_0 {
 /// half to even rather than away from zero. It differs from
 /// [`quantize_q8_0`] (ggml's reference, used for weights) in the last bit
 /// of a few products, and that is enough to flip a rounding.
-#[inline]
+#[inline(always)]
 pub fn quantize_q8_0_act(x: &[f32]) -> BlockQ8_0 {
     let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
@@ -95,7 +95,7 @@ pub fn quantize_q8_0_act(x: &[f32]) -> BlockQ8_0 {
 
 /// Q8_1 activations as llama.cpp's x86 CPU backend makes them: as
 /// [`quantize_q8_0_act`], plus `s = d * sum(q)` with the unrounded scale.
-#[inline]
+#[inline(always)]
 pub fn quantize_q8_1_act(x: &[f32]) -> BlockQ8_1 {
     let b = quantize_q8_0_act(x);
     let d = x.iter().fold(0.0f32, |a, v| a.max(v.abs())) / 127.0;
@@ -114,7 +114,7 @@ pub fn quantize_q8_1(x: &[f32]) -> BlockQ8_1 {
 
 /// Q8_K (ggml `quantize_row_q8_K_ref`): scale from the signed absmax so that
 /// it maps to -127, f32 scale, per-16 sums.
-#[inline]
+#[inline(always)]
 pub fn quantize_q8_k(x: &[f32]) -> BlockQ8K {
     let max = signed_absmax(x);
     let mut b = BlockQ8K { d: 0.0, qs: [0; QK_K], bsums: [0; QK_K / 16] };
