@@ -233,6 +233,84 @@ unsafe fn q5_k_sums(x: &BlockQ5K, y: &BlockQ8K) -> (__m256i, [i32; 4]) {
     (sumi, msum)
 }
 
+/// Four tokens of [`q4_k_q8_k_tiled`] against one Q4_K row, decoding each
+/// superblock's scales and nibbles once: each result is bit-identical to the
+/// one-token kernel's (the same exact integers, the same float steps).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_k_q8_k_tiled_x4(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+    let xs: &[BlockQ4K] = bytemuck::cast_slice(w);
+    let ys: [&[BlockQ8K]; 4] = a.map(bytemuck::cast_slice);
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut acc = [0f32; 4];
+    for (i, x) in xs.iter().enumerate() {
+        let (d, dmin) = (d16(x.d), d16(x.dmin));
+        let mut sc = [(0u8, 0u8); 8];
+        for (j, s) in sc.iter_mut().enumerate() {
+            *s = scale_min_k4(j, &x.scales);
+        }
+        let mut sumi = [_mm256_setzero_si256(); 4];
+        let mut msum = [0i32; 4];
+        for c in 0..4 {
+            let q4 = _mm256_loadu_si256(x.qs.as_ptr().add(32 * c) as *const __m256i);
+            let lo = _mm256_and_si256(q4, m4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+            let ((sc1, m1), (sc2, m2)) = (sc[2 * c], sc[2 * c + 1]);
+            for k in 0..4 {
+                let y = ys[k].get_unchecked(i);
+                msum[k] += m1 as i32 * (y.bsums[4 * c] as i32 + y.bsums[4 * c + 1] as i32)
+                    + m2 as i32 * (y.bsums[4 * c + 2] as i32 + y.bsums[4 * c + 3] as i32);
+                let y1 = _mm256_loadu_si256(y.qs.as_ptr().add(64 * c) as *const __m256i);
+                let y2 = _mm256_loadu_si256(y.qs.as_ptr().add(64 * c + 32) as *const __m256i);
+                let p1 = madd_scale(_mm256_maddubs_epi16(lo, y1), sc1 as i16);
+                let p2 = madd_scale(_mm256_maddubs_epi16(hi, y2), sc2 as i16);
+                sumi[k] = _mm256_add_epi32(sumi[k], _mm256_add_epi32(p1, p2));
+            }
+        }
+        for k in 0..4 {
+            let r = (-dmin).mul_add(msum[k] as f32, hsum_epi32(sumi[k]) as f32 * d);
+            acc[k] = r.mul_add(ys[k].get_unchecked(i).d, acc[k]);
+        }
+    }
+    acc
+}
+
+/// Four tokens of [`q6_k_q8_k_tiled`] against one Q6_K row (as
+/// [`q4_k_q8_k_tiled_x4`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q6_k_q8_k_tiled_x4(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+    let xs: &[BlockQ6K] = bytemuck::cast_slice(w);
+    let ys: [&[BlockQ8K]; 4] = a.map(bytemuck::cast_slice);
+    let mut acc = [0f32; 4];
+    for (i, x) in xs.iter().enumerate() {
+        let d = d16(x.d);
+        let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.scales.as_ptr() as *const __m128i));
+        let mut sumi = [_mm256_setzero_si256(); 4];
+        for half in 0..2 {
+            let q = q6k_half(x, half);
+            for (kk, qk) in q.iter().enumerate() {
+                let s_lo = x.scales[8 * half + 2 * kk] as i16;
+                let s_hi = x.scales[8 * half + 2 * kk + 1] as i16;
+                let scales = _mm256_setr_epi16(
+                    s_lo, s_lo, s_lo, s_lo, s_lo, s_lo, s_lo, s_lo, s_hi, s_hi, s_hi, s_hi, s_hi, s_hi, s_hi, s_hi,
+                );
+                for k in 0..4 {
+                    let y = ys[k].get_unchecked(i);
+                    let yk = _mm256_loadu_si256(y.qs.as_ptr().add(128 * half + 32 * kk) as *const __m256i);
+                    sumi[k] = _mm256_add_epi32(sumi[k], _mm256_madd_epi16(_mm256_maddubs_epi16(*qk, yk), scales));
+                }
+            }
+        }
+        for k in 0..4 {
+            let y = ys[k].get_unchecked(i);
+            let bsums = _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i);
+            let offset = _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16), 5);
+            let total = hsum_epi32(_mm256_sub_epi32(sumi[k], offset));
+            acc[k] = (total as f32 * d).mul_add(y.d, acc[k]);
+        }
+    }
+    acc
+}
+
 /// Sum of eight i32 lanes (exact).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -161,6 +161,23 @@ pub fn tiled_dot_for(w: GgmlType, path: KernelPath) -> Option<DotFn> {
     }
 }
 
+/// Four tokens at once in the tiled K-quant order, where plumb has a kernel
+/// (each result equal to [`tiled_dot_for`]'s bit for bit).
+pub fn tiled_dot4_for(w: GgmlType, path: KernelPath) -> Option<Dot4Fn> {
+    #[cfg(target_arch = "x86_64")]
+    if path == KernelPath::Avx2 {
+        use crate::avx2;
+        // SAFETY: as in `avx2_dot`.
+        return match w {
+            GgmlType::Q4_K => Some(|a, b| unsafe { avx2::q4_k_q8_k_tiled_x4(a, b) }),
+            GgmlType::Q6_K => Some(|a, b| unsafe { avx2::q6_k_q8_k_tiled_x4(a, b) }),
+            _ => None,
+        };
+    }
+    let _ = (w, path);
+    None
+}
+
 /// Many consecutive weight rows against one activation row.
 pub type RowsFn = fn(&[u8], usize, usize, &[u8], &mut [f32]);
 
@@ -249,7 +266,7 @@ impl Kernels for FastKernels {
         // which rounds in its own order; plumb follows it there.
         let tiled = if t >= TILED_MIN_TOKENS { tiled_dot_for(w.ty, self.path) } else { None };
         let dot = tiled.unwrap_or_else(|| dot_for(w.ty, self.path));
-        let dot4 = if tiled.is_some() { None } else { dot4_for(w.ty, self.path) };
+        let dot4 = if tiled.is_some() { tiled_dot4_for(w.ty, self.path) } else { dot4_for(w.ty, self.path) };
         let rows_fn = if tiled.is_some() { None } else { rows_for(w.ty, self.path) };
         let rb = w.row_bytes();
         let bytes: &[u8] = &w.bytes;

@@ -260,3 +260,22 @@ fn vnni_multi_row_kernels_equal_the_single_kernel_bit_for_bit() {
         }
     }
 }
+
+#[test]
+fn tiled_four_token_kernels_equal_the_one_token_ones_bit_for_bit() {
+    use plumb_kernels::fast::{tiled_dot4_for, tiled_dot_for};
+    let path = KernelPath::detect();
+    let mut rng = StdRng::seed_from_u64(19);
+    for ty in [GgmlType::Q4_K, GgmlType::Q6_K] {
+        let Some(d4) = tiled_dot4_for(ty, path) else { return };
+        let n = 4 * 256;
+        let w = random_weights(ty, n, &mut rng);
+        let x: Vec<f32> = (0..4 * n).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+        let act = quantize_activations(&x, 4, n, act_type(ty));
+        let got = d4(&w, [act.row(0), act.row(1), act.row(2), act.row(3)]);
+        for (k, g) in got.iter().enumerate() {
+            let want = tiled_dot_for(ty, path).unwrap()(n, &w, act.row(k));
+            assert_eq!(want.to_bits(), g.to_bits(), "{ty} token {k}");
+        }
+    }
+}
