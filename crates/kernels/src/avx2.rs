@@ -590,9 +590,8 @@ unsafe fn dot4_q8_family_vnni<const KIND: u8>(w: &[u8], a: [&[u8]; 4], aux: [&[A
     [hsum_ps(acc[0]), hsum_ps(acc[1]), hsum_ps(acc[2]), hsum_ps(acc[3])]
 }
 
-/// Many weight rows against one activation row (decoding), four rows at a
-/// time sharing each activation block's load; each output equals the
-/// single-row kernel's bit for bit.
+/// Many weight rows against one activation row (decoding), one row after
+/// another; each output equals the single-row kernel's bit for bit.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
 unsafe fn rows_q8_family_vnni<const KIND: u8>(
@@ -605,32 +604,24 @@ unsafe fn rows_q8_family_vnni<const KIND: u8>(
 ) {
     let nb = rb / bb;
     let off = _mm256_set1_epi8(vnni_offset(KIND) as i8);
-    let unpack = |blk: &[u8]| match KIND {
-        0 => unpack_q8_0(blk),
-        1 => unpack_q4_0(blk),
-        2 => unpack_q5_0(blk),
-        _ => unpack_iq4_nl(blk),
-    };
-    let mut r = 0;
-    while r < out.len() {
-        let m = (out.len() - r).min(4);
-        let mut acc = [_mm256_setzero_ps(); 4];
+    for (r, o) in out.iter_mut().enumerate() {
+        let row = w.get_unchecked(r * rb..(r + 1) * rb);
+        let mut acc = _mm256_setzero_ps();
         for i in 0..nb {
-            let y = a.get_unchecked(i * 34..(i + 1) * 34);
+            let blk = row.get_unchecked(i * bb..(i + 1) * bb);
+            let qx = match KIND {
+                0 => unpack_q8_0(blk),
+                1 => unpack_q4_0(blk),
+                2 => unpack_q5_0(blk),
+                _ => unpack_iq4_nl(blk),
+            };
             let ax = aux.get_unchecked(i);
-            let qy = _mm256_loadu_si256(y.as_ptr().add(2) as *const __m256i);
+            let qy = _mm256_loadu_si256(a.as_ptr().add(i * 34 + 2) as *const __m256i);
             let corr = _mm256_loadu_si256(ax.corr.as_ptr() as *const __m256i);
-            for (k, acc) in acc.iter_mut().enumerate().take(m) {
-                let blk = w.get_unchecked((r + k) * rb + i * bb..(r + k) * rb + (i + 1) * bb);
-                let ux = _mm256_add_epi8(unpack(blk), off);
-                let sum = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(corr, ux, qy));
-                *acc = _mm256_fmadd_ps(_mm256_set1_ps(d16([blk[0], blk[1]]) * ax.d), sum, *acc);
-            }
+            let sum = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(corr, _mm256_add_epi8(qx, off), qy));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d16([blk[0], blk[1]]) * ax.d), sum, acc);
         }
-        for (k, acc) in acc.iter().enumerate().take(m) {
-            out[r + k] = hsum_ps(*acc);
-        }
-        r += m;
+        *o = hsum_ps(acc);
     }
 }
 
