@@ -580,18 +580,13 @@ def main(argv=None) -> int:
         return 2
 
 
-def greedy(L, model, ids: list[int], args) -> list[int]:
-    """N greedy tokens after `ids`, computed the way llama.cpp runs a model:
-    the prompt as one batch asking for the last position's logits only (so
-    the last layer finishes with that row alone), then one token at a time."""
-    n = args.generate
-    if n < 0:
-        raise UsageError("--generate: must be at least 0")
-    T = len(ids)
+def context_params(L, args, n_ctx: int, n_batch: int):
+    """One sequence of n_ctx positions, the whole prompt as one batch, flash
+    attention off, the KV cache type and thread count asked for."""
     cparams = L.llama_context_default_params()
-    cparams.n_ctx = max(T + n, 32)
-    cparams.n_batch = max(T, 32)
-    cparams.n_ubatch = max(T, 32)
+    cparams.n_ctx = max(n_ctx, 32)
+    cparams.n_batch = max(n_batch, 32)
+    cparams.n_ubatch = max(n_batch, 32)
     cparams.n_seq_max = 1
     threads = args.threads or os.cpu_count() or 1
     cparams.n_threads = threads
@@ -601,7 +596,18 @@ def greedy(L, model, ids: list[int], args) -> list[int]:
     cparams.type_k = kv
     cparams.type_v = kv
     cparams.no_perf = True
-    ctx = L.llama_init_from_model(model, cparams)
+    return cparams
+
+
+def greedy(L, model, ids: list[int], args) -> list[int]:
+    """N greedy tokens after `ids`, computed the way llama.cpp runs a model:
+    the prompt as one batch asking for the last position's logits only (so
+    the last layer finishes with that row alone), then one token at a time."""
+    n = args.generate
+    if n < 0:
+        raise UsageError("--generate: must be at least 0")
+    T = len(ids)
+    ctx = L.llama_init_from_model(model, context_params(L, args, T + n, T))
     if not ctx:
         raise RuntimeError("llama_init_from_model failed (run with -v for llama.cpp's log)")
     batch = L.llama_batch_init(max(T, 1), 0, 1)
@@ -714,18 +720,7 @@ def run(args) -> int:
         capture = Capture(ggml, sel.layers, args.list_nodes)
         cb = L.ggml_backend_sched_eval_callback(capture)
 
-        cparams = L.llama_context_default_params()
-        cparams.n_ctx = max(T, 32)
-        cparams.n_batch = max(T, 32)
-        cparams.n_ubatch = max(T, 32)
-        cparams.n_seq_max = 1
-        threads = args.threads or os.cpu_count() or 1
-        cparams.n_threads = threads
-        cparams.n_threads_batch = threads
-        cparams.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        kv = L.GGML_TYPE_F32 if args.kv_type == "f32" else L.GGML_TYPE_F16
-        cparams.type_k = kv
-        cparams.type_v = kv
+        cparams = context_params(L, args, T, T)
         cparams.embeddings = False
         cparams.offload_kqv = False
         cparams.op_offload = False

@@ -473,6 +473,18 @@ unsafe fn unpack_iq4_nl(b: &[u8]) -> __m256i {
     _mm256_shuffle_epi8(table, nibbles_32(b.as_ptr().add(2)))
 }
 
+/// The 32 signed weights of one block of Q8_0-paired format `KIND` (0 Q8_0,
+/// 1 Q4_0, 2 Q5_0, 3 IQ4_NL).
+#[inline(always)]
+unsafe fn unpack_q8_family<const KIND: u8>(blk: &[u8]) -> __m256i {
+    match KIND {
+        0 => unpack_q8_0(blk),
+        1 => unpack_q4_0(blk),
+        2 => unpack_q5_0(blk),
+        _ => unpack_iq4_nl(blk),
+    }
+}
+
 /// One weight row against four activation rows (Q8_0), unpacking each
 /// weight block once. Block sizes: `bb` bytes per weight block.
 #[inline]
@@ -483,12 +495,7 @@ unsafe fn dot4_q8_family<const KIND: u8>(w: &[u8], a: [&[u8]; 4], bb: usize) -> 
     for i in 0..nb {
         let blk = w.get_unchecked(i * bb..(i + 1) * bb);
         let dx = d16([blk[0], blk[1]]);
-        let qx = match KIND {
-            0 => unpack_q8_0(blk),
-            1 => unpack_q4_0(blk),
-            2 => unpack_q5_0(blk),
-            _ => unpack_iq4_nl(blk),
-        };
+        let qx = unpack_q8_family::<KIND>(blk);
         // |qx| once per block; each token's quants take qx's signs.
         let ax = _mm256_sign_epi8(qx, qx);
         let ones = _mm256_set1_epi16(1);
@@ -571,12 +578,7 @@ unsafe fn dot4_q8_family_vnni<const KIND: u8>(w: &[u8], a: [&[u8]; 4], aux: [&[A
     for i in 0..nb {
         let blk = w.get_unchecked(i * bb..(i + 1) * bb);
         let dx = d16([blk[0], blk[1]]);
-        let qx = match KIND {
-            0 => unpack_q8_0(blk),
-            1 => unpack_q4_0(blk),
-            2 => unpack_q5_0(blk),
-            _ => unpack_iq4_nl(blk),
-        };
+        let qx = unpack_q8_family::<KIND>(blk);
         let ux = _mm256_add_epi8(qx, off);
         for k in 0..4 {
             let y = a[k].get_unchecked(i * 34..(i + 1) * 34);
@@ -609,12 +611,7 @@ unsafe fn rows_q8_family_vnni<const KIND: u8>(
         let mut acc = _mm256_setzero_ps();
         for i in 0..nb {
             let blk = row.get_unchecked(i * bb..(i + 1) * bb);
-            let qx = match KIND {
-                0 => unpack_q8_0(blk),
-                1 => unpack_q4_0(blk),
-                2 => unpack_q5_0(blk),
-                _ => unpack_iq4_nl(blk),
-            };
+            let qx = unpack_q8_family::<KIND>(blk);
             let ax = aux.get_unchecked(i);
             let qy = _mm256_loadu_si256(a.as_ptr().add(i * 34 + 2) as *const __m256i);
             let corr = _mm256_loadu_si256(ax.corr.as_ptr() as *const __m256i);

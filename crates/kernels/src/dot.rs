@@ -194,51 +194,55 @@ pub fn q3_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     sumf
 }
 
-pub fn q4_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let mut sumf = 0f32;
-    for (x, y) in blocks::<BlockQ4K>(w).iter().zip(q8k(a)) {
-        let mut isum = 0i32;
-        let mut msum = 0i32;
-        for j in 0..8 {
-            let (sc, m) = scale_min_k4(j, &x.scales);
-            let q4 = &x.qs[(j / 2) * 32..(j / 2) * 32 + 32];
-            let q8 = &y.qs[j * 32..j * 32 + 32];
-            let shift = if j % 2 == 0 { 0 } else { 4 };
-            let s: i32 = (0..32).map(|l| ((q4[l] >> shift) & 0xF) as i32 * q8[l] as i32).sum();
-            isum += sc as i32 * s;
-            msum += m as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
-        }
-        let d = f16_to_f32(x.d) * y.d;
-        let dmin = f16_to_f32(x.dmin) * y.d;
-        sumf += d * isum as f32 - dmin * msum as f32;
+/// One Q4_K superblock against its Q8_K block: Σ scale·q·y and
+/// Σ min·Σy (both exact).
+fn q4_k_sums(x: &BlockQ4K, y: &BlockQ8K) -> (i32, i32) {
+    k_sums(&x.scales, |j, l| ((x.qs[(j / 2) * 32 + l] >> (4 * (j % 2))) & 0xF) as i32, y)
+}
+
+/// As [`q4_k_sums`] for Q5_K (the fifth bit from qh).
+fn q5_k_sums(x: &BlockQ5K, y: &BlockQ8K) -> (i32, i32) {
+    k_sums(
+        &x.scales,
+        |j, l| {
+            let hi = if x.qh[l] & (1 << j) != 0 { 16 } else { 0 };
+            ((x.qs[(j / 2) * 32 + l] >> (4 * (j % 2))) & 0xF) as i32 + hi
+        },
+        y,
+    )
+}
+
+/// The two integer sums of a K-quant with mins, given quant `q(j, l)` of
+/// element l of sub-block j.
+fn k_sums(scales: &[u8; 12], q: impl Fn(usize, usize) -> i32, y: &BlockQ8K) -> (i32, i32) {
+    let (mut isum, mut msum) = (0i32, 0i32);
+    for j in 0..8 {
+        let (sc, m) = scale_min_k4(j, scales);
+        let s: i32 = (0..32).map(|l| q(j, l) * y.qs[j * 32 + l] as i32).sum();
+        isum += sc as i32 * s;
+        msum += m as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
     }
-    sumf
+    (isum, msum)
+}
+
+/// A K-quant with mins in the one-token order: d·Σ − dmin·M per superblock.
+fn k_unit(d: f32, dmin: f32, (isum, msum): (i32, i32), yd: f32) -> f32 {
+    d * yd * isum as f32 - dmin * yd * msum as f32
+}
+
+/// The same in llama.cpp's tiled order (see [`q4_k_q8_k_tiled`]).
+fn k_tiled(d: f32, dmin: f32, (isum, msum): (i32, i32), yd: f32, acc: f32) -> f32 {
+    (-dmin).mul_add(msum as f32, isum as f32 * d).mul_add(yd, acc)
+}
+
+pub fn q4_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let xs = blocks::<BlockQ4K>(w).iter().zip(q8k(a));
+    xs.fold(0.0, |s, (x, y)| s + k_unit(f16_to_f32(x.d), f16_to_f32(x.dmin), q4_k_sums(x, y), y.d))
 }
 
 pub fn q5_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let mut sumf = 0f32;
-    for (x, y) in blocks::<BlockQ5K>(w).iter().zip(q8k(a)) {
-        let mut isum = 0i32;
-        let mut msum = 0i32;
-        for j in 0..8 {
-            let (sc, m) = scale_min_k4(j, &x.scales);
-            let q5 = &x.qs[(j / 2) * 32..(j / 2) * 32 + 32];
-            let q8 = &y.qs[j * 32..j * 32 + 32];
-            let shift = if j % 2 == 0 { 0 } else { 4 };
-            let s: i32 = (0..32)
-                .map(|l| {
-                    let hi = if x.qh[l] & (1 << j) != 0 { 16 } else { 0 };
-                    (((q5[l] >> shift) & 0xF) as i32 + hi) * q8[l] as i32
-                })
-                .sum();
-            isum += sc as i32 * s;
-            msum += m as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
-        }
-        let d = f16_to_f32(x.d) * y.d;
-        let dmin = f16_to_f32(x.dmin) * y.d;
-        sumf += d * isum as f32 - dmin * msum as f32;
-    }
-    sumf
+    let xs = blocks::<BlockQ5K>(w).iter().zip(q8k(a));
+    xs.fold(0.0, |s, (x, y)| s + k_unit(f16_to_f32(x.d), f16_to_f32(x.dmin), q5_k_sums(x, y), y.d))
 }
 
 /// One Q6_K superblock's Σ scale·(q − 32)·y (exact).
@@ -278,46 +282,13 @@ pub fn q6_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
 /// multiply-add), and the running total += r · d_y, fused too (the
 /// compiler contracts llama.cpp's separate multiply and add).
 pub fn q4_k_q8_k_tiled(_n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let mut acc = 0f32;
-    for (x, y) in blocks::<BlockQ4K>(w).iter().zip(q8k(a)) {
-        let (mut isum, mut msum) = (0i32, 0i32);
-        for j in 0..8 {
-            let (sc, m) = scale_min_k4(j, &x.scales);
-            let q4 = &x.qs[(j / 2) * 32..(j / 2) * 32 + 32];
-            let q8 = &y.qs[j * 32..j * 32 + 32];
-            let shift = if j % 2 == 0 { 0 } else { 4 };
-            let s: i32 = (0..32).map(|l| ((q4[l] >> shift) & 0xF) as i32 * q8[l] as i32).sum();
-            isum += sc as i32 * s;
-            msum += m as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
-        }
-        let r = (-f16_to_f32(x.dmin)).mul_add(msum as f32, isum as f32 * f16_to_f32(x.d));
-        acc = r.mul_add(y.d, acc);
-    }
-    acc
+    let xs = blocks::<BlockQ4K>(w).iter().zip(q8k(a));
+    xs.fold(0.0, |acc, (x, y)| k_tiled(f16_to_f32(x.d), f16_to_f32(x.dmin), q4_k_sums(x, y), y.d, acc))
 }
 
 pub fn q5_k_q8_k_tiled(_n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let mut acc = 0f32;
-    for (x, y) in blocks::<BlockQ5K>(w).iter().zip(q8k(a)) {
-        let (mut isum, mut msum) = (0i32, 0i32);
-        for j in 0..8 {
-            let (sc, m) = scale_min_k4(j, &x.scales);
-            let q5 = &x.qs[(j / 2) * 32..(j / 2) * 32 + 32];
-            let q8 = &y.qs[j * 32..j * 32 + 32];
-            let shift = if j % 2 == 0 { 0 } else { 4 };
-            let s: i32 = (0..32)
-                .map(|l| {
-                    let hi = if x.qh[l] & (1 << j) != 0 { 16 } else { 0 };
-                    (((q5[l] >> shift) & 0xF) as i32 + hi) * q8[l] as i32
-                })
-                .sum();
-            isum += sc as i32 * s;
-            msum += m as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
-        }
-        let r = (-f16_to_f32(x.dmin)).mul_add(msum as f32, isum as f32 * f16_to_f32(x.d));
-        acc = r.mul_add(y.d, acc);
-    }
-    acc
+    let xs = blocks::<BlockQ5K>(w).iter().zip(q8k(a));
+    xs.fold(0.0, |acc, (x, y)| k_tiled(f16_to_f32(x.d), f16_to_f32(x.dmin), q5_k_sums(x, y), y.d, acc))
 }
 
 pub fn q6_k_q8_k_tiled(_n: usize, w: &[u8], a: &[u8]) -> f32 {
