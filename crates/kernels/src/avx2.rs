@@ -183,23 +183,10 @@ unsafe fn madd_scale(p16: __m256i, scale: i16) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_k_sums(x: &BlockQ4K, y: &BlockQ8K) -> (__m256i, [i32; 4]) {
     let m4 = _mm256_set1_epi8(0x0F);
-    let mut sumi = _mm256_setzero_si256();
-    let mut msum = [0i32; 4];
-    for (c, ms) in msum.iter_mut().enumerate() {
-        let (sc1, m1) = scale_min_k4(2 * c, &x.scales);
-        let (sc2, m2) = scale_min_k4(2 * c + 1, &x.scales);
-        *ms = m1 as i32 * (y.bsums[4 * c] as i32 + y.bsums[4 * c + 1] as i32)
-            + m2 as i32 * (y.bsums[4 * c + 2] as i32 + y.bsums[4 * c + 3] as i32);
+    k_mins_sums(&x.scales, y, |c| {
         let q4 = _mm256_loadu_si256(x.qs.as_ptr().add(32 * c) as *const __m256i);
-        let lo = _mm256_and_si256(q4, m4);
-        let hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
-        let y1 = _mm256_loadu_si256(y.qs.as_ptr().add(64 * c) as *const __m256i);
-        let y2 = _mm256_loadu_si256(y.qs.as_ptr().add(64 * c + 32) as *const __m256i);
-        let p1 = madd_scale(_mm256_maddubs_epi16(lo, y1), sc1 as i16);
-        let p2 = madd_scale(_mm256_maddubs_epi16(hi, y2), sc2 as i16);
-        sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p1, p2));
-    }
-    (sumi, msum)
+        (_mm256_and_si256(q4, m4), _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4))
+    })
 }
 
 /// As [`q4_k_sums`] for Q5_K (the fifth bit from qh).
@@ -209,13 +196,7 @@ unsafe fn q5_k_sums(x: &BlockQ5K, y: &BlockQ8K) -> (__m256i, [i32; 4]) {
     let m4 = _mm256_set1_epi8(0x0F);
     let bit16 = _mm256_set1_epi8(16);
     let qh = _mm256_loadu_si256(x.qh.as_ptr() as *const __m256i);
-    let mut sumi = _mm256_setzero_si256();
-    let mut msum = [0i32; 4];
-    for (c, ms) in msum.iter_mut().enumerate() {
-        let (sc1, m1) = scale_min_k4(2 * c, &x.scales);
-        let (sc2, m2) = scale_min_k4(2 * c + 1, &x.scales);
-        *ms = m1 as i32 * (y.bsums[4 * c] as i32 + y.bsums[4 * c + 1] as i32)
-            + m2 as i32 * (y.bsums[4 * c + 2] as i32 + y.bsums[4 * c + 3] as i32);
+    k_mins_sums(&x.scales, y, |c| {
         let q5 = _mm256_loadu_si256(x.qs.as_ptr().add(32 * c) as *const __m256i);
         // Bit 2c of qh[l] is the fifth bit of the low half, 2c+1 of the high.
         let b1 = _mm256_set1_epi8((1u8 << (2 * c)) as i8);
@@ -223,7 +204,26 @@ unsafe fn q5_k_sums(x: &BlockQ5K, y: &BlockQ8K) -> (__m256i, [i32; 4]) {
         let h1 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b1), b1), bit16);
         let h2 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b2), b2), bit16);
         let lo = _mm256_or_si256(_mm256_and_si256(q5, m4), h1);
-        let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q5, 4), m4), h2);
+        (lo, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q5, 4), m4), h2))
+    })
+}
+
+/// The sums of a K-quant with mins, given the unsigned quants of sub-blocks
+/// 2c and 2c+1 for each 64-element chunk c.
+#[inline(always)]
+unsafe fn k_mins_sums(
+    scales: &[u8; 12],
+    y: &BlockQ8K,
+    quants: impl Fn(usize) -> (__m256i, __m256i),
+) -> (__m256i, [i32; 4]) {
+    let mut sumi = _mm256_setzero_si256();
+    let mut msum = [0i32; 4];
+    for (c, ms) in msum.iter_mut().enumerate() {
+        let (sc1, m1) = scale_min_k4(2 * c, scales);
+        let (sc2, m2) = scale_min_k4(2 * c + 1, scales);
+        *ms = m1 as i32 * (y.bsums[4 * c] as i32 + y.bsums[4 * c + 1] as i32)
+            + m2 as i32 * (y.bsums[4 * c + 2] as i32 + y.bsums[4 * c + 3] as i32);
+        let (lo, hi) = quants(c);
         let y1 = _mm256_loadu_si256(y.qs.as_ptr().add(64 * c) as *const __m256i);
         let y2 = _mm256_loadu_si256(y.qs.as_ptr().add(64 * c + 32) as *const __m256i);
         let p1 = madd_scale(_mm256_maddubs_epi16(lo, y1), sc1 as i16);
