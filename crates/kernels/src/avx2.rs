@@ -571,16 +571,21 @@ pub fn act_aux(row: &[u8], offset: i32, out: &mut Vec<ActAux>) {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-unsafe fn dot4_q8_family_vnni<const KIND: u8>(w: &[u8], a: [&[u8]; 4], aux: [&[ActAux]; 4], bb: usize) -> [f32; 4] {
+unsafe fn dotn_q8_family_vnni<const KIND: u8, const N: usize>(
+    w: &[u8],
+    a: [&[u8]; N],
+    aux: [&[ActAux]; N],
+    bb: usize,
+) -> [f32; N] {
     let nb = w.len() / bb;
-    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut acc = [_mm256_setzero_ps(); N];
     let off = _mm256_set1_epi8(vnni_offset(KIND) as i8);
     for i in 0..nb {
         let blk = w.get_unchecked(i * bb..(i + 1) * bb);
         let dx = d16([blk[0], blk[1]]);
         let qx = unpack_q8_family::<KIND>(blk);
         let ux = _mm256_add_epi8(qx, off);
-        for k in 0..4 {
+        for k in 0..N {
             let y = a[k].get_unchecked(i * 34..(i + 1) * 34);
             let ax = aux[k].get_unchecked(i);
             let qy = _mm256_loadu_si256(y.as_ptr().add(2) as *const __m256i);
@@ -589,7 +594,7 @@ unsafe fn dot4_q8_family_vnni<const KIND: u8>(w: &[u8], a: [&[u8]; 4], aux: [&[A
             acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(dx * ax.d), sum, acc[k]);
         }
     }
-    [hsum_ps(acc[0]), hsum_ps(acc[1]), hsum_ps(acc[2]), hsum_ps(acc[3])]
+    acc.map(|v| hsum_ps(v))
 }
 
 /// Many weight rows against one activation row (decoding), one row after
@@ -633,15 +638,15 @@ pub unsafe fn rows_vnni(kind: u8, w: &[u8], rb: usize, a: &[u8], aux: &[ActAux],
     }
 }
 
-/// The VNNI four-token kernel for format `kind` (0 Q8_0, 1 Q4_0, 2 Q5_0,
-/// 3 IQ4_NL) with its block size.
+/// The VNNI N-token kernel (N = 4 or 8 in use) for format `kind` (0 Q8_0,
+/// 1 Q4_0, 2 Q5_0, 3 IQ4_NL) with its block size.
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-pub unsafe fn x4_vnni(kind: u8, w: &[u8], a: [&[u8]; 4], aux: [&[ActAux]; 4]) -> [f32; 4] {
+pub unsafe fn xn_vnni<const N: usize>(kind: u8, w: &[u8], a: [&[u8]; N], aux: [&[ActAux]; N]) -> [f32; N] {
     match kind {
-        0 => dot4_q8_family_vnni::<0>(w, a, aux, 34),
-        1 => dot4_q8_family_vnni::<1>(w, a, aux, 18),
-        2 => dot4_q8_family_vnni::<2>(w, a, aux, 22),
-        _ => dot4_q8_family_vnni::<3>(w, a, aux, 18),
+        0 => dotn_q8_family_vnni::<0, N>(w, a, aux, 34),
+        1 => dotn_q8_family_vnni::<1, N>(w, a, aux, 18),
+        2 => dotn_q8_family_vnni::<2, N>(w, a, aux, 22),
+        _ => dotn_q8_family_vnni::<3, N>(w, a, aux, 18),
     }
 }
 

@@ -328,12 +328,25 @@ impl Kernels for FastKernels {
                     let mut ti = t0;
                     #[cfg(target_arch = "x86_64")]
                     if let Some((kind, aux)) = &vnni {
-                        while ti + 4 <= t1 {
-                            let ax = |k: usize| &aux[(ti + k) * nbk..(ti + k + 1) * nbk];
-                            let rows4 = [act.row(ti), act.row(ti + 1), act.row(ti + 2), act.row(ti + 3)];
+                        // Eight tokens at a time, then four (each weight block
+                        // unpacked once for all of them).
+                        let ax = |k: usize| &aux[k * nbk..(k + 1) * nbk];
+                        while ti + 8 <= t1 {
+                            let rows: [&[u8]; 8] = std::array::from_fn(|k| act.row(ti + k));
                             // SAFETY: vnni_kind checked avx512vnni and avx512vl (and the
                             // Avx2 path, so avx2, fma and f16c); whole blocks, checked at load.
-                            let v = unsafe { crate::avx2::x4_vnni(*kind, wr, rows4, [ax(0), ax(1), ax(2), ax(3)]) };
+                            let v =
+                                unsafe { crate::avx2::xn_vnni(*kind, wr, rows, std::array::from_fn(|k| ax(ti + k))) };
+                            for (k, v) in v.into_iter().enumerate() {
+                                out[(ti + k) * ROWS_PER_TASK + r - r0] = v;
+                            }
+                            ti += 8;
+                        }
+                        while ti + 4 <= t1 {
+                            let rows: [&[u8]; 4] = std::array::from_fn(|k| act.row(ti + k));
+                            // SAFETY: as above.
+                            let v =
+                                unsafe { crate::avx2::xn_vnni(*kind, wr, rows, std::array::from_fn(|k| ax(ti + k))) };
                             for (k, v) in v.into_iter().enumerate() {
                                 out[(ti + k) * ROWS_PER_TASK + r - r0] = v;
                             }

@@ -231,7 +231,17 @@ fn vnni_four_token_kernels_equal_the_avx2_ones_bit_for_bit() {
                 })
                 .collect();
             let want = dot4_for(ty, path).unwrap()(&w, r);
-            let got = unsafe { plumb_kernels::avx2::x4_vnni(kind, &w, r, [&aux[0], &aux[1], &aux[2], &aux[3]]) };
+            let got = unsafe { plumb_kernels::avx2::xn_vnni(kind, &w, r, [&aux[0], &aux[1], &aux[2], &aux[3]]) };
+            let got8 = unsafe {
+                plumb_kernels::avx2::xn_vnni(
+                    kind,
+                    &w,
+                    [r, r].concat().try_into().unwrap(),
+                    [&aux[0], &aux[1], &aux[2], &aux[3], &aux[0], &aux[1], &aux[2], &aux[3]],
+                )
+            };
+            assert_eq!(got8[..4], got[..]);
+            assert_eq!(got8[4..], got[..]);
             assert_eq!(want.map(f32::to_bits), got.map(f32::to_bits), "{ty}: {blocks} blocks");
         }
     }
