@@ -48,12 +48,17 @@ pub struct Loaded {
 }
 
 pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
-    if let Some(n) = args.threads {
-        if n == 0 {
-            bail!("-t/--threads must be at least 1");
-        }
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().ok();
+    if args.threads == Some(0) {
+        bail!("-t/--threads must be at least 1");
     }
+    // This thread is one of the pool's workers, so the forward pass's many
+    // small parallel sections start here rather than being handed to the
+    // pool and waited for (a context switch each, hundreds per token).
+    let mut pool = rayon::ThreadPoolBuilder::new().use_current_thread();
+    if let Some(n) = args.threads {
+        pool = pool.num_threads(n);
+    }
+    pool.build_global().ok();
     let mut model = Model::load(&args.model).with_context(|| format!("cannot load {}", args.model.display()))?;
     let tokenizer = match &model.source {
         ModelSource::Gguf(g) => match Tokenizer::from_gguf(g) {
