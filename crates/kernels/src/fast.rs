@@ -233,10 +233,7 @@ pub fn dot4_for(w: GgmlType, path: KernelPath) -> Option<Dot4Fn> {
 /// where this CPU has AVX-512 VNNI (and plumb is on its SIMD path).
 pub fn vnni_kind(w: GgmlType, path: KernelPath) -> Option<u8> {
     #[cfg(target_arch = "x86_64")]
-    if path == KernelPath::Avx2
-        && std::is_x86_feature_detected!("avx512vnni")
-        && std::is_x86_feature_detected!("avx512vl")
-    {
+    if path == KernelPath::Avx2 && crate::has_vnni() {
         return match w {
             GgmlType::Q8_0 => Some(0),
             GgmlType::Q4_0 => Some(1),

@@ -102,9 +102,23 @@ impl KernelPath {
     pub fn name(self) -> &'static str {
         match self {
             KernelPath::Scalar => "scalar",
+            KernelPath::Avx2 if has_vnni() => "avx2+fma+f16c+avx512vnni",
             KernelPath::Avx2 => "avx2+fma+f16c",
         }
     }
+}
+
+/// Whether the Avx2 path may also use AVX-512 VNNI on 256-bit registers
+/// (AVX512VL): the Q8_0-family kernels then take `vpdpbusd`, with the same
+/// results. Decided here, with [`KernelPath::detect`].
+pub fn has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *VNNI.get_or_init(|| is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// A set of kernels for one precision.
