@@ -650,6 +650,47 @@ pub unsafe fn xn_vnni<const N: usize>(kind: u8, w: &[u8], a: [&[u8]; N], aux: [&
     }
 }
 
+// ---- Exact precision, fused: each weight block dequantized in registers
+// (q·d, one multiply, as the dequantizers below) and taken straight into
+// the f32 dot product in [`f32_f32`]'s order (four accumulators of eight
+// lanes at stride 32, combined (0+1)+(2+3)): bit-identical to dequantizing
+// the row and then calling `f32_f32`, without the row's store and reload.
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn exact_row_q8_family<const KIND: u8>(row: &[u8], x: &[f32], bb: usize) -> f32 {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let px = x.as_ptr();
+    for i in 0..row.len() / bb {
+        let blk = row.get_unchecked(i * bb..(i + 1) * bb);
+        let dv = _mm256_set1_ps(d16([blk[0], blk[1]]));
+        let q = unpack_q8_family::<KIND>(blk);
+        let halves = [_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1)];
+        for (h, half) in halves.into_iter().enumerate() {
+            let a = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(half)), dv);
+            let b = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(half, 8))), dv);
+            acc[2 * h] = _mm256_fmadd_ps(a, _mm256_loadu_ps(px.add(32 * i + 16 * h)), acc[2 * h]);
+            acc[2 * h + 1] = _mm256_fmadd_ps(b, _mm256_loadu_ps(px.add(32 * i + 16 * h + 8)), acc[2 * h + 1]);
+        }
+    }
+    hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])))
+}
+
+/// Exact-precision outputs of consecutive rows of a Q8_0-family matrix
+/// (kind as in [`xn_vnni`]) against one f32 activation row.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn rows_exact(kind: u8, w: &[u8], rb: usize, x: &[f32], out: &mut [f32]) {
+    for (r, o) in out.iter_mut().enumerate() {
+        let row = w.get_unchecked(r * rb..(r + 1) * rb);
+        *o = match kind {
+            0 => exact_row_q8_family::<0>(row, x, 34),
+            1 => exact_row_q8_family::<1>(row, x, 18),
+            2 => exact_row_q8_family::<2>(row, x, 22),
+            _ => exact_row_q8_family::<3>(row, x, 18),
+        };
+    }
+}
+
 // ---- Dequantizers: the same per-element float operations as the scalar
 // references in plumb-quant (one multiply, then the min), so their output
 // is bit-identical; no fused multiply-add.

@@ -234,13 +234,7 @@ pub fn dot4_for(w: GgmlType, path: KernelPath) -> Option<Dot4Fn> {
 pub fn vnni_kind(w: GgmlType, path: KernelPath) -> Option<u8> {
     #[cfg(target_arch = "x86_64")]
     if path == KernelPath::Avx2 && crate::has_vnni() {
-        return match w {
-            GgmlType::Q8_0 => Some(0),
-            GgmlType::Q4_0 => Some(1),
-            GgmlType::Q5_0 => Some(2),
-            GgmlType::IQ4_NL => Some(3),
-            _ => None,
-        };
+        return crate::q8_family_kind(w);
     }
     let _ = (w, path);
     None

@@ -215,6 +215,18 @@ pub struct ExactKernels {
 /// Rows handed to one task at a time.
 const ROWS_PER_TASK: usize = 16;
 
+/// The format number of a Q8_0-paired weight type in the SIMD kernels
+/// (0 Q8_0, 1 Q4_0, 2 Q5_0, 3 IQ4_NL).
+pub fn q8_family_kind(ty: GgmlType) -> Option<u8> {
+    match ty {
+        GgmlType::Q8_0 => Some(0),
+        GgmlType::Q4_0 => Some(1),
+        GgmlType::Q5_0 => Some(2),
+        GgmlType::IQ4_NL => Some(3),
+        _ => None,
+    }
+}
+
 impl ExactKernels {
     #[inline]
     fn dot(&self, a: &[f32], b: &[f32]) -> f32 {
@@ -237,6 +249,17 @@ impl Kernels for ExactKernels {
         debug_assert_eq!(y.len(), t * w.rows);
         let (rows, cols) = (w.rows, w.cols);
         if t == 1 {
+            #[cfg(target_arch = "x86_64")]
+            if let (KernelPath::Avx2, Some(kind)) = (self.path, q8_family_kind(w.ty)) {
+                let rb = w.row_bytes();
+                y.par_chunks_mut(256).enumerate().for_each(|(c, out)| {
+                    let r0 = c * 256;
+                    // SAFETY: the Avx2 path is only active after runtime detection;
+                    // whole rows of whole blocks, checked at load.
+                    unsafe { avx2::rows_exact(kind, &w.bytes[r0 * rb..(r0 + out.len()) * rb], rb, x, out) };
+                });
+                return;
+            }
             y.par_chunks_mut(256).enumerate().for_each(|(c, out)| {
                 let mut row = vec![0f32; cols];
                 for (k, o) in out.iter_mut().enumerate() {
@@ -260,12 +283,11 @@ impl Kernels for ExactKernels {
                 }
             }
         });
-        for r in 0..rows {
-            let (c, k) = (r / ROWS_PER_TASK, r % ROWS_PER_TASK);
-            for ti in 0..t {
-                y[ti * rows + r] = tmp[c * ROWS_PER_TASK * t + k * t + ti];
+        y.par_chunks_mut(rows).enumerate().for_each(|(ti, yrow)| {
+            for (r, v) in yrow.iter_mut().enumerate() {
+                *v = tmp[(r / ROWS_PER_TASK) * ROWS_PER_TASK * t + (r % ROWS_PER_TASK) * t + ti];
             }
-        }
+        });
     }
 
     fn describe(&self) -> String {

@@ -289,3 +289,27 @@ fn tiled_four_token_kernels_equal_the_one_token_ones_bit_for_bit() {
         }
     }
 }
+
+#[test]
+fn fused_exact_rows_equal_dequantize_then_dot_bit_for_bit() {
+    let path = KernelPath::detect();
+    if path != KernelPath::Avx2 {
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(23);
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::IQ4_NL] {
+        let kind = plumb_kernels::q8_family_kind(ty).unwrap();
+        let (n, rows) = (20 * 32, 5);
+        let rb = ty_bytes(ty, n);
+        let w = random_weights(ty, n * rows, &mut rng);
+        let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+        let mut got = vec![0f32; rows];
+        unsafe { plumb_kernels::avx2::rows_exact(kind, &w, rb, &x, &mut got) };
+        for (r, g) in got.iter().enumerate() {
+            let mut row = vec![0f32; n];
+            plumb_kernels::dequantize_row(ty, &w[r * rb..(r + 1) * rb], &mut row, path);
+            let want = plumb_kernels::f32_dot_fn()(&row, &x);
+            assert_eq!(want.to_bits(), g.to_bits(), "{ty} row {r}");
+        }
+    }
+}
