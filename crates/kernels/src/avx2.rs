@@ -731,46 +731,66 @@ pub unsafe fn dequant_q4_0(src: &[u8], dst: &mut [f32]) {
 }
 
 /// 32 unsigned quants (0..=63) → d1·q − m1, stored.
+/// Where the K-quant dequantizers put each vector of eight weights: stored
+/// at element `off` of the row (`DOT` false), or, for the exact precision's
+/// fused rows, multiplied into the activation at `off` and added to
+/// accumulator (off mod 32) / 8 — [`f32_f32`]'s order.
+struct Sink {
+    out: *mut f32,
+    x: *const f32,
+    acc: [__m256; 4],
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn store_u8x32_affine(q: __m256i, d: f32, m: f32, out: *mut f32) {
+unsafe fn emit<const DOT: bool>(s: &mut Sink, off: usize, v: __m256) {
+    if DOT {
+        let j = (off % 32) / 8;
+        s.acc[j] = _mm256_fmadd_ps(v, _mm256_loadu_ps(s.x.add(off)), s.acc[j]);
+    } else {
+        _mm256_storeu_ps(s.out.add(off), v);
+    }
+}
+
+/// 32 unsigned quants (0..=63) → d1·q − m1, from element `off`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn affine_u8x32<const DOT: bool>(q: __m256i, d: f32, m: f32, s: &mut Sink, off: usize) {
     let (dv, mv) = (_mm256_set1_ps(d), _mm256_set1_ps(m));
     let lo = _mm256_castsi256_si128(q);
     let hi = _mm256_extracti128_si256(q, 1);
     for (k, half) in [lo, hi].into_iter().enumerate() {
         let a = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(half));
         let b = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(half, 8)));
-        _mm256_storeu_ps(out.add(16 * k), _mm256_sub_ps(_mm256_mul_ps(a, dv), mv));
-        _mm256_storeu_ps(out.add(16 * k + 8), _mm256_sub_ps(_mm256_mul_ps(b, dv), mv));
+        emit::<DOT>(s, off + 16 * k, _mm256_sub_ps(_mm256_mul_ps(a, dv), mv));
+        emit::<DOT>(s, off + 16 * k + 8, _mm256_sub_ps(_mm256_mul_ps(b, dv), mv));
     }
 }
 
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dequant_q4_k(src: &[u8], dst: &mut [f32]) {
+unsafe fn q4_k_rows<const DOT: bool>(src: &[u8], s: &mut Sink) {
     let blocks: &[BlockQ4K] = bytemuck::cast_slice(src);
     let m4 = _mm256_set1_epi8(0x0F);
-    for (x, y) in blocks.iter().zip(dst.chunks_exact_mut(256)) {
+    for (i, x) in blocks.iter().enumerate() {
         let (d, min) = (d16(x.d), d16(x.dmin));
         for c in 0..4 {
             let (sc1, m1) = scale_min_k4(2 * c, &x.scales);
             let (sc2, m2) = scale_min_k4(2 * c + 1, &x.scales);
             let q = _mm256_loadu_si256(x.qs.as_ptr().add(32 * c) as *const __m256i);
-            let out = y.as_mut_ptr().add(64 * c);
-            store_u8x32_affine(_mm256_and_si256(q, m4), d * sc1 as f32, min * m1 as f32, out);
-            store_u8x32_affine(
-                _mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
-                d * sc2 as f32,
-                min * m2 as f32,
-                out.add(32),
-            );
+            let off = 256 * i + 64 * c;
+            affine_u8x32::<DOT>(_mm256_and_si256(q, m4), d * sc1 as f32, min * m1 as f32, s, off);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            affine_u8x32::<DOT>(hi, d * sc2 as f32, min * m2 as f32, s, off + 32);
         }
     }
 }
 
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dequant_q6_k(src: &[u8], dst: &mut [f32]) {
+unsafe fn q6_k_rows<const DOT: bool>(src: &[u8], s: &mut Sink) {
     let blocks: &[BlockQ6K] = bytemuck::cast_slice(src);
-    for (x, y) in blocks.iter().zip(dst.chunks_exact_mut(256)) {
+    for (i, x) in blocks.iter().enumerate() {
         let d = d16(x.d);
         for half in 0..2 {
             let q = q6k_half(x, half);
@@ -779,16 +799,43 @@ pub unsafe fn dequant_q6_k(src: &[u8], dst: &mut [f32]) {
                 let signed = _mm256_sub_epi8(*qk, _mm256_set1_epi8(32));
                 let lo = _mm256_castsi256_si128(signed);
                 let hi = _mm256_extracti128_si256(signed, 1);
-                let out = y.as_mut_ptr().add(128 * half + 32 * k);
+                let off = 256 * i + 128 * half + 32 * k;
                 for (g, part) in [lo, hi].into_iter().enumerate() {
                     let ds = _mm256_set1_ps(d * x.scales[8 * half + 2 * k + g] as f32);
                     let a = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(part));
                     let b = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(part, 8)));
-                    _mm256_storeu_ps(out.add(16 * g), _mm256_mul_ps(ds, a));
-                    _mm256_storeu_ps(out.add(16 * g + 8), _mm256_mul_ps(ds, b));
+                    emit::<DOT>(s, off + 16 * g, _mm256_mul_ps(ds, a));
+                    emit::<DOT>(s, off + 16 * g + 8, _mm256_mul_ps(ds, b));
                 }
             }
         }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dequant_q4_k(src: &[u8], dst: &mut [f32]) {
+    q4_k_rows::<false>(src, &mut Sink { out: dst.as_mut_ptr(), x: std::ptr::null(), acc: [_mm256_setzero_ps(); 4] });
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dequant_q6_k(src: &[u8], dst: &mut [f32]) {
+    q6_k_rows::<false>(src, &mut Sink { out: dst.as_mut_ptr(), x: std::ptr::null(), acc: [_mm256_setzero_ps(); 4] });
+}
+
+/// Exact-precision outputs of consecutive Q4_K (`q6` false) or Q6_K rows
+/// against one f32 activation row, fused as [`rows_exact`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn rows_exact_k(q6: bool, w: &[u8], rb: usize, x: &[f32], out: &mut [f32]) {
+    for (r, o) in out.iter_mut().enumerate() {
+        let row = w.get_unchecked(r * rb..(r + 1) * rb);
+        let mut s = Sink { out: std::ptr::null_mut(), x: x.as_ptr(), acc: [_mm256_setzero_ps(); 4] };
+        if q6 {
+            q6_k_rows::<true>(row, &mut s);
+        } else {
+            q4_k_rows::<true>(row, &mut s);
+        }
+        let a = s.acc;
+        *o = hsum_ps(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
     }
 }
 

@@ -250,13 +250,21 @@ impl Kernels for ExactKernels {
         let (rows, cols) = (w.rows, w.cols);
         if t == 1 {
             #[cfg(target_arch = "x86_64")]
-            if let (KernelPath::Avx2, Some(kind)) = (self.path, q8_family_kind(w.ty)) {
+            if self.path == KernelPath::Avx2
+                && (q8_family_kind(w.ty).is_some() || matches!(w.ty, GgmlType::Q4_K | GgmlType::Q6_K))
+            {
                 let rb = w.row_bytes();
                 y.par_chunks_mut(256).enumerate().for_each(|(c, out)| {
-                    let r0 = c * 256;
+                    let (r0, rows) = (c * 256, out.len());
+                    let wr = &w.bytes[r0 * rb..(r0 + rows) * rb];
                     // SAFETY: the Avx2 path is only active after runtime detection;
                     // whole rows of whole blocks, checked at load.
-                    unsafe { avx2::rows_exact(kind, &w.bytes[r0 * rb..(r0 + out.len()) * rb], rb, x, out) };
+                    unsafe {
+                        match q8_family_kind(w.ty) {
+                            Some(kind) => avx2::rows_exact(kind, wr, rb, x, out),
+                            None => avx2::rows_exact_k(w.ty == GgmlType::Q6_K, wr, rb, x, out),
+                        }
+                    }
                 });
                 return;
             }

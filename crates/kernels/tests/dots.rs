@@ -313,3 +313,26 @@ fn fused_exact_rows_equal_dequantize_then_dot_bit_for_bit() {
         }
     }
 }
+
+#[test]
+fn fused_exact_k_quant_rows_equal_dequantize_then_dot_bit_for_bit() {
+    let path = KernelPath::detect();
+    if path != KernelPath::Avx2 {
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(29);
+    for ty in [GgmlType::Q4_K, GgmlType::Q6_K] {
+        let (n, rows) = (3 * 256, 4);
+        let rb = ty_bytes(ty, n);
+        let w = random_weights(ty, n * rows, &mut rng);
+        let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+        let mut got = vec![0f32; rows];
+        unsafe { plumb_kernels::avx2::rows_exact_k(ty == GgmlType::Q6_K, &w, rb, &x, &mut got) };
+        for (r, g) in got.iter().enumerate() {
+            let mut row = vec![0f32; n];
+            plumb_kernels::dequantize_row(ty, &w[r * rb..(r + 1) * rb], &mut row, path);
+            let want = plumb_kernels::f32_dot_fn()(&row, &x);
+            assert_eq!(want.to_bits(), g.to_bits(), "{ty} row {r}");
+        }
+    }
+}
