@@ -127,13 +127,9 @@ from trace_format import (  # noqa: E402  (same folder)
     UsageError,
     parse_layers,
     parse_stages,
-    stage_of,
-    order_key,
-    tensor_stats,
+    parse_tokens,
+    save_trace,
     sha256_file,
-    write_trace,
-    _json_safe,
-    FORMAT,
 )
 
 
@@ -646,16 +642,7 @@ def run(args) -> int:
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads: must be at least 1")
     patterns = parse_stages(args.stages)
-    ids: list[int] | None = None
-    if args.tokens is not None:
-        try:
-            ids = [int(t) for t in args.tokens.replace(" ", "").split(",") if t != ""]
-        except ValueError:
-            raise UsageError(f"--tokens: not a comma list of integers: {args.tokens!r}") from None
-        if not ids:
-            raise UsageError("--tokens: no token ids")
-        if any(i < 0 for i in ids):
-            raise UsageError("--tokens: negative token id")
+    ids = parse_tokens(args.tokens) if args.tokens is not None else None
 
     import llama_cpp
     import llama_cpp.llama_cpp as L
@@ -763,36 +750,17 @@ def run(args) -> int:
             L.llama_free(ctx)
         L.llama_model_free(model)
 
-    keys = sorted(tensors, key=order_key)
-    stats = {k: tensor_stats(stage_of(k), tensors[k]) for k in keys}
-    if args.verbose:
-        for k in keys:
-            s = stats[k]
-            fig = {f: ("-" if s[f] is None else f"{s[f]:.6g}") for f in ("mean", "std", "abs_max")}
-            print(f"{k:28s} {str(s['shape']):18s} mean {fig['mean']:>12} std {fig['std']:>12} "
-                  f"abs_max {fig['abs_max']:>12} <- {mapper.sources[k]}", file=sys.stderr)
     if unpermute and args.verbose:
         print("llamacpp_trace: note: NORM rope: Q/K stages permuted back to the HuggingFace layout",
               file=sys.stderr)
-
     meta = {
-        "plumb.format": FORMAT,
         "plumb.engine": f"llama.cpp (llama-cpp-python {llama_cpp.__version__}, CPU)",
         "plumb.model": model_path.resolve().name,
         "plumb.model_sha256": sha256_file(model_path),
         "plumb.arch": arch,
-        "plumb.tokens": json.dumps([int(i) for i in ids]),
-        "plumb.stats": json.dumps(_json_safe(stats), allow_nan=False),
         "plumb.precision": f"llama.cpp CPU, KV cache {args.kv_type}",
     }
-    if args.prompt is not None:
-        meta["plumb.prompt"] = args.prompt
-
-    saved = {} if args.stats_only else {k: tensors[k] for k in keys}
-    out = Path(args.out)
-    write_trace(out, saved, meta)
-    print(f"wrote {out} ({len(saved)} tensors, {len(stats)} stats)")
-    return 0
+    return save_trace(args, tensors, ids, meta, lambda k, _s: f"<- {mapper.sources[k]}")
 
 
 if __name__ == "__main__":

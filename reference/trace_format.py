@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import hashlib
+import json
 import math
 import os
+import sys
 from pathlib import Path
 import numpy as np
 
@@ -100,6 +102,19 @@ def parse_stages(spec: str | None) -> list[str] | None:
     return pats
 
 
+def parse_tokens(spec: str) -> list[int]:
+    """--tokens: comma-separated non-negative token ids."""
+    try:
+        ids = [int(t) for t in spec.replace(" ", "").split(",") if t != ""]
+    except ValueError:
+        raise UsageError(f"--tokens: not a comma list of integers: {spec!r}") from None
+    if not ids:
+        raise UsageError("--tokens: no token ids")
+    if any(i < 0 for i in ids):
+        raise UsageError("--tokens: negative token id")
+    return ids
+
+
 def stage_of(key: str) -> str:
     return key.split(".", 2)[2] if key.startswith("blk.") else key
 
@@ -171,6 +186,34 @@ def write_trace(out_path: Path, tensors: dict[str, np.ndarray], metadata: dict[s
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def save_trace(args, tensors: dict[str, np.ndarray], ids: list[int], meta: dict[str, str], source) -> int:
+    """Both tracers' last step: statistics of every stage (one line each on
+    stderr with -v, ending in `source(key, stats)`), the format-1 metadata
+    common to every engine added to `meta`, the file written (tensors too
+    unless --stats-only), and the `wrote …` line on stdout."""
+    keys = sorted(tensors, key=order_key)
+    stats = {k: tensor_stats(stage_of(k), tensors[k]) for k in keys}
+    if args.verbose:
+        for k in keys:
+            s = stats[k]
+            fig = {f: ("-" if s[f] is None else f"{s[f]:.6g}") for f in ("mean", "std", "abs_max")}
+            print(f"{k:28s} {str(s['shape']):18s} mean {fig['mean']:>12} std {fig['std']:>12} "
+                  f"abs_max {fig['abs_max']:>12} {source(k, s)}", file=sys.stderr)
+    meta = {
+        "plumb.format": FORMAT,
+        **meta,
+        "plumb.tokens": json.dumps([int(i) for i in ids]),
+        "plumb.stats": json.dumps(_json_safe(stats), allow_nan=False),
+    }
+    if args.prompt is not None:
+        meta["plumb.prompt"] = args.prompt
+    saved = {} if args.stats_only else {k: tensors[k] for k in keys}
+    out = Path(args.out)
+    write_trace(out, saved, meta)
+    print(f"wrote {out} ({len(saved)} tensors, {len(stats)} stats)")
+    return 0
 
 
 def _json_safe(x):

@@ -20,7 +20,6 @@ Run by scripts/conformance.sh, which installs the references first:
 from __future__ import annotations
 
 import json
-import os
 import platform
 import re
 import subprocess
