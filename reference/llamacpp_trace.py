@@ -595,6 +595,18 @@ def context_params(L, args, n_ctx: int, n_batch: int):
     return cparams
 
 
+def fill_batch(batch, tokens: list[int], pos0: int, all_logits: bool) -> None:
+    """One sequence's tokens at positions pos0…, asking for the logits of
+    every position or of the last one only."""
+    batch.n_tokens = len(tokens)
+    for i, tok in enumerate(tokens):
+        batch.token[i] = tok
+        batch.pos[i] = pos0 + i
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = 0
+        batch.logits[i] = 1 if all_logits or i == len(tokens) - 1 else 0
+
+
 def greedy(L, model, ids: list[int], args) -> list[int]:
     """N greedy tokens after `ids`, computed the way llama.cpp runs a model:
     the prompt as one batch asking for the last position's logits only (so
@@ -612,13 +624,7 @@ def greedy(L, model, ids: list[int], args) -> list[int]:
         n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(model))
         step, pos = list(ids), 0
         while len(out) < n:
-            batch.n_tokens = len(step)
-            for i, tok in enumerate(step):
-                batch.token[i] = tok
-                batch.pos[i] = pos + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = 1 if i == len(step) - 1 else 0
+            fill_batch(batch, step, pos, all_logits=False)
             rc = L.llama_decode(ctx, batch)
             if rc != 0:
                 raise RuntimeError(f"llama_decode returned {rc}")
@@ -724,13 +730,7 @@ def run(args) -> int:
         capture.graphs = 0
 
         batch = L.llama_batch_init(T, 0, 1)
-        batch.n_tokens = T
-        for i, tok in enumerate(ids):
-            batch.token[i] = tok
-            batch.pos[i] = i
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = 0
-            batch.logits[i] = 1
+        fill_batch(batch, ids, 0, all_logits=True)
         rc = L.llama_decode(ctx, batch)
         if capture.error is not None:
             raise capture.error
