@@ -247,25 +247,8 @@ pub fn q5_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
 
 /// One Q6_K superblock's Σ scale·(q − 32)·y (exact).
 fn q6_k_isum(x: &BlockQ6K, y: &BlockQ8K) -> i32 {
-    let mut isum = 0i32;
-    for half in 0..2 {
-        let ql = &x.ql[half * 64..half * 64 + 64];
-        let qh = &x.qh[half * 32..half * 32 + 32];
-        let sc = &x.scales[half * 8..half * 8 + 8];
-        let q8 = &y.qs[half * 128..half * 128 + 128];
-        for l in 0..32 {
-            let is = l / 16;
-            let q1 = ((ql[l] & 0xF) | (qh[l] & 3) << 4) as i32 - 32;
-            let q2 = ((ql[l + 32] & 0xF) | ((qh[l] >> 2) & 3) << 4) as i32 - 32;
-            let q3 = ((ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4) as i32 - 32;
-            let q4 = ((ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4) as i32 - 32;
-            isum += sc[is] as i32 * q1 * q8[l] as i32
-                + sc[is + 2] as i32 * q2 * q8[l + 32] as i32
-                + sc[is + 4] as i32 * q3 * q8[l + 64] as i32
-                + sc[is + 6] as i32 * q4 * q8[l + 96] as i32;
-        }
-    }
-    isum
+    let q = x.quants();
+    (0..256).map(|e| x.scales[e / 16] as i32 * q[e] as i32 * y.qs[e] as i32).sum()
 }
 
 pub fn q6_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {

@@ -192,6 +192,28 @@ assert_size!(BlockIQ4XS, 136);
 /// (ggml-common.h `kvalues_iq4nl`).
 pub const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
 
+impl BlockQ6K {
+    /// The 256 signed quants (q − 32) in element order; element e takes
+    /// scale `scales[e / 16]`. Each half of 128 holds, for l in 0..32, the
+    /// low nibbles of ql[l] and ql[l+32] with qh bits 0–1 and 2–3, then
+    /// their high nibbles with qh bits 4–5 and 6–7.
+    pub fn quants(&self) -> [i8; QK_K] {
+        let mut q = [0i8; QK_K];
+        for half in 0..2 {
+            let ql = &self.ql[half * 64..half * 64 + 64];
+            let qh = &self.qh[half * 32..half * 32 + 32];
+            let out = &mut q[half * 128..half * 128 + 128];
+            for l in 0..32 {
+                out[l] = ((ql[l] & 0xF) | (qh[l] & 3) << 4) as i8 - 32;
+                out[l + 32] = ((ql[l + 32] & 0xF) | ((qh[l] >> 2) & 3) << 4) as i8 - 32;
+                out[l + 64] = ((ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4) as i8 - 32;
+                out[l + 96] = ((ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4) as i8 - 32;
+            }
+        }
+        q
+    }
+}
+
 /// Unpacks the 6-bit scale and min of group `j` (0..8) of a Q4_K/Q5_K block
 /// (ggml `get_scale_min_k4`).
 #[inline]

@@ -264,22 +264,8 @@ impl Block for BlockQ6K {
     const ELEMS: usize = QK_K;
     fn dequantize(&self, y: &mut [f32]) {
         let d = f16_to_f32(self.d);
-        for half in 0..2 {
-            let ql = &self.ql[half * 64..half * 64 + 64];
-            let qh = &self.qh[half * 32..half * 32 + 32];
-            let sc = &self.scales[half * 8..half * 8 + 8];
-            let y = &mut y[half * 128..half * 128 + 128];
-            for l in 0..32 {
-                let is = l / 16;
-                let q1 = ((ql[l] & 0xF) | (qh[l] & 3) << 4) as i32 - 32;
-                let q2 = ((ql[l + 32] & 0xF) | ((qh[l] >> 2) & 3) << 4) as i32 - 32;
-                let q3 = ((ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4) as i32 - 32;
-                let q4 = ((ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4) as i32 - 32;
-                y[l] = d * sc[is] as f32 * q1 as f32;
-                y[l + 32] = d * sc[is + 2] as f32 * q2 as f32;
-                y[l + 64] = d * sc[is + 4] as f32 * q3 as f32;
-                y[l + 96] = d * sc[is + 6] as f32 * q4 as f32;
-            }
+        for (e, (y, q)) in y.iter_mut().zip(self.quants()).enumerate() {
+            *y = d * self.scales[e / 16] as f32 * q as f32;
         }
     }
 }
