@@ -124,6 +124,8 @@ import numpy as np  # noqa: E402
 from trace_format import (  # noqa: E402  (same folder)
     Selection,
     UsageError,
+    add_common_args,
+    parse_common_args,
     parse_layers,
     parse_stages,
     parse_tokens,
@@ -575,24 +577,18 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description="Trace a forward pass in Hugging Face transformers into a plumb trace file (format 1).",
     )
-    ap.add_argument("model", help="HF model folder or .gguf file")
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("-p", "--prompt", help="prompt text (tokenized with the model's tokenizer)")
-    src.add_argument("--tokens", help="comma-separated token ids, fed as given")
-    ap.add_argument("-o", "--out", help="output trace file (.safetensors); required unless --generate")
-    ap.add_argument("--generate", type=int, metavar="N",
-                    help="greedy-decode N tokens (argmax of each step's logits, KV cache on) and print "
-                         "{\"tokens\": prompt ids, \"generated\": ids} as JSON on stdout; with -o, trace too")
+    add_common_args(
+        ap,
+        "HF model folder or .gguf file",
+        "prompt text (tokenized with the model's tokenizer)",
+        "greedy-decode N tokens (argmax of each step's logits, KV cache on) and print "
+        "{\"tokens\": prompt ids, \"generated\": ids} as JSON on stdout; with -o, trace too",
+    )
     ap.add_argument("--no-bos", action="store_true", help="with -p: do not add special tokens (BOS)")
-    ap.add_argument("--stages", help="comma-separated stage globs, e.g. attn_*,logits (default: all)")
-    ap.add_argument("--layers", help="layers to trace, e.g. 0-3,7 (default: all)")
-    ap.add_argument("--stats-only", action="store_true", help="write statistics only, no tensors")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--device", default="cpu", help="torch device (default cpu)")
     ap.add_argument("-v", "--verbose", action="store_true", help="one summary line per stage on stderr")
-    args = ap.parse_args(argv)
-    if args.out is None and args.generate is None:
-        ap.error("-o/--out is required (or --generate N)")
+    args = parse_common_args(ap, argv)
 
     try:
         return run(args)

@@ -125,6 +125,8 @@ import numpy as np
 from trace_format import (  # noqa: E402  (same folder)
     Selection,
     UsageError,
+    add_common_args,
+    parse_common_args,
     parse_layers,
     parse_stages,
     parse_tokens,
@@ -541,21 +543,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description="Trace a forward pass in llama.cpp (llama-cpp-python) into a plumb trace file (format 1).",
     )
-    ap.add_argument("model", help=".gguf file")
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("-p", "--prompt", help="prompt text (tokenized by llama.cpp)")
-    src.add_argument("--tokens", help="comma-separated token ids, fed as given")
-    ap.add_argument("-o", "--out", help="output trace file (.safetensors); required unless --generate")
-    ap.add_argument("--generate", type=int, metavar="N",
-                    help="greedy-decode N tokens as llama.cpp runs a model (the prompt as one batch with "
-                         "logits for its last token only, then one token at a time) and print "
-                         "{\"tokens\": prompt ids, \"generated\": ids} as JSON on stdout; with -o, trace too")
+    add_common_args(
+        ap,
+        ".gguf file",
+        "prompt text (tokenized by llama.cpp)",
+        "greedy-decode N tokens as llama.cpp runs a model (the prompt as one batch with logits for its "
+        "last token only, then one token at a time) and print {\"tokens\": prompt ids, \"generated\": ids} "
+        "as JSON on stdout; with -o, trace too",
+    )
     ap.add_argument("--no-bos", action="store_true", help="with -p: do not add BOS")
     ap.add_argument("--special", action="store_true",
                     help="with -p: recognize control tokens written in the prompt")
-    ap.add_argument("--stages", help="comma-separated stage globs, e.g. attn_*,logits (default: all)")
-    ap.add_argument("--layers", help="layers to trace, e.g. 0-3,7 (default: all)")
-    ap.add_argument("--stats-only", action="store_true", help="write statistics only, no tensors")
     ap.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
     ap.add_argument("--kv-type", choices=["f32", "f16"], default="f32",
                     help="KV cache type (default f32; llama.cpp's own default is f16)")
@@ -566,9 +564,7 @@ def main(argv=None) -> int:
     ap.add_argument("--list-nodes", action="store_true", help="print every graph node seen on stderr")
     ap.add_argument("-v", "--verbose", action="store_true",
                     help="llama.cpp's log and one line per stage (with its source node) on stderr")
-    args = ap.parse_args(argv)
-    if args.out is None and args.generate is None:
-        ap.error("-o/--out is required (or --generate N)")
+    args = parse_common_args(ap, argv)
     try:
         return run(args)
     except UsageError as e:

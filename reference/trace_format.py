@@ -115,6 +115,28 @@ def parse_tokens(spec: str) -> list[int]:
     return ids
 
 
+def add_common_args(ap, model_help: str, prompt_help: str, generate_help: str) -> None:
+    """The arguments both tracers take: the model, -p or --tokens, -o,
+    --generate, --stages, --layers and --stats-only."""
+    ap.add_argument("model", help=model_help)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("-p", "--prompt", help=prompt_help)
+    src.add_argument("--tokens", help="comma-separated token ids, fed as given")
+    ap.add_argument("-o", "--out", help="output trace file (.safetensors); required unless --generate")
+    ap.add_argument("--generate", type=int, metavar="N", help=generate_help)
+    ap.add_argument("--stages", help="comma-separated stage globs, e.g. attn_*,logits (default: all)")
+    ap.add_argument("--layers", help="layers to trace, e.g. 0-3,7 (default: all)")
+    ap.add_argument("--stats-only", action="store_true", help="write statistics only, no tensors")
+
+
+def parse_common_args(ap, argv):
+    """Parses, and refuses a run that would neither trace nor generate."""
+    args = ap.parse_args(argv)
+    if args.out is None and args.generate is None:
+        ap.error("-o/--out is required (or --generate N)")
+    return args
+
+
 def stage_of(key: str) -> str:
     return key.split(".", 2)[2] if key.startswith("blk.") else key
 
