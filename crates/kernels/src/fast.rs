@@ -240,6 +240,34 @@ pub fn vnni_kind(w: GgmlType, path: KernelPath) -> Option<u8> {
     None
 }
 
+/// Tokens from `*ti` in groups of N through the VNNI kernel while a whole
+/// group fits before `t1`; each result goes to `put(token, value)`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn vnni_groups<const N: usize>(
+    kind: u8,
+    wr: &[u8],
+    act: &Activations,
+    aux: &[crate::avx2::ActAux],
+    nbk: usize,
+    ti: &mut usize,
+    t1: usize,
+    put: &mut impl FnMut(usize, f32),
+) {
+    while *ti + N <= t1 {
+        let t0 = *ti;
+        let rows: [&[u8]; N] = std::array::from_fn(|k| act.row(t0 + k));
+        let auxs: [&[crate::avx2::ActAux]; N] = std::array::from_fn(|k| &aux[(t0 + k) * nbk..(t0 + k + 1) * nbk]);
+        // SAFETY: `kind` came from vnni_kind, which checked avx512vnni and
+        // avx512vl (and the Avx2 path: avx2, fma, f16c); whole blocks, checked at load.
+        let v = unsafe { crate::avx2::xn_vnni(kind, wr, rows, auxs) };
+        for (k, v) in v.into_iter().enumerate() {
+            put(t0 + k, v);
+        }
+        *ti += N;
+    }
+}
+
 /// Weight rows handed to one task.
 const ROWS_PER_TASK: usize = 32;
 /// Tokens taken against one tile of weight rows.
@@ -321,28 +349,9 @@ impl Kernels for FastKernels {
                     if let Some((kind, aux)) = &vnni {
                         // Eight tokens at a time, then four (each weight block
                         // unpacked once for all of them).
-                        let ax = |k: usize| &aux[k * nbk..(k + 1) * nbk];
-                        while ti + 8 <= t1 {
-                            let rows: [&[u8]; 8] = std::array::from_fn(|k| act.row(ti + k));
-                            // SAFETY: vnni_kind checked avx512vnni and avx512vl (and the
-                            // Avx2 path, so avx2, fma and f16c); whole blocks, checked at load.
-                            let v =
-                                unsafe { crate::avx2::xn_vnni(*kind, wr, rows, std::array::from_fn(|k| ax(ti + k))) };
-                            for (k, v) in v.into_iter().enumerate() {
-                                out[(ti + k) * ROWS_PER_TASK + r - r0] = v;
-                            }
-                            ti += 8;
-                        }
-                        while ti + 4 <= t1 {
-                            let rows: [&[u8]; 4] = std::array::from_fn(|k| act.row(ti + k));
-                            // SAFETY: as above.
-                            let v =
-                                unsafe { crate::avx2::xn_vnni(*kind, wr, rows, std::array::from_fn(|k| ax(ti + k))) };
-                            for (k, v) in v.into_iter().enumerate() {
-                                out[(ti + k) * ROWS_PER_TASK + r - r0] = v;
-                            }
-                            ti += 4;
-                        }
+                        let mut put = |tk: usize, v: f32| out[tk * ROWS_PER_TASK + r - r0] = v;
+                        vnni_groups::<8>(*kind, wr, &act, aux, nbk, &mut ti, t1, &mut put);
+                        vnni_groups::<4>(*kind, wr, &act, aux, nbk, &mut ti, t1, &mut put);
                     }
                     if let Some(d4) = dot4 {
                         while ti + 4 <= t1 {
