@@ -569,34 +569,6 @@ pub fn act_aux(row: &[u8], offset: i32, out: &mut Vec<ActAux>) {
     }
 }
 
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-unsafe fn dotn_q8_family_vnni<const KIND: u8, const N: usize>(
-    w: &[u8],
-    a: [&[u8]; N],
-    aux: [&[ActAux]; N],
-    bb: usize,
-) -> [f32; N] {
-    let nb = w.len() / bb;
-    let mut acc = [_mm256_setzero_ps(); N];
-    let off = _mm256_set1_epi8(vnni_offset(KIND) as i8);
-    for i in 0..nb {
-        let blk = w.get_unchecked(i * bb..(i + 1) * bb);
-        let dx = d16([blk[0], blk[1]]);
-        let qx = unpack_q8_family::<KIND>(blk);
-        let ux = _mm256_add_epi8(qx, off);
-        for k in 0..N {
-            let y = a[k].get_unchecked(i * 34..(i + 1) * 34);
-            let ax = aux[k].get_unchecked(i);
-            let qy = _mm256_loadu_si256(y.as_ptr().add(2) as *const __m256i);
-            let corr = _mm256_loadu_si256(ax.corr.as_ptr() as *const __m256i);
-            let sum = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(corr, ux, qy));
-            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(dx * ax.d), sum, acc[k]);
-        }
-    }
-    acc.map(|v| hsum_ps(v))
-}
-
 /// Many weight rows against one activation row (decoding), one row after
 /// another; each output equals the single-row kernel's bit for bit.
 #[inline]
@@ -627,7 +599,8 @@ unsafe fn rows_q8_family_vnni<const KIND: u8>(
     }
 }
 
-/// The VNNI multi-row kernel for format `kind` (as [`x4_vnni`]).
+/// The VNNI multi-row kernel for format `kind` (0 Q8_0, 1 Q4_0, 2 Q5_0,
+/// 3 IQ4_NL).
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
 pub unsafe fn rows_vnni(kind: u8, w: &[u8], rb: usize, a: &[u8], aux: &[ActAux], out: &mut [f32]) {
     match kind {
@@ -638,16 +611,123 @@ pub unsafe fn rows_vnni(kind: u8, w: &[u8], rb: usize, a: &[u8], aux: &[ActAux],
     }
 }
 
-/// The VNNI N-token kernel (N = 4 or 8 in use) for format `kind` (0 Q8_0,
-/// 1 Q4_0, 2 Q5_0, 3 IQ4_NL) with its block size.
+// ---- VNNI register tiles for prefill: four weight rows × four tokens.
+// A task unpacks its weight rows once (unsigned, as the kernels above use
+// them) and packs the tokens' blocks once, so the inner loop does only the
+// integer dot (`vpdpbusd`, started from the lane correction), the
+// conversion, the scale product and the fused multiply-add, each on 256
+// bits. Every (row, token) sees the same lane integers and the same float
+// operations in the same order as [`rows_vnni`] (and the AVX2 kernels): the
+// results are identical.
+
+/// 32 bytes, aligned for the packed tiles.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(32))]
+pub struct Chunk(pub [u8; 32]);
+
+/// Chunks per (group of four weight rows, block): the four rows' unsigned
+/// quants, then their four scales twice over (f32).
+pub const W_CHUNKS: usize = 5;
+/// Chunks per (group of four tokens, block): the four tokens' quants, their
+/// lane corrections (8 × i32 each), then their four scales (f32).
+pub const A_CHUNKS: usize = 9;
+
+/// Packs `rows` weight rows (Q8_0-family format `kind`, `rb` bytes each, `nb`
+/// blocks) for [`tile_vnni`], in groups of four; a short last group is
+/// padded with zero rows.
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-pub unsafe fn xn_vnni<const N: usize>(kind: u8, w: &[u8], a: [&[u8]; N], aux: [&[ActAux]; N]) -> [f32; N] {
-    match kind {
-        0 => dotn_q8_family_vnni::<0, N>(w, a, aux, 34),
-        1 => dotn_q8_family_vnni::<1, N>(w, a, aux, 18),
-        2 => dotn_q8_family_vnni::<2, N>(w, a, aux, 22),
-        _ => dotn_q8_family_vnni::<3, N>(w, a, aux, 18),
+pub unsafe fn pack_weights_vnni(kind: u8, w: &[u8], rb: usize, nb: usize, out: &mut Vec<Chunk>) {
+    let rows = w.len() / rb;
+    let bb = rb / nb;
+    let groups = rows.div_ceil(4);
+    out.clear();
+    out.resize(groups * nb * W_CHUNKS, Chunk::default());
+    let off = _mm256_set1_epi8(vnni_offset(kind) as i8);
+    for r in 0..rows {
+        let (g, k) = (r / 4, r % 4);
+        for i in 0..nb {
+            let blk = w.get_unchecked(r * rb + i * bb..r * rb + (i + 1) * bb);
+            let qx = match kind {
+                0 => unpack_q8_0(blk),
+                1 => unpack_q4_0(blk),
+                2 => unpack_q5_0(blk),
+                _ => unpack_iq4_nl(blk),
+            };
+            let base = (g * nb + i) * W_CHUNKS;
+            _mm256_store_si256(out.as_mut_ptr().add(base + k) as *mut __m256i, _mm256_add_epi8(qx, off));
+            let d = out.as_mut_ptr().add(base + 4) as *mut f32;
+            let v = d16([blk[0], blk[1]]);
+            *d.add(k) = v;
+            *d.add(k + 4) = v;
+        }
     }
+}
+
+/// Packs `t` Q8_0 activation rows (`row(i)`, `nb` blocks each) for
+/// [`tile_vnni`] with the lane corrections of `kind`, in groups of four; a
+/// short last group is padded with zero tokens.
+pub fn pack_acts_vnni<'a>(kind: u8, t: usize, nb: usize, row: impl Fn(usize) -> &'a [u8], out: &mut Vec<Chunk>) {
+    let offset = vnni_offset(kind);
+    out.clear();
+    out.resize(t.div_ceil(4) * nb * A_CHUNKS, Chunk::default());
+    for ti in 0..t {
+        let (g, k) = (ti / 4, ti % 4);
+        for (i, y) in row(ti).chunks_exact(34).enumerate() {
+            let base = (g * nb + i) * A_CHUNKS;
+            out[base + k].0.copy_from_slice(&y[2..34]);
+            let corr = &mut out[base + 4 + k].0;
+            for l in 0..8 {
+                let s: i32 = y[2 + 4 * l..6 + 4 * l].iter().map(|&q| q as i8 as i32).sum();
+                corr[4 * l..4 * l + 4].copy_from_slice(&(-offset * s).to_le_bytes());
+            }
+            let d = plumb_quant::blocks::f16_to_f32([y[0], y[1]]);
+            out[base + 8].0[4 * k..4 * k + 4].copy_from_slice(&d.to_le_bytes());
+        }
+    }
+}
+
+/// Lane `r` of each 128-bit half of `v`, in every lane.
+#[inline(always)]
+unsafe fn lane(v: __m256, r: usize) -> __m256 {
+    match r {
+        0 => _mm256_shuffle_ps::<0x00>(v, v),
+        1 => _mm256_shuffle_ps::<0x55>(v, v),
+        2 => _mm256_shuffle_ps::<0xAA>(v, v),
+        _ => _mm256_shuffle_ps::<0xFF>(v, v),
+    }
+}
+
+/// One group of four packed weight rows against one group of four packed
+/// tokens over `nb` blocks: `[token][row]`.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub unsafe fn tile_vnni(w: &[Chunk], a: &[Chunk], nb: usize) -> [[f32; 4]; 4] {
+    debug_assert!(w.len() >= nb * W_CHUNKS && a.len() >= nb * A_CHUNKS);
+    let mut acc = [[_mm256_setzero_ps(); 4]; 4];
+    let (mut wp, mut ap) = (w.as_ptr(), a.as_ptr());
+    for _ in 0..nb {
+        let wq: [__m256i; 4] = std::array::from_fn(|r| _mm256_load_si256(wp.add(r) as *const __m256i));
+        let da = _mm256_load_ps(wp.add(4) as *const f32);
+        for (k, acc) in acc.iter_mut().enumerate() {
+            let qy = _mm256_load_si256(ap.add(k) as *const __m256i);
+            let corr = _mm256_load_si256(ap.add(4 + k) as *const __m256i);
+            let d = _mm256_mul_ps(da, _mm256_broadcast_ss(&*(ap.add(8) as *const f32).add(k)));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let sum = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(corr, wq[r], qy));
+                *acc = _mm256_fmadd_ps(lane(d, r), sum, *acc);
+            }
+        }
+        wp = wp.add(W_CHUNKS);
+        ap = ap.add(A_CHUNKS);
+    }
+    // (Loops, not `map` closures: a closure is compiled without this
+    // function's target features.)
+    let mut out = [[0f32; 4]; 4];
+    for k in 0..4 {
+        for r in 0..4 {
+            out[k][r] = hsum_ps(acc[k][r]);
+        }
+    }
+    out
 }
 
 // ---- Exact precision, fused: each weight block dequantized in registers
@@ -677,7 +757,7 @@ unsafe fn exact_row_q8_family<const KIND: u8>(row: &[u8], x: &[f32], bb: usize) 
 }
 
 /// Exact-precision outputs of consecutive rows of a Q8_0-family matrix
-/// (kind as in [`xn_vnni`]) against one f32 activation row.
+/// (kind as in [`rows_vnni`]) against one f32 activation row.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn rows_exact(kind: u8, w: &[u8], rb: usize, x: &[f32], out: &mut [f32]) {
     for (r, o) in out.iter_mut().enumerate() {

@@ -240,32 +240,54 @@ pub fn vnni_kind(w: GgmlType, path: KernelPath) -> Option<u8> {
     None
 }
 
-/// Tokens from `*ti` in groups of N through the VNNI kernel while a whole
-/// group fits before `t1`; each result goes to `put(token, value)`.
+/// Weight rows per task in the VNNI tile path: unpacked once, then taken
+/// against every token.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-fn vnni_groups<const N: usize>(
-    kind: u8,
-    wr: &[u8],
-    act: &Activations,
-    aux: &[crate::avx2::ActAux],
-    nbk: usize,
-    ti: &mut usize,
-    t1: usize,
-    put: &mut impl FnMut(usize, f32),
-) {
-    while *ti + N <= t1 {
-        let t0 = *ti;
-        let rows: [&[u8]; N] = std::array::from_fn(|k| act.row(t0 + k));
-        let auxs: [&[crate::avx2::ActAux]; N] = std::array::from_fn(|k| &aux[(t0 + k) * nbk..(t0 + k + 1) * nbk]);
-        // SAFETY: `kind` came from vnni_kind, which checked avx512vnni and
-        // avx512vl (and the Avx2 path: avx2, fma, f16c); whole blocks, checked at load.
-        let v = unsafe { crate::avx2::xn_vnni(kind, wr, rows, auxs) };
-        for (k, v) in v.into_iter().enumerate() {
-            put(t0 + k, v);
+const VNNI_ROWS_PER_TASK: usize = 64;
+
+/// T > 1 tokens against a Q8_0-family weight (format `kind`) on a CPU with
+/// AVX-512 VNNI: register tiles of four rows × four tokens
+/// ([`crate::avx2::tile_vnni`]), each output identical to the one-token kernel's.
+#[cfg(target_arch = "x86_64")]
+fn linear_vnni(kind: u8, w: &Weight, act: &Activations, t: usize, y: &mut [f32]) {
+    use crate::avx2::{pack_acts_vnni, pack_weights_vnni, tile_vnni, Chunk, A_CHUNKS, W_CHUNKS};
+    let (rows, nb, rb) = (w.rows, w.cols / 32, w.row_bytes());
+    let bytes: &[u8] = &w.bytes;
+    let mut apack = Vec::new();
+    pack_acts_vnni(kind, t, nb, |ti| act.row(ti), &mut apack);
+    let per = VNNI_ROWS_PER_TASK;
+    let mut tmp = vec![0f32; rows.div_ceil(per) * per * t];
+    tmp.par_chunks_mut(per * t).enumerate().for_each(|(c, out)| {
+        let (r0, r1) = (c * per, (c * per + per).min(rows));
+        let mut wpack: Vec<Chunk> = Vec::new();
+        // SAFETY: vnni_kind checked avx512vnni and avx512vl (and the Avx2
+        // path: avx2, fma, f16c); whole blocks, checked at load; the packs
+        // hold every group's nb blocks.
+        unsafe { pack_weights_vnni(kind, &bytes[r0 * rb..r1 * rb], rb, nb, &mut wpack) };
+        for g in 0..t.div_ceil(4) {
+            let ag = &apack[g * nb * A_CHUNKS..(g + 1) * nb * A_CHUNKS];
+            for h in 0..(r1 - r0).div_ceil(4) {
+                let v = unsafe { tile_vnni(&wpack[h * nb * W_CHUNKS..], ag, nb) };
+                for (k, v) in v.iter().enumerate().take(t - 4 * g) {
+                    let o = &mut out[(4 * g + k) * per + 4 * h..];
+                    let n = (r1 - r0 - 4 * h).min(4);
+                    o[..n].copy_from_slice(&v[..n]);
+                }
+            }
         }
-        *ti += N;
-    }
+    });
+    copy_out(&tmp, per, t, rows, y);
+}
+
+/// Task outputs laid out `[task][token][per rows]` into `y` `[token][rows]`,
+/// in runs of `per` contiguous floats, one token row per task.
+fn copy_out(tmp: &[f32], per: usize, t: usize, rows: usize, y: &mut [f32]) {
+    y.par_chunks_mut(rows).enumerate().for_each(|(ti, yrow)| {
+        for (c, ys) in yrow.chunks_mut(per).enumerate() {
+            let src = c * per * t + ti * per;
+            ys.copy_from_slice(&tmp[src..src + ys.len()]);
+        }
+    });
 }
 
 /// Weight rows handed to one task.
@@ -299,7 +321,8 @@ impl Kernels for FastKernels {
                 crate::avx2::act_aux(act.row(0), crate::avx2::vnni_offset(kind), &mut aux);
                 y.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
                     let r0 = c * chunk;
-                    // SAFETY: as for x4_vnni below.
+                    // SAFETY: vnni_kind checked avx512vnni and avx512vl (and the Avx2
+                    // path: avx2, fma, f16c); whole blocks, checked at load.
                     unsafe {
                         crate::avx2::rows_vnni(kind, &bytes[r0 * rb..(r0 + out.len()) * rb], rb, act.row(0), &aux, out)
                     };
@@ -321,18 +344,10 @@ impl Kernels for FastKernels {
             });
             return;
         }
-        // Where the CPU has VNNI: each activation block's scale and offset
-        // correction, once for all weight rows.
         #[cfg(target_arch = "x86_64")]
-        let vnni = vnni_kind(w.ty, self.path).filter(|_| t >= 4 && tiled.is_none()).map(|kind| {
-            let mut aux = Vec::with_capacity(t * cols / 32);
-            for ti in 0..t {
-                crate::avx2::act_aux(act.row(ti), crate::avx2::vnni_offset(kind), &mut aux);
-            }
-            (kind, aux)
-        });
-        #[cfg(target_arch = "x86_64")]
-        let nbk = cols / 32;
+        if let Some(kind) = vnni_kind(w.ty, self.path).filter(|_| tiled.is_none()) {
+            return linear_vnni(kind, w, &act, t, y);
+        }
         let n_chunks = rows.div_ceil(ROWS_PER_TASK);
         let mut tmp = vec![0f32; n_chunks * ROWS_PER_TASK * t];
         // Tiles of ROWS_PER_TASK weight rows × TOKENS_PER_TILE tokens, so
@@ -345,14 +360,6 @@ impl Kernels for FastKernels {
                 for r in r0..r1 {
                     let wr = &bytes[r * rb..(r + 1) * rb];
                     let mut ti = t0;
-                    #[cfg(target_arch = "x86_64")]
-                    if let Some((kind, aux)) = &vnni {
-                        // Eight tokens at a time, then four (each weight block
-                        // unpacked once for all of them).
-                        let mut put = |tk: usize, v: f32| out[tk * ROWS_PER_TASK + r - r0] = v;
-                        vnni_groups::<8>(*kind, wr, &act, aux, nbk, &mut ti, t1, &mut put);
-                        vnni_groups::<4>(*kind, wr, &act, aux, nbk, &mut ti, t1, &mut put);
-                    }
                     if let Some(d4) = dot4 {
                         while ti + 4 <= t1 {
                             let v = d4(wr, [act.row(ti), act.row(ti + 1), act.row(ti + 2), act.row(ti + 3)]);
@@ -378,14 +385,7 @@ impl Kernels for FastKernels {
                 }
             }
         });
-        // Each task's outputs are [token][its rows]: copied out in runs of
-        // ROWS_PER_TASK contiguous floats, one token row per task.
-        y.par_chunks_mut(rows).enumerate().for_each(|(ti, yrow)| {
-            for (c, ys) in yrow.chunks_mut(ROWS_PER_TASK).enumerate() {
-                let src = c * ROWS_PER_TASK * t + ti * ROWS_PER_TASK;
-                ys.copy_from_slice(&tmp[src..src + ys.len()]);
-            }
-        });
+        copy_out(&tmp, ROWS_PER_TASK, t, rows, y);
     }
 
     fn describe(&self) -> String {

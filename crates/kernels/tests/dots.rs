@@ -206,43 +206,38 @@ fn tiled_order_kernels_are_bit_identical_across_paths_and_close_to_the_unit_orde
 }
 
 #[test]
-fn vnni_four_token_kernels_equal_the_avx2_ones_bit_for_bit() {
-    use plumb_kernels::fast::{dot4_for, vnni_kind};
+fn fast_linear_over_many_tokens_equals_the_one_token_kernel_bit_for_bit() {
+    // Whatever the tile shape (VNNI 4×4 register tiles, four-token kernels,
+    // padding of short row and token groups), each output of a T-token
+    // linear is the one-token kernel's on that row and token.
+    use plumb_formats::Bytes;
+    use plumb_kernels::fast::{tiled_dot_for, FastKernels, TILED_MIN_TOKENS};
+    use plumb_kernels::{Kernels, Weight};
     let path = KernelPath::detect();
+    let k = FastKernels { path };
     let mut rng = StdRng::seed_from_u64(13);
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::IQ4_NL] {
-        let Some(kind) = vnni_kind(ty, path) else {
-            eprintln!("no AVX-512 VNNI on this CPU; nothing to compare");
-            return;
-        };
-        for blocks in [1usize, 7, 20] {
-            let n = blocks * 32;
-            let w = random_weights(ty, n, &mut rng);
-            let rows: Vec<Vec<f32>> = (0..4).map(|_| (0..n).map(|_| rng.gen_range(-3.0f32..3.0)).collect()).collect();
-            let flat: Vec<f32> = rows.concat();
-            let act = quantize_activations(&flat, 4, n, act_type(ty));
-            let r = [act.row(0), act.row(1), act.row(2), act.row(3)];
-            let aux: Vec<Vec<plumb_kernels::avx2::ActAux>> = r
-                .iter()
-                .map(|row| {
-                    let mut v = Vec::new();
-                    plumb_kernels::avx2::act_aux(row, plumb_kernels::avx2::vnni_offset(kind), &mut v);
-                    v
-                })
-                .collect();
-            let want = dot4_for(ty, path).unwrap()(&w, r);
-            let got = unsafe { plumb_kernels::avx2::xn_vnni(kind, &w, r, [&aux[0], &aux[1], &aux[2], &aux[3]]) };
-            let got8 = unsafe {
-                plumb_kernels::avx2::xn_vnni(
-                    kind,
-                    &w,
-                    [r, r].concat().try_into().unwrap(),
-                    [&aux[0], &aux[1], &aux[2], &aux[3], &aux[0], &aux[1], &aux[2], &aux[3]],
-                )
-            };
-            assert_eq!(got8[..4], got[..]);
-            assert_eq!(got8[4..], got[..]);
-            assert_eq!(want.map(f32::to_bits), got.map(f32::to_bits), "{ty}: {blocks} blocks");
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::IQ4_NL, GgmlType::Q4_K, GgmlType::Q6_K] {
+        let cols = if ty.block_elems() == 256 { 512 } else { 7 * 32 };
+        for (rows, t) in [(5usize, 2usize), (37, 7), (70, 13), (129, 9)] {
+            let bytes = random_weights(ty, rows * cols, &mut rng);
+            let w = Weight { name: "w".into(), ty, rows, cols, bytes: Bytes::Owned(std::sync::Arc::new(bytes)) };
+            let x: Vec<f32> = (0..t * cols).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+            let mut y = vec![0f32; t * rows];
+            k.linear(&w, &x, t, &mut y);
+            let act = quantize_activations(&x, t, cols, act_type(ty));
+            let one = if t >= TILED_MIN_TOKENS { tiled_dot_for(ty, path) } else { None };
+            let one = one.unwrap_or_else(|| dot_for(ty, path));
+            let rb = w.row_bytes();
+            for ti in 0..t {
+                for r in 0..rows {
+                    let want = one(cols, &w.bytes[r * rb..(r + 1) * rb], act.row(ti));
+                    assert_eq!(
+                        want.to_bits(),
+                        y[ti * rows + r].to_bits(),
+                        "{ty}: {rows} rows × {t} tokens, ({r}, {ti})"
+                    );
+                }
+            }
         }
     }
 }
