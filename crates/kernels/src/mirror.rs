@@ -50,6 +50,62 @@ pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
     r
 }
 
+/// [`dot_f32`] of `x` against `out.len()` rows of `ys`, `stride` floats
+/// apart: `out[r]` = Σ x·ys[r·stride..][..x.len()], each bit for bit as
+/// [`dot_f32`] gives it; rows in pairs share the loads of `x`.
+pub fn dot_f32_rows(x: &[f32], ys: &[f32], stride: usize, out: &mut [f32]) {
+    let n = x.len();
+    assert!(out.is_empty() || (out.len() - 1) * stride + n <= ys.len());
+    #[cfg(target_arch = "x86_64")]
+    if active_path() == KernelPath::Avx2 && n.is_multiple_of(LANES) {
+        let mut r = 0;
+        while r + 2 <= out.len() {
+            let (y0, y1) = (&ys[r * stride..r * stride + n], &ys[(r + 1) * stride..(r + 1) * stride + n]);
+            // SAFETY: Avx2 is only active after runtime detection.
+            let v = unsafe { avx2_dot_lanes_x2(x, y0, y1) };
+            out[r..r + 2].copy_from_slice(&v);
+            r += 2;
+        }
+        if r < out.len() {
+            out[r] = unsafe { avx2_dot_lanes(x, &ys[r * stride..r * stride + n]) };
+        }
+        return;
+    }
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = dot_f32(x, &ys[r * stride..r * stride + n]);
+    }
+}
+
+/// Two rows of [`avx2_dot_lanes`] at once.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_dot_lanes_x2(x: &[f32], y0: &[f32], y1: &[f32]) -> [f32; 2] {
+    use std::arch::x86_64::*;
+    let mut a0 = [_mm256_setzero_ps(); 8];
+    let mut a1 = [_mm256_setzero_ps(); 8];
+    let (px, p0, p1) = (x.as_ptr(), y0.as_ptr(), y1.as_ptr());
+    let n = x.len().min(y0.len()).min(y1.len());
+    let mut i = 0;
+    while i + LANES <= n {
+        for k in 0..8 {
+            let xv = _mm256_loadu_ps(px.add(i + 8 * k));
+            a0[k] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(p0.add(i + 8 * k)), a0[k]);
+            a1[k] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(p1.add(i + 8 * k)), a1[k]);
+        }
+        i += LANES;
+    }
+    let mut out = [0f32; 2];
+    for (o, acc) in out.iter_mut().zip([a0, a1]) {
+        let lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+        let hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+        let mut w = [0f32; 16];
+        _mm256_storeu_ps(w.as_mut_ptr(), lo);
+        _mm256_storeu_ps(w.as_mut_ptr().add(8), hi);
+        *o = fold16(&w);
+    }
+    out
+}
+
 /// The 64-lane part of [`dot_f32`] (lengths a multiple of 64), lane by lane.
 pub fn scalar_dot_lanes(x: &[f32], y: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
@@ -135,6 +191,62 @@ unsafe fn avx2_dot_tiled(x: &[f32], y: &[f32]) -> f32 {
     _mm256_storeu_ps(w.as_mut_ptr(), lo);
     _mm256_storeu_ps(w.as_mut_ptr().add(8), hi);
     fold16(&w)
+}
+
+/// [`dot_f32_tiled`] of `x` against `out.len()` rows of `ys`, `stride`
+/// floats apart: `out[r]` = Σ x·ys[r·stride..][..x.len()], each bit for bit
+/// as [`dot_f32_tiled`] gives it. Several rows at a time share the loads of
+/// `x` and keep enough accumulators in flight to hide the FMA latency.
+pub fn dot_f32_tiled_rows(x: &[f32], ys: &[f32], stride: usize, out: &mut [f32]) {
+    debug_assert!(x.len().is_multiple_of(16));
+    assert!(out.is_empty() || (out.len() - 1) * stride + x.len() <= ys.len());
+    #[cfg(target_arch = "x86_64")]
+    if active_path() == KernelPath::Avx2 {
+        let mut r = 0;
+        while r + 8 <= out.len() {
+            // SAFETY: Avx2 is only active after runtime detection; the
+            // assert above keeps every row inside `ys`.
+            let v = unsafe { avx2_dot_tiled_x8(x, ys.as_ptr().add(r * stride), stride) };
+            out[r..r + 8].copy_from_slice(&v);
+            r += 8;
+        }
+        for (k, o) in out.iter_mut().enumerate().skip(r) {
+            *o = unsafe { avx2_dot_tiled(x, &ys[k * stride..k * stride + x.len()]) };
+        }
+        return;
+    }
+    for (k, o) in out.iter_mut().enumerate() {
+        *o = scalar_dot_tiled(x, &ys[k * stride..k * stride + x.len()]);
+    }
+}
+
+/// Eight rows of [`dot_f32_tiled_rows`]: the caller keeps rows `ys`,
+/// `ys + stride`, … `ys + 7·stride` readable for `x.len()` floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_dot_tiled_x8(x: &[f32], ys: *const f32, stride: usize) -> [f32; 8] {
+    use std::arch::x86_64::*;
+    let mut lo = [_mm256_setzero_ps(); 8];
+    let mut hi = [_mm256_setzero_ps(); 8];
+    let px = x.as_ptr();
+    let mut i = 0;
+    while i + 16 <= x.len() {
+        let (xl, xh) = (_mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(px.add(i + 8)));
+        for r in 0..8 {
+            let py = ys.add(r * stride + i);
+            lo[r] = _mm256_fmadd_ps(xl, _mm256_loadu_ps(py), lo[r]);
+            hi[r] = _mm256_fmadd_ps(xh, _mm256_loadu_ps(py.add(8)), hi[r]);
+        }
+        i += 16;
+    }
+    let mut out = [0f32; 8];
+    for r in 0..8 {
+        let mut w = [0f32; 16];
+        _mm256_storeu_ps(w.as_mut_ptr(), lo[r]);
+        _mm256_storeu_ps(w.as_mut_ptr().add(8), hi[r]);
+        out[r] = fold16(&w);
+    }
+    out
 }
 
 /// The polynomial constants of [`exp_approx`], as f32 bit patterns.
@@ -267,6 +379,34 @@ mod tests {
             let (x, y) = (values(n, 3), values(n, 5));
             let exact: f64 = x.iter().zip(&y).map(|(a, b)| *a as f64 * *b as f64).sum();
             assert!((dot_f32(&x, &y) as f64 - exact).abs() <= 1e-5 * exact.abs().max(1.0), "n {n}");
+        }
+    }
+
+    #[test]
+    fn dot_rows_equal_the_one_row_dot_bit_for_bit() {
+        for (n, rows, stride) in [(64usize, 1usize, 64usize), (256, 7, 256), (256, 6, 320), (90, 5, 100)] {
+            let x = values(n, 17);
+            let ys = values(stride * rows, 19);
+            let mut out = vec![0f32; rows];
+            dot_f32_rows(&x, &ys, stride, &mut out);
+            for (r, o) in out.iter().enumerate() {
+                let want = dot_f32(&x, &ys[r * stride..r * stride + n]);
+                assert_eq!(want.to_bits(), o.to_bits(), "n {n}, row {r} of {rows}");
+            }
+        }
+    }
+
+    #[test]
+    fn tiled_rows_equal_the_one_row_tiled_dot_bit_for_bit() {
+        for (n, rows, stride) in [(16usize, 1usize, 16usize), (48, 8, 64), (320, 19, 336), (512, 17, 512)] {
+            let x = values(n, 11);
+            let ys = values(stride * rows, 13);
+            let mut out = vec![0f32; rows];
+            dot_f32_tiled_rows(&x, &ys, stride, &mut out);
+            for (r, o) in out.iter().enumerate() {
+                let want = scalar_dot_tiled(&x, &ys[r * stride..r * stride + n]);
+                assert_eq!(want.to_bits(), o.to_bits(), "n {n}, row {r} of {rows}");
+            }
         }
     }
 

@@ -322,7 +322,7 @@ impl Model {
             Some(qs) => (qs.as_slice(), None),
             None => (q.as_slice(), Some(c.attn_scale)),
         };
-        let dot = if fast { plumb_kernels::mirror::dot_f32 } else { plumb_kernels::f32_dot_fn() };
+        let dot = plumb_kernels::f32_dot_fn();
         // One token's attention is too small to be worth splitting across threads.
         let min_len = if t * tkv < 4096 { nh } else { 1 };
         scores.par_chunks_mut(t * tkv).with_min_len(min_len).enumerate().for_each(|(h, sh)| {
@@ -331,9 +331,15 @@ impl Model {
                 let qi = &qs[i * qd + h * hd..i * qd + (h + 1) * hd];
                 let row = &mut sh[i * tkv..(i + 1) * tkv];
                 let last = if full { tkv } else { p + i + 1 };
-                for (j, s) in row.iter_mut().enumerate().take(last) {
-                    let kj = &kc[j * kvd + kh * hd..j * kvd + (kh + 1) * hd];
-                    let mut v = dot(qi, kj);
+                if fast {
+                    plumb_kernels::mirror::dot_f32_rows(qi, &kc[kh * hd..], kvd, &mut row[..last]);
+                } else {
+                    for (j, s) in row.iter_mut().enumerate().take(last) {
+                        *s = dot(qi, &kc[j * kvd + kh * hd..j * kvd + (kh + 1) * hd]);
+                    }
+                }
+                for s in row.iter_mut().take(last) {
+                    let mut v = *s;
                     if let Some(scale) = post_scale {
                         v *= scale;
                     }
@@ -387,17 +393,27 @@ impl Model {
         } else {
             Vec::new()
         };
-        let ctx_dot = if t == 1 { plumb_kernels::mirror::dot_f32 } else { plumb_kernels::mirror::dot_f32_tiled };
         per_head.par_chunks_mut(t * hd).with_min_len(min_len).enumerate().for_each(|(h, out)| {
             let kh = h / group;
+            if fast && t == 1 {
+                let mut probs = vec![0f32; tpad];
+                probs[..tkv].copy_from_slice(&scores[h * tkv..(h + 1) * tkv]);
+                for (e, o) in out.iter_mut().enumerate() {
+                    let col = (kh * hd + e) * tpad;
+                    *o = plumb_kernels::mirror::dot_f32(&probs, &vt[col..col + tpad]);
+                }
+                return;
+            }
             if fast {
                 let mut probs = vec![0f32; tpad];
                 for i in 0..t {
+                    // Past the last visible position the probabilities are
+                    // zeros, which leave the 16 lanes as they are: the sum
+                    // stops at the first multiple of 16 beyond it.
+                    let len = (p + i + 1).div_ceil(16) * 16;
                     probs[..tkv].copy_from_slice(&scores[(h * t + i) * tkv..(h * t + i + 1) * tkv]);
-                    for (e, o) in out[i * hd..(i + 1) * hd].iter_mut().enumerate() {
-                        let col = (kh * hd + e) * tpad;
-                        *o = ctx_dot(&probs, &vt[col..col + tpad]);
-                    }
+                    let o = &mut out[i * hd..(i + 1) * hd];
+                    plumb_kernels::mirror::dot_f32_tiled_rows(&probs[..len], &vt[kh * hd * tpad..], tpad, o);
                 }
                 return;
             }
