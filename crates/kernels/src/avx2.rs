@@ -730,6 +730,129 @@ pub unsafe fn tile_vnni(w: &[Chunk], a: &[Chunk], nb: usize) -> [[f32; 4]; 4] {
     out
 }
 
+// ---- VNNI register tiles for the K-quants in llama.cpp's tiled order:
+// eight weight rows in the eight i32 lanes × eight tokens. The weights are
+// repacked once per task so that one 32-byte load holds four consecutive
+// quants of each of the eight rows; each token's four matching quants are
+// broadcast, and one `vpdpbusd` advances eight rows at once. The integer
+// sums per superblock are exact whatever the order, and the float steps
+// after them are the one-token kernel's, lane by lane: the results are
+// identical to [`q4_k_q8_k_tiled`] and [`q6_k_q8_k_tiled`].
+
+/// Chunks per (group of eight K-quant rows, superblock): 64 of quants
+/// (unsigned; chunk s holds elements 4s..4s+4 of each row), 16 of
+/// per-sub-block scales (i32 lanes), 8 of i16 pairs taken against pairs of
+/// the activations' 16-element sums, then the scale d and −dmin (f32).
+pub const K_CHUNKS: usize = 90;
+const K_SCALES: usize = 64;
+const K_PAIRS: usize = 80;
+const K_D: usize = 88;
+const K_NEG_DMIN: usize = 89;
+
+/// Packs Q4_K (`q6` false) or Q6_K rows (`rb` bytes each, `nsb`
+/// superblocks) for [`tile_k_vnni`], in groups of eight; a short last group
+/// is padded with zero rows.
+pub fn pack_k_rows(q6: bool, w: &[u8], rb: usize, nsb: usize, out: &mut Vec<Chunk>) {
+    let rows = w.len() / rb;
+    out.clear();
+    out.resize(rows.div_ceil(8) * nsb * K_CHUNKS, Chunk::default());
+    let put_i32 = |c: &mut Chunk, lane: usize, v: i32| c.0[4 * lane..4 * lane + 4].copy_from_slice(&v.to_le_bytes());
+    let put_pair = |c: &mut Chunk, lane: usize, a: i16, b: i16| {
+        c.0[4 * lane..4 * lane + 2].copy_from_slice(&a.to_le_bytes());
+        c.0[4 * lane + 2..4 * lane + 4].copy_from_slice(&b.to_le_bytes());
+    };
+    for r in 0..rows {
+        let (g, lane) = (r / 8, r % 8);
+        for s in 0..nsb {
+            let base = (g * nsb + s) * K_CHUNKS;
+            let p = &mut out[base..base + K_CHUNKS];
+            let mut q = [0u8; 256];
+            if q6 {
+                let blk: &BlockQ6K = bytemuck::from_bytes(&w[r * rb + s * 210..r * rb + (s + 1) * 210]);
+                for (o, v) in q.iter_mut().zip(blk.quants()) {
+                    *o = (v + 32) as u8;
+                }
+                for j in 0..16 {
+                    put_i32(&mut p[K_SCALES + j], lane, blk.scales[j] as i32);
+                }
+                for c in 0..8 {
+                    put_pair(&mut p[K_PAIRS + c], lane, blk.scales[2 * c] as i16, blk.scales[2 * c + 1] as i16);
+                }
+                put_i32(&mut p[K_D], lane, f16_to_f32(blk.d).to_bits() as i32);
+            } else {
+                let blk: &BlockQ4K = bytemuck::from_bytes(&w[r * rb + s * 144..r * rb + (s + 1) * 144]);
+                for (e, o) in q.iter_mut().enumerate() {
+                    let (j, l) = (e / 32, e % 32);
+                    *o = (blk.qs[(j / 2) * 32 + l] >> (4 * (j % 2))) & 0xF;
+                }
+                for j in 0..8 {
+                    let (sc, m) = scale_min_k4(j, &blk.scales);
+                    put_i32(&mut p[K_SCALES + j], lane, sc as i32);
+                    // Sub-block j's min against both of its 16-element sums.
+                    put_pair(&mut p[K_PAIRS + j], lane, m as i16, m as i16);
+                }
+                put_i32(&mut p[K_D], lane, f16_to_f32(blk.d).to_bits() as i32);
+                put_i32(&mut p[K_NEG_DMIN], lane, (-f16_to_f32(blk.dmin)).to_bits() as i32);
+            }
+            for (step, c) in p[..64].iter_mut().enumerate() {
+                c.0[4 * lane..4 * lane + 4].copy_from_slice(&q[4 * step..4 * step + 4]);
+            }
+        }
+    }
+}
+
+/// One group of eight packed K-quant rows (Q6_K if `Q6`, else Q4_K)
+/// against eight tokens' Q8_K rows over `nsb` superblocks: `[token][row]`.
+/// `ys[k]` must point at `nsb` readable blocks.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub unsafe fn tile_k_vnni<const Q6: bool>(w: &[Chunk], ys: [*const BlockQ8K; 8], nsb: usize) -> [[f32; 8]; 8] {
+    debug_assert!(w.len() >= nsb * K_CHUNKS);
+    let (nsub, steps) = if Q6 { (16, 4) } else { (8, 8) };
+    let mut acc = [_mm256_setzero_ps(); 8];
+    for s in 0..nsb {
+        let wp = w.as_ptr().add(s * K_CHUNKS) as *const __m256i;
+        let y: [&BlockQ8K; 8] = std::array::from_fn(|k| &*ys[k].add(s));
+        let mut isum = [_mm256_setzero_si256(); 8];
+        for j in 0..nsub {
+            let mut p = [_mm256_setzero_si256(); 8];
+            for st in j * steps..(j + 1) * steps {
+                let wq = _mm256_load_si256(wp.add(st));
+                for k in 0..8 {
+                    let a = std::ptr::read_unaligned(y[k].qs.as_ptr().add(4 * st) as *const i32);
+                    p[k] = _mm256_dpbusd_epi32(p[k], wq, _mm256_set1_epi32(a));
+                }
+            }
+            let sc = _mm256_load_si256(wp.add(K_SCALES + j));
+            for k in 0..8 {
+                isum[k] = _mm256_add_epi32(isum[k], _mm256_mullo_epi32(p[k], sc));
+            }
+        }
+        let d = _mm256_load_ps(wp.add(K_D) as *const f32);
+        for k in 0..8 {
+            let mut m = _mm256_setzero_si256();
+            for c in 0..8 {
+                let b = std::ptr::read_unaligned(y[k].bsums.as_ptr().add(2 * c) as *const i32);
+                m = _mm256_dpwssd_epi32(m, _mm256_load_si256(wp.add(K_PAIRS + c)), _mm256_set1_epi32(b));
+            }
+            let yd = _mm256_set1_ps(y[k].d);
+            acc[k] = if Q6 {
+                // Σ scale·(q − 32)·y = Σ scale·q·y − 32·Σ scale·Σy.
+                let total = _mm256_sub_epi32(isum[k], _mm256_slli_epi32(m, 5));
+                _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(total), d), yd, acc[k])
+            } else {
+                let neg_dmin = _mm256_load_ps(wp.add(K_NEG_DMIN) as *const f32);
+                let isd = _mm256_mul_ps(_mm256_cvtepi32_ps(isum[k]), d);
+                _mm256_fmadd_ps(_mm256_fmadd_ps(neg_dmin, _mm256_cvtepi32_ps(m), isd), yd, acc[k])
+            };
+        }
+    }
+    let mut out = [[0f32; 8]; 8];
+    for k in 0..8 {
+        _mm256_storeu_ps(out[k].as_mut_ptr(), acc[k]);
+    }
+    out
+}
+
 // ---- Exact precision, fused: each weight block dequantized in registers
 // (q·d, one multiply, as the dequantizers below) and taken straight into
 // the f32 dot product in [`f32_f32`]'s order (four accumulators of eight

@@ -279,6 +279,54 @@ fn linear_vnni(kind: u8, w: &Weight, act: &Activations, t: usize, y: &mut [f32])
     copy_out(&tmp, per, t, rows, y);
 }
 
+/// T ≥ [`TILED_MIN_TOKENS`] tokens against a Q4_K or Q6_K weight on a CPU
+/// with AVX-512 VNNI: register tiles of eight rows × eight tokens
+/// ([`crate::avx2::tile_k_vnni`]), each output identical to
+/// [`tiled_dot_for`]'s.
+#[cfg(target_arch = "x86_64")]
+fn linear_k_vnni(q6: bool, w: &Weight, act: &Activations, t: usize, y: &mut [f32]) {
+    use crate::avx2::{pack_k_rows, tile_k_vnni, Chunk, K_CHUNKS};
+    let (rows, nsb, rb) = (w.rows, w.cols / 256, w.row_bytes());
+    let bytes: &[u8] = &w.bytes;
+    // Tokens past the last take a zero row, and their outputs are dropped.
+    let zeros = vec![BlockQ8K { d: 0.0, qs: [0; 256], bsums: [0; 16] }; nsb];
+    let blocks = |ti: usize| -> *const BlockQ8K {
+        if ti < t {
+            bytemuck::cast_slice::<u8, BlockQ8K>(act.row(ti)).as_ptr()
+        } else {
+            zeros.as_ptr()
+        }
+    };
+    let per = VNNI_ROWS_PER_TASK;
+    let mut tmp = vec![0f32; rows.div_ceil(per) * per * t];
+    tmp.par_chunks_mut(per * t).enumerate().for_each(|(c, out)| {
+        let (r0, r1) = (c * per, (c * per + per).min(rows));
+        let mut wpack: Vec<Chunk> = Vec::new();
+        pack_k_rows(q6, &bytes[r0 * rb..r1 * rb], rb, nsb, &mut wpack);
+        for g in 0..t.div_ceil(8) {
+            let ys: [*const BlockQ8K; 8] = std::array::from_fn(|k| blocks(8 * g + k));
+            for h in 0..(r1 - r0).div_ceil(8) {
+                let wg = &wpack[h * nsb * K_CHUNKS..(h + 1) * nsb * K_CHUNKS];
+                // SAFETY: vnni_kind-style check by the caller (avx512vnni,
+                // avx512vl on the Avx2 path); every ys[k] points at nsb blocks.
+                let v = unsafe {
+                    if q6 {
+                        tile_k_vnni::<true>(wg, ys, nsb)
+                    } else {
+                        tile_k_vnni::<false>(wg, ys, nsb)
+                    }
+                };
+                for (k, v) in v.iter().enumerate().take(t - 8 * g) {
+                    let o = &mut out[(8 * g + k) * per + 8 * h..];
+                    let n = (r1 - r0 - 8 * h).min(8);
+                    o[..n].copy_from_slice(&v[..n]);
+                }
+            }
+        }
+    });
+    copy_out(&tmp, per, t, rows, y);
+}
+
 /// Task outputs laid out `[task][token][per rows]` into `y` `[token][rows]`,
 /// in runs of `per` contiguous floats, one token row per task.
 fn copy_out(tmp: &[f32], per: usize, t: usize, rows: usize, y: &mut [f32]) {
@@ -347,6 +395,14 @@ impl Kernels for FastKernels {
         #[cfg(target_arch = "x86_64")]
         if let Some(kind) = vnni_kind(w.ty, self.path).filter(|_| tiled.is_none()) {
             return linear_vnni(kind, w, &act, t, y);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if tiled.is_some() && self.path == KernelPath::Avx2 && crate::has_vnni() {
+            match w.ty {
+                GgmlType::Q4_K => return linear_k_vnni(false, w, &act, t, y),
+                GgmlType::Q6_K => return linear_k_vnni(true, w, &act, t, y),
+                _ => {}
+            }
         }
         let n_chunks = rows.div_ceil(ROWS_PER_TASK);
         let mut tmp = vec![0f32; n_chunks * ROWS_PER_TASK * t];
