@@ -24,6 +24,8 @@ pub struct Activations {
     stride: usize,
     pub row_bytes: usize,
     pub ty: GgmlType,
+    /// Elements per row.
+    pub cols: usize,
 }
 
 impl Activations {
@@ -43,18 +45,19 @@ pub fn quantize_activations(x: &[f32], t: usize, cols: usize, ty: GgmlType) -> A
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut buf);
         #[cfg(target_arch = "x86_64")]
         let simd = crate::active_path() == KernelPath::Avx2;
-        for (ti, xr) in x.chunks_exact(cols).take(t).enumerate() {
-            let out = &mut bytes[ti * stride..ti * stride + row_bytes];
+        // Rows are independent: split across threads, the bytes are the same.
+        bytes.par_chunks_mut(stride).zip(x.par_chunks(cols)).take(t).with_min_len(16).for_each(|(out, xr)| {
+            let out = &mut out[..row_bytes];
             #[cfg(target_arch = "x86_64")]
             if simd {
                 // SAFETY: the Avx2 path is only active after runtime detection.
                 unsafe { quantize_row_avx2(xr, out, ty) };
-                continue;
+                return;
             }
             quantize_row(xr, out, ty);
-        }
+        });
     }
-    Activations { buf, stride, row_bytes, ty }
+    Activations { buf, stride, row_bytes, ty, cols }
 }
 
 /// One activation row into `out` (the same code compiled twice below: the
@@ -349,8 +352,35 @@ impl Kernels for FastKernels {
     }
 
     fn linear(&self, w: &Weight, x: &[f32], t: usize, y: &mut [f32]) {
+        let act = quantize_activations(x, t, w.cols, act_type(w.ty));
+        self.linear_quantized(w, &act, t, y);
+    }
+
+    fn linears(&self, ws: &[&Weight], x: &[f32], t: usize, ys: &mut [&mut [f32]]) {
+        // Each activation format once, for every weight that pairs with it.
+        let mut acts: Vec<Activations> = Vec::new();
+        for (w, y) in ws.iter().zip(ys.iter_mut()) {
+            let ty = act_type(w.ty);
+            let i = match acts.iter().position(|a| a.ty == ty && a.cols == w.cols) {
+                Some(i) => i,
+                None => {
+                    acts.push(quantize_activations(x, t, w.cols, ty));
+                    acts.len() - 1
+                }
+            };
+            self.linear_quantized(w, &acts[i], t, y);
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("fast: activations quantized per block, integer dot products ({})", self.path.name())
+    }
+}
+
+impl FastKernels {
+    /// [`Kernels::linear`] on activations already quantized for `w`.
+    fn linear_quantized(&self, w: &Weight, act: &Activations, t: usize, y: &mut [f32]) {
         let (rows, cols) = (w.rows, w.cols);
-        let act = quantize_activations(x, t, cols, act_type(w.ty));
         // Batches of eight or more tokens: llama.cpp's tiled K-quant matmul,
         // which rounds in its own order; plumb follows it there.
         let tiled = if t >= TILED_MIN_TOKENS { tiled_dot_for(w.ty, self.path) } else { None };
@@ -394,13 +424,13 @@ impl Kernels for FastKernels {
         }
         #[cfg(target_arch = "x86_64")]
         if let Some(kind) = vnni_kind(w.ty, self.path).filter(|_| tiled.is_none()) {
-            return linear_vnni(kind, w, &act, t, y);
+            return linear_vnni(kind, w, act, t, y);
         }
         #[cfg(target_arch = "x86_64")]
         if tiled.is_some() && self.path == KernelPath::Avx2 && crate::has_vnni() {
             match w.ty {
-                GgmlType::Q4_K => return linear_k_vnni(false, w, &act, t, y),
-                GgmlType::Q6_K => return linear_k_vnni(true, w, &act, t, y),
+                GgmlType::Q4_K => return linear_k_vnni(false, w, act, t, y),
+                GgmlType::Q6_K => return linear_k_vnni(true, w, act, t, y),
                 _ => {}
             }
         }
@@ -442,9 +472,5 @@ impl Kernels for FastKernels {
             }
         });
         copy_out(&tmp, ROWS_PER_TASK, t, rows, y);
-    }
-
-    fn describe(&self) -> String {
-        format!("fast: activations quantized per block, integer dot products ({})", self.path.name())
     }
 }

@@ -125,6 +125,14 @@ pub fn has_vnni() -> bool {
 pub trait Kernels: Sync {
     /// `x` is [t, w.cols] row-major; `y` is [t, w.rows].
     fn linear(&self, w: &Weight, x: &[f32], t: usize, y: &mut [f32]);
+    /// Several weights against the same input (q, k and v; gate and up):
+    /// `ys[i]` = x·ws[i]ᵀ, each exactly as [`Kernels::linear`] gives it.
+    /// The fast kernels quantize `x` once for all of them.
+    fn linears(&self, ws: &[&Weight], x: &[f32], t: usize, ys: &mut [&mut [f32]]) {
+        for (w, y) in ws.iter().zip(ys.iter_mut()) {
+            self.linear(w, x, t, y);
+        }
+    }
     /// A description of the code path, for headers and `--version`.
     fn describe(&self) -> String;
     /// The arithmetic these kernels do; the forward pass picks its

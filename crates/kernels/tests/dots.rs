@@ -331,3 +331,37 @@ fn fused_exact_k_quant_rows_equal_dequantize_then_dot_bit_for_bit() {
         }
     }
 }
+
+#[test]
+fn linears_on_a_shared_input_equal_one_linear_each_bit_for_bit() {
+    use plumb_formats::Bytes;
+    use plumb_kernels::fast::FastKernels;
+    use plumb_kernels::{Kernels, Weight};
+    let k = FastKernels { path: KernelPath::detect() };
+    let mut rng = StdRng::seed_from_u64(29);
+    let cols = 512;
+    let ws: Vec<Weight> = [(GgmlType::Q5_0, 33), (GgmlType::Q4_K, 17), (GgmlType::Q8_0, 8), (GgmlType::Q6_K, 9)]
+        .into_iter()
+        .map(|(ty, rows)| {
+            let bytes = random_weights(ty, rows * cols, &mut rng);
+            Weight { name: "w".into(), ty, rows, cols, bytes: Bytes::Owned(std::sync::Arc::new(bytes)) }
+        })
+        .collect();
+    for t in [1usize, 5, 12] {
+        let x: Vec<f32> = (0..t * cols).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+        let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; t * w.rows]).collect();
+        let refs: Vec<&Weight> = ws.iter().collect();
+        let mut ys: Vec<&mut [f32]> = outs.iter_mut().map(|v| v.as_mut_slice()).collect();
+        k.linears(&refs, &x, t, &mut ys);
+        for (w, got) in ws.iter().zip(&outs) {
+            let mut want = vec![0f32; t * w.rows];
+            k.linear(w, &x, t, &mut want);
+            assert_eq!(
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{} with {t} tokens",
+                w.ty
+            );
+        }
+    }
+}

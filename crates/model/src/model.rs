@@ -262,15 +262,13 @@ impl Model {
         tr.record(lr, Stage::AttnNorm, &xn, &[t, d]);
 
         // q, k, v = xn·Wqᵀ + bq, …
-        k.linear(&w.wq, &xn, t, &mut q);
+        k.linears(&[&w.wq, &w.wk, &w.wv], &xn, t, &mut [&mut q, &mut kk, &mut vv]);
         add_bias(&mut q, w.bq.as_deref());
         self.tap(lr, Stage::QProj, &mut q, &[t, qd]);
         tr.record(lr, Stage::QProj, &q, &[t, qd]);
-        k.linear(&w.wk, &xn, t, &mut kk);
         add_bias(&mut kk, w.bk.as_deref());
         self.tap(lr, Stage::KProj, &mut kk, &[t, kvd]);
         tr.record(lr, Stage::KProj, &kk, &[t, kvd]);
-        k.linear(&w.wv, &xn, t, &mut vv);
         add_bias(&mut vv, w.bv.as_deref());
         self.tap(lr, Stage::VProj, &mut vv, &[t, kvd]);
         tr.record(lr, Stage::VProj, &vv, &[t, kvd]);
@@ -473,10 +471,9 @@ impl Model {
         rms_norm(x, &w.ffn_norm, c.rms_eps, &mut xn, k.precision());
         self.tap(lr, Stage::FfnNorm, &mut xn, &[t, d]);
         tr.record(lr, Stage::FfnNorm, &xn, &[t, d]);
-        k.linear(&w.w_gate, &xn, t, &mut gate);
+        k.linears(&[&w.w_gate, &w.w_up], &xn, t, &mut [&mut gate, &mut up]);
         self.tap(lr, Stage::FfnGate, &mut gate, &[t, ff]);
         tr.record(lr, Stage::FfnGate, &gate, &[t, ff]);
-        k.linear(&w.w_up, &xn, t, &mut up);
         self.tap(lr, Stage::FfnUp, &mut up, &[t, ff]);
         tr.record(lr, Stage::FfnUp, &up, &[t, ff]);
 
