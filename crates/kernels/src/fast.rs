@@ -103,7 +103,11 @@ fn quantize_row(xr: &[f32], out: &mut [u8], ty: GgmlType) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn quantize_row_avx2(xr: &[f32], out: &mut [u8], ty: GgmlType) {
-    quantize_row(xr, out, ty)
+    match ty {
+        GgmlType::Q8_0 => crate::avx2::quantize_q8_0_act_avx2(xr, out),
+        GgmlType::Q8_K => crate::avx2::quantize_q8_k_avx2(xr, out),
+        _ => quantize_row(xr, out, ty),
+    }
 }
 
 /// The dot product for weight type `w` on `path`: SIMD where plumb has it,

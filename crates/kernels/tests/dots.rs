@@ -365,3 +365,45 @@ fn linears_on_a_shared_input_equal_one_linear_each_bit_for_bit() {
         }
     }
 }
+
+#[test]
+fn simd_activation_quantizers_equal_the_scalar_ones_byte_for_byte() {
+    use plumb_quant::quantize::{quantize_q8_0_act, quantize_q8_k};
+    let mut rng = StdRng::seed_from_u64(31);
+    let cols = 512;
+    let mut rows: Vec<Vec<f32>> = (0..40).map(|_| (0..cols).map(|_| rng.gen_range(-4.0f32..4.0)).collect()).collect();
+    // Edge cases: all zeros; exact halves (round half to even); the largest
+    // magnitude both positive and negative (the first one sets Q8_K's sign);
+    // one tiny value; NaN and ±Inf (the scalar path's saturating casts).
+    rows.push(vec![0.0; cols]);
+    rows.push((0..cols).map(|i| (i % 7) as f32 * 0.5 - 1.5).collect());
+    rows.push(
+        (0..cols)
+            .map(|i| {
+                if i % 32 == 3 {
+                    -2.0
+                } else if i % 32 == 9 {
+                    2.0
+                } else {
+                    0.25
+                }
+            })
+            .collect(),
+    );
+    rows.push((0..cols).map(|i| if i == 40 { 1e-30 } else { 0.0 }).collect());
+    let mut special: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    special[5] = f32::NAN;
+    special[300] = f32::INFINITY;
+    special[301] = f32::NEG_INFINITY;
+    rows.push(special);
+    let t = rows.len();
+    let flat = rows.concat();
+    let q0 = quantize_activations(&flat, t, cols, GgmlType::Q8_0);
+    let qk = quantize_activations(&flat, t, cols, GgmlType::Q8_K);
+    for (i, row) in rows.iter().enumerate() {
+        let want0: Vec<u8> = row.chunks(32).flat_map(|b| bytemuck::bytes_of(&quantize_q8_0_act(b)).to_vec()).collect();
+        assert_eq!(q0.row(i), &want0[..], "Q8_0 row {i}");
+        let wantk: Vec<u8> = row.chunks(256).flat_map(|b| bytemuck::bytes_of(&quantize_q8_k(b)).to_vec()).collect();
+        assert_eq!(qk.row(i), &wantk[..], "Q8_K row {i}");
+    }
+}
