@@ -263,8 +263,8 @@ fn linear_vnni(kind: u8, w: &Weight, act: &Activations, t: usize, y: &mut [f32])
     let mut apack = Vec::new();
     pack_acts_vnni(kind, t, nb, |ti| act.row(ti), &mut apack);
     let per = VNNI_ROWS_PER_TASK;
-    let mut tmp = vec![0f32; rows.div_ceil(per) * per * t];
-    tmp.par_chunks_mut(per * t).enumerate().for_each(|(c, out)| {
+    let out = RowBlocks::new(y, rows);
+    (0..rows.div_ceil(per)).into_par_iter().for_each(|c| {
         let (r0, r1) = (c * per, (c * per + per).min(rows));
         let mut wpack: Vec<Chunk> = Vec::new();
         // SAFETY: vnni_kind checked avx512vnni and avx512vl (and the Avx2
@@ -275,15 +275,14 @@ fn linear_vnni(kind: u8, w: &Weight, act: &Activations, t: usize, y: &mut [f32])
             let ag = &apack[g * nb * A_CHUNKS..(g + 1) * nb * A_CHUNKS];
             for h in 0..(r1 - r0).div_ceil(4) {
                 let v = unsafe { tile_vnni(&wpack[h * nb * W_CHUNKS..], ag, nb) };
+                let n = (r1 - r0 - 4 * h).min(4);
                 for (k, v) in v.iter().enumerate().take(t - 4 * g) {
-                    let o = &mut out[(4 * g + k) * per + 4 * h..];
-                    let n = (r1 - r0 - 4 * h).min(4);
-                    o[..n].copy_from_slice(&v[..n]);
+                    // SAFETY: this task owns rows r0..r1.
+                    unsafe { out.put(4 * g + k, r0 + 4 * h, &v[..n]) };
                 }
             }
         }
     });
-    copy_out(&tmp, per, t, rows, y);
 }
 
 /// T ≥ [`TILED_MIN_TOKENS`] tokens against a Q4_K or Q6_K weight on a CPU
@@ -305,8 +304,8 @@ fn linear_k_vnni(q6: bool, w: &Weight, act: &Activations, t: usize, y: &mut [f32
         }
     };
     let per = VNNI_ROWS_PER_TASK;
-    let mut tmp = vec![0f32; rows.div_ceil(per) * per * t];
-    tmp.par_chunks_mut(per * t).enumerate().for_each(|(c, out)| {
+    let out = RowBlocks::new(y, rows);
+    (0..rows.div_ceil(per)).into_par_iter().for_each(|c| {
         let (r0, r1) = (c * per, (c * per + per).min(rows));
         let mut wpack: Vec<Chunk> = Vec::new();
         pack_k_rows(q6, &bytes[r0 * rb..r1 * rb], rb, nsb, &mut wpack);
@@ -323,15 +322,40 @@ fn linear_k_vnni(q6: bool, w: &Weight, act: &Activations, t: usize, y: &mut [f32
                         tile_k_vnni::<false>(wg, ys, nsb)
                     }
                 };
+                let n = (r1 - r0 - 8 * h).min(8);
                 for (k, v) in v.iter().enumerate().take(t - 8 * g) {
-                    let o = &mut out[(8 * g + k) * per + 8 * h..];
-                    let n = (r1 - r0 - 8 * h).min(8);
-                    o[..n].copy_from_slice(&v[..n]);
+                    // SAFETY: this task owns rows r0..r1.
+                    unsafe { out.put(8 * g + k, r0 + 8 * h, &v[..n]) };
                 }
             }
         }
     });
-    copy_out(&tmp, per, t, rows, y);
+}
+
+/// A `[t][rows]` output written by parallel tasks that each own a range of
+/// rows: every task writes only inside its own rows, so no two touch the
+/// same float.
+struct RowBlocks {
+    ptr: *mut f32,
+    rows: usize,
+    len: usize,
+}
+
+// SAFETY: see `put`: writes from different tasks never overlap.
+unsafe impl Sync for RowBlocks {}
+
+impl RowBlocks {
+    fn new(y: &mut [f32], rows: usize) -> RowBlocks {
+        RowBlocks { ptr: y.as_mut_ptr(), rows, len: y.len() }
+    }
+
+    /// Writes `v` at token `ti`, rows `r..r + v.len()`. The caller's task
+    /// must own those rows.
+    unsafe fn put(&self, ti: usize, r: usize, v: &[f32]) {
+        let at = ti * self.rows + r;
+        assert!(r + v.len() <= self.rows && at + v.len() <= self.len);
+        std::ptr::copy_nonoverlapping(v.as_ptr(), self.ptr.add(at), v.len());
+    }
 }
 
 /// Task outputs laid out `[task][token][per rows]` into `y` `[token][rows]`,

@@ -478,17 +478,23 @@ impl Model {
         tr.record(lr, Stage::FfnUp, &up, &[t, ff]);
 
         // gate = act(gate); gate = gate * up
+        // Element-wise, in parallel runs (each element's value is the same).
+        const RUN: usize = 1 << 14;
         match c.act {
-            Activation::Silu => gate.iter_mut().for_each(|g| *g = silu(*g)),
+            Activation::Silu => gate.par_chunks_mut(RUN).for_each(|r| r.iter_mut().for_each(|g| *g = silu(*g))),
             Activation::GeluTanh if k.precision() == Precision::Fast => {
                 let table = gelu_f16_table();
-                gate.iter_mut().for_each(|g| *g = gelu_by_table(table, *g))
+                gate.par_chunks_mut(RUN).for_each(|r| r.iter_mut().for_each(|g| *g = gelu_by_table(table, *g)))
             }
-            Activation::GeluTanh => gate.iter_mut().for_each(|g| *g = gelu_tanh(*g)),
+            Activation::GeluTanh => {
+                gate.par_chunks_mut(RUN).for_each(|r| r.iter_mut().for_each(|g| *g = gelu_tanh(*g)))
+            }
         }
         self.tap(lr, Stage::FfnAct, &mut gate, &[t, ff]);
         tr.record(lr, Stage::FfnAct, &gate, &[t, ff]);
-        gate.iter_mut().zip(&up).for_each(|(g, u)| *g *= u);
+        gate.par_chunks_mut(RUN)
+            .zip(up.par_chunks(RUN))
+            .for_each(|(g, u)| g.iter_mut().zip(u).for_each(|(g, u)| *g *= u));
         self.tap(lr, Stage::FfnMul, &mut gate, &[t, ff]);
         tr.record(lr, Stage::FfnMul, &gate, &[t, ff]);
 
@@ -557,7 +563,9 @@ fn unpermute_rows(w: &Weight, heads: usize) -> Weight {
 /// f32 summed in f64, then the mean, the epsilon and the scale in f32.
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], p: Precision) {
     let n = w.len();
-    for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
+    // Rows are independent: split across threads, the numbers are the same.
+    let rows = x.par_chunks_exact(n).zip(y.par_chunks_exact_mut(n)).with_min_len(16);
+    rows.for_each(|(xr, yr)| {
         let r = match p {
             Precision::Exact => {
                 let ms = xr.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / n as f64;
@@ -571,7 +579,7 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], p: Precision) {
         for ((o, v), g) in yr.iter_mut().zip(xr).zip(w) {
             *o = (v * r) * g;
         }
-    }
+    });
 }
 
 /// RMSNorm over each head's slice of width w.len().
