@@ -98,10 +98,7 @@ unsafe fn avx2_dot_lanes_x2(x: &[f32], y0: &[f32], y1: &[f32]) -> [f32; 2] {
     for (o, acc) in out.iter_mut().zip([a0, a1]) {
         let lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
         let hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
-        let mut w = [0f32; 16];
-        _mm256_storeu_ps(w.as_mut_ptr(), lo);
-        _mm256_storeu_ps(w.as_mut_ptr().add(8), hi);
-        *o = fold16(&w);
+        *o = avx2_fold16(lo, hi);
     }
     out
 }
@@ -129,6 +126,19 @@ fn fold16(w: &[f32; 16]) -> f32 {
     (x[0] + x[2]) + (x[1] + x[3])
 }
 
+/// [`fold16`] of the 16 lanes `lo` (0–7) and `hi` (8–15), in registers:
+/// the same additions in the same order.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_fold16(lo: std::arch::x86_64::__m256, hi: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let v = _mm256_add_ps(hi, lo);
+    let x = _mm_add_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
+    let y = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    _mm_cvtss_f32(_mm_add_ss(y, _mm_movehdup_ps(y)))
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn avx2_dot_lanes(x: &[f32], y: &[f32]) -> f32 {
@@ -145,10 +155,7 @@ unsafe fn avx2_dot_lanes(x: &[f32], y: &[f32]) -> f32 {
     }
     let lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
     let hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
-    let mut w = [0f32; 16];
-    _mm256_storeu_ps(w.as_mut_ptr(), lo);
-    _mm256_storeu_ps(w.as_mut_ptr().add(8), hi);
-    fold16(&w)
+    avx2_fold16(lo, hi)
 }
 
 /// Σ x·y as llama.cpp's f32 matmul sums it for two or more tokens
@@ -187,10 +194,7 @@ unsafe fn avx2_dot_tiled(x: &[f32], y: &[f32]) -> f32 {
         hi = _mm256_fmadd_ps(_mm256_loadu_ps(px.add(i + 8)), _mm256_loadu_ps(py.add(i + 8)), hi);
         i += 16;
     }
-    let mut w = [0f32; 16];
-    _mm256_storeu_ps(w.as_mut_ptr(), lo);
-    _mm256_storeu_ps(w.as_mut_ptr().add(8), hi);
-    fold16(&w)
+    avx2_fold16(lo, hi)
 }
 
 /// [`dot_f32_tiled`] of `x` against `out.len()` rows of `ys`, `stride`
@@ -241,10 +245,7 @@ unsafe fn avx2_dot_tiled_x8(x: &[f32], ys: *const f32, stride: usize) -> [f32; 8
     }
     let mut out = [0f32; 8];
     for r in 0..8 {
-        let mut w = [0f32; 16];
-        _mm256_storeu_ps(w.as_mut_ptr(), lo[r]);
-        _mm256_storeu_ps(w.as_mut_ptr().add(8), hi[r]);
-        out[r] = fold16(&w);
+        out[r] = avx2_fold16(lo[r], hi[r]);
     }
     out
 }
