@@ -358,11 +358,10 @@ impl Model {
                 let row = &mut sh[i * tkv..(i + 1) * tkv];
                 let visible = |j: usize| j <= qpos && window.is_none_or(|win| qpos - j < win);
                 if fast {
-                    for (j, v) in row.iter_mut().enumerate() {
-                        if !visible(j) {
-                            *v = f32::NEG_INFINITY;
-                        }
-                    }
+                    // Visible: first..=qpos.
+                    let first = window.map_or(0, |win| (qpos + 1).saturating_sub(win));
+                    row[..first].fill(f32::NEG_INFINITY);
+                    row[qpos + 1..].fill(f32::NEG_INFINITY);
                     plumb_kernels::mirror::softmax(row);
                 } else {
                     softmax_masked(row, visible);
@@ -561,35 +560,55 @@ fn unpermute_rows(w: &Weight, heads: usize) -> Weight {
 ///
 /// The fast precision rounds as llama.cpp's CPU backend does: squares in
 /// f32 summed in f64, then the mean, the epsilon and the scale in f32.
+/// y = x / rms(x) · w, row by row (rows of w.len()).
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], p: Precision) {
     let n = w.len();
     // Rows are independent: split across threads, the numbers are the same.
-    let rows = x.par_chunks_exact(n).zip(y.par_chunks_exact_mut(n)).with_min_len(16);
-    rows.for_each(|(xr, yr)| {
-        let r = match p {
-            Precision::Exact => {
-                let ms = xr.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / n as f64;
-                (1.0 / (ms + eps as f64).sqrt()) as f32
+    let groups = x.par_chunks(4 * n).zip(y.par_chunks_mut(4 * n)).with_min_len(4);
+    groups.for_each(|(xg, yg)| {
+        let r = rms_scales(xg, n, eps, p);
+        for ((xr, yr), r) in xg.chunks_exact(n).zip(yg.chunks_exact_mut(n)).zip(r) {
+            for ((o, v), g) in yr.iter_mut().zip(xr).zip(w) {
+                *o = (v * r) * g;
             }
-            Precision::Fast => {
-                let mean = (xr.iter().map(|v| (v * v) as f64).sum::<f64>() / n as f64) as f32;
-                1.0 / (mean + eps).sqrt()
-            }
-        };
-        for ((o, v), g) in yr.iter_mut().zip(xr).zip(w) {
-            *o = (v * r) * g;
         }
     });
 }
 
-/// RMSNorm over each head's slice of width w.len().
+/// [`rms_norm`] of each head (rows of w.len()), in place.
 fn head_rms_norm(x: &mut [f32], w: &[f32], eps: f32, p: Precision) {
-    let hd = w.len();
-    let mut tmp = vec![0f32; hd];
-    for head in x.chunks_exact_mut(hd) {
-        rms_norm(head, w, eps, &mut tmp, p);
-        head.copy_from_slice(&tmp);
+    let n = w.len();
+    x.par_chunks_mut(4 * n).with_min_len(4).for_each(|xg| {
+        let r = rms_scales(xg, n, eps, p);
+        for (xr, r) in xg.chunks_exact_mut(n).zip(r) {
+            for (v, g) in xr.iter_mut().zip(w) {
+                *v = (*v * r) * g;
+            }
+        }
+    });
+}
+
+/// 1 / rms of up to four rows of n, each summed in order (f64, as llama.cpp
+/// sums them in the fast precision); the four sums advance together so
+/// their additions overlap instead of waiting on one another.
+fn rms_scales(xg: &[f32], n: usize, eps: f32, p: Precision) -> [f32; 4] {
+    let rows = xg.len() / n;
+    let mut sum = [0f64; 4];
+    let row = |r: usize| &xg[r.min(rows - 1) * n..(r.min(rows - 1) + 1) * n];
+    let (a, b, c, d) = (row(0), row(1), row(2), row(3));
+    for i in 0..n {
+        let v = [a[i], b[i], c[i], d[i]];
+        for (s, v) in sum.iter_mut().zip(v) {
+            *s += match p {
+                Precision::Exact => (v as f64) * (v as f64),
+                Precision::Fast => (v * v) as f64,
+            };
+        }
     }
+    sum.map(|s| match p {
+        Precision::Exact => (1.0 / (s / n as f64 + eps as f64).sqrt()) as f32,
+        Precision::Fast => 1.0 / ((s / n as f64) as f32 + eps).sqrt(),
+    })
 }
 
 fn add_bias(x: &mut [f32], b: Option<&[f32]>) {
