@@ -45,8 +45,7 @@ pub fn quantize_activations(x: &[f32], t: usize, cols: usize, ty: GgmlType) -> A
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut buf);
         #[cfg(target_arch = "x86_64")]
         let simd = crate::active_path() == KernelPath::Avx2;
-        // Rows are independent: split across threads, the bytes are the same.
-        bytes.par_chunks_mut(stride).zip(x.par_chunks(cols)).take(t).with_min_len(16).for_each(|(out, xr)| {
+        let one = |(out, xr): (&mut [u8], &[f32])| {
             let out = &mut out[..row_bytes];
             #[cfg(target_arch = "x86_64")]
             if simd {
@@ -55,7 +54,14 @@ pub fn quantize_activations(x: &[f32], t: usize, cols: usize, ty: GgmlType) -> A
                 return;
             }
             quantize_row(xr, out, ty);
-        });
+        };
+        // Rows are independent: split across threads, the bytes are the same
+        // (a few rows, as in decoding, stay on this thread).
+        if t < 16 {
+            bytes.chunks_mut(stride).zip(x.chunks(cols)).take(t).for_each(one);
+        } else {
+            bytes.par_chunks_mut(stride).zip(x.par_chunks(cols)).take(t).with_min_len(16).for_each(one);
+        }
     }
     Activations { buf, stride, row_bytes, ty, cols }
 }

@@ -477,23 +477,29 @@ impl Model {
         tr.record(lr, Stage::FfnUp, &up, &[t, ff]);
 
         // gate = act(gate); gate = gate * up
-        // Element-wise, in parallel runs (each element's value is the same).
-        const RUN: usize = 1 << 14;
-        match c.act {
-            Activation::Silu => gate.par_chunks_mut(RUN).for_each(|r| r.iter_mut().for_each(|g| *g = silu(*g))),
+        // Element-wise, in parallel runs when there are many (each element's
+        // value is the same).
+        let act = |g: &mut [f32]| match c.act {
+            Activation::Silu => g.iter_mut().for_each(|g| *g = silu(*g)),
             Activation::GeluTanh if k.precision() == Precision::Fast => {
                 let table = gelu_f16_table();
-                gate.par_chunks_mut(RUN).for_each(|r| r.iter_mut().for_each(|g| *g = gelu_by_table(table, *g)))
+                g.iter_mut().for_each(|g| *g = gelu_by_table(table, *g))
             }
-            Activation::GeluTanh => {
-                gate.par_chunks_mut(RUN).for_each(|r| r.iter_mut().for_each(|g| *g = gelu_tanh(*g)))
-            }
+            Activation::GeluTanh => g.iter_mut().for_each(|g| *g = gelu_tanh(*g)),
+        };
+        if gate.len() < PAR_MIN_ELEMS {
+            act(&mut gate);
+        } else {
+            gate.par_chunks_mut(PAR_MIN_ELEMS).for_each(act);
         }
         self.tap(lr, Stage::FfnAct, &mut gate, &[t, ff]);
         tr.record(lr, Stage::FfnAct, &gate, &[t, ff]);
-        gate.par_chunks_mut(RUN)
-            .zip(up.par_chunks(RUN))
-            .for_each(|(g, u)| g.iter_mut().zip(u).for_each(|(g, u)| *g *= u));
+        let mul = |(g, u): (&mut [f32], &[f32])| g.iter_mut().zip(u).for_each(|(g, u)| *g *= u);
+        if gate.len() < PAR_MIN_ELEMS {
+            mul((&mut gate, &up));
+        } else {
+            gate.par_chunks_mut(PAR_MIN_ELEMS).zip(up.par_chunks(PAR_MIN_ELEMS)).for_each(mul);
+        }
         self.tap(lr, Stage::FfnMul, &mut gate, &[t, ff]);
         tr.record(lr, Stage::FfnMul, &gate, &[t, ff]);
 
@@ -563,29 +569,42 @@ fn unpermute_rows(w: &Weight, heads: usize) -> Weight {
 /// y = x / rms(x) · w, row by row (rows of w.len()).
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], p: Precision) {
     let n = w.len();
-    // Rows are independent: split across threads, the numbers are the same.
-    let groups = x.par_chunks(4 * n).zip(y.par_chunks_mut(4 * n)).with_min_len(4);
-    groups.for_each(|(xg, yg)| {
+    let group = |(xg, yg): (&[f32], &mut [f32])| {
         let r = rms_scales(xg, n, eps, p);
         for ((xr, yr), r) in xg.chunks_exact(n).zip(yg.chunks_exact_mut(n)).zip(r) {
             for ((o, v), g) in yr.iter_mut().zip(xr).zip(w) {
                 *o = (v * r) * g;
             }
         }
-    });
+    };
+    // Rows are independent: split across threads, the numbers are the same
+    // (a handful of rows, as in decoding, is not worth the hand-over).
+    if x.len() < PAR_MIN_ELEMS {
+        x.chunks(4 * n).zip(y.chunks_mut(4 * n)).for_each(group);
+    } else {
+        x.par_chunks(4 * n).zip(y.par_chunks_mut(4 * n)).with_min_len(4).for_each(group);
+    }
 }
+
+/// Element-wise work below this many elements stays on the calling thread.
+const PAR_MIN_ELEMS: usize = 1 << 14;
 
 /// [`rms_norm`] of each head (rows of w.len()), in place.
 fn head_rms_norm(x: &mut [f32], w: &[f32], eps: f32, p: Precision) {
     let n = w.len();
-    x.par_chunks_mut(4 * n).with_min_len(4).for_each(|xg| {
+    let group = |xg: &mut [f32]| {
         let r = rms_scales(xg, n, eps, p);
         for (xr, r) in xg.chunks_exact_mut(n).zip(r) {
             for (v, g) in xr.iter_mut().zip(w) {
                 *v = (*v * r) * g;
             }
         }
-    });
+    };
+    if x.len() < PAR_MIN_ELEMS {
+        x.chunks_mut(4 * n).for_each(group);
+    } else {
+        x.par_chunks_mut(4 * n).with_min_len(4).for_each(group);
+    }
 }
 
 /// 1 / rms of up to four rows of n, each summed in order (f64, as llama.cpp
