@@ -250,6 +250,71 @@ unsafe fn avx2_dot_tiled_x8(x: &[f32], ys: *const f32, stride: usize) -> [f32; 8
     out
 }
 
+/// cos θ and sin θ for `t` positions from `p0`, `hd / 2` pairs each, as
+/// llama.cpp's NeoX RoPE makes them: θ starts at the position and is
+/// multiplied by base^(−2/hd) pair after pair (rounding at each step).
+pub fn rope_neox_table(t: usize, p0: usize, hd: usize, base: f32) -> Vec<(f32, f32)> {
+    use rayon::prelude::*;
+    let half = hd / 2;
+    let theta_scale = base.powf(-2.0 / hd as f32);
+    let mut cs = vec![(0f32, 0f32); t * half];
+    let row = |(ti, r): (usize, &mut [(f32, f32)])| {
+        let mut theta = (p0 + ti) as f32;
+        for c in r.iter_mut() {
+            *c = (theta.cos(), theta.sin());
+            theta *= theta_scale;
+        }
+    };
+    if t < 16 {
+        cs.chunks_mut(half.max(1)).enumerate().for_each(row);
+    } else {
+        cs.par_chunks_mut(half.max(1)).enumerate().for_each(row);
+    }
+    cs
+}
+
+/// NeoX RoPE of every head of `x` (rows of `width`, heads of `hd`) with
+/// row `i`'s pairs from `cs` ([`rope_neox_table`]): element i and i + hd/2
+/// turn into a·cos − b·sin and a·sin + b·cos, each one fused multiply-add
+/// over a rounded product (as llama.cpp's compiled loop does).
+pub fn rope_neox(x: &mut [f32], width: usize, hd: usize, cs: &[(f32, f32)]) {
+    use rayon::prelude::*;
+    let half = hd / 2;
+    let row = |(row, cs): (&mut [f32], &[(f32, f32)])| {
+        #[cfg(target_arch = "x86_64")]
+        if active_path() == KernelPath::Avx2 {
+            // SAFETY: Avx2 (with fma) is only active after runtime detection.
+            return unsafe { rope_row_fma(row, hd, cs) };
+        }
+        rope_row(row, hd, cs)
+    };
+    if x.len() < 1 << 14 {
+        x.chunks_exact_mut(width).zip(cs.chunks(half.max(1))).for_each(row);
+    } else {
+        x.par_chunks_exact_mut(width).zip(cs.par_chunks(half.max(1))).for_each(row);
+    }
+}
+
+#[inline(always)]
+fn rope_row(row: &mut [f32], hd: usize, cs: &[(f32, f32)]) {
+    let half = hd / 2;
+    for head in row.chunks_exact_mut(hd) {
+        let (lo, hi) = head.split_at_mut(half);
+        for ((a, b), &(cos, sin)) in lo.iter_mut().zip(hi.iter_mut()).zip(cs) {
+            let (x0, x1) = (*a, *b);
+            *a = x0.mul_add(cos, -(x1 * sin));
+            *b = x0.mul_add(sin, x1 * cos);
+        }
+    }
+}
+
+/// [`rope_row`] with `mul_add` as the FMA instruction rather than a call.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rope_row_fma(row: &mut [f32], hd: usize, cs: &[(f32, f32)]) {
+    rope_row(row, hd, cs)
+}
+
 /// The polynomial constants of [`exp_approx`], as f32 bit patterns.
 const LOG2E: u32 = 0x3fb8_aa3b; // 0x1.715476p+0
 const SHIFTER: u32 = 0x4b40_0000; // 0x1.8p23

@@ -287,9 +287,11 @@ impl Model {
         let sliding = c.layer_sliding[l];
         let inv_freq = if sliding { &self.inv_freq_local } else { &self.inv_freq };
         let base = if sliding { c.rope_theta_local } else { c.rope_theta };
-        let rope = |x: &mut [f32], width: usize| match k.precision() {
-            Precision::Exact => rope(x, width, hd, p, inv_freq),
-            Precision::Fast => rope_ggml(x, width, hd, p, base),
+        // The fast precision's cos/sin table is the same for q and k.
+        let table = (k.precision() == Precision::Fast).then(|| plumb_kernels::mirror::rope_neox_table(t, p, hd, base));
+        let rope = |x: &mut [f32], width: usize| match &table {
+            None => rope(x, width, hd, p, inv_freq),
+            Some(cs) => plumb_kernels::mirror::rope_neox(x, width, hd, cs),
         };
         rope(&mut q, qd);
         self.tap(lr, Stage::QRope, &mut q, &[t, qd]);
@@ -659,26 +661,6 @@ fn rope(x: &mut [f32], width: usize, hd: usize, p0: usize, inv_freq: &[f32]) {
 /// backend rounds it: the angle of pair i is pos·θ^i with θ = base^(−2/hd),
 /// made by repeated multiplication in f32, and each rotation is two fused
 /// multiply-adds (a·cos − b·sin as fma(a, cos, −b·sin)).
-fn rope_ggml(x: &mut [f32], width: usize, hd: usize, p0: usize, base: f32) {
-    let half = hd / 2;
-    let theta_scale = base.powf(-2.0 / hd as f32);
-    let mut cs = vec![(0f32, 0f32); half];
-    for (ti, row) in x.chunks_exact_mut(width).enumerate() {
-        let mut theta = (p0 + ti) as f32;
-        for c in cs.iter_mut() {
-            *c = (theta.cos(), theta.sin());
-            theta *= theta_scale;
-        }
-        for head in row.chunks_exact_mut(hd) {
-            for (i, &(cos, sin)) in cs.iter().enumerate() {
-                let (a, b) = (head[i], head[i + half]);
-                head[i] = a.mul_add(cos, -(b * sin));
-                head[i + half] = a.mul_add(sin, b * cos);
-            }
-        }
-    }
-}
-
 /// In-place softmax over the visible positions; hidden ones become 0.
 fn softmax_masked(row: &mut [f32], visible: impl Fn(usize) -> bool) {
     let mut max = f32::NEG_INFINITY;
