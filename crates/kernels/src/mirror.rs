@@ -315,6 +315,50 @@ unsafe fn rope_row_fma(row: &mut [f32], hd: usize, cs: &[(f32, f32)]) {
     rope_row(row, hd, cs)
 }
 
+/// llama.cpp's table GELU over `xs`: x ≤ −10 → 0, x ≥ 10 → x, otherwise
+/// `table[f16 bits of x]` (x rounded to f16, to nearest even). `table` has
+/// one entry per f16 bit pattern.
+pub fn gelu_by_f16_table(table: &[f32], xs: &mut [f32]) {
+    assert_eq!(table.len(), 1 << 16);
+    #[cfg(target_arch = "x86_64")]
+    if active_path() == KernelPath::Avx2 {
+        // SAFETY: Avx2 (with f16c) is only active after runtime detection;
+        // every f16 bit pattern indexes the 65536-entry table.
+        return unsafe { avx2_gelu_by_f16_table(table, xs) };
+    }
+    xs.iter_mut().for_each(|x| *x = gelu_by_f16_table_one(table, *x));
+}
+
+fn gelu_by_f16_table_one(table: &[f32], x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        table[half::f16::from_f32(x).to_bits() as usize]
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_gelu_by_f16_table(table: &[f32], xs: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (lo, hi) = (_mm256_set1_ps(-10.0), _mm256_set1_ps(10.0));
+    let mut chunks = xs.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let x = _mm256_loadu_ps(c.as_ptr());
+        let h = _mm256_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT }>(x);
+        let idx = _mm256_cvtepu16_epi32(h);
+        let y = _mm256_i32gather_ps::<4>(table.as_ptr(), idx);
+        let y = _mm256_blendv_ps(y, x, _mm256_cmp_ps::<_CMP_GE_OQ>(x, hi));
+        let y = _mm256_andnot_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(x, lo), y);
+        _mm256_storeu_ps(c.as_mut_ptr(), y);
+    }
+    for x in chunks.into_remainder() {
+        *x = gelu_by_f16_table_one(table, *x);
+    }
+}
+
 /// The polynomial constants of [`exp_approx`], as f32 bit patterns.
 const LOG2E: u32 = 0x3fb8_aa3b; // 0x1.715476p+0
 const SHIFTER: u32 = 0x4b40_0000; // 0x1.8p23
@@ -473,6 +517,20 @@ mod tests {
                 let want = scalar_dot_tiled(&x, &ys[r * stride..r * stride + n]);
                 assert_eq!(want.to_bits(), o.to_bits(), "n {n}, row {r} of {rows}");
             }
+        }
+    }
+
+    #[test]
+    fn table_gelu_simd_equals_scalar_bit_for_bit() {
+        // Any table will do: the entry's index is what is being checked.
+        let table: Vec<f32> = (0..1u32 << 16).map(|i| i as f32 * 0.25 - 7.0).collect();
+        let mut xs: Vec<f32> = (0..4001).map(|i| -12.0 + i as f32 * 0.006).collect();
+        xs.extend([-10.0, 10.0, 9.999, -9.999, 0.0, -0.0, 65504.0, 1e-8, 3.0e-5, f32::NAN]);
+        let want: Vec<f32> = xs.iter().map(|&x| gelu_by_f16_table_one(&table, x)).collect();
+        let mut got = xs.clone();
+        gelu_by_f16_table(&table, &mut got);
+        for ((x, w), g) in xs.iter().zip(&want).zip(&got) {
+            assert!(w.to_bits() == g.to_bits() || (w.is_nan() && g.is_nan()), "{x}: {w} vs {g}");
         }
     }
 

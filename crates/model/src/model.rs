@@ -484,8 +484,7 @@ impl Model {
         let act = |g: &mut [f32]| match c.act {
             Activation::Silu => g.iter_mut().for_each(|g| *g = silu(*g)),
             Activation::GeluTanh if k.precision() == Precision::Fast => {
-                let table = gelu_f16_table();
-                g.iter_mut().for_each(|g| *g = gelu_by_table(table, *g))
+                plumb_kernels::mirror::gelu_by_f16_table(gelu_f16_table(), g)
             }
             Activation::GeluTanh => g.iter_mut().for_each(|g| *g = gelu_tanh(*g)),
         };
@@ -691,17 +690,9 @@ fn silu(x: f32) -> f32 {
 /// outside ±10 it is 0 or x; inside, x is rounded to f16 and looked up in a
 /// table of f16-rounded results of 0.5·x·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²))).
 #[inline]
-fn gelu_by_table(table: &[f32], x: f32) -> f32 {
-    if x <= -10.0 {
-        0.0
-    } else if x >= 10.0 {
-        x
-    } else {
-        table[u16::from_le_bytes(f32_to_f16(x)) as usize]
-    }
-}
 
-/// The table of [`gelu_by_table`], by f16 bit pattern, made once.
+/// The fast precision's GELU table (`plumb_kernels::mirror::gelu_by_f16_table`),
+/// by f16 bit pattern, made once.
 fn gelu_f16_table() -> &'static [f32] {
     static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
@@ -730,13 +721,17 @@ mod tests {
 
     #[test]
     fn table_gelu_is_the_f16_rounded_formula_on_the_f16_rounded_input() {
-        let table = gelu_f16_table();
-        assert_eq!(gelu_by_table(table, -10.0), 0.0);
-        assert_eq!(gelu_by_table(table, 12.5), 12.5);
+        let gelu_by_table = |x: f32| {
+            let mut v = [x];
+            plumb_kernels::mirror::gelu_by_f16_table(gelu_f16_table(), &mut v);
+            v[0]
+        };
+        assert_eq!(gelu_by_table(-10.0), 0.0);
+        assert_eq!(gelu_by_table(12.5), 12.5);
         for x in [-3.7f32, -0.3, 0.0, 0.1234, 1.0, 2.5, 9.99] {
             let xh = f16_to_f32(f32_to_f16(x));
             let want = f16_to_f32(f32_to_f16(gelu_tanh(xh)));
-            let got = gelu_by_table(table, x);
+            let got = gelu_by_table(x);
             // The two arrangements of the cubic differ in the last bit of
             // f32 at most, which f16 rounding hides except at a tie.
             assert!((got - want).abs() <= f32::EPSILON * 8.0 * want.abs().max(1.0), "{x}: {got} vs {want}");
