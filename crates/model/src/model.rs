@@ -686,13 +686,9 @@ fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// GELU as llama.cpp's CPU backend computes it, for the fast precision:
-/// outside ±10 it is 0 or x; inside, x is rounded to f16 and looked up in a
-/// table of f16-rounded results of 0.5·x·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²))).
-#[inline]
-
-/// The fast precision's GELU table (`plumb_kernels::mirror::gelu_by_f16_table`),
-/// by f16 bit pattern, made once.
+/// The fast precision's GELU table, as llama.cpp's CPU backend makes it: by
+/// f16 bit pattern, the f16-rounded 0.5·x·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²)))
+/// (looked up by `plumb_kernels::mirror::gelu_by_f16_table`), made once.
 fn gelu_f16_table() -> &'static [f32] {
     static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
