@@ -121,6 +121,19 @@ pub fn has_vnni() -> bool {
     false
 }
 
+/// Whether the Avx2 path may also use 512-bit registers (AVX512F) where
+/// that keeps every lane's arithmetic: the fast precision's attention tiles.
+/// Decided here, with [`KernelPath::detect`].
+pub fn has_avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static F: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *F.get_or_init(|| is_x86_feature_detected!("avx512f"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// A set of kernels for one precision.
 pub trait Kernels: Sync {
     /// `x` is [t, w.cols] row-major; `y` is [t, w.rows].

@@ -359,6 +359,194 @@ unsafe fn avx2_gelu_by_f16_table(table: &[f32], xs: &mut [f32]) {
     }
 }
 
+/// Attention scores as [`dot_f32`] sums each pair: `out[i·os + j]` =
+/// dot_f32(q_i, k_j) for i < `lens.len()` and j < `lens[i]`, with q_i =
+/// `q[i·qs..][..n]` and k_j = `k[j·ks..][..n]`; the rest of `out` is left as
+/// it is. Where the CPU has AVX-512, tiles of four queries × four keys in
+/// 512-bit registers, each pair's 64 lanes as [`dot_f32`] has them.
+#[allow(clippy::too_many_arguments)]
+pub fn dot_f32_grid(q: &[f32], qs: usize, k: &[f32], ks: usize, n: usize, lens: &[usize], out: &mut [f32], os: usize) {
+    let nq = lens.len();
+    let kmax = lens.iter().copied().max().unwrap_or(0);
+    if nq == 0 || kmax == 0 {
+        return;
+    }
+    assert!((nq - 1) * qs + n <= q.len() && (kmax - 1) * ks + n <= k.len());
+    assert!(lens.iter().enumerate().all(|(i, &l)| l == 0 || i * os + l <= out.len()));
+    #[cfg(target_arch = "x86_64")]
+    if active_path() == KernelPath::Avx2 && crate::has_avx512f() && n.is_multiple_of(LANES) {
+        for i0 in (0..nq).step_by(4) {
+            let qi: [usize; 4] = [i0, (i0 + 1).min(nq - 1), (i0 + 2).min(nq - 1), (i0 + 3).min(nq - 1)];
+            let jmax = qi.iter().map(|&i| lens[i]).max().unwrap_or(0);
+            for j0 in (0..jmax).step_by(4) {
+                let kj = [j0, (j0 + 1).min(jmax - 1), (j0 + 2).min(jmax - 1), (j0 + 3).min(jmax - 1)];
+                // SAFETY: avx512f detected (and the Avx2 path's avx2, fma);
+                // the asserts above keep every row inside q and k.
+                let v = unsafe {
+                    avx512_dot_lanes_4x4(
+                        [0, 1, 2, 3].map(|a| q.as_ptr().add(qi[a] * qs)),
+                        [0, 1, 2, 3].map(|b| k.as_ptr().add(kj[b] * ks)),
+                        n,
+                    )
+                };
+                for (a, row) in v.iter().enumerate().take(nq - i0) {
+                    let i = i0 + a;
+                    for (b, &val) in row.iter().enumerate() {
+                        if j0 + b < lens[i] {
+                            out[i * os + j0 + b] = val;
+                        }
+                    }
+                }
+            }
+        }
+        return;
+    }
+    for (i, &l) in lens.iter().enumerate() {
+        if l > 0 {
+            dot_f32_rows(&q[i * qs..i * qs + n], k, ks, &mut out[i * os..i * os + l]);
+        }
+    }
+}
+
+/// Four queries × four keys of [`dot_f32_grid`]; `n` a multiple of 64 and
+/// every pointer readable for `n` floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn avx512_dot_lanes_4x4(q: [*const f32; 4], k: [*const f32; 4], n: usize) -> [[f32; 4]; 4] {
+    use std::arch::x86_64::*;
+    // The 64 lanes of each pair, filled 16 at a time (lanes 16m..16m+16
+    // take elements 16m + 64u, u = 0, 1, …, in order).
+    let mut w = [[[0f32; LANES]; 4]; 4];
+    for m in 0..4 {
+        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+        let mut u = 0;
+        while u < n {
+            let off = u + 16 * m;
+            let mut qv = [_mm512_setzero_ps(); 4];
+            for a in 0..4 {
+                qv[a] = _mm512_loadu_ps(q[a].add(off));
+            }
+            for b in 0..4 {
+                let kv = _mm512_loadu_ps(k[b].add(off));
+                for a in 0..4 {
+                    acc[a][b] = _mm512_fmadd_ps(qv[a], kv, acc[a][b]);
+                }
+            }
+            u += LANES;
+        }
+        for a in 0..4 {
+            for b in 0..4 {
+                _mm512_storeu_ps(w[a][b].as_mut_ptr().add(16 * m), acc[a][b]);
+            }
+        }
+    }
+    let mut out = [[0f32; 4]; 4];
+    for a in 0..4 {
+        for b in 0..4 {
+            // (Plain loads, not a closure: a closure would be compiled
+            // without this function's target features.)
+            let p = w[a][b].as_ptr();
+            let mut g = [_mm256_setzero_ps(); 8];
+            for (i, g) in g.iter_mut().enumerate() {
+                *g = _mm256_loadu_ps(p.add(8 * i));
+            }
+            let lo = _mm256_add_ps(_mm256_add_ps(g[0], g[4]), _mm256_add_ps(g[2], g[6]));
+            let hi = _mm256_add_ps(_mm256_add_ps(g[1], g[5]), _mm256_add_ps(g[3], g[7]));
+            out[a][b] = avx2_fold16(lo, hi);
+        }
+    }
+    out
+}
+
+/// Attention context as [`dot_f32_tiled`] sums each output: `out[i·os + e]`
+/// = dot_f32_tiled(p_i[..lens[i]], v_e[..lens[i]]) for i < `lens.len()`
+/// and e < `ne`, with p_i = `p[i·ps..]` and v_e = `v[e·vs..]`. Each
+/// `lens[i]` is a multiple of 16 and they do not decrease. Where the CPU
+/// has AVX-512, tiles of four queries × four outputs, the 16 lanes in one
+/// 512-bit register; each query's lanes stop at its own length.
+#[allow(clippy::too_many_arguments)]
+pub fn dot_f32_tiled_grid(
+    p: &[f32],
+    ps: usize,
+    lens: &[usize],
+    v: &[f32],
+    vs: usize,
+    ne: usize,
+    out: &mut [f32],
+    os: usize,
+) {
+    let nq = lens.len();
+    let lmax = lens.iter().copied().max().unwrap_or(0);
+    if nq == 0 || ne == 0 {
+        return;
+    }
+    assert!(lens.iter().all(|l| l.is_multiple_of(16)) && lens.windows(2).all(|w| w[0] <= w[1]));
+    assert!(lens.iter().enumerate().all(|(i, &l)| i * ps + l <= p.len()));
+    assert!((ne - 1) * vs + lmax <= v.len() && (nq - 1) * os + ne <= out.len());
+    #[cfg(target_arch = "x86_64")]
+    if active_path() == KernelPath::Avx2 && crate::has_avx512f() {
+        for i0 in (0..nq).step_by(4) {
+            let qi: [usize; 4] = [i0, (i0 + 1).min(nq - 1), (i0 + 2).min(nq - 1), (i0 + 3).min(nq - 1)];
+            for e0 in (0..ne).step_by(4) {
+                let ei = [e0, (e0 + 1).min(ne - 1), (e0 + 2).min(ne - 1), (e0 + 3).min(ne - 1)];
+                // SAFETY: avx512f detected (and the Avx2 path's avx2, fma); the
+                // asserts above keep each query's length inside p and v.
+                let r = unsafe {
+                    avx512_dot_tiled_4x4(
+                        [0, 1, 2, 3].map(|a| p.as_ptr().add(qi[a] * ps)),
+                        qi.map(|i| lens[i]),
+                        [0, 1, 2, 3].map(|b| v.as_ptr().add(ei[b] * vs)),
+                    )
+                };
+                for (a, row) in r.iter().enumerate().take(nq - i0) {
+                    let n = (ne - e0).min(4);
+                    out[(i0 + a) * os + e0..(i0 + a) * os + e0 + n].copy_from_slice(&row[..n]);
+                }
+            }
+        }
+        return;
+    }
+    for (i, &l) in lens.iter().enumerate() {
+        dot_f32_tiled_rows(&p[i * ps..i * ps + l], v, vs, &mut out[i * os..i * os + ne]);
+    }
+}
+
+/// Four queries × four outputs of [`dot_f32_tiled_grid`]: query a's lanes
+/// take positions 0..lens[a] (non-decreasing multiples of 16).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn avx512_dot_tiled_4x4(p: [*const f32; 4], lens: [usize; 4], v: [*const f32; 4]) -> [[f32; 4]; 4] {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+    let mut j = 0;
+    // Queries from `first` on are still running between lens[first - 1]
+    // and lens[first].
+    for first in 0..4 {
+        while j < lens[first] {
+            let mut vv = [_mm512_setzero_ps(); 4];
+            for b in 0..4 {
+                vv[b] = _mm512_loadu_ps(v[b].add(j));
+            }
+            for a in first..4 {
+                let pv = _mm512_loadu_ps(p[a].add(j));
+                for b in 0..4 {
+                    acc[a][b] = _mm512_fmadd_ps(pv, vv[b], acc[a][b]);
+                }
+            }
+            j += 16;
+        }
+    }
+    let mut out = [[0f32; 4]; 4];
+    for a in 0..4 {
+        for b in 0..4 {
+            let lo = _mm512_castps512_ps256(acc[a][b]);
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[a][b])));
+            out[a][b] = avx2_fold16(lo, hi);
+        }
+    }
+    out
+}
+
 /// The polynomial constants of [`exp_approx`], as f32 bit patterns.
 const LOG2E: u32 = 0x3fb8_aa3b; // 0x1.715476p+0
 const SHIFTER: u32 = 0x4b40_0000; // 0x1.8p23

@@ -327,13 +327,16 @@ impl Model {
         let min_len = if t * tkv < 4096 { nh } else { 1 };
         scores.par_chunks_mut(t * tkv).with_min_len(min_len).enumerate().for_each(|(h, sh)| {
             let kh = h / group;
+            let last = |i: usize| if full { tkv } else { p + i + 1 };
+            if fast {
+                let lens: Vec<usize> = (0..t).map(last).collect();
+                plumb_kernels::mirror::dot_f32_grid(&qs[h * hd..], qd, &kc[kh * hd..], kvd, hd, &lens, sh, tkv);
+            }
             for i in 0..t {
                 let qi = &qs[i * qd + h * hd..i * qd + (h + 1) * hd];
                 let row = &mut sh[i * tkv..(i + 1) * tkv];
-                let last = if full { tkv } else { p + i + 1 };
-                if fast {
-                    plumb_kernels::mirror::dot_f32_rows(qi, &kc[kh * hd..], kvd, &mut row[..last]);
-                } else {
+                let last = last(i);
+                if !fast {
                     for (j, s) in row.iter_mut().enumerate().take(last) {
                         *s = dot(qi, &kc[j * kvd + kh * hd..j * kvd + (kh + 1) * hd]);
                     }
@@ -404,16 +407,16 @@ impl Model {
                 return;
             }
             if fast {
-                let mut probs = vec![0f32; tpad];
-                for i in 0..t {
-                    // Past the last visible position the probabilities are
-                    // zeros, which leave the 16 lanes as they are: the sum
-                    // stops at the first multiple of 16 beyond it.
-                    let len = (p + i + 1).div_ceil(16) * 16;
-                    probs[..tkv].copy_from_slice(&scores[(h * t + i) * tkv..(h * t + i + 1) * tkv]);
-                    let o = &mut out[i * hd..(i + 1) * hd];
-                    plumb_kernels::mirror::dot_f32_tiled_rows(&probs[..len], &vt[kh * hd * tpad..], tpad, o);
+                // Past the last visible position the probabilities are zeros,
+                // which leave the 16 lanes as they are: each sum stops at the
+                // first multiple of 16 beyond it. The rows are padded to tpad.
+                let lens: Vec<usize> = (0..t).map(|i| (p + i + 1).div_ceil(16) * 16).collect();
+                let mut probs = vec![0f32; t * tpad];
+                for (i, row) in probs.chunks_exact_mut(tpad).enumerate() {
+                    row[..tkv].copy_from_slice(&scores[(h * t + i) * tkv..(h * t + i + 1) * tkv]);
                 }
+                let vh = &vt[kh * hd * tpad..];
+                plumb_kernels::mirror::dot_f32_tiled_grid(&probs, tpad, &lens, vh, tpad, hd, out, hd);
                 return;
             }
             for i in 0..t {
