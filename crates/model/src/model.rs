@@ -54,9 +54,17 @@ pub struct Model {
 }
 
 /// The key/value cache: per layer, rows of [Hkv·hd] for each position.
+/// Values are kept in the layout the precision reads: rows (`v`, exact) or
+/// transposed (`vt`, fast: [Hkv·hd][positions], as llama.cpp keeps its V
+/// cache, so a decoding step appends one column instead of transposing the
+/// whole cache). A layer holds one layout at a time and is converted if the
+/// other precision reads it.
 pub struct KvCache {
     pub k: Vec<Vec<f32>>,
     pub v: Vec<Vec<f32>>,
+    vt: Vec<Vec<f32>>,
+    /// Positions held in `vt[l]`.
+    vt_len: Vec<usize>,
     pub len: usize,
     pub capacity: usize,
     kv_dim: usize,
@@ -67,23 +75,24 @@ impl KvCache {
         let kv_dim = cfg.kv_dim();
         KvCache {
             k: (0..cfg.n_layer).map(|_| Vec::with_capacity(capacity * kv_dim)).collect(),
-            v: (0..cfg.n_layer).map(|_| Vec::with_capacity(capacity * kv_dim)).collect(),
+            v: (0..cfg.n_layer).map(|_| Vec::new()).collect(),
+            vt: (0..cfg.n_layer).map(|_| Vec::new()).collect(),
+            vt_len: vec![0; cfg.n_layer],
             len: 0,
             capacity,
             kv_dim,
         }
     }
 
-    /// Bytes the cache takes when full.
+    /// Bytes the cache takes when full (the transposed layout's positions
+    /// padded to a multiple of 64).
     pub fn bytes_for(cfg: &ModelConfig, capacity: usize) -> u64 {
-        2 * cfg.n_layer as u64 * capacity as u64 * cfg.kv_dim() as u64 * 4
+        let positions = capacity as u64 + capacity.div_ceil(VT_PAD) as u64 * VT_PAD as u64;
+        cfg.n_layer as u64 * positions * cfg.kv_dim() as u64 * 4
     }
 
     pub fn clear(&mut self) {
-        for l in self.k.iter_mut().chain(self.v.iter_mut()) {
-            l.clear();
-        }
-        self.len = 0;
+        self.truncate(0);
     }
 
     /// Drops every position from `len` on.
@@ -91,9 +100,83 @@ impl KvCache {
         for l in self.k.iter_mut().chain(self.v.iter_mut()) {
             l.truncate(len * self.kv_dim);
         }
+        for vl in self.vt_len.iter_mut() {
+            *vl = (*vl).min(len);
+        }
         self.len = self.len.min(len);
     }
+
+    /// Positions between columns in `vt[l]`: the capacity padded to 64,
+    /// unless the layer had to grow past it.
+    fn vt_stride(&self, l: usize) -> usize {
+        match self.vt[l].len() / self.kv_dim.max(1) {
+            0 => self.capacity.max(1).div_ceil(VT_PAD) * VT_PAD,
+            s => s,
+        }
+    }
+
+    /// Layer `l`'s values as rows, positions 0..p kept and `rows` (t rows of
+    /// kv_dim) appended at p.
+    fn put_v_rows(&mut self, l: usize, p: usize, rows: &[f32]) {
+        let kvd = self.kv_dim;
+        if self.vt_len[l] > 0 {
+            // Last written transposed: rows back from the columns.
+            let (stride, n) = (self.vt_stride(l), self.vt_len[l].min(p));
+            let vt = &self.vt[l];
+            self.v[l] = (0..n * kvd).map(|i| vt[(i % kvd) * stride + i / kvd]).collect();
+            self.vt_len[l] = 0;
+        }
+        self.v[l].truncate(p * kvd);
+        self.v[l].extend_from_slice(rows);
+    }
+
+    /// Layer `l`'s values transposed ([kv_dim][stride], zeros past the
+    /// last position), positions 0..p kept and `rows` appended at p.
+    fn put_v_columns(&mut self, l: usize, p: usize, rows: &[f32]) {
+        let kvd = self.kv_dim;
+        let t = rows.len() / kvd;
+        if self.vt[l].is_empty() {
+            self.vt[l] = vec![0f32; kvd * self.vt_stride(l)];
+            self.vt_len[l] = 0;
+        }
+        if p + t > self.vt_stride(l) {
+            // More positions than the cache was made for: a wider layout.
+            let old = self.vt_stride(l);
+            let stride = (p + t).div_ceil(VT_PAD) * VT_PAD;
+            let mut wide = vec![0f32; kvd * stride];
+            for (e, col) in self.vt[l].chunks_exact(old).enumerate() {
+                wide[e * stride..e * stride + self.vt_len[l]].copy_from_slice(&col[..self.vt_len[l]]);
+            }
+            self.vt[l] = wide;
+        }
+        let stride = self.vt_stride(l);
+        if !self.v[l].is_empty() {
+            // Last written as rows: columns from the rows.
+            let n = (self.v[l].len() / kvd).min(p);
+            for (j, row) in self.v[l].chunks_exact(kvd).take(n).enumerate() {
+                for (e, v) in row.iter().enumerate() {
+                    self.vt[l][e * stride + j] = *v;
+                }
+            }
+            self.vt_len[l] = n;
+            self.v[l].clear();
+        }
+        let vt = &mut self.vt[l];
+        // Positions dropped since (p..old end) go back to zeros.
+        let end = self.vt_len[l].max(p + t);
+        for (e, col) in vt.chunks_exact_mut(stride).enumerate() {
+            for (j, row) in rows.chunks_exact(kvd).enumerate() {
+                col[p + j] = row[e];
+            }
+            col[p + t..end].fill(0.0);
+        }
+        self.vt_len[l] = p + t;
+    }
 }
+
+/// The transposed V cache pads positions to a multiple of this, as
+/// llama.cpp pads its cache.
+const VT_PAD: usize = 64;
 
 fn rope_inv_freq(theta: f32, hd: usize) -> Vec<f32> {
     // transformers: 1 / base^(arange(0, hd, 2) / hd), in f32.
@@ -300,11 +383,16 @@ impl Model {
         self.tap(lr, Stage::KRope, &mut kk, &[t, kvd]);
         tr.record(lr, Stage::KRope, &kk, &[t, kvd]);
 
+        let fast = k.precision() == Precision::Fast;
         cache.k[l].truncate(p * kvd);
-        cache.v[l].truncate(p * kvd);
         cache.k[l].extend_from_slice(&kk);
-        cache.v[l].extend_from_slice(&vv);
-        let (kc, vc) = (&cache.k[l], &cache.v[l]);
+        if fast {
+            cache.put_v_columns(l, p, &vv);
+        } else {
+            cache.put_v_rows(l, p, &vv);
+        }
+        let vt_stride = cache.vt_stride(l);
+        let (kc, vc, vt) = (&cache.k[l], &cache.v[l], &cache.vt[l]);
 
         // scores[h, i, j] = q[i, h]·k[j, h/(H/Hkv)] · scale (then softcap).
         // Future positions are computed only when the trace asks for the
@@ -315,7 +403,6 @@ impl Model {
         // The fast precision does attention in llama.cpp's f32 order
         // (plumb_kernels::mirror), and scales where it does: gemma3's
         // queries before Q·Kᵀ, other models' scores after.
-        let fast = k.precision() == Precision::Fast;
         let prescaled: Option<Vec<f32>> =
             (fast && c.arch == Arch::Gemma3).then(|| q.iter().map(|v| v * c.attn_scale).collect());
         let (qs, post_scale) = match &prescaled {
@@ -383,25 +470,14 @@ impl Model {
                                                     // Positions are padded with zeros to a multiple of 64, as llama.cpp
                                                     // pads its cache; it sums one token's outputs as its dot product
                                                     // does, several tokens' as its tiled matmul does.
-        let tpad = tkv.div_ceil(64) * 64;
-        let vt: Vec<f32> = if fast {
-            let mut vt = vec![0f32; nkv * hd * tpad];
-            for j in 0..tkv {
-                for (e, v) in vc[j * kvd..(j + 1) * kvd].iter().enumerate() {
-                    vt[e * tpad + j] = *v;
-                }
-            }
-            vt
-        } else {
-            Vec::new()
-        };
+        let tpad = tkv.div_ceil(VT_PAD) * VT_PAD;
         per_head.par_chunks_mut(t * hd).with_min_len(min_len).enumerate().for_each(|(h, out)| {
             let kh = h / group;
             if fast && t == 1 {
                 let mut probs = vec![0f32; tpad];
                 probs[..tkv].copy_from_slice(&scores[h * tkv..(h + 1) * tkv]);
                 for (e, o) in out.iter_mut().enumerate() {
-                    let col = (kh * hd + e) * tpad;
+                    let col = (kh * hd + e) * vt_stride;
                     *o = plumb_kernels::mirror::dot_f32(&probs, &vt[col..col + tpad]);
                 }
                 return;
@@ -415,8 +491,8 @@ impl Model {
                 for (i, row) in probs.chunks_exact_mut(tpad).enumerate() {
                     row[..tkv].copy_from_slice(&scores[(h * t + i) * tkv..(h * t + i + 1) * tkv]);
                 }
-                let vh = &vt[kh * hd * tpad..];
-                plumb_kernels::mirror::dot_f32_tiled_grid(&probs, tpad, &lens, vh, tpad, hd, out, hd);
+                let vh = &vt[kh * hd * vt_stride..];
+                plumb_kernels::mirror::dot_f32_tiled_grid(&probs, tpad, &lens, vh, vt_stride, hd, out, hd);
                 return;
             }
             for i in 0..t {
