@@ -300,6 +300,12 @@ fn fused_exact_rows_equal_dequantize_then_dot_bit_for_bit() {
         let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
         let mut got = vec![0f32; rows];
         unsafe { plumb_kernels::avx2::rows_exact(kind, &w, rb, &x, &mut got) };
+        let mut got256 = vec![0f32; rows];
+        unsafe { plumb_kernels::avx2::rows_exact_avx2(kind, &w, rb, &x, &mut got256) };
+        assert_eq!(
+            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            got256.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
         for (r, g) in got.iter().enumerate() {
             let mut row = vec![0f32; n];
             plumb_kernels::dequantize_row(ty, &w[r * rb..(r + 1) * rb], &mut row, path);
