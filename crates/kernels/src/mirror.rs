@@ -521,8 +521,8 @@ unsafe fn avx512_dot_tiled_4x4(p: [*const f32; 4], lens: [usize; 4], v: [*const 
     let mut j = 0;
     // Queries from `first` on are still running between lens[first - 1]
     // and lens[first].
-    for first in 0..4 {
-        while j < lens[first] {
+    for (first, &end) in lens.iter().enumerate() {
+        while j < end {
             let mut vv = [_mm512_setzero_ps(); 4];
             for b in 0..4 {
                 vv[b] = _mm512_loadu_ps(v[b].add(j));
