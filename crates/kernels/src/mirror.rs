@@ -414,10 +414,14 @@ pub fn dot_f32_grid(q: &[f32], qs: usize, k: &[f32], ks: usize, n: usize, lens: 
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn avx512_dot_lanes_4x4(q: [*const f32; 4], k: [*const f32; 4], n: usize) -> [[f32; 4]; 4] {
     use std::arch::x86_64::*;
-    // The 64 lanes of each pair, filled 16 at a time (lanes 16m..16m+16
-    // take elements 16m + 64u, u = 0, 1, …, in order).
-    let mut w = [[[0f32; LANES]; 4]; 4];
-    for m in 0..4 {
+    // Register m of the four (lanes 16m..16m+16, elements 16m + 64u, u =
+    // 0, 1, … in order) holds accumulators 2m and 2m+1 of [`dot_f32`]'s
+    // eight; its combination (0+4)+(2+6) | (1+5)+(3+7) is, as 512-bit
+    // registers, (m0 + m2) + (m1 + m3): m0 + m2 and m1 + m3 are kept in
+    // `even` and `odd` between the passes.
+    let mut even = [[_mm512_setzero_ps(); 4]; 4];
+    let mut odd = [[_mm512_setzero_ps(); 4]; 4];
+    for m in [0usize, 2, 1, 3] {
         let mut acc = [[_mm512_setzero_ps(); 4]; 4];
         let mut u = 0;
         while u < n {
@@ -436,22 +440,21 @@ unsafe fn avx512_dot_lanes_4x4(q: [*const f32; 4], k: [*const f32; 4], n: usize)
         }
         for a in 0..4 {
             for b in 0..4 {
-                _mm512_storeu_ps(w[a][b].as_mut_ptr().add(16 * m), acc[a][b]);
+                match m {
+                    0 => even[a][b] = acc[a][b],
+                    2 => even[a][b] = _mm512_add_ps(even[a][b], acc[a][b]),
+                    1 => odd[a][b] = acc[a][b],
+                    _ => odd[a][b] = _mm512_add_ps(odd[a][b], acc[a][b]),
+                }
             }
         }
     }
     let mut out = [[0f32; 4]; 4];
     for a in 0..4 {
         for b in 0..4 {
-            // (Plain loads, not a closure: a closure would be compiled
-            // without this function's target features.)
-            let p = w[a][b].as_ptr();
-            let mut g = [_mm256_setzero_ps(); 8];
-            for (i, g) in g.iter_mut().enumerate() {
-                *g = _mm256_loadu_ps(p.add(8 * i));
-            }
-            let lo = _mm256_add_ps(_mm256_add_ps(g[0], g[4]), _mm256_add_ps(g[2], g[6]));
-            let hi = _mm256_add_ps(_mm256_add_ps(g[1], g[5]), _mm256_add_ps(g[3], g[7]));
+            let z = _mm512_castps_pd(_mm512_add_ps(even[a][b], odd[a][b]));
+            let lo = _mm256_castpd_ps(_mm512_castpd512_pd256(z));
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(z));
             out[a][b] = avx2_fold16(lo, hi);
         }
     }
