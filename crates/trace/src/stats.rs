@@ -166,8 +166,8 @@ impl Lanes {
         for (l, &x) in v.iter().enumerate() {
             let d = x as f64;
             self.sum[l] += d;
-            self.sumsq[l] += d * d;
-            self.ssum[l] += (d - k) * (d - k);
+            self.sumsq[l] = d.mul_add(d, self.sumsq[l]);
+            self.ssum[l] = (d - k).mul_add(d - k, self.ssum[l]);
             self.min[l] = if x < self.min[l] { x } else { self.min[l] };
             self.max[l] = if x > self.max[l] { x } else { self.max[l] };
         }
@@ -182,13 +182,13 @@ impl Lanes {
 }
 
 /// The partial sums of a chunk of finite values. The AVX2 path keeps the
-/// same eight lanes with the same unfused operations as the scalar one, so
-/// both give the same bits.
+/// same sixteen lanes with the same operations (squares fused into their
+/// sums) as the scalar one, so both give the same bits.
 fn partial(c: &[f32], k: f64) -> Partial {
     let mut lanes = Lanes::new();
     let mut rest = c;
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         let whole = c.len() / L * L;
         // SAFETY: the CPU has AVX2 (checked just above); `whole` ≤ c.len().
         unsafe { partial_avx2(&c[..whole], k, &mut lanes) };
@@ -201,7 +201,7 @@ fn partial(c: &[f32], k: f64) -> Partial {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn partial_avx2(c: &[f32], k: f64, out: &mut Lanes) {
     use std::arch::x86_64::*;
     let kk = _mm256_set1_pd(k);
@@ -218,9 +218,9 @@ unsafe fn partial_avx2(c: &[f32], k: f64, out: &mut Lanes) {
             for (j, d) in d.into_iter().enumerate() {
                 let i = 2 * h + j;
                 s[i] = _mm256_add_pd(s[i], d);
-                q[i] = _mm256_add_pd(q[i], _mm256_mul_pd(d, d));
+                q[i] = _mm256_fmadd_pd(d, d, q[i]);
                 let dk = _mm256_sub_pd(d, kk);
-                r[i] = _mm256_add_pd(r[i], _mm256_mul_pd(dk, dk));
+                r[i] = _mm256_fmadd_pd(dk, dk, r[i]);
             }
             lo[h] = _mm256_min_ps(x, lo[h]);
             hi[h] = _mm256_max_ps(x, hi[h]);
