@@ -569,6 +569,9 @@ pub fn act_aux(row: &[u8], offset: i32, out: &mut Vec<ActAux>) {
     }
 }
 
+/// Bytes ahead of use at which the decoding kernels prefetch their weights.
+const PREFETCH_AHEAD: usize = 4096;
+
 /// Many weight rows against one activation row (decoding), one row after
 /// another; each output equals the single-row kernel's bit for bit.
 #[inline]
@@ -583,11 +586,18 @@ unsafe fn rows_q8_family_vnni<const KIND: u8>(
 ) {
     let nb = rb / bb;
     let off = _mm256_set1_epi8(vnni_offset(KIND) as i8);
+    let end = w.as_ptr().wrapping_add(w.len());
     for (r, o) in out.iter_mut().enumerate() {
         let row = w.get_unchecked(r * rb..(r + 1) * rb);
         let mut acc = _mm256_setzero_ps();
         for i in 0..nb {
             let blk = row.get_unchecked(i * bb..(i + 1) * bb);
+            // The weights stream from memory once: ask for them a few rows
+            // ahead of use (a hint only; never past this task's rows).
+            let ahead = blk.as_ptr().wrapping_add(PREFETCH_AHEAD);
+            if ahead < end {
+                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+            }
             let qx = unpack_q8_family::<KIND>(blk);
             let ax = aux.get_unchecked(i);
             let qy = _mm256_loadu_si256(a.as_ptr().add(i * 34 + 2) as *const __m256i);
