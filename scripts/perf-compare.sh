@@ -41,3 +41,8 @@ echo "== plumb (fast, stats-only tracing of every stage)"
 target/release/plumb bench "$MODEL" -t "$THREADS" -p 512 -n 128 -r "$REPS" --precision fast --trace stats
 echo "== plumb (exact, stats-only tracing of every stage)"
 target/release/plumb bench "$MODEL" -t "$THREADS" -p 512 -n 128 -r "$REPS" --precision exact --trace stats
+echo
+echo "== stats-only tracing against none, interleaved (scripts/trace_overhead.py)"
+for prec in fast exact; do
+    scripts/trace_overhead.py "$MODEL" --threads "$THREADS" --precision "$prec"
+done
