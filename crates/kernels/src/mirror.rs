@@ -587,6 +587,19 @@ pub fn exp_approx(x: f32) -> f32 {
 /// added to an f64 total, and last every value times (f32)(1 / total).
 /// Hidden positions must hold −∞; they become 0.
 pub fn softmax(row: &mut [f32]) {
+    let n = row.len();
+    softmax_visible(row, n)
+}
+
+/// [`softmax`] of a row whose positions from `visible` on are all hidden
+/// (−∞): the groups of 16 past the last visible position would add e^−∞ = 0
+/// to the total, so they are set to 0 without being computed (the same
+/// values, bit for bit).
+pub fn softmax_visible(row: &mut [f32], visible: usize) {
+    let end = visible.div_ceil(16).saturating_mul(16).min(row.len());
+    let (row, hidden) = row.split_at_mut(end);
+    debug_assert!(hidden.iter().all(|v| *v == f32::NEG_INFINITY));
+    hidden.fill(0.0);
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
     let mut sum = 0f64;
     for g in row.chunks_mut(16) {
@@ -722,6 +735,21 @@ mod tests {
         gelu_by_f16_table(&table, &mut got);
         for ((x, w), g) in xs.iter().zip(&want).zip(&got) {
             assert!(w.to_bits() == g.to_bits() || (w.is_nan() && g.is_nan()), "{x}: {w} vs {g}");
+        }
+    }
+
+    #[test]
+    fn softmax_of_the_visible_part_equals_the_whole_row() {
+        for (n, visible) in [(64usize, 1usize), (64, 17), (100, 33), (512, 300), (512, 512)] {
+            let mut row: Vec<f32> = values(n, 23);
+            row[visible..].fill(f32::NEG_INFINITY);
+            let mut part = row.clone();
+            softmax(&mut row);
+            softmax_visible(&mut part, visible);
+            assert_eq!(
+                row.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                part.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
         }
     }
 

@@ -454,7 +454,7 @@ impl Model {
                     let first = window.map_or(0, |win| (qpos + 1).saturating_sub(win));
                     row[..first].fill(f32::NEG_INFINITY);
                     row[qpos + 1..].fill(f32::NEG_INFINITY);
-                    plumb_kernels::mirror::softmax(row);
+                    plumb_kernels::mirror::softmax_visible(row, qpos + 1);
                 } else {
                     softmax_masked(row, visible);
                 }
