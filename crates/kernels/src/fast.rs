@@ -341,6 +341,7 @@ fn linear_k_vnni(q6: bool, w: &Weight, act: &Activations, t: usize, y: &mut [f32
 /// A `[t][rows]` output written by parallel tasks that each own a range of
 /// rows: every task writes only inside its own rows, so no two touch the
 /// same float.
+#[cfg(target_arch = "x86_64")]
 struct RowBlocks {
     ptr: *mut f32,
     rows: usize,
@@ -348,8 +349,10 @@ struct RowBlocks {
 }
 
 // SAFETY: see `put`: writes from different tasks never overlap.
+#[cfg(target_arch = "x86_64")]
 unsafe impl Sync for RowBlocks {}
 
+#[cfg(target_arch = "x86_64")]
 impl RowBlocks {
     fn new(y: &mut [f32], rows: usize) -> RowBlocks {
         RowBlocks { ptr: y.as_mut_ptr(), rows, len: y.len() }

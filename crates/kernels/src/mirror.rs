@@ -11,6 +11,7 @@
 //! order; there plumb fast and llama.cpp agree to the last bit or so, not
 //! bit for bit.)
 
+#[cfg(target_arch = "x86_64")]
 use crate::{active_path, KernelPath};
 
 /// Lanes of the dot product's accumulators: four 512-bit registers.

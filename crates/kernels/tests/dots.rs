@@ -242,6 +242,7 @@ fn fast_linear_over_many_tokens_equals_the_one_token_kernel_bit_for_bit() {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 #[test]
 fn vnni_multi_row_kernels_equal_the_single_kernel_bit_for_bit() {
     use plumb_kernels::fast::vnni_kind;
@@ -285,6 +286,7 @@ fn tiled_four_token_kernels_equal_the_one_token_ones_bit_for_bit() {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 #[test]
 fn fused_exact_rows_equal_dequantize_then_dot_bit_for_bit() {
     let path = KernelPath::detect();
@@ -315,6 +317,7 @@ fn fused_exact_rows_equal_dequantize_then_dot_bit_for_bit() {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 #[test]
 fn fused_exact_k_quant_rows_equal_dequantize_then_dot_bit_for_bit() {
     let path = KernelPath::detect();

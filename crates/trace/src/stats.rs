@@ -186,6 +186,7 @@ impl Lanes {
 /// sums) as the scalar one, so both give the same bits.
 fn partial(c: &[f32], k: f64) -> Partial {
     let mut lanes = Lanes::new();
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut rest = c;
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
