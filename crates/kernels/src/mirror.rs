@@ -698,29 +698,24 @@ mod tests {
     }
 
     #[test]
-    fn dot_rows_equal_the_one_row_dot_bit_for_bit() {
-        for (n, rows, stride) in [(64usize, 1usize, 64usize), (256, 7, 256), (256, 6, 320), (90, 5, 100)] {
-            let x = values(n, 17);
-            let ys = values(stride * rows, 19);
-            let mut out = vec![0f32; rows];
-            dot_f32_rows(&x, &ys, stride, &mut out);
-            for (r, o) in out.iter().enumerate() {
-                let want = dot_f32(&x, &ys[r * stride..r * stride + n]);
-                assert_eq!(want.to_bits(), o.to_bits(), "n {n}, row {r} of {rows}");
-            }
-        }
-    }
-
-    #[test]
-    fn tiled_rows_equal_the_one_row_tiled_dot_bit_for_bit() {
-        for (n, rows, stride) in [(16usize, 1usize, 16usize), (48, 8, 64), (320, 19, 336), (512, 17, 512)] {
-            let x = values(n, 11);
-            let ys = values(stride * rows, 13);
-            let mut out = vec![0f32; rows];
-            dot_f32_tiled_rows(&x, &ys, stride, &mut out);
-            for (r, o) in out.iter().enumerate() {
-                let want = scalar_dot_tiled(&x, &ys[r * stride..r * stride + n]);
-                assert_eq!(want.to_bits(), o.to_bits(), "n {n}, row {r} of {rows}");
+    fn many_row_dots_equal_their_one_row_dot_bit_for_bit() {
+        type Rows = fn(&[f32], &[f32], usize, &mut [f32]);
+        type One = fn(&[f32], &[f32]) -> f32;
+        type Shapes = [(usize, usize, usize); 4];
+        let cases: [(Rows, One, Shapes); 2] = [
+            (dot_f32_rows, dot_f32, [(64, 1, 64), (256, 7, 256), (256, 6, 320), (90, 5, 100)]),
+            (dot_f32_tiled_rows, scalar_dot_tiled, [(16, 1, 16), (48, 8, 64), (320, 19, 336), (512, 17, 512)]),
+        ];
+        for (rows_fn, one, shapes) in cases {
+            for (n, rows, stride) in shapes {
+                let x = values(n, 11);
+                let ys = values(stride * rows, 13);
+                let mut out = vec![0f32; rows];
+                rows_fn(&x, &ys, stride, &mut out);
+                for (r, o) in out.iter().enumerate() {
+                    let want = one(&x, &ys[r * stride..r * stride + n]);
+                    assert_eq!(want.to_bits(), o.to_bits(), "n {n}, row {r} of {rows}");
+                }
             }
         }
     }
