@@ -403,12 +403,15 @@ impl Model {
         // The fast precision does attention in llama.cpp's f32 order
         // (plumb_kernels::mirror), and scales where it does: gemma3's
         // queries before Q·Kᵀ, other models' scores after.
-        let prescaled: Option<Vec<f32>> =
-            (fast && c.arch == Arch::Gemma3).then(|| q.iter().map(|v| v * c.attn_scale).collect());
-        let (qs, post_scale) = match &prescaled {
-            Some(qs) => (qs.as_slice(), None),
-            None => (q.as_slice(), Some(c.attn_scale)),
+        // (q has been traced already and is read only by the scores below,
+        // so it is scaled in place.)
+        let post_scale = if fast && c.arch == Arch::Gemma3 {
+            q.iter_mut().for_each(|v| *v *= c.attn_scale);
+            None
+        } else {
+            Some(c.attn_scale)
         };
+        let qs = q.as_slice();
         let dot = plumb_kernels::f32_dot_fn();
         // One token's attention is too small to be worth splitting across threads.
         let min_len = if t * tkv < 4096 { nh } else { 1 };
@@ -487,12 +490,18 @@ impl Model {
                 // which leave the 16 lanes as they are: each sum stops at the
                 // first multiple of 16 beyond it. The rows are padded to tpad.
                 let lens: Vec<usize> = (0..t).map(|i| (p + i + 1).div_ceil(16) * 16).collect();
-                let mut probs = vec![0f32; t * tpad];
-                for (i, row) in probs.chunks_exact_mut(tpad).enumerate() {
-                    row[..tkv].copy_from_slice(&scores[(h * t + i) * tkv..(h * t + i + 1) * tkv]);
-                }
                 let vh = &vt[kh * hd * vt_stride..];
-                plumb_kernels::mirror::dot_f32_tiled_grid(&probs, tpad, &lens, vh, vt_stride, hd, out, hd);
+                let sh = &scores[h * t * tkv..(h + 1) * t * tkv];
+                if tkv.is_multiple_of(16) {
+                    // Every length fits in its row as it is.
+                    plumb_kernels::mirror::dot_f32_tiled_grid(sh, tkv, &lens, vh, vt_stride, hd, out, hd);
+                } else {
+                    let mut probs = vec![0f32; t * tpad];
+                    for (i, row) in probs.chunks_exact_mut(tpad).enumerate() {
+                        row[..tkv].copy_from_slice(&sh[i * tkv..(i + 1) * tkv]);
+                    }
+                    plumb_kernels::mirror::dot_f32_tiled_grid(&probs, tpad, &lens, vh, vt_stride, hd, out, hd);
+                }
                 return;
             }
             for i in 0..t {
