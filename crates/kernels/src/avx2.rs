@@ -715,7 +715,12 @@ pub unsafe fn tile_vnni(w: &[Chunk], a: &[Chunk], nb: usize) -> [[f32; 4]; 4] {
     let mut acc = [[_mm256_setzero_ps(); 4]; 4];
     let (mut wp, mut ap) = (w.as_ptr(), a.as_ptr());
     for _ in 0..nb {
-        let wq: [__m256i; 4] = std::array::from_fn(|r| _mm256_load_si256(wp.add(r) as *const __m256i));
+        // (A loop, not `array::from_fn`: a closure is compiled without this
+        // function's target features.)
+        let mut wq = [_mm256_setzero_si256(); 4];
+        for (r, q) in wq.iter_mut().enumerate() {
+            *q = _mm256_load_si256(wp.add(r) as *const __m256i);
+        }
         let da = _mm256_load_ps(wp.add(4) as *const f32);
         for (k, acc) in acc.iter_mut().enumerate() {
             let qy = _mm256_load_si256(ap.add(k) as *const __m256i);
@@ -729,8 +734,6 @@ pub unsafe fn tile_vnni(w: &[Chunk], a: &[Chunk], nb: usize) -> [[f32; 4]; 4] {
         wp = wp.add(W_CHUNKS);
         ap = ap.add(A_CHUNKS);
     }
-    // (Loops, not `map` closures: a closure is compiled without this
-    // function's target features.)
     let mut out = [[0f32; 4]; 4];
     for k in 0..4 {
         for r in 0..4 {
@@ -907,10 +910,13 @@ pub unsafe fn quantize_q8_0_act_avx2(x: &[f32], out: &mut [u8]) {
             continue;
         }
         let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
-        let q: [__m256i; 4] = std::array::from_fn(|i| {
+        // (Loops, not `array::from_fn`: a closure is compiled without this
+        // function's target features.)
+        let mut q = [_mm256_setzero_si256(); 4];
+        for (i, q) in q.iter_mut().enumerate() {
             let v = _mm256_mul_ps(_mm256_loadu_ps(b.as_ptr().add(8 * i)), id);
-            _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v))
-        });
+            *q = _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v));
+        }
         o[..2].copy_from_slice(&f32_to_f16(amax / 127.0));
         pack_i32x32(q, o.as_mut_ptr().add(2));
     }
@@ -933,11 +939,12 @@ pub unsafe fn quantize_q8_k_avx2(x: &[f32], out: &mut [u8]) {
         let blk: &mut BlockQ8K = bytemuck::from_bytes_mut(o);
         let cap = _mm256_set1_epi32(127);
         for c in 0..8 {
-            let q: [__m256i; 4] = std::array::from_fn(|i| {
+            let mut q = [_mm256_setzero_si256(); 4];
+            for (i, q) in q.iter_mut().enumerate() {
                 let v = _mm256_mul_ps(is, _mm256_loadu_ps(b.as_ptr().add(32 * c + 8 * i)));
                 let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
-                _mm256_min_epi32(_mm256_cvtps_epi32(r), cap)
-            });
+                *q = _mm256_min_epi32(_mm256_cvtps_epi32(r), cap);
+            }
             pack_i32x32(q, blk.qs.as_mut_ptr().add(32 * c) as *mut u8);
         }
         for (j, s) in blk.bsums.iter_mut().enumerate() {
