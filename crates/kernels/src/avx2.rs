@@ -85,6 +85,43 @@ pub unsafe fn f32_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
     s
 }
 
+/// [`f32_f32`] of one row `w` against four rows `x`, on 512-bit registers:
+/// per pair, lanes 0–15 of `a` are its accumulators 0 and 1 and of `b` 2
+/// and 3, the tail is added one product at a time; the same operations in
+/// the same order, so each result equals [`f32_f32`]'s bit for bit.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub unsafe fn f32_f32_x4_512(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
+    let n = w.len();
+    debug_assert!(x.iter().all(|r| r.len() >= n));
+    let pw = w.as_ptr();
+    let mut a = [_mm512_setzero_ps(); 4];
+    let mut b = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        let (w0, w1) = (_mm512_loadu_ps(pw.add(i)), _mm512_loadu_ps(pw.add(i + 16)));
+        for k in 0..4 {
+            let px = x[k].as_ptr();
+            a[k] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(px.add(i)), a[k]);
+            b[k] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(px.add(i + 16)), b[k]);
+        }
+        i += 32;
+    }
+    let mut out = [0f32; 4];
+    for k in 0..4 {
+        let (ak, bk) = (_mm512_castps_pd(a[k]), _mm512_castps_pd(b[k]));
+        let (a0, a1) =
+            (_mm256_castpd_ps(_mm512_castpd512_pd256(ak)), _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(ak)));
+        let (b0, b1) =
+            (_mm256_castpd_ps(_mm512_castpd512_pd256(bk)), _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(bk)));
+        let mut s = hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(b0, b1)));
+        for j in i..n {
+            s += *pw.add(j) * *x[k].as_ptr().add(j);
+        }
+        out[k] = s;
+    }
+    out
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn f16_f16(n: usize, w: &[u8], a: &[u8]) -> f32 {

@@ -416,3 +416,28 @@ fn simd_activation_quantizers_equal_the_scalar_ones_byte_for_byte() {
         assert_eq!(qk.row(i), &wantk[..], "Q8_K row {i}");
     }
 }
+
+#[test]
+fn exact_linear_over_many_tokens_equals_one_token_at_a_time_bit_for_bit() {
+    // Four-token f32 tiles (where the CPU has AVX-512), the one-token fused
+    // kernels and the generic rows all give each (row, token) the same bits.
+    use plumb_formats::Bytes;
+    use plumb_kernels::{kernels_with, Kernels, Precision, Weight};
+    let k = kernels_with(Precision::Exact, KernelPath::detect());
+    let mut rng = StdRng::seed_from_u64(37);
+    for (ty, cols) in [(GgmlType::Q5_0, 7 * 32), (GgmlType::Q8_0, 640), (GgmlType::Q4_K, 512), (GgmlType::F32, 37)] {
+        let rows = 19;
+        let bytes = random_weights(ty, rows * cols, &mut rng);
+        let w = Weight { name: "w".into(), ty, rows, cols, bytes: Bytes::Owned(std::sync::Arc::new(bytes)) };
+        let t = 11;
+        let x: Vec<f32> = (0..t * cols).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+        let mut y = vec![0f32; t * rows];
+        k.linear(&w, &x, t, &mut y);
+        for ti in 0..t {
+            let mut one = vec![0f32; rows];
+            k.linear(&w, &x[ti * cols..(ti + 1) * cols], 1, &mut one);
+            let got: Vec<u32> = y[ti * rows..(ti + 1) * rows].iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got, one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{ty}, token {ti}");
+        }
+    }
+}
