@@ -309,6 +309,7 @@ impl Kernels for ExactKernels {
             let x4 = self.path == KernelPath::Avx2 && has_avx512f();
             for r in r0..(r0 + ROWS_PER_TASK).min(rows) {
                 w.row_into(r, &mut row);
+                #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
                 let mut ti = 0;
                 // Four tokens at a time where the CPU has AVX-512 (each
                 // result the one-token dot's, bit for bit).

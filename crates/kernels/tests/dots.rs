@@ -422,7 +422,7 @@ fn exact_linear_over_many_tokens_equals_one_token_at_a_time_bit_for_bit() {
     // Four-token f32 tiles (where the CPU has AVX-512), the one-token fused
     // kernels and the generic rows all give each (row, token) the same bits.
     use plumb_formats::Bytes;
-    use plumb_kernels::{kernels_with, Kernels, Precision, Weight};
+    use plumb_kernels::{kernels_with, Precision, Weight};
     let k = kernels_with(Precision::Exact, KernelPath::detect());
     let mut rng = StdRng::seed_from_u64(37);
     for (ty, cols) in [(GgmlType::Q5_0, 7 * 32), (GgmlType::Q8_0, 640), (GgmlType::Q4_K, 512), (GgmlType::F32, 37)] {
