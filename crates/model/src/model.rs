@@ -124,6 +124,7 @@ impl KvCache {
             let (stride, n) = (self.vt_stride(l), self.vt_len[l].min(p));
             let vt = &self.vt[l];
             self.v[l] = (0..n * kvd).map(|i| vt[(i % kvd) * stride + i / kvd]).collect();
+            self.vt[l] = Vec::new();
             self.vt_len[l] = 0;
         }
         self.v[l].truncate(p * kvd);
@@ -802,6 +803,44 @@ fn gelu_tanh(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_v_cache_holds_the_same_values_in_either_layout() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tiny/llama/llama-q8_0.gguf");
+        let m = Model::load(&path).unwrap();
+        let kvd = m.cfg.kv_dim();
+        let rows = |n: usize, seed: f32| -> Vec<f32> { (0..n * kvd).map(|i| (i as f32 * 0.37 + seed).sin()).collect() };
+        let (a, b, d) = (rows(3, 0.0), rows(2, 1.0), rows(70, 2.0));
+        let columns = |c: &KvCache, n: usize| -> Vec<f32> {
+            let stride = c.vt_stride(0);
+            (0..n * kvd).map(|i| c.vt[0][(i % kvd) * stride + i / kvd]).collect()
+        };
+        let zeros_past =
+            |c: &KvCache, n: usize| c.vt[0].chunks(c.vt_stride(0)).all(|col| col[n..].iter().all(|v| *v == 0.0));
+        let mut c = KvCache::new(&m.cfg, 5);
+        // Rows (exact), then columns (fast): converted, then appended.
+        c.put_v_rows(0, 0, &a);
+        c.put_v_columns(0, 3, &b);
+        let ab: Vec<f32> = a.iter().chain(&b).copied().collect();
+        assert_eq!(columns(&c, 5), ab);
+        assert!(zeros_past(&c, 5) && c.v[0].is_empty());
+        // Rewriting from position 2 drops what followed: zeros again.
+        c.put_v_columns(0, 2, &b[..kvd]);
+        assert_eq!(columns(&c, 3), [&ab[..2 * kvd], &b[..kvd]].concat());
+        assert!(zeros_past(&c, 3));
+        // Back to rows, and to columns again: nothing of the first columns
+        // is left past the new end.
+        c.put_v_rows(0, 3, &a[..kvd]);
+        assert_eq!(c.v[0], [&ab[..2 * kvd], &b[..kvd], &a[..kvd]].concat());
+        c.put_v_columns(0, 1, &b[kvd..]);
+        assert_eq!(columns(&c, 2), [&ab[..kvd], &b[kvd..]].concat());
+        assert!(zeros_past(&c, 2));
+        // More positions than the capacity: a wider layout.
+        c.put_v_columns(0, 0, &d);
+        assert!(c.vt_stride(0) >= 70);
+        assert_eq!(columns(&c, 70), d);
+        assert!(zeros_past(&c, 70));
+    }
 
     #[test]
     fn table_gelu_is_the_f16_rounded_formula_on_the_f16_rounded_input() {
