@@ -161,18 +161,9 @@ unsafe fn avx2_dot_lanes(x: &[f32], y: &[f32]) -> f32 {
 
 /// Σ x·y as llama.cpp's f32 matmul sums it for two or more tokens
 /// (tinyBLAS): one 16-lane fused multiply-add accumulator over the whole
-/// length, folded as [`fold16`] does. The length must be a multiple of 16
-/// (llama.cpp pads its KV cache so; pad with zeros).
-pub fn dot_f32_tiled(x: &[f32], y: &[f32]) -> f32 {
-    debug_assert!(x.len() == y.len() && x.len().is_multiple_of(16));
-    #[cfg(target_arch = "x86_64")]
-    if active_path() == KernelPath::Avx2 {
-        // SAFETY: Avx2 is only active after runtime detection.
-        return unsafe { avx2_dot_tiled(x, y) };
-    }
-    scalar_dot_tiled(x, y)
-}
-
+/// length, folded as [`fold16`] does, lane by lane. The length must be a
+/// multiple of 16 (llama.cpp pads its KV cache so; pad with zeros). The
+/// SIMD forms are [`dot_f32_tiled_rows`] and [`dot_f32_tiled_grid`].
 pub fn scalar_dot_tiled(x: &[f32], y: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     for (xc, yc) in x.chunks_exact(16).zip(y.chunks_exact(16)) {
@@ -198,9 +189,9 @@ unsafe fn avx2_dot_tiled(x: &[f32], y: &[f32]) -> f32 {
     avx2_fold16(lo, hi)
 }
 
-/// [`dot_f32_tiled`] of `x` against `out.len()` rows of `ys`, `stride`
+/// [`scalar_dot_tiled`] of `x` against `out.len()` rows of `ys`, `stride`
 /// floats apart: `out[r]` = Σ x·ys[r·stride..][..x.len()], each bit for bit
-/// as [`dot_f32_tiled`] gives it. Several rows at a time share the loads of
+/// as [`scalar_dot_tiled`] gives it. Several rows at a time share the loads of
 /// `x` and keep enough accumulators in flight to hide the FMA latency.
 pub fn dot_f32_tiled_rows(x: &[f32], ys: &[f32], stride: usize, out: &mut [f32]) {
     debug_assert!(x.len().is_multiple_of(16));
@@ -462,8 +453,8 @@ unsafe fn avx512_dot_lanes_4x4(q: [*const f32; 4], k: [*const f32; 4], n: usize)
     out
 }
 
-/// Attention context as [`dot_f32_tiled`] sums each output: `out[i·os + e]`
-/// = dot_f32_tiled(p_i[..lens[i]], v_e[..lens[i]]) for i < `lens.len()`
+/// Attention context as [`scalar_dot_tiled`] sums each output: `out[i·os + e]`
+/// = scalar_dot_tiled(p_i[..lens[i]], v_e[..lens[i]]) for i < `lens.len()`
 /// and e < `ne`, with p_i = `p[i·ps..]` and v_e = `v[e·vs..]`. Each
 /// `lens[i]` is a multiple of 16 and they do not decrease. Where the CPU
 /// has AVX-512, tiles of four queries × four outputs, the 16 lanes in one
