@@ -596,13 +596,18 @@ pub fn vnni_offset(kind: u8) -> i32 {
 
 /// [`ActAux`] for each block of one activation row.
 pub fn act_aux(row: &[u8], offset: i32, out: &mut Vec<ActAux>) {
-    for y in row.chunks_exact(34) {
+    out.extend(row.chunks_exact(34).map(|y| ActAux::of(y, offset)));
+}
+
+impl ActAux {
+    /// The scale and lane corrections of one Q8_0 activation block (34 bytes).
+    fn of(y: &[u8], offset: i32) -> ActAux {
         let mut a = ActAux { d: plumb_quant::blocks::f16_to_f32([y[0], y[1]]), ..Default::default() };
         for (l, c) in a.corr.iter_mut().enumerate() {
             let s: i32 = y[2 + 4 * l..6 + 4 * l].iter().map(|&q| q as i8 as i32).sum();
             *c = -offset * s;
         }
-        out.push(a);
+        a
     }
 }
 
@@ -721,14 +726,10 @@ pub fn pack_acts_vnni<'a>(kind: u8, t: usize, nb: usize, row: impl Fn(usize) -> 
         let (g, k) = (ti / 4, ti % 4);
         for (i, y) in row(ti).chunks_exact(34).enumerate() {
             let base = (g * nb + i) * A_CHUNKS;
+            let a = ActAux::of(y, offset);
             out[base + k].0.copy_from_slice(&y[2..34]);
-            let corr = &mut out[base + 4 + k].0;
-            for l in 0..8 {
-                let s: i32 = y[2 + 4 * l..6 + 4 * l].iter().map(|&q| q as i8 as i32).sum();
-                corr[4 * l..4 * l + 4].copy_from_slice(&(-offset * s).to_le_bytes());
-            }
-            let d = plumb_quant::blocks::f16_to_f32([y[0], y[1]]);
-            out[base + 8].0[4 * k..4 * k + 4].copy_from_slice(&d.to_le_bytes());
+            out[base + 4 + k].0.copy_from_slice(bytemuck::bytes_of(&a.corr));
+            out[base + 8].0[4 * k..4 * k + 4].copy_from_slice(&a.d.to_le_bytes());
         }
     }
 }
