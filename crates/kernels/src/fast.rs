@@ -268,27 +268,20 @@ fn linear_vnni(kind: u8, w: &Weight, act: &Activations, t: usize, y: &mut [f32])
     let bytes: &[u8] = &w.bytes;
     let mut apack = Vec::new();
     pack_acts_vnni(kind, t, nb, |ti| act.row(ti), &mut apack);
-    let per = VNNI_ROWS_PER_TASK;
-    let out = RowBlocks::new(y, rows);
-    (0..rows.div_ceil(per)).into_par_iter().for_each(|c| {
-        let (r0, r1) = (c * per, (c * per + per).min(rows));
+    let prepare = |r0: usize, r1: usize| {
         let mut wpack: Vec<Chunk> = Vec::new();
         // SAFETY: vnni_kind checked avx512vnni and avx512vl (and the Avx2
         // path: avx2, fma, f16c); whole blocks, checked at load; the packs
         // hold every group's nb blocks.
         unsafe { pack_weights_vnni(kind, &bytes[r0 * rb..r1 * rb], rb, nb, &mut wpack) };
-        for g in 0..t.div_ceil(4) {
-            let ag = &apack[g * nb * A_CHUNKS..(g + 1) * nb * A_CHUNKS];
-            for h in 0..(r1 - r0).div_ceil(4) {
-                let v = unsafe { tile_vnni(&wpack[h * nb * W_CHUNKS..], ag, nb) };
-                let n = (r1 - r0 - 4 * h).min(4);
-                for (k, v) in v.iter().enumerate().take(t - 4 * g) {
-                    // SAFETY: this task owns rows r0..r1.
-                    unsafe { out.put(4 * g + k, r0 + 4 * h, &v[..n]) };
-                }
-            }
-        }
-    });
+        wpack
+    };
+    let tile = |wpack: &Vec<Chunk>, g: usize, h: usize| {
+        let ag = &apack[g * nb * A_CHUNKS..(g + 1) * nb * A_CHUNKS];
+        // SAFETY: as above.
+        unsafe { tile_vnni(&wpack[h * nb * W_CHUNKS..], ag, nb) }
+    };
+    run_tiles::<_, 4, 4>(rows, t, y, prepare, tile);
 }
 
 /// T ≥ [`TILED_MIN_TOKENS`] tokens against a Q4_K or Q6_K weight on a CPU
@@ -309,29 +302,52 @@ fn linear_k_vnni(q6: bool, w: &Weight, act: &Activations, t: usize, y: &mut [f32
             zeros.as_ptr()
         }
     };
+    let prepare = |r0: usize, r1: usize| {
+        let mut wpack: Vec<Chunk> = Vec::new();
+        pack_k_rows(q6, &bytes[r0 * rb..r1 * rb], rb, nsb, &mut wpack);
+        wpack
+    };
+    let tile = |wpack: &Vec<Chunk>, g: usize, h: usize| {
+        let ys: [*const BlockQ8K; 8] = std::array::from_fn(|k| blocks(8 * g + k));
+        let wg = &wpack[h * nsb * K_CHUNKS..(h + 1) * nsb * K_CHUNKS];
+        // SAFETY: the caller checked avx512vnni and avx512vl on the Avx2
+        // path; every ys[k] points at nsb blocks.
+        unsafe {
+            if q6 {
+                tile_k_vnni::<true>(wg, ys, nsb)
+            } else {
+                tile_k_vnni::<false>(wg, ys, nsb)
+            }
+        }
+    };
+    run_tiles::<_, 8, 8>(rows, t, y, prepare, tile);
+}
+
+/// Register tiles of R weight rows × T tokens over every row and token of a
+/// `[t][rows]` output: tasks of [`VNNI_ROWS_PER_TASK`] rows, each prepared
+/// once (`prepare(r0, r1)`: the task's packed weights), then
+/// `tile(prepared, token group, row group)` gives `[token][row]`. A short
+/// last group's extra outputs are dropped.
+#[cfg(target_arch = "x86_64")]
+fn run_tiles<P, const R: usize, const T: usize>(
+    rows: usize,
+    t: usize,
+    y: &mut [f32],
+    prepare: impl Fn(usize, usize) -> P + Sync,
+    tile: impl Fn(&P, usize, usize) -> [[f32; R]; T] + Sync,
+) {
     let per = VNNI_ROWS_PER_TASK;
     let out = RowBlocks::new(y, rows);
     (0..rows.div_ceil(per)).into_par_iter().for_each(|c| {
         let (r0, r1) = (c * per, (c * per + per).min(rows));
-        let mut wpack: Vec<Chunk> = Vec::new();
-        pack_k_rows(q6, &bytes[r0 * rb..r1 * rb], rb, nsb, &mut wpack);
-        for g in 0..t.div_ceil(8) {
-            let ys: [*const BlockQ8K; 8] = std::array::from_fn(|k| blocks(8 * g + k));
-            for h in 0..(r1 - r0).div_ceil(8) {
-                let wg = &wpack[h * nsb * K_CHUNKS..(h + 1) * nsb * K_CHUNKS];
-                // SAFETY: vnni_kind-style check by the caller (avx512vnni,
-                // avx512vl on the Avx2 path); every ys[k] points at nsb blocks.
-                let v = unsafe {
-                    if q6 {
-                        tile_k_vnni::<true>(wg, ys, nsb)
-                    } else {
-                        tile_k_vnni::<false>(wg, ys, nsb)
-                    }
-                };
-                let n = (r1 - r0 - 8 * h).min(8);
-                for (k, v) in v.iter().enumerate().take(t - 8 * g) {
+        let prepared = prepare(r0, r1);
+        for g in 0..t.div_ceil(T) {
+            for h in 0..(r1 - r0).div_ceil(R) {
+                let v = tile(&prepared, g, h);
+                let n = (r1 - r0 - R * h).min(R);
+                for (k, v) in v.iter().enumerate().take(t - T * g) {
                     // SAFETY: this task owns rows r0..r1.
-                    unsafe { out.put(8 * g + k, r0 + 8 * h, &v[..n]) };
+                    unsafe { out.put(T * g + k, r0 + R * h, &v[..n]) };
                 }
             }
         }
