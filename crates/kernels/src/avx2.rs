@@ -510,6 +510,16 @@ unsafe fn unpack_iq4_nl(b: &[u8]) -> __m256i {
     _mm256_shuffle_epi8(table, nibbles_32(b.as_ptr().add(2)))
 }
 
+/// Bytes per block of Q8_0-paired format `kind` (0 Q8_0, 1 Q4_0, 2 Q5_0,
+/// 3 IQ4_NL).
+const fn q8_family_block_bytes(kind: u8) -> usize {
+    match kind {
+        0 => 34,
+        2 => 22,
+        _ => 18,
+    }
+}
+
 /// The 32 signed weights of one block of Q8_0-paired format `KIND` (0 Q8_0,
 /// 1 Q4_0, 2 Q5_0, 3 IQ4_NL).
 #[inline(always)]
@@ -523,10 +533,11 @@ unsafe fn unpack_q8_family<const KIND: u8>(blk: &[u8]) -> __m256i {
 }
 
 /// One weight row against four activation rows (Q8_0), unpacking each
-/// weight block once. Block sizes: `bb` bytes per weight block.
+/// weight block once.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot4_q8_family<const KIND: u8>(w: &[u8], a: [&[u8]; 4], bb: usize) -> [f32; 4] {
+unsafe fn dot4_q8_family<const KIND: u8>(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+    let bb = q8_family_block_bytes(KIND);
     let nb = w.len() / bb;
     let mut acc = [_mm256_setzero_ps(); 4];
     for i in 0..nb {
@@ -550,22 +561,22 @@ unsafe fn dot4_q8_family<const KIND: u8>(w: &[u8], a: [&[u8]; 4], bb: usize) -> 
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q8_0_q8_0_x4(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
-    dot4_q8_family::<0>(w, a, 34)
+    dot4_q8_family::<0>(w, a)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q4_0_q8_0_x4(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
-    dot4_q8_family::<1>(w, a, 18)
+    dot4_q8_family::<1>(w, a)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q5_0_q8_0_x4(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
-    dot4_q8_family::<2>(w, a, 22)
+    dot4_q8_family::<2>(w, a)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn iq4_nl_q8_0_x4(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
-    dot4_q8_family::<3>(w, a, 18)
+    dot4_q8_family::<3>(w, a)
 }
 
 // ---- AVX-512 VNNI (256-bit, AVX512VL) variants of the four-token kernels.
@@ -618,14 +629,8 @@ const PREFETCH_AHEAD: usize = 4096;
 /// another; each output equals the single-row kernel's bit for bit.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-unsafe fn rows_q8_family_vnni<const KIND: u8>(
-    w: &[u8],
-    rb: usize,
-    a: &[u8],
-    aux: &[ActAux],
-    out: &mut [f32],
-    bb: usize,
-) {
+unsafe fn rows_q8_family_vnni<const KIND: u8>(w: &[u8], rb: usize, a: &[u8], aux: &[ActAux], out: &mut [f32]) {
+    let bb = q8_family_block_bytes(KIND);
     let nb = rb / bb;
     let off = _mm256_set1_epi8(vnni_offset(KIND) as i8);
     let end = w.as_ptr().wrapping_add(w.len());
@@ -656,10 +661,10 @@ unsafe fn rows_q8_family_vnni<const KIND: u8>(
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
 pub unsafe fn rows_vnni(kind: u8, w: &[u8], rb: usize, a: &[u8], aux: &[ActAux], out: &mut [f32]) {
     match kind {
-        0 => rows_q8_family_vnni::<0>(w, rb, a, aux, out, 34),
-        1 => rows_q8_family_vnni::<1>(w, rb, a, aux, out, 18),
-        2 => rows_q8_family_vnni::<2>(w, rb, a, aux, out, 22),
-        _ => rows_q8_family_vnni::<3>(w, rb, a, aux, out, 18),
+        0 => rows_q8_family_vnni::<0>(w, rb, a, aux, out),
+        1 => rows_q8_family_vnni::<1>(w, rb, a, aux, out),
+        2 => rows_q8_family_vnni::<2>(w, rb, a, aux, out),
+        _ => rows_q8_family_vnni::<3>(w, rb, a, aux, out),
     }
 }
 
@@ -690,7 +695,8 @@ pub const A_CHUNKS: usize = 9;
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
 pub unsafe fn pack_weights_vnni(kind: u8, w: &[u8], rb: usize, nb: usize, out: &mut Vec<Chunk>) {
     let rows = w.len() / rb;
-    let bb = rb / nb;
+    let bb = q8_family_block_bytes(kind);
+    debug_assert_eq!(bb * nb, rb);
     let groups = rows.div_ceil(4);
     out.clear();
     out.resize(groups * nb * W_CHUNKS, Chunk::default());
@@ -1000,7 +1006,8 @@ pub unsafe fn quantize_q8_k_avx2(x: &[f32], out: &mut [u8]) {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn exact_row_q8_family<const KIND: u8>(row: &[u8], x: &[f32], bb: usize) -> f32 {
+unsafe fn exact_row_q8_family<const KIND: u8>(row: &[u8], x: &[f32]) -> f32 {
+    let bb = q8_family_block_bytes(KIND);
     let mut acc = [_mm256_setzero_ps(); 4];
     let px = x.as_ptr();
     for i in 0..row.len() / bb {
@@ -1023,7 +1030,8 @@ unsafe fn exact_row_q8_family<const KIND: u8>(row: &[u8], x: &[f32], bb: usize) 
 /// operations), in half the instructions.
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn exact_row_q8_family_512<const KIND: u8>(row: &[u8], x: &[f32], bb: usize) -> f32 {
+unsafe fn exact_row_q8_family_512<const KIND: u8>(row: &[u8], x: &[f32]) -> f32 {
+    let bb = q8_family_block_bytes(KIND);
     let (mut a, mut b) = (_mm512_setzero_ps(), _mm512_setzero_ps());
     let px = x.as_ptr();
     for i in 0..row.len() / bb {
@@ -1050,10 +1058,10 @@ unsafe fn rows_exact_512(kind: u8, w: &[u8], rb: usize, x: &[f32], out: &mut [f3
     for (r, o) in out.iter_mut().enumerate() {
         let row = w.get_unchecked(r * rb..(r + 1) * rb);
         *o = match kind {
-            0 => exact_row_q8_family_512::<0>(row, x, 34),
-            1 => exact_row_q8_family_512::<1>(row, x, 18),
-            2 => exact_row_q8_family_512::<2>(row, x, 22),
-            _ => exact_row_q8_family_512::<3>(row, x, 18),
+            0 => exact_row_q8_family_512::<0>(row, x),
+            1 => exact_row_q8_family_512::<1>(row, x),
+            2 => exact_row_q8_family_512::<2>(row, x),
+            _ => exact_row_q8_family_512::<3>(row, x),
         };
     }
 }
@@ -1075,10 +1083,10 @@ pub unsafe fn rows_exact_avx2(kind: u8, w: &[u8], rb: usize, x: &[f32], out: &mu
     for (r, o) in out.iter_mut().enumerate() {
         let row = w.get_unchecked(r * rb..(r + 1) * rb);
         *o = match kind {
-            0 => exact_row_q8_family::<0>(row, x, 34),
-            1 => exact_row_q8_family::<1>(row, x, 18),
-            2 => exact_row_q8_family::<2>(row, x, 22),
-            _ => exact_row_q8_family::<3>(row, x, 18),
+            0 => exact_row_q8_family::<0>(row, x),
+            1 => exact_row_q8_family::<1>(row, x),
+            2 => exact_row_q8_family::<2>(row, x),
+            _ => exact_row_q8_family::<3>(row, x),
         };
     }
 }
