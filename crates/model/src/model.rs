@@ -568,28 +568,20 @@ impl Model {
         tr.record(lr, Stage::FfnUp, &up, &[t, ff]);
 
         // gate = act(gate); gate = gate * up
-        // Element-wise, in parallel runs when there are many (each element's
-        // value is the same).
-        let act = |g: &mut [f32]| match c.act {
+        // Element-wise, in runs (each element's value is the same).
+        for_each_run(&mut gate, PAR_MIN_ELEMS, |_, g| match c.act {
             Activation::Silu => g.iter_mut().for_each(|g| *g = silu(*g)),
             Activation::GeluTanh if k.precision() == Precision::Fast => {
                 plumb_kernels::mirror::gelu_by_f16_table(gelu_f16_table(), g)
             }
             Activation::GeluTanh => g.iter_mut().for_each(|g| *g = gelu_tanh(*g)),
-        };
-        if gate.len() < PAR_MIN_ELEMS {
-            act(&mut gate);
-        } else {
-            gate.par_chunks_mut(PAR_MIN_ELEMS).for_each(act);
-        }
+        });
         self.tap(lr, Stage::FfnAct, &mut gate, &[t, ff]);
         tr.record(lr, Stage::FfnAct, &gate, &[t, ff]);
-        let mul = |(g, u): (&mut [f32], &[f32])| g.iter_mut().zip(u).for_each(|(g, u)| *g *= u);
-        if gate.len() < PAR_MIN_ELEMS {
-            mul((&mut gate, &up));
-        } else {
-            gate.par_chunks_mut(PAR_MIN_ELEMS).zip(up.par_chunks(PAR_MIN_ELEMS)).for_each(mul);
-        }
+        for_each_run(&mut gate, PAR_MIN_ELEMS, |i, g| {
+            let u = &up[i * PAR_MIN_ELEMS..i * PAR_MIN_ELEMS + g.len()];
+            g.iter_mut().zip(u).for_each(|(g, u)| *g *= u)
+        });
         self.tap(lr, Stage::FfnMul, &mut gate, &[t, ff]);
         tr.record(lr, Stage::FfnMul, &gate, &[t, ff]);
 
@@ -659,42 +651,44 @@ fn unpermute_rows(w: &Weight, heads: usize) -> Weight {
 /// y = x / rms(x) · w, row by row (rows of w.len()).
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], p: Precision) {
     let n = w.len();
-    let group = |(xg, yg): (&[f32], &mut [f32])| {
+    // Four rows at a time (rows are independent: the numbers do not depend
+    // on the split).
+    for_each_run(y, 4 * n, |i, yg| {
+        let xg = &x[i * 4 * n..i * 4 * n + yg.len()];
         let r = rms_scales(xg, n, eps, p);
         for ((xr, yr), r) in xg.chunks_exact(n).zip(yg.chunks_exact_mut(n)).zip(r) {
             for ((o, v), g) in yr.iter_mut().zip(xr).zip(w) {
                 *o = (v * r) * g;
             }
         }
-    };
-    // Rows are independent: split across threads, the numbers are the same
-    // (a handful of rows, as in decoding, is not worth the hand-over).
-    if x.len() < PAR_MIN_ELEMS {
-        x.chunks(4 * n).zip(y.chunks_mut(4 * n)).for_each(group);
-    } else {
-        x.par_chunks(4 * n).zip(y.par_chunks_mut(4 * n)).with_min_len(4).for_each(group);
-    }
+    });
 }
 
 /// Element-wise work below this many elements stays on the calling thread.
 const PAR_MIN_ELEMS: usize = 1 << 14;
 
+/// `f(i, run i)` over the runs of `run` elements of `y`: on this thread
+/// when `y` is small (a decoding step is not worth the hand-over), on all
+/// threads otherwise. The runs are the same either way, so are the numbers.
+fn for_each_run(y: &mut [f32], run: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    if y.len() < PAR_MIN_ELEMS {
+        y.chunks_mut(run).enumerate().for_each(|(i, r)| f(i, r));
+    } else {
+        y.par_chunks_mut(run).enumerate().with_min_len(4).for_each(|(i, r)| f(i, r));
+    }
+}
+
 /// [`rms_norm`] of each head (rows of w.len()), in place.
 fn head_rms_norm(x: &mut [f32], w: &[f32], eps: f32, p: Precision) {
     let n = w.len();
-    let group = |xg: &mut [f32]| {
+    for_each_run(x, 4 * n, |_, xg| {
         let r = rms_scales(xg, n, eps, p);
         for (xr, r) in xg.chunks_exact_mut(n).zip(r) {
             for (v, g) in xr.iter_mut().zip(w) {
                 *v = (*v * r) * g;
             }
         }
-    };
-    if x.len() < PAR_MIN_ELEMS {
-        x.chunks_mut(4 * n).for_each(group);
-    } else {
-        x.par_chunks_mut(4 * n).with_min_len(4).for_each(group);
-    }
+    });
 }
 
 /// 1 / rms of up to four rows of n, each summed in order (f64, as llama.cpp
