@@ -286,6 +286,18 @@ fn tiled_four_token_kernels_equal_the_one_token_ones_bit_for_bit() {
     }
 }
 
+/// Each of `got` is row r of `w` dequantized, then dotted with `x` by the
+/// exact precision's f32 dot, bit for bit.
+#[cfg(target_arch = "x86_64")]
+fn assert_dequantize_then_dot(ty: GgmlType, w: &[u8], rb: usize, x: &[f32], got: &[f32]) {
+    for (r, g) in got.iter().enumerate() {
+        let mut row = vec![0f32; x.len()];
+        plumb_kernels::dequantize_row(ty, &w[r * rb..(r + 1) * rb], &mut row, KernelPath::detect());
+        let want = plumb_kernels::f32_dot_fn()(&row, x);
+        assert_eq!(want.to_bits(), g.to_bits(), "{ty} row {r}");
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn fused_exact_rows_equal_dequantize_then_dot_bit_for_bit() {
@@ -308,12 +320,7 @@ fn fused_exact_rows_equal_dequantize_then_dot_bit_for_bit() {
             got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             got256.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
         );
-        for (r, g) in got.iter().enumerate() {
-            let mut row = vec![0f32; n];
-            plumb_kernels::dequantize_row(ty, &w[r * rb..(r + 1) * rb], &mut row, path);
-            let want = plumb_kernels::f32_dot_fn()(&row, &x);
-            assert_eq!(want.to_bits(), g.to_bits(), "{ty} row {r}");
-        }
+        assert_dequantize_then_dot(ty, &w, rb, &x, &got);
     }
 }
 
@@ -332,12 +339,7 @@ fn fused_exact_k_quant_rows_equal_dequantize_then_dot_bit_for_bit() {
         let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
         let mut got = vec![0f32; rows];
         unsafe { plumb_kernels::avx2::rows_exact_k(ty == GgmlType::Q6_K, &w, rb, &x, &mut got) };
-        for (r, g) in got.iter().enumerate() {
-            let mut row = vec![0f32; n];
-            plumb_kernels::dequantize_row(ty, &w[r * rb..(r + 1) * rb], &mut row, path);
-            let want = plumb_kernels::f32_dot_fn()(&row, &x);
-            assert_eq!(want.to_bits(), g.to_bits(), "{ty} row {r}");
-        }
+        assert_dequantize_then_dot(ty, &w, rb, &x, &got);
     }
 }
 
