@@ -64,6 +64,27 @@ pub struct StageDiff {
 }
 
 impl StageDiff {
+    /// A stage not yet measured.
+    pub fn new(key: String, bounds: Bounds) -> StageDiff {
+        StageDiff {
+            key,
+            basis: Basis::Tensors,
+            cosine: None,
+            nmse: None,
+            max_abs: None,
+            max_at: None,
+            mean_abs: None,
+            rel_l2: None,
+            std_ratio: None,
+            stats_rel: None,
+            bounds,
+            over: false,
+            growth: None,
+            inputs: Vec::new(),
+            origin: Origin::Clean,
+        }
+    }
+
     /// The error figure: rel_l2 for tensors, stats_rel otherwise.
     pub fn err(&self) -> Option<f64> {
         self.rel_l2.or(self.stats_rel)
@@ -123,7 +144,7 @@ fn f64s(x: &[f32]) -> impl Iterator<Item = f64> + '_ {
 }
 
 /// Element-wise metrics of A against the reference B.
-fn tensor_metrics(a: &[f32], b: &[f32], shape: &[usize], token_axis: usize, d: &mut StageDiff) {
+pub(crate) fn tensor_metrics(a: &[f32], b: &[f32], shape: &[usize], token_axis: usize, d: &mut StageDiff) {
     let n = b.len() as f64;
     let (mut dot, mut na, mut nb, mut se, mut sabs) = (0f64, 0f64, 0f64, 0f64, 0f64);
     let (mut max_abs, mut max_i) = (0f64, 0usize);
@@ -314,23 +335,7 @@ pub fn diff(a: &Trace, b: &Trace, gate: &Gate, tie_margin: f64) -> Diff {
     let mut stats_note = false;
     for key in &keys {
         let bounds = gate.bounds(key);
-        let mut d = StageDiff {
-            key: key.clone(),
-            basis: Basis::Tensors,
-            cosine: None,
-            nmse: None,
-            max_abs: None,
-            max_at: None,
-            mean_abs: None,
-            rel_l2: None,
-            std_ratio: None,
-            stats_rel: None,
-            bounds,
-            over: false,
-            growth: None,
-            inputs: Vec::new(),
-            origin: Origin::Clean,
-        };
+        let mut d = StageDiff::new(key.clone(), bounds);
         let axis = parse_key(key).map(|(s, _)| s.token_axis()).unwrap_or(0);
         match (a.stat(key), b.stat(key)) {
             (None, _) => d.basis = Basis::OnlyB,

@@ -265,3 +265,142 @@ td:first-child, th:first-child {{ text-align: left; }} tr.over {{ background: #f
     s.push_str("</table></body></html>\n");
     s
 }
+
+/// Colour for a local error's ratio to its band: green well inside, yellow
+/// near 1, red outside (darker the further).
+fn ratio_heat(ratio: Option<f64>) -> String {
+    let Some(r) = ratio else { return "#e5e7eb".into() };
+    let x = r.max(1e-6).log10();
+    if r > 1.0 {
+        let l = 60.0 - 25.0 * (x / 4.0).clamp(0.0, 1.0);
+        return format!("hsl(0, 80%, {l:.0}%)");
+    }
+    // log10 ratio from -3 (deep green) to 0 (yellow).
+    let t = ((x + 3.0) / 3.0).clamp(0.0, 1.0);
+    format!("hsl({:.0}, 65%, {:.0}%)", 130.0 - 80.0 * t, 45.0 + 10.0 * t)
+}
+
+/// The noise-aware report as a page: verdict, findings, a heatmap of each
+/// stage's local error ÷ its band across layers, and the table.
+pub fn noise_page(r: &crate::noise::NoiseReport) -> String {
+    use crate::noise::Verdict;
+    let mut s = String::new();
+    let verdict = match (r.verdict, r.anomaly) {
+        (Verdict::Anomaly, Some(i)) => format!(
+            r#"<div class="bad">ANOMALY at <b>{}</b>: local error {} is {} × its band ({})</div>"#,
+            esc(&r.stages[i].key),
+            g(r.stages[i].local),
+            g(r.stages[i].ratio),
+            g(Some(r.stages[i].band))
+        ),
+        (Verdict::Anomaly, None) => {
+            r#"<div class="bad">ANOMALY in what the sides were given; every stage within its band</div>"#.into()
+        }
+        (Verdict::Parity, _) => r#"<div class="good">PARITY: every stage equal within f32 rounding</div>"#.into(),
+        (Verdict::WithinNoise, _) => format!(
+            r#"<div class="good">WITHIN NOISE: every stage inside its band (worst {} × at {})</div>"#,
+            r.worst.map(|i| g(r.stages[i].ratio)).unwrap_or_default(),
+            r.worst.map(|i| esc(&r.stages[i].key)).unwrap_or_default()
+        ),
+    };
+    let _ = write!(
+        s,
+        r#"<!doctype html><html><head><meta charset="utf-8"><title>plumb bisect</title><style>
+body {{ font-family: system-ui, sans-serif; margin: 24px; color: #111827; }}
+h1 {{ font-size: 20px; }} h2 {{ font-size: 16px; margin-top: 28px; }}
+.bad {{ background: #fee2e2; border-left: 6px solid #dc2626; padding: 10px; font-size: 16px; }}
+.good {{ background: #dcfce7; border-left: 6px solid #16a34a; padding: 10px; font-size: 16px; }}
+table {{ border-collapse: collapse; font-family: monospace; font-size: 12px; }}
+td, th {{ padding: 2px 8px; border-bottom: 1px solid #e5e7eb; text-align: right; }}
+td:first-child, th:first-child {{ text-align: left; }} tr.over {{ background: #fee2e2; }}
+.note {{ color: #92400e; }}
+</style></head><body>
+<h1>plumb bisect</h1><p>A: <b>{}</b> &nbsp; B (reference): <b>{}</b></p><p>bands: {}</p>{verdict}"#,
+        esc(&r.engine_a),
+        esc(&r.engine_b),
+        esc(&r.calibration)
+    );
+    for n in &r.notes {
+        let _ = write!(s, r#"<p class="note">{}</p>"#, esc(n));
+    }
+    if !r.findings.is_empty() {
+        s.push_str("<h2>Given differently (before any activation)</h2><table><tr><th>kind</th><th>subject</th><th>what</th></tr>");
+        for f in &r.findings {
+            let _ = write!(
+                s,
+                r#"<tr class="over"><td>{}</td><td>{}</td><td style="text-align:left">{}</td></tr>"#,
+                esc(&f.kind),
+                esc(&f.subject),
+                esc(&f.what)
+            );
+        }
+        s.push_str("</table>");
+    }
+    // Heatmap: stage kinds × layers, coloured by ratio.
+    let mut layers: Vec<usize> = Vec::new();
+    let mut kinds: Vec<Stage> = Vec::new();
+    let mut cells: BTreeMap<(Stage, usize), &crate::noise::Judged> = BTreeMap::new();
+    for j in &r.stages {
+        if let Some((st, Some(l))) = parse_key(&j.key) {
+            if !layers.contains(&l) {
+                layers.push(l);
+            }
+            if !kinds.contains(&st) {
+                kinds.push(st);
+            }
+            cells.insert((st, l), j);
+        }
+    }
+    layers.sort();
+    kinds.sort();
+    let (cw, ch, left, top) = (22.0, 16.0, 120.0, 24.0);
+    let _ = write!(
+        s,
+        r#"<h2>Local error ÷ band per stage across layers (green: inside, red: outside; hover for values)</h2><svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-size="10" font-family="monospace">"#,
+        left + cw * layers.len() as f64 + 10.0,
+        top + ch * kinds.len() as f64 + 10.0
+    );
+    for (i, l) in layers.iter().enumerate() {
+        let _ = write!(s, r#"<text x="{}" y="16" text-anchor="middle">{l}</text>"#, left + cw * i as f64 + cw / 2.0);
+    }
+    for (k, st) in kinds.iter().enumerate() {
+        let y = top + ch * k as f64;
+        let _ = write!(s, r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#, left - 6.0, y + ch - 4.0, st.name());
+        for (i, l) in layers.iter().enumerate() {
+            let x = left + cw * i as f64;
+            if let Some(j) = cells.get(&(*st, *l)) {
+                let _ = write!(
+                    s,
+                    r#"<rect x="{x}" y="{y}" width="{}" height="{}" fill="{}" stroke="{}"><title>{}: local {} band {} ratio {}</title></rect>"#,
+                    cw - 1.0,
+                    ch - 1.0,
+                    ratio_heat(j.ratio),
+                    if j.outside { "#7f1d1d" } else { "none" },
+                    esc(&j.key),
+                    g(j.local),
+                    g(Some(j.band)),
+                    g(j.ratio)
+                );
+            }
+        }
+    }
+    s.push_str("</svg>");
+    s.push_str("<h2>Stages</h2><table><tr><th>stage</th><th>local err</th><th>calibration</th><th>band</th><th>ratio</th><th>vs kind</th><th>end to end</th><th>verdict</th></tr>");
+    for j in &r.stages {
+        let _ = write!(
+            s,
+            r#"<tr class="{}"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+            if j.outside { "over" } else { "" },
+            esc(&j.key),
+            g(j.local),
+            g(j.calibration),
+            g(Some(j.band)),
+            g(j.ratio),
+            g(j.vs_kind),
+            g(j.end_to_end),
+            if j.outside { "OUTSIDE" } else { "ok" }
+        );
+    }
+    s.push_str("</table></body></html>\n");
+    s
+}

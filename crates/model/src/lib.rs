@@ -9,6 +9,7 @@
 pub mod config;
 pub mod fault;
 pub mod fuzzing;
+pub mod given;
 pub mod model;
 pub mod sample;
 pub mod source;

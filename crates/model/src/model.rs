@@ -285,15 +285,19 @@ impl Model {
         logits
     }
 
-    /// Applies the model's fault, if it targets this stage (self-tests of
-    /// the diff tools); a no-op otherwise.
+    /// One finished stage: the model's fault is applied if it targets this
+    /// stage (self-tests of the diff tools), the observer records the result,
+    /// and then may replace it (stage isolation feeds the next stage the
+    /// reference's values; plain tracing leaves the buffer alone).
     #[inline]
-    fn tap(&self, layer: Option<usize>, stage: Stage, data: &mut [f32], shape: &[usize]) {
+    fn emit(&self, tr: &mut dyn Observer, layer: Option<usize>, stage: Stage, data: &mut [f32], shape: &[usize]) {
         if let Some(f) = &self.fault {
             if f.stage == stage && f.layer == layer {
                 f.apply(data, shape);
             }
         }
+        tr.record(layer, stage, data, shape);
+        tr.substitute(layer, stage, data, shape);
     }
 
     /// x = embed(tokens) · embed_scale                                      [T, d]
@@ -306,8 +310,7 @@ impl Model {
         if self.cfg.embed_scale != 1.0 {
             x.iter_mut().for_each(|v| *v *= self.cfg.embed_scale);
         }
-        self.tap(None, Stage::Embedding, &mut x, &[t, d]);
-        tr.record(None, Stage::Embedding, &x, &[t, d]);
+        self.emit(tr, None, Stage::Embedding, &mut x, &[t, d]);
         x
     }
 
@@ -342,29 +345,23 @@ impl Model {
 
         // xn = norm(x)
         rms_norm(x, &w.attn_norm, c.rms_eps, &mut xn, k.precision());
-        self.tap(lr, Stage::AttnNorm, &mut xn, &[t, d]);
-        tr.record(lr, Stage::AttnNorm, &xn, &[t, d]);
+        self.emit(tr, lr, Stage::AttnNorm, &mut xn, &[t, d]);
 
         // q, k, v = xn·Wqᵀ + bq, …
         k.linears(&[&w.wq, &w.wk, &w.wv], &xn, t, &mut [&mut q, &mut kk, &mut vv]);
         add_bias(&mut q, w.bq.as_deref());
-        self.tap(lr, Stage::QProj, &mut q, &[t, qd]);
-        tr.record(lr, Stage::QProj, &q, &[t, qd]);
+        self.emit(tr, lr, Stage::QProj, &mut q, &[t, qd]);
         add_bias(&mut kk, w.bk.as_deref());
-        self.tap(lr, Stage::KProj, &mut kk, &[t, kvd]);
-        tr.record(lr, Stage::KProj, &kk, &[t, kvd]);
+        self.emit(tr, lr, Stage::KProj, &mut kk, &[t, kvd]);
         add_bias(&mut vv, w.bv.as_deref());
-        self.tap(lr, Stage::VProj, &mut vv, &[t, kvd]);
-        tr.record(lr, Stage::VProj, &vv, &[t, kvd]);
+        self.emit(tr, lr, Stage::VProj, &mut vv, &[t, kvd]);
 
         // q, k = headwise_norm(q), headwise_norm(k)
         if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
             head_rms_norm(&mut q, qn, c.rms_eps, k.precision());
-            self.tap(lr, Stage::QNorm, &mut q, &[t, qd]);
-            tr.record(lr, Stage::QNorm, &q, &[t, qd]);
+            self.emit(tr, lr, Stage::QNorm, &mut q, &[t, qd]);
             head_rms_norm(&mut kk, kn, c.rms_eps, k.precision());
-            self.tap(lr, Stage::KNorm, &mut kk, &[t, kvd]);
-            tr.record(lr, Stage::KNorm, &kk, &[t, kvd]);
+            self.emit(tr, lr, Stage::KNorm, &mut kk, &[t, kvd]);
         }
 
         // q, k = rope(q, pos), rope(k, pos)   (HF rotate-half convention)
@@ -378,11 +375,9 @@ impl Model {
             Some(cs) => plumb_kernels::mirror::rope_neox(x, width, hd, cs),
         };
         rope(&mut q, qd);
-        self.tap(lr, Stage::QRope, &mut q, &[t, qd]);
-        tr.record(lr, Stage::QRope, &q, &[t, qd]);
+        self.emit(tr, lr, Stage::QRope, &mut q, &[t, qd]);
         rope(&mut kk, kvd);
-        self.tap(lr, Stage::KRope, &mut kk, &[t, kvd]);
-        tr.record(lr, Stage::KRope, &kk, &[t, kvd]);
+        self.emit(tr, lr, Stage::KRope, &mut kk, &[t, kvd]);
 
         let fast = k.precision() == Precision::Fast;
         cache.k[l].truncate(p * kvd);
@@ -444,8 +439,7 @@ impl Model {
                 }
             }
         });
-        self.tap(lr, Stage::AttnScores, &mut scores, &[nh, t, tkv]);
-        tr.record(lr, Stage::AttnScores, &scores, &[nh, t, tkv]);
+        self.emit(tr, lr, Stage::AttnScores, &mut scores, &[nh, t, tkv]);
 
         // probs = softmax(scores + causal/sliding mask)
         scores.par_chunks_mut(t * tkv).with_min_len(min_len).for_each(|sh| {
@@ -464,8 +458,7 @@ impl Model {
                 }
             }
         });
-        self.tap(lr, Stage::AttnProbs, &mut scores, &[nh, t, tkv]);
-        tr.record(lr, Stage::AttnProbs, &scores, &[nh, t, tkv]);
+        self.emit(tr, lr, Stage::AttnProbs, &mut scores, &[nh, t, tkv]);
 
         // ctx[i, h] = Σ_j probs[h, i, j] · v[j, h/(H/Hkv)]   (per head, then interleaved)
         let mut per_head = vec![0f32; nh * t * hd]; //                        [H, T, hd]
@@ -525,13 +518,11 @@ impl Model {
                     .copy_from_slice(&per_head[(h * t + i) * hd..(h * t + i + 1) * hd]);
             }
         }
-        self.tap(lr, Stage::AttnContext, &mut ctx, &[t, qd]);
-        tr.record(lr, Stage::AttnContext, &ctx, &[t, qd]);
+        self.emit(tr, lr, Stage::AttnContext, &mut ctx, &[t, qd]);
 
         // attn = ctx·Woᵀ (then post-norm)
         k.linear(&w.wo, &ctx, t, &mut attn);
-        self.tap(lr, Stage::AttnOut, &mut attn, &[t, d]);
-        tr.record(lr, Stage::AttnOut, &attn, &[t, d]);
+        self.emit(tr, lr, Stage::AttnOut, &mut attn, &[t, d]);
         // From here on only the last token, when asked (the last layer of a
         // step whose earlier positions' logits nobody reads).
         let t = if keep_last && t > 1 {
@@ -548,24 +539,19 @@ impl Model {
         if let Some(pn) = &w.attn_post_norm {
             let raw = attn.clone();
             rms_norm(&raw, pn, c.rms_eps, &mut attn, k.precision());
-            self.tap(lr, Stage::AttnPostNorm, &mut attn, &[t, d]);
-            tr.record(lr, Stage::AttnPostNorm, &attn, &[t, d]);
+            self.emit(tr, lr, Stage::AttnPostNorm, &mut attn, &[t, d]);
         }
 
         // x = x + attn
         x.iter_mut().zip(&attn).for_each(|(a, b)| *a += b);
-        self.tap(lr, Stage::AttnResidual, x, &[t, d]);
-        tr.record(lr, Stage::AttnResidual, x, &[t, d]);
+        self.emit(tr, lr, Stage::AttnResidual, x, &[t, d]);
 
         // xn = norm(x); gate, up = xn·Wgateᵀ, xn·Wupᵀ
         rms_norm(x, &w.ffn_norm, c.rms_eps, &mut xn, k.precision());
-        self.tap(lr, Stage::FfnNorm, &mut xn, &[t, d]);
-        tr.record(lr, Stage::FfnNorm, &xn, &[t, d]);
+        self.emit(tr, lr, Stage::FfnNorm, &mut xn, &[t, d]);
         k.linears(&[&w.w_gate, &w.w_up], &xn, t, &mut [&mut gate, &mut up]);
-        self.tap(lr, Stage::FfnGate, &mut gate, &[t, ff]);
-        tr.record(lr, Stage::FfnGate, &gate, &[t, ff]);
-        self.tap(lr, Stage::FfnUp, &mut up, &[t, ff]);
-        tr.record(lr, Stage::FfnUp, &up, &[t, ff]);
+        self.emit(tr, lr, Stage::FfnGate, &mut gate, &[t, ff]);
+        self.emit(tr, lr, Stage::FfnUp, &mut up, &[t, ff]);
 
         // gate = act(gate); gate = gate * up
         // Element-wise, in runs (each element's value is the same).
@@ -576,30 +562,25 @@ impl Model {
             }
             Activation::GeluTanh => g.iter_mut().for_each(|g| *g = gelu_tanh(*g)),
         });
-        self.tap(lr, Stage::FfnAct, &mut gate, &[t, ff]);
-        tr.record(lr, Stage::FfnAct, &gate, &[t, ff]);
+        self.emit(tr, lr, Stage::FfnAct, &mut gate, &[t, ff]);
         for_each_run(&mut gate, PAR_MIN_ELEMS, |i, g| {
             let u = &up[i * PAR_MIN_ELEMS..i * PAR_MIN_ELEMS + g.len()];
             g.iter_mut().zip(u).for_each(|(g, u)| *g *= u)
         });
-        self.tap(lr, Stage::FfnMul, &mut gate, &[t, ff]);
-        tr.record(lr, Stage::FfnMul, &gate, &[t, ff]);
+        self.emit(tr, lr, Stage::FfnMul, &mut gate, &[t, ff]);
 
         // down = gate·Wdownᵀ (then post-norm)
         k.linear(&w.w_down, &gate, t, &mut down);
-        self.tap(lr, Stage::FfnDown, &mut down, &[t, d]);
-        tr.record(lr, Stage::FfnDown, &down, &[t, d]);
+        self.emit(tr, lr, Stage::FfnDown, &mut down, &[t, d]);
         if let Some(pn) = &w.ffn_post_norm {
             let raw = down.clone();
             rms_norm(&raw, pn, c.rms_eps, &mut down, k.precision());
-            self.tap(lr, Stage::FfnPostNorm, &mut down, &[t, d]);
-            tr.record(lr, Stage::FfnPostNorm, &down, &[t, d]);
+            self.emit(tr, lr, Stage::FfnPostNorm, &mut down, &[t, d]);
         }
 
         // x = x + down
         x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
-        self.tap(lr, Stage::LayerOut, x, &[t, d]);
-        tr.record(lr, Stage::LayerOut, x, &[t, d]);
+        self.emit(tr, lr, Stage::LayerOut, x, &[t, d]);
         t
     }
 
@@ -609,16 +590,14 @@ impl Model {
         let d = c.d;
         let mut xn = vec![0f32; t * d];
         rms_norm(x, &self.final_norm, c.rms_eps, &mut xn, k.precision());
-        self.tap(None, Stage::FinalNorm, &mut xn, &[t, d]);
-        tr.record(None, Stage::FinalNorm, &xn, &[t, d]);
+        self.emit(tr, None, Stage::FinalNorm, &mut xn, &[t, d]);
         let (rows, from) = if all_logits { (t, 0) } else { (1, t - 1) };
         let mut logits = vec![0f32; rows * c.vocab];
         k.linear(&self.output, &xn[from * d..], rows, &mut logits);
         if let Some(cap) = c.final_softcap {
             logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
         }
-        self.tap(None, Stage::Logits, &mut logits, &[rows, c.vocab]);
-        tr.record(None, Stage::Logits, &logits, &[rows, c.vocab]);
+        self.emit(tr, None, Stage::Logits, &mut logits, &[rows, c.vocab]);
         logits
     }
 }

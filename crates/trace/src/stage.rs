@@ -123,6 +123,12 @@ pub trait Observer {
     /// Called once at the end of every forward step, so an observer can
     /// finish deferred work (the recorder computes its statistics here).
     fn step_done(&mut self) {}
+    /// Called after `record` with the same buffer, which the observer may
+    /// overwrite before the forward pass reads it again. Stage isolation
+    /// replaces each stage's output with the reference's here, so every
+    /// stage runs on the reference's inputs; observers that only watch
+    /// leave this as it is.
+    fn substitute(&mut self, _layer: Option<usize>, _stage: Stage, _data: &mut [f32], _shape: &[usize]) {}
 }
 
 /// The observer of plain inference: keeps nothing.

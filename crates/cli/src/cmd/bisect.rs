@@ -1,9 +1,17 @@
 //! `plumb bisect A [B] -p PROMPT`: runs two models (or one model at two
 //! precisions, or a model against a saved reference trace) on the same
-//! token ids with every stage traced, and reports the first stage where
-//! they part. `--isolate` re-runs each layer of A on B's own layer input;
-//! `--inject` breaks one stage of A on purpose; `--teacher-force N` follows
-//! the reference's greedy tokens and compares the logits at every step.
+//! token ids and names the stage where they part.
+//!
+//! By default the judgement is noise-aware: what the two sides were given
+//! (tokens, hyperparameters, weights) is compared first; then every stage of
+//! A runs on B's own inputs to it (stage isolation), and its local error is
+//! judged against a band measured by a calibration run — B's model made to
+//! compute as A does — so expected noise (fast against exact, a quant
+//! against its original) is told from a bug. `--tol`/`--gate` switch to a
+//! fixed bound instead (verdict DIVERGED), where `--isolate` re-runs each
+//! layer of A on B's layer input. `--inject` breaks one stage of A on
+//! purpose; `--teacher-force N` follows the reference's greedy tokens and
+//! compares the logits at every step.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -48,6 +56,12 @@ pub struct Args {
     /// Continue N tokens greedily on the reference's tokens and compare the logits at each.
     #[arg(long, default_value_t = 0)]
     pub teacher_force: usize,
+    /// A saved band table (from --save-noise) instead of a calibration run.
+    #[arg(long)]
+    pub noise: Option<PathBuf>,
+    /// Save the calibration's bands, for `plumb diff --noise` of traces.
+    #[arg(long)]
+    pub save_noise: Option<PathBuf>,
     /// Save A's and B's traces.
     #[arg(long)]
     pub save_a: Option<PathBuf>,
@@ -64,12 +78,12 @@ pub struct Args {
     pub report: ReportArgs,
 }
 
-fn full_plan() -> TracePlan {
+pub(crate) fn full_plan() -> TracePlan {
     TracePlan { tensors: true, positions: Positions::All, ..TracePlan::default() }
 }
 
 /// Runs `loaded` on `ids` with every stage traced.
-fn traced(
+pub(crate) fn traced(
     path: &std::path::Path,
     loaded: &Loaded,
     precision: Precision,
@@ -127,8 +141,14 @@ fn isolated(
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
-    for p in [&args.save_a, &args.save_b, &args.report.html].into_iter().flatten() {
+    for p in [&args.save_a, &args.save_b, &args.report.html, &args.save_noise].into_iter().flatten() {
         check_output(p, args.force)?;
+    }
+    if args.gate.tol.is_none() && args.gate.gate.is_none() {
+        if args.isolate {
+            eprintln!("plumb: note: --isolate is the default (per stage) without --tol/--gate");
+        }
+        return crate::cmd::noisy::run(args);
     }
     let a_args = ModelArgs { model: args.a.clone(), precision: Some(args.a_precision), threads: args.threads };
     let mut a = load(&a_args)?;
@@ -213,7 +233,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
 /// B continues greedily; A is fed B's tokens; the logits are compared at
 /// every generated position. Returns the report and the count of top-1
 /// flips that are not near-ties.
-fn teacher_force(
+pub(crate) fn teacher_force(
     a: &Loaded,
     ap: Precision,
     b: &Loaded,

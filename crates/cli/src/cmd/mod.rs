@@ -3,5 +3,6 @@ pub mod bisect;
 pub mod common;
 pub mod diff;
 pub mod inspect;
+pub mod noisy;
 pub mod run;
 pub mod trace;
