@@ -45,6 +45,8 @@ enum Command {
     Diff(cmd::diff::Args),
     /// Run two models or precisions on the same tokens and name the first stage where they part.
     Bisect(cmd::bisect::Args),
+    /// Write a copy of a GGUF model with one realistic bug planted, to check the tools find it.
+    Plant(cmd::plant::Args),
 }
 
 /// How a command ended when it did not fail outright.
@@ -97,6 +99,7 @@ fn main() -> ExitCode {
         Command::Trace(a) => cmd::trace::run(a),
         Command::Diff(a) => cmd::diff::run(a),
         Command::Bisect(a) => cmd::bisect::run(a),
+        Command::Plant(a) => cmd::plant::run(a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

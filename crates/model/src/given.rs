@@ -239,11 +239,14 @@ fn classify(a: &Weight, b: &Weight, others: &[(&str, &Weight)], head_dim: usize,
             return Some(format!("rows shifted by one: each row holds B's {word} row"));
         }
     }
-    if rows == cols {
-        let t: Vec<f32> = (0..rows * cols).map(|i| db[(i % cols) * cols + i / cols]).collect();
-        if close(rel_err(&da, &t)) {
-            return Some("transposed".into());
-        }
+    // B's matrix transposed, written with B's shape: the flat data of Bᵀ.
+    let t: Vec<f32> = (0..rows * cols).map(|i| db[(i % rows) * cols + i / rows]).collect();
+    if close(rel_err(&da, &t)) {
+        return Some(if rows == cols {
+            "transposed".into()
+        } else {
+            "holds B's data transposed, under B's shape".into()
+        });
     }
     // Rotary pairs laid out interleaved instead of in halves, per head (the
     // classic Q/K conversion mistake), or the reverse.
@@ -404,6 +407,18 @@ pub fn compare_weights(a: &Model, b: &Model) -> Vec<Given> {
         let e = rel_err(xa, xb);
         // Vectors are stored as floats; F16 storage rounds at 2⁻¹¹.
         if e <= 1e-6 {
+            continue;
+        }
+        let swapped = vb
+            .iter()
+            .find(|(n, x, _)| n != name && same_layer(n, name) && x.len() == xa.len() && rel_err(xa, x) <= 1e-6);
+        if let Some((other, _, _)) = swapped {
+            out.push(Given {
+                kind: "weights",
+                subject: name.clone(),
+                what: format!("holds B's {other} (swapped or copied)"),
+                stages: vec![stage.clone()],
+            });
             continue;
         }
         let diff: Vec<f64> = xa.iter().zip(xb.iter()).map(|(x, y)| (*x - *y) as f64).collect();

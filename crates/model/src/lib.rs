@@ -11,6 +11,7 @@ pub mod fault;
 pub mod fuzzing;
 pub mod given;
 pub mod model;
+pub mod plant;
 pub mod sample;
 pub mod source;
 pub mod tokenizer;

@@ -4,5 +4,6 @@ pub mod common;
 pub mod diff;
 pub mod inspect;
 pub mod noisy;
+pub mod plant;
 pub mod run;
 pub mod trace;
