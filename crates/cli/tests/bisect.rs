@@ -16,6 +16,8 @@ fn injected_fault_in_layer_3_ffn_gate_is_named_with_its_chain() {
         "The capital of France is",
         "--inject",
         "ffn_gate@3:scale=1.5",
+        "--tol",
+        "1e-5",
         "--color",
         "never",
     ]);
@@ -36,7 +38,8 @@ fn same_model_same_precision_is_parity_and_json_parses() {
     assert_eq!(code, 0, "{out}");
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["diverged"], false);
-    assert_eq!(j["first_divergence"], serde_json::Value::Null);
+    assert_eq!(j["verdict"], "parity");
+    assert_eq!(j["first_anomaly"], serde_json::Value::Null);
     assert!(j["stages"].as_array().unwrap().len() > 300);
 }
 
@@ -44,8 +47,18 @@ fn same_model_same_precision_is_parity_and_json_parses() {
 fn isolate_confines_the_error_to_the_faulty_layer() {
     let Some(m) = real_model() else { return };
     let m = m.to_string_lossy().into_owned();
-    let (code, out, _) =
-        plumb(&["bisect", &m, "-p", "Water boils at", "--inject", "attn_out@5:noise=0.5", "--isolate", "--json"]);
+    let (code, out, _) = plumb(&[
+        "bisect",
+        &m,
+        "-p",
+        "Water boils at",
+        "--inject",
+        "attn_out@5:noise=0.5",
+        "--isolate",
+        "--tol",
+        "1e-5",
+        "--json",
+    ]);
     assert_eq!(code, 1);
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["first_divergence"], "blk.5.attn_out");

@@ -47,7 +47,8 @@ fn nan_weights_are_flagged_at_the_first_stage_they_reach() {
     let (code, out, _) =
         plumb(&["bisect", m, good.to_str().unwrap(), "--tokens", "1,17,255,3", "--brief", "--color", "never"]);
     assert_eq!(code, 1);
-    assert!(out.contains("first divergence at blk.1.ffn_up"), "{out}");
+    assert!(out.contains("ANOMALY at blk.1.ffn_up"), "{out}");
+    assert!(out.contains("blk.1.ffn_up.weight: holds NaN or Inf values"), "{out}");
 }
 
 #[test]
@@ -109,7 +110,7 @@ fn bad_prompts_and_arguments_exit_2_with_a_message() {
         (vec!["run", m, "--tokens", "1", "-t", "0"], "at least 1"),
         (vec!["trace", m, "--tokens", "1", "--precision", "turbo"], "unknown precision"),
         (
-            vec!["bisect", m, renamed.to_str().unwrap(), "--tokens", "1"],
+            vec!["bisect", m, renamed.to_str().unwrap(), "--tokens", "1", "--tol", "1e-5"],
             "vocabularies disagree at token 7: A \"t7\", B \"x7\"",
         ),
         (vec!["bisect", m, "--tokens", "1", "--inject", "ffn_up@0:melt"], "unknown kind"),
@@ -120,6 +121,10 @@ fn bad_prompts_and_arguments_exit_2_with_a_message() {
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains(want), "{args:?}: expected {want:?} in {err:?}");
     }
+    // Judged by noise (the default), a renamed vocabulary entry is a finding.
+    let (code, out, _) = plumb(&["bisect", m, renamed.to_str().unwrap(), "--tokens", "1", "--color", "never"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("tokens   vocabulary entry 7: A \"t7\", B \"x7\""), "{out}");
     // -n 0 generates nothing and succeeds.
     let (code, _, _) = plumb(&["run", m, "--tokens", "1,2", "-n", "0"]);
     assert_eq!(code, 0);

@@ -117,8 +117,14 @@ pub struct BandTable {
     pub format: String,
     /// How the bands were made (the calibration pair).
     pub source: String,
-    /// Stage key → calibration local error (relative L2).
+    /// Stage key → calibration local error (relative L2), each stage on
+    /// the reference's inputs: the bands of `plumb bisect --noise`.
     pub local: BTreeMap<String, f64>,
+    /// Stage key → calibration error run end to end (inherited and local
+    /// together): the bands of `plumb diff --noise`, where two traces are
+    /// all there is.
+    #[serde(default)]
+    pub end_to_end: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -155,6 +161,8 @@ pub struct Judged {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct NoiseReport {
+    /// The command that judged: "plumb bisect" or "plumb diff".
+    pub command: String,
     pub engine_a: String,
     pub engine_b: String,
     /// How the bands were obtained.
@@ -191,8 +199,10 @@ pub enum Bands<'a> {
     Exact,
     /// A calibration probe's local errors.
     Calibrated(&'a [StageDiff]),
-    /// A saved table.
+    /// A saved table's local errors (for isolated stages).
     Table(&'a BandTable),
+    /// A saved table's end-to-end errors (for two traces run end to end).
+    EndToEnd(&'a BandTable),
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -215,8 +225,8 @@ pub fn judge(
     local: &[StageDiff],
     bands: Bands,
     calibration: String,
-    end_to_end: Option<&Probe>,
-    logits_b: Option<&(Vec<usize>, Vec<f32>)>,
+    end_to_end: &[StageDiff],
+    logits: Vec<PositionLogits>,
     findings: Vec<Finding>,
     tie_margin: f64,
 ) -> NoiseReport {
@@ -224,10 +234,9 @@ pub fn judge(
         Bands::Exact => BTreeMap::new(),
         Bands::Calibrated(c) => c.iter().filter_map(|s| Some((s.key.as_str(), s.rel_l2?))).collect(),
         Bands::Table(t) => t.local.iter().map(|(k, v)| (k.as_str(), *v)).collect(),
+        Bands::EndToEnd(t) => t.end_to_end.iter().map(|(k, v)| (k.as_str(), *v)).collect(),
     };
-    let e2e: BTreeMap<&str, f64> = end_to_end
-        .map(|p| p.stages.iter().filter_map(|s| Some((s.key.as_str(), s.rel_l2?))).collect())
-        .unwrap_or_default();
+    let e2e: BTreeMap<&str, f64> = end_to_end.iter().filter_map(|s| Some((s.key.as_str(), s.rel_l2?))).collect();
     // Each stage kind's local errors over the layers, for the median of
     // the other layers.
     let mut by_kind: BTreeMap<&str, Vec<(&str, f64)>> = BTreeMap::new();
@@ -290,11 +299,8 @@ pub fn judge(
     } else {
         Verdict::WithinNoise
     };
-    let logits = match (end_to_end.and_then(|p| p.logits.as_ref()), logits_b) {
-        (Some((sa, la)), Some((sb, lb))) if sa == sb && sa.len() == 2 => logits_metrics(la, lb, sa[1], tie_margin),
-        _ => Vec::new(),
-    };
     NoiseReport {
+        command: "plumb bisect".into(),
         engine_a: engine_a.to_string(),
         engine_b: engine_b.to_string(),
         calibration,
@@ -311,13 +317,57 @@ pub fn judge(
     }
 }
 
-/// The calibration's local errors as a table to save.
-pub fn band_table(cal: &[StageDiff], source: &str) -> BandTable {
+/// A's end-to-end logits against B's, per position, where both are [T, V].
+pub fn logits_of(a: &Probe, b: &Trace, tie_margin: f64) -> Vec<PositionLogits> {
+    match (a.logits.as_ref(), b.tensors.get("logits")) {
+        (Some((sa, la)), Some((sb, lb))) if sa == sb && sa.len() == 2 => logits_metrics(la, lb, sa[1], tie_margin),
+        _ => Vec::new(),
+    }
+}
+
+/// The calibration's errors as a table to save: local (isolated) and end
+/// to end.
+pub fn band_table(local: &[StageDiff], end_to_end: &[StageDiff], source: &str) -> BandTable {
+    let map = |v: &[StageDiff]| v.iter().filter_map(|s| Some((s.key.clone(), s.rel_l2?))).collect();
     BandTable {
         format: "plumb-bands 1".into(),
         source: source.to_string(),
-        local: cal.iter().filter_map(|s| Some((s.key.clone(), s.rel_l2?))).collect(),
+        local: map(local),
+        end_to_end: map(end_to_end),
     }
+}
+
+/// Judges a diff of two traces run end to end against a saved table's
+/// end-to-end bands: the first stage far outside its band is the anomaly
+/// (later ones may inherit it).
+pub fn judge_diff(d: &crate::compare::Diff, table: &BandTable, source: String) -> NoiseReport {
+    let mut findings = Vec::new();
+    if !d.tokens_match {
+        findings.push(Finding {
+            kind: "tokens".into(),
+            subject: "token ids".into(),
+            what: d.notes.first().cloned().unwrap_or_else(|| "the two traces were fed different token ids".into()),
+            stages: vec!["*".into()],
+        });
+    }
+    // Stats-only stages have no relative L2 to judge; they are shown, not judged.
+    let mut r = judge(
+        &d.engine_a,
+        &d.engine_b,
+        &d.stages,
+        Bands::EndToEnd(table),
+        source,
+        &d.stages,
+        d.logits.clone(),
+        findings,
+        d.tie_margin,
+    );
+    r.command = "plumb diff".into();
+    r.notes.extend(d.notes.iter().filter(|n| !n.starts_with("token ids differ")).cloned());
+    r.notes.push(
+        "two traces run end to end: each stage's error includes what it inherits, judged against the calibration's own end-to-end error there".into(),
+    );
+    r
 }
 
 fn ratio_str(r: Option<f64>) -> String {
@@ -334,7 +384,7 @@ fn ratio_str(r: Option<f64>) -> String {
 /// end-to-end consequences.
 pub fn verdict_text(r: &NoiseReport, paint: Paint) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "{}  A: {}   B (reference): {}", paint.bold("plumb bisect"), r.engine_a, r.engine_b);
+    let _ = writeln!(s, "{}  A: {}   B (reference): {}", paint.bold(&r.command), r.engine_a, r.engine_b);
     let _ = writeln!(s, "bands: {}", r.calibration);
     for n in &r.notes {
         let _ = writeln!(s, "{}", paint.yellow(&format!("note: {n}")));
@@ -566,11 +616,11 @@ mod tests {
             .collect();
         let mut a = cal.clone();
         a[1].rel_l2 = Some(6e-3); // 3× its calibration: noise, inside the band
-        let r = judge("a", "b", &a, Bands::Calibrated(&cal), String::new(), None, None, vec![], 0.01);
+        let r = judge("a", "b", &a, Bands::Calibrated(&cal), String::new(), &[], Vec::new(), vec![], 0.01);
         assert_eq!(r.verdict, Verdict::WithinNoise);
         assert_eq!(r.worst.map(|i| r.stages[i].key.as_str()), Some("blk.0.ffn_gate"));
         a[5].rel_l2 = Some(0.3); // blk.2.ffn_gate
-        let r = judge("a", "b", &a, Bands::Calibrated(&cal), String::new(), None, None, vec![], 0.01);
+        let r = judge("a", "b", &a, Bands::Calibrated(&cal), String::new(), &[], Vec::new(), vec![], 0.01);
         assert_eq!(r.verdict, Verdict::Anomaly);
         let at = &r.stages[r.anomaly.unwrap()];
         assert_eq!(at.key, "blk.2.ffn_gate");
@@ -581,7 +631,7 @@ mod tests {
     #[test]
     fn exact_bands_give_parity_and_findings_alone_are_an_anomaly() {
         let a = vec![stage("embedding", 0.0), stage("blk.0.attn_norm", 3e-8)];
-        let r = judge("a", "b", &a, Bands::Exact, String::new(), None, None, vec![], 0.01);
+        let r = judge("a", "b", &a, Bands::Exact, String::new(), &[], Vec::new(), vec![], 0.01);
         assert_eq!(r.verdict, Verdict::Parity);
         let f = Finding {
             kind: "config".into(),
@@ -589,7 +639,7 @@ mod tests {
             what: "A 1e-5, B 1e-6".into(),
             stages: vec!["attn_norm".into()],
         };
-        let r = judge("a", "b", &a, Bands::Exact, String::new(), None, None, vec![f], 0.01);
+        let r = judge("a", "b", &a, Bands::Exact, String::new(), &[], Vec::new(), vec![f], 0.01);
         assert_eq!(r.verdict, Verdict::Anomaly);
         assert_eq!(r.stages[1].explained_by, vec![0]);
         assert!(r.stages[0].explained_by.is_empty());

@@ -82,7 +82,10 @@ pub fn compare_config(a: &ModelConfig, b: &ModelConfig) -> Vec<Given> {
 
 /// A model's weights by canonical (GGUF) name, with the stage each feeds.
 fn matrices(m: &Model) -> Vec<(String, &Weight, String)> {
-    let mut v = vec![("token_embd.weight".to_string(), &m.embed, "embedding".to_string())];
+    // A tied output matrix is the embedding: its findings reach the logits too
+    // (the stage list is split on '|' by compare_weights).
+    let embed_stages = if m.cfg.tied_output { "embedding|logits" } else { "embedding" };
+    let mut v = vec![("token_embd.weight".to_string(), &m.embed, embed_stages.to_string())];
     for (l, w) in m.layers.iter().enumerate() {
         for (name, wt, stage) in [
             ("attn_q", &w.wq, "q_proj"),
@@ -302,7 +305,7 @@ pub fn compare_weights(a: &Model, b: &Model) -> Vec<Given> {
                 kind: "weights",
                 subject: name.clone(),
                 what: format!("shape A [{}, {}], B [{}, {}]", wa.rows, wa.cols, wb.rows, wb.cols),
-                stages: vec![stage.clone()],
+                stages: stage.split('|').map(str::to_string).collect(),
             });
             continue;
         }
@@ -350,6 +353,16 @@ pub fn compare_weights(a: &Model, b: &Model) -> Vec<Given> {
             .map(|(i, r)| (i, row_ratio(r)))
             .max_by(|x, y| x.1.total_cmp(&y.1))
             .unwrap_or((0, 0.0));
+        if !err.is_finite() {
+            let r = rows.iter().position(|r| !r.err.is_finite()).unwrap_or(0);
+            out.push(Given {
+                kind: "weights",
+                subject: name.clone(),
+                what: format!("holds NaN or Inf values (first in row {r})"),
+                stages: stage.split('|').map(str::to_string).collect(),
+            });
+            continue;
+        }
         let nmse = err / norm.max(f64::MIN_POSITIVE);
         let exp_nmse = expected / norm.max(f64::MIN_POSITIVE);
         if err > limit(expected, norm, WEIGHT_BAND) {
@@ -375,7 +388,12 @@ pub fn compare_weights(a: &Model, b: &Model) -> Vec<Given> {
                 }
                 None => format!("differs beyond its storage types: NMSE {nmse:.3e}, expected {exp_nmse:.1e}"),
             };
-            out.push(Given { kind: "weights", subject: name.clone(), what, stages: vec![stage.clone()] });
+            out.push(Given {
+                kind: "weights",
+                subject: name.clone(),
+                what,
+                stages: stage.split('|').map(str::to_string).collect(),
+            });
         } else if worst > 1.0 {
             let r = &rows[worst_r];
             out.push(Given {
@@ -389,7 +407,7 @@ pub fn compare_weights(a: &Model, b: &Model) -> Vec<Given> {
                     r.worst_block.0 * block,
                     (r.worst_block.0 + 1) * block
                 ),
-                stages: vec![stage.clone()],
+                stages: stage.split('|').map(str::to_string).collect(),
             });
         }
     }
@@ -400,7 +418,7 @@ pub fn compare_weights(a: &Model, b: &Model) -> Vec<Given> {
                 kind: "weights",
                 subject: name.clone(),
                 what: format!("length A {}, B {}", xa.len(), xb.len()),
-                stages: vec![stage.clone()],
+                stages: stage.split('|').map(str::to_string).collect(),
             });
             continue;
         }
@@ -417,7 +435,7 @@ pub fn compare_weights(a: &Model, b: &Model) -> Vec<Given> {
                 kind: "weights",
                 subject: name.clone(),
                 what: format!("holds B's {other} (swapped or copied)"),
-                stages: vec![stage.clone()],
+                stages: stage.split('|').map(str::to_string).collect(),
             });
             continue;
         }
@@ -441,7 +459,12 @@ pub fn compare_weights(a: &Model, b: &Model) -> Vec<Given> {
                 format!("differs: NMSE {e:.3e}")
             }
         };
-        out.push(Given { kind: "weights", subject: name.clone(), what, stages: vec![stage.clone()] });
+        out.push(Given {
+            kind: "weights",
+            subject: name.clone(),
+            what,
+            stages: stage.split('|').map(str::to_string).collect(),
+        });
     }
     out
 }

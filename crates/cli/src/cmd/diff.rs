@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use plumb_diff::noise::{self, BandTable};
 use plumb_diff::report::{details, json, verdict, Paint};
 use plumb_diff::{diff, Gate};
 use plumb_trace::Trace;
@@ -88,6 +89,10 @@ pub struct Args {
     pub gate: GateArgs,
     #[command(flatten)]
     pub report: ReportArgs,
+    /// Judge against a band table (from `plumb bisect --save-noise`) instead
+    /// of a fixed bound: for two sides that differ by design.
+    #[arg(long, conflicts_with_all = ["tol", "gate"])]
+    pub noise: Option<PathBuf>,
     /// Overwrite an existing --html file.
     #[arg(long)]
     pub force: bool,
@@ -100,6 +105,49 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let a = Trace::load(&args.a)?;
     let b = Trace::load(&args.b)?;
     let d = diff(&a, &b, &args.gate.gate()?, args.gate.tie_margin);
+    if let Some(p) = &args.noise {
+        let text = std::fs::read_to_string(p).with_context(|| format!("cannot read band table {}", p.display()))?;
+        let table: BandTable =
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not a plumb band table: {e}", p.display()))?;
+        if table.end_to_end.is_empty() {
+            anyhow::bail!(
+                "{}: the band table has no end-to-end bands (write it with plumb bisect --save-noise)",
+                p.display()
+            );
+        }
+        let how =
+            format!("the saved table {} ({}), {}× its end-to-end error", p.display(), table.source, noise::BAND_WIDTH);
+        let r = noise::judge_diff(&d, &table, how);
+        return emit_noise(&r, &args.report);
+    }
+    if a.engine() != b.engine() && d.diverged() && !args.report.json {
+        eprintln!(
+            "plumb: note: the traces come from {} and {}, which differ by design; `plumb bisect MODEL --a-precision fast --save-noise bands.json` makes a band table for `--noise bands.json`",
+            a.engine(),
+            b.engine()
+        );
+    }
     args.report.emit(&d, &a, &b)?;
     Ok(if d.diverged() { Outcome::GateFailed } else { Outcome::Ok })
+}
+
+/// Prints a noise-aware report (and its page) as --json/--html/--brief ask.
+pub fn emit_noise(r: &noise::NoiseReport, report: &ReportArgs) -> anyhow::Result<Outcome> {
+    if let Some(p) = &report.html {
+        plumb_trace::file::write_atomic(p, plumb_diff::html::noise_page(r).as_bytes())
+            .with_context(|| format!("cannot write {}", p.display()))?;
+        eprintln!("wrote {}", p.display());
+    }
+    if report.json {
+        out::print(&noise::json(r))?;
+    } else {
+        let paint = Paint(crate::style::Style::new(report.color).enabled());
+        let mut s = noise::verdict_text(r, paint);
+        if !report.brief {
+            s.push('\n');
+            s.push_str(&noise::table(r, paint));
+        }
+        out::print(&s)?;
+    }
+    Ok(if r.failed() { Outcome::GateFailed } else { Outcome::Ok })
 }

@@ -12,7 +12,6 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use plumb_diff::noise::{self, BandTable, Bands, Finding, Probe};
-use plumb_diff::report::Paint;
 use plumb_model::fault::Fault;
 use plumb_model::given;
 use plumb_model::kernels::kernels_for;
@@ -200,28 +199,34 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             ),
         )
     };
+    // A end to end: the consequences.
+    let mut e2e = Probe::new(&b_trace, false);
+    probe_run(&a, args.a_precision, &ids, &mut e2e);
     if let Some(p) = &args.save_noise {
         let Bands::Calibrated(c) = &bands else {
             bail!("--save-noise needs a calibration run (the two sides compute the same arithmetic, or --noise was given)")
         };
-        let t = noise::band_table(
-            c,
-            &format!(
-                "{} at {} against {} at {}",
-                b_path.display(),
-                args.a_precision.name(),
-                b_path.display(),
-                args.b_precision.name()
-            ),
+        // The calibration end to end too, for `plumb diff --noise`.
+        let cal_e2e = if same_model && args.inject.is_none() {
+            e2e.stages.clone()
+        } else {
+            let mut cal = load(&ModelArgs { model: b_path.clone(), precision: Some(args.a_precision), threads: None })?;
+            given::weights_as(&mut cal.model, &a.model);
+            let mut probe = Probe::new(&b_trace, false);
+            probe_run(&cal, args.a_precision, &ids, &mut probe);
+            probe.stages
+        };
+        let source = format!(
+            "{} in A's storage types at {} against itself at {}",
+            b_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            args.a_precision.name(),
+            args.b_precision.name()
         );
+        let t = noise::band_table(c, &cal_e2e, &source);
         plumb_trace::file::write_atomic(p, (serde_json::to_string_pretty(&t)? + "\n").as_bytes())
             .with_context(|| format!("cannot write {}", p.display()))?;
         eprintln!("wrote {}", p.display());
     }
-
-    // A end to end: the consequences.
-    let mut e2e = Probe::new(&b_trace, false);
-    probe_run(&a, args.a_precision, &ids, &mut e2e);
     let a_engine = format!(
         "plumb {} ({}) {}",
         env!("CARGO_PKG_VERSION"),
@@ -247,8 +252,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         &local.stages,
         bands,
         how,
-        Some(&e2e),
-        b_trace.tensors.get("logits"),
+        &e2e.stages,
+        noise::logits_of(&e2e, &b_trace, args.gate.tie_margin),
         findings,
         args.gate.tie_margin,
     );
@@ -264,22 +269,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         traced(&args.a, &a, args.a_precision, &ids, args.prompt.text.as_deref())?.save(p)?;
         eprintln!("wrote {}", p.display());
     }
-    if let Some(p) = &args.report.html {
-        plumb_trace::file::write_atomic(p, plumb_diff::html::noise_page(&r).as_bytes())
-            .with_context(|| format!("cannot write {}", p.display()))?;
-        eprintln!("wrote {}", p.display());
-    }
-    if args.report.json {
-        out::print(&noise::json(&r))?;
-    } else {
-        let paint = Paint(crate::style::Style::new(args.report.color).enabled());
-        let mut s = noise::verdict_text(&r, paint);
-        if !args.report.brief {
-            s.push('\n');
-            s.push_str(&noise::table(&r, paint));
-        }
-        out::print(&s)?;
-    }
+    let outcome = crate::cmd::diff::emit_noise(&r, &args.report)?;
     if args.teacher_force > 0 {
         let Some(b) = &b else { bail!("--teacher-force needs a reference model, not a trace file") };
         // Flips are shown; the verdict stays with the stages, since a flip
@@ -290,5 +280,5 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             out::print(&text)?;
         }
     }
-    Ok(if r.failed() { Outcome::GateFailed } else { Outcome::Ok })
+    Ok(outcome)
 }
