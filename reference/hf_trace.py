@@ -3,7 +3,7 @@
 
 Runs a decoder model in transformers (eager attention, float32 by default, on
 the CPU), captures every stage of one forward pass over a prompt or a list of
-token ids, and writes a plumb trace file, format 1 (shared/DESIGN.md): one
+token ids, and writes a plumb trace file, format 1 (docs/TRACE_FORMAT.md): one
 safetensors file whose tensors are named by stage key (``embedding``,
 ``blk.3.ffn_mul``, ``logits``) and whose ``__metadata__`` carries
 ``plumb.format``, ``plumb.engine``, ``plumb.model`` (+ ``plumb.model_sha256``
@@ -24,7 +24,7 @@ dequantizes every tensor). With ``-p`` the prompt is tokenized with the
 model's own tokenizer, special tokens (BOS) added unless ``--no-bos``; with
 ``--tokens`` the ids are fed as given. ``--stages`` takes comma-separated
 globs matched against the stage name without its ``blk.L.`` prefix (e.g.
-``attn_*,logits``; the aliases of DESIGN.md such as ``ffn_out`` are
+``attn_*,logits``; the aliases of docs/TRACE_FORMAT.md such as ``ffn_out`` are
 accepted), ``--layers`` a comma list of layers and ranges; stages left out
 are neither saved nor given stats. ``--stats-only`` writes the statistics
 without the tensors. stdout stays quiet except for a final
@@ -136,7 +136,7 @@ from trace_format import (  # noqa: E402  (same folder)
 
 # Stages whose token axis is 1 ([H, T, Tkv]); all others have it at 0.
 
-# Command-line aliases (shared/DESIGN.md).
+# Command-line aliases (docs/TRACE_FORMAT.md).
 
 ARCH_MAP = {
     "llama": "llama",

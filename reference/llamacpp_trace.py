@@ -5,7 +5,7 @@ Runs a GGUF file in llama.cpp through llama-cpp-python's low-level API
 (``llama_cpp.llama_cpp``), watches every node of the compute graph with the
 scheduler's evaluation callback (``llama_context_params.cb_eval``), copies the
 nodes that correspond to plumb's stages as they are computed, and writes a
-plumb trace file, format 1 (shared/DESIGN.md): one safetensors file whose
+plumb trace file, format 1 (docs/TRACE_FORMAT.md): one safetensors file whose
 tensors are named by stage key (``embedding``, ``blk.3.ffn_mul``, ``logits``)
 and whose ``__metadata__`` carries ``plumb.format``, ``plumb.engine``,
 ``plumb.model``, ``plumb.model_sha256``, ``plumb.arch``, ``plumb.prompt``,
@@ -99,7 +99,7 @@ Layout conversions
   node lacks it; gemma3 multiplies Q by its attention scale after RoPE and
   passes scale 1. The script reads the scale from the softmax node's
   op_params[0] and records ``attn_scores = kq * scale``, so it is
-  Q·Kᵀ·scale before the mask, as DESIGN.md asks, whichever way the model
+  Q·Kᵀ·scale before the mask, as docs/TRACE_FORMAT.md asks, whichever way the model
   folds it (q_rope is recorded before gemma3's Q scaling).
 * Last layer: llama.cpp gathers the rows that need outputs (``inp_out_ids``)
   after the last layer's attention. Every position asks for logits here, so
@@ -139,7 +139,7 @@ from trace_format import (  # noqa: E402  (same folder)
 # Stages in the Q/K head layout (undone from the GGUF permutation for NORM rope).
 QK_STAGES = {"q_proj", "k_proj", "q_norm", "k_norm", "q_rope", "k_rope"}
 
-# Command-line aliases (shared/DESIGN.md).
+# Command-line aliases (docs/TRACE_FORMAT.md).
 
 # general.architecture -> plumb.arch
 ARCH_MAP = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3"}

@@ -1,4 +1,4 @@
-"""Trace file format 1 (shared/DESIGN.md) on the Python side: stage names
+"""Trace file format 1 (docs/TRACE_FORMAT.md) on the Python side: stage names
 and aliases, the --stages/--layers selection, statistics exactly as plumb
 computes them, and the atomic safetensors writer. Shared by hf_trace.py and
 llamacpp_trace.py (import it from the same folder)."""

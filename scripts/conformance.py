@@ -304,9 +304,10 @@ def write_example(cases: list[dict]) -> None:
         body_lines += [
             "`plumb diff` of the four engines' traces (made by `scripts/conformance.sh`) finds plumb exact",
             f"within {fmt(ex['worst'][1])} NMSE of transformers and plumb fast {same} at every stage.",
-            "So transformers and llama.cpp part where activation quantization enters, the first matmul of",
-            "layer 0 (`blk.0.q_proj`, where llama.cpp rounds the normed input to Q8_0 before an integer dot",
-            "product) — by design, not by a bug — and the rounding it adds is enough here to turn a greedy",
+            "So transformers and llama.cpp part where activation quantization enters (llama.cpp rounds each",
+            "matmul's input to Q8_0 before an integer dot product), and `plumb bisect` judges every stage of",
+            "that difference to be inside the band that activation quantization explains: noise by design,",
+            "not a bug — and the rounding it adds, summed over 18 layers, is enough here to turn a greedy",
             "choice a few tokens later.",
         ]
         body = "\n".join(body_lines)

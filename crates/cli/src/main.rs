@@ -1,7 +1,7 @@
 //! The `plumb` command line: a thin layer that parses flags, calls the
 //! library crates and prints. One file per subcommand under `cmd/`.
 //!
-//! Exit codes (shared/DESIGN.md): 0 success, 1 a divergence or failed gate,
+//! Exit codes (docs/TRACE_FORMAT.md): 0 success, 1 a divergence or failed gate,
 //! 2 bad input or usage.
 
 use std::process::ExitCode;

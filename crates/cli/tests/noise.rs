@@ -85,12 +85,19 @@ fn planted_bugs_are_named(requant: Option<&str>, precision: &str) {
     assert!(bugs.len() >= 30, "the catalogue has {} bugs", bugs.len());
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("planted.gguf");
+    // The requantized copy is made once; each bug is planted into it.
+    let base = match requant {
+        Some(t) => {
+            let base = dir.path().join("base.gguf");
+            let (code, _, err) = plumb(&["plant", &m, base.to_str().unwrap(), "--bug", "none", "--requant", t]);
+            assert_eq!(code, 0, "{err}");
+            base.to_string_lossy().into_owned()
+        }
+        None => m.clone(),
+    };
     let mut failures = Vec::new();
     for bug in &bugs {
-        let mut args = vec!["plant", &m, copy.to_str().unwrap(), "--bug", bug, "--force"];
-        if let Some(t) = requant {
-            args.extend(["--requant", t]);
-        }
+        let args = vec!["plant", &base, copy.to_str().unwrap(), "--bug", bug, "--force"];
         let (code, _, err) = plumb(&args);
         assert_eq!(code, 0, "plant {bug}: {err}");
         let (code, j) = bisect_json(&[copy.to_str().unwrap(), &m, "--a-precision", precision, "-p", PROMPT]);

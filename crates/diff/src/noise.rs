@@ -506,10 +506,21 @@ pub fn verdict_text(r: &NoiseReport, paint: Paint) -> String {
             g(Some(mean_kl)),
             g(Some(kl))
         );
-        if r.anomaly.is_none() && agree < n {
+        for p in r.logits.iter().filter(|p| !p.top1_agree).take(6) {
             let _ = writeln!(
                 s,
-                "  the flips are the sum of in-band noise over the layers (a near-tie's consequence), not a stage's fault"
+                "  position {}: A {} vs B {}, reference margin {}{}",
+                p.position,
+                p.top1_a,
+                p.top1_b,
+                g(Some(p.ref_margin)),
+                if p.near_tie { " (near-tie)" } else { "" }
+            );
+        }
+        if r.anomaly.is_none() && r.findings.is_empty() && agree < n {
+            let _ = writeln!(
+                s,
+                "  every stage is inside its band: these flips are in-band noise summed over the layers, not one stage's fault"
             );
         }
     }

@@ -1,4 +1,4 @@
-//! Trace files, format 1 (shared/DESIGN.md): one safetensors file whose
+//! Trace files, format 1 (docs/TRACE_FORMAT.md): one safetensors file whose
 //! tensors are named by stage key and whose `__metadata__` carries the
 //! engine, model, tokens and the statistics of every traced stage.
 //!

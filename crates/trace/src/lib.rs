@@ -1,6 +1,6 @@
 //! Tracing: the named stages of a forward pass, the plan of what to record,
 //! statistics, the recorder that a traced forward pass reports to, and trace
-//! files (format 1, shared/DESIGN.md).
+//! files (format 1, docs/TRACE_FORMAT.md).
 //!
 //! This crate knows nothing of models or kernels: the engine depends on it
 //! for [`stage::Observer`], and diff tools read [`file::Trace`] without ever

@@ -1,4 +1,4 @@
-//! Trace points: the named steps of the forward pass (shared/DESIGN.md) and
+//! Trace points: the named steps of the forward pass (docs/TRACE_FORMAT.md) and
 //! the observer that the forward pass reports each of them to.
 //!
 //! Tracing only observes: the forward pass hands each finished buffer to
@@ -67,7 +67,7 @@ impl Stage {
         ]
     };
 
-    /// The canonical name (shared/DESIGN.md).
+    /// The canonical name (docs/TRACE_FORMAT.md).
     pub fn name(self) -> &'static str {
         use Stage::*;
         match self {
@@ -183,7 +183,7 @@ pub fn order_key(key: &str) -> (u8, usize, usize, String) {
 }
 
 /// Names accepted on the command line for compatibility with an earlier
-/// tool (shared/DESIGN.md), mapped to canonical stage names.
+/// tool (docs/TRACE_FORMAT.md), mapped to canonical stage names.
 pub fn resolve_alias(name: &str) -> Option<&'static [&'static str]> {
     Some(match name {
         "qkv_matmul" => &["q_proj", "k_proj", "v_proj"],

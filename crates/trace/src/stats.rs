@@ -1,4 +1,4 @@
-//! Statistics of one traced tensor (shared/DESIGN.md): computed in f64 over
+//! Statistics of one traced tensor (docs/TRACE_FORMAT.md): computed in f64 over
 //! all elements and again over the last token's slice; NaN and Inf are
 //! counted apart and left out of every other figure.
 
