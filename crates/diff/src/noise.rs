@@ -49,7 +49,7 @@ pub struct Probe<'a> {
     isolate: bool,
     /// A's error against the reference, per stage, in execution order.
     pub stages: Vec<StageDiff>,
-    /// A's logits, [T, V], as computed (before any substitution).
+    /// A's logits, [T, V], when not isolating.
     pub logits: Option<(Vec<usize>, Vec<f32>)>,
 }
 
@@ -72,7 +72,9 @@ impl Observer for Probe<'_> {
             Some((shb, _)) => d.basis = crate::compare::Basis::Mismatch { a: shape.to_vec(), b: shb.clone() },
             None => d.basis = crate::compare::Basis::OnlyA,
         }
-        if stage == Stage::Logits {
+        // Only an end-to-end run's logits mean anything to compare (T × V
+        // floats: hundreds of MB at long prompts, so not kept otherwise).
+        if stage == Stage::Logits && !self.isolate {
             self.logits = Some((shape.to_vec(), data.to_vec()));
         }
         self.stages.push(d);
