@@ -15,7 +15,7 @@ VENV=.venv-ref
 PIP=(--disable-pip-version-check --quiet)
 if [[ ! -x "$VENV/bin/python" ]]; then python3 -m venv "$VENV"; fi
 "$VENV/bin/pip" install "${PIP[@]}" torch==2.15.0 transformers==5.24.0 gguf==0.19.0 safetensors numpy \
-    sentencepiece protobuf
+    sentencepiece protobuf accelerate
 if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
     if ! command -v cmake >/dev/null; then
         if [[ $(id -u) = 0 ]]; then apt-get install -y cmake build-essential; else sudo apt-get install -y cmake build-essential; fi

@@ -215,23 +215,25 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     Some(v[v.len() / 2])
 }
 
-/// Judges A's local errors against their bands.
-///
-/// `local` is A's isolated probe, `end_to_end` A's plain run against the
-/// same reference (optional), `logits_b` the reference's logits for the
-/// end-to-end agreement.
-#[allow(clippy::too_many_arguments)]
-pub fn judge(
-    engine_a: &str,
-    engine_b: &str,
-    local: &[StageDiff],
-    bands: Bands,
-    calibration: String,
-    end_to_end: &[StageDiff],
-    logits: Vec<PositionLogits>,
-    findings: Vec<Finding>,
-    tie_margin: f64,
-) -> NoiseReport {
+/// What a judgement reads, besides the bands.
+pub struct Evidence<'a> {
+    pub engine_a: &'a str,
+    pub engine_b: &'a str,
+    /// A's error per stage: local (each stage on the reference's inputs),
+    /// or end to end when two traces are all there is.
+    pub local: &'a [StageDiff],
+    /// A run end to end against the same reference (may be empty).
+    pub end_to_end: &'a [StageDiff],
+    /// End-to-end logits of A against B, per position.
+    pub logits: Vec<PositionLogits>,
+    pub findings: Vec<Finding>,
+    pub tie_margin: f64,
+}
+
+/// Judges A's errors against their bands; `calibration` says how the bands
+/// were obtained, for the report.
+pub fn judge(e: Evidence, bands: Bands, calibration: String) -> NoiseReport {
+    let Evidence { engine_a, engine_b, local, end_to_end, logits, findings, tie_margin } = e;
     let cal: BTreeMap<&str, f64> = match &bands {
         Bands::Exact => BTreeMap::new(),
         Bands::Calibrated(c) => c.iter().filter_map(|s| Some((s.key.as_str(), s.rel_l2?))).collect(),
@@ -353,17 +355,16 @@ pub fn judge_diff(d: &crate::compare::Diff, table: &BandTable, source: String) -
         });
     }
     // Stats-only stages have no relative L2 to judge; they are shown, not judged.
-    let mut r = judge(
-        &d.engine_a,
-        &d.engine_b,
-        &d.stages,
-        Bands::EndToEnd(table),
-        source,
-        &d.stages,
-        d.logits.clone(),
+    let evidence = Evidence {
+        engine_a: &d.engine_a,
+        engine_b: &d.engine_b,
+        local: &d.stages,
+        end_to_end: &d.stages,
+        logits: d.logits.clone(),
         findings,
-        d.tie_margin,
-    );
+        tie_margin: d.tie_margin,
+    };
+    let mut r = judge(evidence, Bands::EndToEnd(table), source);
     r.command = "plumb diff".into();
     r.notes.extend(d.notes.iter().filter(|n| !n.starts_with("token ids differ")).cloned());
     r.notes.push(
@@ -616,6 +617,18 @@ mod tests {
         assert_eq!(fed[0], vec![1.0, 2.0, 3.0, 5.0], "without isolation the probe only watches");
     }
 
+    fn evidence(local: &[StageDiff], findings: Vec<Finding>) -> Evidence<'_> {
+        Evidence {
+            engine_a: "a",
+            engine_b: "b",
+            local,
+            end_to_end: &[],
+            logits: Vec::new(),
+            findings,
+            tie_margin: 0.01,
+        }
+    }
+
     fn stage(key: &str, e: f64) -> StageDiff {
         let mut d = StageDiff::new(key.into(), Gate::default().bounds(key));
         d.rel_l2 = Some(e);
@@ -629,11 +642,11 @@ mod tests {
             .collect();
         let mut a = cal.clone();
         a[1].rel_l2 = Some(6e-3); // 3× its calibration: noise, inside the band
-        let r = judge("a", "b", &a, Bands::Calibrated(&cal), String::new(), &[], Vec::new(), vec![], 0.01);
+        let r = judge(evidence(&a, vec![]), Bands::Calibrated(&cal), String::new());
         assert_eq!(r.verdict, Verdict::WithinNoise);
         assert_eq!(r.worst.map(|i| r.stages[i].key.as_str()), Some("blk.0.ffn_gate"));
         a[5].rel_l2 = Some(0.3); // blk.2.ffn_gate
-        let r = judge("a", "b", &a, Bands::Calibrated(&cal), String::new(), &[], Vec::new(), vec![], 0.01);
+        let r = judge(evidence(&a, vec![]), Bands::Calibrated(&cal), String::new());
         assert_eq!(r.verdict, Verdict::Anomaly);
         let at = &r.stages[r.anomaly.unwrap()];
         assert_eq!(at.key, "blk.2.ffn_gate");
@@ -644,7 +657,7 @@ mod tests {
     #[test]
     fn exact_bands_give_parity_and_findings_alone_are_an_anomaly() {
         let a = vec![stage("embedding", 0.0), stage("blk.0.attn_norm", 3e-8)];
-        let r = judge("a", "b", &a, Bands::Exact, String::new(), &[], Vec::new(), vec![], 0.01);
+        let r = judge(evidence(&a, vec![]), Bands::Exact, String::new());
         assert_eq!(r.verdict, Verdict::Parity);
         let f = Finding {
             kind: "config".into(),
@@ -652,7 +665,7 @@ mod tests {
             what: "A 1e-5, B 1e-6".into(),
             stages: vec!["attn_norm".into()],
         };
-        let r = judge("a", "b", &a, Bands::Exact, String::new(), &[], Vec::new(), vec![f], 0.01);
+        let r = judge(evidence(&a, vec![f]), Bands::Exact, String::new());
         assert_eq!(r.verdict, Verdict::Anomaly);
         assert_eq!(r.stages[1].explained_by, vec![0]);
         assert!(r.stages[0].explained_by.is_empty());

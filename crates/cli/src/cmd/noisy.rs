@@ -246,17 +246,16 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             b_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
         ),
     };
-    let mut r = noise::judge(
-        &a_engine,
-        &b_engine,
-        &local.stages,
-        bands,
-        how,
-        &e2e.stages,
-        noise::logits_of(&e2e, &b_trace, args.gate.tie_margin),
+    let evidence = noise::Evidence {
+        engine_a: &a_engine,
+        engine_b: &b_engine,
+        local: &local.stages,
+        end_to_end: &e2e.stages,
+        logits: noise::logits_of(&e2e, &b_trace, args.gate.tie_margin),
         findings,
-        args.gate.tie_margin,
-    );
+        tie_margin: args.gate.tie_margin,
+    };
+    let mut r = noise::judge(evidence, bands, how);
     r.notes.extend(notes);
     if let Some(spec) = &args.inject {
         r.notes.push(format!("fault injected into A: {spec}"));
