@@ -30,14 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PLUMB = ROOT / "target/release/plumb"
 MODEL = ROOT / "models/gemma-3-270m-q4_k_m.gguf"
 PY = sys.executable
-PROMPTS = [
-    "The capital of France is",
-    "The quick brown fox jumps over the lazy dog because it wanted to see",
-    "def fibonacci(n):",
-    "Water boils at a temperature of",
-    "In 1969, the first humans to walk on the Moon were",
-    "Translate to German: Good morning, how are you?",
-]
+# The conformance prompts (scripts/conformance.py).
+sys.path.insert(0, str(ROOT / "scripts"))
+from conformance import PROMPTS  # noqa: E402
 
 
 def sh(argv: list, ok=(0,)) -> str:

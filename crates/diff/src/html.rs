@@ -214,17 +214,8 @@ pub fn page(d: &Diff, a: &Trace, b: &Trace) -> String {
     };
     let _ = write!(
         s,
-        r#"<!doctype html><html><head><meta charset="utf-8"><title>plumb diff</title><style>
-body {{ font-family: system-ui, sans-serif; margin: 24px; color: #111827; }}
-h1 {{ font-size: 20px; }} h2 {{ font-size: 16px; margin-top: 28px; }}
-.bad {{ background: #fee2e2; border-left: 6px solid #dc2626; padding: 10px; font-size: 16px; }}
-.good {{ background: #dcfce7; border-left: 6px solid #16a34a; padding: 10px; font-size: 16px; }}
-table {{ border-collapse: collapse; font-family: monospace; font-size: 12px; }}
-td, th {{ padding: 2px 8px; border-bottom: 1px solid #e5e7eb; text-align: right; }}
-td:first-child, th:first-child {{ text-align: left; }} tr.over {{ background: #fee2e2; }}
-.note {{ color: #92400e; }}
-</style></head><body>
-<h1>plumb diff</h1><p>A: <b>{}</b> &nbsp; B (reference): <b>{}</b> &nbsp; tokens: {}</p>{verdict}"#,
+        r#"{}<h1>plumb diff</h1><p>A: <b>{}</b> &nbsp; B (reference): <b>{}</b> &nbsp; tokens: {}</p>{verdict}"#,
+        head("plumb diff"),
         esc(&d.engine_a),
         esc(&d.engine_b),
         b.tokens.len()
@@ -305,17 +296,9 @@ pub fn noise_page(r: &crate::noise::NoiseReport) -> String {
     };
     let _ = write!(
         s,
-        r#"<!doctype html><html><head><meta charset="utf-8"><title>plumb bisect</title><style>
-body {{ font-family: system-ui, sans-serif; margin: 24px; color: #111827; }}
-h1 {{ font-size: 20px; }} h2 {{ font-size: 16px; margin-top: 28px; }}
-.bad {{ background: #fee2e2; border-left: 6px solid #dc2626; padding: 10px; font-size: 16px; }}
-.good {{ background: #dcfce7; border-left: 6px solid #16a34a; padding: 10px; font-size: 16px; }}
-table {{ border-collapse: collapse; font-family: monospace; font-size: 12px; }}
-td, th {{ padding: 2px 8px; border-bottom: 1px solid #e5e7eb; text-align: right; }}
-td:first-child, th:first-child {{ text-align: left; }} tr.over {{ background: #fee2e2; }}
-.note {{ color: #92400e; }}
-</style></head><body>
-<h1>plumb bisect</h1><p>A: <b>{}</b> &nbsp; B (reference): <b>{}</b></p><p>bands: {}</p>{verdict}"#,
+        r#"{}<h1>{}</h1><p>A: <b>{}</b> &nbsp; B (reference): <b>{}</b></p><p>bands: {}</p>{verdict}"#,
+        head(&r.command),
+        esc(&r.command),
         esc(&r.engine_a),
         esc(&r.engine_b),
         esc(&r.calibration)
@@ -404,3 +387,19 @@ td:first-child, th:first-child {{ text-align: left; }} tr.over {{ background: #f
     s.push_str("</table></body></html>\n");
     s
 }
+
+/// The page's head and style, shared by both reports.
+fn head(title: &str) -> String {
+    format!(r#"<!doctype html><html><head><meta charset="utf-8"><title>{}</title>{STYLE}</head><body>"#, esc(title))
+}
+
+const STYLE: &str = r#"<style>
+body { font-family: system-ui, sans-serif; margin: 24px; color: #111827; }
+h1 { font-size: 20px; } h2 { font-size: 16px; margin-top: 28px; }
+.bad { background: #fee2e2; border-left: 6px solid #dc2626; padding: 10px; font-size: 16px; }
+.good { background: #dcfce7; border-left: 6px solid #16a34a; padding: 10px; font-size: 16px; }
+table { border-collapse: collapse; font-family: monospace; font-size: 12px; }
+td, th { padding: 2px 8px; border-bottom: 1px solid #e5e7eb; text-align: right; }
+td:first-child, th:first-child { text-align: left; } tr.over { background: #fee2e2; }
+.note { color: #92400e; }
+</style>"#;

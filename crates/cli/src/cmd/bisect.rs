@@ -140,6 +140,25 @@ fn isolated(
     Ok(tr)
 }
 
+/// A saved reference trace: its token ids must fit A's vocabulary (they
+/// replace the prompt, which is not re-tokenized).
+pub(crate) fn reference_trace(r: &std::path::Path, a: &Loaded, prompt: &PromptArgs) -> anyhow::Result<Trace> {
+    let t = Trace::load(r)?;
+    if t.tokens.is_empty() {
+        bail!("{}: the reference trace records no token ids (plumb.tokens)", r.display());
+    }
+    if prompt.text.is_some() || prompt.tokens.is_some() {
+        eprintln!(
+            "plumb: note: using the reference trace's {} token ids; the prompt is not re-tokenized",
+            t.tokens.len()
+        );
+    }
+    if let Some(bad) = t.tokens.iter().find(|&&i| i as usize >= a.model.cfg.vocab) {
+        bail!("{}: token id {bad} is outside A's {}-token vocabulary", r.display(), a.model.cfg.vocab);
+    }
+    Ok(t)
+}
+
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     for p in [&args.save_a, &args.save_b, &args.report.html, &args.save_noise].into_iter().flatten() {
         check_output(p, args.force)?;
@@ -171,19 +190,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
 
     let (b_trace, ids) = match (&args.reference, &b_loaded) {
         (Some(r), _) => {
-            let t = Trace::load(r)?;
-            if t.tokens.is_empty() {
-                bail!("{}: the reference trace records no token ids (plumb.tokens)", r.display());
-            }
-            if args.prompt.text.is_some() || args.prompt.tokens.is_some() {
-                eprintln!(
-                    "plumb: note: using the reference trace's {} token ids; the prompt is not re-tokenized",
-                    t.tokens.len()
-                );
-            }
-            if let Some(bad) = t.tokens.iter().find(|&&i| i as usize >= a.model.cfg.vocab) {
-                bail!("{}: token id {bad} is outside A's {}-token vocabulary", r.display(), a.model.cfg.vocab);
-            }
+            let t = reference_trace(r, &a, &args.prompt)?;
             let ids = t.tokens.clone();
             (t, ids)
         }

@@ -16,9 +16,8 @@ use plumb_model::fault::Fault;
 use plumb_model::given;
 use plumb_model::kernels::kernels_for;
 use plumb_model::{KvCache, Precision};
-use plumb_trace::Trace;
 
-use crate::cmd::bisect::{teacher_force, traced, Args};
+use crate::cmd::bisect::{reference_trace, teacher_force, traced, Args};
 use crate::cmd::common::{load, Loaded, ModelArgs};
 use crate::{out, Outcome};
 
@@ -115,13 +114,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let mut findings = Vec::new();
     let (b_trace, ids) = match (&args.reference, &b) {
         (Some(r), _) => {
-            let t = Trace::load(r)?;
-            if t.tokens.is_empty() {
-                bail!("{}: the reference trace records no token ids (plumb.tokens)", r.display());
-            }
-            if let Some(bad) = t.tokens.iter().find(|&&i| i as usize >= a.model.cfg.vocab) {
-                bail!("{}: token id {bad} is outside A's {}-token vocabulary", r.display(), a.model.cfg.vocab);
-            }
+            let t = reference_trace(r, &a, &args.prompt)?;
             if t.tensors.is_empty() {
                 bail!("{}: the reference trace holds no tensors (trace it with --tensors)", r.display());
             }
