@@ -129,3 +129,33 @@ fn bad_prompts_and_arguments_exit_2_with_a_message() {
     let (code, _, _) = plumb(&["run", m, "--tokens", "1,2", "-n", "0"]);
     assert_eq!(code, 0);
 }
+
+#[test]
+fn plant_refuses_what_it_cannot_plant_and_never_touches_its_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = root().join("testdata/tiny/llama/llama-f32.gguf");
+    let before = std::fs::read(&src).unwrap();
+    let m = src.to_str().unwrap();
+    let out = dir.path().join("out.gguf");
+    let o = out.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["plant", m, o, "--bug", "melt"], "unknown bug kind"),
+        (vec!["plant", m, o, "--bug", "zero:blk.99.ffn_up"], "no tensor blk.99.ffn_up.weight"),
+        (vec!["plant", m, o, "--bug", "swap:blk.0.ffn_up"], "two tensors"),
+        (vec!["plant", m, o, "--bug", "swap:blk.0.ffn_up,blk.0.attn_q"], "bytes"),
+        (vec!["plant", m, o, "--bug", "none", "--requant", "q9_9"], "unknown type"),
+        (vec!["plant", m, m, "--bug", "none", "--force"], "the model itself"),
+        (vec!["plant", m, o], "--bug"),
+    ];
+    for (args, want) in cases {
+        let (code, _, err) = plumb(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: expected {want:?} in {err:?}");
+        assert!(!out.exists(), "{args:?} left a file behind");
+    }
+    let (code, _, err) = plumb(&["plant", m, o, "--bug", "offset:blk.1.ffn_norm"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = plumb(&["plant", m, o, "--bug", "none"]);
+    assert_eq!(code, 2, "an existing output needs --force: {err}");
+    assert_eq!(std::fs::read(&src).unwrap(), before, "the input model was modified");
+}

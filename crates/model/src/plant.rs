@@ -94,6 +94,9 @@ impl T {
     /// minimums, `dmin`) by `f`.
     fn scale_block(&mut self, b: usize, f: f32) -> Result<(), String> {
         let bb = self.ty.block_bytes();
+        if (b + 1) * bb > self.data.len() {
+            return Err(format!("{}: has no block {b}", self.name));
+        }
         let offsets: &[usize] = match self.ty {
             // Block layouts: ggml's block_q*_0/1 start with d; the K-quants
             // with scales and minimums start with d, dmin (q2_K ends with them).
@@ -171,6 +174,9 @@ pub fn plant(src: &Path, out: &Path, spec: &str, requant: Option<GgmlType>) -> R
         "permute-rope" => {
             let hd = g.arch_get("attention.key_length").and_then(|v| v.as_u64()).unwrap_or(128) as usize;
             let t = find(&mut ts, target)?;
+            if hd < 2 || !t.rows().is_multiple_of(hd) {
+                return Err(format!("{}: {} rows are not whole heads of {hd}", t.name, t.rows()));
+            }
             let rb = t.row_bytes();
             let old = t.data.clone();
             for r in 0..t.rows() {
