@@ -280,6 +280,15 @@ fn diff_of_foreign_traces_is_judged_by_a_saved_band_table() {
     let j: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(code, 1, "{out}");
     assert_eq!(j["first_anomaly"], "blk.1.attn_context");
+    // Against the trace itself (no B model): calibrated by A's own model.
+    let hf_ref = hf_trace.to_str().unwrap();
+    let (code, j) = bisect_json(&[hf, "--reference", hf_ref, "--a-precision", "fast"]);
+    assert_eq!(code, 0);
+    assert_eq!(j["verdict"], "within_noise");
+    let (code, j) =
+        bisect_json(&[hf, "--reference", hf_ref, "--a-precision", "fast", "--inject", "k_rope@1:permute-rope"]);
+    assert_eq!(code, 1);
+    assert_eq!(j["first_anomaly"], "blk.1.k_rope");
     // A band table without end-to-end bands, or not a table at all: exit 2.
     std::fs::write(p("junk.json"), "{\"local\": 3}").unwrap();
     let (code, _, err) =

@@ -147,6 +147,12 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let identical = same_model && args.a_precision == args.b_precision && args.inject.is_none();
     let mut notes = Vec::new();
     let cal_stages;
+    // A trace from another engine rounds f32 in its own order.
+    let floor = if args.reference.is_some() && !b_trace.engine().starts_with("plumb") {
+        noise::ENGINE_FLOOR
+    } else {
+        noise::PARITY_FLOOR
+    };
     let (bands, how) = if let Some(t) = &table {
         (Bands::Table(t), format!("the saved table {} ({})", args.noise.as_ref().unwrap().display(), t.source))
     } else if identical {
@@ -163,13 +169,34 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                 "calibrated: A is B's own model at {}, so its local errors are the floor; band = {}× that, at least {:.0e}",
                 args.a_precision.name(),
                 noise::BAND_WIDTH,
-                noise::PARITY_FLOOR
+                floor
+            ),
+        )
+    } else if args.reference.is_some() {
+        // Against a trace there is no B model: A's own model at exact stands
+        // in for the reference, and the calibration is A's model at A's
+        // precision against it, each stage isolated. The other engine's own
+        // f32 rounding is what the floor covers.
+        let cal = load(&ModelArgs { model: args.a.clone(), precision: Some(Precision::Exact), threads: None })?;
+        let stand_in = traced(&args.a, &cal, Precision::Exact, &ids, None)?;
+        let mut probe = Probe::new(&stand_in, true);
+        probe_run(&cal, args.a_precision, &ids, &mut probe);
+        cal_stages = probe.stages;
+        notes.push(
+            "against a trace the bands cover A's precision only: if the trace was made from other weights (say, the float original of this quant), give that model as B, or a band table with --noise".into(),
+        );
+        (
+            Bands::Calibrated(&cal_stages),
+            format!(
+                "calibrated: A's model at {} against itself at exact, each stage isolated; band = {}× that, at least {:.0e}",
+                args.a_precision.name(),
+                noise::BAND_WIDTH,
+                floor
             ),
         )
     } else {
-        // B's model (A's, against a trace) made to compute as A does.
-        let cal_path = if args.reference.is_some() { args.a.clone() } else { b_path.clone() };
-        let mut cal = load(&ModelArgs { model: cal_path, precision: Some(args.a_precision), threads: None })?;
+        // B's model made to compute as A does.
+        let mut cal = load(&ModelArgs { model: b_path.clone(), precision: Some(args.a_precision), threads: None })?;
         let kept = given::weights_as(&mut cal.model, &a.model);
         if !kept.is_empty() {
             notes.push(format!(
@@ -181,14 +208,13 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         let mut probe = Probe::new(&b_trace, true);
         probe_run(&cal, args.a_precision, &ids, &mut probe);
         cal_stages = probe.stages;
-        let who = if args.reference.is_some() { "A's model" } else { "B's model" };
         (
             Bands::Calibrated(&cal_stages),
             format!(
-                "calibrated: {who} in A's storage types at {}, each stage on B's inputs; band = {}× its local error, at least {:.0e}",
+                "calibrated: B's model in A's storage types at {}, each stage on B's inputs; band = {}× its local error, at least {:.0e}",
                 args.a_precision.name(),
                 noise::BAND_WIDTH,
-                noise::PARITY_FLOOR
+                floor
             ),
         )
     };
@@ -247,6 +273,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         logits: noise::logits_of(&e2e, &b_trace, args.gate.tie_margin),
         findings,
         tie_margin: args.gate.tie_margin,
+        floor,
     };
     let mut r = noise::judge(evidence, bands, how);
     r.notes.extend(notes);
