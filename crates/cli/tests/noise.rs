@@ -223,6 +223,10 @@ fn same_model_and_precision_is_parity() {
     assert_eq!(code, 0);
     assert_eq!(j["verdict"], "parity");
     assert_eq!(j["diverged"], false);
+    // Every hyperparameter side by side, with the stages it touches.
+    let eps = j["config"].as_array().unwrap().iter().find(|c| c["name"] == "rms_eps").unwrap();
+    assert_eq!(eps["a"], eps["b"]);
+    assert!(eps["stages"].as_array().unwrap().iter().any(|s| s == "attn_norm"));
     assert!(j["stages"].as_array().unwrap().len() > 300);
 }
 

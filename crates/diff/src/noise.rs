@@ -118,6 +118,16 @@ impl Finding {
     }
 }
 
+/// One hyperparameter of the two sides, side by side.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ConfigRow {
+    pub name: String,
+    pub a: String,
+    pub b: String,
+    /// The stages it touches.
+    pub stages: Vec<String>,
+}
+
 /// Expected local error per stage, saved from a calibration so that a later
 /// `plumb diff` of two traces can be judged without the models.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -176,6 +186,8 @@ pub struct NoiseReport {
     /// How the bands were obtained.
     pub calibration: String,
     pub notes: Vec<String>,
+    /// Every hyperparameter of both sides (when both are models).
+    pub config: Vec<ConfigRow>,
     pub findings: Vec<Finding>,
     pub verdict: Verdict,
     /// Index into `stages` of the first stage outside its band.
@@ -317,6 +329,7 @@ pub fn judge(e: Evidence, bands: Bands, calibration: String) -> NoiseReport {
         engine_b: engine_b.to_string(),
         calibration,
         notes: Vec::new(),
+        config: Vec::new(),
         findings,
         verdict,
         anomaly,

@@ -65,6 +65,18 @@ fn config_fields(c: &ModelConfig) -> Vec<(&'static str, String, &'static [&'stat
     ]
 }
 
+/// Every hyperparameter side by side: name, A's value, B's value, and the
+/// stages it touches.
+pub fn config_side_by_side(a: &ModelConfig, b: &ModelConfig) -> Vec<(String, String, String, Vec<String>)> {
+    config_fields(a)
+        .into_iter()
+        .zip(config_fields(b))
+        .map(|((name, va, stages), (_, vb, _))| {
+            (name.to_string(), va, vb, stages.iter().map(|s| s.to_string()).collect())
+        })
+        .collect()
+}
+
 /// Hyperparameters that differ, A against B.
 pub fn compare_config(a: &ModelConfig, b: &ModelConfig) -> Vec<Given> {
     config_fields(a)

@@ -277,6 +277,12 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     };
     let mut r = noise::judge(evidence, bands, how);
     r.notes.extend(notes);
+    if let Some(b) = &b {
+        r.config = given::config_side_by_side(&a.model.cfg, &b.model.cfg)
+            .into_iter()
+            .map(|(name, a, b, stages)| noise::ConfigRow { name, a, b, stages })
+            .collect();
+    }
     if let Some(spec) = &args.inject {
         r.notes.push(format!("fault injected into A: {spec}"));
     }
