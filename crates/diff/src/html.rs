@@ -319,23 +319,6 @@ pub fn noise_page(r: &crate::noise::NoiseReport) -> String {
         }
         s.push_str("</table>");
     }
-    if !r.config.is_empty() {
-        s.push_str(
-            "<h2>Hyperparameters, side by side</h2><table><tr><th>name</th><th>A</th><th>B</th><th>stages</th></tr>",
-        );
-        for c in &r.config {
-            let _ = write!(
-                s,
-                r#"<tr class="{}"><td>{}</td><td>{}</td><td>{}</td><td style="text-align:left">{}</td></tr>"#,
-                if c.a != c.b { "over" } else { "" },
-                esc(&c.name),
-                esc(&c.a),
-                esc(&c.b),
-                esc(&c.stages.join(", "))
-            );
-        }
-        s.push_str("</table>");
-    }
     // Heatmap: stage kinds × layers, coloured by ratio.
     let mut layers: Vec<usize> = Vec::new();
     let mut kinds: Vec<Stage> = Vec::new();
@@ -385,6 +368,23 @@ pub fn noise_page(r: &crate::noise::NoiseReport) -> String {
         }
     }
     s.push_str("</svg>");
+    if !r.config.is_empty() {
+        s.push_str(
+            "<h2>Hyperparameters, side by side</h2><table><tr><th>name</th><th>A</th><th>B</th><th>stages</th></tr>",
+        );
+        for c in &r.config {
+            let _ = write!(
+                s,
+                r#"<tr class="{}"><td>{}</td><td>{}</td><td>{}</td><td style="text-align:left">{}</td></tr>"#,
+                if c.a != c.b { "over" } else { "" },
+                esc(&c.name),
+                esc(&c.a),
+                esc(&c.b),
+                esc(&c.stages.join(", "))
+            );
+        }
+        s.push_str("</table>");
+    }
     s.push_str("<h2>Stages</h2><table><tr><th>stage</th><th>local err</th><th>calibration</th><th>band</th><th>ratio</th><th>vs kind</th><th>end to end</th><th>verdict</th></tr>");
     for j in &r.stages {
         let _ = write!(
