@@ -592,15 +592,8 @@ pub fn table(r: &NoiseReport, paint: Paint) -> String {
 }
 
 pub fn json(r: &NoiseReport) -> String {
-    let mut v = serde_json::to_value(r).unwrap_or_default();
-    if let Some(o) = v.as_object_mut() {
-        o.insert("diverged".into(), serde_json::Value::Bool(r.failed()));
-        o.insert(
-            "first_anomaly".into(),
-            r.anomaly.map(|i| serde_json::Value::String(r.stages[i].key.clone())).unwrap_or_default(),
-        );
-    }
-    serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+    let first = r.anomaly.map(|i| r.stages[i].key.clone());
+    crate::report::json_with(r, r.failed(), ("first_anomaly", first))
 }
 
 #[cfg(test)]

@@ -238,13 +238,17 @@ pub fn details(d: &Diff, paint: Paint) -> String {
 }
 
 pub fn json(d: &Diff) -> String {
-    let mut v = serde_json::to_value(d).unwrap_or_default();
+    let first = d.first.map(|i| d.stages[i].key.clone());
+    json_with(d, d.diverged(), ("first_divergence", first))
+}
+
+/// A report as pretty JSON, with `diverged` and the first stage at fault
+/// (under `key`) added at the top level.
+pub(crate) fn json_with<T: serde::Serialize>(r: &T, diverged: bool, (key, first): (&str, Option<String>)) -> String {
+    let mut v = serde_json::to_value(r).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
-        o.insert("diverged".into(), serde_json::Value::Bool(d.diverged()));
-        o.insert(
-            "first_divergence".into(),
-            d.first.map(|i| serde_json::Value::String(d.stages[i].key.clone())).unwrap_or_default(),
-        );
+        o.insert("diverged".into(), serde_json::Value::Bool(diverged));
+        o.insert(key.into(), first.map(serde_json::Value::String).unwrap_or_default());
     }
     // NaN/Inf are not JSON: serde_json writes them as null.
     serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
