@@ -536,15 +536,7 @@ pub fn verdict_text(r: &NoiseReport, paint: Paint) -> String {
             g(Some(kl))
         );
         for p in r.logits.iter().filter(|p| !p.top1_agree).take(6) {
-            let _ = writeln!(
-                s,
-                "  position {}: A {} vs B {}, reference margin {}{}",
-                p.position,
-                p.top1_a,
-                p.top1_b,
-                g(Some(p.ref_margin)),
-                if p.near_tie { " (near-tie)" } else { "" }
-            );
+            let _ = writeln!(s, "{}", crate::report::flip_line(p));
         }
         if r.anomaly.is_none() && r.findings.is_empty() && agree < n {
             let _ = writeln!(

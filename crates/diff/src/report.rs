@@ -161,18 +161,22 @@ pub fn verdict(d: &Diff, paint: Paint) -> String {
             g(Some(kl))
         );
         for p in d.logits.iter().filter(|p| !p.top1_agree) {
-            let _ = writeln!(
-                s,
-                "  position {}: A {} vs B {}, reference margin {}{}",
-                p.position,
-                p.top1_a,
-                p.top1_b,
-                g(Some(p.ref_margin)),
-                if p.near_tie { " (near-tie)" } else { "" }
-            );
+            let _ = writeln!(s, "{}", flip_line(p));
         }
     }
     s
+}
+
+/// One top-1 flip of the logits, with the reference's margin there.
+pub(crate) fn flip_line(p: &crate::compare::PositionLogits) -> String {
+    format!(
+        "  position {}: A {} vs B {}, reference margin {}{}",
+        p.position,
+        p.top1_a,
+        p.top1_b,
+        g(Some(p.ref_margin)),
+        if p.near_tie { " (near-tie)" } else { "" }
+    )
 }
 
 fn factor(x: f64) -> String {

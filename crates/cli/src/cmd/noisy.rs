@@ -16,6 +16,7 @@ use plumb_model::fault::Fault;
 use plumb_model::given;
 use plumb_model::kernels::kernels_for;
 use plumb_model::{KvCache, Precision};
+use plumb_trace::Trace;
 
 use crate::cmd::bisect::{reference_trace, teacher_force, traced, Args};
 use crate::cmd::common::{load, Loaded, ModelArgs};
@@ -147,6 +148,10 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let identical = same_model && args.a_precision == args.b_precision && args.inject.is_none();
     let mut notes = Vec::new();
     let cal_stages;
+    // The calibration model and, against a trace, the stand-in reference it
+    // was measured against: kept for --save-noise's end-to-end pass.
+    let mut cal_model: Option<Loaded> = None;
+    let mut stand_in: Option<Trace> = None;
     // A trace from another engine rounds f32 in its own order.
     let floor = if args.reference.is_some() && !b_trace.engine().starts_with("plumb") {
         noise::ENGINE_FLOOR
@@ -178,10 +183,11 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         // precision against it, each stage isolated. The other engine's own
         // f32 rounding is what the floor covers.
         let cal = load(&ModelArgs { model: args.a.clone(), precision: Some(Precision::Exact), threads: None })?;
-        let stand_in = traced(&args.a, &cal, Precision::Exact, &ids, None)?;
-        let mut probe = Probe::new(&stand_in, true);
+        let reference = stand_in.insert(traced(&args.a, &cal, Precision::Exact, &ids, None)?);
+        let mut probe = Probe::new(reference, true);
         probe_run(&cal, args.a_precision, &ids, &mut probe);
         cal_stages = probe.stages;
+        cal_model = Some(cal);
         notes.push(
             "against a trace the bands cover A's precision only: if the trace was made from other weights (say, the float original of this quant), give that model as B, or a band table with --noise".into(),
         );
@@ -208,6 +214,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         let mut probe = Probe::new(&b_trace, true);
         probe_run(&cal, args.a_precision, &ids, &mut probe);
         cal_stages = probe.stages;
+        cal_model = Some(cal);
         (
             Bands::Calibrated(&cal_stages),
             format!(
@@ -225,15 +232,16 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         let Bands::Calibrated(c) = &bands else {
             bail!("--save-noise needs a calibration run (the two sides compute the same arithmetic, or --noise was given)")
         };
-        // The calibration end to end too, for `plumb diff --noise`.
-        let cal_e2e = if same_model && args.inject.is_none() {
-            e2e.stages.clone()
-        } else {
-            let mut cal = load(&ModelArgs { model: b_path.clone(), precision: Some(args.a_precision), threads: None })?;
-            given::weights_as(&mut cal.model, &a.model);
-            let mut probe = Probe::new(&b_trace, false);
-            probe_run(&cal, args.a_precision, &ids, &mut probe);
-            probe.stages
+        // The calibration end to end too, for `plumb diff --noise`, against
+        // the reference its local errors were measured on. Without a
+        // calibration model, the calibration is A's own run.
+        let cal_e2e = match &cal_model {
+            None => e2e.stages.clone(),
+            Some(cal) => {
+                let mut probe = Probe::new(stand_in.as_ref().unwrap_or(&b_trace), false);
+                probe_run(cal, args.a_precision, &ids, &mut probe);
+                probe.stages
+            }
         };
         let source = format!(
             "{} in A's storage types at {} against itself at {}",
