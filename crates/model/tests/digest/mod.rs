@@ -1,0 +1,110 @@
+//! Shared body of the digest tests: every stage of the real model's forward
+//! pass, on three prompts, prefill and three greedy decoding steps, at both
+//! precisions, folded into one 64-bit FNV-1a digest per precision (trace key,
+//! shape and the f32 bit patterns, in the order the stages are reported).
+//!
+//! The digests are a regression pin, not an oracle: they were written by the
+//! code before a refactoring that promised to change no number
+//! (docs/TRACE_FORMAT.md names every stage hashed), and any change to them
+//! must be explained by a deliberate change of arithmetic. The correctness
+//! oracles are elsewhere (real_gemma.rs against transformers). Run with
+//! `PLUMB_DIGEST_PRINT=1` to print the digests instead of checking them.
+
+use std::path::PathBuf;
+
+use plumb_model::kernels::kernels_for;
+use plumb_model::sample::argmax;
+use plumb_model::tokenizer::Tokenizer;
+use plumb_model::{KvCache, Model, Observer, Precision, Stage};
+
+pub const PROMPTS: [&str; 3] = [
+    "The capital of France is",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n",
+    "In 1905, Albert Einstein published four papers that",
+];
+
+/// Decoding steps after the prompt (each a one-token forward pass).
+const STEPS: usize = 3;
+
+struct Fnv(u64);
+
+impl Fnv {
+    fn eat(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= *b as u64;
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+/// Hashes every stage it is shown; wants every stage, as `plumb trace` does.
+struct Digest(Fnv, usize);
+
+impl Observer for Digest {
+    fn wants(&self, _: Option<usize>, _: Stage) -> bool {
+        true
+    }
+    fn record(&mut self, layer: Option<usize>, stage: Stage, data: &[f32], shape: &[usize]) {
+        self.0.eat(stage.key(layer).as_bytes());
+        for s in shape {
+            self.0.eat(&(*s as u64).to_le_bytes());
+        }
+        for v in data {
+            self.0.eat(&v.to_bits().to_le_bytes());
+        }
+        self.1 += 1;
+    }
+}
+
+pub fn model_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/gemma-3-270m-q4_k_m.gguf")
+}
+
+/// (fast, exact) digests of the three prompts on the active kernel path.
+pub fn digests() -> [(Precision, u64, usize); 2] {
+    let path = model_path();
+    let model = Model::load(&path).unwrap();
+    let tok = Tokenizer::from_gguf(&plumb_formats::gguf::GgufFile::open(&path).unwrap()).unwrap();
+    [Precision::Fast, Precision::Exact].map(|p| {
+        let k = kernels_for(p);
+        let mut d = Digest(Fnv(0xcbf2_9ce4_8422_2325), 0);
+        for text in PROMPTS {
+            let ids = tok.encode(text, true, false);
+            let mut cache = KvCache::new(&model.cfg, ids.len() + STEPS);
+            let mut logits = model.forward(k.as_ref(), &ids, &mut cache, true, &mut d);
+            for _ in 0..STEPS {
+                let last = &logits[logits.len() - model.cfg.vocab..];
+                let next = argmax(last) as u32;
+                logits = model.forward(k.as_ref(), &[next], &mut cache, false, &mut d);
+            }
+        }
+        (p, d.0 .0, d.1)
+    })
+}
+
+/// Checks the digests against `want` (fast, exact), or prints them.
+pub fn check(path_name: &str, want: [u64; 2]) {
+    let got = digests();
+    if std::env::var("PLUMB_DIGEST_PRINT").is_ok() {
+        for (p, h, n) in got {
+            eprintln!("{path_name} {}: {h:#018x} over {n} stage records", p.name());
+        }
+        return;
+    }
+    for ((p, h, n), w) in got.into_iter().zip(want) {
+        assert_eq!(h, w, "{path_name} {}: digest {h:#018x} over {n} records, pinned {w:#018x}", p.name());
+    }
+}
+
+/// (path, [fast, exact]), written by the code at commit 6b2d4b1 on the
+/// paths its machine had. The SIMD paths sum in other orders than the scalar
+/// references, so each path has its own numbers.
+pub const PINNED: [(&str, [u64; 2]); 2] = [
+    ("scalar", [0x84ab_4309_c01a_925a, 0x0bc4_b72b_a68c_722c]),
+    ("avx2+fma+f16c+avx512vnni", [0xfb5c_6809_3691_d297, 0xd46f_773e_e413_4d6f]),
+];
+
+/// The pinned digests of a path, where some machine has pinned them.
+pub fn pinned(path_name: &str) -> Option<[u64; 2]> {
+    PINNED.iter().find(|(n, _)| *n == path_name).map(|(_, d)| *d)
+}
