@@ -10,11 +10,13 @@
 
 use plumb_formats::Bytes;
 
+pub mod attention;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 pub mod dot;
 pub mod fast;
 pub mod mirror;
+pub mod ops;
 use plumb_quant::GgmlType;
 use rayon::prelude::*;
 
@@ -134,8 +136,10 @@ pub fn has_avx512f() -> bool {
     false
 }
 
-/// A set of kernels for one precision.
-pub trait Kernels: Sync {
+/// A set of kernels for one precision: its linear layers, and through the
+/// supertraits its norms, rotary embedding, activations ([`ops::Ops`]) and
+/// attention ([`attention::Attention`]).
+pub trait Kernels: ops::Ops + attention::Attention + Sync {
     /// `x` is [t, w.cols] row-major; `y` is [t, w.rows].
     fn linear(&self, w: &Weight, x: &[f32], t: usize, y: &mut [f32]);
     /// Several weights against the same input (q, k and v; gate and up):

@@ -38,13 +38,7 @@ impl Arch {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// x·sigmoid(x) (llama, qwen).
-    Silu,
-    /// tanh approximation of GELU (gemma).
-    GeluTanh,
-}
+pub use plumb_kernels::ops::Activation;
 
 /// Everything the forward pass needs to know about a model.
 /// Dimension legend: d model width, H query heads, Hkv key/value heads,
@@ -80,6 +74,10 @@ pub struct ModelConfig {
     /// Multiplies Q·Kᵀ (usually 1/sqrt(hd); gemma: query_pre_attn_scalar^-½).
     pub attn_scale: f32,
     pub attn_softcap: Option<f32>,
+    /// llama.cpp's graph multiplies the queries by `attn_scale` before
+    /// Q·Kᵀ instead of the scores after (gemma3); the fast precision, which
+    /// mirrors that graph, does the same.
+    pub query_pre_scale: bool,
     pub final_softcap: Option<f32>,
     /// No separate output matrix: logits use the embedding.
     pub tied_output: bool,
@@ -180,6 +178,7 @@ impl ModelConfig {
             act: Activation::Silu,
             attn_scale: 1.0 / (head_dim as f32).sqrt(),
             attn_softcap: None,
+            query_pre_scale: arch == Arch::Gemma3,
             final_softcap: None,
             tied_output,
             norm_plus_one: false,
@@ -301,6 +300,7 @@ impl ModelConfig {
             act: Activation::Silu,
             attn_scale: 1.0 / (head_dim as f32).sqrt(),
             attn_softcap: None,
+            query_pre_scale: arch == Arch::Gemma3,
             final_softcap: None,
             tied_output,
             norm_plus_one: false,

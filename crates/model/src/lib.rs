@@ -6,6 +6,7 @@
 //! scale, activation, softcaps, sliding windows) are data in [`ModelConfig`];
 //! the forward code never asks which model it is running.
 
+pub mod cache;
 pub mod config;
 pub mod fault;
 pub mod fuzzing;

@@ -1,0 +1,299 @@
+//! The operations of a decoder layer other than the linear layers — norm,
+//! rotary embedding, activation — as each precision computes them.
+//!
+//! The forward pass calls these through [`Ops`] (a supertrait of
+//! [`crate::Kernels`]) and never asks which precision it runs: the exact
+//! precision computes the textbook formulas (sums in f64, `sin_cos` of each
+//! angle), the fast one rounds as llama.cpp's CPU backend does
+//! ([`crate::mirror`]). Attention has its own module ([`crate::attention`]).
+//!
+//! Element-wise work is split across threads only above [`PAR_MIN_ELEMS`]
+//! elements, in fixed runs, so the numbers never depend on the thread count.
+
+use plumb_quant::blocks::{f16_to_f32, f32_to_f16};
+use rayon::prelude::*;
+
+use crate::fast::FastKernels;
+use crate::{ExactKernels, Precision};
+
+/// The non-linearity of a gated FFN: gate = act(x·Wgateᵀ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// x·sigmoid(x) (llama, qwen).
+    Silu,
+    /// tanh approximation of GELU (gemma).
+    GeluTanh,
+}
+
+/// A rotary embedding's frequencies, settled at load: pair i of a head of
+/// `hd` turns by pos · base^(−2i/hd).
+#[derive(Debug, Clone)]
+pub struct Rotary {
+    pub base: f32,
+    pub hd: usize,
+    /// 1 / base^(2i/hd) in f32, as transformers computes it, [hd/2].
+    pub inv_freq: Vec<f32>,
+}
+
+impl Rotary {
+    pub fn new(base: f32, hd: usize) -> Rotary {
+        // transformers: 1 / base^(arange(0, hd, 2) / hd), in f32.
+        let inv_freq = (0..hd / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / hd as f32)).collect();
+        Rotary { base, hd, inv_freq }
+    }
+}
+
+/// (cos, sin) of every pair's angle for `t` positions from `p0`, [T, hd/2]:
+/// made once per layer and step, used for both q and k.
+pub type Angles = Vec<(f32, f32)>;
+
+/// Norms, rotary embedding and activations of one precision.
+pub trait Ops {
+    /// y = x / rms(x) · w, row by row (rows of `w.len()`).
+    fn rms_norm(&self, x: &[f32], w: &[f32], eps: f32, y: &mut [f32]);
+    /// [`Ops::rms_norm`] in place (q and k, head by head).
+    fn rms_norm_in_place(&self, x: &mut [f32], w: &[f32], eps: f32);
+    /// The rotary angles of positions p0 .. p0+t.
+    fn rope_angles(&self, rot: &Rotary, p0: usize, t: usize) -> Angles;
+    /// Rotate-half rotary embedding of x [T, width] (heads of `hd`) by
+    /// `angles`: element i pairs with i + hd/2.
+    fn rope(&self, x: &mut [f32], width: usize, hd: usize, angles: &Angles);
+    /// g = act(g), element-wise.
+    fn activation(&self, act: Activation, g: &mut [f32]);
+}
+
+impl Ops for ExactKernels {
+    fn rms_norm(&self, x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
+        rms_norm(x, w, eps, y, Precision::Exact)
+    }
+
+    fn rms_norm_in_place(&self, x: &mut [f32], w: &[f32], eps: f32) {
+        rms_norm_in_place(x, w, eps, Precision::Exact)
+    }
+
+    fn rope_angles(&self, rot: &Rotary, p0: usize, t: usize) -> Angles {
+        let mut cs = Vec::with_capacity(t * rot.inv_freq.len());
+        for ti in 0..t {
+            let pos = (p0 + ti) as f32;
+            cs.extend(rot.inv_freq.iter().map(|f| {
+                let (sin, cos) = (pos * f).sin_cos();
+                (cos, sin)
+            }));
+        }
+        cs
+    }
+
+    fn rope(&self, x: &mut [f32], width: usize, hd: usize, angles: &Angles) {
+        let half = hd / 2;
+        for (row, cs) in x.chunks_exact_mut(width).zip(angles.chunks(half.max(1))) {
+            for head in row.chunks_exact_mut(hd) {
+                let (lo, hi) = head.split_at_mut(half);
+                for ((a, b), &(cos, sin)) in lo.iter_mut().zip(hi.iter_mut()).zip(cs) {
+                    let (x0, x1) = (*a, *b);
+                    *a = x0 * cos - x1 * sin;
+                    *b = x1 * cos + x0 * sin;
+                }
+            }
+        }
+    }
+
+    fn activation(&self, act: Activation, g: &mut [f32]) {
+        for_each_run(g, PAR_MIN_ELEMS, |_, g| match act {
+            Activation::Silu => g.iter_mut().for_each(|g| *g = silu(*g)),
+            Activation::GeluTanh => g.iter_mut().for_each(|g| *g = gelu_tanh(*g)),
+        });
+    }
+}
+
+impl Ops for FastKernels {
+    fn rms_norm(&self, x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
+        rms_norm(x, w, eps, y, Precision::Fast)
+    }
+
+    fn rms_norm_in_place(&self, x: &mut [f32], w: &[f32], eps: f32) {
+        rms_norm_in_place(x, w, eps, Precision::Fast)
+    }
+
+    fn rope_angles(&self, rot: &Rotary, p0: usize, t: usize) -> Angles {
+        crate::mirror::rope_neox_table(t, p0, rot.hd, rot.base)
+    }
+
+    fn rope(&self, x: &mut [f32], width: usize, hd: usize, angles: &Angles) {
+        crate::mirror::rope_neox(x, width, hd, angles)
+    }
+
+    fn activation(&self, act: Activation, g: &mut [f32]) {
+        for_each_run(g, PAR_MIN_ELEMS, |_, g| match act {
+            Activation::Silu => g.iter_mut().for_each(|g| *g = silu(*g)),
+            Activation::GeluTanh => crate::mirror::gelu_by_f16_table(gelu_f16_table(), g),
+        });
+    }
+}
+
+/// gate = gate · up, element-wise (the same numbers in any split).
+pub fn mul_in_place(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len());
+    for_each_run(gate, PAR_MIN_ELEMS, |i, g| {
+        let u = &up[i * PAR_MIN_ELEMS..i * PAR_MIN_ELEMS + g.len()];
+        g.iter_mut().zip(u).for_each(|(g, u)| *g *= u)
+    });
+}
+
+/// x = x + y, element-wise.
+pub fn add_in_place(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}
+
+/// x = x + b for each row of x (rows of `b.len()`), where there is a bias.
+pub fn add_bias(x: &mut [f32], b: Option<&[f32]>) {
+    if let Some(b) = b {
+        for row in x.chunks_exact_mut(b.len()) {
+            row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+        }
+    }
+}
+
+/// x = tanh(x / cap) · cap, element-wise, where there is a cap.
+pub fn softcap(x: &mut [f32], cap: Option<f32>) {
+    if let Some(cap) = cap {
+        x.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
+    }
+}
+
+/// Element-wise work below this many elements stays on the calling thread.
+pub const PAR_MIN_ELEMS: usize = 1 << 14;
+
+/// `f(i, run i)` over the runs of `run` elements of `y`: on this thread
+/// when `y` is small (a decoding step is not worth the hand-over), on all
+/// threads otherwise. The runs are the same either way, so are the numbers.
+fn for_each_run(y: &mut [f32], run: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    if y.len() < PAR_MIN_ELEMS {
+        y.chunks_mut(run).enumerate().for_each(|(i, r)| f(i, r));
+    } else {
+        y.par_chunks_mut(run).enumerate().with_min_len(4).for_each(|(i, r)| f(i, r));
+    }
+}
+
+/// y = x / rms(x) · w, row by row (rows of w.len()), four rows at a time
+/// (rows are independent: the numbers do not depend on the split).
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], p: Precision) {
+    let n = w.len();
+    for_each_run(y, 4 * n, |i, yg| {
+        let xg = &x[i * 4 * n..i * 4 * n + yg.len()];
+        let r = rms_scales(xg, n, eps, p);
+        for ((xr, yr), r) in xg.chunks_exact(n).zip(yg.chunks_exact_mut(n)).zip(r) {
+            for ((o, v), g) in yr.iter_mut().zip(xr).zip(w) {
+                *o = (v * r) * g;
+            }
+        }
+    });
+}
+
+/// [`rms_norm`] in place.
+fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32, p: Precision) {
+    let n = w.len();
+    for_each_run(x, 4 * n, |_, xg| {
+        let r = rms_scales(xg, n, eps, p);
+        for (xr, r) in xg.chunks_exact_mut(n).zip(r) {
+            for (v, g) in xr.iter_mut().zip(w) {
+                *v = (*v * r) * g;
+            }
+        }
+    });
+}
+
+/// 1 / rms of up to four rows of n, each summed in order; the four sums
+/// advance together so their additions overlap instead of waiting on one
+/// another. Exact: squares and mean in f64. Fast, as llama.cpp's CPU
+/// backend rounds: squares in f32 summed in f64, then the mean, the epsilon
+/// and the scale in f32.
+fn rms_scales(xg: &[f32], n: usize, eps: f32, p: Precision) -> [f32; 4] {
+    let rows = xg.len() / n;
+    let mut sum = [0f64; 4];
+    let row = |r: usize| &xg[r.min(rows - 1) * n..(r.min(rows - 1) + 1) * n];
+    let (a, b, c, d) = (row(0), row(1), row(2), row(3));
+    for i in 0..n {
+        let v = [a[i], b[i], c[i], d[i]];
+        for (s, v) in sum.iter_mut().zip(v) {
+            *s += match p {
+                Precision::Exact => (v as f64) * (v as f64),
+                Precision::Fast => (v * v) as f64,
+            };
+        }
+    }
+    sum.map(|s| match p {
+        Precision::Exact => (1.0 / (s / n as f64 + eps as f64).sqrt()) as f32,
+        Precision::Fast => 1.0 / ((s / n as f64) as f32 + eps).sqrt(),
+    })
+}
+
+#[inline]
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// GELU, tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+#[inline]
+fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// The fast precision's GELU table, as llama.cpp's CPU backend makes it: by
+/// f16 bit pattern, the f16-rounded 0.5·x·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²)))
+/// (looked up by [`crate::mirror::gelu_by_f16_table`]), made once.
+fn gelu_f16_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        (0..=u16::MAX)
+            .map(|bits| {
+                let x = f16_to_f32(bits.to_le_bytes());
+                // 1 + a·x·x is one fused multiply-add in llama.cpp's build.
+                let y = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (0.044715 * x).mul_add(x, 1.0)).tanh());
+                f16_to_f32(f32_to_f16(y))
+            })
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_gelu_is_the_f16_rounded_formula_on_the_f16_rounded_input() {
+        let gelu_by_table = |x: f32| {
+            let mut v = [x];
+            crate::mirror::gelu_by_f16_table(gelu_f16_table(), &mut v);
+            v[0]
+        };
+        assert_eq!(gelu_by_table(-10.0), 0.0);
+        assert_eq!(gelu_by_table(12.5), 12.5);
+        for x in [-3.7f32, -0.3, 0.0, 0.1234, 1.0, 2.5, 9.99] {
+            let xh = f16_to_f32(f32_to_f16(x));
+            let want = f16_to_f32(f32_to_f16(gelu_tanh(xh)));
+            let got = gelu_by_table(x);
+            // The two arrangements of the cubic differ in the last bit of
+            // f32 at most, which f16 rounding hides except at a tie.
+            assert!((got - want).abs() <= f32::EPSILON * 8.0 * want.abs().max(1.0), "{x}: {got} vs {want}");
+            assert_eq!(f16_to_f32(f32_to_f16(got)), got, "results are f16 values");
+        }
+    }
+
+    #[test]
+    fn both_precisions_rotate_by_the_same_angles_to_within_rounding() {
+        let rot = Rotary::new(10_000.0, 8);
+        let (e, f) =
+            (ExactKernels { path: crate::KernelPath::Scalar }, FastKernels { path: crate::KernelPath::Scalar });
+        let (ae, af) = (e.rope_angles(&rot, 5, 3), f.rope_angles(&rot, 5, 3));
+        assert_eq!(ae.len(), 12);
+        for (a, b) in ae.iter().zip(&af) {
+            assert!((a.0 - b.0).abs() < 1e-5 && (a.1 - b.1).abs() < 1e-5, "{a:?} vs {b:?}");
+        }
+        // Position 0 is the identity.
+        let mut x: Vec<f32> = (0..8).map(|i| i as f32).collect();
+        e.rope(&mut x, 8, 8, &e.rope_angles(&rot, 0, 1));
+        assert_eq!(x, (0..8).map(|i| i as f32).collect::<Vec<_>>());
+    }
+}
