@@ -2,7 +2,7 @@
 //! far A is from B at each stage, where the first divergence is, and whether
 //! each stage's error was introduced there or inherited from its inputs.
 
-use plumb_trace::stage::{order_key, parse_key, Stage};
+use plumb_trace::stage::{order_key, parse_key};
 use plumb_trace::{Stats, Trace};
 use serde::Serialize;
 
@@ -222,44 +222,10 @@ fn exceeds(x: f64, bound: f64) -> bool {
     x.is_nan() || x > bound
 }
 
-/// The stages a stage reads (the dataflow of one layer), as trace keys.
+/// The stages a stage reads (the dataflow of one layer, from the stage
+/// table), as the trace keys among those `present`.
 pub fn inputs_of(key: &str, present: &dyn Fn(&str) -> bool) -> Vec<String> {
-    let Some((stage, layer)) = parse_key(key) else { return Vec::new() };
-    let k = |s: &str| match layer {
-        Some(l) => format!("blk.{l}.{s}"),
-        None => s.to_string(),
-    };
-    let layer_in = || match layer {
-        Some(0) | None => "embedding".to_string(),
-        Some(l) => format!("blk.{}.layer_out", l - 1),
-    };
-    let first = |cands: &[&str]| cands.iter().map(|c| k(c)).find(|c| present(c));
-    use Stage::*;
-    let v: Vec<String> = match stage {
-        Embedding => vec![],
-        AttnNorm => vec![layer_in()],
-        QProj | KProj | VProj => vec![k("attn_norm")],
-        QNorm => vec![k("q_proj")],
-        KNorm => vec![k("k_proj")],
-        QRope => first(&["q_norm", "q_proj"]).into_iter().collect(),
-        KRope => first(&["k_norm", "k_proj"]).into_iter().collect(),
-        AttnScores => [first(&["q_rope"]), first(&["k_rope"])].into_iter().flatten().collect(),
-        AttnProbs => vec![k("attn_scores")],
-        AttnContext => vec![k("attn_probs"), k("v_proj")],
-        AttnOut => vec![k("attn_context")],
-        AttnPostNorm => vec![k("attn_out")],
-        AttnResidual => [Some(layer_in()), first(&["attn_post_norm", "attn_out"])].into_iter().flatten().collect(),
-        FfnNorm => vec![k("attn_residual")],
-        FfnGate | FfnUp => vec![k("ffn_norm")],
-        FfnAct => vec![k("ffn_gate")],
-        FfnMul => vec![k("ffn_act"), k("ffn_up")],
-        FfnDown => vec![k("ffn_mul")],
-        FfnPostNorm => vec![k("ffn_down")],
-        LayerOut => [first(&["attn_residual"]), first(&["ffn_post_norm", "ffn_down"])].into_iter().flatten().collect(),
-        FinalNorm => vec![],
-        Logits => vec!["final_norm".into()],
-    };
-    v
+    parse_key(key).map_or_else(Vec::new, |(stage, layer)| stage.input_keys(layer, present))
 }
 
 fn softmax64(x: &[f32]) -> Vec<f64> {

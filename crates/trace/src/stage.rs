@@ -5,111 +5,139 @@
 //! [`Observer::record`] and carries on. [`NoTrace`] does nothing and is what
 //! plain inference uses.
 
-/// A stage of the forward pass, in execution order within a layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Stage {
-    Embedding,
-    AttnNorm,
-    QProj,
-    KProj,
-    VProj,
-    QNorm,
-    KNorm,
-    QRope,
-    KRope,
-    AttnScores,
-    AttnProbs,
-    AttnContext,
-    AttnOut,
-    AttnPostNorm,
-    AttnResidual,
-    FfnNorm,
-    FfnGate,
-    FfnUp,
-    FfnAct,
-    FfnMul,
-    FfnDown,
-    FfnPostNorm,
-    LayerOut,
-    FinalNorm,
-    Logits,
+/// What a stage reads, as the diff tools walk the dataflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// The first of these stages of the same layer that the trace holds
+    /// (later ones stand in when an architecture lacks the earlier: `q_rope`
+    /// reads `q_norm`, or `q_proj` where there is no q norm).
+    FirstOf(&'static [Stage]),
+    /// The layer's input: the previous layer's `layer_out`, or `embedding`
+    /// in layer 0.
+    LayerIn,
+}
+
+/// Declares the stages once: the enum, [`Stage::ALL`] in execution order,
+/// and each stage's name, scope, token axis and inputs are all made from
+/// this one table, which docs/TRACE_FORMAT.md is checked against.
+macro_rules! stage_table {
+    ($( $(#[doc = $doc:literal])* $variant:ident = $name:literal, $scope:ident, token axis $axis:literal,
+        reads [$($input:expr),*]; )*) => {
+        /// A stage of the forward pass, in execution order within a layer.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Stage {
+            $( $(#[doc = $doc])* $variant, )*
+        }
+
+        impl Stage {
+            /// Every stage, in execution order.
+            pub const ALL: [Stage; [$(Stage::$variant),*].len()] = [$(Stage::$variant),*];
+
+            /// The canonical name (docs/TRACE_FORMAT.md).
+            pub fn name(self) -> &'static str {
+                match self { $( Stage::$variant => $name, )* }
+            }
+
+            /// Whether the stage sits inside a layer (`blk.L.<stage>`).
+            pub fn is_per_layer(self) -> bool {
+                match self { $( Stage::$variant => stage_table!(@per_layer $scope), )* }
+            }
+
+            /// The axis that indexes tokens: 1 for [H, T, Tkv] attention
+            /// matrices, 0 for everything else.
+            pub fn token_axis(self) -> usize {
+                match self { $( Stage::$variant => $axis, )* }
+            }
+
+            /// The stages this one reads.
+            pub fn inputs(self) -> &'static [Input] {
+                use Stage::*;
+                match self { $( $variant => &[$($input),*], )* }
+            }
+        }
+    };
+    (@per_layer layer) => { true };
+    (@per_layer global) => { false };
+}
+
+use Input::{FirstOf, LayerIn};
+
+stage_table! {
+    /// Token embeddings after any input scaling, [T, d].
+    Embedding = "embedding", global, token axis 0, reads [];
+    /// The attention input norm, [T, d].
+    AttnNorm = "attn_norm", layer, token axis 0, reads [LayerIn];
+    /// xn·Wqᵀ (+ bias), [T, H·hd].
+    QProj = "q_proj", layer, token axis 0, reads [FirstOf(&[AttnNorm])];
+    /// xn·Wkᵀ (+ bias), [T, Hkv·hd].
+    KProj = "k_proj", layer, token axis 0, reads [FirstOf(&[AttnNorm])];
+    /// xn·Wvᵀ (+ bias), [T, Hkv·hd].
+    VProj = "v_proj", layer, token axis 0, reads [FirstOf(&[AttnNorm])];
+    /// Per-head norm of q.
+    QNorm = "q_norm", layer, token axis 0, reads [FirstOf(&[QProj])];
+    /// Per-head norm of k.
+    KNorm = "k_norm", layer, token axis 0, reads [FirstOf(&[KProj])];
+    /// q after the rotary embedding.
+    QRope = "q_rope", layer, token axis 0, reads [FirstOf(&[QNorm, QProj])];
+    /// k after the rotary embedding.
+    KRope = "k_rope", layer, token axis 0, reads [FirstOf(&[KNorm, KProj])];
+    /// q·kᵀ · scale (softcapped), before the mask, [H, T, Tkv].
+    AttnScores = "attn_scores", layer, token axis 1, reads [FirstOf(&[QRope]), FirstOf(&[KRope])];
+    /// softmax of the masked scores, [H, T, Tkv].
+    AttnProbs = "attn_probs", layer, token axis 1, reads [FirstOf(&[AttnScores])];
+    /// probabilities · v, [T, H·hd].
+    AttnContext = "attn_context", layer, token axis 0, reads [FirstOf(&[AttnProbs]), FirstOf(&[VProj])];
+    /// ctx·Woᵀ, [T, d].
+    AttnOut = "attn_out", layer, token axis 0, reads [FirstOf(&[AttnContext])];
+    /// The norm after attention, [T, d].
+    AttnPostNorm = "attn_post_norm", layer, token axis 0, reads [FirstOf(&[AttnOut])];
+    /// The residual stream after attention, [T, d].
+    AttnResidual = "attn_residual", layer, token axis 0, reads [LayerIn, FirstOf(&[AttnPostNorm, AttnOut])];
+    /// The FFN input norm, [T, d].
+    FfnNorm = "ffn_norm", layer, token axis 0, reads [FirstOf(&[AttnResidual])];
+    /// xn·Wgateᵀ, [T, ff].
+    FfnGate = "ffn_gate", layer, token axis 0, reads [FirstOf(&[FfnNorm])];
+    /// xn·Wupᵀ, [T, ff].
+    FfnUp = "ffn_up", layer, token axis 0, reads [FirstOf(&[FfnNorm])];
+    /// act(gate), [T, ff].
+    FfnAct = "ffn_act", layer, token axis 0, reads [FirstOf(&[FfnGate])];
+    /// act(gate) · up, [T, ff].
+    FfnMul = "ffn_mul", layer, token axis 0, reads [FirstOf(&[FfnAct]), FirstOf(&[FfnUp])];
+    /// (act(gate) · up)·Wdownᵀ, [T, d].
+    FfnDown = "ffn_down", layer, token axis 0, reads [FirstOf(&[FfnMul])];
+    /// The norm after the FFN, [T, d].
+    FfnPostNorm = "ffn_post_norm", layer, token axis 0, reads [FirstOf(&[FfnDown])];
+    /// The residual stream leaving the layer, [T, d].
+    LayerOut = "layer_out", layer, token axis 0, reads [FirstOf(&[AttnResidual]), FirstOf(&[FfnPostNorm, FfnDown])];
+    /// The final norm, [T, d] (its input, the last layer's output, is not
+    /// walked: the layer count is not part of a stage).
+    FinalNorm = "final_norm", global, token axis 0, reads [];
+    /// norm(x)·Woutᵀ (softcapped), [T, V].
+    Logits = "logits", global, token axis 0, reads [FirstOf(&[FinalNorm])];
 }
 
 impl Stage {
-    pub const ALL: [Stage; 25] = {
-        use Stage::*;
-        [
-            Embedding,
-            AttnNorm,
-            QProj,
-            KProj,
-            VProj,
-            QNorm,
-            KNorm,
-            QRope,
-            KRope,
-            AttnScores,
-            AttnProbs,
-            AttnContext,
-            AttnOut,
-            AttnPostNorm,
-            AttnResidual,
-            FfnNorm,
-            FfnGate,
-            FfnUp,
-            FfnAct,
-            FfnMul,
-            FfnDown,
-            FfnPostNorm,
-            LayerOut,
-            FinalNorm,
-            Logits,
-        ]
-    };
-
-    /// The canonical name (docs/TRACE_FORMAT.md).
-    pub fn name(self) -> &'static str {
-        use Stage::*;
-        match self {
-            Embedding => "embedding",
-            AttnNorm => "attn_norm",
-            QProj => "q_proj",
-            KProj => "k_proj",
-            VProj => "v_proj",
-            QNorm => "q_norm",
-            KNorm => "k_norm",
-            QRope => "q_rope",
-            KRope => "k_rope",
-            AttnScores => "attn_scores",
-            AttnProbs => "attn_probs",
-            AttnContext => "attn_context",
-            AttnOut => "attn_out",
-            AttnPostNorm => "attn_post_norm",
-            AttnResidual => "attn_residual",
-            FfnNorm => "ffn_norm",
-            FfnGate => "ffn_gate",
-            FfnUp => "ffn_up",
-            FfnAct => "ffn_act",
-            FfnMul => "ffn_mul",
-            FfnDown => "ffn_down",
-            FfnPostNorm => "ffn_post_norm",
-            LayerOut => "layer_out",
-            FinalNorm => "final_norm",
-            Logits => "logits",
-        }
-    }
-
-    /// Whether the stage sits inside a layer (`blk.L.<stage>`).
-    pub fn is_per_layer(self) -> bool {
-        !matches!(self, Stage::Embedding | Stage::FinalNorm | Stage::Logits)
-    }
-
     /// The trace tensor name: `embedding`, `blk.3.ffn_mul`, `logits`.
     pub fn key(self, layer: Option<usize>) -> String {
         match layer {
             Some(l) => format!("blk.{l}.{}", self.name()),
             None => self.name().to_string(),
         }
+    }
+
+    /// The trace keys that `key`'s stage reads, among those `present`.
+    pub fn input_keys(self, layer: Option<usize>, present: &dyn Fn(&str) -> bool) -> Vec<String> {
+        self.inputs()
+            .iter()
+            .filter_map(|input| match input {
+                FirstOf(cands) => cands.iter().map(|c| c.key(layer)).find(|k| present(k)),
+                LayerIn => Some(match layer {
+                    Some(0) | None => Stage::Embedding.key(None),
+                    Some(l) => Stage::LayerOut.key(Some(l - 1)),
+                })
+                .filter(|k| present(k)),
+            })
+            .collect()
     }
 }
 
@@ -146,15 +174,6 @@ impl Observer for NoTrace {
 impl Stage {
     pub fn from_name(name: &str) -> Option<Stage> {
         Stage::ALL.iter().copied().find(|s| s.name() == name)
-    }
-
-    /// The axis that indexes tokens: 1 for [H, T, Tkv] attention matrices,
-    /// 0 for everything else.
-    pub fn token_axis(self) -> usize {
-        match self {
-            Stage::AttnScores | Stage::AttnProbs => 1,
-            _ => 0,
-        }
     }
 }
 
@@ -199,4 +218,47 @@ pub fn resolve_alias(name: &str) -> Option<&'static [&'static str]> {
         "lm_head" => &["logits"],
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/TRACE_FORMAT.md names every stage, in execution order, and no
+    /// stage the table lacks.
+    #[test]
+    fn the_trace_format_document_lists_the_stage_table_in_order() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/TRACE_FORMAT.md")).unwrap();
+        let section = &doc[doc.find("## Stages").unwrap()..];
+        let section = &section[..section.find("\nA stage that an architecture lacks").unwrap()];
+        let mut at = 0;
+        for s in Stage::ALL {
+            let name = format!("`{}`", s.name());
+            let found = section[at..].find(&name).unwrap_or_else(|| panic!("{name} missing or out of order"));
+            at += found + name.len();
+        }
+        // Every backticked snake_case word in the table is a stage.
+        for word in section.split('`').skip(1).step_by(2) {
+            if word.chars().all(|c| c.is_ascii_lowercase() || c == '_') && word.contains('_') || word == "embedding" {
+                assert!(Stage::from_name(word).is_some(), "the document names `{word}`, which is not a stage");
+            }
+        }
+    }
+
+    #[test]
+    fn inputs_fall_back_to_the_stages_present() {
+        let present = |k: &str| !k.ends_with("q_norm");
+        assert_eq!(Stage::QRope.input_keys(Some(2), &present), ["blk.2.q_proj"]);
+        assert_eq!(Stage::AttnNorm.input_keys(Some(0), &present), ["embedding"]);
+        assert_eq!(Stage::AttnResidual.input_keys(Some(3), &|_| true), ["blk.2.layer_out", "blk.3.attn_post_norm"]);
+        assert!(Stage::Embedding.input_keys(None, &|_| true).is_empty());
+        // Every input is a stage of the same scope that runs earlier.
+        for s in Stage::ALL {
+            for input in s.inputs() {
+                if let Input::FirstOf(cands) = input {
+                    assert!(cands.iter().all(|c| c < &s && c.is_per_layer() == s.is_per_layer()), "{s:?}");
+                }
+            }
+        }
+    }
 }
