@@ -6,35 +6,40 @@ use std::path::Path;
 use plumb_formats::gguf::GgufFile;
 use serde_json::Value as J;
 
+use crate::arch::ArchSpec;
 use crate::{ModelError, ModelSource};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arch {
-    Llama,
-    Qwen2,
-    Qwen3,
-    Gemma3,
-}
+/// A model's architecture family: a handle on its spec (crate::arch).
+#[derive(Clone, Copy)]
+pub struct Arch(&'static ArchSpec);
 
 impl Arch {
     pub fn name(self) -> &'static str {
-        match self {
-            Arch::Llama => "llama",
-            Arch::Qwen2 => "qwen2",
-            Arch::Qwen3 => "qwen3",
-            Arch::Gemma3 => "gemma3",
-        }
+        self.0.name
     }
 
     /// From a GGUF `general.architecture` or an HF `model_type`.
     pub fn from_name(name: &str) -> Option<Arch> {
-        Some(match name {
-            "llama" | "mistral" => Arch::Llama,
-            "qwen2" => Arch::Qwen2,
-            "qwen3" => Arch::Qwen3,
-            "gemma3" | "gemma3_text" => Arch::Gemma3,
-            _ => return None,
-        })
+        ArchSpec::find(name).map(Arch)
+    }
+
+    /// Everything the family declares.
+    pub fn spec(self) -> &'static ArchSpec {
+        self.0
+    }
+}
+
+impl PartialEq for Arch {
+    fn eq(&self, other: &Arch) -> bool {
+        self.name() == other.name()
+    }
+}
+
+impl Eq for Arch {}
+
+impl std::fmt::Debug for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -133,9 +138,9 @@ impl ModelConfig {
     pub fn from_gguf(g: &GgufFile) -> Result<ModelConfig, ModelError> {
         let path = g.path();
         let arch_name = g.arch().ok_or_else(|| bad(path, "metadata general.architecture is missing"))?;
-        let arch = Arch::from_name(arch_name).ok_or_else(|| {
-            bad(path, format!("architecture {arch_name:?} is not supported (llama, qwen2, qwen3, gemma3)"))
-        })?;
+        let arch = Arch::from_name(arch_name)
+            .ok_or_else(|| bad(path, format!("architecture {arch_name:?} is not supported ({})", ArchSpec::known())))?;
+        let q = arch.spec().quirks;
         let key = |k: &str| format!("{arch_name}.{k}");
         let req = |k: &str| -> Result<usize, ModelError> { Ok(g.u64(&key(k))? as usize) };
         let n_layer = req("block_count")?;
@@ -171,43 +176,20 @@ impl ModelConfig {
             rope_theta_local: rope_theta,
             sliding_window: None,
             layer_sliding: vec![false; n_layer],
-            qkv_bias: arch == Arch::Qwen2,
-            qk_norm: matches!(arch, Arch::Qwen3 | Arch::Gemma3),
-            post_norms: arch == Arch::Gemma3,
-            embed_scale: 1.0,
-            act: Activation::Silu,
+            qkv_bias: q.qkv_bias,
+            qk_norm: q.qk_norm,
+            post_norms: q.post_norms,
+            embed_scale: if q.embed_scale_sqrt_d { (d as f32).sqrt() } else { 1.0 },
+            act: q.act,
             attn_scale: 1.0 / (head_dim as f32).sqrt(),
             attn_softcap: None,
-            query_pre_scale: arch == Arch::Gemma3,
+            query_pre_scale: q.query_pre_scale,
             final_softcap: None,
             tied_output,
             norm_plus_one: false,
-            unpermute_qk: arch == Arch::Llama,
+            unpermute_qk: q.gguf_qk_interleaved,
         };
-        if arch == Arch::Gemma3 {
-            cfg.act = Activation::GeluTanh;
-            cfg.embed_scale = (d as f32).sqrt();
-            cfg.sliding_window = g.u64_opt(&key("attention.sliding_window"))?.map(|v| v as usize);
-            // llama.cpp's gemma3 defaults: local rope base 10000, every sixth
-            // layer global; files may override both (plumb's writer does).
-            cfg.rope_theta_local = g.f64_opt(&key("rope.local.freq_base"))?.unwrap_or(10000.0) as f32;
-            cfg.layer_sliding = match g.get(&key("attention.sliding_window_pattern")) {
-                Some(v) => {
-                    let arr = v.as_array().ok_or_else(|| bad(path, "sliding_window_pattern is not an array"))?;
-                    arr.iter()
-                        .map(|b| b.as_bool().ok_or_else(|| bad(path, "sliding_window_pattern holds a non-bool")))
-                        .collect::<Result<Vec<_>, _>>()?
-                }
-                None => (0..n_layer).map(|il| il % 6 != 5).collect(),
-            };
-            if cfg.sliding_window.is_none() {
-                cfg.layer_sliding = vec![false; n_layer];
-            }
-            let scalar = g.f64_opt(&key("attention.query_pre_attn_scalar"))?.unwrap_or(head_dim as f64);
-            cfg.attn_scale = (1.0 / scalar.sqrt()) as f32;
-            cfg.attn_softcap = g.f64_opt(&key("attn_logit_softcapping"))?.map(|v| v as f32);
-            cfg.final_softcap = g.f64_opt(&key("final_logit_softcapping"))?.map(|v| v as f32);
-        }
+        (arch.spec().from_gguf)(&mut cfg, g, arch_name)?;
         Ok(cfg)
     }
 
@@ -222,9 +204,9 @@ impl ModelConfig {
             .or_else(|| config.get("model_type"))
             .and_then(J::as_str)
             .ok_or_else(|| bad(path, "no model_type"))?;
-        let arch = Arch::from_name(model_type).ok_or_else(|| {
-            bad(path, format!("model_type {model_type:?} is not supported (llama, qwen2, qwen3, gemma3)"))
-        })?;
+        let arch = Arch::from_name(model_type)
+            .ok_or_else(|| bad(path, format!("model_type {model_type:?} is not supported ({})", ArchSpec::known())))?;
+        let q = arch.spec().quirks;
         let num = |k: &str| -> Option<f64> { c.get(k).and_then(J::as_f64) };
         let req = |k: &str| -> Result<usize, ModelError> {
             c.get(k)
@@ -277,7 +259,7 @@ impl ModelConfig {
             .get("tie_word_embeddings")
             .or_else(|| config.get("tie_word_embeddings"))
             .and_then(J::as_bool)
-            .unwrap_or(arch == Arch::Gemma3);
+            .unwrap_or(q.hf_tied_default);
         let mut cfg = ModelConfig {
             arch,
             n_layer,
@@ -293,52 +275,23 @@ impl ModelConfig {
             rope_theta_local: rope_theta_local as f32,
             sliding_window: None,
             layer_sliding: vec![false; n_layer],
-            qkv_bias: arch == Arch::Qwen2 || c.get("attention_bias").and_then(J::as_bool).unwrap_or(false),
-            qk_norm: matches!(arch, Arch::Qwen3 | Arch::Gemma3),
-            post_norms: arch == Arch::Gemma3,
-            embed_scale: 1.0,
-            act: Activation::Silu,
+            qkv_bias: q.qkv_bias || c.get("attention_bias").and_then(J::as_bool).unwrap_or(false),
+            qk_norm: q.qk_norm,
+            post_norms: q.post_norms,
+            embed_scale: if q.embed_scale_sqrt_d { (d as f32).sqrt() } else { 1.0 },
+            act: q.act,
             attn_scale: 1.0 / (head_dim as f32).sqrt(),
             attn_softcap: None,
-            query_pre_scale: arch == Arch::Gemma3,
+            query_pre_scale: q.query_pre_scale,
             final_softcap: None,
             tied_output,
-            norm_plus_one: false,
+            norm_plus_one: q.hf_norm_plus_one,
             unpermute_qk: false,
         };
         if c.get("mlp_bias").and_then(J::as_bool).unwrap_or(false) {
             return Err(bad(path, "mlp_bias is not supported"));
         }
-        if arch == Arch::Gemma3 {
-            cfg.act = Activation::GeluTanh;
-            cfg.embed_scale = (d as f32).sqrt();
-            cfg.norm_plus_one = true;
-            cfg.sliding_window = c.get("sliding_window").and_then(J::as_u64).map(|v| v as usize);
-            cfg.layer_sliding = match c.get("layer_types").and_then(J::as_array) {
-                Some(types) => types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect(),
-                None => {
-                    let pattern = c.get("sliding_window_pattern").and_then(J::as_u64).unwrap_or(6) as usize;
-                    (0..n_layer).map(|il| (il + 1) % pattern.max(1) != 0).collect()
-                }
-            };
-            let scalar = num("query_pre_attn_scalar").unwrap_or(head_dim as f64);
-            cfg.attn_scale = (1.0 / scalar.sqrt()) as f32;
-            cfg.attn_softcap = num("attn_logit_softcapping").map(|v| v as f32);
-            cfg.final_softcap = num("final_logit_softcapping").map(|v| v as f32);
-        } else if let Some(w) = c.get("sliding_window").and_then(J::as_u64) {
-            // qwen2/qwen3 configs carry a sliding_window that is only used
-            // when use_sliding_window is set; llama/mistral use it directly.
-            let used = match arch {
-                Arch::Llama => true,
-                _ => c.get("use_sliding_window").and_then(J::as_bool).unwrap_or(false),
-            };
-            if used {
-                cfg.sliding_window = Some(w as usize);
-                let max_window_layers = c.get("max_window_layers").and_then(J::as_u64).map(|v| v as usize);
-                cfg.layer_sliding =
-                    (0..n_layer).map(|il| max_window_layers.is_none_or(|m| il >= m) || arch == Arch::Llama).collect();
-            }
-        }
+        (arch.spec().from_hf)(&mut cfg, c, path)?;
         Ok(cfg)
     }
 

@@ -4,8 +4,10 @@
 //!
 //! Architecture quirks (rope base per layer, q/k norm, post-norms, embedding
 //! scale, activation, softcaps, sliding windows) are data in [`ModelConfig`];
-//! the forward code never asks which model it is running.
+//! the forward code never asks which model it is running. Each family is one
+//! declarative spec in [`arch`].
 
+pub mod arch;
 pub mod cache;
 pub mod config;
 pub mod fault;

@@ -13,6 +13,7 @@ use plumb_kernels::ops::{add_bias, add_in_place, mul_in_place, softcap, Rotary};
 use plumb_kernels::{Kernels, Weight};
 use plumb_trace::stage::{Observer, Stage};
 
+use crate::arch::{LayerTensor, Role, EMBEDDING, OUTPUT, OUTPUT_NORM};
 pub use crate::cache::KvCache;
 use crate::config::ModelConfig;
 use crate::fault::Fault;
@@ -88,41 +89,44 @@ impl Model {
         };
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for l in 0..cfg.n_layer {
-            let n = |s: &str| format!("blk.{l}.{s}");
-            let mut wq = weight(&n("attn_q.weight"));
-            let mut wk = weight(&n("attn_k.weight"));
+            let name = |role: Role| LayerTensor::of(role).gguf_name(l);
+            let matrix = |role: Role| weight(&name(role));
+            // Optional vectors are loaded where the configuration has them.
+            let vec_of = |role: Role| -> Result<Option<Vec<f32>>, ModelError> {
+                let t = LayerTensor::of(role);
+                if !t.present(&cfg) {
+                    return Ok(None);
+                }
+                Ok(Some(if t.is_norm { norm(&name(role))? } else { vector(&name(role))? }))
+            };
+            let required = |role: Role| Ok::<_, ModelError>(vec_of(role)?.expect("present in every layer"));
+            let (mut wq, mut wk) = (matrix(Role::Wq), matrix(Role::Wk));
             if cfg.unpermute_qk {
                 wq = unpermute_rows(&wq, cfg.n_head);
                 wk = unpermute_rows(&wk, cfg.n_head_kv);
             }
-            let opt = |s: &str, on: bool, is_norm: bool| -> Result<Option<Vec<f32>>, ModelError> {
-                if !on {
-                    return Ok(None);
-                }
-                Ok(Some(if is_norm { norm(&n(s))? } else { vector(&n(s))? }))
-            };
             layers.push(Layer {
-                attn_norm: norm(&n("attn_norm.weight"))?,
+                attn_norm: required(Role::AttnNorm)?,
                 wq,
                 wk,
-                wv: weight(&n("attn_v.weight")),
-                bq: opt("attn_q.bias", cfg.qkv_bias, false)?,
-                bk: opt("attn_k.bias", cfg.qkv_bias, false)?,
-                bv: opt("attn_v.bias", cfg.qkv_bias, false)?,
-                q_norm: opt("attn_q_norm.weight", cfg.qk_norm, true)?,
-                k_norm: opt("attn_k_norm.weight", cfg.qk_norm, true)?,
-                wo: weight(&n("attn_output.weight")),
-                attn_post_norm: opt("post_attention_norm.weight", cfg.post_norms, true)?,
-                ffn_norm: norm(&n("ffn_norm.weight"))?,
-                w_gate: weight(&n("ffn_gate.weight")),
-                w_up: weight(&n("ffn_up.weight")),
-                w_down: weight(&n("ffn_down.weight")),
-                ffn_post_norm: opt("post_ffw_norm.weight", cfg.post_norms, true)?,
+                wv: matrix(Role::Wv),
+                bq: vec_of(Role::Bq)?,
+                bk: vec_of(Role::Bk)?,
+                bv: vec_of(Role::Bv)?,
+                q_norm: vec_of(Role::QNorm)?,
+                k_norm: vec_of(Role::KNorm)?,
+                wo: matrix(Role::Wo),
+                attn_post_norm: vec_of(Role::AttnPostNorm)?,
+                ffn_norm: required(Role::FfnNorm)?,
+                w_gate: matrix(Role::WGate),
+                w_up: matrix(Role::WUp),
+                w_down: matrix(Role::WDown),
+                ffn_post_norm: vec_of(Role::FfnPostNorm)?,
             });
         }
-        let embed = weight("token_embd.weight");
-        let output = if cfg.tied_output { embed.clone() } else { weight("output.weight") };
-        let final_norm = norm("output_norm.weight")?;
+        let embed = weight(EMBEDDING.0);
+        let output = if cfg.tied_output { embed.clone() } else { weight(OUTPUT.0) };
+        let final_norm = norm(OUTPUT_NORM.0)?;
         let rope = Rotary::new(cfg.rope_theta, cfg.head_dim);
         let rope_local = Rotary::new(cfg.rope_theta_local, cfg.head_dim);
         Ok(Model { cfg, source, embed, layers, final_norm, output, rope, rope_local, fault: None })
@@ -148,7 +152,7 @@ impl Model {
             // Without every position's logits, the last layer goes on past
             // its attention with the last token only, as llama.cpp does.
             let keep_last = !all_logits && l + 1 == self.cfg.n_layer;
-            rows = self.layer(k, l, &mut x, rows, cache, p, keep_last, tr);
+            rows = self.layer(k, l, &mut x, cache, keep_last, tr);
         }
         cache.len = p + t;
         let logits = self.head(k, &x, rows, all_logits, tr);
@@ -186,24 +190,23 @@ impl Model {
     }
 
     /// One decoder layer on the residual stream x [T, d] at positions
-    /// p .. p+T, appending this layer's keys and values to the cache (which
-    /// must already hold positions 0 .. p for this layer). With `keep_last`,
+    /// p .. p+T, p = `cache.len`, appending this layer's keys and values to
+    /// the cache (which must hold positions 0 .. p for this layer; `len`
+    /// moves on once every layer has run). With `keep_last`,
     /// everything after attention runs on the last token only (the last
     /// layer of a step whose earlier positions' logits nobody reads, as
     /// llama.cpp does). Returns the rows of x left.
-    #[allow(clippy::too_many_arguments)]
     pub fn layer(
         &self,
         k: &dyn Kernels,
         l: usize,
         x: &mut Vec<f32>,
-        t: usize,
         cache: &mut KvCache,
-        p: usize,
         keep_last: bool,
         tr: &mut dyn Observer,
     ) -> usize {
         let c = &self.cfg;
+        let (t, p) = (x.len() / c.d, cache.len); //   tokens in, positions before
         let w = &self.layers[l];
         let (d, ff, qd, kvd) = (c.d, c.ff, c.q_dim(), c.kv_dim());
         let at = Some(l);
@@ -244,7 +247,7 @@ impl Model {
 
         // ctx = attention(q, cache + k, cache + v)
         cache.store(l, p, &kk, &vv, k.value_layout());
-        let mut ctx = self.attention(k, l, &q, cache, p, t, tr); //           [T, H·hd]
+        let mut ctx = self.attention(k, l, &q, cache, t, tr); //              [T, H·hd]
 
         // attn = ctx·Woᵀ
         k.linear(&w.wo, &ctx, t, &mut attn);
@@ -301,21 +304,19 @@ impl Model {
         t
     }
 
-    /// Attention of q [T, H·hd] at positions p .. p+T over layer `l`'s
-    /// cache (this step's keys and values already in it): the context
+    /// Attention of q [T, H·hd] at positions p .. p+T (p = `cache.len`) over
+    /// layer `l`'s cache (this step's keys and values already in it): the context
     /// [T, H·hd], with the scores and probabilities traced on the way.
-    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         k: &dyn Kernels,
         l: usize,
         q: &[f32],
         cache: &KvCache,
-        p: usize,
         t: usize,
         tr: &mut dyn Observer,
     ) -> Vec<f32> {
-        let c = &self.cfg;
+        let (c, p) = (&self.cfg, cache.len);
         let at = Some(l);
         let s = AttnShape {
             t,

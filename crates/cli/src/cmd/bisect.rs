@@ -127,7 +127,7 @@ fn isolated(
     let mut cache = KvCache::new(&m.cfg, t);
     for l in 0..m.cfg.n_layer {
         let mut x = if l == 0 { get("embedding")? } else { get(&format!("blk.{}.layer_out", l - 1))? };
-        m.layer(kernels.as_ref(), l, &mut x, t, &mut cache, 0, false, &mut rec);
+        m.layer(kernels.as_ref(), l, &mut x, &mut cache, false, &mut rec);
     }
     let x = get(&format!("blk.{}.layer_out", m.cfg.n_layer - 1))?;
     m.head(kernels.as_ref(), &x, t, true, &mut rec);

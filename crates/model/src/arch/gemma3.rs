@@ -1,0 +1,77 @@
+//! Gemma 3 (text): tanh-GELU FFN, embeddings scaled by √d, q/k norms, norms
+//! after attention and after the FFN, queries scaled by
+//! query_pre_attn_scalar^−½, sliding-window layers with their own rotary
+//! base (five of every six by default), optional softcaps, output tied to
+//! the embedding.
+
+use std::path::Path;
+
+use plumb_formats::gguf::GgufFile;
+use serde_json::Value as J;
+
+use super::{bad, ArchSpec, Quirks, Role, PLAIN};
+use crate::config::{Activation, ModelConfig};
+use crate::ModelError;
+
+pub static SPEC: ArchSpec = ArchSpec {
+    name: "gemma3",
+    names: &["gemma3", "gemma3_text"],
+    quirks: Quirks {
+        qk_norm: true,
+        post_norms: true,
+        act: Activation::GeluTanh,
+        embed_scale_sqrt_d: true,
+        query_pre_scale: true,
+        hf_norm_plus_one: true,
+        hf_tied_default: true,
+        ..PLAIN
+    },
+    // gemma's post_attention_layernorm follows attention; llama's is the FFN
+    // input norm.
+    hf_renames: &[(Role::FfnNorm, "pre_feedforward_layernorm.weight")],
+    from_gguf,
+    from_hf,
+};
+
+fn from_gguf(cfg: &mut ModelConfig, g: &GgufFile, prefix: &str) -> Result<(), ModelError> {
+    let path = g.path();
+    let key = |k: &str| format!("{prefix}.{k}");
+    cfg.sliding_window = g.u64_opt(&key("attention.sliding_window"))?.map(|v| v as usize);
+    // llama.cpp's gemma3 defaults: local rope base 10000, every sixth layer
+    // global; files may override both (plumb's writer does).
+    cfg.rope_theta_local = g.f64_opt(&key("rope.local.freq_base"))?.unwrap_or(10000.0) as f32;
+    cfg.layer_sliding = match g.get(&key("attention.sliding_window_pattern")) {
+        Some(v) => {
+            let arr = v.as_array().ok_or_else(|| bad(path, "sliding_window_pattern is not an array"))?;
+            arr.iter()
+                .map(|b| b.as_bool().ok_or_else(|| bad(path, "sliding_window_pattern holds a non-bool")))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        None => (0..cfg.n_layer).map(|il| il % 6 != 5).collect(),
+    };
+    if cfg.sliding_window.is_none() {
+        cfg.layer_sliding = vec![false; cfg.n_layer];
+    }
+    let scalar = g.f64_opt(&key("attention.query_pre_attn_scalar"))?.unwrap_or(cfg.head_dim as f64);
+    cfg.attn_scale = (1.0 / scalar.sqrt()) as f32;
+    cfg.attn_softcap = g.f64_opt(&key("attn_logit_softcapping"))?.map(|v| v as f32);
+    cfg.final_softcap = g.f64_opt(&key("final_logit_softcapping"))?.map(|v| v as f32);
+    Ok(())
+}
+
+fn from_hf(cfg: &mut ModelConfig, c: &J, _: &Path) -> Result<(), ModelError> {
+    let num = |k: &str| -> Option<f64> { c.get(k).and_then(J::as_f64) };
+    cfg.sliding_window = c.get("sliding_window").and_then(J::as_u64).map(|v| v as usize);
+    cfg.layer_sliding = match c.get("layer_types").and_then(J::as_array) {
+        Some(types) => types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect(),
+        None => {
+            let pattern = c.get("sliding_window_pattern").and_then(J::as_u64).unwrap_or(6) as usize;
+            (0..cfg.n_layer).map(|il| (il + 1) % pattern.max(1) != 0).collect()
+        }
+    };
+    let scalar = num("query_pre_attn_scalar").unwrap_or(cfg.head_dim as f64);
+    cfg.attn_scale = (1.0 / scalar.sqrt()) as f32;
+    cfg.attn_softcap = num("attn_logit_softcapping").map(|v| v as f32);
+    cfg.final_softcap = num("final_logit_softcapping").map(|v| v as f32);
+    Ok(())
+}
