@@ -122,17 +122,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trace_format import (  # noqa: E402  (same folder)
-    Selection,
-    UsageError,
-    add_common_args,
-    parse_common_args,
-    parse_layers,
-    parse_stages,
-    parse_tokens,
-    save_trace,
-    sha256_file,
-)
+from trace_format import Selection, UsageError, save_trace, sha256_file  # noqa: E402  (same folder)
+from trace_format import add_common_args, parse_common_args, parse_layers, parse_stages, parse_tokens  # noqa: E402
 
 
 # Stages whose token axis is 1 ([H, T, Tkv]); all others have it at 0.

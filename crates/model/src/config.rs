@@ -93,6 +93,17 @@ pub struct ModelConfig {
     pub unpermute_qk: bool,
 }
 
+/// The sizes every family's metadata gives.
+struct Sizes {
+    n_layer: usize,
+    d: usize,
+    n_head: usize,
+    n_head_kv: usize,
+    head_dim: usize,
+    ff: usize,
+    vocab: usize,
+}
+
 fn bad(path: &Path, what: impl Into<String>) -> ModelError {
     ModelError::invalid(path, what)
 }
@@ -140,7 +151,6 @@ impl ModelConfig {
         let arch_name = g.arch().ok_or_else(|| bad(path, "metadata general.architecture is missing"))?;
         let arch = Arch::from_name(arch_name)
             .ok_or_else(|| bad(path, format!("architecture {arch_name:?} is not supported ({})", ArchSpec::known())))?;
-        let q = arch.spec().quirks;
         let key = |k: &str| format!("{arch_name}.{k}");
         let req = |k: &str| -> Result<usize, ModelError> { Ok(g.u64(&key(k))? as usize) };
         let n_layer = req("block_count")?;
@@ -161,34 +171,9 @@ impl ModelConfig {
         let rms_eps = g.f64_opt(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-6) as f32;
         let rope_theta = g.f64_opt(&key("rope.freq_base"))?.unwrap_or(10000.0) as f32;
         let tied_output = g.tensor_info("output.weight").is_none();
-        let mut cfg = ModelConfig {
-            arch,
-            n_layer,
-            d,
-            n_head,
-            n_head_kv,
-            head_dim,
-            ff,
-            vocab,
-            ctx_len,
-            rms_eps,
-            rope_theta,
-            rope_theta_local: rope_theta,
-            sliding_window: None,
-            layer_sliding: vec![false; n_layer],
-            qkv_bias: q.qkv_bias,
-            qk_norm: q.qk_norm,
-            post_norms: q.post_norms,
-            embed_scale: if q.embed_scale_sqrt_d { (d as f32).sqrt() } else { 1.0 },
-            act: q.act,
-            attn_scale: 1.0 / (head_dim as f32).sqrt(),
-            attn_softcap: None,
-            query_pre_scale: q.query_pre_scale,
-            final_softcap: None,
-            tied_output,
-            norm_plus_one: false,
-            unpermute_qk: q.gguf_qk_interleaved,
-        };
+        let sizes = Sizes { n_layer, d, n_head, n_head_kv, head_dim, ff, vocab };
+        let mut cfg = ModelConfig::with_quirks(arch, sizes, ctx_len, rms_eps, (rope_theta, rope_theta), tied_output);
+        cfg.unpermute_qk = arch.spec().quirks.gguf_qk_interleaved;
         (arch.spec().from_gguf)(&mut cfg, g, arch_name)?;
         Ok(cfg)
     }
@@ -260,39 +245,52 @@ impl ModelConfig {
             .or_else(|| config.get("tie_word_embeddings"))
             .and_then(J::as_bool)
             .unwrap_or(q.hf_tied_default);
-        let mut cfg = ModelConfig {
-            arch,
-            n_layer,
-            d,
-            n_head,
-            n_head_kv,
-            head_dim,
-            ff,
-            vocab,
-            ctx_len: c.get("max_position_embeddings").and_then(J::as_u64).unwrap_or(2048) as usize,
-            rms_eps: num("rms_norm_eps").unwrap_or(1e-6) as f32,
-            rope_theta: rope_theta as f32,
-            rope_theta_local: rope_theta_local as f32,
-            sliding_window: None,
-            layer_sliding: vec![false; n_layer],
-            qkv_bias: q.qkv_bias || c.get("attention_bias").and_then(J::as_bool).unwrap_or(false),
-            qk_norm: q.qk_norm,
-            post_norms: q.post_norms,
-            embed_scale: if q.embed_scale_sqrt_d { (d as f32).sqrt() } else { 1.0 },
-            act: q.act,
-            attn_scale: 1.0 / (head_dim as f32).sqrt(),
-            attn_softcap: None,
-            query_pre_scale: q.query_pre_scale,
-            final_softcap: None,
-            tied_output,
-            norm_plus_one: q.hf_norm_plus_one,
-            unpermute_qk: false,
-        };
+        let ctx_len = c.get("max_position_embeddings").and_then(J::as_u64).unwrap_or(2048) as usize;
+        let rms_eps = num("rms_norm_eps").unwrap_or(1e-6) as f32;
+        let sizes = Sizes { n_layer, d, n_head, n_head_kv, head_dim, ff, vocab };
+        let rope = (rope_theta as f32, rope_theta_local as f32);
+        let mut cfg = ModelConfig::with_quirks(arch, sizes, ctx_len, rms_eps, rope, tied_output);
+        cfg.qkv_bias |= c.get("attention_bias").and_then(J::as_bool).unwrap_or(false);
+        cfg.norm_plus_one = q.hf_norm_plus_one;
         if c.get("mlp_bias").and_then(J::as_bool).unwrap_or(false) {
             return Err(bad(path, "mlp_bias is not supported"));
         }
         (arch.spec().from_hf)(&mut cfg, c, path)?;
         Ok(cfg)
+    }
+
+    /// A configuration with the family's fixed quirks and the common
+    /// settings; the rotary bases are (full attention, sliding window).
+    fn with_quirks(arch: Arch, s: Sizes, ctx_len: usize, rms_eps: f32, rope: (f32, f32), tied_output: bool) -> Self {
+        let q = arch.spec().quirks;
+        ModelConfig {
+            arch,
+            n_layer: s.n_layer,
+            d: s.d,
+            n_head: s.n_head,
+            n_head_kv: s.n_head_kv,
+            head_dim: s.head_dim,
+            ff: s.ff,
+            vocab: s.vocab,
+            ctx_len,
+            rms_eps,
+            rope_theta: rope.0,
+            rope_theta_local: rope.1,
+            sliding_window: None,
+            layer_sliding: vec![false; s.n_layer],
+            qkv_bias: q.qkv_bias,
+            qk_norm: q.qk_norm,
+            post_norms: q.post_norms,
+            embed_scale: if q.embed_scale_sqrt_d { (s.d as f32).sqrt() } else { 1.0 },
+            act: q.act,
+            attn_scale: 1.0 / (s.head_dim as f32).sqrt(),
+            attn_softcap: None,
+            query_pre_scale: q.query_pre_scale,
+            final_softcap: None,
+            tied_output,
+            norm_plus_one: false,
+            unpermute_qk: false,
+        }
     }
 
     /// Query width H·hd.

@@ -154,11 +154,9 @@ impl Block for BlockQ8_0 {
 impl Block for BlockQ8_1 {
     const TYPE: GgmlType = GgmlType::Q8_1;
     const ELEMS: usize = 32;
+    /// As Q8_0: the stored sum `s` only serves dot products.
     fn dequantize(&self, y: &mut [f32]) {
-        let d = f16_to_f32(self.d);
-        for (y, q) in y.iter_mut().zip(self.qs) {
-            *y = q as f32 * d;
-        }
+        BlockQ8_0 { d: self.d, qs: self.qs }.dequantize(y)
     }
 }
 
