@@ -9,6 +9,7 @@
 pub mod config;
 pub mod fault;
 pub mod fuzzing;
+pub mod generate;
 pub mod given;
 pub mod model;
 pub mod plant;
