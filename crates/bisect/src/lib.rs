@@ -157,9 +157,9 @@ impl Loaded {
                     None
                 }
             },
-            ModelSource::Hf(h) if h.dir.join("tokenizer.json").is_file() => Some(
-                Tokenizer::from_hf_dir(&h.dir).map_err(|source| Error::Tokenizer { path: path.into(), source })?,
-            ),
+            ModelSource::Hf(h) if h.dir.join("tokenizer.json").is_file() => {
+                Some(Tokenizer::from_hf_dir(&h.dir).map_err(|source| Error::Tokenizer { path: path.into(), source })?)
+            }
             ModelSource::Hf(_) => None,
         };
         // The tokenizer holds its own copy of the vocabulary now.

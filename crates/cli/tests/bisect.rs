@@ -135,7 +135,10 @@ fn diff_of_saved_traces_and_teacher_forcing() {
 /// `.ci/run` installs); the screenshot must be a real picture, not a blank.
 #[test]
 #[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
-#[cfg_attr(not(has_chromium), ignore = "needs chromium (/usr/bin/chromium or chromium-browser) to render the HTML report")]
+#[cfg_attr(
+    not(has_chromium),
+    ignore = "needs chromium (/usr/bin/chromium or chromium-browser) to render the HTML report"
+)]
 fn html_report_renders_in_headless_chromium() {
     let m = real_model();
     let m = m.to_string_lossy().into_owned();

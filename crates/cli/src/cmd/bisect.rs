@@ -119,10 +119,7 @@ pub(crate) fn load_b(args: &Args) -> anyhow::Result<Option<Loaded>> {
 /// Says that a saved reference's ids replace the prompt, if one was given.
 pub(crate) fn note_reference_ids(args: &Args, ids: &[u32]) {
     if args.reference.is_some() && (args.prompt.text.is_some() || args.prompt.tokens.is_some()) {
-        eprintln!(
-            "plumb: note: using the reference trace's {} token ids; the prompt is not re-tokenized",
-            ids.len()
-        );
+        eprintln!("plumb: note: using the reference trace's {} token ids; the prompt is not re-tokenized", ids.len());
     }
 }
 
@@ -157,7 +154,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let mut hard = 0;
     if args.teacher_force > 0 {
         let Some(b) = &b else { bail!("--teacher-force needs a reference model, not a trace file") };
-        let tf = teacher_force(&a, args.a_precision, b, args.b_precision, &r.ids, args.teacher_force, args.gate.tie_margin);
+        let tf =
+            teacher_force(&a, args.a_precision, b, args.b_precision, &r.ids, args.teacher_force, args.gate.tie_margin);
         hard = tf.flips;
         if !args.report.json {
             out::print(&teacher_text(&tf, b, args.teacher_force)?)?;

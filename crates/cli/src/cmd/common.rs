@@ -66,7 +66,9 @@ pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
 impl PromptArgs {
     /// The prompt as the bisect library asks for it: ids under a tokenizer,
     /// with this command line's errors.
-    pub fn tokenizer_fn(&self) -> impl Fn(Option<&Tokenizer>) -> Result<Vec<u32>, Box<dyn std::error::Error + Send + Sync>> + '_ {
+    pub fn tokenizer_fn(
+        &self,
+    ) -> impl Fn(Option<&Tokenizer>) -> Result<Vec<u32>, Box<dyn std::error::Error + Send + Sync>> + '_ {
         move |tok| self.token_ids(tok).map_err(Into::into)
     }
 

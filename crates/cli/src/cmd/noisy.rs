@@ -32,12 +32,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         (Some(path), Some(table)) => Some(SavedBands { path, table }),
         _ => None,
     };
-    let r = noisy(
-        &sides(&args, &a, b.as_ref(), &tokenize),
-        saved,
-        args.save_noise.is_some(),
-        args.gate.tie_margin,
-    )?;
+    let r = noisy(&sides(&args, &a, b.as_ref(), &tokenize), saved, args.save_noise.is_some(), args.gate.tie_margin)?;
     note_reference_ids(&args, &r.ids);
     if let (Some(p), Some(t)) = (&args.save_noise, &r.bands) {
         plumb_trace::file::write_atomic(p, (serde_json::to_string_pretty(t)? + "\n").as_bytes())
@@ -57,7 +52,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         let Some(b) = &b else { bail!("--teacher-force needs a reference model, not a trace file") };
         // Flips are shown; the verdict stays with the stages, since a flip
         // between sides that differ by design is the sum of their noise.
-        let tf = teacher_force(&a, args.a_precision, b, args.b_precision, &r.ids, args.teacher_force, args.gate.tie_margin);
+        let tf =
+            teacher_force(&a, args.a_precision, b, args.b_precision, &r.ids, args.teacher_force, args.gate.tie_margin);
         if !args.report.json {
             out::print(&teacher_text(&tf, b, args.teacher_force)?)?;
         }

@@ -5,10 +5,10 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::bail;
+use plumb_model::generate::{Flow, Generator, Pick, Until};
 use plumb_model::kernels::kernels_for;
 use plumb_model::sample::{Sampler, SamplerConfig};
 use plumb_model::tokenizer::StreamDecoder;
-use plumb_model::generate::{Flow, Generator, Pick, Until};
 use plumb_model::{NoTrace, Precision};
 
 use crate::cmd::common::{check_capacity, load, ModelArgs, PromptArgs};

@@ -8,11 +8,11 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use plumb_model::kernels::kernels_for;
 use plumb_model::generate::{Flow, Generator, Pick, Until};
+use plumb_model::kernels::kernels_for;
 use plumb_model::{NoTrace, Precision};
-use plumb_trace::plan::{parse_layers, parse_positions, parse_stages};
 use plumb_trace::judge::{any_anomaly, first_at, fmt_g, garbage_flags, judge, non_finite, Level, Thresholds, Verdict};
+use plumb_trace::plan::{parse_layers, parse_positions, parse_stages};
 use plumb_trace::stage::parse_key;
 use plumb_trace::{Recorder, Stats, Trace, TracePlan};
 use serde_json::json;
