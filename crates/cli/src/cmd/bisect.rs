@@ -12,6 +12,10 @@
 //! layer of A on B's layer input. `--inject` breaks one stage of A on
 //! purpose; `--teacher-force N` follows the reference's greedy tokens and
 //! compares the logits at every step.
+//!
+//! This file is the flags, the files written, the printing and the exit
+//! code; the runs themselves (traces, isolation, calibration, teacher
+//! forcing) are plumb-bisect's, which tests and bindings call too.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;

@@ -42,8 +42,13 @@ pub struct PromptArgs {
     pub special: bool,
 }
 
+// A model with its tokenizer, loaded as bisect's calibration loads it (one
+// loader for every command). It belongs in plumb-model; it sits in
+// plumb-bisect while model.rs is being rewritten elsewhere.
 pub use plumb_bisect::Loaded;
 
+/// Sets up the thread pool and loads the model and its tokenizer, printing
+/// a tokenizer plumb cannot use as a warning.
 pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
     if args.threads == Some(0) {
         bail!("-t/--threads must be at least 1");
