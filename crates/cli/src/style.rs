@@ -1,6 +1,10 @@
-//! Terminal colour, on when stdout is a terminal (or `--color always`).
+//! Whether terminal colour is on: when stdout is a terminal and `NO_COLOR`
+//! is unset, or as `--color` says. The painting itself is
+//! [`plumb_trace::paint::Paint`], the one painter of every text report.
 
 use std::io::IsTerminal;
+
+pub use plumb_trace::paint::Paint;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ColorChoice {
@@ -9,46 +13,11 @@ pub enum ColorChoice {
     Never,
 }
 
-#[derive(Clone, Copy)]
-pub struct Style {
-    on: bool,
-}
-
-impl Style {
-    pub fn new(choice: ColorChoice) -> Style {
-        let on = match choice {
-            ColorChoice::Always => true,
-            ColorChoice::Never => false,
-            ColorChoice::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
-        };
-        Style { on }
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.on
-    }
-
-    fn paint(&self, code: &str, s: &str) -> String {
-        if self.on {
-            format!("\x1b[{code}m{s}\x1b[0m")
-        } else {
-            s.to_string()
-        }
-    }
-
-    pub fn red(&self, s: &str) -> String {
-        self.paint("1;31", s)
-    }
-    pub fn yellow(&self, s: &str) -> String {
-        self.paint("33", s)
-    }
-    pub fn green(&self, s: &str) -> String {
-        self.paint("32", s)
-    }
-    pub fn bold(&self, s: &str) -> String {
-        self.paint("1", s)
-    }
-    pub fn dim(&self, s: &str) -> String {
-        self.paint("2", s)
-    }
+/// The painter `choice` asks for.
+pub fn paint(choice: ColorChoice) -> Paint {
+    Paint(match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    })
 }

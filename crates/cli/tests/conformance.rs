@@ -7,8 +7,9 @@ mod common;
 use common::{plumb, real_model, root};
 
 #[test]
+#[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
 fn fast_precision_continues_exactly_as_llama_cpp() {
-    let Some(model) = real_model() else { return };
+    let model = real_model();
     let text = std::fs::read_to_string(root().join("testdata/gemma3-270m/llamacpp_greedy.json")).unwrap();
     let golden: serde_json::Value = serde_json::from_str(&text).unwrap();
     let cases = golden["cases"].as_array().unwrap();

@@ -53,12 +53,9 @@ fn tiny_models_match_transformers_stage_by_stage() {
 }
 
 #[test]
+#[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
 fn real_gemma_matches_transformers_stats() {
-    let m = root().join("models/gemma-3-270m-q4_k_m.gguf");
-    if !m.is_file() {
-        assert!(std::env::var("CI").is_err(), "CI must fetch the real model first");
-        return;
-    }
+    let m = real_model();
     let reference = root().join("testdata/gemma3-270m/hf_trace_stats.safetensors");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("plumb.safetensors");

@@ -78,7 +78,7 @@ fn check_named(bug: &str, code: i32, j: &Value) -> Result<(), String> {
 }
 
 fn planted_bugs_are_named(requant: Option<&str>, precision: &str) {
-    let Some(m) = real_model() else { return };
+    let m = real_model();
     let m = m.to_string_lossy().into_owned();
     let (_, list, _) = plumb(&["plant", "--list"]);
     let bugs: Vec<&str> = list.lines().collect();
@@ -115,11 +115,13 @@ fn planted_bugs_are_named(requant: Option<&str>, precision: &str) {
 }
 
 #[test]
+#[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
 fn planted_bugs_are_named_fast_against_exact() {
     planted_bugs_are_named(None, "fast");
 }
 
 #[test]
+#[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
 fn planted_bugs_are_named_in_a_requantized_copy() {
     planted_bugs_are_named(Some("q8_0"), "exact");
 }
@@ -164,14 +166,16 @@ fn clean_pairs_are_within_noise(a: &Path, b: &Path, precision: &str) {
 }
 
 #[test]
+#[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
 fn clean_fast_against_exact_is_within_noise_on_eight_prompts() {
-    let Some(m) = real_model() else { return };
+    let m = real_model();
     clean_pairs_are_within_noise(&m, &m, "fast");
 }
 
 #[test]
+#[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
 fn clean_requantized_copy_is_within_noise_on_eight_prompts() {
-    let Some(m) = real_model() else { return };
+    let m = real_model();
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("q8.gguf");
     let (code, _, err) =
@@ -183,8 +187,9 @@ fn clean_requantized_copy_is_within_noise_on_eight_prompts() {
 /// Six fault kinds × four stages × three layers, fast against exact: each
 /// is named at its own stage, and nothing before it is outside its band.
 #[test]
+#[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
 fn injected_faults_are_named_under_fast_against_exact() {
-    let Some(m) = real_model() else { return };
+    let m = real_model();
     let m = m.to_string_lossy().into_owned();
     let kinds = ["scale=1.5", "noise=0.5", "zero-head=1", "swap-heads=0,1", "permute-rope", "off-by-one"];
     let stages = ["q_proj", "q_rope", "attn_context", "ffn_gate"];
@@ -216,8 +221,9 @@ fn injected_faults_are_named_under_fast_against_exact() {
 }
 
 #[test]
+#[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
 fn same_model_and_precision_is_parity() {
-    let Some(m) = real_model() else { return };
+    let m = real_model();
     let m = m.to_string_lossy().into_owned();
     let (code, j) = bisect_json(&[&m, "-p", "Hello"]);
     assert_eq!(code, 0);

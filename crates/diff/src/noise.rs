@@ -493,14 +493,14 @@ pub fn verdict_text(r: &NoiseReport, paint: Paint) -> String {
             );
         }
         None if r.verdict == Verdict::Parity => {
-            let _ = writeln!(s, "{} {compared} stages equal within f32 rounding", paint.green("PARITY"));
+            let _ = writeln!(s, "{} {compared} stages equal within f32 rounding", paint.green_bold("PARITY"));
         }
         None => {
             let w = r.worst.map(|i| &r.stages[i]);
             let _ = writeln!(
                 s,
                 "{} {compared} stages inside their bands{}",
-                paint.green("WITHIN NOISE"),
+                paint.green_bold("WITHIN NOISE"),
                 w.map(|w| format!(" (worst {} of its band at {})", ratio_str(w.ratio), w.key)).unwrap_or_default()
             );
         }

@@ -5,34 +5,7 @@ use std::fmt::Write as _;
 
 use crate::compare::{Basis, Diff, Origin, StageDiff};
 
-/// ANSI colours, or none.
-#[derive(Clone, Copy)]
-pub struct Paint(pub bool);
-
-impl Paint {
-    fn p(&self, code: &str, s: &str) -> String {
-        if self.0 {
-            format!("\x1b[{code}m{s}\x1b[0m")
-        } else {
-            s.to_string()
-        }
-    }
-    pub fn red(&self, s: &str) -> String {
-        self.p("1;31", s)
-    }
-    pub fn green(&self, s: &str) -> String {
-        self.p("1;32", s)
-    }
-    pub fn yellow(&self, s: &str) -> String {
-        self.p("33", s)
-    }
-    pub fn dim(&self, s: &str) -> String {
-        self.p("2", s)
-    }
-    pub fn bold(&self, s: &str) -> String {
-        self.p("1", s)
-    }
-}
+pub use plumb_trace::paint::Paint;
 
 pub fn g(v: Option<f64>) -> String {
     match v {
@@ -140,7 +113,7 @@ pub fn verdict(d: &Diff, paint: Paint) -> String {
             let w = worst
                 .map(|w| format!(" (worst NMSE {} at {}, cosine {})", g(w.nmse), w.key, cos_str(w.cosine)))
                 .unwrap_or_default();
-            let _ = writeln!(s, "{} every stage within bounds{w}", paint.green("PARITY"));
+            let _ = writeln!(s, "{} every stage within bounds{w}", paint.green_bold("PARITY"));
         }
     }
     if !d.logits.is_empty() {

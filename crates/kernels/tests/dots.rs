@@ -98,12 +98,10 @@ fn ty_bytes(ty: GgmlType, n: usize) -> usize {
 }
 
 #[test]
+#[cfg_attr(not(has_avx2), ignore = "no SIMD path on this CPU (needs AVX2, FMA and F16C); nothing to compare")]
 fn simd_equals_scalar_reference() {
     let path = KernelPath::detect();
-    if path == KernelPath::Scalar {
-        eprintln!("no SIMD path on this CPU; nothing to compare");
-        return;
-    }
+    assert_ne!(path, KernelPath::Scalar, "the build script saw the AVX2 path");
     let mut rng = StdRng::seed_from_u64(5);
     for ty in TYPES {
         for blocks in [1usize, 2, 5, 9, 40] {
@@ -300,11 +298,9 @@ fn assert_dequantize_then_dot(ty: GgmlType, w: &[u8], rb: usize, x: &[f32], got:
 
 #[cfg(target_arch = "x86_64")]
 #[test]
+#[cfg_attr(not(has_avx2), ignore = "needs the AVX2 path (AVX2, FMA and F16C)")]
 fn fused_exact_rows_equal_dequantize_then_dot_bit_for_bit() {
-    let path = KernelPath::detect();
-    if path != KernelPath::Avx2 {
-        return;
-    }
+    assert_eq!(KernelPath::detect(), KernelPath::Avx2, "the build script saw the AVX2 path");
     let mut rng = StdRng::seed_from_u64(23);
     for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::IQ4_NL] {
         let kind = plumb_kernels::q8_family_kind(ty).unwrap();
@@ -326,11 +322,9 @@ fn fused_exact_rows_equal_dequantize_then_dot_bit_for_bit() {
 
 #[cfg(target_arch = "x86_64")]
 #[test]
+#[cfg_attr(not(has_avx2), ignore = "needs the AVX2 path (AVX2, FMA and F16C)")]
 fn fused_exact_k_quant_rows_equal_dequantize_then_dot_bit_for_bit() {
-    let path = KernelPath::detect();
-    if path != KernelPath::Avx2 {
-        return;
-    }
+    assert_eq!(KernelPath::detect(), KernelPath::Avx2, "the build script saw the AVX2 path");
     let mut rng = StdRng::seed_from_u64(29);
     for ty in [GgmlType::Q4_K, GgmlType::Q6_K] {
         let (n, rows) = (3 * 256, 4);

@@ -12,6 +12,7 @@ pub mod cache;
 pub mod config;
 pub mod fault;
 pub mod fuzzing;
+pub mod generate;
 pub mod given;
 pub mod model;
 pub mod plant;

@@ -1,5 +1,5 @@
 //! Tracing: the named stages of a forward pass, the plan of what to record,
-//! statistics, the recorder that a traced forward pass reports to, and trace
+//! statistics, the recorder, judging a trace on its own that a traced forward pass reports to, and trace
 //! files (format 1, docs/TRACE_FORMAT.md).
 //!
 //! This crate knows nothing of models or kernels: the engine depends on it
@@ -7,6 +7,8 @@
 //! seeing the engine.
 
 pub mod file;
+pub mod judge;
+pub mod paint;
 pub mod plan;
 pub mod recorder;
 pub mod stage;

@@ -12,22 +12,21 @@
 //! layer of A on B's layer input. `--inject` breaks one stage of A on
 //! purpose; `--teacher-force N` follows the reference's greedy tokens and
 //! compares the logits at every step.
+//!
+//! This file is the flags, the files written, the printing and the exit
+//! code; the runs themselves (traces, isolation, calibration, teacher
+//! forcing) are plumb-bisect's, which tests and bindings call too.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
-use plumb_diff::compare::logits_metrics;
-use plumb_diff::diff;
+use anyhow::bail;
+use plumb_bisect::teacher::{teacher_force, TeacherForced};
+use plumb_bisect::Sides;
 use plumb_model::fault::Fault;
-use plumb_model::kernels::kernels_for;
-use plumb_model::sample::argmax;
-use plumb_model::{KvCache, NoTrace, Precision};
-use plumb_trace::{Observer, Positions, Recorder, Trace, TracePlan};
+use plumb_model::Precision;
 
-use crate::cmd::common::{
-    check_output, check_vocabularies, load, parse_precision, trace_meta, Loaded, ModelArgs, PromptArgs,
-};
+use crate::cmd::common::{check_output, load, parse_precision, Loaded, ModelArgs, PromptArgs};
 use crate::cmd::diff::{GateArgs, ReportArgs};
 use crate::{out, Outcome};
 
@@ -78,85 +77,54 @@ pub struct Args {
     pub report: ReportArgs,
 }
 
-pub(crate) fn full_plan() -> TracePlan {
-    TracePlan { tensors: true, positions: Positions::All, ..TracePlan::default() }
+/// The two sides as the bisect library takes them; `b` is None against a
+/// saved reference trace.
+pub(crate) fn sides<'a>(
+    args: &'a Args,
+    a: &'a Loaded,
+    b: Option<&'a Loaded>,
+    tokenize: plumb_bisect::Tokenize<'a>,
+) -> Sides<'a> {
+    Sides {
+        a_path: &args.a,
+        a,
+        a_precision: args.a_precision,
+        b_path: args.b.as_deref().unwrap_or(&args.a),
+        b,
+        b_precision: args.b_precision,
+        reference: args.reference.as_deref(),
+        prompt_text: args.prompt.text.as_deref(),
+        prompt_is_ids: args.prompt.tokens.is_some(),
+        tokenize,
+        inject: args.inject.as_deref(),
+    }
 }
 
-/// Runs `loaded` on `ids` with every stage traced.
-pub(crate) fn traced(
-    path: &std::path::Path,
-    loaded: &Loaded,
-    precision: Precision,
-    ids: &[u32],
-    prompt: Option<&str>,
-) -> anyhow::Result<Trace> {
-    let kernels = kernels_for(precision);
-    let mut rec = Recorder::new(full_plan());
-    let mut cache = KvCache::new(&loaded.model.cfg, ids.len());
-    loaded.model.forward(kernels.as_ref(), ids, &mut cache, true, &mut rec);
-    let meta = trace_meta(path, loaded, precision, kernels.as_ref(), prompt, ids, false)?;
-    let mut t = Trace { meta, tokens: ids.to_vec(), stats: rec.stats, tensors: Default::default() };
-    t.tensors = rec.tensors.into_iter().map(|(k, s, d)| (k, (s, d))).collect();
-    t.sort();
-    Ok(t)
+/// Loads A, with any injected fault.
+pub(crate) fn load_a(args: &Args) -> anyhow::Result<Loaded> {
+    let a_args = ModelArgs { model: args.a.clone(), precision: Some(args.a_precision), threads: args.threads };
+    let mut a = load(&a_args)?;
+    if let Some(spec) = &args.inject {
+        a.model.fault = Some(Fault::parse(spec, a.model.cfg.head_dim).map_err(|e| anyhow::anyhow!(e))?);
+    }
+    Ok(a)
 }
 
-/// Runs each layer of A on B's input to that layer (B's embedding for
-/// layer 0, B's previous layer_out after), and the head on B's last output.
-fn isolated(
-    path: &std::path::Path,
-    a: &Loaded,
-    precision: Precision,
-    b: &Trace,
-    prompt: Option<&str>,
-) -> anyhow::Result<Trace> {
-    let m = &a.model;
-    let kernels = kernels_for(precision);
-    let ids = &b.tokens;
-    let t = ids.len();
-    let get = |key: &str| -> anyhow::Result<Vec<f32>> {
-        let (shape, data) =
-            b.tensors.get(key).with_context(|| format!("--isolate needs the reference's {key} tensor"))?;
-        if shape != &vec![t, m.cfg.d] {
-            bail!("--isolate: reference {key} has shape {shape:?}, A needs [{t}, {}]", m.cfg.d);
-        }
-        Ok(data.clone())
-    };
-    let mut rec = Recorder::new(full_plan());
-    m.embed(ids, &mut rec);
-    let mut cache = KvCache::new(&m.cfg, t);
-    for l in 0..m.cfg.n_layer {
-        let mut x = if l == 0 { get("embedding")? } else { get(&format!("blk.{}.layer_out", l - 1))? };
-        m.layer(kernels.as_ref(), l, &mut x, &mut cache, false, &mut rec);
+/// Loads B: the model given, or A's file again (at B's precision); None
+/// against a reference trace.
+pub(crate) fn load_b(args: &Args) -> anyhow::Result<Option<Loaded>> {
+    if args.reference.is_some() {
+        return Ok(None);
     }
-    let x = get(&format!("blk.{}.layer_out", m.cfg.n_layer - 1))?;
-    m.head(kernels.as_ref(), &x, t, true, &mut rec);
-    rec.step_done();
-    let mut meta = trace_meta(path, a, precision, kernels.as_ref(), prompt, ids, false)?;
-    meta.insert("plumb.isolated".into(), "each layer on the reference's input".into());
-    let mut tr = Trace { meta, tokens: ids.to_vec(), stats: rec.stats, tensors: Default::default() };
-    tr.tensors = rec.tensors.into_iter().map(|(k, s, d)| (k, (s, d))).collect();
-    tr.sort();
-    Ok(tr)
+    let b_path = args.b.clone().unwrap_or_else(|| args.a.clone());
+    Ok(Some(load(&ModelArgs { model: b_path, precision: Some(args.b_precision), threads: None })?))
 }
 
-/// A saved reference trace: its token ids must fit A's vocabulary (they
-/// replace the prompt, which is not re-tokenized).
-pub(crate) fn reference_trace(r: &std::path::Path, a: &Loaded, prompt: &PromptArgs) -> anyhow::Result<Trace> {
-    let t = Trace::load(r)?;
-    if t.tokens.is_empty() {
-        bail!("{}: the reference trace records no token ids (plumb.tokens)", r.display());
+/// Says that a saved reference's ids replace the prompt, if one was given.
+pub(crate) fn note_reference_ids(args: &Args, ids: &[u32]) {
+    if args.reference.is_some() && (args.prompt.text.is_some() || args.prompt.tokens.is_some()) {
+        eprintln!("plumb: note: using the reference trace's {} token ids; the prompt is not re-tokenized", ids.len());
     }
-    if prompt.text.is_some() || prompt.tokens.is_some() {
-        eprintln!(
-            "plumb: note: using the reference trace's {} token ids; the prompt is not re-tokenized",
-            t.tokens.len()
-        );
-    }
-    if let Some(bad) = t.tokens.iter().find(|&&i| i as usize >= a.model.cfg.vocab) {
-        bail!("{}: token id {bad} is outside A's {}-token vocabulary", r.display(), a.model.cfg.vocab);
-    }
-    Ok(t)
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
@@ -169,92 +137,39 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         }
         return crate::cmd::noisy::run(args);
     }
-    let a_args = ModelArgs { model: args.a.clone(), precision: Some(args.a_precision), threads: args.threads };
-    let mut a = load(&a_args)?;
-    if let Some(spec) = &args.inject {
-        a.model.fault = Some(Fault::parse(spec, a.model.cfg.head_dim).map_err(|e| anyhow::anyhow!(e))?);
-    }
-    let b_loaded = match (&args.reference, &args.b) {
-        (Some(_), _) => None,
-        (None, Some(bp)) => {
-            Some(load(&ModelArgs { model: bp.clone(), precision: Some(args.b_precision), threads: None })?)
-        }
-        (None, None) => {
-            Some(load(&ModelArgs { model: args.a.clone(), precision: Some(args.b_precision), threads: None })?)
-        }
-    };
-    if let Some(b) = &b_loaded {
-        check_vocabularies(&a, b)?;
-    }
-    let b_path = args.b.clone().unwrap_or_else(|| args.a.clone());
-
-    let (b_trace, ids) = match (&args.reference, &b_loaded) {
-        (Some(r), _) => {
-            let t = reference_trace(r, &a, &args.prompt)?;
-            let ids = t.tokens.clone();
-            (t, ids)
-        }
-        (None, Some(b)) => {
-            let tok = b.tokenizer.as_ref().or(a.tokenizer.as_ref());
-            let ids = args.prompt.token_ids(tok)?;
-            (traced(&b_path, b, args.b_precision, &ids, args.prompt.text.as_deref())?, ids)
-        }
-        (None, None) => unreachable!("B is a model or a trace"),
-    };
-    if ids.len() > a.model.cfg.ctx_len {
-        bail!("{} tokens exceed A's context of {}", ids.len(), a.model.cfg.ctx_len);
-    }
-    let a_trace = if args.isolate {
-        isolated(&args.a, &a, args.a_precision, &b_trace, args.prompt.text.as_deref())?
-    } else {
-        traced(&args.a, &a, args.a_precision, &ids, args.prompt.text.as_deref())?
-    };
-    for (p, t) in [(&args.save_a, &a_trace), (&args.save_b, &b_trace)] {
+    let a = load_a(&args)?;
+    let b = load_b(&args)?;
+    let tokenize = args.prompt.tokenizer_fn();
+    let r = plumb_bisect::fixed::fixed(
+        &sides(&args, &a, b.as_ref(), &tokenize),
+        args.isolate,
+        &args.gate.gate()?,
+        args.gate.tie_margin,
+    )?;
+    note_reference_ids(&args, &r.ids);
+    for (p, t) in [(&args.save_a, &r.a), (&args.save_b, &r.b)] {
         if let Some(p) = p {
             t.save(p)?;
             eprintln!("wrote {}", p.display());
         }
     }
-    let mut d = diff(&a_trace, &b_trace, &args.gate.gate()?, args.gate.tie_margin);
-    if args.isolate {
-        d.notes.push("isolated: each layer of A ran on B's input to that layer, so errors are local".into());
-    }
-    if let Some(spec) = &args.inject {
-        d.notes.push(format!("fault injected into A: {spec}"));
-    }
-    args.report.emit(&d, &a_trace, &b_trace)?;
+    args.report.emit(&r.diff, &r.a, &r.b)?;
 
     let mut hard = 0;
     if args.teacher_force > 0 {
-        let Some(b) = &b_loaded else { bail!("--teacher-force needs a reference model, not a trace file") };
-        let (text, flips) =
-            teacher_force(&a, args.a_precision, b, args.b_precision, &ids, args.teacher_force, args.gate.tie_margin)?;
-        hard = flips;
+        let Some(b) = &b else { bail!("--teacher-force needs a reference model, not a trace file") };
+        let tf =
+            teacher_force(&a, args.a_precision, b, args.b_precision, &r.ids, args.teacher_force, args.gate.tie_margin);
+        hard = tf.flips;
         if !args.report.json {
-            out::print(&text)?;
+            out::print(&teacher_text(&tf, b, args.teacher_force)?)?;
         }
     }
-    Ok(if d.diverged() || hard > 0 { Outcome::GateFailed } else { Outcome::Ok })
+    Ok(if r.diff.diverged() || hard > 0 { Outcome::GateFailed } else { Outcome::Ok })
 }
 
-/// B continues greedily; A is fed B's tokens; the logits are compared at
-/// every generated position. Returns the report and the count of top-1
-/// flips that are not near-ties.
-pub(crate) fn teacher_force(
-    a: &Loaded,
-    ap: Precision,
-    b: &Loaded,
-    bp: Precision,
-    prompt: &[u32],
-    n: usize,
-    tie: f64,
-) -> anyhow::Result<(String, usize)> {
-    let (ka, kb) = (kernels_for(ap), kernels_for(bp));
-    let cap = prompt.len() + n;
-    let (mut ca, mut cb) = (KvCache::new(&a.model.cfg, cap), KvCache::new(&b.model.cfg, cap));
-    let mut la = a.model.forward(ka.as_ref(), prompt, &mut ca, false, &mut NoTrace);
-    let mut lb = b.model.forward(kb.as_ref(), prompt, &mut cb, false, &mut NoTrace);
-    let v = b.model.cfg.vocab;
+/// The teacher-forced continuation as a table, one line a step.
+pub(crate) fn teacher_text(tf: &TeacherForced, b: &Loaded, n: usize) -> anyhow::Result<String> {
     let mut s = String::new();
     writeln!(s, "\nteacher-forced continuation ({n} tokens, B's greedy choices fed to both)")?;
     writeln!(
@@ -262,14 +177,9 @@ pub(crate) fn teacher_force(
         "{:>5} {:>8} {:>8} {:>6} {:>8} {:>10} {:>10}  token",
         "step", "B top1", "A top1", "agree", "top5", "KL(B‖A)", "B margin"
     )?;
-    let mut flips = 0;
-    for step in 0..n {
-        let m = &logits_metrics(&la, &lb, v, tie)[0];
-        let next = argmax(&lb) as u32;
-        if !m.top1_agree && !m.near_tie {
-            flips += 1;
-        }
-        let piece = b.tokenizer.as_ref().and_then(|t| t.piece(next)).unwrap_or("");
+    for (step, st) in tf.steps.iter().enumerate() {
+        let m = &st.metrics;
+        let piece = b.tokenizer.as_ref().and_then(|t| t.piece(st.token)).unwrap_or("");
         writeln!(
             s,
             "{:>5} {:>8} {:>8} {:>6} {:>7.0}% {:>10.3e} {:>10.4}  {:?}{}",
@@ -283,12 +193,7 @@ pub(crate) fn teacher_force(
             piece,
             if m.near_tie { " (near-tie)" } else { "" }
         )?;
-        if b.tokenizer.as_ref().is_some_and(|t| t.is_eog(next)) || step + 1 == n {
-            break;
-        }
-        la = a.model.forward(ka.as_ref(), &[next], &mut ca, false, &mut NoTrace);
-        lb = b.model.forward(kb.as_ref(), &[next], &mut cb, false, &mut NoTrace);
     }
-    writeln!(s, "top-1 flips that are not near-ties: {flips}")?;
-    Ok((s, flips))
+    writeln!(s, "top-1 flips that are not near-ties: {}", tf.flips)?;
+    Ok(s)
 }

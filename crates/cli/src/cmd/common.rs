@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use plumb_model::tokenizer::Tokenizer;
-use plumb_model::{Model, ModelSource, Precision};
+use plumb_model::{Model, Precision};
 
 pub fn parse_precision(s: &str) -> Result<Precision, String> {
     Precision::parse(s).ok_or_else(|| format!("unknown precision {s:?} (available: exact, fast)"))
@@ -42,11 +42,13 @@ pub struct PromptArgs {
     pub special: bool,
 }
 
-pub struct Loaded {
-    pub model: Model,
-    pub tokenizer: Option<Tokenizer>,
-}
+// A model with its tokenizer, loaded as bisect's calibration loads it (one
+// loader for every command). It belongs in plumb-model; it sits in
+// plumb-bisect while model.rs is being rewritten elsewhere.
+pub use plumb_bisect::Loaded;
 
+/// Sets up the thread pool and loads the model and its tokenizer, printing
+/// a tokenizer plumb cannot use as a warning.
 pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
     if args.threads == Some(0) {
         bail!("-t/--threads must be at least 1");
@@ -59,44 +61,22 @@ pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
         pool = pool.num_threads(n);
     }
     pool.build_global().ok();
-    let mut model = Model::load(&args.model).with_context(|| format!("cannot load {}", args.model.display()))?;
-    let tokenizer = match &model.source {
-        ModelSource::Gguf(g) => match Tokenizer::from_gguf(g) {
-            Ok(t) => {
-                if t.vocab_size() != model.cfg.vocab {
-                    bail!(
-                        "{}: tokenizer has {} tokens but the embedding has {} rows",
-                        args.model.display(),
-                        t.vocab_size(),
-                        model.cfg.vocab
-                    );
-                }
-                Some(t)
-            }
-            Err(e) => {
-                eprintln!("plumb: warning: {e}; give the prompt as --tokens");
-                None
-            }
-        },
-        ModelSource::Hf(h) if h.dir.join("tokenizer.json").is_file() => Some(
-            Tokenizer::from_hf_dir(&h.dir)
-                .with_context(|| format!("cannot load the tokenizer of {}", args.model.display()))?,
-        ),
-        ModelSource::Hf(_) => None,
-    };
-    // The tokenizer holds its own copy of the vocabulary now.
-    if let (ModelSource::Gguf(g), Some(_)) = (&mut model.source, &tokenizer) {
-        g.release(&[
-            "tokenizer.ggml.tokens",
-            "tokenizer.ggml.scores",
-            "tokenizer.ggml.token_type",
-            "tokenizer.ggml.merges",
-        ]);
+    let (loaded, warning) = Loaded::open(&args.model)?;
+    if let Some(w) = warning {
+        eprintln!("plumb: warning: {w}");
     }
-    Ok(Loaded { model, tokenizer })
+    Ok(loaded)
 }
 
 impl PromptArgs {
+    /// The prompt as the bisect library asks for it: ids under a tokenizer,
+    /// with this command line's errors.
+    pub fn tokenizer_fn(
+        &self,
+    ) -> impl Fn(Option<&Tokenizer>) -> Result<Vec<u32>, Box<dyn std::error::Error + Send + Sync>> + '_ {
+        move |tok| self.token_ids(tok).map_err(Into::into)
+    }
+
     /// The token ids to feed: from --tokens, or the tokenized prompt.
     pub fn token_ids(&self, tok: Option<&Tokenizer>) -> anyhow::Result<Vec<u32>> {
         if let Some(ids) = &self.tokens {
@@ -135,36 +115,6 @@ impl PromptArgs {
     }
 }
 
-/// Metadata of a plumb trace of `model_path` run at `precision`.
-pub fn trace_meta(
-    model_path: &std::path::Path,
-    loaded: &Loaded,
-    precision: Precision,
-    kernels: &dyn plumb_model::Kernels,
-    prompt: Option<&str>,
-    ids: &[u32],
-    hash: bool,
-) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
-    let mut meta = std::collections::BTreeMap::new();
-    meta.insert("plumb.engine".into(), format!("plumb {} ({})", env!("CARGO_PKG_VERSION"), precision.name()));
-    meta.insert(
-        "plumb.model".into(),
-        model_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-    );
-    if hash && model_path.is_file() {
-        meta.insert("plumb.model_sha256".into(), sha256_file(model_path)?);
-    }
-    meta.insert("plumb.arch".into(), loaded.model.cfg.arch.name().into());
-    if let Some(p) = prompt {
-        meta.insert("plumb.prompt".into(), p.to_string());
-    }
-    meta.insert("plumb.precision".into(), precision.name().into());
-    meta.insert("plumb.kernels".into(), kernels.describe());
-    let piece = |id: u32| -> String { loaded.tokenizer.as_ref().and_then(|t| t.piece(id)).unwrap_or("").to_string() };
-    meta.insert("plumb.token_text".into(), serde_json::to_string(&ids.iter().map(|&i| piece(i)).collect::<Vec<_>>())?);
-    Ok(meta)
-}
-
 pub fn sha256_file(path: &std::path::Path) -> anyhow::Result<String> {
     use sha2::{Digest, Sha256};
     use std::io::Read;
@@ -179,26 +129,6 @@ pub fn sha256_file(path: &std::path::Path) -> anyhow::Result<String> {
         h.update(&buf[..n]);
     }
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Refuses to compare two models whose vocabularies disagree, naming the
-/// first token where they part.
-pub fn check_vocabularies(a: &Loaded, b: &Loaded) -> anyhow::Result<()> {
-    if a.model.cfg.vocab != b.model.cfg.vocab {
-        bail!("vocabularies disagree: A has {} tokens, B has {}", a.model.cfg.vocab, b.model.cfg.vocab);
-    }
-    if let (Some(ta), Some(tb)) = (&a.tokenizer, &b.tokenizer) {
-        for id in 0..ta.vocab_size().min(tb.vocab_size()) as u32 {
-            if ta.piece(id) != tb.piece(id) {
-                bail!(
-                    "vocabularies disagree at token {id}: A {:?}, B {:?}",
-                    ta.piece(id).unwrap_or(""),
-                    tb.piece(id).unwrap_or("")
-                );
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Refuses a prompt plus `n` more tokens (asked for with `flag`) that

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use plumb_diff::noise::{self, BandTable};
-use plumb_diff::report::{details, json, verdict, Paint};
+use plumb_diff::report::{details, json, verdict};
 use plumb_diff::{diff, Gate};
 use plumb_trace::Trace;
 
@@ -69,7 +69,7 @@ impl ReportArgs {
         if self.json {
             return out::print(&json(d));
         }
-        let paint = Paint(crate::style::Style::new(self.color).enabled());
+        let paint = crate::style::paint(self.color);
         let mut s = verdict(d, paint);
         if !self.brief {
             s.push('\n');
@@ -141,7 +141,7 @@ pub fn emit_noise(r: &noise::NoiseReport, report: &ReportArgs) -> anyhow::Result
     if report.json {
         out::print(&noise::json(r))?;
     } else {
-        let paint = Paint(crate::style::Style::new(report.color).enabled());
+        let paint = crate::style::paint(report.color);
         let mut s = noise::verdict_text(r, paint);
         if !report.brief {
             s.push('\n');

@@ -5,10 +5,11 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::bail;
+use plumb_model::generate::{Flow, Generator, Pick, Until};
 use plumb_model::kernels::kernels_for;
 use plumb_model::sample::{Sampler, SamplerConfig};
 use plumb_model::tokenizer::StreamDecoder;
-use plumb_model::{KvCache, NoTrace, Precision};
+use plumb_model::{NoTrace, Precision};
 
 use crate::cmd::common::{check_capacity, load, ModelArgs, PromptArgs};
 use crate::Outcome;
@@ -59,7 +60,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     }
     let precision = args.model.precision.unwrap_or(Precision::Fast);
     let kernels = kernels_for(precision);
-    let mut cache = KvCache::new(&model.cfg, capacity);
+    let mut gen = Generator::new(model, kernels.as_ref(), capacity);
     let mut sampler =
         Sampler::new(SamplerConfig { temp: args.temp, top_k: args.top_k, top_p: args.top_p, seed: args.seed });
 
@@ -74,35 +75,41 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         stdout.flush()?;
     }
     let t0 = Instant::now();
-    let mut logits = model.forward(kernels.as_ref(), &prompt_ids, &mut cache, false, &mut NoTrace);
+    let logits = gen.prefill(&prompt_ids, false, &mut NoTrace);
     let prefill = t0.elapsed();
 
     let mut dec = StreamDecoder::default();
     let t1 = Instant::now();
-    let mut generated: Vec<u32> = Vec::new();
     let mut text = String::new();
-    for _ in 0..args.n {
-        let next = sampler.sample(&logits);
-        generated.push(next);
-        if tok.as_ref().is_some_and(|t| t.is_eog(next)) {
-            break;
-        }
-        let piece = match tok.as_ref() {
-            Some(t) => dec.push(&t.token_bytes(next)),
-            None => format!("{next} "),
-        };
-        text.push_str(&piece);
-        if stream {
-            write!(stdout, "{piece}")?;
-            if args.ids {
-                write!(stdout, "[{next}]")?;
+    // A write error (a closed pipe) ends generation and is returned after.
+    let mut write_err: Option<std::io::Error> = None;
+    let is_eog = |id: u32| tok.as_ref().is_some_and(|t| t.is_eog(id));
+    let until = Until { max_new: args.n, stop: Some(&is_eog), feed_last: true };
+    let generated = gen
+        .decode(logits, Pick::Sample(&mut sampler), &until, &mut NoTrace, &mut |step| {
+            let next = step.token;
+            if is_eog(next) {
+                return Flow::Stop;
             }
-            stdout.flush()?;
-        }
-        if cache.len >= capacity {
-            break;
-        }
-        logits = model.forward(kernels.as_ref(), &[next], &mut cache, false, &mut NoTrace);
+            let piece = match tok.as_ref() {
+                Some(t) => dec.push(&t.token_bytes(next)),
+                None => format!("{next} "),
+            };
+            text.push_str(&piece);
+            if stream {
+                let wrote = write!(stdout, "{piece}")
+                    .and_then(|_| if args.ids { write!(stdout, "[{next}]") } else { Ok(()) })
+                    .and_then(|_| stdout.flush());
+                if let Err(e) = wrote {
+                    write_err = Some(e);
+                    return Flow::Stop;
+                }
+            }
+            Flow::Continue
+        })
+        .tokens;
+    if let Some(e) = write_err {
+        return Err(e.into());
     }
     let tail = dec.finish();
     text.push_str(&tail);

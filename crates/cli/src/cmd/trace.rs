@@ -8,16 +8,19 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
+use plumb_model::generate::{Flow, Generator, Pick, Until};
 use plumb_model::kernels::kernels_for;
-use plumb_model::sample::argmax;
-use plumb_model::{KvCache, NoTrace, Precision};
+use plumb_model::{NoTrace, Precision};
+use plumb_trace::judge::{any_anomaly, first_at, fmt_g, garbage_flags, judge, non_finite, Level, Thresholds, Verdict};
 use plumb_trace::plan::{parse_layers, parse_positions, parse_stages};
 use plumb_trace::stage::parse_key;
-use plumb_trace::{Recorder, Stats, TensorStats, Trace, TracePlan};
+use plumb_trace::{Recorder, Stats, Trace, TracePlan};
 use serde_json::json;
 
-use crate::cmd::common::{load, parse_precision, trace_meta, ModelArgs, PromptArgs};
-use crate::style::{ColorChoice, Style};
+use plumb_bisect::runs::trace_meta;
+
+use crate::cmd::common::{load, parse_precision, sha256_file, ModelArgs, PromptArgs};
+use crate::style::{paint, ColorChoice, Paint};
 use crate::{out, Outcome};
 
 #[derive(clap::Args)]
@@ -73,7 +76,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
-    let style = Style::new(args.color);
+    let style = paint(args.color);
     let (trace, generated) = match (&args.from, &args.model) {
         (Some(f), _) => (Trace::load(f)?, None),
         (None, Some(_)) => run_model(&args)?,
@@ -83,14 +86,14 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         trace.save(path)?;
         eprintln!("wrote {} ({} stats, {} tensors)", path.display(), trace.stats.len(), trace.tensors.len());
     }
-    let verdicts = judge(&trace, args.std_jump, args.outlier);
+    let verdicts = judge(&trace, Thresholds { std_jump: args.std_jump, outlier: args.outlier });
     let garbage = generated.as_ref().map(|g: &Generated| g.flags.clone()).unwrap_or_default();
     if args.json {
         out::print(&render_json(&trace, &verdicts, generated.as_ref())?)?;
     } else {
         out::print(&render_text(&trace, &verdicts, generated.as_ref(), style)?)?;
     }
-    let failed = verdicts.iter().any(|v| v.level == Level::Anomaly) || !garbage.is_empty();
+    let failed = any_anomaly(&verdicts) || !garbage.is_empty();
     Ok(if failed { Outcome::GateFailed } else { Outcome::Ok })
 }
 
@@ -122,15 +125,16 @@ fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>)> {
     crate::cmd::common::check_capacity(model, ids.len(), "--generate", args.generate)?;
     let kernels = kernels_for(args.precision);
     let mut rec = Recorder::new(plan);
-    let mut cache = KvCache::new(&model.cfg, capacity);
-    let logits = model.forward(kernels.as_ref(), &ids, &mut cache, true, &mut rec);
+    let mut gen = Generator::new(model, kernels.as_ref(), capacity);
+    let logits = gen.prefill(&ids, true, &mut rec);
     let v = model.cfg.vocab;
     let last = &logits[(ids.len() - 1) * v..];
 
     let piece = |id: u32| -> String { tok.and_then(|t| t.piece(id)).unwrap_or("").to_string() };
     let top = top_k(last, args.top);
+    let sha = if model_path.is_file() { Some(sha256_file(&model_path)?) } else { None };
     let mut meta =
-        trace_meta(&model_path, &loaded, args.precision, kernels.as_ref(), args.prompt.text.as_deref(), &ids, true)?;
+        trace_meta(&model_path, &loaded, args.precision, kernels.as_ref(), args.prompt.text.as_deref(), &ids, sha)?;
     let top_json: Vec<_> =
         top.iter().map(|(id, p, l)| json!({"id": id, "token": piece(*id), "prob": p, "logit": l})).collect();
     meta.insert("plumb.top".into(), serde_json::to_string(&top_json)?);
@@ -143,24 +147,20 @@ fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>)> {
     trace.sort();
 
     let generated = if args.generate > 0 {
-        let mut out_ids = Vec::new();
-        let mut next = argmax(last) as u32;
-        let mut nan_logits = last.iter().any(|x| !x.is_finite());
-        for _ in 0..args.generate {
-            out_ids.push(next);
-            if tok.is_some_and(|t| t.is_eog(next)) || cache.len >= capacity {
-                break;
-            }
-            let l = model.forward(kernels.as_ref(), &[next], &mut cache, false, &mut NoTrace);
-            nan_logits |= l.iter().any(|x| !x.is_finite());
-            next = argmax(&l) as u32;
-        }
-        let text = tok.map(|t| t.decode(&out_ids)).unwrap_or_default();
-        let mut flags = garbage_flags(&out_ids, &text, v);
-        if nan_logits {
-            flags.insert(0, "NaN or Inf in the logits".into());
-        }
-        Some(Generated { ids: out_ids, text, flags })
+        // Greedy, the prompt's trace already taken: the continuation is
+        // not recorded, only checked.
+        let mut nan_logits = false;
+        let is_eog = |id: u32| tok.is_some_and(|t| t.is_eog(id));
+        let until = Until { max_new: args.generate, stop: Some(&is_eog), feed_last: true };
+        let g = gen.decode(logits, Pick::Greedy, &until, &mut NoTrace, &mut |step| {
+            nan_logits |= non_finite(step.logits);
+            Flow::Continue
+        });
+        // The last pass's logits are checked too, though no token is picked from them.
+        nan_logits |= non_finite(&g.logits[g.logits.len() - v..]);
+        let text = tok.map(|t| t.decode(&g.tokens)).unwrap_or_default();
+        let flags = garbage_flags(&g.tokens, &text, v, nan_logits);
+        Some(Generated { ids: g.tokens, text, flags })
     } else {
         None
     };
@@ -177,100 +177,11 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f64, f32)> {
     idx.into_iter().map(|i| (i as u32, ((logits[i] - max) as f64).exp() / z, logits[i])).collect()
 }
 
-/// Signs of garbage output that hold in any language: a repeating loop at
-/// the end, replacement characters, ids outside the vocabulary.
-pub fn garbage_flags(ids: &[u32], text: &str, vocab: usize) -> Vec<String> {
-    let mut flags = Vec::new();
-    if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
-        flags.push(format!("token id {bad} is outside the {vocab}-token vocabulary"));
-    }
-    let fffd = text.matches('\u{FFFD}').count();
-    if fffd > 0 {
-        flags.push(format!("{fffd} replacement character(s) (U+FFFD): invalid UTF-8 from byte tokens"));
-    }
-    // A period-p loop repeated at least 3 full times (and over ≥ 8 tokens) at the end.
-    for p in 1..=ids.len() / 3 {
-        let mut reps = 1;
-        while (reps + 1) * p <= ids.len()
-            && ids[ids.len() - (reps + 1) * p..ids.len() - reps * p] == ids[ids.len() - p..]
-        {
-            reps += 1;
-        }
-        if reps >= 3 && reps * p >= 8 {
-            flags.push(format!("repetition loop: the last {p} token(s) repeat {reps} times"));
-            break;
-        }
-    }
-    flags
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
-    Ok,
-    HighVar,
-    Anomaly,
-}
-
-pub struct Verdict {
-    /// None: the global stages (embedding, final norm, logits).
-    pub layer: Option<usize>,
-    pub level: Level,
-    pub reasons: Vec<String>,
-}
-
-fn fmt_g(v: Option<f64>) -> String {
-    match v {
-        None => "-".into(),
-        Some(0.0) => "0".into(),
-        Some(x) if x.abs() >= 1e5 || x.abs() < 1e-3 => format!("{x:.3e}"),
-        Some(x) => format!("{x:.4}"),
-    }
-}
-
-/// Verdicts per layer: ANOMALY for NaN/Inf; HIGH-VAR for a std jump of the
-/// layer output over the previous layer's, or an abs_max far outside the std.
-pub fn judge(trace: &Trace, std_jump: f64, outlier: f64) -> Vec<Verdict> {
-    let mut groups: BTreeMap<Option<usize>, Vec<(&str, &TensorStats)>> = BTreeMap::new();
-    for (k, s) in &trace.stats {
-        let layer = parse_key(k).and_then(|(_, l)| l);
-        groups.entry(layer).or_default().push((k, s));
-    }
-    let out_std = |l: usize| trace.stat(&format!("blk.{l}.layer_out")).and_then(|s| s.all.std);
-    let mut verdicts = Vec::new();
-    for (layer, stages) in groups {
-        let mut v = Verdict { layer, level: Level::Ok, reasons: Vec::new() };
-        for (k, s) in &stages {
-            if s.all.nan + s.all.inf > 0 {
-                v.level = Level::Anomaly;
-                v.reasons.push(format!("{k}: {} NaN, {} Inf", s.all.nan, s.all.inf));
-            }
-            if let (Some(a), Some(sd)) = (s.all.abs_max, s.all.std) {
-                if sd > 0.0 && a / sd > outlier {
-                    v.level = v.level.max(Level::HighVar);
-                    v.reasons.push(format!("{k}: abs_max {} is {:.0}× its std", fmt_g(Some(a)), a / sd));
-                }
-            }
-        }
-        // Layer 0 is not compared with the embedding: the embedding's scale is
-        // the model's choice (gemma's sqrt(d), post-norms), not a layer's doing.
-        if let Some(l) = layer.filter(|&l| l > 0) {
-            if let (Some(p), Some(c)) = (out_std(l - 1), out_std(l)) {
-                if p > 0.0 && c / p > std_jump {
-                    v.level = v.level.max(Level::HighVar);
-                    v.reasons.push(format!("layer_out std jumps ×{:.1} over the previous layer", c / p));
-                }
-            }
-        }
-        verdicts.push(v);
-    }
-    verdicts
-}
-
 fn token_texts(trace: &Trace) -> Vec<String> {
     trace.meta.get("plumb.token_text").and_then(|t| serde_json::from_str(t).ok()).unwrap_or_default()
 }
 
-fn stats_row(name: &str, s: &Stats, style: Style) -> String {
+fn stats_row(name: &str, s: &Stats, style: Paint) -> String {
     let bad = s.nan + s.inf > 0;
     let naninf = format!("{}/{}", s.nan, s.inf);
     let row = format!(
@@ -293,7 +204,7 @@ fn render_text(
     trace: &Trace,
     verdicts: &[Verdict],
     generated: Option<&Generated>,
-    style: Style,
+    style: Paint,
 ) -> anyhow::Result<String> {
     let mut s = String::new();
     let m = |k: &str| trace.meta.get(k).cloned().unwrap_or_else(|| "?".into());
@@ -378,14 +289,8 @@ fn render_text(
             writeln!(s, "  {}", style.red(&format!("GARBAGE: {f}")))?;
         }
     }
-    // In execution order: the embedding, the layers, then the global tail.
-    let rank = |v: &&Verdict| match v.layer {
-        Some(l) => l + 1,
-        None if v.reasons.first().is_some_and(|r| r.starts_with("embedding")) => 0,
-        None => usize::MAX,
-    };
-    let first_anomaly = verdicts.iter().filter(|v| v.level == Level::Anomaly).min_by_key(rank);
-    let first_high = verdicts.iter().filter(|v| v.level == Level::HighVar).min_by_key(rank);
+    let first_anomaly = first_at(verdicts, Level::Anomaly);
+    let first_high = first_at(verdicts, Level::HighVar);
     let n_layers = verdicts.iter().filter(|v| v.layer.is_some()).count();
     writeln!(s)?;
     match (first_anomaly, first_high) {
@@ -432,12 +337,7 @@ fn render_json(trace: &Trace, verdicts: &[Verdict], generated: Option<&Generated
         lines.push(json!({"type": "stage", "key": k, "stage": stage, "layer": layer, "stats": st}));
     }
     for v in verdicts {
-        let level = match v.level {
-            Level::Ok => "OK",
-            Level::HighVar => "HIGH-VAR",
-            Level::Anomaly => "ANOMALY",
-        };
-        lines.push(json!({"type": "verdict", "layer": v.layer, "level": level, "reasons": v.reasons}));
+        lines.push(json!({"type": "verdict", "layer": v.layer, "level": v.level.name(), "reasons": v.reasons}));
     }
     if let Some(top) = trace.meta.get("plumb.top").and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()) {
         lines.push(json!({"type": "top", "tokens": top}));
@@ -451,22 +351,4 @@ fn render_json(trace: &Trace, verdicts: &[Verdict], generated: Option<&Generated
         s.push('\n');
     }
     Ok(s)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::garbage_flags;
-
-    #[test]
-    fn loops_replacement_chars_and_bad_ids_are_flagged() {
-        let ids: Vec<u32> = [5, 6, 7].into_iter().chain([1, 2, 3].repeat(4)).collect();
-        let f = garbage_flags(&ids, "ok", 100);
-        assert!(f.iter().any(|m| m.contains("last 3 token(s) repeat 4 times")), "{f:?}");
-        assert!(garbage_flags(&[9; 10], "ok", 100).iter().any(|m| m.contains("repeat 10 times")));
-        assert!(garbage_flags(&[1, 2], "a\u{FFFD}b", 100).iter().any(|m| m.contains("replacement")));
-        assert!(garbage_flags(&[1, 200], "ab", 100).iter().any(|m| m.contains("outside")));
-        // Short repeats (fewer than 8 tokens in the loop) and varied text pass.
-        assert!(garbage_flags(&[1, 2, 1, 2, 1, 2], "ok", 100).is_empty());
-        assert!(garbage_flags(&(0..40).collect::<Vec<_>>(), "Привет, 世界", 100).is_empty());
-    }
 }
