@@ -515,3 +515,19 @@ fn exact_linear_over_many_tokens_on(path: KernelPath) {
         }
     }
 }
+
+#[test]
+fn kernel_paths_parse_by_flag_and_name_where_the_cpu_has_them() {
+    assert_eq!(KernelPath::parse("auto"), Some(KernelPath::detect()));
+    assert_eq!(KernelPath::parse("avx9"), None);
+    for p in KernelPath::ALL {
+        let want = p.supported().then_some(p);
+        assert_eq!(KernelPath::parse(p.flag()), want, "{}", p.flag());
+        assert_eq!(KernelPath::parse(p.name()), want, "{}", p.name());
+    }
+    // Each path's features include the narrower one's: a CPU that has a
+    // path has every path before it.
+    let n = KernelPath::available().len();
+    assert_eq!(KernelPath::available(), KernelPath::ALL[..n].to_vec());
+    assert_eq!(KernelPath::detect(), KernelPath::ALL[n - 1]);
+}
