@@ -15,7 +15,8 @@ mod style;
 #[derive(Parser)]
 #[command(name = "plumb", about = "An LLM inference engine built to be seen inside")]
 struct Cli {
-    /// Kernel code path: `auto` (the best this CPU has) or `scalar` (the reference kernels).
+    /// Kernel code path: `auto` (the widest this CPU has), `scalar` (the reference kernels),
+    /// `avx2`, `avx512` (adds AVX512F) or `avx512vnni` (adds AVX512VL and AVX512VNNI).
     #[arg(long, global = true, default_value = "auto", value_parser = parse_kernels)]
     kernels: plumb_kernels::KernelPath,
     #[command(subcommand)]
@@ -25,8 +26,8 @@ struct Cli {
 fn parse_kernels(s: &str) -> Result<plumb_kernels::KernelPath, String> {
     plumb_kernels::KernelPath::parse(s).ok_or_else(|| {
         format!(
-            "unknown or unavailable kernel path {s:?} (auto, scalar; this CPU: {})",
-            plumb_kernels::KernelPath::detect().name()
+            "unknown or unavailable kernel path {s:?} (this CPU: auto, {})",
+            plumb_kernels::KernelPath::available().iter().map(|p| p.flag()).collect::<Vec<_>>().join(", ")
         )
     })
 }

@@ -2,7 +2,7 @@
 //! row of quantized activations, written like ggml's reference code: an
 //! exact integer sum per block (or group), then the block's float scales.
 //! These are the numerics of llama.cpp's CPU path; the SIMD variants in
-//! `avx2` compute the same integer sums and may only differ in the order
+//! `x86::dot` compute the same integer sums and may only differ in the order
 //! of the float accumulation.
 //!
 //! Every function has the signature `fn(n, weights, activations) -> f32`

@@ -44,13 +44,15 @@ pub fn quantize_activations(x: &[f32], t: usize, cols: usize, ty: GgmlType) -> A
     {
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut buf);
         #[cfg(target_arch = "x86_64")]
-        let simd = crate::active_path() == KernelPath::Avx2;
+        let simd = crate::active_path().uses_avx2();
         let one = |(out, xr): (&mut [u8], &[f32])| {
             let out = &mut out[..row_bytes];
             #[cfg(target_arch = "x86_64")]
             if simd {
-                // SAFETY: the Avx2 path is only active after runtime detection.
-                unsafe { quantize_row_avx2(xr, out, ty) };
+                // SAFETY: the active path has AVX2, FMA and F16C (checked
+                // when it was set or detected); the quantizers stay inside
+                // `xr` and `out` (whole blocks of each, by chunks).
+                unsafe { crate::x86::quantize::quantize_row(xr, out, ty) };
                 return;
             }
             quantize_row(xr, out, ty);
@@ -66,10 +68,11 @@ pub fn quantize_activations(x: &[f32], t: usize, cols: usize, ty: GgmlType) -> A
     Activations { buf, stride, row_bytes, ty, cols }
 }
 
-/// One activation row into `out` (the same code compiled twice below: the
-/// roundings are IEEE operations, so both builds give the same bytes).
+/// One activation row into `out` (the same code compiled twice: here and,
+/// for the SIMD paths, in `x86::quantize` with AVX2 enabled; the roundings
+/// are IEEE operations, so both builds give the same bytes).
 #[inline(always)]
-fn quantize_row(xr: &[f32], out: &mut [u8], ty: GgmlType) {
+pub(crate) fn quantize_row(xr: &[f32], out: &mut [u8], ty: GgmlType) {
     match ty {
         GgmlType::Q8_0 => {
             for (b, o) in xr.chunks_exact(32).zip(out.chunks_exact_mut(34)) {
@@ -104,23 +107,11 @@ fn quantize_row(xr: &[f32], out: &mut [u8], ty: GgmlType) {
     }
 }
 
-/// [`quantize_row`] compiled for AVX2, where rounding is one instruction
-/// rather than a call into libm.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn quantize_row_avx2(xr: &[f32], out: &mut [u8], ty: GgmlType) {
-    match ty {
-        GgmlType::Q8_0 => crate::avx2::quantize_q8_0_act_avx2(xr, out),
-        GgmlType::Q8_K => crate::avx2::quantize_q8_k_avx2(xr, out),
-        _ => quantize_row(xr, out, ty),
-    }
-}
-
 /// The dot product for weight type `w` on `path`: SIMD where plumb has it,
 /// else the scalar reference.
 pub fn dot_for(w: GgmlType, path: KernelPath) -> DotFn {
     #[cfg(target_arch = "x86_64")]
-    if path == KernelPath::Avx2 {
+    if path.checked().uses_avx2() {
         if let Some(f) = avx2_dot(w) {
             return f;
         }
@@ -129,21 +120,48 @@ pub fn dot_for(w: GgmlType, path: KernelPath) -> DotFn {
     scalar_dot(w).expect("weight types checked at load")
 }
 
+/// The slice lengths a one-row SIMD kernel reads within, for `n` elements
+/// of `w` against `a`: asserted once per call by the safe wrappers below.
+/// (The block kernels iterate over whole blocks of both slices and need
+/// only that; the f32 and f16 ones read `n` elements of each.)
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn check_elems(n: usize, elem_bytes: usize, w: &[u8], a: &[u8]) {
+    assert!(w.len() >= n * elem_bytes && a.len() >= n * elem_bytes, "dot: short operands");
+}
+
+/// The AVX2 one-row kernels as safe `fn`s. Reached only through
+/// [`dot_for`], which checked that the path (so this CPU) has AVX2, FMA and
+/// F16C.
 #[cfg(target_arch = "x86_64")]
 fn avx2_dot(w: GgmlType) -> Option<DotFn> {
-    use crate::avx2;
-    // SAFETY (all): only reached when KernelPath::detect() found avx2, fma
-    // and f16c; the slices hold whole blocks, checked at load.
+    use crate::x86::dot as k;
     Some(match w {
-        GgmlType::F32 => |n, a, b| unsafe { avx2::f32_f32(n, a, b) },
-        GgmlType::F16 => |n, a, b| unsafe { avx2::f16_f16(n, a, b) },
-        GgmlType::Q8_0 => |n, a, b| unsafe { avx2::q8_0_q8_0(n, a, b) },
-        GgmlType::Q4_0 => |n, a, b| unsafe { avx2::q4_0_q8_0(n, a, b) },
-        GgmlType::Q5_0 => |n, a, b| unsafe { avx2::q5_0_q8_0(n, a, b) },
-        GgmlType::IQ4_NL => |n, a, b| unsafe { avx2::iq4_nl_q8_0(n, a, b) },
-        GgmlType::Q4_K => |n, a, b| unsafe { avx2::q4_k_q8_k(n, a, b) },
-        GgmlType::Q5_K => |n, a, b| unsafe { avx2::q5_k_q8_k(n, a, b) },
-        GgmlType::Q6_K => |n, a, b| unsafe { avx2::q6_k_q8_k(n, a, b) },
+        GgmlType::F32 => |n, a, b| {
+            check_elems(n, 4, a, b);
+            // SAFETY: AVX2, FMA, F16C (see above); n floats in each.
+            unsafe { k::f32_f32(n, a, b) }
+        },
+        GgmlType::F16 => |n, a, b| {
+            check_elems(n, 2, a, b);
+            // SAFETY: AVX2, FMA, F16C (see above); n halves in each.
+            unsafe { k::f16_f16(n, a, b) }
+        },
+        // SAFETY: AVX2, FMA, F16C (see above); this kernel and the ones
+        // below load only inside the whole blocks they iterate over.
+        GgmlType::Q8_0 => |n, a, b| unsafe { k::q8_0_q8_0(n, a, b) },
+        // SAFETY: as above.
+        GgmlType::Q4_0 => |n, a, b| unsafe { k::q4_0_q8_0(n, a, b) },
+        // SAFETY: as above.
+        GgmlType::Q5_0 => |n, a, b| unsafe { k::q5_0_q8_0(n, a, b) },
+        // SAFETY: as above.
+        GgmlType::IQ4_NL => |n, a, b| unsafe { k::iq4_nl_q8_0(n, a, b) },
+        // SAFETY: as above.
+        GgmlType::Q4_K => |n, a, b| unsafe { k::q4_k_q8_k(n, a, b) },
+        // SAFETY: as above.
+        GgmlType::Q5_K => |n, a, b| unsafe { k::q5_k_q8_k(n, a, b) },
+        // SAFETY: as above.
+        GgmlType::Q6_K => |n, a, b| unsafe { k::q6_k_q8_k(n, a, b) },
         _ => return None,
     })
 }
@@ -155,13 +173,16 @@ pub const TILED_MIN_TOKENS: usize = 8;
 /// the formats it covers that plumb has (Q4_K, Q5_K, Q6_K).
 pub fn tiled_dot_for(w: GgmlType, path: KernelPath) -> Option<DotFn> {
     #[cfg(target_arch = "x86_64")]
-    if path == KernelPath::Avx2 {
-        use crate::avx2;
-        // SAFETY: as in `avx2_dot`.
+    if path.checked().uses_avx2() {
+        use crate::x86::dot as k;
         return match w {
-            GgmlType::Q4_K => Some(|n, a, b| unsafe { avx2::q4_k_q8_k_tiled(n, a, b) }),
-            GgmlType::Q5_K => Some(|n, a, b| unsafe { avx2::q5_k_q8_k_tiled(n, a, b) }),
-            GgmlType::Q6_K => Some(|n, a, b| unsafe { avx2::q6_k_q8_k_tiled(n, a, b) }),
+            // SAFETY: the path has AVX2, FMA and F16C (checked just above);
+            // the kernels load only inside the whole blocks they zip.
+            GgmlType::Q4_K => Some(|n, a, b| unsafe { k::q4_k_q8_k_tiled(n, a, b) }),
+            // SAFETY: as above.
+            GgmlType::Q5_K => Some(|n, a, b| unsafe { k::q5_k_q8_k_tiled(n, a, b) }),
+            // SAFETY: as above.
+            GgmlType::Q6_K => Some(|n, a, b| unsafe { k::q6_k_q8_k_tiled(n, a, b) }),
             _ => None,
         };
     }
@@ -174,16 +195,34 @@ pub fn tiled_dot_for(w: GgmlType, path: KernelPath) -> Option<DotFn> {
     }
 }
 
+/// The four-token kernels' reads: each activation row holds at least as
+/// many blocks of `a_block` bytes as the weight row has of `w_block`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn check_dot4(w: &[u8], w_block: usize, a: &[&[u8]; 4], a_block: usize) {
+    let nb = w.len() / w_block;
+    assert!(a.iter().all(|r| r.len() >= nb * a_block), "dot4: short activation rows");
+}
+
 /// Four tokens at once in the tiled K-quant order, where plumb has a kernel
 /// (each result equal to [`tiled_dot_for`]'s bit for bit).
 pub fn tiled_dot4_for(w: GgmlType, path: KernelPath) -> Option<Dot4Fn> {
     #[cfg(target_arch = "x86_64")]
-    if path == KernelPath::Avx2 {
-        use crate::avx2;
-        // SAFETY: as in `avx2_dot`.
+    if path.checked().uses_avx2() {
+        use crate::x86::dot as k;
+        const Q8K: usize = std::mem::size_of::<BlockQ8K>();
         return match w {
-            GgmlType::Q4_K => Some(|a, b| unsafe { avx2::q4_k_q8_k_tiled_x4(a, b) }),
-            GgmlType::Q6_K => Some(|a, b| unsafe { avx2::q6_k_q8_k_tiled_x4(a, b) }),
+            GgmlType::Q4_K => Some(|w, a| {
+                check_dot4(w, 144, &a, Q8K);
+                // SAFETY: the path has AVX2, FMA and F16C (checked above);
+                // every activation row covers the weight row's blocks.
+                unsafe { k::q4_k_q8_k_tiled_x4(w, a) }
+            }),
+            GgmlType::Q6_K => Some(|w, a| {
+                check_dot4(w, 210, &a, Q8K);
+                // SAFETY: as for Q4_K.
+                unsafe { k::q6_k_q8_k_tiled_x4(w, a) }
+            }),
             _ => None,
         };
     }
@@ -198,19 +237,34 @@ pub type RowsFn = fn(&[u8], usize, usize, &[u8], &mut [f32]);
 /// single-row kernel's bit for bit.
 pub fn rows_for(w: GgmlType, path: KernelPath) -> Option<RowsFn> {
     #[cfg(target_arch = "x86_64")]
-    if path == KernelPath::Avx2 {
-        use crate::avx2;
-        // SAFETY: as in `avx2_dot`; w holds out.len() whole rows of rb bytes.
+    if path.checked().uses_avx2() {
+        use crate::x86::dot as k;
+        /// A safe multi-row kernel: asserts that `w` holds `out.len()` rows
+        /// (and for f32/f16 that both hold `n` elements a row), then runs
+        /// `$kernel`.
+        macro_rules! rows {
+            ($kernel:ident, $elem:expr) => {
+                |w, rb, n, a, o| {
+                    assert!(w.len() >= o.len() * rb, "rows: short weights");
+                    if $elem > 0 {
+                        assert!(rb >= n * $elem && a.len() >= n * $elem, "rows: short rows");
+                    }
+                    // SAFETY: `rows_for` checked that the path (so the CPU)
+                    // has AVX2, FMA and F16C; the lengths are asserted above.
+                    unsafe { k::$kernel(w, rb, n, a, o) }
+                }
+            };
+        }
         let f: Option<RowsFn> = match w {
-            GgmlType::Q8_0 => Some(|w, rb, n, a, o| unsafe { avx2::rows_q8_0(w, rb, n, a, o) }),
-            GgmlType::Q4_0 => Some(|w, rb, n, a, o| unsafe { avx2::rows_q4_0(w, rb, n, a, o) }),
-            GgmlType::Q5_0 => Some(|w, rb, n, a, o| unsafe { avx2::rows_q5_0(w, rb, n, a, o) }),
-            GgmlType::IQ4_NL => Some(|w, rb, n, a, o| unsafe { avx2::rows_iq4_nl(w, rb, n, a, o) }),
-            GgmlType::Q4_K => Some(|w, rb, n, a, o| unsafe { avx2::rows_q4_k(w, rb, n, a, o) }),
-            GgmlType::Q5_K => Some(|w, rb, n, a, o| unsafe { avx2::rows_q5_k(w, rb, n, a, o) }),
-            GgmlType::Q6_K => Some(|w, rb, n, a, o| unsafe { avx2::rows_q6_k(w, rb, n, a, o) }),
-            GgmlType::F32 => Some(|w, rb, n, a, o| unsafe { avx2::rows_f32(w, rb, n, a, o) }),
-            GgmlType::F16 => Some(|w, rb, n, a, o| unsafe { avx2::rows_f16(w, rb, n, a, o) }),
+            GgmlType::Q8_0 => Some(rows!(rows_q8_0, 0)),
+            GgmlType::Q4_0 => Some(rows!(rows_q4_0, 0)),
+            GgmlType::Q5_0 => Some(rows!(rows_q5_0, 0)),
+            GgmlType::IQ4_NL => Some(rows!(rows_iq4_nl, 0)),
+            GgmlType::Q4_K => Some(rows!(rows_q4_k, 0)),
+            GgmlType::Q5_K => Some(rows!(rows_q5_k, 0)),
+            GgmlType::Q6_K => Some(rows!(rows_q6_k, 0)),
+            GgmlType::F32 => Some(rows!(rows_f32, 4)),
+            GgmlType::F16 => Some(rows!(rows_f16, 2)),
             _ => None,
         };
         return f;
@@ -227,14 +281,25 @@ pub type Dot4Fn = fn(&[u8], [&[u8]; 4]) -> [f32; 4];
 /// accumulation order), so the tile shape never changes a number.
 pub fn dot4_for(w: GgmlType, path: KernelPath) -> Option<Dot4Fn> {
     #[cfg(target_arch = "x86_64")]
-    if path == KernelPath::Avx2 {
-        use crate::avx2;
-        // SAFETY: as in `avx2_dot`.
+    if path.checked().uses_avx2() {
+        use crate::x86::dot as k;
+        /// A safe four-token kernel: asserts that every activation row
+        /// covers the weight row's blocks, then runs `$kernel`.
+        macro_rules! dot4 {
+            ($kernel:ident, $block:expr) => {
+                |w, a| {
+                    check_dot4(w, $block, &a, 34);
+                    // SAFETY: `dot4_for` checked that the path (so the CPU)
+                    // has AVX2, FMA and F16C; the lengths are asserted above.
+                    unsafe { k::$kernel(w, a) }
+                }
+            };
+        }
         return Some(match w {
-            GgmlType::Q8_0 => |a, b| unsafe { avx2::q8_0_q8_0_x4(a, b) },
-            GgmlType::Q4_0 => |a, b| unsafe { avx2::q4_0_q8_0_x4(a, b) },
-            GgmlType::Q5_0 => |a, b| unsafe { avx2::q5_0_q8_0_x4(a, b) },
-            GgmlType::IQ4_NL => |a, b| unsafe { avx2::iq4_nl_q8_0_x4(a, b) },
+            GgmlType::Q8_0 => dot4!(q8_0_q8_0_x4, 34),
+            GgmlType::Q4_0 => dot4!(q4_0_q8_0_x4, 18),
+            GgmlType::Q5_0 => dot4!(q5_0_q8_0_x4, 22),
+            GgmlType::IQ4_NL => dot4!(iq4_nl_q8_0_x4, 18),
             _ => return None,
         });
     }
@@ -243,14 +308,21 @@ pub fn dot4_for(w: GgmlType, path: KernelPath) -> Option<Dot4Fn> {
 }
 
 /// The format number of a Q8_0-paired weight type for the VNNI kernels,
-/// where this CPU has AVX-512 VNNI (and plumb is on its SIMD path).
+/// where `path` uses AVX-512 VNNI (0 Q8_0, 1 Q4_0, 2 Q5_0, 3 IQ4_NL; kept
+/// for callers of the old API: the kernels take [`vnni_format`]).
 pub fn vnni_kind(w: GgmlType, path: KernelPath) -> Option<u8> {
     #[cfg(target_arch = "x86_64")]
-    if path == KernelPath::Avx2 && crate::has_vnni() {
+    if path.uses_vnni() {
         return crate::q8_family_kind(w);
     }
     let _ = (w, path);
     None
+}
+
+/// The Q8_0-family format of `w` where `path` takes the VNNI kernels for it.
+#[cfg(target_arch = "x86_64")]
+pub fn vnni_format(w: GgmlType, path: KernelPath) -> Option<crate::x86::Q8Family> {
+    crate::x86::Q8Family::of(w).filter(|_| path.uses_vnni())
 }
 
 /// Weight rows per task in the VNNI tile path: unpacked once, then taken
@@ -258,67 +330,67 @@ pub fn vnni_kind(w: GgmlType, path: KernelPath) -> Option<u8> {
 #[cfg(target_arch = "x86_64")]
 const VNNI_ROWS_PER_TASK: usize = 64;
 
-/// T > 1 tokens against a Q8_0-family weight (format `kind`) on a CPU with
-/// AVX-512 VNNI: register tiles of four rows × four tokens
-/// ([`crate::avx2::tile_vnni`]), each output identical to the one-token kernel's.
+/// T > 1 tokens against a Q8_0-family weight (format `fmt`) on the VNNI
+/// path: register tiles of four rows × four tokens
+/// ([`crate::x86::vnni::tile_vnni`]), each output identical to the
+/// one-token kernel's. The caller checked the path against this CPU.
 #[cfg(target_arch = "x86_64")]
-fn linear_vnni(kind: u8, w: &Weight, act: &Activations, t: usize, y: &mut [f32]) {
-    use crate::avx2::{pack_acts_vnni, pack_weights_vnni, tile_vnni, Chunk, A_CHUNKS, W_CHUNKS};
+fn linear_vnni(fmt: crate::x86::Q8Family, w: &Weight, act: &Activations, t: usize, y: &mut [f32]) {
+    use crate::x86::vnni::{pack_acts_vnni, pack_weights_vnni, tile_vnni, Chunk, A_CHUNKS, W_CHUNKS};
     let (rows, nb, rb) = (w.rows, w.cols / 32, w.row_bytes());
     let bytes: &[u8] = &w.bytes;
     let mut apack = Vec::new();
-    pack_acts_vnni(kind, t, nb, |ti| act.row(ti), &mut apack);
+    pack_acts_vnni(fmt, t, nb, |ti| act.row(ti), &mut apack);
     let prepare = |r0: usize, r1: usize| {
         let mut wpack: Vec<Chunk> = Vec::new();
-        // SAFETY: vnni_kind checked avx512vnni and avx512vl (and the Avx2
-        // path: avx2, fma, f16c); whole blocks, checked at load; the packs
-        // hold every group's nb blocks.
-        unsafe { pack_weights_vnni(kind, &bytes[r0 * rb..r1 * rb], rb, nb, &mut wpack) };
+        // SAFETY: the caller's path has AVX2, FMA, F16C, AVX512VL and
+        // AVX512VNNI (checked against this CPU); the packer asserts its
+        // lengths.
+        unsafe { pack_weights_vnni(fmt, &bytes[r0 * rb..r1 * rb], rb, nb, &mut wpack) };
         wpack
     };
     let tile = |wpack: &Vec<Chunk>, g: usize, h: usize| {
+        // Exactly one group of each, nb blocks long (checked slicing).
         let ag = &apack[g * nb * A_CHUNKS..(g + 1) * nb * A_CHUNKS];
-        // SAFETY: as above.
-        unsafe { tile_vnni(&wpack[h * nb * W_CHUNKS..], ag, nb) }
+        let wg = &wpack[h * nb * W_CHUNKS..(h + 1) * nb * W_CHUNKS];
+        // SAFETY: the features as above; `wg` and `ag` hold nb blocks.
+        unsafe { tile_vnni(wg, ag, nb) }
     };
     run_tiles::<_, 4, 4>(rows, t, y, prepare, tile);
 }
 
-/// T ≥ [`TILED_MIN_TOKENS`] tokens against a Q4_K or Q6_K weight on a CPU
-/// with AVX-512 VNNI: register tiles of eight rows × eight tokens
-/// ([`crate::avx2::tile_k_vnni`]), each output identical to
-/// [`tiled_dot_for`]'s.
+/// T ≥ [`TILED_MIN_TOKENS`] tokens against a Q4_K or Q6_K weight on the
+/// VNNI path: register tiles of eight rows × eight tokens
+/// ([`crate::x86::vnni::tile_k_vnni`]), each output identical to
+/// [`tiled_dot_for`]'s. The caller checked the path against this CPU.
 #[cfg(target_arch = "x86_64")]
-fn linear_k_vnni(q6: bool, w: &Weight, act: &Activations, t: usize, y: &mut [f32]) {
-    use crate::avx2::{pack_k_rows, tile_k_vnni, Chunk, K_CHUNKS};
+fn linear_k_vnni(fmt: crate::x86::KQuant, w: &Weight, act: &Activations, t: usize, y: &mut [f32]) {
+    use crate::x86::vnni::{pack_k_rows, tile_k_vnni, Chunk, K_CHUNKS};
     let (rows, nsb, rb) = (w.rows, w.cols / 256, w.row_bytes());
     let bytes: &[u8] = &w.bytes;
     // Tokens past the last take a zero row, and their outputs are dropped.
     let zeros = vec![BlockQ8K { d: 0.0, qs: [0; 256], bsums: [0; 16] }; nsb];
-    let blocks = |ti: usize| -> *const BlockQ8K {
+    // Every token's row holds nsb blocks, once for all tiles.
+    assert!(act.row_bytes >= nsb * std::mem::size_of::<BlockQ8K>(), "linear_k_vnni: short activation rows");
+    let blocks = |ti: usize| -> &[BlockQ8K] {
         if ti < t {
-            bytemuck::cast_slice::<u8, BlockQ8K>(act.row(ti)).as_ptr()
+            bytemuck::cast_slice::<u8, BlockQ8K>(act.row(ti))
         } else {
-            zeros.as_ptr()
+            &zeros
         }
     };
     let prepare = |r0: usize, r1: usize| {
         let mut wpack: Vec<Chunk> = Vec::new();
-        pack_k_rows(q6, &bytes[r0 * rb..r1 * rb], rb, nsb, &mut wpack);
+        pack_k_rows(fmt, &bytes[r0 * rb..r1 * rb], rb, nsb, &mut wpack);
         wpack
     };
     let tile = |wpack: &Vec<Chunk>, g: usize, h: usize| {
-        let ys: [*const BlockQ8K; 8] = std::array::from_fn(|k| blocks(8 * g + k));
+        let ys: [&[BlockQ8K]; 8] = std::array::from_fn(|k| blocks(8 * g + k));
         let wg = &wpack[h * nsb * K_CHUNKS..(h + 1) * nsb * K_CHUNKS];
-        // SAFETY: the caller checked avx512vnni and avx512vl on the Avx2
-        // path; every ys[k] points at nsb blocks.
-        unsafe {
-            if q6 {
-                tile_k_vnni::<true>(wg, ys, nsb)
-            } else {
-                tile_k_vnni::<false>(wg, ys, nsb)
-            }
-        }
+        // SAFETY: the caller's path has AVX2, FMA, F16C, AVX512VL and
+        // AVX512VNNI (checked against this CPU); every ys[k] holds nsb
+        // blocks (asserted above) and `wg` one group's.
+        unsafe { tile_k_vnni(fmt, wg, ys, nsb) }
     };
     run_tiles::<_, 8, 8>(rows, t, y, prepare, tile);
 }
@@ -374,8 +446,11 @@ impl RowBlocks {
         RowBlocks { ptr: y.as_mut_ptr(), rows, len: y.len() }
     }
 
-    /// Writes `v` at token `ti`, rows `r..r + v.len()`. The caller's task
-    /// must own those rows.
+    /// Writes `v` at token `ti`, rows `r..r + v.len()` (bounds asserted).
+    ///
+    /// # Safety
+    /// The caller's task owns those rows: no other thread writes or reads
+    /// them while `put` runs.
     unsafe fn put(&self, ti: usize, r: usize, v: &[f32]) {
         let at = ti * self.rows + r;
         assert!(r + v.len() <= self.rows && at + v.len() <= self.len);
@@ -433,13 +508,16 @@ impl Kernels for FastKernels {
 impl FastKernels {
     /// [`Kernels::linear`] on activations already quantized for `w`.
     fn linear_quantized(&self, w: &Weight, act: &Activations, t: usize, y: &mut [f32]) {
+        // Every kernel below runs on this path's features.
+        let path = self.path.checked();
         let (rows, cols) = (w.rows, w.cols);
+        assert_eq!(y.len(), t * rows);
         // Batches of eight or more tokens: llama.cpp's tiled K-quant matmul,
         // which rounds in its own order; plumb follows it there.
-        let tiled = if t >= TILED_MIN_TOKENS { tiled_dot_for(w.ty, self.path) } else { None };
-        let dot = tiled.unwrap_or_else(|| dot_for(w.ty, self.path));
-        let dot4 = if tiled.is_some() { tiled_dot4_for(w.ty, self.path) } else { dot4_for(w.ty, self.path) };
-        let rows_fn = if tiled.is_some() { None } else { rows_for(w.ty, self.path) };
+        let tiled = if t >= TILED_MIN_TOKENS { tiled_dot_for(w.ty, path) } else { None };
+        let dot = tiled.unwrap_or_else(|| dot_for(w.ty, path));
+        let dot4 = if tiled.is_some() { tiled_dot4_for(w.ty, path) } else { dot4_for(w.ty, path) };
+        let rows_fn = if tiled.is_some() { None } else { rows_for(w.ty, path) };
         let rb = w.row_bytes();
         let bytes: &[u8] = &w.bytes;
         if t == 1 {
@@ -447,16 +525,18 @@ impl FastKernels {
             // split never changes a number, only the scheduling overhead.
             let chunk = rows.div_ceil(rayon::current_num_threads() * 64).max(ROWS_PER_TASK);
             #[cfg(target_arch = "x86_64")]
-            if let Some(kind) = vnni_kind(w.ty, self.path) {
+            if let Some(fmt) = vnni_format(w.ty, path) {
+                use crate::x86::vnni::{act_aux, check_rows_vnni, rows_vnni};
                 let mut aux = Vec::with_capacity(cols / 32);
-                crate::avx2::act_aux(act.row(0), crate::avx2::vnni_offset(kind), &mut aux);
+                act_aux(act.row(0), fmt.vnni_offset(), &mut aux);
+                check_rows_vnni(fmt, bytes, rb, act.row(0), &aux, rows);
                 y.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
                     let r0 = c * chunk;
-                    // SAFETY: vnni_kind checked avx512vnni and avx512vl (and the Avx2
-                    // path: avx2, fma, f16c); whole blocks, checked at load.
-                    unsafe {
-                        crate::avx2::rows_vnni(kind, &bytes[r0 * rb..(r0 + out.len()) * rb], rb, act.row(0), &aux, out)
-                    };
+                    // SAFETY: the path (checked against this CPU) has AVX2,
+                    // FMA, F16C, AVX512VL and AVX512VNNI; the lengths were
+                    // asserted for all rows above, and this chunk's rows
+                    // are sliced to out.len().
+                    unsafe { rows_vnni(fmt, &bytes[r0 * rb..(r0 + out.len()) * rb], rb, act.row(0), &aux, out) };
                 });
                 return;
             }
@@ -476,15 +556,13 @@ impl FastKernels {
             return;
         }
         #[cfg(target_arch = "x86_64")]
-        if let Some(kind) = vnni_kind(w.ty, self.path).filter(|_| tiled.is_none()) {
-            return linear_vnni(kind, w, act, t, y);
+        if let Some(fmt) = vnni_format(w.ty, path).filter(|_| tiled.is_none()) {
+            return linear_vnni(fmt, w, act, t, y);
         }
         #[cfg(target_arch = "x86_64")]
-        if tiled.is_some() && self.path == KernelPath::Avx2 && crate::has_vnni() {
-            match w.ty {
-                GgmlType::Q4_K => return linear_k_vnni(false, w, act, t, y),
-                GgmlType::Q6_K => return linear_k_vnni(true, w, act, t, y),
-                _ => {}
+        if tiled.is_some() && path.uses_vnni() {
+            if let Some(fmt) = crate::x86::KQuant::of(w.ty) {
+                return linear_k_vnni(fmt, w, act, t, y);
             }
         }
         let n_chunks = rows.div_ceil(ROWS_PER_TASK);

@@ -1,10 +1,12 @@
 //! The f32 arithmetic of llama.cpp's x86 CPU backend as built natively for
 //! an AVX-512 CPU (the build on plumb's reference machine), reproduced for
 //! the fast precision's attention: its f32 dot product and its softmax
-//! with a polynomial exp. Each has a scalar version that makes the same
-//! roundings lane by lane (fused multiply-adds as `mul_add`), and an AVX2
-//! version that keeps the 512-bit lanes in pairs of 256-bit registers;
-//! tests hold the two to the same bits.
+//! with a polynomial exp. Each is written here as scalar code that makes
+//! the same roundings lane by lane (fused multiply-adds as `mul_add`); its
+//! AVX2 form, which keeps the 512-bit lanes in pairs of 256-bit registers,
+//! is in `x86::lanes`, and the 512-bit attention tiles in `x86::avx512`.
+//! Tests hold them to the same bits. The functions here choose among them
+//! by the active [`crate::KernelPath`].
 //!
 //! The order of operations is the whole point here, so each function says
 //! which order it keeps. (An AVX2-only build of llama.cpp sums in another
@@ -12,10 +14,12 @@
 //! bit for bit.)
 
 #[cfg(target_arch = "x86_64")]
-use crate::{active_path, KernelPath};
+use crate::active_path;
+#[cfg(target_arch = "x86_64")]
+use crate::x86::{avx512, lanes};
 
 /// Lanes of the dot product's accumulators: four 512-bit registers.
-const LANES: usize = 64;
+pub(crate) const LANES: usize = 64;
 
 /// Σ x·y as llama.cpp's `ggml_vec_dot_f32` sums it: 64 running fused
 /// multiply-adds (lane l takes elements l, l+64, …); the four registers
@@ -28,9 +32,10 @@ pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
     let n = x.len().min(y.len());
     let whole = n / LANES * LANES;
     #[cfg(target_arch = "x86_64")]
-    let mut r = if active_path() == KernelPath::Avx2 {
-        // SAFETY: Avx2 is only active after runtime detection.
-        unsafe { avx2_dot_lanes(&x[..whole], &y[..whole]) }
+    let mut r = if active_path().uses_avx2() {
+        // SAFETY: the active path has AVX2 and FMA (checked when it was set
+        // or detected); the kernel stops at the shorter slice.
+        unsafe { lanes::avx2_dot_lanes(&x[..whole], &y[..whole]) }
     } else {
         scalar_dot_lanes(&x[..whole], &y[..whole])
     };
@@ -58,50 +63,25 @@ pub fn dot_f32_rows(x: &[f32], ys: &[f32], stride: usize, out: &mut [f32]) {
     let n = x.len();
     assert!(out.is_empty() || (out.len() - 1) * stride + n <= ys.len());
     #[cfg(target_arch = "x86_64")]
-    if active_path() == KernelPath::Avx2 && n.is_multiple_of(LANES) {
+    if active_path().uses_avx2() && n.is_multiple_of(LANES) {
         let mut r = 0;
         while r + 2 <= out.len() {
             let (y0, y1) = (&ys[r * stride..r * stride + n], &ys[(r + 1) * stride..(r + 1) * stride + n]);
-            // SAFETY: Avx2 is only active after runtime detection.
-            let v = unsafe { avx2_dot_lanes_x2(x, y0, y1) };
+            // SAFETY: the active path has AVX2 and FMA (checked when it was
+            // set or detected); the kernel stops at the shortest slice.
+            let v = unsafe { lanes::avx2_dot_lanes_x2(x, y0, y1) };
             out[r..r + 2].copy_from_slice(&v);
             r += 2;
         }
         if r < out.len() {
-            out[r] = unsafe { avx2_dot_lanes(x, &ys[r * stride..r * stride + n]) };
+            // SAFETY: as above.
+            out[r] = unsafe { lanes::avx2_dot_lanes(x, &ys[r * stride..r * stride + n]) };
         }
         return;
     }
     for (r, o) in out.iter_mut().enumerate() {
         *o = dot_f32(x, &ys[r * stride..r * stride + n]);
     }
-}
-
-/// Two rows of [`avx2_dot_lanes`] at once.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn avx2_dot_lanes_x2(x: &[f32], y0: &[f32], y1: &[f32]) -> [f32; 2] {
-    use std::arch::x86_64::*;
-    let mut a0 = [_mm256_setzero_ps(); 8];
-    let mut a1 = [_mm256_setzero_ps(); 8];
-    let (px, p0, p1) = (x.as_ptr(), y0.as_ptr(), y1.as_ptr());
-    let n = x.len().min(y0.len()).min(y1.len());
-    let mut i = 0;
-    while i + LANES <= n {
-        for k in 0..8 {
-            let xv = _mm256_loadu_ps(px.add(i + 8 * k));
-            a0[k] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(p0.add(i + 8 * k)), a0[k]);
-            a1[k] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(p1.add(i + 8 * k)), a1[k]);
-        }
-        i += LANES;
-    }
-    let mut out = [0f32; 2];
-    for (o, acc) in out.iter_mut().zip([a0, a1]) {
-        let lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
-        let hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
-        *o = avx2_fold16(lo, hi);
-    }
-    out
 }
 
 /// The 64-lane part of [`dot_f32`] (lengths a multiple of 64), lane by lane.
@@ -127,38 +107,6 @@ fn fold16(w: &[f32; 16]) -> f32 {
     (x[0] + x[2]) + (x[1] + x[3])
 }
 
-/// [`fold16`] of the 16 lanes `lo` (0–7) and `hi` (8–15), in registers:
-/// the same additions in the same order.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn avx2_fold16(lo: std::arch::x86_64::__m256, hi: std::arch::x86_64::__m256) -> f32 {
-    use std::arch::x86_64::*;
-    let v = _mm256_add_ps(hi, lo);
-    let x = _mm_add_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
-    let y = _mm_add_ps(x, _mm_movehl_ps(x, x));
-    _mm_cvtss_f32(_mm_add_ss(y, _mm_movehdup_ps(y)))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn avx2_dot_lanes(x: &[f32], y: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    // acc[2k] and acc[2k+1] are the low and high halves of 512-bit register k.
-    let mut acc = [_mm256_setzero_ps(); 8];
-    let (px, py) = (x.as_ptr(), y.as_ptr());
-    let mut i = 0;
-    while i + LANES <= x.len().min(y.len()) {
-        for (k, a) in acc.iter_mut().enumerate() {
-            *a = _mm256_fmadd_ps(_mm256_loadu_ps(px.add(i + 8 * k)), _mm256_loadu_ps(py.add(i + 8 * k)), *a);
-        }
-        i += LANES;
-    }
-    let lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
-    let hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
-    avx2_fold16(lo, hi)
-}
-
 /// Σ x·y as llama.cpp's f32 matmul sums it for two or more tokens
 /// (tinyBLAS): one 16-lane fused multiply-add accumulator over the whole
 /// length, folded as [`fold16`] does, lane by lane. The length must be a
@@ -174,21 +122,6 @@ pub fn scalar_dot_tiled(x: &[f32], y: &[f32]) -> f32 {
     fold16(&acc)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn avx2_dot_tiled(x: &[f32], y: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let (px, py) = (x.as_ptr(), y.as_ptr());
-    let mut i = 0;
-    while i + 16 <= x.len().min(y.len()) {
-        lo = _mm256_fmadd_ps(_mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i)), lo);
-        hi = _mm256_fmadd_ps(_mm256_loadu_ps(px.add(i + 8)), _mm256_loadu_ps(py.add(i + 8)), hi);
-        i += 16;
-    }
-    avx2_fold16(lo, hi)
-}
-
 /// [`scalar_dot_tiled`] of `x` against `out.len()` rows of `ys`, `stride`
 /// floats apart: `out[r]` = Σ x·ys[r·stride..][..x.len()], each bit for bit
 /// as [`scalar_dot_tiled`] gives it. Several rows at a time share the loads of
@@ -197,49 +130,25 @@ pub fn dot_f32_tiled_rows(x: &[f32], ys: &[f32], stride: usize, out: &mut [f32])
     debug_assert!(x.len().is_multiple_of(16));
     assert!(out.is_empty() || (out.len() - 1) * stride + x.len() <= ys.len());
     #[cfg(target_arch = "x86_64")]
-    if active_path() == KernelPath::Avx2 {
+    if active_path().uses_avx2() {
         let mut r = 0;
         while r + 8 <= out.len() {
-            // SAFETY: Avx2 is only active after runtime detection; the
-            // assert above keeps every row inside `ys`.
-            let v = unsafe { avx2_dot_tiled_x8(x, ys.as_ptr().add(r * stride), stride) };
+            // SAFETY: the active path has AVX2 and FMA (checked when it was
+            // set or detected); the assert above keeps rows r..r+8 inside
+            // `ys` for x.len() floats each.
+            let v = unsafe { lanes::avx2_dot_tiled_x8(x, ys[r * stride..].as_ptr(), stride) };
             out[r..r + 8].copy_from_slice(&v);
             r += 8;
         }
         for (k, o) in out.iter_mut().enumerate().skip(r) {
-            *o = unsafe { avx2_dot_tiled(x, &ys[k * stride..k * stride + x.len()]) };
+            // SAFETY: the features as above; the kernel stops at the shorter slice.
+            *o = unsafe { lanes::avx2_dot_tiled(x, &ys[k * stride..k * stride + x.len()]) };
         }
         return;
     }
     for (k, o) in out.iter_mut().enumerate() {
         *o = scalar_dot_tiled(x, &ys[k * stride..k * stride + x.len()]);
     }
-}
-
-/// Eight rows of [`dot_f32_tiled_rows`]: the caller keeps rows `ys`,
-/// `ys + stride`, … `ys + 7·stride` readable for `x.len()` floats.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn avx2_dot_tiled_x8(x: &[f32], ys: *const f32, stride: usize) -> [f32; 8] {
-    use std::arch::x86_64::*;
-    let mut lo = [_mm256_setzero_ps(); 8];
-    let mut hi = [_mm256_setzero_ps(); 8];
-    let px = x.as_ptr();
-    let mut i = 0;
-    while i + 16 <= x.len() {
-        let (xl, xh) = (_mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(px.add(i + 8)));
-        for r in 0..8 {
-            let py = ys.add(r * stride + i);
-            lo[r] = _mm256_fmadd_ps(xl, _mm256_loadu_ps(py), lo[r]);
-            hi[r] = _mm256_fmadd_ps(xh, _mm256_loadu_ps(py.add(8)), hi[r]);
-        }
-        i += 16;
-    }
-    let mut out = [0f32; 8];
-    for r in 0..8 {
-        out[r] = avx2_fold16(lo[r], hi[r]);
-    }
-    out
 }
 
 /// cos θ and sin θ for `t` positions from `p0`, `hd / 2` pairs each, as
@@ -274,9 +183,10 @@ pub fn rope_neox(x: &mut [f32], width: usize, hd: usize, cs: &[(f32, f32)]) {
     let half = hd / 2;
     let row = |(row, cs): (&mut [f32], &[(f32, f32)])| {
         #[cfg(target_arch = "x86_64")]
-        if active_path() == KernelPath::Avx2 {
-            // SAFETY: Avx2 (with fma) is only active after runtime detection.
-            return unsafe { rope_row_fma(row, hd, cs) };
+        if active_path().uses_avx2() {
+            // SAFETY: the active path has AVX2 and FMA (checked when it was
+            // set or detected); the kernel is the safe scalar code.
+            return unsafe { lanes::rope_row_fma(row, hd, cs) };
         }
         rope_row(row, hd, cs)
     };
@@ -288,7 +198,7 @@ pub fn rope_neox(x: &mut [f32], width: usize, hd: usize, cs: &[(f32, f32)]) {
 }
 
 #[inline(always)]
-fn rope_row(row: &mut [f32], hd: usize, cs: &[(f32, f32)]) {
+pub(crate) fn rope_row(row: &mut [f32], hd: usize, cs: &[(f32, f32)]) {
     let half = hd / 2;
     for head in row.chunks_exact_mut(hd) {
         let (lo, hi) = head.split_at_mut(half);
@@ -300,54 +210,28 @@ fn rope_row(row: &mut [f32], hd: usize, cs: &[(f32, f32)]) {
     }
 }
 
-/// [`rope_row`] with `mul_add` as the FMA instruction rather than a call.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn rope_row_fma(row: &mut [f32], hd: usize, cs: &[(f32, f32)]) {
-    rope_row(row, hd, cs)
-}
-
 /// llama.cpp's table GELU over `xs`: x ≤ −10 → 0, x ≥ 10 → x, otherwise
 /// `table[f16 bits of x]` (x rounded to f16, to nearest even). `table` has
 /// one entry per f16 bit pattern.
 pub fn gelu_by_f16_table(table: &[f32], xs: &mut [f32]) {
     assert_eq!(table.len(), 1 << 16);
     #[cfg(target_arch = "x86_64")]
-    if active_path() == KernelPath::Avx2 {
-        // SAFETY: Avx2 (with f16c) is only active after runtime detection;
-        // every f16 bit pattern indexes the 65536-entry table.
-        return unsafe { avx2_gelu_by_f16_table(table, xs) };
+    if active_path().uses_avx2() {
+        // SAFETY: the active path has AVX2, FMA and F16C (checked when it
+        // was set or detected); every f16 bit pattern indexes the
+        // 65536-entry table (asserted above).
+        return unsafe { lanes::avx2_gelu_by_f16_table(table, xs) };
     }
     xs.iter_mut().for_each(|x| *x = gelu_by_f16_table_one(table, *x));
 }
 
-fn gelu_by_f16_table_one(table: &[f32], x: f32) -> f32 {
+pub(crate) fn gelu_by_f16_table_one(table: &[f32], x: f32) -> f32 {
     if x <= -10.0 {
         0.0
     } else if x >= 10.0 {
         x
     } else {
         table[half::f16::from_f32(x).to_bits() as usize]
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn avx2_gelu_by_f16_table(table: &[f32], xs: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let (lo, hi) = (_mm256_set1_ps(-10.0), _mm256_set1_ps(10.0));
-    let mut chunks = xs.chunks_exact_mut(8);
-    for c in &mut chunks {
-        let x = _mm256_loadu_ps(c.as_ptr());
-        let h = _mm256_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT }>(x);
-        let idx = _mm256_cvtepu16_epi32(h);
-        let y = _mm256_i32gather_ps::<4>(table.as_ptr(), idx);
-        let y = _mm256_blendv_ps(y, x, _mm256_cmp_ps::<_CMP_GE_OQ>(x, hi));
-        let y = _mm256_andnot_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(x, lo), y);
-        _mm256_storeu_ps(c.as_mut_ptr(), y);
-    }
-    for x in chunks.into_remainder() {
-        *x = gelu_by_f16_table_one(table, *x);
     }
 }
 
@@ -366,16 +250,17 @@ pub fn dot_f32_grid(q: &[f32], qs: usize, k: &[f32], ks: usize, n: usize, lens: 
     assert!((nq - 1) * qs + n <= q.len() && (kmax - 1) * ks + n <= k.len());
     assert!(lens.iter().enumerate().all(|(i, &l)| l == 0 || i * os + l <= out.len()));
     #[cfg(target_arch = "x86_64")]
-    if active_path() == KernelPath::Avx2 && crate::has_avx512f() && n.is_multiple_of(LANES) {
+    if active_path().uses_avx512f() && n.is_multiple_of(LANES) {
         for i0 in (0..nq).step_by(4) {
             let qi: [usize; 4] = [i0, (i0 + 1).min(nq - 1), (i0 + 2).min(nq - 1), (i0 + 3).min(nq - 1)];
             let jmax = qi.iter().map(|&i| lens[i]).max().unwrap_or(0);
             for j0 in (0..jmax).step_by(4) {
                 let kj = [j0, (j0 + 1).min(jmax - 1), (j0 + 2).min(jmax - 1), (j0 + 3).min(jmax - 1)];
-                // SAFETY: avx512f detected (and the Avx2 path's avx2, fma);
-                // the asserts above keep every row inside q and k.
+                // SAFETY: the active path has AVX512F, AVX2 and FMA (checked
+                // when it was set or detected); the asserts above keep every
+                // row inside q and k for n floats.
                 let v = unsafe {
-                    avx512_dot_lanes_4x4(
+                    avx512::avx512_dot_lanes_4x4(
                         [0, 1, 2, 3].map(|a| q.as_ptr().add(qi[a] * qs)),
                         [0, 1, 2, 3].map(|b| k.as_ptr().add(kj[b] * ks)),
                         n,
@@ -398,59 +283,6 @@ pub fn dot_f32_grid(q: &[f32], qs: usize, k: &[f32], ks: usize, n: usize, lens: 
             dot_f32_rows(&q[i * qs..i * qs + n], k, ks, &mut out[i * os..i * os + l]);
         }
     }
-}
-
-/// Four queries × four keys of [`dot_f32_grid`]; `n` a multiple of 64 and
-/// every pointer readable for `n` floats.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn avx512_dot_lanes_4x4(q: [*const f32; 4], k: [*const f32; 4], n: usize) -> [[f32; 4]; 4] {
-    use std::arch::x86_64::*;
-    // Register m of the four (lanes 16m..16m+16, elements 16m + 64u, u =
-    // 0, 1, … in order) holds accumulators 2m and 2m+1 of [`dot_f32`]'s
-    // eight; its combination (0+4)+(2+6) | (1+5)+(3+7) is, as 512-bit
-    // registers, (m0 + m2) + (m1 + m3): m0 + m2 and m1 + m3 are kept in
-    // `even` and `odd` between the passes.
-    let mut even = [[_mm512_setzero_ps(); 4]; 4];
-    let mut odd = [[_mm512_setzero_ps(); 4]; 4];
-    for m in [0usize, 2, 1, 3] {
-        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
-        let mut u = 0;
-        while u < n {
-            let off = u + 16 * m;
-            let mut qv = [_mm512_setzero_ps(); 4];
-            for a in 0..4 {
-                qv[a] = _mm512_loadu_ps(q[a].add(off));
-            }
-            for b in 0..4 {
-                let kv = _mm512_loadu_ps(k[b].add(off));
-                for a in 0..4 {
-                    acc[a][b] = _mm512_fmadd_ps(qv[a], kv, acc[a][b]);
-                }
-            }
-            u += LANES;
-        }
-        for a in 0..4 {
-            for b in 0..4 {
-                match m {
-                    0 => even[a][b] = acc[a][b],
-                    2 => even[a][b] = _mm512_add_ps(even[a][b], acc[a][b]),
-                    1 => odd[a][b] = acc[a][b],
-                    _ => odd[a][b] = _mm512_add_ps(odd[a][b], acc[a][b]),
-                }
-            }
-        }
-    }
-    let mut out = [[0f32; 4]; 4];
-    for a in 0..4 {
-        for b in 0..4 {
-            let z = _mm512_castps_pd(_mm512_add_ps(even[a][b], odd[a][b]));
-            let lo = _mm256_castpd_ps(_mm512_castpd512_pd256(z));
-            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(z));
-            out[a][b] = avx2_fold16(lo, hi);
-        }
-    }
-    out
 }
 
 /// Attention context as [`scalar_dot_tiled`] sums each output: `out[i·os + e]`
@@ -479,15 +311,16 @@ pub fn dot_f32_tiled_grid(
     assert!(lens.iter().enumerate().all(|(i, &l)| i * ps + l <= p.len()));
     assert!((ne - 1) * vs + lmax <= v.len() && (nq - 1) * os + ne <= out.len());
     #[cfg(target_arch = "x86_64")]
-    if active_path() == KernelPath::Avx2 && crate::has_avx512f() {
+    if active_path().uses_avx512f() {
         for i0 in (0..nq).step_by(4) {
             let qi: [usize; 4] = [i0, (i0 + 1).min(nq - 1), (i0 + 2).min(nq - 1), (i0 + 3).min(nq - 1)];
             for e0 in (0..ne).step_by(4) {
                 let ei = [e0, (e0 + 1).min(ne - 1), (e0 + 2).min(ne - 1), (e0 + 3).min(ne - 1)];
-                // SAFETY: avx512f detected (and the Avx2 path's avx2, fma); the
-                // asserts above keep each query's length inside p and v.
+                // SAFETY: the active path has AVX512F, AVX2 and FMA (checked
+                // when it was set or detected); the asserts above keep each
+                // query's length inside p and v.
                 let r = unsafe {
-                    avx512_dot_tiled_4x4(
+                    avx512::avx512_dot_tiled_4x4(
                         [0, 1, 2, 3].map(|a| p.as_ptr().add(qi[a] * ps)),
                         qi.map(|i| lens[i]),
                         [0, 1, 2, 3].map(|b| v.as_ptr().add(ei[b] * vs)),
@@ -506,48 +339,12 @@ pub fn dot_f32_tiled_grid(
     }
 }
 
-/// Four queries × four outputs of [`dot_f32_tiled_grid`]: query a's lanes
-/// take positions 0..lens[a] (non-decreasing multiples of 16).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn avx512_dot_tiled_4x4(p: [*const f32; 4], lens: [usize; 4], v: [*const f32; 4]) -> [[f32; 4]; 4] {
-    use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); 4]; 4];
-    let mut j = 0;
-    // Queries from `first` on are still running between lens[first - 1]
-    // and lens[first].
-    for (first, &end) in lens.iter().enumerate() {
-        while j < end {
-            let mut vv = [_mm512_setzero_ps(); 4];
-            for b in 0..4 {
-                vv[b] = _mm512_loadu_ps(v[b].add(j));
-            }
-            for a in first..4 {
-                let pv = _mm512_loadu_ps(p[a].add(j));
-                for b in 0..4 {
-                    acc[a][b] = _mm512_fmadd_ps(pv, vv[b], acc[a][b]);
-                }
-            }
-            j += 16;
-        }
-    }
-    let mut out = [[0f32; 4]; 4];
-    for a in 0..4 {
-        for b in 0..4 {
-            let lo = _mm512_castps512_ps256(acc[a][b]);
-            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[a][b])));
-            out[a][b] = avx2_fold16(lo, hi);
-        }
-    }
-    out
-}
-
 /// The polynomial constants of [`exp_approx`], as f32 bit patterns.
-const LOG2E: u32 = 0x3fb8_aa3b; // 0x1.715476p+0
-const SHIFTER: u32 = 0x4b40_0000; // 0x1.8p23
-const LN2_HI: u32 = 0x3f31_7200; // 0x1.62e4p-1
-const LN2_LO: u32 = 0x35bf_be8e; // 0x1.7f7d1cp-20
-const C: [u32; 5] = [0x3f7f_fff6, 0x3eff_fedb, 0x3e2a_af33, 0x3d2b_9f17, 0x3c07_2010];
+pub(crate) const LOG2E: u32 = 0x3fb8_aa3b; // 0x1.715476p+0
+pub(crate) const SHIFTER: u32 = 0x4b40_0000; // 0x1.8p23
+pub(crate) const LN2_HI: u32 = 0x3f31_7200; // 0x1.62e4p-1
+pub(crate) const LN2_LO: u32 = 0x35bf_be8e; // 0x1.7f7d1cp-20
+pub(crate) const C: [u32; 5] = [0x3f7f_fff6, 0x3eff_fedb, 0x3e2a_af33, 0x3d2b_9f17, 0x3c07_2010];
 
 /// eˣ by llama.cpp's AVX-512 approximation (`ggml_v_expf`): x = n·ln2 + b
 /// with n rounded by the 1.5·2²³ trick, 1 + a degree-5 polynomial in b,
@@ -597,9 +394,10 @@ pub fn softmax_visible(row: &mut [f32], visible: usize) {
     for g in row.chunks_mut(16) {
         let mut w = [0f32; 16];
         #[cfg(target_arch = "x86_64")]
-        if active_path() == KernelPath::Avx2 {
-            // SAFETY: Avx2 is only active after runtime detection.
-            unsafe { avx2_exp16(g, max, &mut w) };
+        if active_path().uses_avx2() {
+            // SAFETY: the active path has AVX2 and FMA (checked when it was
+            // set or detected); the kernel copies `g` (≤ 16) into a buffer.
+            unsafe { lanes::avx2_exp16(g, max, &mut w) };
         } else {
             scalar_exp16(g, max, &mut w);
         }
@@ -619,45 +417,6 @@ pub fn scalar_exp16(g: &[f32], max: f32, out: &mut [f32; 16]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn avx2_exp16(g: &[f32], max: f32, out: &mut [f32; 16]) {
-    use std::arch::x86_64::*;
-    let mut buf = [f32::NEG_INFINITY; 16];
-    buf[..g.len()].copy_from_slice(g);
-    let vmax = _mm256_set1_ps(max);
-    for h in 0..2 {
-        let x = _mm256_sub_ps(_mm256_loadu_ps(buf.as_ptr().add(8 * h)), vmax);
-        _mm256_storeu_ps(out.as_mut_ptr().add(8 * h), avx2_exp8(x));
-    }
-}
-
-/// Eight lanes of [`exp_approx`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn avx2_exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
-    use std::arch::x86_64::*;
-    let c = |bits: u32| _mm256_set1_ps(f32::from_bits(bits));
-    let z = _mm256_fmadd_ps(x, c(LOG2E), c(SHIFTER));
-    let n = _mm256_sub_ps(z, c(SHIFTER));
-    let b = _mm256_fnmadd_ps(n, c(LN2_LO), _mm256_fnmadd_ps(n, c(LN2_HI), x));
-    let u = _mm256_mul_ps(b, b);
-    let j = _mm256_fmadd_ps(
-        _mm256_fmadd_ps(_mm256_fmadd_ps(c(C[4]), b, c(C[3])), u, _mm256_fmadd_ps(c(C[2]), b, c(C[1]))),
-        u,
-        _mm256_fmadd_ps(c(C[0]), b, _mm256_set1_ps(1.0)),
-    );
-    // 2ⁿ as two normal factors; lanes with |n| > 192 are replaced below.
-    let big = _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0), n), _mm256_set1_ps(192.0), _CMP_GT_OQ);
-    let ni = _mm256_cvttps_epi32(_mm256_blendv_ps(n, _mm256_setzero_ps(), big));
-    let a = _mm256_srai_epi32(ni, 1);
-    let pow2 = |e: __m256i| _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(127)), 23));
-    let res = _mm256_mul_ps(_mm256_mul_ps(j, pow2(a)), pow2(_mm256_sub_epi32(ni, a)));
-    let below = _mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ);
-    let alt = _mm256_blendv_ps(_mm256_set1_ps(f32::INFINITY), _mm256_setzero_ps(), below);
-    _mm256_blendv_ps(res, alt, big)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -674,10 +433,12 @@ mod tests {
             let exact: f64 = x.iter().zip(&y).map(|(a, b)| *a as f64 * *b as f64).sum();
             assert!((s as f64 - exact).abs() <= 1e-5 * exact.abs().max(1.0), "n {n}: {s} vs {exact}");
             #[cfg(target_arch = "x86_64")]
-            if KernelPath::detect() == KernelPath::Avx2 {
-                assert_eq!(s.to_bits(), unsafe { avx2_dot_lanes(&x, &y) }.to_bits(), "n {n}");
+            if crate::KernelPath::Avx2.supported() {
+                // SAFETY: AVX2 and FMA, checked just above.
+                assert_eq!(s.to_bits(), unsafe { lanes::avx2_dot_lanes(&x, &y) }.to_bits(), "n {n}");
                 let t = scalar_dot_tiled(&x, &y);
-                assert_eq!(t.to_bits(), unsafe { avx2_dot_tiled(&x, &y) }.to_bits(), "n {n}");
+                // SAFETY: as above.
+                assert_eq!(t.to_bits(), unsafe { lanes::avx2_dot_tiled(&x, &y) }.to_bits(), "n {n}");
                 assert!((t as f64 - exact).abs() <= 1e-5 * exact.abs().max(1.0));
             }
         }
@@ -750,11 +511,12 @@ mod tests {
         }
         assert_eq!(exp_approx(f32::NEG_INFINITY), 0.0);
         #[cfg(target_arch = "x86_64")]
-        if KernelPath::detect() == KernelPath::Avx2 {
+        if crate::KernelPath::Avx2.supported() {
             for g in xs.chunks(16) {
                 let (mut a, mut b) = ([0f32; 16], [0f32; 16]);
                 scalar_exp16(g, 0.0, &mut a);
-                unsafe { avx2_exp16(g, 0.0, &mut b) };
+                // SAFETY: AVX2 and FMA, checked just above.
+                unsafe { lanes::avx2_exp16(g, 0.0, &mut b) };
                 assert_eq!(a.map(f32::to_bits), b.map(f32::to_bits), "{g:?}");
             }
         }

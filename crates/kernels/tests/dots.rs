@@ -1,7 +1,9 @@
-//! Dot-product kernels, two kinds of test (shared/STYLE.md §10):
+//! Dot-product kernels, two kinds of test:
 //! every scalar reference equals Σ dequant(w)·dequant(a) computed in f64,
 //! and every SIMD variant equals its scalar reference, on random blocks and
-//! odd block counts.
+//! odd block counts. The SIMD tests run on every path this CPU can force
+//! ([`simd_paths`]), so an AVX-512 machine also checks what an AVX2-only
+//! one runs.
 
 use plumb_kernels::dot::{act_type, scalar_dot};
 use plumb_kernels::fast::{dot_for, quantize_activations};
@@ -34,6 +36,15 @@ fn random_weights(ty: GgmlType, n: usize, rng: &mut StdRng) -> Vec<u8> {
         }
     }
     bytes
+}
+
+/// Every SIMD path this CPU supports (empty on a CPU with none).
+fn simd_paths() -> Vec<KernelPath> {
+    let paths: Vec<KernelPath> = KernelPath::available().into_iter().filter(|p| *p != KernelPath::Scalar).collect();
+    if paths.is_empty() {
+        eprintln!("no SIMD path on this CPU; nothing to compare");
+    }
+    paths
 }
 
 const TYPES: [GgmlType; 15] = [
@@ -100,8 +111,12 @@ fn ty_bytes(ty: GgmlType, n: usize) -> usize {
 #[test]
 #[cfg_attr(not(has_avx2), ignore = "no SIMD path on this CPU (needs AVX2, FMA and F16C); nothing to compare")]
 fn simd_equals_scalar_reference() {
-    let path = KernelPath::detect();
-    assert_ne!(path, KernelPath::Scalar, "the build script saw the AVX2 path");
+    for path in simd_paths() {
+        simd_equals_scalar_reference_on(path);
+    }
+}
+
+fn simd_equals_scalar_reference_on(path: KernelPath) {
     let mut rng = StdRng::seed_from_u64(5);
     for ty in TYPES {
         for blocks in [1usize, 2, 5, 9, 40] {
@@ -113,7 +128,7 @@ fn simd_equals_scalar_reference() {
             let s = dot_for(ty, path)(n, &w, act.row(0));
             // Same integer sums; only the float accumulation order differs.
             let tol = 1e-5 * r.abs().max(1.0);
-            assert!((r - s).abs() <= tol, "{ty}: SIMD {s} vs scalar {r} ({blocks} blocks)");
+            assert!((r - s).abs() <= tol, "{ty} ({path:?}): SIMD {s} vs scalar {r} ({blocks} blocks)");
         }
     }
 }
@@ -127,7 +142,7 @@ fn f32_dot_handles_odd_lengths() {
         let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
         let wb: &[u8] = bytemuck::cast_slice(&a);
         let ab: &[u8] = bytemuck::cast_slice(&b);
-        for path in [KernelPath::Scalar, KernelPath::detect()] {
+        for path in KernelPath::available() {
             let got = dot_for(GgmlType::F32, path)(n, wb, ab) as f64;
             assert!((got - want).abs() < 1e-5, "n={n} {path:?}: {got} vs {want}");
         }
@@ -136,7 +151,12 @@ fn f32_dot_handles_odd_lengths() {
 
 #[test]
 fn simd_dequantizers_are_bit_identical_to_the_references() {
-    let path = KernelPath::detect();
+    for path in simd_paths() {
+        simd_dequantizers_are_bit_identical_on(path);
+    }
+}
+
+fn simd_dequantizers_are_bit_identical_on(path: KernelPath) {
     let mut rng = StdRng::seed_from_u64(9);
     for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K] {
         for blocks in [1usize, 3, 8] {
@@ -155,8 +175,13 @@ fn simd_dequantizers_are_bit_identical_to_the_references() {
 
 #[test]
 fn four_token_and_multi_row_kernels_equal_the_single_kernel_bit_for_bit() {
+    for path in KernelPath::available() {
+        four_token_and_multi_row_kernels_on(path);
+    }
+}
+
+fn four_token_and_multi_row_kernels_on(path: KernelPath) {
     use plumb_kernels::fast::{dot4_for, rows_for};
-    let path = KernelPath::detect();
     let mut rng = StdRng::seed_from_u64(21);
     for ty in TYPES {
         let n = 5 * ty.block_elems().max(32);
@@ -184,8 +209,13 @@ fn four_token_and_multi_row_kernels_equal_the_single_kernel_bit_for_bit() {
 
 #[test]
 fn tiled_order_kernels_are_bit_identical_across_paths_and_close_to_the_unit_order() {
+    for path in simd_paths() {
+        tiled_order_kernels_on(path);
+    }
+}
+
+fn tiled_order_kernels_on(path: KernelPath) {
     use plumb_kernels::fast::tiled_dot_for;
-    let path = KernelPath::detect();
     let mut rng = StdRng::seed_from_u64(11);
     for ty in [GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
         for blocks in [1usize, 3, 8] {
@@ -208,10 +238,15 @@ fn fast_linear_over_many_tokens_equals_the_one_token_kernel_bit_for_bit() {
     // Whatever the tile shape (VNNI 4×4 register tiles, four-token kernels,
     // padding of short row and token groups), each output of a T-token
     // linear is the one-token kernel's on that row and token.
+    for path in KernelPath::available() {
+        fast_linear_over_many_tokens_on(path);
+    }
+}
+
+fn fast_linear_over_many_tokens_on(path: KernelPath) {
     use plumb_formats::Bytes;
     use plumb_kernels::fast::{tiled_dot_for, FastKernels, TILED_MIN_TOKENS};
     use plumb_kernels::{Kernels, Weight};
-    let path = KernelPath::detect();
     let k = FastKernels { path };
     let mut rng = StdRng::seed_from_u64(13);
     for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::IQ4_NL, GgmlType::Q4_K, GgmlType::Q6_K] {
@@ -232,7 +267,7 @@ fn fast_linear_over_many_tokens_equals_the_one_token_kernel_bit_for_bit() {
                     assert_eq!(
                         want.to_bits(),
                         y[ti * rows + r].to_bits(),
-                        "{ty}: {rows} rows × {t} tokens, ({r}, {ti})"
+                        "{ty} ({path:?}): {rows} rows × {t} tokens, ({r}, {ti})"
                     );
                 }
             }
@@ -242,12 +277,15 @@ fn fast_linear_over_many_tokens_equals_the_one_token_kernel_bit_for_bit() {
 
 #[cfg(target_arch = "x86_64")]
 #[test]
+#[cfg_attr(not(has_avx512vnni), ignore = "needs AVX-512 VNNI (with AVX512VL)")]
 fn vnni_multi_row_kernels_equal_the_single_kernel_bit_for_bit() {
-    use plumb_kernels::fast::vnni_kind;
-    let path = KernelPath::detect();
+    use plumb_kernels::fast::vnni_format;
+    use plumb_kernels::x86::vnni;
+    let path = KernelPath::Avx512Vnni;
+    assert!(path.supported(), "the build script saw AVX-512 VNNI");
     let mut rng = StdRng::seed_from_u64(17);
     for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::IQ4_NL] {
-        let Some(kind) = vnni_kind(ty, path) else { return };
+        let fmt = vnni_format(ty, path).unwrap();
         let n = 20 * 32;
         let rows = 11;
         let rb = ty_bytes(ty, n);
@@ -255,11 +293,15 @@ fn vnni_multi_row_kernels_equal_the_single_kernel_bit_for_bit() {
         let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
         let act = quantize_activations(&x, 1, n, act_type(ty));
         let mut aux = Vec::new();
-        plumb_kernels::avx2::act_aux(act.row(0), plumb_kernels::avx2::vnni_offset(kind), &mut aux);
+        vnni::act_aux(act.row(0), fmt.vnni_offset(), &mut aux);
         let mut got = vec![0f32; rows];
-        unsafe { plumb_kernels::avx2::rows_vnni(kind, &w, rb, act.row(0), &aux, &mut got) };
+        vnni::check_rows_vnni(fmt, &w, rb, act.row(0), &aux, rows);
+        // SAFETY: the CPU has the VNNI path's features (checked above); the
+        // lengths were checked just above.
+        unsafe { vnni::rows_vnni(fmt, &w, rb, act.row(0), &aux, &mut got) };
         for (r, g) in got.iter().enumerate() {
-            let want = dot_for(ty, path)(n, &w[r * rb..(r + 1) * rb], act.row(0));
+            // The AVX2 kernel: the same bits, by another instruction.
+            let want = dot_for(ty, KernelPath::Avx2)(n, &w[r * rb..(r + 1) * rb], act.row(0));
             assert_eq!(want.to_bits(), g.to_bits(), "{ty} row {r}");
         }
     }
@@ -267,8 +309,13 @@ fn vnni_multi_row_kernels_equal_the_single_kernel_bit_for_bit() {
 
 #[test]
 fn tiled_four_token_kernels_equal_the_one_token_ones_bit_for_bit() {
+    for path in KernelPath::available() {
+        tiled_four_token_kernels_on(path);
+    }
+}
+
+fn tiled_four_token_kernels_on(path: KernelPath) {
     use plumb_kernels::fast::{tiled_dot4_for, tiled_dot_for};
-    let path = KernelPath::detect();
     let mut rng = StdRng::seed_from_u64(19);
     for ty in [GgmlType::Q4_K, GgmlType::Q6_K] {
         let Some(d4) = tiled_dot4_for(ty, path) else { return };
@@ -285,14 +332,14 @@ fn tiled_four_token_kernels_equal_the_one_token_ones_bit_for_bit() {
 }
 
 /// Each of `got` is row r of `w` dequantized, then dotted with `x` by the
-/// exact precision's f32 dot, bit for bit.
+/// exact precision's f32 dot on the SIMD paths, bit for bit.
 #[cfg(target_arch = "x86_64")]
-fn assert_dequantize_then_dot(ty: GgmlType, w: &[u8], rb: usize, x: &[f32], got: &[f32]) {
+fn assert_dequantize_then_dot(ty: GgmlType, w: &[u8], rb: usize, x: &[f32], got: &[f32], path: KernelPath) {
     for (r, g) in got.iter().enumerate() {
         let mut row = vec![0f32; x.len()];
-        plumb_kernels::dequantize_row(ty, &w[r * rb..(r + 1) * rb], &mut row, KernelPath::detect());
-        let want = plumb_kernels::f32_dot_fn()(&row, x);
-        assert_eq!(want.to_bits(), g.to_bits(), "{ty} row {r}");
+        plumb_kernels::dequantize_row(ty, &w[r * rb..(r + 1) * rb], &mut row, path);
+        let want = dot_for(GgmlType::F32, path)(x.len(), bytemuck::cast_slice(&row), bytemuck::cast_slice(x));
+        assert_eq!(want.to_bits(), g.to_bits(), "{ty} ({path:?}) row {r}");
     }
 }
 
@@ -300,23 +347,34 @@ fn assert_dequantize_then_dot(ty: GgmlType, w: &[u8], rb: usize, x: &[f32], got:
 #[test]
 #[cfg_attr(not(has_avx2), ignore = "needs the AVX2 path (AVX2, FMA and F16C)")]
 fn fused_exact_rows_equal_dequantize_then_dot_bit_for_bit() {
-    assert_eq!(KernelPath::detect(), KernelPath::Avx2, "the build script saw the AVX2 path");
+    use plumb_kernels::x86::{avx512, exact, Q8Family};
+    assert!(KernelPath::Avx2.supported(), "the build script saw the AVX2 path");
+    let wide = KernelPath::Avx512.supported();
+    if !wide {
+        eprintln!("no AVX512F on this CPU; its rows not run");
+    }
     let mut rng = StdRng::seed_from_u64(23);
     for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::IQ4_NL] {
-        let kind = plumb_kernels::q8_family_kind(ty).unwrap();
+        let fmt = Q8Family::of(ty).unwrap();
         let (n, rows) = (20 * 32, 5);
         let rb = ty_bytes(ty, n);
         let w = random_weights(ty, n * rows, &mut rng);
         let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+        exact::check_rows_exact(&w, rb, n, &x, rows);
         let mut got = vec![0f32; rows];
-        unsafe { plumb_kernels::avx2::rows_exact(kind, &w, rb, &x, &mut got) };
-        let mut got256 = vec![0f32; rows];
-        unsafe { plumb_kernels::avx2::rows_exact_avx2(kind, &w, rb, &x, &mut got256) };
-        assert_eq!(
-            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            got256.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-        );
-        assert_dequantize_then_dot(ty, &w, rb, &x, &got);
+        // SAFETY: AVX2, FMA and F16C (checked above); lengths checked above.
+        unsafe { exact::rows_exact(fmt, &w, rb, &x, &mut got) };
+        assert_dequantize_then_dot(ty, &w, rb, &x, &got, KernelPath::Avx2);
+        if wide {
+            let mut got512 = vec![0f32; rows];
+            // SAFETY: AVX512F as well (checked above).
+            unsafe { avx512::rows_exact(fmt, &w, rb, &x, &mut got512) };
+            assert_eq!(
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                got512.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{ty}: 512-bit rows"
+            );
+        }
     }
 }
 
@@ -324,25 +382,34 @@ fn fused_exact_rows_equal_dequantize_then_dot_bit_for_bit() {
 #[test]
 #[cfg_attr(not(has_avx2), ignore = "needs the AVX2 path (AVX2, FMA and F16C)")]
 fn fused_exact_k_quant_rows_equal_dequantize_then_dot_bit_for_bit() {
-    assert_eq!(KernelPath::detect(), KernelPath::Avx2, "the build script saw the AVX2 path");
+    use plumb_kernels::x86::{exact, KQuant};
+    assert!(KernelPath::Avx2.supported(), "the build script saw the AVX2 path");
     let mut rng = StdRng::seed_from_u64(29);
     for ty in [GgmlType::Q4_K, GgmlType::Q6_K] {
         let (n, rows) = (3 * 256, 4);
         let rb = ty_bytes(ty, n);
         let w = random_weights(ty, n * rows, &mut rng);
         let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+        exact::check_rows_exact(&w, rb, n, &x, rows);
         let mut got = vec![0f32; rows];
-        unsafe { plumb_kernels::avx2::rows_exact_k(ty == GgmlType::Q6_K, &w, rb, &x, &mut got) };
-        assert_dequantize_then_dot(ty, &w, rb, &x, &got);
+        // SAFETY: AVX2, FMA and F16C (checked above); lengths checked above.
+        unsafe { exact::rows_exact_k(KQuant::of(ty).unwrap(), &w, rb, &x, &mut got) };
+        assert_dequantize_then_dot(ty, &w, rb, &x, &got, KernelPath::Avx2);
     }
 }
 
 #[test]
 fn linears_on_a_shared_input_equal_one_linear_each_bit_for_bit() {
+    for path in KernelPath::available() {
+        linears_on_a_shared_input_on(path);
+    }
+}
+
+fn linears_on_a_shared_input_on(path: KernelPath) {
     use plumb_formats::Bytes;
     use plumb_kernels::fast::FastKernels;
     use plumb_kernels::{Kernels, Weight};
-    let k = FastKernels { path: KernelPath::detect() };
+    let k = FastKernels { path };
     let mut rng = StdRng::seed_from_u64(29);
     let cols = 512;
     let ws: Vec<Weight> = [(GgmlType::Q5_0, 33), (GgmlType::Q4_K, 17), (GgmlType::Q8_0, 8), (GgmlType::Q6_K, 9)]
@@ -417,9 +484,15 @@ fn simd_activation_quantizers_equal_the_scalar_ones_byte_for_byte() {
 fn exact_linear_over_many_tokens_equals_one_token_at_a_time_bit_for_bit() {
     // Four-token f32 tiles (where the CPU has AVX-512), the one-token fused
     // kernels and the generic rows all give each (row, token) the same bits.
+    for path in KernelPath::available() {
+        exact_linear_over_many_tokens_on(path);
+    }
+}
+
+fn exact_linear_over_many_tokens_on(path: KernelPath) {
     use plumb_formats::Bytes;
     use plumb_kernels::{kernels_with, Precision, Weight};
-    let k = kernels_with(Precision::Exact, KernelPath::detect());
+    let k = kernels_with(Precision::Exact, path);
     let mut rng = StdRng::seed_from_u64(37);
     for (ty, cols) in [(GgmlType::Q5_0, 7 * 32), (GgmlType::Q8_0, 640), (GgmlType::Q4_K, 512), (GgmlType::F32, 37)] {
         let rows = 19;
@@ -433,7 +506,23 @@ fn exact_linear_over_many_tokens_equals_one_token_at_a_time_bit_for_bit() {
             let mut one = vec![0f32; rows];
             k.linear(&w, &x[ti * cols..(ti + 1) * cols], 1, &mut one);
             let got: Vec<u32> = y[ti * rows..(ti + 1) * rows].iter().map(|v| v.to_bits()).collect();
-            assert_eq!(got, one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{ty}, token {ti}");
+            assert_eq!(got, one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{ty} ({path:?}), token {ti}");
         }
     }
+}
+
+#[test]
+fn kernel_paths_parse_by_flag_and_name_where_the_cpu_has_them() {
+    assert_eq!(KernelPath::parse("auto"), Some(KernelPath::detect()));
+    assert_eq!(KernelPath::parse("avx9"), None);
+    for p in KernelPath::ALL {
+        let want = p.supported().then_some(p);
+        assert_eq!(KernelPath::parse(p.flag()), want, "{}", p.flag());
+        assert_eq!(KernelPath::parse(p.name()), want, "{}", p.name());
+    }
+    // Each path's features include the narrower one's: a CPU that has a
+    // path has every path before it.
+    let n = KernelPath::available().len();
+    assert_eq!(KernelPath::available(), KernelPath::ALL[..n].to_vec());
+    assert_eq!(KernelPath::detect(), KernelPath::ALL[n - 1]);
 }

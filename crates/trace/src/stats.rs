@@ -206,6 +206,12 @@ fn partial(c: &[f32], k: f64) -> Partial {
     lanes.total()
 }
 
+/// The partial sums of `c` (whole groups of sixteen) into `out`, sixteen
+/// lanes as four registers of f64 and two of f32.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA (loads and stores stay inside `c`'s chunks and
+/// `out`'s sixteen-lane arrays).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn partial_avx2(c: &[f32], k: f64, out: &mut Lanes) {
@@ -245,6 +251,9 @@ unsafe fn partial_avx2(c: &[f32], k: f64, out: &mut Lanes) {
 
 /// [`partial_avx2`] on 512-bit registers: the sixteen lanes in one
 /// register of f32 and two of f64, the same operations lane by lane.
+///
+/// # Safety
+/// The CPU has AVX512F, AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn partial_avx512(c: &[f32], k: f64, out: &mut Lanes) {
@@ -347,11 +356,13 @@ mod tests {
                 let want = format!("{:?}", want.total());
                 if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                     let mut got = Lanes::new();
+                    // SAFETY: AVX2 and FMA, checked just above.
                     unsafe { partial_avx2(&x[..whole], k, &mut got) };
                     assert_eq!(format!("{:?}", got.total()), want, "avx2, n = {n}");
                 }
                 if std::is_x86_feature_detected!("avx512f") {
                     let mut got = Lanes::new();
+                    // SAFETY: AVX-512F, checked just above.
                     unsafe { partial_avx512(&x[..whole], k, &mut got) };
                     assert_eq!(format!("{:?}", got.total()), want, "avx512, n = {n}");
                 }

@@ -1,0 +1,384 @@
+//! AVX-512 VNNI kernels of the fast precision (`vpdpbusd` on 256-bit
+//! registers, which needs AVX512VL beside AVX512VNNI): decoding rows of the
+//! Q8_0 family, and register tiles for prefill, of the Q8_0 family and of
+//! the K-quants in llama.cpp's tiled order. Every output is bit-identical
+//! to the AVX2 kernel's in [`super::dot`] that it replaces: the same lane
+//! integers, then the same float operations in the same order.
+//!
+//! Not here: anything a CPU without AVX512VNNI runs. The packing functions
+//! that need no SIMD are safe and are used only by these kernels.
+
+use std::arch::x86_64::*;
+
+use plumb_quant::blocks::*;
+
+use super::{d16, hsum_ps, KQuant, Q8Family, Q8Format};
+
+// ---- AVX-512 VNNI (256-bit, AVX512VL) variants of the four-token kernels.
+// The weights are offset to unsigned (q + OFFSET) so one `vpdpbusd` takes
+// the place of sign·maddubs·madd; the offset's contribution, −OFFSET × the
+// sum of each lane's four activation quants, is computed once per
+// activation block (`ActAux`) and starts the lane. The lanes' integers are
+// the same as the AVX2 kernel's, and so is every float operation after
+// them: the results are bit-identical, only faster.
+
+/// Per activation block (Q8_0) for the VNNI kernels: its scale in f32 and,
+/// per i32 lane, −offset × the sum of the lane's four quants.
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+pub struct ActAux {
+    pub corr: [i32; 8],
+    pub d: f32,
+}
+
+/// [`ActAux`] for each block of one activation row.
+pub fn act_aux(row: &[u8], offset: i32, out: &mut Vec<ActAux>) {
+    out.extend(row.chunks_exact(34).map(|y| ActAux::of(y, offset)));
+}
+
+impl ActAux {
+    /// The scale and lane corrections of one Q8_0 activation block (34 bytes).
+    fn of(y: &[u8], offset: i32) -> ActAux {
+        let mut a = ActAux { d: plumb_quant::blocks::f16_to_f32([y[0], y[1]]), ..Default::default() };
+        for (l, c) in a.corr.iter_mut().enumerate() {
+            let s: i32 = y[2 + 4 * l..6 + 4 * l].iter().map(|&q| q as i8 as i32).sum();
+            *c = -offset * s;
+        }
+        a
+    }
+}
+
+/// Bytes ahead of use at which the decoding kernels prefetch their weights.
+const PREFETCH_AHEAD: usize = 4096;
+
+/// Many weight rows against one activation row (decoding), one row after
+/// another; each output equals the single-row kernel's bit for bit.
+///
+/// # Safety
+/// As [`rows_vnni`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn rows_q8_family_vnni<F: Q8Format>(w: &[u8], rb: usize, a: &[u8], aux: &[ActAux], out: &mut [f32]) {
+    let bb = F::BLOCK_BYTES;
+    let nb = rb / bb;
+    let off = _mm256_set1_epi8(F::FORMAT.vnni_offset() as i8);
+    let end = w.as_ptr().wrapping_add(w.len());
+    for (r, o) in out.iter_mut().enumerate() {
+        let row = w.get_unchecked(r * rb..(r + 1) * rb);
+        let mut acc = _mm256_setzero_ps();
+        for i in 0..nb {
+            let blk = row.get_unchecked(i * bb..(i + 1) * bb);
+            // The weights stream from memory once: ask for them a few rows
+            // ahead of use (a hint only; never past this task's rows).
+            let ahead = blk.as_ptr().wrapping_add(PREFETCH_AHEAD);
+            if ahead < end {
+                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+            }
+            let qx = F::unpack(blk);
+            let ax = aux.get_unchecked(i);
+            let qy = _mm256_loadu_si256(a.as_ptr().add(i * 34 + 2) as *const __m256i);
+            let corr = _mm256_loadu_si256(ax.corr.as_ptr() as *const __m256i);
+            let sum = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(corr, _mm256_add_epi8(qx, off), qy));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d16([blk[0], blk[1]]) * ax.d), sum, acc);
+        }
+        *o = hsum_ps(acc);
+    }
+}
+
+/// The VNNI multi-row kernel: `out[r]` = row `r` of `w` (format `fmt`,
+/// `rb` bytes of whole blocks each) against the Q8_0 activation row `a`,
+/// whose blocks' [`ActAux`] (made with `fmt`'s offset) are `aux`.
+///
+/// # Safety
+/// The CPU has AVX2, FMA, F16C, AVX512VNNI and AVX512VL;
+/// `w.len() >= out.len() * rb`, and `a` and `aux` cover `rb / block bytes`
+/// blocks ([`check_rows_vnni`] asserts all three).
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub unsafe fn rows_vnni(fmt: Q8Family, w: &[u8], rb: usize, a: &[u8], aux: &[ActAux], out: &mut [f32]) {
+    super::with_q8_format!(fmt, F => rows_q8_family_vnni::<F>(w, rb, a, aux, out))
+}
+
+/// The slice lengths [`rows_vnni`] reads within, asserted once per call.
+pub fn check_rows_vnni(fmt: Q8Family, w: &[u8], rb: usize, a: &[u8], aux: &[ActAux], rows: usize) {
+    let nb = rb / fmt.block_bytes();
+    assert!(w.len() >= rows * rb && a.len() >= nb * 34 && aux.len() >= nb, "rows_vnni: short slices");
+}
+
+// ---- VNNI register tiles for prefill: four weight rows × four tokens.
+// A task unpacks its weight rows once (unsigned, as the kernels above use
+// them) and packs the tokens' blocks once, so the inner loop does only the
+// integer dot (`vpdpbusd`, started from the lane correction), the
+// conversion, the scale product and the fused multiply-add, each on 256
+// bits. Every (row, token) sees the same lane integers and the same float
+// operations in the same order as [`rows_vnni`] (and the AVX2 kernels): the
+// results are identical.
+
+/// 32 bytes, aligned for the packed tiles.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(32))]
+pub struct Chunk(pub [u8; 32]);
+
+/// Chunks per (group of four weight rows, block): the four rows' unsigned
+/// quants, then their four scales twice over (f32).
+pub const W_CHUNKS: usize = 5;
+/// Chunks per (group of four tokens, block): the four tokens' quants, their
+/// lane corrections (8 × i32 each), then their four scales (f32).
+pub const A_CHUNKS: usize = 9;
+
+/// Packs the weight rows of `w` (format `fmt`, `rb` bytes each, `nb`
+/// blocks) for [`tile_vnni`], in groups of four; a short last group is
+/// padded with zero rows.
+///
+/// # Safety
+/// The CPU has AVX2, FMA, F16C, AVX512VNNI and AVX512VL (the lengths are
+/// asserted here).
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub unsafe fn pack_weights_vnni(fmt: Q8Family, w: &[u8], rb: usize, nb: usize, out: &mut Vec<Chunk>) {
+    super::with_q8_format!(fmt, F => pack_weights::<F>(w, rb, nb, out))
+}
+
+/// [`pack_weights_vnni`] for one format.
+///
+/// # Safety
+/// As [`pack_weights_vnni`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn pack_weights<F: Q8Format>(w: &[u8], rb: usize, nb: usize, out: &mut Vec<Chunk>) {
+    let rows = w.len() / rb;
+    let bb = F::BLOCK_BYTES;
+    // Every block read below lies inside row r < rows of w.
+    assert_eq!(bb * nb, rb, "pack_weights_vnni: row bytes");
+    let groups = rows.div_ceil(4);
+    out.clear();
+    out.resize(groups * nb * W_CHUNKS, Chunk::default());
+    let off = _mm256_set1_epi8(F::FORMAT.vnni_offset() as i8);
+    for r in 0..rows {
+        let (g, k) = (r / 4, r % 4);
+        for i in 0..nb {
+            let blk = w.get_unchecked(r * rb + i * bb..r * rb + (i + 1) * bb);
+            let qx = F::unpack(blk);
+            let base = (g * nb + i) * W_CHUNKS;
+            _mm256_store_si256(out.as_mut_ptr().add(base + k) as *mut __m256i, _mm256_add_epi8(qx, off));
+            let d = out.as_mut_ptr().add(base + 4) as *mut f32;
+            let v = d16([blk[0], blk[1]]);
+            *d.add(k) = v;
+            *d.add(k + 4) = v;
+        }
+    }
+}
+
+/// Packs `t` Q8_0 activation rows (`row(i)`, `nb` blocks each) for
+/// [`tile_vnni`] with the lane corrections of `fmt`, in groups of four; a
+/// short last group is padded with zero tokens.
+pub fn pack_acts_vnni<'a>(fmt: Q8Family, t: usize, nb: usize, row: impl Fn(usize) -> &'a [u8], out: &mut Vec<Chunk>) {
+    let offset = fmt.vnni_offset();
+    out.clear();
+    out.resize(t.div_ceil(4) * nb * A_CHUNKS, Chunk::default());
+    for ti in 0..t {
+        let (g, k) = (ti / 4, ti % 4);
+        for (i, y) in row(ti).chunks_exact(34).enumerate() {
+            let base = (g * nb + i) * A_CHUNKS;
+            let a = ActAux::of(y, offset);
+            out[base + k].0.copy_from_slice(&y[2..34]);
+            out[base + 4 + k].0.copy_from_slice(bytemuck::bytes_of(&a.corr));
+            out[base + 8].0[4 * k..4 * k + 4].copy_from_slice(&a.d.to_le_bytes());
+        }
+    }
+}
+
+/// Lane `r` of each 128-bit half of `v`, in every lane.
+///
+/// # Safety
+/// Called only from functions compiled with AVX2, FMA and F16C (its intrinsics need them).
+#[inline(always)]
+unsafe fn lane(v: __m256, r: usize) -> __m256 {
+    match r {
+        0 => _mm256_shuffle_ps::<0x00>(v, v),
+        1 => _mm256_shuffle_ps::<0x55>(v, v),
+        2 => _mm256_shuffle_ps::<0xAA>(v, v),
+        _ => _mm256_shuffle_ps::<0xFF>(v, v),
+    }
+}
+
+/// One group of four packed weight rows against one group of four packed
+/// tokens over `nb` blocks: `[token][row]`.
+///
+/// # Safety
+/// The CPU has AVX2, FMA, F16C, AVX512VNNI and AVX512VL;
+/// `w.len() >= nb * W_CHUNKS` and `a.len() >= nb * A_CHUNKS` (the callers
+/// slice them so: see `fast::linear_vnni`).
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub unsafe fn tile_vnni(w: &[Chunk], a: &[Chunk], nb: usize) -> [[f32; 4]; 4] {
+    debug_assert!(w.len() >= nb * W_CHUNKS && a.len() >= nb * A_CHUNKS);
+    let mut acc = [[_mm256_setzero_ps(); 4]; 4];
+    let (mut wp, mut ap) = (w.as_ptr(), a.as_ptr());
+    for _ in 0..nb {
+        // (A loop, not `array::from_fn`: a closure is compiled without this
+        // function's target features.)
+        let mut wq = [_mm256_setzero_si256(); 4];
+        for (r, q) in wq.iter_mut().enumerate() {
+            *q = _mm256_load_si256(wp.add(r) as *const __m256i);
+        }
+        let da = _mm256_load_ps(wp.add(4) as *const f32);
+        for (k, acc) in acc.iter_mut().enumerate() {
+            let qy = _mm256_load_si256(ap.add(k) as *const __m256i);
+            let corr = _mm256_load_si256(ap.add(4 + k) as *const __m256i);
+            let d = _mm256_mul_ps(da, _mm256_broadcast_ss(&*(ap.add(8) as *const f32).add(k)));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let sum = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(corr, wq[r], qy));
+                *acc = _mm256_fmadd_ps(lane(d, r), sum, *acc);
+            }
+        }
+        wp = wp.add(W_CHUNKS);
+        ap = ap.add(A_CHUNKS);
+    }
+    let mut out = [[0f32; 4]; 4];
+    for k in 0..4 {
+        for r in 0..4 {
+            out[k][r] = hsum_ps(acc[k][r]);
+        }
+    }
+    out
+}
+
+// ---- VNNI register tiles for the K-quants in llama.cpp's tiled order:
+// eight weight rows in the eight i32 lanes × eight tokens. The weights are
+// repacked once per task so that one 32-byte load holds four consecutive
+// quants of each of the eight rows; each token's four matching quants are
+// broadcast, and one `vpdpbusd` advances eight rows at once. The integer
+// sums per superblock are exact whatever the order, and the float steps
+// after them are the one-token kernel's, lane by lane: the results are
+// identical to [`q4_k_q8_k_tiled`] and [`q6_k_q8_k_tiled`].
+
+/// Chunks per (group of eight K-quant rows, superblock): 64 of quants
+/// (unsigned; chunk s holds elements 4s..4s+4 of each row), 16 of
+/// per-sub-block scales (i32 lanes), 8 of i16 pairs taken against pairs of
+/// the activations' 16-element sums, then the scale d and −dmin (f32).
+pub const K_CHUNKS: usize = 90;
+const K_SCALES: usize = 64;
+const K_PAIRS: usize = 80;
+const K_D: usize = 88;
+const K_NEG_DMIN: usize = 89;
+
+/// Packs Q4_K or Q6_K rows (`rb` bytes each, `nsb` superblocks) for
+/// [`tile_k_vnni`], in groups of eight; a short last group is padded with
+/// zero rows.
+pub fn pack_k_rows(fmt: KQuant, w: &[u8], rb: usize, nsb: usize, out: &mut Vec<Chunk>) {
+    let rows = w.len() / rb;
+    out.clear();
+    out.resize(rows.div_ceil(8) * nsb * K_CHUNKS, Chunk::default());
+    let put_i32 = |c: &mut Chunk, lane: usize, v: i32| c.0[4 * lane..4 * lane + 4].copy_from_slice(&v.to_le_bytes());
+    let put_pair = |c: &mut Chunk, lane: usize, a: i16, b: i16| {
+        c.0[4 * lane..4 * lane + 2].copy_from_slice(&a.to_le_bytes());
+        c.0[4 * lane + 2..4 * lane + 4].copy_from_slice(&b.to_le_bytes());
+    };
+    for r in 0..rows {
+        let (g, lane) = (r / 8, r % 8);
+        for s in 0..nsb {
+            let base = (g * nsb + s) * K_CHUNKS;
+            let p = &mut out[base..base + K_CHUNKS];
+            let mut q = [0u8; 256];
+            if fmt == KQuant::Q6K {
+                let blk: &BlockQ6K = bytemuck::from_bytes(&w[r * rb + s * 210..r * rb + (s + 1) * 210]);
+                for (o, v) in q.iter_mut().zip(blk.quants()) {
+                    *o = (v + 32) as u8;
+                }
+                for j in 0..16 {
+                    put_i32(&mut p[K_SCALES + j], lane, blk.scales[j] as i32);
+                }
+                for c in 0..8 {
+                    put_pair(&mut p[K_PAIRS + c], lane, blk.scales[2 * c] as i16, blk.scales[2 * c + 1] as i16);
+                }
+                put_i32(&mut p[K_D], lane, f16_to_f32(blk.d).to_bits() as i32);
+            } else {
+                let blk: &BlockQ4K = bytemuck::from_bytes(&w[r * rb + s * 144..r * rb + (s + 1) * 144]);
+                for (e, o) in q.iter_mut().enumerate() {
+                    let (j, l) = (e / 32, e % 32);
+                    *o = (blk.qs[(j / 2) * 32 + l] >> (4 * (j % 2))) & 0xF;
+                }
+                for j in 0..8 {
+                    let (sc, m) = scale_min_k4(j, &blk.scales);
+                    put_i32(&mut p[K_SCALES + j], lane, sc as i32);
+                    // Sub-block j's min against both of its 16-element sums.
+                    put_pair(&mut p[K_PAIRS + j], lane, m as i16, m as i16);
+                }
+                put_i32(&mut p[K_D], lane, f16_to_f32(blk.d).to_bits() as i32);
+                put_i32(&mut p[K_NEG_DMIN], lane, (-f16_to_f32(blk.dmin)).to_bits() as i32);
+            }
+            for (step, c) in p[..64].iter_mut().enumerate() {
+                c.0[4 * lane..4 * lane + 4].copy_from_slice(&q[4 * step..4 * step + 4]);
+            }
+        }
+    }
+}
+
+/// One group of eight packed K-quant rows (format `fmt`, as packed by
+/// [`pack_k_rows`]) against eight tokens' Q8_K rows over `nsb`
+/// superblocks: `[token][row]`.
+///
+/// # Safety
+/// The CPU has AVX2, FMA, F16C, AVX512VNNI and AVX512VL, and every `ys[k]`
+/// holds at least `nsb` blocks (`w`'s length is asserted here).
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub unsafe fn tile_k_vnni(fmt: KQuant, w: &[Chunk], ys: [&[BlockQ8K]; 8], nsb: usize) -> [[f32; 8]; 8] {
+    match fmt {
+        KQuant::Q4K => tile_k::<false>(w, ys, nsb),
+        KQuant::Q6K => tile_k::<true>(w, ys, nsb),
+    }
+}
+
+/// [`tile_k_vnni`] for Q6_K (`Q6`) or Q4_K, the format a constant so each
+/// is compiled without the other's branches.
+///
+/// # Safety
+/// As [`tile_k_vnni`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn tile_k<const Q6: bool>(w: &[Chunk], ys: [&[BlockQ8K]; 8], nsb: usize) -> [[f32; 8]; 8] {
+    assert!(w.len() >= nsb * K_CHUNKS, "tile_k_vnni: short weight pack");
+    let ys: [*const BlockQ8K; 8] = ys.map(|y| y.as_ptr());
+    let (nsub, steps) = if Q6 { (16, 4) } else { (8, 8) };
+    let mut acc = [_mm256_setzero_ps(); 8];
+    for s in 0..nsb {
+        let wp = w.as_ptr().add(s * K_CHUNKS) as *const __m256i;
+        let y: [&BlockQ8K; 8] = std::array::from_fn(|k| &*ys[k].add(s));
+        let mut isum = [_mm256_setzero_si256(); 8];
+        for j in 0..nsub {
+            let mut p = [_mm256_setzero_si256(); 8];
+            for st in j * steps..(j + 1) * steps {
+                let wq = _mm256_load_si256(wp.add(st));
+                for k in 0..8 {
+                    let a = std::ptr::read_unaligned(y[k].qs.as_ptr().add(4 * st) as *const i32);
+                    p[k] = _mm256_dpbusd_epi32(p[k], wq, _mm256_set1_epi32(a));
+                }
+            }
+            let sc = _mm256_load_si256(wp.add(K_SCALES + j));
+            for k in 0..8 {
+                isum[k] = _mm256_add_epi32(isum[k], _mm256_mullo_epi32(p[k], sc));
+            }
+        }
+        let d = _mm256_load_ps(wp.add(K_D) as *const f32);
+        for k in 0..8 {
+            let mut m = _mm256_setzero_si256();
+            for c in 0..8 {
+                let b = std::ptr::read_unaligned(y[k].bsums.as_ptr().add(2 * c) as *const i32);
+                m = _mm256_dpwssd_epi32(m, _mm256_load_si256(wp.add(K_PAIRS + c)), _mm256_set1_epi32(b));
+            }
+            let yd = _mm256_set1_ps(y[k].d);
+            acc[k] = if Q6 {
+                // Σ scale·(q − 32)·y = Σ scale·q·y − 32·Σ scale·Σy.
+                let total = _mm256_sub_epi32(isum[k], _mm256_slli_epi32(m, 5));
+                _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(total), d), yd, acc[k])
+            } else {
+                let neg_dmin = _mm256_load_ps(wp.add(K_NEG_DMIN) as *const f32);
+                let isd = _mm256_mul_ps(_mm256_cvtepi32_ps(isum[k]), d);
+                _mm256_fmadd_ps(_mm256_fmadd_ps(neg_dmin, _mm256_cvtepi32_ps(m), isd), yd, acc[k])
+            };
+        }
+    }
+    let mut out = [[0f32; 8]; 8];
+    for k in 0..8 {
+        _mm256_storeu_ps(out[k].as_mut_ptr(), acc[k]);
+    }
+    out
+}
