@@ -8,8 +8,7 @@ use std::process::Command;
 #[test]
 #[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
 fn injected_fault_in_layer_3_ffn_gate_is_named_with_its_chain() {
-    let m = real_model();
-    let m = m.to_string_lossy().into_owned();
+    let m = real_model_arg();
     let (code, out, _) = plumb(&[
         "bisect",
         &m,
@@ -34,8 +33,7 @@ fn injected_fault_in_layer_3_ffn_gate_is_named_with_its_chain() {
 #[test]
 #[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
 fn same_model_same_precision_is_parity_and_json_parses() {
-    let m = real_model();
-    let m = m.to_string_lossy().into_owned();
+    let m = real_model_arg();
     let (code, out, _) = plumb(&["bisect", &m, "-p", "Hello", "--json"]);
     assert_eq!(code, 0, "{out}");
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -48,8 +46,7 @@ fn same_model_same_precision_is_parity_and_json_parses() {
 #[test]
 #[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
 fn isolate_confines_the_error_to_the_faulty_layer() {
-    let m = real_model();
-    let m = m.to_string_lossy().into_owned();
+    let m = real_model_arg();
     let (code, out, _) = plumb(&[
         "bisect",
         &m,
@@ -77,8 +74,7 @@ fn isolate_confines_the_error_to_the_faulty_layer() {
 #[test]
 #[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
 fn diff_of_saved_traces_and_teacher_forcing() {
-    let m = real_model();
-    let m = m.to_string_lossy().into_owned();
+    let m = real_model_arg();
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a.safetensors"), dir.path().join("b.safetensors"));
     let html = dir.path().join("r.html");
@@ -140,8 +136,7 @@ fn diff_of_saved_traces_and_teacher_forcing() {
     ignore = "needs chromium (/usr/bin/chromium or chromium-browser) to render the HTML report"
 )]
 fn html_report_renders_in_headless_chromium() {
-    let m = real_model();
-    let m = m.to_string_lossy().into_owned();
+    let m = real_model_arg();
     let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())

@@ -78,8 +78,7 @@ fn check_named(bug: &str, code: i32, j: &Value) -> Result<(), String> {
 }
 
 fn planted_bugs_are_named(requant: Option<&str>, precision: &str) {
-    let m = real_model();
-    let m = m.to_string_lossy().into_owned();
+    let m = real_model_arg();
     let (_, list, _) = plumb(&["plant", "--list"]);
     let bugs: Vec<&str> = list.lines().collect();
     assert!(bugs.len() >= 30, "the catalogue has {} bugs", bugs.len());
@@ -189,8 +188,7 @@ fn clean_requantized_copy_is_within_noise_on_eight_prompts() {
 #[test]
 #[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
 fn injected_faults_are_named_under_fast_against_exact() {
-    let m = real_model();
-    let m = m.to_string_lossy().into_owned();
+    let m = real_model_arg();
     let kinds = ["scale=1.5", "noise=0.5", "zero-head=1", "swap-heads=0,1", "permute-rope", "off-by-one"];
     let stages = ["q_proj", "q_rope", "attn_context", "ffn_gate"];
     let mut failures = Vec::new();
@@ -223,8 +221,7 @@ fn injected_faults_are_named_under_fast_against_exact() {
 #[test]
 #[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
 fn same_model_and_precision_is_parity() {
-    let m = real_model();
-    let m = m.to_string_lossy().into_owned();
+    let m = real_model_arg();
     let (code, j) = bisect_json(&[&m, "-p", "Hello"]);
     assert_eq!(code, 0);
     assert_eq!(j["verdict"], "parity");
@@ -248,33 +245,17 @@ fn diff_of_foreign_traces_is_judged_by_a_saved_band_table() {
     let dir = tempfile::tempdir().unwrap();
     let p = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
     let hf = hf_dir.to_str().unwrap();
-    let (code, _, err) = plumb(&[
-        "bisect",
-        hf,
-        "--a-precision",
-        "fast",
-        "--tokens",
-        tokens,
-        "--save-noise",
-        &p("bands.json"),
-        "--brief",
-    ]);
+    let bisect_fast = |extra: &[&str]| {
+        let mut args = vec!["bisect", hf, "--a-precision", "fast", "--tokens", tokens, "--brief"];
+        args.extend_from_slice(extra);
+        plumb(&args)
+    };
+    let (code, _, err) = bisect_fast(&["--save-noise", &p("bands.json")]);
     assert_eq!(code, 0, "{err}");
     let table: Value = serde_json::from_str(&std::fs::read_to_string(p("bands.json")).unwrap()).unwrap();
     assert!(table["end_to_end"]["blk.1.ffn_down"].as_f64().unwrap() > 0.0);
-    let (code, _, err) = plumb(&[
-        "bisect",
-        hf,
-        "--a-precision",
-        "fast",
-        "--tokens",
-        tokens,
-        "--inject",
-        "attn_context@1:swap-heads=0,1",
-        "--save-a",
-        &p("broken.safetensors"),
-        "--brief",
-    ]);
+    let (code, _, err) =
+        bisect_fast(&["--inject", "attn_context@1:swap-heads=0,1", "--save-a", &p("broken.safetensors")]);
     assert_eq!(code, 1, "{err}");
     let (code, _, err) =
         plumb(&["trace", hf, "--precision", "fast", "--tokens", tokens, "--tensors", "--save", &p("fast.safetensors")]);

@@ -26,6 +26,11 @@ pub fn real_model() -> PathBuf {
     root().join("models/gemma-3-270m-q4_k_m.gguf")
 }
 
+/// The real model's path as a command-line argument.
+pub fn real_model_arg() -> String {
+    real_model().to_string_lossy().into_owned()
+}
+
 /// CI runs the real-model tests rather than ignoring them: without the
 /// model there, this fails loudly (in every test binary that has this module).
 #[cfg(not(has_real_model))]
