@@ -21,6 +21,11 @@ use crate::ExactKernels;
 /// llama.cpp pads its cache.
 pub const VALUE_PAD: usize = 64;
 
+/// Query rows per block of the fast scores and context: each block starts
+/// at its first row's window, so window layers skip what they cannot see.
+const SCORE_ROWS: usize = 16;
+const CONTEXT_ROWS: usize = 16;
+
 /// One attention step's sizes and the model's settings for it.
 #[derive(Debug, Clone, Copy)]
 pub struct AttnShape {
@@ -58,6 +63,23 @@ impl AttnShape {
             self.heads
         } else {
             1
+        }
+    }
+
+    /// The first position query row `i` sees: its sliding window's start.
+    pub fn first_visible(&self, i: usize) -> usize {
+        self.window.map_or(0, |win| (self.p + i + 1).saturating_sub(win))
+    }
+
+    /// The first position query row `i` scores against: its window's start,
+    /// or 0 when the trace asks for every score. Positions before it are
+    /// masked, so their scores are never read: a window layer's cost stays
+    /// bounded by its window at any depth.
+    fn first_scored(&self, i: usize) -> usize {
+        if self.full {
+            0
+        } else {
+            self.first_visible(i)
         }
     }
 
@@ -117,10 +139,11 @@ impl Attention for ExactKernels {
             for i in 0..t {
                 let qi = &q[i * qd + h * hd..i * qd + (h + 1) * hd];
                 let row = &mut sh[i * tkv..(i + 1) * tkv];
-                for (j, v) in row.iter_mut().enumerate().take(s.scored(i)) {
+                let (from, to) = (s.first_scored(i), s.scored(i));
+                for (j, v) in row.iter_mut().enumerate().take(to).skip(from) {
                     *v = dot(qi, &keys[j * kvd + kh * hd..j * kvd + (kh + 1) * hd]);
                 }
-                scale_and_cap(&mut row[..s.scored(i)], Some(s.scale), s.softcap);
+                scale_and_cap(&mut row[from..to], Some(s.scale), s.softcap);
             }
         });
     }
@@ -129,9 +152,12 @@ impl Attention for ExactKernels {
         let (t, tkv) = (s.t, s.tkv());
         scores.par_chunks_mut(t * tkv).with_min_len(s.min_heads_per_task()).for_each(|sh| {
             for i in 0..t {
-                let qpos = s.p + i;
-                let visible = |j: usize| j <= qpos && s.window.is_none_or(|win| qpos - j < win);
-                softmax_masked(&mut sh[i * tkv..(i + 1) * tkv], visible);
+                // Visible: first..=p+i; the rest become 0.
+                let (first, end) = (s.first_visible(i), s.p + i + 1);
+                let row = &mut sh[i * tkv..(i + 1) * tkv];
+                row[..first].fill(0.0);
+                row[end..].fill(0.0);
+                softmax_in_place(&mut row[first..end]);
             }
         });
     }
@@ -147,7 +173,7 @@ impl Attention for ExactKernels {
             for i in 0..t {
                 let probs = &probs[(h * t + i) * tkv..(h * t + i + 1) * tkv];
                 let o = &mut out[i * hd..(i + 1) * hd];
-                for (j, &pr) in probs.iter().enumerate() {
+                for (j, &pr) in probs.iter().enumerate().skip(s.first_visible(i)) {
                     if pr == 0.0 {
                         continue;
                     }
@@ -181,10 +207,25 @@ impl Attention for FastKernels {
         };
         scores.par_chunks_mut(t * tkv).with_min_len(s.min_heads_per_task()).enumerate().for_each(|(h, sh)| {
             let kh = h / group;
-            let lens: Vec<usize> = (0..t).map(|i| s.scored(i)).collect();
-            crate::mirror::dot_f32_grid(&q[h * hd..], qd, &keys[kh * hd..], kvd, hd, &lens, sh, tkv);
+            // Each score is one dot product, whatever block computes it:
+            // blocks of rows start at their first row's window.
+            for i0 in (0..t).step_by(SCORE_ROWS) {
+                let i1 = (i0 + SCORE_ROWS).min(t);
+                let from = s.first_scored(i0);
+                let lens: Vec<usize> = (i0..i1).map(|i| s.scored(i) - from).collect();
+                crate::mirror::dot_f32_grid(
+                    &q[i0 * qd + h * hd..],
+                    qd,
+                    &keys[from * kvd + kh * hd..],
+                    kvd,
+                    hd,
+                    &lens,
+                    &mut sh[i0 * tkv + from..],
+                    tkv,
+                );
+            }
             for i in 0..t {
-                scale_and_cap(&mut sh[i * tkv..i * tkv + s.scored(i)], post_scale, s.softcap);
+                scale_and_cap(&mut sh[i * tkv + s.first_scored(i)..i * tkv + s.scored(i)], post_scale, s.softcap);
             }
         });
     }
@@ -196,10 +237,14 @@ impl Attention for FastKernels {
                 let qpos = s.p + i;
                 let row = &mut sh[i * tkv..(i + 1) * tkv];
                 // Visible: first..=qpos; the rest −∞ before the softmax.
-                let first = s.window.map_or(0, |win| (qpos + 1).saturating_sub(win));
-                row[..first].fill(f32::NEG_INFINITY);
+                // Whole groups of 16 before the window would add e^−∞ = 0
+                // to the total: they are set to 0 and skipped.
+                let first = s.first_visible(i);
+                let skip = first / 16 * 16;
+                row[skip..first].fill(f32::NEG_INFINITY);
                 row[qpos + 1..].fill(f32::NEG_INFINITY);
-                crate::mirror::softmax_visible(row, qpos + 1);
+                crate::mirror::softmax_visible(&mut row[skip..], qpos + 1 - skip);
+                row[..skip].fill(0.0);
             }
         });
     }
@@ -218,11 +263,15 @@ impl Attention for FastKernels {
         per_head.par_chunks_mut(t * hd).with_min_len(s.min_heads_per_task()).enumerate().for_each(|(h, out)| {
             let kh = h / group;
             if t == 1 {
-                let mut row = vec![0f32; tpad];
-                row[..tkv].copy_from_slice(&probs[h * tkv..(h + 1) * tkv]);
+                // Zero probabilities before the window leave the dot
+                // product's 64 lanes as they are: it starts at the last
+                // multiple of 64 at or before the window.
+                let skip = s.first_visible(0) / crate::mirror::LANES * crate::mirror::LANES;
+                let mut row = vec![0f32; tpad - skip];
+                row[..tkv - skip].copy_from_slice(&probs[h * tkv + skip..(h + 1) * tkv]);
                 for (e, o) in out.iter_mut().enumerate() {
                     let col = (kh * hd + e) * stride;
-                    *o = crate::mirror::dot_f32(&row, &vt[col..col + tpad]);
+                    *o = crate::mirror::dot_f32(&row, &vt[col + skip..col + tpad]);
                 }
                 return;
             }
@@ -230,17 +279,32 @@ impl Attention for FastKernels {
             // which leave the 16 lanes as they are: each sum stops at the
             // first multiple of 16 beyond it. The rows are padded to tpad.
             let lens: Vec<usize> = (0..t).map(|i| (p + i + 1).div_ceil(16) * 16).collect();
-            let vh = &vt[kh * hd * stride..];
             let sh = &probs[h * t * tkv..(h + 1) * t * tkv];
-            if tkv.is_multiple_of(16) {
+            let padded: Vec<f32>;
+            let (rows, row_len) = if tkv.is_multiple_of(16) {
                 // Every length fits in its row as it is.
-                crate::mirror::dot_f32_tiled_grid(sh, tkv, &lens, vh, stride, hd, out, hd);
+                (sh, tkv)
             } else {
-                let mut padded = vec![0f32; t * tpad];
-                for (i, row) in padded.chunks_exact_mut(tpad).enumerate() {
-                    row[..tkv].copy_from_slice(&sh[i * tkv..(i + 1) * tkv]);
-                }
-                crate::mirror::dot_f32_tiled_grid(&padded, tpad, &lens, vh, stride, hd, out, hd);
+                padded = (0..t).flat_map(|i| sh[i * tkv..(i + 1) * tkv].iter().copied().chain([0.0; 16])).collect();
+                (padded.as_slice(), tkv + 16)
+            };
+            // Blocks of rows start at the first multiple of 16 of their first
+            // row's window: the zeros before it leave each sum's 16 lanes
+            // as they are.
+            for i0 in (0..t).step_by(CONTEXT_ROWS) {
+                let i1 = (i0 + CONTEXT_ROWS).min(t);
+                let skip = s.first_visible(i0) / 16 * 16;
+                let lens: Vec<usize> = lens[i0..i1].iter().map(|l| l - skip).collect();
+                crate::mirror::dot_f32_tiled_grid(
+                    &rows[i0 * row_len + skip..],
+                    row_len,
+                    &lens,
+                    &vt[kh * hd * stride + skip..],
+                    stride,
+                    hd,
+                    &mut out[i0 * hd..i1 * hd],
+                    hd,
+                );
             }
         });
         interleave_heads(s, &per_head, ctx);
@@ -280,23 +344,13 @@ fn interleave_heads(s: &AttnShape, per_head: &[f32], ctx: &mut [f32]) {
     }
 }
 
-/// In-place softmax over the visible positions, sum in f64; hidden ones
-/// become 0.
-fn softmax_masked(row: &mut [f32], visible: impl Fn(usize) -> bool) {
-    let mut max = f32::NEG_INFINITY;
-    for (j, v) in row.iter().enumerate() {
-        if visible(j) && *v > max {
-            max = *v;
-        }
-    }
+/// In-place softmax of a row of visible positions, sum in f64.
+fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
     let mut sum = 0f64;
-    for (j, v) in row.iter_mut().enumerate() {
-        if visible(j) {
-            *v = (*v - max).exp();
-            sum += *v as f64;
-        } else {
-            *v = 0.0;
-        }
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v as f64;
     }
     let inv = (1.0 / sum) as f32;
     row.iter_mut().for_each(|v| *v *= inv);

@@ -57,8 +57,9 @@ impl Trace {
         self.stats.sort_by_key(|(k, _)| order_key(k));
     }
 
-    /// Serializes to safetensors bytes.
-    pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
+    /// The `__metadata__` of the file: the entries, the format, the tokens
+    /// and the statistics.
+    fn header_meta(&self) -> Result<std::collections::HashMap<String, String>, String> {
         let mut meta: std::collections::HashMap<String, String> = self.meta.clone().into_iter().collect();
         meta.insert("plumb.format".into(), FORMAT.into());
         meta.insert("plumb.tokens".into(), serde_json::to_string(&self.tokens).map_err(|e| e.to_string())?);
@@ -69,24 +70,36 @@ impl Trace {
             .collect::<Result<_, serde_json::Error>>()
             .map_err(|e| e.to_string())?;
         meta.insert("plumb.stats".into(), serde_json::Value::Object(stats).to_string());
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
-            .tensors
+        Ok(meta)
+    }
+
+    /// The tensors as views of their data (little-endian f32, as held).
+    fn views(&self) -> Result<Vec<(String, TensorView<'_>)>, String> {
+        self.tensors
             .iter()
-            .map(|(k, (shape, data))| (k.clone(), shape.clone(), data.iter().flat_map(|v| v.to_le_bytes()).collect()))
-            .collect();
-        let views: Vec<(String, TensorView<'_>)> = bytes
-            .iter()
-            .map(|(k, shape, b)| Ok((k.clone(), TensorView::new(Dtype::F32, shape.clone(), b)?)))
+            .map(|(k, (shape, data))| Ok((k.clone(), TensorView::new(Dtype::F32, shape.clone(), le_bytes(data))?)))
             .collect::<Result<_, safetensors::SafeTensorError>>()
-            .map_err(|e| e.to_string())?;
-        let bytes = safetensors::tensor::serialize(views, Some(meta)).map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())
+    }
+
+    /// Serializes to safetensors bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
+        let meta = self.header_meta()?;
+        let bytes = safetensors::tensor::serialize(self.views()?, Some(meta)).map_err(|e| e.to_string())?;
         Ok(canonical_header(bytes))
     }
 
-    /// Writes the trace to `path` through a temporary file and a rename.
+    /// Writes the trace to `path` through a temporary file and a rename,
+    /// the tensors straight from memory: saving holds no second copy.
     pub fn save(&self, path: &Path) -> Result<(), TraceError> {
-        let bytes = self.to_bytes().map_err(|e| invalid(path, e))?;
-        write_atomic(path, &bytes).map_err(|e| TraceError::Io { path: path.to_path_buf(), source: e })
+        let meta = self.header_meta().map_err(|e| invalid(path, e))?;
+        let views = self.views().map_err(|e| invalid(path, e))?;
+        let write = |tmp: &Path| -> std::io::Result<()> {
+            safetensors::tensor::serialize_to_file(views, Some(meta), tmp).map_err(std::io::Error::other)?;
+            canonical_header_in_file(tmp)
+        };
+        plumb_formats::atomic::write_atomic_with(path, write)
+            .map_err(|e| TraceError::Io { path: path.to_path_buf(), source: e })
     }
 
     /// Reads a trace file from any engine.
@@ -161,6 +174,30 @@ pub use plumb_formats::atomic::write_atomic;
 /// the same trace always gives the same bytes (the writer emits the
 /// metadata in hash-map order). The header keeps its length, padded with
 /// spaces as the format allows, so the data offsets do not move.
+/// f32 values as the little-endian bytes a trace file holds, borrowed.
+fn le_bytes(data: &[f32]) -> &[u8] {
+    bytemuck::cast_slice(data)
+}
+
+// Trace files hold little-endian f32, which the machine's own are.
+#[cfg(target_endian = "big")]
+compile_error!("plumb writes trace tensors from memory as they are, which needs a little-endian machine");
+
+/// [`canonical_header`] of a file written in place: the header's bytes are
+/// rewritten at the same length, the data left alone.
+fn canonical_header_in_file(path: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)?;
+    let mut head = n.to_vec();
+    head.resize(8 + u64::from_le_bytes(n) as usize, 0);
+    f.read_exact(&mut head[8..])?;
+    let head = canonical_header(head);
+    f.seek(SeekFrom::Start(0))?;
+    f.write_all(&head)
+}
+
 fn canonical_header(mut bytes: Vec<u8>) -> Vec<u8> {
     fn sorted(v: serde_json::Value) -> serde_json::Value {
         match v {
@@ -187,4 +224,28 @@ fn canonical_header(mut bytes: Vec<u8>) -> Vec<u8> {
     padded.resize(n, b' ');
     bytes[8..8 + n].copy_from_slice(&padded);
     bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_file_is_the_serialized_bytes_and_reads_back() {
+        let data: Vec<f32> = (0..24).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let mut trace = Trace { tokens: vec![1, 2, 3], ..Trace::default() };
+        trace.meta.insert("plumb.engine".into(), "test".into());
+        for key in ["blk.0.attn_norm", "blk.0.q_proj", "logits"] {
+            trace.stats.push((key.into(), TensorStats::compute(&data, &[3, 8], 0)));
+            trace.tensors.insert(key.into(), (vec![3, 8], data.clone()));
+        }
+        let path = std::env::temp_dir().join(format!("plumb-save-{}.safetensors", std::process::id()));
+        trace.save(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(bytes, trace.to_bytes().unwrap());
+        let back = Trace::from_bytes(&path, &bytes).unwrap();
+        assert_eq!(back.tensors, trace.tensors);
+        assert_eq!(back.tokens, trace.tokens);
+    }
 }

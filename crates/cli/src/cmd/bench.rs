@@ -1,6 +1,8 @@
 //! `plumb bench MODEL`: prompt processing and generation speed, like
 //! llama-bench: `-p 512 -n 128 -r 5`, each test repeated after a warm-up,
 //! reported as mean ± σ tokens/s with the precision and kernel path.
+//! `-d 0,4096` runs each test again with that many tokens already in the
+//! cache (llama-bench's depth); lists are accepted for `-p`, `-n` and `-d`.
 
 use std::time::Instant;
 
@@ -17,12 +19,18 @@ use crate::{out, Outcome};
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Prompt tokens processed as one batch (0 skips the test).
-    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
-    pub n_prompt: usize,
-    /// Tokens generated one at a time (0 skips the test).
-    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
-    pub n_gen: usize,
+    /// Prompt tokens processed as one batch (0 skips the test); a list
+    /// such as `512,4096` runs each.
+    #[arg(short = 'p', long = "n-prompt", default_value = "512", value_delimiter = ',')]
+    pub n_prompt: Vec<usize>,
+    /// Tokens generated one at a time (0 skips the test); a list runs each.
+    #[arg(short = 'n', long = "n-gen", default_value = "128", value_delimiter = ',')]
+    pub n_gen: Vec<usize>,
+    /// Tokens already in the KV cache when each test starts (llama-bench's
+    /// depth), e.g. `0,4096,16384`. The cache is filled once per depth, not
+    /// timed, and cut back to the depth before every repetition.
+    #[arg(short = 'd', long = "n-depth", default_value = "0", value_delimiter = ',')]
+    pub depth: Vec<usize>,
     /// Repetitions of each test.
     #[arg(short = 'r', long, default_value_t = 5)]
     pub reps: usize,
@@ -55,6 +63,9 @@ fn observer(kind: &str) -> Box<dyn Observer> {
     }
 }
 
+/// Tokens per batch when filling the cache to a depth (not timed).
+const FILL: usize = 512;
+
 /// Tokens of a deterministic synthetic prompt (speed does not depend on them).
 fn tokens(model: &Model, n: usize) -> Vec<u32> {
     let v = model.cfg.vocab as u64;
@@ -71,38 +82,49 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let precision = args.model.precision.unwrap_or(Precision::Fast);
     let loaded = load(&args.model)?;
     let model = &loaded.model;
-    let need = args.n_prompt.max(args.n_gen).max(1);
+    let tests: Vec<(&str, usize)> = (args.n_prompt.iter().map(|&n| ("pp", n)))
+        .chain(args.n_gen.iter().map(|&n| ("tg", n)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let longest = tests.iter().map(|(_, n)| *n).max().unwrap_or(0);
+    let need = args.depth.iter().max().copied().unwrap_or(0) + longest.max(1);
     if need > model.cfg.ctx_len {
-        bail!("{need} tokens exceed the model's context of {}", model.cfg.ctx_len);
+        bail!("{need} tokens (depth and test) exceed the model's context of {}", model.cfg.ctx_len);
     }
     crate::cmd::common::check_kv_fits(model, need)?;
     let kernels = kernels_for(precision);
     let mut results = Vec::new();
-    for (test, n) in [("pp", args.n_prompt), ("tg", args.n_gen)] {
-        if n == 0 {
-            continue;
+    for &depth in &args.depth {
+        // The depth, filled once: its own tokens, in batches of FILL.
+        let mut cache = KvCache::new(&model.cfg, depth + longest);
+        let fill = tokens(model, depth + longest);
+        for chunk in fill[..depth].chunks(FILL) {
+            model.forward(kernels.as_ref(), chunk, &mut cache, false, &mut NoTrace);
         }
-        let toks = tokens(model, n);
-        let mut times = Vec::new();
-        for rep in 0..=args.reps {
-            let mut cache = KvCache::new(&model.cfg, n);
-            let mut obs = observer(&args.trace);
-            let t0 = Instant::now();
-            if test == "pp" {
-                model.forward(kernels.as_ref(), &toks, &mut cache, false, obs.as_mut());
-            } else {
-                for &t in &toks {
-                    model.forward(kernels.as_ref(), &[t], &mut cache, false, obs.as_mut());
+        for &(test, n) in &tests {
+            let toks = &fill[depth..depth + n];
+            let mut times = Vec::new();
+            for rep in 0..=args.reps {
+                cache.truncate(depth);
+                let mut obs = observer(&args.trace);
+                let t0 = Instant::now();
+                if test == "pp" {
+                    model.forward(kernels.as_ref(), toks, &mut cache, false, obs.as_mut());
+                } else {
+                    for &t in toks {
+                        model.forward(kernels.as_ref(), &[t], &mut cache, false, obs.as_mut());
+                    }
+                }
+                let dt = t0.elapsed().as_secs_f64();
+                if rep > 0 {
+                    // rep 0 is the warm-up.
+                    times.push(n as f64 / dt);
                 }
             }
-            let dt = t0.elapsed().as_secs_f64();
-            if rep > 0 {
-                // rep 0 is the warm-up.
-                times.push(n as f64 / dt);
-            }
+            let (m, sd) = mean_sd(&times);
+            let name = if depth > 0 { format!("{test}{n} @ d{depth}") } else { format!("{test}{n}") };
+            results.push((name, depth, m, sd, times));
         }
-        let (m, sd) = mean_sd(&times);
-        results.push((format!("{test}{n}"), m, sd, times));
     }
     let threads = rayon::current_num_threads();
     let size = model.source.path().metadata().map(|m| m.len()).unwrap_or(0);
@@ -117,13 +139,13 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             "trace": args.trace,
             "reps": args.reps,
             "peak_rss_bytes": peak_rss(),
-            "tests": results.iter().map(|(t, m, sd, ts)| json!({"test": t, "tokens_per_s": m, "stddev": sd, "samples": ts})).collect::<Vec<_>>(),
+            "tests": results.iter().map(|(t, d, m, sd, ts)| json!({"test": t, "depth": d, "tokens_per_s": m, "stddev": sd, "samples": ts})).collect::<Vec<_>>(),
         });
         out::print(&(serde_json::to_string_pretty(&doc)? + "\n"))?;
     } else {
         let mut s = String::new();
         s.push_str("| model | size | precision | kernels | threads | trace | test | t/s |\n|---|---:|---|---|---:|---|---:|---:|\n");
-        for (t, m, sd, _) in &results {
+        for (t, _, m, sd, _) in &results {
             s.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} | {} | {:.2} ± {:.2} |\n",
                 model.source.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),

@@ -26,6 +26,10 @@ pub const PROMPTS: [&str; 3] = [
 /// Decoding steps after the prompt (each a one-token forward pass).
 const STEPS: usize = 3;
 
+/// Tokens of the long prompt: past the real model's sliding window (512),
+/// so the window layers' masked positions are in play.
+const LONG: usize = 700;
+
 struct Fnv(u64);
 
 impl Fnv {
@@ -37,14 +41,19 @@ impl Fnv {
     }
 }
 
-/// Hashes every stage it is shown; wants every stage, as `plumb trace` does.
-struct Digest(Fnv, usize);
+/// Hashes every stage it is shown; wants every stage, as `plumb trace` does,
+/// or (`.2`) only the probabilities, the context and each layer's output,
+/// as a run that does not look at the pre-mask scores computes them.
+struct Digest(Fnv, usize, bool);
 
 impl Observer for Digest {
-    fn wants(&self, _: Option<usize>, _: Stage) -> bool {
-        true
+    fn wants(&self, _: Option<usize>, stage: Stage) -> bool {
+        !self.2 || matches!(stage, Stage::AttnProbs | Stage::AttnContext | Stage::LayerOut | Stage::Logits)
     }
     fn record(&mut self, layer: Option<usize>, stage: Stage, data: &[f32], shape: &[usize]) {
+        if !self.wants(layer, stage) {
+            return;
+        }
         self.0.eat(stage.key(layer).as_bytes());
         for s in shape {
             self.0.eat(&(*s as u64).to_le_bytes());
@@ -68,55 +77,70 @@ pub fn model_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/gemma-3-270m-q4_k_m.gguf")
 }
 
-/// (fast, exact) digests of the three prompts on the active kernel path.
-pub fn digests() -> [(Precision, u64, usize); 2] {
+/// Digests on the active kernel path: (fast, exact) of the three prompts
+/// with every stage, then (fast, exact) of a long prompt with some stages.
+pub fn digests() -> [(&'static str, u64, usize); 4] {
     let path = model_path();
     let model = Model::load(&path).unwrap();
     let tok = Tokenizer::from_gguf(&plumb_formats::gguf::GgufFile::open(&path).unwrap()).unwrap();
-    [Precision::Fast, Precision::Exact].map(|p| {
+    let prompts: Vec<Vec<u32>> = PROMPTS.iter().map(|text| tok.encode(text, true, false)).collect();
+    // A deterministic long prompt of ordinary text tokens.
+    let long: Vec<u32> = (0..LONG as u32).map(|i| 1000 + (i * 7919) % 20000).collect();
+    let run = |p: Precision, prompts: &[Vec<u32>], some: bool| {
         let k = kernels_for(p);
-        let mut d = Digest(Fnv(0xcbf2_9ce4_8422_2325), 0);
-        for text in PROMPTS {
-            let ids = tok.encode(text, true, false);
+        let mut d = Digest(Fnv(0xcbf2_9ce4_8422_2325), 0, some);
+        for ids in prompts {
             let mut g = Generator::new(&model, k.as_ref(), ids.len() + STEPS);
-            let logits = g.prefill(&ids, true, &mut d);
+            let logits = g.prefill(ids, true, &mut d);
             g.decode(logits, Pick::Greedy, &Until::tokens(STEPS), &mut d, &mut |_| Flow::Continue);
         }
-        (p, d.0 .0, d.1)
-    })
+        (d.0 .0, d.1)
+    };
+    let (f, e) = (run(Precision::Fast, &prompts, false), run(Precision::Exact, &prompts, false));
+    let long = [long];
+    let (fl, el) = (run(Precision::Fast, &long, true), run(Precision::Exact, &long, true));
+    [("fast", f.0, f.1), ("exact", e.0, e.1), ("fast, long prompt", fl.0, fl.1), ("exact, long prompt", el.0, el.1)]
 }
 
-/// Checks the digests against `want` (fast, exact), or prints them.
-pub fn check(path_name: &str, want: [u64; 2]) {
+/// Checks the digests against `want`, or prints them.
+pub fn check(path_name: &str, want: [u64; 4]) {
     let got = digests();
     if std::env::var("PLUMB_DIGEST_PRINT").is_ok() {
         for (p, h, n) in got {
-            eprintln!("{path_name} {}: {h:#018x} over {n} stage records", p.name());
+            eprintln!("{path_name} {p}: {h:#018x} over {n} stage records");
         }
         return;
     }
     for ((p, h, n), w) in got.into_iter().zip(want) {
-        assert_eq!(h, w, "{path_name} {}: digest {h:#018x} over {n} records, pinned {w:#018x}", p.name());
+        assert_eq!(h, w, "{path_name} {p}: digest {h:#018x} over {n} records, pinned {w:#018x}");
     }
 }
 
-/// (path, [fast, exact]), written by the code at commit 6b2d4b1 on the
-/// paths its machine had. The SIMD paths sum in other orders than the scalar
+/// (path, [fast, exact, fast long, exact long]), the first two written by
+/// the code at commit 6b2d4b1 on the paths its machine had, the long
+/// prompt's by the code at 20176fc (before window layers skipped what they
+/// cannot see). The SIMD paths sum in other orders than the scalar
 /// references, so each path has its own numbers.
-pub const PINNED: [(&str, [u64; 2]); 4] = [
-    ("scalar", [0x84ab_4309_c01a_925a, 0x0bc4_b72b_a68c_722c]),
+pub const PINNED: [(&str, [u64; 4]); 4] = [
+    ("scalar", [0x84ab_4309_c01a_925a, 0x0bc4_b72b_a68c_722c, 0x1fc4_0a50_18c4_ce5d, 0xaf0e_3b05_9cef_f61c]),
     // Pinned as "avx2+fma+f16c+avx512vnni", the name of the auto path on an
     // AVX-512 VNNI machine before the kernel paths were named by what runs.
-    ("avx2+fma+f16c+avx512f+avx512vl+avx512vnni", [0xfb5c_6809_3691_d297, 0xd46f_773e_e413_4d6f]),
+    (
+        "avx2+fma+f16c+avx512f+avx512vl+avx512vnni",
+        [0xfb5c_6809_3691_d297, 0xd46f_773e_e413_4d6f, 0x4d2e_7eff_fce2_e421, 0x5978_e8fe_96f3_dc88],
+    ),
     // Forced on that machine (digest_avx2.rs, digest_avx512.rs): the numbers
     // an AVX2-only CPU computes, and one with AVX512F but no VNNI. Equal to
     // the VNNI path's, as the wider kernels promise (each is its 256-bit
     // counterpart bit for bit).
-    ("avx2+fma+f16c", [0xfb5c_6809_3691_d297, 0xd46f_773e_e413_4d6f]),
-    ("avx2+fma+f16c+avx512f", [0xfb5c_6809_3691_d297, 0xd46f_773e_e413_4d6f]),
+    ("avx2+fma+f16c", [0xfb5c_6809_3691_d297, 0xd46f_773e_e413_4d6f, 0x4d2e_7eff_fce2_e421, 0x5978_e8fe_96f3_dc88]),
+    (
+        "avx2+fma+f16c+avx512f",
+        [0xfb5c_6809_3691_d297, 0xd46f_773e_e413_4d6f, 0x4d2e_7eff_fce2_e421, 0x5978_e8fe_96f3_dc88],
+    ),
 ];
 
 /// The pinned digests of a path, where some machine has pinned them.
-pub fn pinned(path_name: &str) -> Option<[u64; 2]> {
+pub fn pinned(path_name: &str) -> Option<[u64; 4]> {
     PINNED.iter().find(|(n, _)| *n == path_name).map(|(_, d)| *d)
 }
