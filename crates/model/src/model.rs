@@ -318,7 +318,7 @@ impl Model {
     ) -> Vec<f32> {
         let (c, p) = (&self.cfg, cache.len);
         let at = Some(l);
-        let s = AttnShape {
+        let shape = AttnShape {
             t,
             p,
             heads: c.n_head,
@@ -332,9 +332,27 @@ impl Model {
             // pre-mask scores.
             full: tr.wants(at, Stage::AttnScores),
         };
+        let seen =
+            |stage| tr.wants(at, stage) || self.fault.as_ref().is_some_and(|f| f.stage == stage && f.layer == at);
+        let mut ctx = vec![0f32; t * c.q_dim()]; //                           [T, H·hd]
+        if !seen(Stage::AttnScores) && !seen(Stage::AttnProbs) {
+            // Nobody looks at the scores: blocks of query rows, so a long
+            // prompt never holds [H, T, Tkv] (each row's numbers are the same).
+            let qd = c.q_dim();
+            for (i0, i1) in query_blocks(t, shape.tkv() * c.n_head, SCORES_BUDGET) {
+                debug_assert!(i1 - i0 > 1 || t == 1);
+                let s = AttnShape { t: i1 - i0, p: p + i0, ..shape };
+                let mut scores = vec![0f32; c.n_head * s.t * s.tkv()];
+                k.attn_scores(&s, &q[i0 * qd..i1 * qd], cache.keys(l), &mut scores);
+                k.attn_softmax(&s, &mut scores);
+                k.attn_context(&s, &scores, cache.values(l), &mut ctx[i0 * qd..i1 * qd]);
+            }
+            self.emit(tr, at, Stage::AttnContext, &mut ctx, &[t, qd]);
+            return ctx;
+        }
+        let s = shape;
         let (nh, tkv) = (c.n_head, s.tkv());
         let mut scores = vec![0f32; nh * t * tkv]; //                         [H, T, Tkv]
-        let mut ctx = vec![0f32; t * c.q_dim()]; //                           [T, H·hd]
 
         // scores = q·kᵀ · scale (then softcap)
         k.attn_scores(&s, q, cache.keys(l), &mut scores);
@@ -366,6 +384,24 @@ impl Model {
     }
 }
 
+/// Scores held at once by an untraced attention step, in floats (4 MiB).
+const SCORES_BUDGET: usize = 1 << 20;
+
+/// Blocks of query rows [i0, i1) whose scores (`per_row` floats a row) fit
+/// in `budget`: multiples of 16 rows, and never a block of one row out of
+/// several (a one-token step is summed as decoding sums it).
+fn query_blocks(t: usize, per_row: usize, budget: usize) -> Vec<(usize, usize)> {
+    let rows = (budget / per_row.max(1) / 16 * 16).max(16);
+    let mut blocks: Vec<(usize, usize)> = (0..t).step_by(rows).map(|i| (i, (i + rows).min(t))).collect();
+    if blocks.len() > 1 && blocks.last().is_some_and(|(a, b)| b - a == 1) {
+        let (_, end) = blocks.pop().unwrap_or_default();
+        if let Some(last) = blocks.last_mut() {
+            last.1 = end;
+        }
+    }
+    blocks
+}
+
 /// Reorders the rows of a llama-arch GGUF Q or K matrix from the interleaved
 /// rope layout back to HuggingFace's rotate-half layout. The converter maps
 /// HF row (h, half, i) to GGUF row (h, i, half) for i < hd/2; rows are moved
@@ -385,4 +421,23 @@ fn unpermute_rows(w: &Weight, heads: usize) -> Weight {
         }
     }
     Weight { bytes: Bytes::Owned(std::sync::Arc::new(out)), ..w.clone() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_blocks;
+
+    #[test]
+    fn query_blocks_cover_the_rows_in_multiples_of_16_and_never_leave_one_row_alone() {
+        for t in [1, 2, 15, 16, 17, 33, 700, 4097] {
+            for per_row in [1, 100, 2800, 65536, 1 << 22] {
+                let blocks = query_blocks(t, per_row, 1 << 20);
+                assert_eq!(blocks.first().map(|b| b.0), Some(0));
+                assert_eq!(blocks.last().map(|b| b.1), Some(t));
+                assert!(blocks.windows(2).all(|w| w[0].1 == w[1].0 && (w[0].1 - w[0].0) % 16 == 0));
+                assert!(t == 1 || blocks.iter().all(|(a, b)| b - a > 1), "{t} {per_row}: {blocks:?}");
+            }
+        }
+        assert_eq!(query_blocks(700, 2800, 1 << 20), vec![(0, 368), (368, 700)]);
+    }
 }

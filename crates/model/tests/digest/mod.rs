@@ -41,17 +41,21 @@ impl Fnv {
     }
 }
 
-/// Hashes every stage it is shown; wants every stage, as `plumb trace` does,
-/// or (`.2`) only the probabilities, the context and each layer's output,
-/// as a run that does not look at the pre-mask scores computes them.
-struct Digest(Fnv, usize, bool);
+/// Wants every stage, as `plumb trace` does, or (`.2`) only those listed,
+/// and hashes those it wants of the stages in `.3` (all when None).
+struct Digest(Fnv, usize, Option<&'static [Stage]>, Option<&'static [Stage]>);
+
+/// The stages of a run that does not look at the pre-mask scores.
+pub const NO_SCORES: &[Stage] = &[Stage::AttnProbs, Stage::AttnContext, Stage::LayerOut, Stage::Logits];
+/// The stages of a run that looks at no attention matrix at all.
+pub const NO_ATTENTION: &[Stage] = &[Stage::AttnContext, Stage::LayerOut, Stage::Logits];
 
 impl Observer for Digest {
     fn wants(&self, _: Option<usize>, stage: Stage) -> bool {
-        !self.2 || matches!(stage, Stage::AttnProbs | Stage::AttnContext | Stage::LayerOut | Stage::Logits)
+        self.2.is_none_or(|only| only.contains(&stage))
     }
     fn record(&mut self, layer: Option<usize>, stage: Stage, data: &[f32], shape: &[usize]) {
-        if !self.wants(layer, stage) {
+        if !self.wants(layer, stage) || self.3.is_some_and(|only| !only.contains(&stage)) {
             return;
         }
         self.0.eat(stage.key(layer).as_bytes());
@@ -84,22 +88,35 @@ pub fn digests() -> [(&'static str, u64, usize); 4] {
     let model = Model::load(&path).unwrap();
     let tok = Tokenizer::from_gguf(&plumb_formats::gguf::GgufFile::open(&path).unwrap()).unwrap();
     let prompts: Vec<Vec<u32>> = PROMPTS.iter().map(|text| tok.encode(text, true, false)).collect();
-    // A deterministic long prompt of ordinary text tokens.
-    let long: Vec<u32> = (0..LONG as u32).map(|i| 1000 + (i * 7919) % 20000).collect();
-    let run = |p: Precision, prompts: &[Vec<u32>], some: bool| {
-        let k = kernels_for(p);
-        let mut d = Digest(Fnv(0xcbf2_9ce4_8422_2325), 0, some);
-        for ids in prompts {
-            let mut g = Generator::new(&model, k.as_ref(), ids.len() + STEPS);
-            let logits = g.prefill(ids, true, &mut d);
-            g.decode(logits, Pick::Greedy, &Until::tokens(STEPS), &mut d, &mut |_| Flow::Continue);
-        }
-        (d.0 .0, d.1)
-    };
-    let (f, e) = (run(Precision::Fast, &prompts, false), run(Precision::Exact, &prompts, false));
-    let long = [long];
-    let (fl, el) = (run(Precision::Fast, &long, true), run(Precision::Exact, &long, true));
+    let run = |p: Precision, prompts: &[Vec<u32>], only| run(&model, p, prompts, only, None);
+    let (f, e) = (run(Precision::Fast, &prompts, None), run(Precision::Exact, &prompts, None));
+    let long = [long_prompt()];
+    let (fl, el) = (run(Precision::Fast, &long, Some(NO_SCORES)), run(Precision::Exact, &long, Some(NO_SCORES)));
     [("fast", f.0, f.1), ("exact", e.0, e.1), ("fast, long prompt", fl.0, fl.1), ("exact, long prompt", el.0, el.1)]
+}
+
+/// A deterministic long prompt of ordinary text tokens.
+pub fn long_prompt() -> Vec<u32> {
+    (0..LONG as u32).map(|i| 1000 + (i * 7919) % 20000).collect()
+}
+
+/// (digest, records) of the prompts, prefill and greedy steps, wanting the
+/// stages in `wanted` (all when None) and hashing those of them in `hashed`.
+pub fn run(
+    model: &Model,
+    p: Precision,
+    prompts: &[Vec<u32>],
+    wanted: Option<&'static [Stage]>,
+    hashed: Option<&'static [Stage]>,
+) -> (u64, usize) {
+    let k = kernels_for(p);
+    let mut d = Digest(Fnv(0xcbf2_9ce4_8422_2325), 0, wanted, hashed);
+    for ids in prompts {
+        let mut g = Generator::new(model, k.as_ref(), ids.len() + STEPS);
+        let logits = g.prefill(ids, true, &mut d);
+        g.decode(logits, Pick::Greedy, &Until::tokens(STEPS), &mut d, &mut |_| Flow::Continue);
+    }
+    (d.0 .0, d.1)
 }
 
 /// Checks the digests against `want`, or prints them.
