@@ -47,7 +47,9 @@ struct Digest(Fnv, usize, Option<&'static [Stage]>, Option<&'static [Stage]>);
 
 /// The stages of a run that does not look at the pre-mask scores.
 pub const NO_SCORES: &[Stage] = &[Stage::AttnProbs, Stage::AttnContext, Stage::LayerOut, Stage::Logits];
-/// The stages of a run that looks at no attention matrix at all.
+/// The stages of a run that looks at no attention matrix at all (used by
+/// digest_active.rs only).
+#[allow(dead_code)]
 pub const NO_ATTENTION: &[Stage] = &[Stage::AttnContext, Stage::LayerOut, Stage::Logits];
 
 impl Observer for Digest {
