@@ -81,6 +81,11 @@ impl KvCache {
             self.vt_len[l] = 0;
         }
         self.v[l].truncate(p * kvd);
+        // The whole capacity at once: growing by doubling would copy the
+        // layer and hold both copies for a moment.
+        let want = self.capacity.max(p + rows.len() / kvd.max(1)) * kvd;
+        let have = self.v[l].len();
+        self.v[l].reserve_exact(want.saturating_sub(have));
         self.v[l].extend_from_slice(rows);
     }
 

@@ -146,18 +146,40 @@ impl Model {
         let t = tokens.len();
         let p = cache.len;
         assert!(p + t <= cache.capacity, "KV cache full: {} > {}", p + t, cache.capacity);
-        let mut x = self.embed(tokens, tr);
-        let mut rows = t;
-        for l in 0..self.cfg.n_layer {
-            // Without every position's logits, the last layer goes on past
-            // its attention with the last token only, as llama.cpp does.
-            let keep_last = !all_logits && l + 1 == self.cfg.n_layer;
-            rows = self.layer(k, l, &mut x, cache, keep_last, tr);
+        // A long prompt nobody looks inside of (only the last logits wanted)
+        // goes through the layers in batches of rows, so no buffer grows
+        // with its length; every row's numbers are the same.
+        let batches = if all_logits || self.fault.is_some() || self.observed_inside(tr) {
+            vec![(0, t)]
+        } else {
+            row_blocks(t, BATCH)
+        };
+        let (mut x, mut rows) = (Vec::new(), t);
+        for (i, &(i0, i1)) in batches.iter().enumerate() {
+            x = self.embed(&tokens[i0..i1], tr);
+            let last = i + 1 == batches.len();
+            for l in 0..self.cfg.n_layer {
+                // Without every position's logits, the last layer goes on past
+                // its attention with the last token only, as llama.cpp does.
+                let keep_last = !all_logits && last && l + 1 == self.cfg.n_layer;
+                rows = self.layer(k, l, &mut x, cache, keep_last, tr);
+            }
+            cache.len = p + i1;
         }
-        cache.len = p + t;
         let logits = self.head(k, &x, rows, all_logits, tr);
         tr.step_done();
         logits
+    }
+
+    /// Whether `tr` wants any stage before the head.
+    fn observed_inside(&self, tr: &dyn Observer) -> bool {
+        Stage::ALL.iter().filter(|s| !matches!(s, Stage::FinalNorm | Stage::Logits)).any(|&s| {
+            if s.is_per_layer() {
+                (0..self.cfg.n_layer).any(|l| tr.wants(Some(l), s))
+            } else {
+                tr.wants(None, s)
+            }
+        })
     }
 
     /// One finished stage: the model's fault is applied if it targets this
@@ -387,17 +409,27 @@ impl Model {
 /// Scores held at once by an untraced attention step, in floats (4 MiB).
 const SCORES_BUDGET: usize = 1 << 20;
 
+/// Rows a batch of an unobserved prompt goes through the layers in.
+const BATCH: usize = 512;
+
 /// Blocks of query rows [i0, i1) whose scores (`per_row` floats a row) fit
-/// in `budget`: multiples of 16 rows, and never a block of one row out of
-/// several (a one-token step is summed as decoding sums it).
+/// in `budget`: multiples of 16 rows.
 fn query_blocks(t: usize, per_row: usize, budget: usize) -> Vec<(usize, usize)> {
-    let rows = (budget / per_row.max(1) / 16 * 16).max(16);
-    let mut blocks: Vec<(usize, usize)> = (0..t).step_by(rows).map(|i| (i, (i + rows).min(t))).collect();
+    row_blocks(t, (budget / per_row.max(1) / 16 * 16).max(16))
+}
+
+/// [i0, i1) blocks of `rows` rows covering 0..t, never a block of one row
+/// out of several (a one-token step is summed as decoding sums it).
+fn row_blocks(t: usize, rows: usize) -> Vec<(usize, usize)> {
+    let mut blocks: Vec<(usize, usize)> = (0..t).step_by(rows.max(2)).map(|i| (i, (i + rows).min(t))).collect();
     if blocks.len() > 1 && blocks.last().is_some_and(|(a, b)| b - a == 1) {
         let (_, end) = blocks.pop().unwrap_or_default();
         if let Some(last) = blocks.last_mut() {
             last.1 = end;
         }
+    }
+    if blocks.is_empty() {
+        blocks.push((0, t));
     }
     blocks
 }
