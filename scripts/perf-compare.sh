@@ -19,7 +19,11 @@ if [[ ! -x "$CACHE/llama-bench" ]]; then
     python3 -m pip download --disable-pip-version-check --quiet --no-deps --no-binary llama-cpp-python llama-cpp-python -d "$CACHE/sdist"
     tar xzf "$CACHE"/sdist/llama_cpp_python-*.tar.gz -C "$CACHE"
     SRC=$(ls -d "$CACHE"/llama_cpp_python-*/vendor/llama.cpp)
+    # Native, but without AMX: a VM whose CPU lists AMX may not let a process
+    # use it (llama-bench then dies of an illegal instruction).
     cmake -S "$SRC" -B "$CACHE/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+        -DCMAKE_C_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" \
+        -DCMAKE_CXX_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
     cmake --build "$CACHE/build" -j "$(nproc)" --target llama-bench >/dev/null
     cp "$CACHE/build/bin/llama-bench" "$CACHE/llama-bench"

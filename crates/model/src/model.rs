@@ -407,10 +407,10 @@ impl Model {
 }
 
 /// Scores held at once by an untraced attention step, in floats (4 MiB).
-const SCORES_BUDGET: usize = 1 << 20;
+pub(crate) const SCORES_BUDGET: usize = 1 << 20;
 
 /// Rows a batch of an unobserved prompt goes through the layers in.
-const BATCH: usize = 512;
+pub(crate) const BATCH: usize = 512;
 
 /// Blocks of query rows [i0, i1) whose scores (`per_row` floats a row) fit
 /// in `budget`: multiples of 16 rows.

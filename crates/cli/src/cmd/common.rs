@@ -170,3 +170,89 @@ pub fn check_output(path: &std::path::Path, force: bool) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A memory size: bytes, or a number with K, M, G or T (powers of 1024;
+/// `KiB`, `MB` and the like read the same), e.g. `8G`, `512MiB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 8G, 512M, 1000000)"))?;
+    let scale: u64 = match unit.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (K, M, G or T)")),
+    };
+    let bytes = n * scale as f64;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(format!("{s:?} is not a usable size"));
+    }
+    Ok(bytes as u64)
+}
+
+/// The estimate's parts in words, e.g. "KV cache 155 MiB, work 1.2 GiB".
+pub fn describe_estimate(e: &plumb_model::memory::Estimate) -> String {
+    let parts = [
+        ("model file", e.model_file),
+        ("KV cache", e.kv_cache),
+        ("work buffers", e.work),
+        ("kept tensors", e.trace_tensors),
+        ("runtime", e.runtime),
+    ];
+    parts
+        .iter()
+        .filter(|(_, b)| *b > 0)
+        .map(|(n, b)| format!("{n} {}", crate::out::bytes(*b)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Refuses, before anything runs, a job whose estimate is over `budget`
+/// (`--max-memory`, else three quarters of the memory available now),
+/// naming the estimate and the cheaper ways to run it with theirs.
+pub fn check_memory(
+    est: &plumb_model::memory::Estimate,
+    budget: Option<u64>,
+    what: &str,
+    cheaper: &[(&str, plumb_model::memory::Estimate)],
+) -> anyhow::Result<()> {
+    let Some(budget) = budget.or_else(plumb_model::memory::default_budget) else { return Ok(()) };
+    if est.total() <= budget {
+        return Ok(());
+    }
+    let b = crate::out::bytes;
+    let mut msg = format!(
+        "{what} would hold about {} ({}), over the memory budget of {} (--max-memory; by default 3/4 of the memory available)",
+        b(est.total()),
+        describe_estimate(est),
+        b(budget)
+    );
+    if !cheaper.is_empty() {
+        msg.push_str("; cheaper:");
+        for (how, e) in cheaper {
+            let fits = if e.total() <= budget { "fits" } else { "still over" };
+            msg.push_str(&format!("\n  {how}: about {} ({fits})", b(e.total())));
+        }
+    }
+    bail!(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_read_with_binary_units() {
+        assert_eq!(parse_size("1000000"), Ok(1_000_000));
+        assert_eq!(parse_size("8G"), Ok(8 << 30));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("1.5g"), Ok(3 << 29));
+        assert_eq!(parse_size(" 2 KB "), Ok(2048));
+        for bad in ["", "G", "8X", "-1", "0", "1e400", "NaN"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::bail;
 use plumb_model::generate::{Flow, Generator, Pick, Until};
 use plumb_model::kernels::kernels_for;
+use plumb_model::memory;
 use plumb_model::sample::{Sampler, SamplerConfig};
 use plumb_model::tokenizer::StreamDecoder;
 use plumb_model::{NoTrace, Precision};
@@ -41,6 +42,10 @@ pub struct Args {
     /// the generated ids (an end-of-generation token included) and the text.
     #[arg(long)]
     pub json: bool,
+    /// Refuse, before running, a run estimated to hold more memory than
+    /// this (e.g. `8G`); by default 3/4 of the memory available.
+    #[arg(long, value_parser = crate::cmd::common::parse_size)]
+    pub max_memory: Option<u64>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
@@ -55,6 +60,10 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let prompt_ids = args.prompt.token_ids(tok.as_ref())?;
     let capacity = prompt_ids.len() + args.n;
     check_capacity(model, prompt_ids.len(), "-n", args.n)?;
+    let file_bytes = model.source.path().metadata().map(|m| m.len()).unwrap_or(0);
+    let job = memory::Job { prompt: prompt_ids.len(), capacity, all_logits: false, plan: None };
+    let estimate = memory::estimate(&model.cfg, file_bytes, job);
+    crate::cmd::common::check_memory(&estimate, args.max_memory, "this run", &[])?;
     if args.ids {
         eprintln!("prompt ids: {prompt_ids:?}");
     }
@@ -116,7 +125,12 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     if stream {
         writeln!(stdout, "{tail}")?;
     } else {
-        let doc = serde_json::json!({ "prompt_ids": prompt_ids, "generated": generated, "text": text });
+        let doc = serde_json::json!({
+            "prompt_ids": prompt_ids,
+            "generated": generated,
+            "text": text,
+            "memory_estimate": estimate.to_json(),
+        });
         writeln!(stdout, "{doc}")?;
     }
     let gen = t1.elapsed();

@@ -10,11 +10,12 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use plumb_model::generate::{Flow, Generator, Pick, Until};
 use plumb_model::kernels::kernels_for;
+use plumb_model::memory::{self, Estimate, Job};
 use plumb_model::{NoTrace, Precision};
 use plumb_trace::judge::{any_anomaly, first_at, fmt_g, garbage_flags, judge, non_finite, Level, Thresholds, Verdict};
 use plumb_trace::plan::{parse_layers, parse_positions, parse_stages};
 use plumb_trace::stage::parse_key;
-use plumb_trace::{Recorder, Stats, Trace, TracePlan};
+use plumb_trace::{Positions, Recorder, Stage, Stats, Trace, TracePlan};
 use serde_json::json;
 
 use plumb_bisect::runs::trace_meta;
@@ -55,6 +56,10 @@ pub struct Args {
     /// Overwrite an existing --save file.
     #[arg(long)]
     pub force: bool,
+    /// Refuse, before running, a trace estimated to hold more memory than
+    /// this (e.g. `8G`); by default 3/4 of the memory available.
+    #[arg(long, value_parser = crate::cmd::common::parse_size)]
+    pub max_memory: Option<u64>,
     /// JSON Lines on stdout instead of the report.
     #[arg(long)]
     pub json: bool,
@@ -77,8 +82,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let style = paint(args.color);
-    let (trace, generated) = match (&args.from, &args.model) {
-        (Some(f), _) => (Trace::load(f)?, None),
+    let (trace, generated, memory) = match (&args.from, &args.model) {
+        (Some(f), _) => (Trace::load(f)?, None, None),
         (None, Some(_)) => run_model(&args)?,
         (None, None) => bail!("give a MODEL to run, or --from FILE to render a saved trace"),
     };
@@ -89,7 +94,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let verdicts = judge(&trace, Thresholds { std_jump: args.std_jump, outlier: args.outlier });
     let garbage = generated.as_ref().map(|g: &Generated| g.flags.clone()).unwrap_or_default();
     if args.json {
-        out::print(&render_json(&trace, &verdicts, generated.as_ref())?)?;
+        out::print(&render_json(&trace, &verdicts, generated.as_ref(), memory.as_ref())?)?;
     } else {
         out::print(&render_text(&trace, &verdicts, generated.as_ref(), style)?)?;
     }
@@ -104,7 +109,7 @@ pub struct Generated {
     pub flags: Vec<String>,
 }
 
-fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>)> {
+fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>, Option<Estimate>)> {
     let model_path = args.model.clone().expect("checked by caller");
     if let Some(p) = &args.save {
         if p.exists() && !args.force {
@@ -123,12 +128,36 @@ fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>)> {
     let ids = args.prompt.token_ids(tok)?;
     let capacity = ids.len() + args.generate;
     crate::cmd::common::check_capacity(model, ids.len(), "--generate", args.generate)?;
+    let file_bytes = model.source.path().metadata().map(|m| m.len()).unwrap_or(0);
+    let est = |plan: &TracePlan| {
+        let job = Job { prompt: ids.len(), capacity, all_logits: every_row(plan, model.cfg.n_layer), plan: Some(plan) };
+        memory::estimate(&model.cfg, file_bytes, job)
+    };
+    let memory = est(&plan);
+    let mut cheaper = Vec::new();
+    if plan.tensors && plan.positions == Positions::All {
+        cheaper.push(("--positions last", est(&TracePlan { positions: Positions::Last, ..plan.clone() })));
+    }
+    let attention = [Stage::AttnScores, Stage::AttnProbs];
+    if attention.iter().any(|s| plan.stages.contains(s)) {
+        let mut stages = plan.stages.clone();
+        stages.retain(|s| !attention.contains(s));
+        cheaper.push(("--stages without attn_scores and attn_probs", est(&TracePlan { stages, ..plan.clone() })));
+    }
+    if plan.tensors {
+        cheaper.push(("statistics only (no --tensors)", est(&TracePlan { tensors: false, ..plan.clone() })));
+    }
+    if plan.layers.is_none() && model.cfg.n_layer > 1 {
+        let layers = Some([0, model.cfg.n_layer - 1].into_iter().collect());
+        cheaper.push(("--layers 0,LAST (first and last layer)", est(&TracePlan { layers, ..plan.clone() })));
+    }
+    crate::cmd::common::check_memory(&memory, args.max_memory, "this trace", &cheaper)?;
     let kernels = kernels_for(args.precision);
     let mut rec = Recorder::new(plan);
     let mut gen = Generator::new(model, kernels.as_ref(), capacity);
-    let logits = gen.prefill(&ids, true, &mut rec);
+    let logits = gen.prefill(&ids, every_row(&rec.plan, model.cfg.n_layer), &mut rec);
     let v = model.cfg.vocab;
-    let last = &logits[(ids.len() - 1) * v..];
+    let last = &logits[logits.len() - v..];
 
     let piece = |id: u32| -> String { tok.and_then(|t| t.piece(id)).unwrap_or("").to_string() };
     let top = top_k(last, args.top);
@@ -164,7 +193,22 @@ fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>)> {
     } else {
         None
     };
-    Ok((trace, generated))
+    Ok((trace, generated, Some(memory)))
+}
+
+/// Whether the plan wants a stage that holds every position only when all
+/// positions' logits are computed: the logits, the final norm, or the last
+/// layer's stages after attention (which otherwise go on with the last
+/// token alone).
+fn every_row(plan: &TracePlan, n_layer: usize) -> bool {
+    let after_attention =
+        |s: &Stage| Stage::ALL.iter().position(|a| a == s) > Stage::ALL.iter().position(|a| *a == Stage::AttnOut);
+    plan.wants(None, Stage::Logits)
+        || plan.wants(None, Stage::FinalNorm)
+        || Stage::ALL
+            .iter()
+            .filter(|s| s.is_per_layer() && after_attention(s))
+            .any(|&s| plan.wants(Some(n_layer - 1), s))
 }
 
 /// (id, probability, logit) of the k most likely tokens, softmax in f64.
@@ -319,7 +363,12 @@ fn render_text(
     Ok(s)
 }
 
-fn render_json(trace: &Trace, verdicts: &[Verdict], generated: Option<&Generated>) -> anyhow::Result<String> {
+fn render_json(
+    trace: &Trace,
+    verdicts: &[Verdict],
+    generated: Option<&Generated>,
+    memory: Option<&Estimate>,
+) -> anyhow::Result<String> {
     let mut lines = Vec::new();
     lines.push(json!({
         "type": "header",
@@ -328,6 +377,7 @@ fn render_json(trace: &Trace, verdicts: &[Verdict], generated: Option<&Generated
         "meta": trace.meta.iter().filter(|(k, _)| k.as_str() != "plumb.top" && k.as_str() != "plumb.token_text").map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "tokens": trace.tokens,
         "token_text": token_texts(trace),
+        "memory_estimate": memory.map(Estimate::to_json),
     }));
     for (k, st) in &trace.stats {
         let (stage, layer) = match parse_key(k) {

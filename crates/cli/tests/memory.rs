@@ -1,0 +1,65 @@
+//! Memory bounded by design: `plumb trace` and `plumb run` estimate what a
+//! run will hold before it starts, print it, and refuse one over the budget
+//! with exit 2, naming cheaper ways to run it.
+
+mod common;
+use common::*;
+
+fn tiny() -> String {
+    root().join("testdata/tiny/gemma3/gemma3-f32.gguf").to_string_lossy().into_owned()
+}
+
+const TOKENS: &str = "1,17,255,3,400,511,42,7,99,128,300,5";
+
+#[test]
+fn a_trace_over_the_budget_is_refused_before_it_runs_with_the_estimate_and_cheaper_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().join("t.safetensors");
+    let (code, out, err) = plumb(&[
+        "trace",
+        &tiny(),
+        "--tokens",
+        TOKENS,
+        "--tensors",
+        "--save",
+        save.to_str().unwrap(),
+        "--max-memory",
+        "1M",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("this trace would hold about"), "{err}");
+    assert!(err.contains("over the memory budget of 1.0 MiB"), "{err}");
+    for cheaper in ["--positions last", "--stages without attn_scores and attn_probs", "statistics only"] {
+        assert!(err.contains(cheaper), "{cheaper}: {err}");
+    }
+    assert!(!save.exists(), "nothing is written");
+}
+
+#[test]
+fn the_json_header_carries_the_estimate_and_a_generous_budget_runs() {
+    let (code, out, err) = plumb(&["trace", &tiny(), "--tokens", TOKENS, "--json", "--max-memory", "16G"]);
+    assert!(code == 0 || code == 1, "{err}");
+    let header: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let m = &header["memory_estimate"];
+    let part = |k: &str| m[k].as_u64().unwrap();
+    assert!(part("kv_cache") > 0 && part("work") > 0 && part("model_file") > 0);
+    assert_eq!(part("trace_tensors"), 0, "statistics only keeps no tensors");
+    let sum = ["model_file", "kv_cache", "work", "trace_tensors", "runtime"].iter().map(|k| part(k)).sum::<u64>();
+    assert_eq!(part("total"), sum);
+    // Keeping the tensors adds them: every stage, every layer, 12 positions.
+    let (_, out, _) = plumb(&["trace", &tiny(), "--tokens", TOKENS, "--json", "--tensors"]);
+    let header: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert!(header["memory_estimate"]["trace_tensors"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn a_run_over_the_budget_is_refused_too() {
+    let (code, _, err) = plumb(&["run", &tiny(), "--tokens", TOKENS, "-n", "2", "--max-memory", "1K"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("this run would hold about"), "{err}");
+    let (code, out, err) = plumb(&["run", &tiny(), "--tokens", TOKENS, "-n", "2", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(doc["memory_estimate"]["total"].as_u64().unwrap() > 0, "{doc}");
+}

@@ -1,0 +1,170 @@
+//! What a run will hold in memory, estimated before it starts: the KV cache,
+//! the forward pass's work buffers, and for a trace the tensors it keeps.
+//! Commands print it (`--json`) and refuse, before running, a run whose
+//! estimate is over the memory budget (`--max-memory`).
+//!
+//! The figures follow the buffers the code allocates (model.rs, cache.rs,
+//! the recorder); they are upper bounds of what is alive at once, within
+//! the allocator's slack.
+
+use plumb_trace::plan::Positions;
+use plumb_trace::{Stage, TracePlan};
+
+use crate::cache::KvCache;
+use crate::config::ModelConfig;
+use crate::model::{BATCH, SCORES_BUDGET};
+
+/// Bytes, by what holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Estimate {
+    /// The model file, mapped (resident once every weight has been read).
+    pub model_file: u64,
+    /// The KV cache at full capacity.
+    pub kv_cache: u64,
+    /// The forward pass's largest step: activations, attention scores,
+    /// logits.
+    pub work: u64,
+    /// Tensors a trace keeps until it is saved.
+    pub trace_tensors: u64,
+    /// The rest: the tokenizer, threads, the allocator's slack. Calibrated
+    /// on Gemma 3 270M (a one-token run holds 80 MiB besides its file).
+    pub runtime: u64,
+}
+
+impl Estimate {
+    pub fn total(&self) -> u64 {
+        self.model_file + self.kv_cache + self.work + self.trace_tensors + self.runtime
+    }
+
+    /// The figures in bytes, as `--json` prints them.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "model_file": self.model_file,
+            "kv_cache": self.kv_cache,
+            "work": self.work,
+            "trace_tensors": self.trace_tensors,
+            "runtime": self.runtime,
+            "total": self.total(),
+        })
+    }
+}
+
+/// What a command will run: a prompt of `prompt` tokens (then decoding up
+/// to `capacity` positions), with every position's logits or the last's,
+/// watched by `plan` (None: nobody looks inside).
+#[derive(Debug, Clone, Copy)]
+pub struct Job<'a> {
+    pub prompt: usize,
+    pub capacity: usize,
+    pub all_logits: bool,
+    pub plan: Option<&'a TracePlan>,
+}
+
+/// Floats of one stage's tensor for a step of `t` rows over `tkv`
+/// positions (docs/TRACE_FORMAT.md's shapes).
+pub fn stage_floats(cfg: &ModelConfig, stage: Stage, t: usize, tkv: usize) -> u64 {
+    let (t, tkv) = (t as u64, tkv as u64);
+    let width = match stage {
+        Stage::QProj | Stage::QNorm | Stage::QRope | Stage::AttnContext => cfg.q_dim(),
+        Stage::KProj | Stage::VProj | Stage::KNorm | Stage::KRope => cfg.kv_dim(),
+        Stage::AttnScores | Stage::AttnProbs => return cfg.n_head as u64 * t * tkv,
+        Stage::FfnGate | Stage::FfnUp | Stage::FfnAct | Stage::FfnMul => cfg.ff,
+        Stage::Logits => cfg.vocab,
+        _ => cfg.d,
+    } as u64;
+    t * width
+}
+
+/// The estimate for `job` on a model of `cfg` whose file is `file_bytes`.
+pub fn estimate(cfg: &ModelConfig, file_bytes: u64, job: Job) -> Estimate {
+    let observed = job.plan.is_some_and(|p| p.stages.iter().any(|s| !matches!(s, Stage::FinalNorm | Stage::Logits)));
+    // Rows a step of the prompt holds at once (model.rs: an unobserved
+    // prompt goes in batches).
+    let rows = if observed || job.all_logits { job.prompt } else { job.prompt.min(BATCH) } as u64;
+    let tkv = job.prompt as u64;
+    let (d, ff, qd, kvd) = (cfg.d as u64, cfg.ff as u64, cfg.q_dim() as u64, cfg.kv_dim() as u64);
+    // x, xn, attn, down; q, ctx; k, v; gate, up; the quantized activations.
+    let layer = rows * (4 * d + 2 * qd + 2 * kvd + 2 * ff) * 4 + rows * ff * 2;
+    let wants = |s: Stage| job.plan.is_some_and(|p| p.stages.contains(&s));
+    let scores = if wants(Stage::AttnScores) || wants(Stage::AttnProbs) {
+        cfg.n_head as u64 * rows * tkv * 4
+    } else {
+        (SCORES_BUDGET as u64 * 4).min(cfg.n_head as u64 * rows * tkv * 4)
+    };
+    let logits = if job.all_logits { rows } else { 1 } * cfg.vocab as u64 * 4;
+    Estimate {
+        model_file: file_bytes,
+        kv_cache: KvCache::bytes_for(cfg, job.capacity),
+        work: layer + scores + logits,
+        trace_tensors: job.plan.map_or(0, |p| trace_tensor_bytes(cfg, p, job.prompt)),
+        runtime: (64 << 20) + cfg.vocab as u64 * 64,
+    }
+}
+
+/// Bytes of the tensors `plan` keeps for a prompt of `t` tokens.
+fn trace_tensor_bytes(cfg: &ModelConfig, plan: &TracePlan, t: usize) -> u64 {
+    if !plan.tensors {
+        return 0;
+    }
+    let rows = match plan.positions {
+        Positions::All => t,
+        Positions::Last => 1,
+    };
+    let layers = plan.layers.as_ref().map_or(cfg.n_layer, |set| set.iter().filter(|&&l| l < cfg.n_layer).count());
+    plan.stages
+        .iter()
+        .map(|&s| stage_floats(cfg, s, rows, t) * 4 * if s.is_per_layer() { layers as u64 } else { 1 })
+        .sum()
+}
+
+/// The memory budget when none is given: three quarters of what the
+/// machine has available now (None where that cannot be read).
+pub fn default_budget() -> Option<u64> {
+    let m = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024 / 4 * 3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> ModelConfig {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tiny/gemma3/gemma3-f32.gguf");
+        crate::Model::load(&path).unwrap().cfg
+    }
+
+    #[test]
+    fn kept_tensors_count_every_wanted_stage_and_layer() {
+        let c = cfg();
+        let t = 100;
+        let all = TracePlan { tensors: true, ..TracePlan::default() };
+        let per_layer: u64 =
+            Stage::ALL.iter().filter(|s| s.is_per_layer()).map(|&s| stage_floats(&c, s, t, t) * 4).sum();
+        let global: u64 = Stage::ALL.iter().filter(|s| !s.is_per_layer()).map(|&s| stage_floats(&c, s, t, t) * 4).sum();
+        assert_eq!(trace_tensor_bytes(&c, &all, t), per_layer * c.n_layer as u64 + global);
+        // Scores and probabilities are H × T × T each.
+        assert_eq!(stage_floats(&c, Stage::AttnScores, t, t), (c.n_head * t * t) as u64);
+        // The last position only: T becomes 1, the positions attended stay T.
+        let last = TracePlan { positions: Positions::Last, ..all.clone() };
+        let scores_last = stage_floats(&c, Stage::AttnScores, 1, t) * 4 * c.n_layer as u64;
+        assert!(trace_tensor_bytes(&c, &last, t) >= scores_last);
+        assert!(trace_tensor_bytes(&c, &last, t) < trace_tensor_bytes(&c, &all, t) / 10);
+        // Statistics only: nothing kept.
+        assert_eq!(trace_tensor_bytes(&c, &TracePlan::default(), t), 0);
+    }
+
+    #[test]
+    fn an_unobserved_prompt_is_bounded_by_its_batch_and_a_trace_grows_with_the_square() {
+        let c = cfg();
+        let run = |t: usize| estimate(&c, 0, Job { prompt: t, capacity: t, all_logits: false, plan: None });
+        // Past one batch, only the KV cache grows with the prompt.
+        assert_eq!(run(4 * BATCH).work, run(16 * BATCH).work);
+        assert!(run(16 * BATCH).kv_cache > run(4 * BATCH).kv_cache);
+        let plan = TracePlan::default();
+        let trace = |t: usize| estimate(&c, 0, Job { prompt: t, capacity: t, all_logits: true, plan: Some(&plan) });
+        let (a, b) = (trace(1000).work, trace(4000).work);
+        assert!(b > 10 * a, "{a} {b}");
+    }
+}
