@@ -67,3 +67,23 @@ fn real_gemma_matches_transformers_stats() {
     assert!(report.contains("stages compared: 399"), "{report}");
     assert!(report.contains("PARITY"), "{report}");
 }
+
+/// Long context: a 2151-token prompt (testdata/gemma3-270m/long_prompt.txt),
+/// past the sliding window (512) of five layers in six, traced by
+/// transformers (statistics only, by scripts/gen_tiny_traces.sh); plumb
+/// exact is within bounds at every stage.
+#[test]
+#[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
+fn real_gemma_matches_transformers_stats_on_a_long_prompt() {
+    let m = real_model_arg();
+    let prompt = root().join("testdata/gemma3-270m/long_prompt.txt");
+    let reference = root().join("testdata/gemma3-270m/hf_trace_long_stats.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("plumb.safetensors");
+    let (code, _, err) = plumb(&["trace", &m, "-f", prompt.to_str().unwrap(), "--save", out.to_str().unwrap()]);
+    assert!(code == 0 || code == 1, "{err}");
+    let (code, report, _) = plumb(&["diff", out.to_str().unwrap(), reference.to_str().unwrap(), "--color", "never"]);
+    assert_eq!(code, 0, "{report}");
+    assert!(report.contains("stages compared: 399"), "{report}");
+    assert!(report.contains("PARITY"), "{report}");
+}

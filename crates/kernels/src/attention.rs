@@ -205,6 +205,13 @@ impl Attention for FastKernels {
         } else {
             (q, Some(s.scale))
         };
+        if t == 1 {
+            decode_scores(s, q, keys, scores);
+            for sh in scores.chunks_exact_mut(tkv) {
+                scale_and_cap(&mut sh[s.first_scored(0)..s.scored(0)], post_scale, s.softcap);
+            }
+            return;
+        }
         scores.par_chunks_mut(t * tkv).with_min_len(s.min_heads_per_task()).enumerate().for_each(|(h, sh)| {
             let kh = h / group;
             // Each score is one dot product, whatever block computes it:
@@ -259,22 +266,13 @@ impl Attention for FastKernels {
         // matmul does.
         let tpad = tkv.div_ceil(VALUE_PAD) * VALUE_PAD;
         assert!(stride >= tpad && vt.len() >= s.kv_heads * hd * stride && probs.len() == s.heads * t * tkv);
+        if t == 1 {
+            decode_context(s, probs, vt, stride, ctx);
+            return;
+        }
         let mut per_head = vec![0f32; s.heads * t * hd]; //                       [H, T, hd]
         per_head.par_chunks_mut(t * hd).with_min_len(s.min_heads_per_task()).enumerate().for_each(|(h, out)| {
             let kh = h / group;
-            if t == 1 {
-                // Zero probabilities before the window leave the dot
-                // product's 64 lanes as they are: it starts at the last
-                // multiple of 64 at or before the window.
-                let skip = s.first_visible(0) / crate::mirror::LANES * crate::mirror::LANES;
-                let mut row = vec![0f32; tpad - skip];
-                row[..tkv - skip].copy_from_slice(&probs[h * tkv + skip..(h + 1) * tkv]);
-                for (e, o) in out.iter_mut().enumerate() {
-                    let col = (kh * hd + e) * stride;
-                    *o = crate::mirror::dot_f32(&row, &vt[col + skip..col + tpad]);
-                }
-                return;
-            }
             // Past the last visible position the probabilities are zeros,
             // which leave the 16 lanes as they are: each sum stops at the
             // first multiple of 16 beyond it. The rows are padded to tpad.
@@ -308,6 +306,70 @@ impl Attention for FastKernels {
             }
         });
         interleave_heads(s, &per_head, ctx);
+    }
+}
+
+/// Keys per task of a decoding step's scores.
+const DECODE_KEYS: usize = 256;
+/// Value columns per task of a decoding step's context.
+const DECODE_COLUMNS: usize = 32;
+
+/// The fast scores of one token (T = 1): the heads that share a key head
+/// are the grid's queries, so each key is read once for all of them; tasks
+/// take runs of keys. Every score is the same dot product as before.
+fn decode_scores(s: &AttnShape, q: &[f32], keys: &[f32], scores: &mut [f32]) {
+    let (tkv, hd, kvd, group) = (s.tkv(), s.hd, s.kv_heads * s.hd, s.heads / s.kv_heads);
+    let (from, to) = (s.first_scored(0), s.scored(0));
+    let runs: Vec<(usize, usize, usize)> = (0..s.kv_heads)
+        .flat_map(|kh| (from..to).step_by(DECODE_KEYS).map(move |j0| (kh, j0, (j0 + DECODE_KEYS).min(to))))
+        .collect();
+    let parts: Vec<Vec<f32>> = runs
+        .par_iter()
+        .map(|&(kh, j0, j1)| {
+            let mut part = vec![0f32; group * (j1 - j0)]; //                  [group, j1 - j0]
+            let lens = vec![j1 - j0; group];
+            let qg = &q[kh * group * hd..];
+            crate::mirror::dot_f32_grid(qg, hd, &keys[j0 * kvd + kh * hd..], kvd, hd, &lens, &mut part, j1 - j0);
+            part
+        })
+        .collect();
+    for (&(kh, j0, j1), part) in runs.iter().zip(&parts) {
+        for (g, row) in part.chunks_exact(j1 - j0).enumerate() {
+            let h = kh * group + g;
+            scores[h * tkv + j0..h * tkv + j1].copy_from_slice(row);
+        }
+    }
+}
+
+/// The fast context of one token (T = 1): each value column is read once
+/// for the heads that share it (dot products in pairs of heads, the same
+/// sums as one head at a time: x·y = y·x in every rounding). Zero
+/// probabilities before the window leave the dot product's 64 lanes as
+/// they are, so each sum starts at the last multiple of 64 at or before it.
+fn decode_context(s: &AttnShape, probs: &[f32], vt: &[f32], stride: usize, ctx: &mut [f32]) {
+    let (tkv, hd, group) = (s.tkv(), s.hd, s.heads / s.kv_heads);
+    let tpad = tkv.div_ceil(VALUE_PAD) * VALUE_PAD;
+    let skip = s.first_visible(0) / crate::mirror::LANES * crate::mirror::LANES;
+    let len = tpad - skip;
+    let mut rows = vec![0f32; s.heads * len]; //                              [H, len]
+    for (h, row) in rows.chunks_exact_mut(len).enumerate() {
+        row[..tkv - skip].copy_from_slice(&probs[h * tkv + skip..(h + 1) * tkv]);
+    }
+    // [Hkv·hd, group]: column c's outputs for the heads of its key head.
+    let mut by_column = vec![0f32; s.kv_heads * hd * group];
+    by_column.par_chunks_mut(DECODE_COLUMNS * group).enumerate().for_each(|(n, out)| {
+        for (i, o) in out.chunks_exact_mut(group).enumerate() {
+            let c = n * DECODE_COLUMNS + i;
+            let kh = c / hd;
+            let col = &vt[c * stride + skip..c * stride + tpad];
+            crate::mirror::dot_f32_rows(col, &rows[kh * group * len..(kh + 1) * group * len], len, o);
+        }
+    });
+    for (c, outs) in by_column.chunks_exact(group).enumerate() {
+        let (kh, e) = (c / hd, c % hd);
+        for (g, v) in outs.iter().enumerate() {
+            ctx[(kh * group + g) * hd + e] = *v;
+        }
     }
 }
 

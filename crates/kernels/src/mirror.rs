@@ -249,8 +249,10 @@ pub fn dot_f32_grid(q: &[f32], qs: usize, k: &[f32], ks: usize, n: usize, lens: 
     }
     assert!((nq - 1) * qs + n <= q.len() && (kmax - 1) * ks + n <= k.len());
     assert!(lens.iter().enumerate().all(|(i, &l)| l == 0 || i * os + l <= out.len()));
+    // Fewer than four queries would repeat one in the tiles: pairs of keys
+    // per query then (the same sums).
     #[cfg(target_arch = "x86_64")]
-    if active_path().uses_avx512f() && n.is_multiple_of(LANES) {
+    if active_path().uses_avx512f() && n.is_multiple_of(LANES) && nq >= 4 {
         for i0 in (0..nq).step_by(4) {
             let qi: [usize; 4] = [i0, (i0 + 1).min(nq - 1), (i0 + 2).min(nq - 1), (i0 + 3).min(nq - 1)];
             let jmax = qi.iter().map(|&i| lens[i]).max().unwrap_or(0);
