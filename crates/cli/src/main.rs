@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod out;
+mod progress;
 mod style;
 
 #[derive(Parser)]
@@ -19,6 +20,9 @@ struct Cli {
     /// `avx2`, `avx512` (adds AVX512F) or `avx512vnni` (adds AVX512VL and AVX512VNNI).
     #[arg(long, global = true, default_value = "auto", value_parser = parse_kernels)]
     kernels: plumb_kernels::KernelPath,
+    /// No progress bars (they are drawn on stderr only when it is a terminal).
+    #[arg(long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     plumb_kernels::set_path(cli.kernels);
+    progress::set_quiet(cli.quiet);
     keep_freed_memory();
     // Ctrl-C or a termination signal: remove any file being written (the
     // target is only ever replaced whole, by a rename) and exit as a shell

@@ -13,6 +13,7 @@ use plumb_trace::{Recorder, TracePlan};
 use serde_json::json;
 
 use crate::cmd::common::{load, ModelArgs};
+use crate::progress::{bar, Progress};
 use crate::{out, Outcome};
 
 #[derive(clap::Args)]
@@ -98,9 +99,12 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         // The depth, filled once: its own tokens, in batches of FILL.
         let mut cache = KvCache::new(&model.cfg, depth + longest);
         let fill = tokens(model, depth + longest);
+        let mut quiet = NoTrace;
+        let mut watch = Progress::new(&mut quiet, bar(&format!("depth {depth}"), depth, model.cfg.n_layer));
         for chunk in fill[..depth].chunks(FILL) {
-            model.forward(kernels.as_ref(), chunk, &mut cache, false, &mut NoTrace);
+            model.forward(kernels.as_ref(), chunk, &mut cache, false, &mut watch);
         }
+        watch.finish();
         for &(test, n) in &tests {
             let toks = &fill[depth..depth + n];
             let mut times = Vec::new();

@@ -13,6 +13,7 @@ use plumb_model::tokenizer::StreamDecoder;
 use plumb_model::{NoTrace, Precision};
 
 use crate::cmd::common::{check_capacity, load, ModelArgs, PromptArgs};
+use crate::progress::{bar, Progress};
 use crate::Outcome;
 
 #[derive(clap::Args)]
@@ -84,7 +85,10 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         stdout.flush()?;
     }
     let t0 = Instant::now();
-    let logits = gen.prefill(&prompt_ids, false, &mut NoTrace);
+    let mut quiet = NoTrace;
+    let mut watch = Progress::new(&mut quiet, bar("prompt", prompt_ids.len(), model.cfg.n_layer));
+    let logits = gen.prefill(&prompt_ids, false, &mut watch);
+    watch.finish();
     let prefill = t0.elapsed();
 
     let mut dec = StreamDecoder::default();

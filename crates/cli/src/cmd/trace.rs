@@ -21,6 +21,7 @@ use serde_json::json;
 use plumb_bisect::runs::trace_meta;
 
 use crate::cmd::common::{load, parse_precision, sha256_file, ModelArgs, PromptArgs};
+use crate::progress::{bar, Progress};
 use crate::style::{paint, ColorChoice, Paint};
 use crate::{out, Outcome};
 
@@ -155,7 +156,10 @@ fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>, Option<Es
     let kernels = kernels_for(args.precision);
     let mut rec = Recorder::new(plan);
     let mut gen = Generator::new(model, kernels.as_ref(), capacity);
-    let logits = gen.prefill(&ids, every_row(&rec.plan, model.cfg.n_layer), &mut rec);
+    let all_rows = every_row(&rec.plan, model.cfg.n_layer);
+    let mut watch = Progress::new(&mut rec, bar("trace", ids.len(), model.cfg.n_layer));
+    let logits = gen.prefill(&ids, all_rows, &mut watch);
+    watch.finish();
     let v = model.cfg.vocab;
     let last = &logits[logits.len() - v..];
 
