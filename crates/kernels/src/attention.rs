@@ -134,6 +134,19 @@ impl Attention for ExactKernels {
         let (qd, kvd, group) = (s.heads * hd, s.kv_heads * hd, s.heads / s.kv_heads);
         check_sizes(s, q, keys, scores);
         let dot = crate::f32_dot_fn();
+        if t == 1 {
+            decode_scores(s, q, keys, scores, |qg, ks, n, part| {
+                for (g, row) in part.chunks_exact_mut(n).enumerate() {
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v = dot(&qg[g * hd..(g + 1) * hd], &ks[j * kvd..j * kvd + hd]);
+                    }
+                }
+            });
+            for sh in scores.chunks_exact_mut(tkv) {
+                scale_and_cap(&mut sh[s.first_scored(0)..s.scored(0)], Some(s.scale), s.softcap);
+            }
+            return;
+        }
         scores.par_chunks_mut(t * tkv).with_min_len(s.min_heads_per_task()).enumerate().for_each(|(h, sh)| {
             let kh = h / group;
             for i in 0..t {
@@ -167,6 +180,10 @@ impl Attention for ExactKernels {
         let (t, tkv, hd) = (s.t, s.tkv(), s.hd);
         let (kvd, group) = (s.kv_heads * hd, s.heads / s.kv_heads);
         assert!(vc.len() >= tkv * kvd && probs.len() == s.heads * t * tkv);
+        if t == 1 {
+            decode_context_rows(s, probs, vc, ctx);
+            return;
+        }
         let mut per_head = vec![0f32; s.heads * t * hd]; //                       [H, T, hd]
         per_head.par_chunks_mut(t * hd).with_min_len(s.min_heads_per_task()).enumerate().for_each(|(h, out)| {
             let kh = h / group;
@@ -206,7 +223,9 @@ impl Attention for FastKernels {
             (q, Some(s.scale))
         };
         if t == 1 {
-            decode_scores(s, q, keys, scores);
+            decode_scores(s, q, keys, scores, |qg, ks, n, part| {
+                crate::mirror::dot_f32_grid(qg, hd, ks, kvd, hd, &vec![n; group], part, n)
+            });
             for sh in scores.chunks_exact_mut(tkv) {
                 scale_and_cap(&mut sh[s.first_scored(0)..s.scored(0)], post_scale, s.softcap);
             }
@@ -314,10 +333,18 @@ const DECODE_KEYS: usize = 256;
 /// Value columns per task of a decoding step's context.
 const DECODE_COLUMNS: usize = 32;
 
-/// The fast scores of one token (T = 1): the heads that share a key head
-/// are the grid's queries, so each key is read once for all of them; tasks
-/// take runs of keys. Every score is the same dot product as before.
-fn decode_scores(s: &AttnShape, q: &[f32], keys: &[f32], scores: &mut [f32]) {
+/// The scores of one token (T = 1): the heads that share a key head are
+/// scored together, so each key is read once for all of them; tasks take
+/// runs of keys. `fill(q_group, keys_from, n, part)` writes part[g·n + j] =
+/// q_g·k_j for the group's heads g and n keys; every score is the same dot
+/// product as one head at a time.
+fn decode_scores(
+    s: &AttnShape,
+    q: &[f32],
+    keys: &[f32],
+    scores: &mut [f32],
+    fill: impl Fn(&[f32], &[f32], usize, &mut [f32]) + Sync,
+) {
     let (tkv, hd, kvd, group) = (s.tkv(), s.hd, s.kv_heads * s.hd, s.heads / s.kv_heads);
     let (from, to) = (s.first_scored(0), s.scored(0));
     let runs: Vec<(usize, usize, usize)> = (0..s.kv_heads)
@@ -327,9 +354,7 @@ fn decode_scores(s: &AttnShape, q: &[f32], keys: &[f32], scores: &mut [f32]) {
         .par_iter()
         .map(|&(kh, j0, j1)| {
             let mut part = vec![0f32; group * (j1 - j0)]; //                  [group, j1 - j0]
-            let lens = vec![j1 - j0; group];
-            let qg = &q[kh * group * hd..];
-            crate::mirror::dot_f32_grid(qg, hd, &keys[j0 * kvd + kh * hd..], kvd, hd, &lens, &mut part, j1 - j0);
+            fill(&q[kh * group * hd..(kh + 1) * group * hd], &keys[j0 * kvd + kh * hd..], j1 - j0, &mut part);
             part
         })
         .collect();
@@ -369,6 +394,44 @@ fn decode_context(s: &AttnShape, probs: &[f32], vt: &[f32], stride: usize, ctx: 
         let (kh, e) = (c / hd, c % hd);
         for (g, v) in outs.iter().enumerate() {
             ctx[(kh * group + g) * hd + e] = *v;
+        }
+    }
+}
+
+/// The exact context of one token (T = 1) from values kept as rows: each
+/// value row is read once for the heads that share it; tasks take runs of
+/// its elements. Each output element sums p·v over the positions in order,
+/// skipping zero probabilities, as one head at a time does.
+fn decode_context_rows(s: &AttnShape, probs: &[f32], vc: &[f32], ctx: &mut [f32]) {
+    let (tkv, hd, kvd, group) = (s.tkv(), s.hd, s.kv_heads * s.hd, s.heads / s.kv_heads);
+    let from = s.first_visible(0);
+    let runs: Vec<(usize, usize, usize)> = (0..s.kv_heads)
+        .flat_map(|kh| (0..hd).step_by(DECODE_COLUMNS).map(move |e0| (kh, e0, (e0 + DECODE_COLUMNS).min(hd))))
+        .collect();
+    let parts: Vec<Vec<f32>> = runs
+        .par_iter()
+        .map(|&(kh, e0, e1)| {
+            let w = e1 - e0;
+            let mut part = vec![0f32; group * w]; //                          [group, e1 - e0]
+            for j in from..tkv {
+                let v = &vc[j * kvd + kh * hd + e0..j * kvd + kh * hd + e1];
+                for (g, o) in part.chunks_exact_mut(w).enumerate() {
+                    let pr = probs[(kh * group + g) * tkv + j];
+                    if pr == 0.0 {
+                        continue;
+                    }
+                    for (o, v) in o.iter_mut().zip(v) {
+                        *o += pr * v;
+                    }
+                }
+            }
+            part
+        })
+        .collect();
+    for (&(kh, e0, e1), part) in runs.iter().zip(&parts) {
+        for (g, o) in part.chunks_exact(e1 - e0).enumerate() {
+            let h = kh * group + g;
+            ctx[h * hd + e0..h * hd + e1].copy_from_slice(o);
         }
     }
 }
