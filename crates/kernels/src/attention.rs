@@ -346,22 +346,39 @@ fn decode_scores(
     fill: impl Fn(&[f32], &[f32], usize, &mut [f32]) + Sync,
 ) {
     let (tkv, hd, kvd, group) = (s.tkv(), s.hd, s.kv_heads * s.hd, s.heads / s.kv_heads);
-    let (from, to) = (s.first_scored(0), s.scored(0));
+    let keys_run = |kh: usize, j0: usize, j1: usize, part: &mut [f32]| {
+        fill(&q[kh * group * hd..(kh + 1) * group * hd], &keys[j0 * kvd + kh * hd..], j1 - j0, part)
+    };
+    by_key_head(s, s.first_scored(0)..s.scored(0), DECODE_KEYS, scores, tkv, keys_run);
+}
+
+/// One decoding step's work in runs of `range` per key head, in parallel:
+/// `work(kh, a, b, part)` fills part [group, b − a] for the heads of key head
+/// kh, which land in `out` at head h's row (`row` apart), columns a..b.
+fn by_key_head(
+    s: &AttnShape,
+    range: std::ops::Range<usize>,
+    step: usize,
+    out: &mut [f32],
+    row: usize,
+    work: impl Fn(usize, usize, usize, &mut [f32]) + Sync,
+) {
+    let group = s.heads / s.kv_heads;
     let runs: Vec<(usize, usize, usize)> = (0..s.kv_heads)
-        .flat_map(|kh| (from..to).step_by(DECODE_KEYS).map(move |j0| (kh, j0, (j0 + DECODE_KEYS).min(to))))
+        .flat_map(|kh| range.clone().step_by(step).map(move |a| (kh, a, (a + step).min(range.end))))
         .collect();
     let parts: Vec<Vec<f32>> = runs
         .par_iter()
-        .map(|&(kh, j0, j1)| {
-            let mut part = vec![0f32; group * (j1 - j0)]; //                  [group, j1 - j0]
-            fill(&q[kh * group * hd..(kh + 1) * group * hd], &keys[j0 * kvd + kh * hd..], j1 - j0, &mut part);
+        .map(|&(kh, a, b)| {
+            let mut part = vec![0f32; group * (b - a)]; //                    [group, b − a]
+            work(kh, a, b, &mut part);
             part
         })
         .collect();
-    for (&(kh, j0, j1), part) in runs.iter().zip(&parts) {
-        for (g, row) in part.chunks_exact(j1 - j0).enumerate() {
+    for (&(kh, a, b), part) in runs.iter().zip(&parts) {
+        for (g, r) in part.chunks_exact(b - a).enumerate() {
             let h = kh * group + g;
-            scores[h * tkv + j0..h * tkv + j1].copy_from_slice(row);
+            out[h * row + a..h * row + b].copy_from_slice(r);
         }
     }
 }
@@ -380,22 +397,18 @@ fn decode_context(s: &AttnShape, probs: &[f32], vt: &[f32], stride: usize, ctx: 
     for (h, row) in rows.chunks_exact_mut(len).enumerate() {
         row[..tkv - skip].copy_from_slice(&probs[h * tkv + skip..(h + 1) * tkv]);
     }
-    // [Hkv·hd, group]: column c's outputs for the heads of its key head.
-    let mut by_column = vec![0f32; s.kv_heads * hd * group];
-    by_column.par_chunks_mut(DECODE_COLUMNS * group).enumerate().for_each(|(n, out)| {
-        for (i, o) in out.chunks_exact_mut(group).enumerate() {
-            let c = n * DECODE_COLUMNS + i;
-            let kh = c / hd;
+    let columns = |kh: usize, e0: usize, e1: usize, part: &mut [f32]| {
+        let mut o = vec![0f32; group];
+        for e in e0..e1 {
+            let c = kh * hd + e;
             let col = &vt[c * stride + skip..c * stride + tpad];
-            crate::mirror::dot_f32_rows(col, &rows[kh * group * len..(kh + 1) * group * len], len, o);
+            crate::mirror::dot_f32_rows(col, &rows[kh * group * len..(kh + 1) * group * len], len, &mut o);
+            for (g, v) in o.iter().enumerate() {
+                part[g * (e1 - e0) + e - e0] = *v;
+            }
         }
-    });
-    for (c, outs) in by_column.chunks_exact(group).enumerate() {
-        let (kh, e) = (c / hd, c % hd);
-        for (g, v) in outs.iter().enumerate() {
-            ctx[(kh * group + g) * hd + e] = *v;
-        }
-    }
+    };
+    by_key_head(s, 0..hd, DECODE_COLUMNS, ctx, hd, columns);
 }
 
 /// The exact context of one token (T = 1) from values kept as rows: each
@@ -405,35 +418,21 @@ fn decode_context(s: &AttnShape, probs: &[f32], vt: &[f32], stride: usize, ctx: 
 fn decode_context_rows(s: &AttnShape, probs: &[f32], vc: &[f32], ctx: &mut [f32]) {
     let (tkv, hd, kvd, group) = (s.tkv(), s.hd, s.kv_heads * s.hd, s.heads / s.kv_heads);
     let from = s.first_visible(0);
-    let runs: Vec<(usize, usize, usize)> = (0..s.kv_heads)
-        .flat_map(|kh| (0..hd).step_by(DECODE_COLUMNS).map(move |e0| (kh, e0, (e0 + DECODE_COLUMNS).min(hd))))
-        .collect();
-    let parts: Vec<Vec<f32>> = runs
-        .par_iter()
-        .map(|&(kh, e0, e1)| {
-            let w = e1 - e0;
-            let mut part = vec![0f32; group * w]; //                          [group, e1 - e0]
-            for j in from..tkv {
-                let v = &vc[j * kvd + kh * hd + e0..j * kvd + kh * hd + e1];
-                for (g, o) in part.chunks_exact_mut(w).enumerate() {
-                    let pr = probs[(kh * group + g) * tkv + j];
-                    if pr == 0.0 {
-                        continue;
-                    }
-                    for (o, v) in o.iter_mut().zip(v) {
-                        *o += pr * v;
-                    }
+    let elements = |kh: usize, e0: usize, e1: usize, part: &mut [f32]| {
+        for j in from..tkv {
+            let v = &vc[j * kvd + kh * hd + e0..j * kvd + kh * hd + e1];
+            for (g, o) in part.chunks_exact_mut(e1 - e0).enumerate() {
+                let pr = probs[(kh * group + g) * tkv + j];
+                if pr == 0.0 {
+                    continue;
+                }
+                for (o, v) in o.iter_mut().zip(v) {
+                    *o += pr * v;
                 }
             }
-            part
-        })
-        .collect();
-    for (&(kh, e0, e1), part) in runs.iter().zip(&parts) {
-        for (g, o) in part.chunks_exact(e1 - e0).enumerate() {
-            let h = kh * group + g;
-            ctx[h * hd + e0..h * hd + e1].copy_from_slice(o);
         }
-    }
+    };
+    by_key_head(s, 0..hd, DECODE_COLUMNS, ctx, hd, elements);
 }
 
 fn check_sizes(s: &AttnShape, q: &[f32], keys: &[f32], scores: &mut [f32]) {
