@@ -52,7 +52,7 @@ pub fn full_plan() -> TracePlan {
 
 /// A trace from a recorder's findings, in key order.
 fn into_trace(meta: BTreeMap<String, String>, ids: &[u32], rec: Recorder) -> Trace {
-    let mut t = Trace { meta, tokens: ids.to_vec(), stats: rec.stats, tensors: Default::default() };
+    let mut t = Trace { meta, tokens: ids.to_vec(), stats: rec.stats, tensors: Default::default(), spilled: None };
     t.tensors = rec.tensors.into_iter().map(|(k, s, d)| (k, (s, d))).collect();
     t.sort();
     t

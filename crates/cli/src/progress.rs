@@ -7,6 +7,7 @@ use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use plumb_model::stage::Rows;
 use plumb_model::{Observer, Stage};
 
 static QUIET: AtomicBool = AtomicBool::new(false);
@@ -35,16 +36,23 @@ pub fn bar(what: &str, tokens: usize, layers: usize) -> Option<ProgressBar> {
 }
 
 /// Passes everything to the observer it wraps and moves the bar on by the
-/// batch's rows at each layer's end.
+/// batch's rows as each layer's attention finishes.
 pub struct Progress<'a> {
     pub inner: &'a mut dyn Observer,
     pub bar: Option<ProgressBar>,
-    rows: u64,
 }
 
 impl<'a> Progress<'a> {
     pub fn new(inner: &'a mut dyn Observer, bar: Option<ProgressBar>) -> Progress<'a> {
-        Progress { inner, bar, rows: 0 }
+        Progress { inner, bar }
+    }
+
+    /// Each layer's attention output has every row of its batch or part
+    /// (the last layer's later stages may keep only the last).
+    fn advance(&self, stage: Stage, shape: &[usize]) {
+        if let (Some(b), Stage::AttnOut) = (&self.bar, stage) {
+            b.inc(shape.first().copied().unwrap_or(0) as u64);
+        }
     }
 
     pub fn finish(&self) {
@@ -60,13 +68,7 @@ impl Observer for Progress<'_> {
     }
 
     fn record(&mut self, layer: Option<usize>, stage: Stage, data: &[f32], shape: &[usize]) {
-        if let Some(b) = &self.bar {
-            match stage {
-                Stage::Embedding => self.rows = shape.first().copied().unwrap_or(0) as u64,
-                Stage::LayerOut => b.inc(self.rows),
-                _ => {}
-            }
-        }
+        self.advance(stage, shape);
         self.inner.record(layer, stage, data, shape);
     }
 
@@ -76,5 +78,14 @@ impl Observer for Progress<'_> {
 
     fn substitute(&mut self, layer: Option<usize>, stage: Stage, data: &mut [f32], shape: &[usize]) {
         self.inner.substitute(layer, stage, data, shape);
+    }
+
+    fn takes_parts(&self) -> bool {
+        self.inner.takes_parts()
+    }
+
+    fn record_part(&mut self, layer: Option<usize>, stage: Stage, data: &[f32], shape: &[usize], rows: Rows) {
+        self.advance(stage, shape);
+        self.inner.record_part(layer, stage, data, shape, rows);
     }
 }

@@ -49,12 +49,18 @@ pub struct AttnShape {
     /// Compute the scores of future positions too (a trace asks for the
     /// pre-mask scores); the mask zeroes their probabilities either way.
     pub full: bool,
+    /// Positions after this step's last token that the scores hold too
+    /// (zero but where a trace takes a long step in blocks of rows: each
+    /// block's scores are as wide as the whole step's). They are scored
+    /// only when `full`; their probabilities are 0.
+    pub future: usize,
 }
 
 impl AttnShape {
-    /// Tkv: the positions attended over.
+    /// Tkv: the positions the scores hold (attended over, and any future
+    /// ones).
     pub fn tkv(&self) -> usize {
-        self.p + self.t
+        self.p + self.t + self.future
     }
 
     /// Heads are worth a thread each only past one token's worth of work.

@@ -12,7 +12,7 @@ use plumb_trace::{Stage, TracePlan};
 
 use crate::cache::KvCache;
 use crate::config::ModelConfig;
-use crate::model::{BATCH, SCORES_BUDGET};
+use crate::model::{BATCH, LOGITS_BUDGET, SCORES_BUDGET};
 
 /// Bytes, by what holds them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +24,8 @@ pub struct Estimate {
     /// The forward pass's largest step: activations, attention scores,
     /// logits.
     pub work: u64,
-    /// Tensors a trace keeps until it is saved.
+    /// Tensors a trace keeps until it is saved (with a spill, the largest
+    /// one, read back while saving).
     pub trace_tensors: u64,
     /// The rest: the tokenizer, threads, the allocator's slack. Calibrated
     /// on Gemma 3 270M (a one-token run holds 80 MiB besides its file).
@@ -51,13 +52,15 @@ impl Estimate {
 
 /// What a command will run: a prompt of `prompt` tokens (then decoding up
 /// to `capacity` positions), with every position's logits or the last's,
-/// watched by `plan` (None: nobody looks inside).
+/// watched by `plan` (None: nobody looks inside), whose kept tensors go to
+/// a scratch file as they come when `spill` (`Recorder::spilling`).
 #[derive(Debug, Clone, Copy)]
 pub struct Job<'a> {
     pub prompt: usize,
     pub capacity: usize,
     pub all_logits: bool,
     pub plan: Option<&'a TracePlan>,
+    pub spill: bool,
 }
 
 /// Floats of one stage's tensor for a step of `t` rows over `tkv`
@@ -78,43 +81,69 @@ pub fn stage_floats(cfg: &ModelConfig, stage: Stage, t: usize, tkv: usize) -> u6
 /// The estimate for `job` on a model of `cfg` whose file is `file_bytes`.
 pub fn estimate(cfg: &ModelConfig, file_bytes: u64, job: Job) -> Estimate {
     let observed = job.plan.is_some_and(|p| p.stages.iter().any(|s| !matches!(s, Stage::FinalNorm | Stage::Logits)));
-    // Rows a step of the prompt holds at once (model.rs: an unobserved
-    // prompt goes in batches).
-    let rows = if observed || job.all_logits { job.prompt } else { job.prompt.min(BATCH) } as u64;
+    // model.rs: a statistics-only trace takes a long prompt in parts
+    // (`Model::in_parts`; the recorder takes parts when it keeps no tensors).
+    let parts = job.plan.is_some_and(|p| !p.tensors) && job.prompt > BATCH;
+    // Rows a step of the prompt holds at once: an unobserved prompt, and
+    // one taken in parts, go in batches.
+    let rows = if parts || !(observed || job.all_logits) { job.prompt.min(BATCH) } else { job.prompt } as u64;
     let tkv = job.prompt as u64;
-    let (d, ff, qd, kvd) = (cfg.d as u64, cfg.ff as u64, cfg.q_dim() as u64, cfg.kv_dim() as u64);
+    let (d, ff, qd, kvd, nh) =
+        (cfg.d as u64, cfg.ff as u64, cfg.q_dim() as u64, cfg.kv_dim() as u64, cfg.n_head as u64);
     // x, xn, attn, down; q, ctx; k, v; gate, up; the quantized activations.
     let layer = rows * (4 * d + 2 * qd + 2 * kvd + 2 * ff) * 4 + rows * ff * 2;
+    // In parts, the residual stream and the queries of the whole step.
+    let whole_step = if parts { tkv * (d + qd) * 4 } else { 0 };
     let wants = |s: Stage| job.plan.is_some_and(|p| p.stages.contains(&s));
-    let scores = if wants(Stage::AttnScores) || wants(Stage::AttnProbs) {
-        cfg.n_head as u64 * rows * tkv * 4
+    let scores = if !parts && (wants(Stage::AttnScores) || wants(Stage::AttnProbs)) {
+        nh * rows * tkv
     } else {
-        (SCORES_BUDGET as u64 * 4).min(cfg.n_head as u64 * rows * tkv * 4)
+        // Blocks of query rows, 16 at least.
+        (SCORES_BUDGET as u64).max(16 * nh * tkv).min(nh * rows * tkv)
+    } * 4;
+    let logit_rows = match (job.all_logits, parts) {
+        (false, _) => 1,
+        (true, true) => ((LOGITS_BUDGET / cfg.vocab).max(2) as u64).min(rows),
+        (true, false) => rows,
     };
-    let logits = if job.all_logits { rows } else { 1 } * cfg.vocab as u64 * 4;
     Estimate {
         model_file: file_bytes,
         kv_cache: KvCache::bytes_for(cfg, job.capacity),
-        work: layer + scores + logits,
-        trace_tensors: job.plan.map_or(0, |p| trace_tensor_bytes(cfg, p, job.prompt)),
+        work: layer + whole_step + scores + logit_rows * cfg.vocab as u64 * 4,
+        trace_tensors: job.plan.map_or(0, |p| {
+            if job.spill {
+                largest_tensor_bytes(cfg, p, job.prompt)
+            } else {
+                trace_tensor_bytes(cfg, p, job.prompt)
+            }
+        }),
         runtime: (64 << 20) + cfg.vocab as u64 * 64,
     }
 }
 
-/// Bytes of the tensors `plan` keeps for a prompt of `t` tokens.
-fn trace_tensor_bytes(cfg: &ModelConfig, plan: &TracePlan, t: usize) -> u64 {
-    if !plan.tensors {
-        return 0;
-    }
+/// Bytes of the tensors `plan` keeps for a prompt of `t` tokens: what a
+/// trace file holds besides its header.
+pub fn trace_tensor_bytes(cfg: &ModelConfig, plan: &TracePlan, t: usize) -> u64 {
+    let layers = plan.layers.as_ref().map_or(cfg.n_layer, |set| set.iter().filter(|&&l| l < cfg.n_layer).count());
+    kept_stage_bytes(cfg, plan, t).map(|(s, b)| b * if s.is_per_layer() { layers as u64 } else { 1 }).sum()
+}
+
+/// Bytes of the largest tensor `plan` keeps for a prompt of `t` tokens.
+fn largest_tensor_bytes(cfg: &ModelConfig, plan: &TracePlan, t: usize) -> u64 {
+    kept_stage_bytes(cfg, plan, t).map(|(_, b)| b).max().unwrap_or(0)
+}
+
+/// Each kept stage's bytes in one layer.
+fn kept_stage_bytes<'a>(
+    cfg: &'a ModelConfig,
+    plan: &'a TracePlan,
+    t: usize,
+) -> impl Iterator<Item = (Stage, u64)> + 'a {
     let rows = match plan.positions {
         Positions::All => t,
         Positions::Last => 1,
     };
-    let layers = plan.layers.as_ref().map_or(cfg.n_layer, |set| set.iter().filter(|&&l| l < cfg.n_layer).count());
-    plan.stages
-        .iter()
-        .map(|&s| stage_floats(cfg, s, rows, t) * 4 * if s.is_per_layer() { layers as u64 } else { 1 })
-        .sum()
+    plan.stages.iter().filter(|_| plan.tensors).map(move |&s| (s, stage_floats(cfg, s, rows, t) * 4))
 }
 
 /// The memory budget when none is given: three quarters of what the
@@ -158,13 +187,40 @@ mod tests {
     #[test]
     fn an_unobserved_prompt_is_bounded_by_its_batch_and_a_trace_grows_with_the_square() {
         let c = cfg();
-        let run = |t: usize| estimate(&c, 0, Job { prompt: t, capacity: t, all_logits: false, plan: None });
+        let run =
+            |t: usize| estimate(&c, 0, Job { prompt: t, capacity: t, all_logits: false, plan: None, spill: false });
         // Past one batch, only the KV cache grows with the prompt.
         assert_eq!(run(4 * BATCH).work, run(16 * BATCH).work);
         assert!(run(16 * BATCH).kv_cache > run(4 * BATCH).kv_cache);
-        let plan = TracePlan::default();
-        let trace = |t: usize| estimate(&c, 0, Job { prompt: t, capacity: t, all_logits: true, plan: Some(&plan) });
+        let plan = TracePlan { tensors: true, ..TracePlan::default() };
+        let trace = |t: usize| {
+            estimate(&c, 0, Job { prompt: t, capacity: t, all_logits: true, plan: Some(&plan), spill: false })
+        };
         let (a, b) = (trace(1000).work, trace(4000).work);
         assert!(b > 10 * a, "{a} {b}");
+    }
+
+    #[test]
+    fn a_statistics_only_trace_grows_only_by_its_residual_stream_and_queries() {
+        let c = cfg();
+        let plan = TracePlan::default();
+        let trace = |t: usize| {
+            estimate(&c, 0, Job { prompt: t, capacity: t, all_logits: true, plan: Some(&plan), spill: false })
+        };
+        // Past the scores' own floor (16 rows of every position), each
+        // token adds its row of x and of q, whatever it is traced for.
+        let (a, b) = (16 * BATCH, 64 * BATCH);
+        let per_token = (c.d + c.q_dim()) as u64 * 4;
+        let scores_floor = |t: usize| ((16 * c.n_head * t) as u64 * 4).max(SCORES_BUDGET as u64 * 4);
+        assert_eq!(trace(b).work - trace(a).work, (b - a) as u64 * per_token + scores_floor(b) - scores_floor(a),);
+        // Keeping the tensors grows with the square.
+        let kept = TracePlan { tensors: true, ..TracePlan::default() };
+        let with = estimate(&c, 0, Job { prompt: a, capacity: a, all_logits: true, plan: Some(&kept), spill: false });
+        assert!(with.total() > 100 * trace(a).work);
+        // Written to a scratch file as they come, only the largest (one
+        // layer's scores, H × T × T) is ever held, while saving.
+        let spilled = estimate(&c, 0, Job { prompt: a, capacity: a, all_logits: true, plan: Some(&kept), spill: true });
+        assert_eq!(spilled.trace_tensors, (c.n_head * a * a * 4) as u64);
+        assert!(trace_tensor_bytes(&c, &kept, a) > 2 * c.n_layer as u64 * spilled.trace_tensors);
     }
 }

@@ -11,7 +11,7 @@ use plumb_formats::{Bytes, OwnedTensor};
 use plumb_kernels::attention::AttnShape;
 use plumb_kernels::ops::{add_bias, add_in_place, mul_in_place, softcap, Rotary};
 use plumb_kernels::{Kernels, Weight};
-use plumb_trace::stage::{Observer, Stage};
+use plumb_trace::stage::{Observer, Rows, Stage};
 
 use crate::arch::{LayerTensor, Role, EMBEDDING, OUTPUT, OUTPUT_NORM};
 pub use crate::cache::KvCache;
@@ -134,7 +134,9 @@ impl Model {
 
     /// Runs `tokens` at positions `cache.len ..`, appending to the cache.
     /// Returns logits [T, V] for every position when `all_logits`, else for
-    /// the last position only ([1, V]).
+    /// the last position only ([1, V]) — and the last only, too, when the
+    /// observer took a long prompt in parts ([`Observer::takes_parts`]): its
+    /// logits went to the observer block by block.
     pub fn forward(
         &self,
         k: &dyn Kernels,
@@ -146,6 +148,9 @@ impl Model {
         let t = tokens.len();
         let p = cache.len;
         assert!(p + t <= cache.capacity, "KV cache full: {} > {}", p + t, cache.capacity);
+        if self.in_parts(t, tr) {
+            return self.forward_in_parts(k, tokens, cache, all_logits, tr);
+        }
         // A long prompt nobody looks inside of (only the last logits wanted)
         // goes through the layers in batches of rows, so no buffer grows
         // with its length; every row's numbers are the same.
@@ -171,6 +176,59 @@ impl Model {
         logits
     }
 
+    /// Whether a step of `t` tokens goes to `tr` in parts: a prompt longer
+    /// than a batch, for an observer that takes parts, with no fault to
+    /// apply to a whole stage.
+    pub fn in_parts(&self, t: usize, tr: &dyn Observer) -> bool {
+        t > BATCH && self.fault.is_none() && tr.takes_parts()
+    }
+
+    /// A long prompt for an observer that takes stages in parts: layer by
+    /// layer, each in batches of rows — every projection first, so that the
+    /// cache holds the whole layer when a trace asks for the scores of
+    /// future positions too — and the logits in blocks. Only the residual
+    /// stream and the queries [T, ·] grow with the prompt; every row's
+    /// numbers are those of one whole pass.
+    fn forward_in_parts(
+        &self,
+        k: &dyn Kernels,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        all_logits: bool,
+        tr: &mut dyn Observer,
+    ) -> Vec<f32> {
+        let c = &self.cfg;
+        let (t, p, d, qd) = (tokens.len(), cache.len, c.d, c.q_dim());
+        let blocks = row_blocks(t, BATCH);
+        let part = |i0: usize| Rows { from: i0, total: t };
+        let mut x = vec![0f32; t * d]; //                                     [T, d]
+        for &(i0, i1) in &blocks {
+            x[i0 * d..i1 * d].copy_from_slice(&self.embed_rows(&tokens[i0..i1], part(i0), tr));
+        }
+        let mut q = vec![0f32; t * qd]; //                                    [T, H·hd]
+        let mut last = Vec::new(); //                                         [1, d]
+        for l in 0..c.n_layer {
+            for &(i0, i1) in &blocks {
+                let qb = self.project(k, l, &x[i0 * d..i1 * d], p + i0, cache, part(i0), tr);
+                q[i0 * qd..i1 * qd].copy_from_slice(&qb);
+            }
+            let keep_last = !all_logits && l + 1 == c.n_layer;
+            for &(i0, i1) in &blocks {
+                let ctx = self.attention(k, l, &q[i0 * qd..i1 * qd], cache, p, part(i0), tr);
+                let mut xb = x[i0 * d..i1 * d].to_vec();
+                match self.finish_layer(k, l, &mut xb, &ctx, keep_last, part(i0), tr) {
+                    1 if keep_last => last = xb,
+                    _ => x[i0 * d..i1 * d].copy_from_slice(&xb),
+                }
+            }
+        }
+        cache.len = p + t;
+        let logits =
+            if all_logits { self.head_in_parts(k, &x, &blocks, tr) } else { self.head(k, &last, 1, false, tr) };
+        tr.step_done();
+        logits
+    }
+
     /// Whether `tr` wants any stage before the head.
     fn observed_inside(&self, tr: &dyn Observer) -> bool {
         Stage::ALL.iter().filter(|s| !matches!(s, Stage::FinalNorm | Stage::Logits)).any(|&s| {
@@ -182,12 +240,25 @@ impl Model {
         })
     }
 
-    /// One finished stage: the model's fault is applied if it targets this
-    /// stage (self-tests of the diff tools), the observer records the result,
-    /// and then may replace it (stage isolation feeds the next stage the
-    /// reference's values; plain tracing leaves the buffer alone).
+    /// One finished stage, or `rows` of it: the model's fault is applied if
+    /// it targets this stage (self-tests of the diff tools), the observer
+    /// records the result, and then may replace it (stage isolation feeds
+    /// the next stage the reference's values; plain tracing leaves the
+    /// buffer alone). A part of a stage is only recorded.
     #[inline]
-    fn emit(&self, tr: &mut dyn Observer, layer: Option<usize>, stage: Stage, data: &mut [f32], shape: &[usize]) {
+    fn emit(
+        &self,
+        tr: &mut dyn Observer,
+        layer: Option<usize>,
+        stage: Stage,
+        data: &mut [f32],
+        shape: &[usize],
+        rows: Rows,
+    ) {
+        if !rows.whole(shape[stage.token_axis()]) {
+            tr.record_part(layer, stage, data, shape, rows);
+            return;
+        }
         if let Some(f) = &self.fault {
             if f.stage == stage && f.layer == layer {
                 f.apply(data, shape);
@@ -199,6 +270,10 @@ impl Model {
 
     /// x = embed(tokens) · embed_scale                                      [T, d]
     pub fn embed(&self, tokens: &[u32], tr: &mut dyn Observer) -> Vec<f32> {
+        self.embed_rows(tokens, Rows::all(tokens.len()), tr)
+    }
+
+    fn embed_rows(&self, tokens: &[u32], rows: Rows, tr: &mut dyn Observer) -> Vec<f32> {
         let (t, d) = (tokens.len(), self.cfg.d);
         let mut x = vec![0f32; t * d];
         for (i, &tok) in tokens.iter().enumerate() {
@@ -207,7 +282,7 @@ impl Model {
         if self.cfg.embed_scale != 1.0 {
             x.iter_mut().for_each(|v| *v *= self.cfg.embed_scale);
         }
-        self.emit(tr, None, Stage::Embedding, &mut x, &[t, d]);
+        self.emit(tr, None, Stage::Embedding, &mut x, &[t, d], rows);
         x
     }
 
@@ -227,123 +302,167 @@ impl Model {
         keep_last: bool,
         tr: &mut dyn Observer,
     ) -> usize {
+        let (p, all) = (cache.len, Rows::all(x.len() / self.cfg.d));
+        let q = self.project(k, l, x, p, cache, all, tr);
+        let ctx = self.attention(k, l, &q, cache, p, all, tr);
+        self.finish_layer(k, l, x, &ctx, keep_last, all, tr)
+    }
+
+    /// The first part of layer `l` on rows of x [T, d] at positions
+    /// `pos ..`: the queries, and this layer's keys and values stored in the
+    /// cache there. Returns q [T, H·hd].
+    #[allow(clippy::too_many_arguments)]
+    fn project(
+        &self,
+        k: &dyn Kernels,
+        l: usize,
+        x: &[f32],
+        pos: usize,
+        cache: &mut KvCache,
+        rows: Rows,
+        tr: &mut dyn Observer,
+    ) -> Vec<f32> {
         let c = &self.cfg;
-        let (t, p) = (x.len() / c.d, cache.len); //   tokens in, positions before
         let w = &self.layers[l];
-        let (d, ff, qd, kvd) = (c.d, c.ff, c.q_dim(), c.kv_dim());
-        let at = Some(l);
+        let (d, qd, kvd) = (c.d, c.q_dim(), c.kv_dim());
+        let (t, at) = (x.len() / d, Some(l));
         let mut xn = vec![0f32; t * d]; //                                    [T, d]
         let mut q = vec![0f32; t * qd]; //                                    [T, H·hd]
         let mut kk = vec![0f32; t * kvd]; //                                  [T, Hkv·hd]
         let mut vv = vec![0f32; t * kvd]; //                                  [T, Hkv·hd]
-        let mut attn = vec![0f32; t * d]; //                                  [T, d]
 
         // xn = norm(x)
         k.rms_norm(x, &w.attn_norm, c.rms_eps, &mut xn);
-        self.emit(tr, at, Stage::AttnNorm, &mut xn, &[t, d]);
+        self.emit(tr, at, Stage::AttnNorm, &mut xn, &[t, d], rows);
 
         // q, k, v = xn·Wqᵀ + bq, xn·Wkᵀ + bk, xn·Wvᵀ + bv
         k.linears(&[&w.wq, &w.wk, &w.wv], &xn, t, &mut [&mut q, &mut kk, &mut vv]);
         add_bias(&mut q, w.bq.as_deref());
-        self.emit(tr, at, Stage::QProj, &mut q, &[t, qd]);
+        self.emit(tr, at, Stage::QProj, &mut q, &[t, qd], rows);
         add_bias(&mut kk, w.bk.as_deref());
-        self.emit(tr, at, Stage::KProj, &mut kk, &[t, kvd]);
+        self.emit(tr, at, Stage::KProj, &mut kk, &[t, kvd], rows);
         add_bias(&mut vv, w.bv.as_deref());
-        self.emit(tr, at, Stage::VProj, &mut vv, &[t, kvd]);
+        self.emit(tr, at, Stage::VProj, &mut vv, &[t, kvd], rows);
 
         // q, k = norm(q), norm(k), head by head (qwen3, gemma3)
         if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
             k.rms_norm_in_place(&mut q, qn, c.rms_eps);
-            self.emit(tr, at, Stage::QNorm, &mut q, &[t, qd]);
+            self.emit(tr, at, Stage::QNorm, &mut q, &[t, qd], rows);
             k.rms_norm_in_place(&mut kk, kn, c.rms_eps);
-            self.emit(tr, at, Stage::KNorm, &mut kk, &[t, kvd]);
+            self.emit(tr, at, Stage::KNorm, &mut kk, &[t, kvd], rows);
         }
 
         // q, k = rope(q, pos), rope(k, pos)   (rotate-half pairs)
         let rotary = if c.layer_sliding[l] { &self.rope_local } else { &self.rope };
-        let angles = k.rope_angles(rotary, p, t);
+        let angles = k.rope_angles(rotary, pos, t);
         k.rope(&mut q, qd, c.head_dim, &angles);
-        self.emit(tr, at, Stage::QRope, &mut q, &[t, qd]);
+        self.emit(tr, at, Stage::QRope, &mut q, &[t, qd], rows);
         k.rope(&mut kk, kvd, c.head_dim, &angles);
-        self.emit(tr, at, Stage::KRope, &mut kk, &[t, kvd]);
+        self.emit(tr, at, Stage::KRope, &mut kk, &[t, kvd], rows);
 
-        // ctx = attention(q, cache + k, cache + v)
-        cache.store(l, p, &kk, &vv, k.value_layout());
-        let mut ctx = self.attention(k, l, &q, cache, t, tr); //              [T, H·hd]
+        cache.store(l, pos, &kk, &vv, k.value_layout());
+        q
+    }
+
+    /// The rest of layer `l` on rows of x [T, d], from the attention's
+    /// context [T, H·hd]. With `keep_last`, only the step's last token goes
+    /// on past the attention's output (rows that do not end the step stop
+    /// there). Returns the rows of x left.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_layer(
+        &self,
+        k: &dyn Kernels,
+        l: usize,
+        x: &mut Vec<f32>,
+        ctx: &[f32],
+        keep_last: bool,
+        rows: Rows,
+        tr: &mut dyn Observer,
+    ) -> usize {
+        let c = &self.cfg;
+        let w = &self.layers[l];
+        let (d, ff) = (c.d, c.ff);
+        let (t, at) = (x.len() / d, Some(l));
+        let mut attn = vec![0f32; t * d]; //                                  [T, d]
 
         // attn = ctx·Woᵀ
-        k.linear(&w.wo, &ctx, t, &mut attn);
-        self.emit(tr, at, Stage::AttnOut, &mut attn, &[t, d]);
-        ctx.clear();
-        let t = if keep_last && t > 1 {
+        k.linear(&w.wo, ctx, t, &mut attn);
+        self.emit(tr, at, Stage::AttnOut, &mut attn, &[t, d], rows);
+        let (t, rows) = if keep_last && !rows.ends(t) {
+            return 0;
+        } else if keep_last && t > 1 {
             attn.drain(..(t - 1) * d);
             x.drain(..(t - 1) * d);
-            xn.truncate(d);
-            1
+            (1, Rows::all(1))
         } else {
-            t
+            (t, rows)
         };
 
         // attn = norm(attn) (gemma's post-norm)
         if let Some(pn) = &w.attn_post_norm {
             let raw = attn.clone();
             k.rms_norm(&raw, pn, c.rms_eps, &mut attn);
-            self.emit(tr, at, Stage::AttnPostNorm, &mut attn, &[t, d]);
+            self.emit(tr, at, Stage::AttnPostNorm, &mut attn, &[t, d], rows);
         }
 
         // x = x + attn
         add_in_place(x, &attn);
-        self.emit(tr, at, Stage::AttnResidual, x, &[t, d]);
+        self.emit(tr, at, Stage::AttnResidual, x, &[t, d], rows);
 
         // xn = norm(x); gate, up = xn·Wgateᵀ, xn·Wupᵀ
+        let mut xn = vec![0f32; t * d]; //                                    [T, d]
         let mut gate = vec![0f32; t * ff]; //                                 [T, ff]
         let mut up = vec![0f32; t * ff]; //                                   [T, ff]
         let mut down = vec![0f32; t * d]; //                                  [T, d]
         k.rms_norm(x, &w.ffn_norm, c.rms_eps, &mut xn);
-        self.emit(tr, at, Stage::FfnNorm, &mut xn, &[t, d]);
+        self.emit(tr, at, Stage::FfnNorm, &mut xn, &[t, d], rows);
         k.linears(&[&w.w_gate, &w.w_up], &xn, t, &mut [&mut gate, &mut up]);
-        self.emit(tr, at, Stage::FfnGate, &mut gate, &[t, ff]);
-        self.emit(tr, at, Stage::FfnUp, &mut up, &[t, ff]);
+        self.emit(tr, at, Stage::FfnGate, &mut gate, &[t, ff], rows);
+        self.emit(tr, at, Stage::FfnUp, &mut up, &[t, ff], rows);
 
         // gate = act(gate) · up
         k.activation(c.act, &mut gate);
-        self.emit(tr, at, Stage::FfnAct, &mut gate, &[t, ff]);
+        self.emit(tr, at, Stage::FfnAct, &mut gate, &[t, ff], rows);
         mul_in_place(&mut gate, &up);
-        self.emit(tr, at, Stage::FfnMul, &mut gate, &[t, ff]);
+        self.emit(tr, at, Stage::FfnMul, &mut gate, &[t, ff], rows);
 
         // down = gate·Wdownᵀ (then gemma's post-norm)
         k.linear(&w.w_down, &gate, t, &mut down);
-        self.emit(tr, at, Stage::FfnDown, &mut down, &[t, d]);
+        self.emit(tr, at, Stage::FfnDown, &mut down, &[t, d], rows);
         if let Some(pn) = &w.ffn_post_norm {
             let raw = down.clone();
             k.rms_norm(&raw, pn, c.rms_eps, &mut down);
-            self.emit(tr, at, Stage::FfnPostNorm, &mut down, &[t, d]);
+            self.emit(tr, at, Stage::FfnPostNorm, &mut down, &[t, d], rows);
         }
 
         // x = x + down
         add_in_place(x, &down);
-        self.emit(tr, at, Stage::LayerOut, x, &[t, d]);
+        self.emit(tr, at, Stage::LayerOut, x, &[t, d], rows);
         t
     }
 
-    /// Attention of q [T, H·hd] at positions p .. p+T (p = `cache.len`) over
-    /// layer `l`'s cache (this step's keys and values already in it): the context
-    /// [T, H·hd], with the scores and probabilities traced on the way.
+    /// Attention of q [T, H·hd], rows `rows` of a step at positions p ..
+    /// (`p` the positions cached before the step), over layer `l`'s cache
+    /// (which holds the step's keys and values — all of them, where a part
+    /// of a step is traced): the context [T, H·hd], with the scores and
+    /// probabilities traced on the way.
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         k: &dyn Kernels,
         l: usize,
         q: &[f32],
         cache: &KvCache,
-        t: usize,
+        p: usize,
+        rows: Rows,
         tr: &mut dyn Observer,
     ) -> Vec<f32> {
-        let (c, p) = (&self.cfg, cache.len);
-        let at = Some(l);
+        let (c, qd, nh) = (&self.cfg, self.cfg.q_dim(), self.cfg.n_head);
+        let (t, at) = (q.len() / qd, Some(l));
         let shape = AttnShape {
             t,
-            p,
-            heads: c.n_head,
+            p: p + rows.from,
+            heads: nh,
             kv_heads: c.n_head_kv,
             hd: c.head_dim,
             window: if c.layer_sliding[l] { c.sliding_window } else { None },
@@ -353,58 +472,96 @@ impl Model {
             // Future positions are scored only when the trace asks for the
             // pre-mask scores.
             full: tr.wants(at, Stage::AttnScores),
+            future: 0,
         };
         let seen =
             |stage| tr.wants(at, stage) || self.fault.as_ref().is_some_and(|f| f.stage == stage && f.layer == at);
-        let mut ctx = vec![0f32; t * c.q_dim()]; //                           [T, H·hd]
-        if !seen(Stage::AttnScores) && !seen(Stage::AttnProbs) {
-            // Nobody looks at the scores: blocks of query rows, so a long
-            // prompt never holds [H, T, Tkv] (each row's numbers are the same).
-            let qd = c.q_dim();
-            for (i0, i1) in query_blocks(t, shape.tkv() * c.n_head, SCORES_BUDGET) {
+        let mut ctx = vec![0f32; t * qd]; //                                  [T, H·hd]
+        let traced = seen(Stage::AttnScores) || seen(Stage::AttnProbs);
+        if !traced || !rows.whole(t) {
+            // Blocks of query rows, so a long prompt never holds
+            // [H, T, Tkv] (each row's numbers are the same). Where a trace
+            // takes a long step in parts, each block's scores are as wide
+            // as the whole step's, future positions included.
+            let tkv = if traced { p + rows.total } else { shape.tkv() };
+            for (i0, i1) in query_blocks(t, tkv * nh, SCORES_BUDGET) {
                 debug_assert!(i1 - i0 > 1 || t == 1);
-                let s = AttnShape { t: i1 - i0, p: p + i0, ..shape };
-                let mut scores = vec![0f32; c.n_head * s.t * s.tkv()];
+                let s = AttnShape { t: i1 - i0, p: shape.p + i0, ..shape };
+                let s = AttnShape { future: if traced { tkv - s.tkv() } else { 0 }, ..s };
+                let part = Rows { from: rows.from + i0, total: rows.total };
+                let mut scores = vec![0f32; nh * s.t * s.tkv()]; //           [H, T, Tkv]
                 k.attn_scores(&s, &q[i0 * qd..i1 * qd], cache.keys(l), &mut scores);
+                if traced {
+                    self.emit(tr, at, Stage::AttnScores, &mut scores, &[nh, s.t, tkv], part);
+                }
                 k.attn_softmax(&s, &mut scores);
+                if traced {
+                    self.emit(tr, at, Stage::AttnProbs, &mut scores, &[nh, s.t, tkv], part);
+                }
                 k.attn_context(&s, &scores, cache.values(l), &mut ctx[i0 * qd..i1 * qd]);
             }
-            self.emit(tr, at, Stage::AttnContext, &mut ctx, &[t, qd]);
+            self.emit(tr, at, Stage::AttnContext, &mut ctx, &[t, qd], rows);
             return ctx;
         }
-        let s = shape;
-        let (nh, tkv) = (c.n_head, s.tkv());
+        let (s, tkv) = (shape, shape.tkv());
         let mut scores = vec![0f32; nh * t * tkv]; //                         [H, T, Tkv]
 
         // scores = q·kᵀ · scale (then softcap)
         k.attn_scores(&s, q, cache.keys(l), &mut scores);
-        self.emit(tr, at, Stage::AttnScores, &mut scores, &[nh, t, tkv]);
+        self.emit(tr, at, Stage::AttnScores, &mut scores, &[nh, t, tkv], rows);
 
         // probs = softmax(scores + causal/sliding mask)
         k.attn_softmax(&s, &mut scores);
-        self.emit(tr, at, Stage::AttnProbs, &mut scores, &[nh, t, tkv]);
+        self.emit(tr, at, Stage::AttnProbs, &mut scores, &[nh, t, tkv], rows);
 
         // ctx = probs · v
         k.attn_context(&s, &scores, cache.values(l), &mut ctx);
-        self.emit(tr, at, Stage::AttnContext, &mut ctx, &[t, c.q_dim()]);
+        self.emit(tr, at, Stage::AttnContext, &mut ctx, &[t, qd], rows);
         ctx
     }
 
     /// logits = norm(x)·Woutᵀ (then softcap), for all T rows or the last.
     pub fn head(&self, k: &dyn Kernels, x: &[f32], t: usize, all_logits: bool, tr: &mut dyn Observer) -> Vec<f32> {
         let c = &self.cfg;
-        let d = c.d;
+        let (d, all) = (c.d, Rows::all(t));
         let mut xn = vec![0f32; t * d];
         k.rms_norm(x, &self.final_norm, c.rms_eps, &mut xn);
-        self.emit(tr, None, Stage::FinalNorm, &mut xn, &[t, d]);
+        self.emit(tr, None, Stage::FinalNorm, &mut xn, &[t, d], all);
         let (rows, from) = if all_logits { (t, 0) } else { (1, t - 1) };
         let mut logits = vec![0f32; rows * c.vocab];
         k.linear(&self.output, &xn[from * d..], rows, &mut logits);
         softcap(&mut logits, c.final_softcap);
-        self.emit(tr, None, Stage::Logits, &mut logits, &[rows, c.vocab]);
+        self.emit(tr, None, Stage::Logits, &mut logits, &[rows, c.vocab], Rows::all(rows));
         logits
     }
+
+    /// The head of every row of x [T, d], given to the observer in parts:
+    /// `blocks` of rows for the final norm, fewer rows at a time for the
+    /// logits ([`LOGITS_BUDGET`]). Returns the last row's logits [1, V].
+    fn head_in_parts(&self, k: &dyn Kernels, x: &[f32], blocks: &[(usize, usize)], tr: &mut dyn Observer) -> Vec<f32> {
+        let (c, t) = (&self.cfg, x.len() / self.cfg.d);
+        let (d, v) = (c.d, c.vocab);
+        let mut last = Vec::new();
+        for &(i0, i1) in blocks {
+            let mut xn = vec![0f32; (i1 - i0) * d]; //                        [T, d]
+            k.rms_norm(&x[i0 * d..i1 * d], &self.final_norm, c.rms_eps, &mut xn);
+            self.emit(tr, None, Stage::FinalNorm, &mut xn, &[i1 - i0, d], Rows { from: i0, total: t });
+            for (j0, j1) in row_blocks(i1 - i0, (LOGITS_BUDGET / v).max(2)) {
+                let n = j1 - j0;
+                let mut logits = vec![0f32; n * v]; //                        [n, V]
+                k.linear(&self.output, &xn[j0 * d..j1 * d], n, &mut logits);
+                softcap(&mut logits, c.final_softcap);
+                self.emit(tr, None, Stage::Logits, &mut logits, &[n, v], Rows { from: i0 + j0, total: t });
+                last = logits.split_off((n - 1) * v);
+            }
+        }
+        last
+    }
 }
+
+/// Logits held at once by a long prompt's head given in parts, in floats
+/// (16 MiB).
+pub(crate) const LOGITS_BUDGET: usize = 1 << 22;
 
 /// Scores held at once by an untraced attention step, in floats (4 MiB).
 pub(crate) const SCORES_BUDGET: usize = 1 << 20;

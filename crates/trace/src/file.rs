@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
+use crate::spill::Spill;
 use crate::stage::order_key;
 use crate::stats::TensorStats;
 
@@ -37,6 +38,9 @@ pub struct Trace {
     pub stats: Vec<(String, TensorStats)>,
     /// Saved tensors by key: shape and data.
     pub tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    /// Tensors recorded to a scratch file rather than held (a trace being
+    /// written, `Recorder::spilling`); saved with the rest, one at a time.
+    pub spilled: Option<std::sync::Arc<Spill>>,
 }
 
 impl Trace {
@@ -73,29 +77,63 @@ impl Trace {
         Ok(meta)
     }
 
-    /// The tensors as views of their data (little-endian f32, as held).
-    fn views(&self) -> Result<Vec<(String, TensorView<'_>)>, String> {
-        self.tensors
+    /// How many tensors the trace has, held or spilled.
+    pub fn tensor_count(&self) -> usize {
+        self.tensors.len() + self.spilled.as_ref().map_or(0, |s| s.len())
+    }
+
+    /// The tensors as views: held ones borrowed (little-endian f32, as
+    /// held), spilled ones read back when the writer reaches them. A failed
+    /// read lands in `failed` (and zeros in the file, which is then
+    /// discarded).
+    fn views<'a>(
+        &'a self,
+        failed: &'a std::cell::RefCell<Option<std::io::Error>>,
+    ) -> Result<Vec<(String, Data<'a>)>, String> {
+        let mut views = self
+            .tensors
             .iter()
-            .map(|(k, (shape, data))| Ok((k.clone(), TensorView::new(Dtype::F32, shape.clone(), le_bytes(data))?)))
-            .collect::<Result<_, safetensors::SafeTensorError>>()
-            .map_err(|e| e.to_string())
+            .map(|(k, (shape, data))| {
+                Ok((k.clone(), Data::Held(TensorView::new(Dtype::F32, shape.clone(), le_bytes(data))?)))
+            })
+            .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
+            .map_err(|e| e.to_string())?;
+        if let Some(spill) = &self.spilled {
+            for (key, shape) in spill.shapes() {
+                if !self.tensors.contains_key(key) {
+                    views.push((
+                        key.to_string(),
+                        Data::Spilled { spill, key: key.to_string(), shape: shape.to_vec(), failed },
+                    ));
+                }
+            }
+        }
+        Ok(views)
     }
 
     /// Serializes to safetensors bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
         let meta = self.header_meta()?;
-        let bytes = safetensors::tensor::serialize(self.views()?, Some(meta)).map_err(|e| e.to_string())?;
+        let failed = std::cell::RefCell::new(None);
+        let bytes = safetensors::tensor::serialize(self.views(&failed)?, Some(meta)).map_err(|e| e.to_string())?;
+        if let Some(e) = failed.take() {
+            return Err(format!("reading a spilled tensor back: {e}"));
+        }
         Ok(canonical_header(bytes))
     }
 
     /// Writes the trace to `path` through a temporary file and a rename,
-    /// the tensors straight from memory: saving holds no second copy.
+    /// the tensors straight from memory or from the spill, one at a time:
+    /// saving holds no second copy.
     pub fn save(&self, path: &Path) -> Result<(), TraceError> {
         let meta = self.header_meta().map_err(|e| invalid(path, e))?;
-        let views = self.views().map_err(|e| invalid(path, e))?;
+        let failed = std::cell::RefCell::new(None);
+        let views = self.views(&failed).map_err(|e| invalid(path, e))?;
         let write = |tmp: &Path| -> std::io::Result<()> {
             safetensors::tensor::serialize_to_file(views, Some(meta), tmp).map_err(std::io::Error::other)?;
+            if let Some(e) = failed.take() {
+                return Err(e);
+            }
             canonical_header_in_file(tmp)
         };
         plumb_formats::atomic::write_atomic_with(path, write)
@@ -162,13 +200,50 @@ impl Trace {
                 stats.push((name.clone(), TensorStats::compute(data, shape, axis)));
             }
         }
-        let mut t = Trace { meta, tokens, stats, tensors };
+        let mut t = Trace { meta, tokens, stats, tensors, spilled: None };
         t.sort();
         Ok(t)
     }
 }
 
 pub use plumb_formats::atomic::write_atomic;
+
+/// A tensor as the writer sees it: held in memory, or in a spill.
+enum Data<'a> {
+    Held(TensorView<'a>),
+    Spilled { spill: &'a Spill, key: String, shape: Vec<usize>, failed: &'a std::cell::RefCell<Option<std::io::Error>> },
+}
+
+impl safetensors::tensor::View for Data<'_> {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+
+    fn shape(&self) -> &[usize] {
+        match self {
+            Data::Held(v) => v.shape(),
+            Data::Spilled { shape, .. } => shape,
+        }
+    }
+
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self {
+            Data::Held(v) => v.data().into(),
+            Data::Spilled { spill, key, failed, .. } => match spill.bytes(key) {
+                Ok(Some(b)) => b.into(),
+                Ok(None) => vec![0u8; self.data_len()].into(),
+                Err(e) => {
+                    failed.borrow_mut().get_or_insert(e);
+                    vec![0u8; self.data_len()].into()
+                }
+            },
+        }
+    }
+
+    fn data_len(&self) -> usize {
+        self.shape().iter().product::<usize>() * 4
+    }
+}
 
 /// Rewrites the JSON header of a safetensors file with its keys sorted, so
 /// the same trace always gives the same bytes (the writer emits the

@@ -11,11 +11,12 @@ pub mod judge;
 pub mod paint;
 pub mod plan;
 pub mod recorder;
+pub mod spill;
 pub mod stage;
 pub mod stats;
 
 pub use file::{Trace, TraceError};
 pub use plan::{Positions, TracePlan};
 pub use recorder::Recorder;
-pub use stage::{NoTrace, Observer, Stage};
+pub use stage::{NoTrace, Observer, Rows, Stage};
 pub use stats::{Stats, TensorStats};

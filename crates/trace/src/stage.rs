@@ -157,6 +157,43 @@ pub trait Observer {
     /// stage runs on the reference's inputs; observers that only watch
     /// leave this as it is.
     fn substitute(&mut self, _layer: Option<usize>, _stage: Stage, _data: &mut [f32], _shape: &[usize]) {}
+    /// Whether this observer takes a step's stages in blocks of rows
+    /// ([`Observer::record_part`]) rather than whole: one that keeps only
+    /// statistics needs no stage whole, so a long prompt's trace need not
+    /// hold every row of a stage at once. Parts are never substituted.
+    fn takes_parts(&self) -> bool {
+        false
+    }
+    /// Rows `rows.from ..` of a stage whose whole has `rows.total` rows on
+    /// its token axis; `shape` is the part's. The parts of a stage come in
+    /// row order and cover it once; the parts of different stages
+    /// interleave. Called only where [`Observer::takes_parts`] says yes.
+    fn record_part(&mut self, _layer: Option<usize>, _stage: Stage, _data: &[f32], _shape: &[usize], _rows: Rows) {}
+}
+
+/// Which rows of a step a block of work covers, on the token axis: `from`
+/// of `total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rows {
+    pub from: usize,
+    pub total: usize,
+}
+
+impl Rows {
+    /// All `total` rows at once.
+    pub fn all(total: usize) -> Rows {
+        Rows { from: 0, total }
+    }
+
+    /// Whether a block of `n` rows starting here is the whole step.
+    pub fn whole(&self, n: usize) -> bool {
+        self.from == 0 && n == self.total
+    }
+
+    /// Whether a block of `n` rows starting here ends the step.
+    pub fn ends(&self, n: usize) -> bool {
+        self.from + n == self.total
+    }
 }
 
 /// The observer of plain inference: keeps nothing.

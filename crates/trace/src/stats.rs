@@ -29,49 +29,134 @@ pub struct TensorStats {
 impl Stats {
     /// Over an iterator of values. `count` is every element, NaN/Inf included.
     pub fn of<'a>(values: impl Iterator<Item = &'a f32>) -> Stats {
-        let (mut n, mut finite, mut nan, mut inf) = (0u64, 0u64, 0u64, 0u64);
-        let (mut sum, mut sumsq) = (0f64, 0f64);
-        let (mut min, mut max, mut amax) = (f64::INFINITY, f64::NEG_INFINITY, 0f64);
-        // Two passes would be more accurate for the variance; a shifted
-        // single pass (by the first finite value) is accurate enough in f64
-        // for f32 data and keeps one pass over large tensors.
-        let mut shift: Option<f64> = None;
-        let mut ssum = 0f64;
+        let mut acc = Accumulator::default();
+        acc.add_each(values);
+        acc.finish()
+    }
+}
+
+/// Statistics gathered over a tensor that comes in pieces (a long prompt's
+/// stage, block by block), in order: each piece adds its sums. One piece
+/// gives exactly [`Stats::of_slice`]'s figures; several differ from one
+/// whole pass only by the rounding of their sums (f64).
+#[derive(Debug, Clone)]
+pub struct Accumulator {
+    count: u64,
+    finite: u64,
+    nan: u64,
+    inf: u64,
+    sum: f64,
+    sumsq: f64,
+    /// Σ(x − shift)², shifted by the first finite value: a single pass that
+    /// keeps the variance accurate in f64 for f32 data.
+    ssum: f64,
+    shift: Option<f64>,
+    min: f64,
+    max: f64,
+    abs_max: f64,
+}
+
+impl Default for Accumulator {
+    fn default() -> Accumulator {
+        Accumulator {
+            count: 0,
+            finite: 0,
+            nan: 0,
+            inf: 0,
+            sum: 0.0,
+            sumsq: 0.0,
+            ssum: 0.0,
+            shift: None,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            abs_max: 0.0,
+        }
+    }
+}
+
+impl Accumulator {
+    /// Adds the values one at a time (NaN and infinities counted apart).
+    pub fn add_each<'a>(&mut self, values: impl Iterator<Item = &'a f32>) {
         for &v in values {
-            n += 1;
+            self.count += 1;
             if v.is_nan() {
-                nan += 1;
+                self.nan += 1;
                 continue;
             }
             if v.is_infinite() {
-                inf += 1;
+                self.inf += 1;
                 continue;
             }
             let x = v as f64;
-            finite += 1;
-            sum += x;
-            sumsq += x * x;
-            let k = *shift.get_or_insert(x);
-            ssum += (x - k) * (x - k);
-            min = min.min(x);
-            max = max.max(x);
-            amax = amax.max(x.abs());
+            self.finite += 1;
+            self.sum += x;
+            self.sumsq += x * x;
+            let k = *self.shift.get_or_insert(x);
+            self.ssum += (x - k) * (x - k);
+            self.extremes(x, x);
         }
-        if finite == 0 {
-            return Stats { count: n, mean: None, std: None, min: None, max: None, abs_max: None, l2: None, nan, inf };
+    }
+
+    /// Adds a slice: a branch-free pass in fixed-size chunks when every
+    /// value is finite (large slices use every core; the figures do not
+    /// depend on the thread count), else one value at a time.
+    pub fn add_slice(&mut self, x: &[f32]) {
+        let k = match self.shift {
+            Some(k) => k,
+            None if x.first().is_some_and(|v| v.is_finite()) => x[0] as f64,
+            None => return self.add_each(x.iter()),
+        };
+        let part = |c: &[f32]| partial(c, k);
+        use rayon::prelude::*;
+        let parts: Vec<Partial> = if x.len() >= 4 * CHUNK {
+            x.par_chunks(CHUNK).map(part).collect()
+        } else {
+            x.chunks(CHUNK).map(part).collect()
+        };
+        let (mut sum, mut sumsq, mut ssum) = (self.sum, self.sumsq, self.ssum);
+        let (mut min, mut max) = (f32::INFINITY, f32::NEG_INFINITY);
+        for (a, b, c, lo, hi) in parts {
+            sum += a;
+            sumsq += b;
+            ssum += c;
+            min = min.min(lo);
+            max = max.max(hi);
         }
-        let f = finite as f64;
-        let mean = sum / f;
-        let k = shift.unwrap_or(0.0);
-        let var = (ssum / f - (mean - k) * (mean - k)).max(0.0);
+        // A NaN or an infinity anywhere makes the sums non-finite (finite f32
+        // values cannot overflow an f64 sum): then count them apart, slowly.
+        if !(sum.is_finite() && sumsq.is_finite() && ssum.is_finite()) {
+            return self.add_each(x.iter());
+        }
+        self.count += x.len() as u64;
+        self.finite += x.len() as u64;
+        self.shift = Some(k);
+        (self.sum, self.sumsq, self.ssum) = (sum, sumsq, ssum);
+        self.extremes(min as f64, max as f64);
+    }
+
+    fn extremes(&mut self, min: f64, max: f64) {
+        self.min = self.min.min(min);
+        self.max = self.max.max(max);
+        self.abs_max = self.abs_max.max(min.abs()).max(max.abs());
+    }
+
+    pub fn finish(&self) -> Stats {
+        let (count, nan, inf) = (self.count, self.nan, self.inf);
+        if self.finite == 0 {
+            return Stats { count, mean: None, std: None, min: None, max: None, abs_max: None, l2: None, nan, inf };
+        }
+        let f = self.finite as f64;
+        let mean = self.sum / f;
+        let k = self.shift.unwrap_or(0.0);
+        let var = (self.ssum / f - (mean - k) * (mean - k)).max(0.0);
         Stats {
-            count: n,
+            count,
             mean: Some(mean),
             std: Some(var.sqrt()),
-            min: Some(min),
-            max: Some(max),
-            abs_max: Some(amax),
-            l2: Some(sumsq.sqrt()),
+            min: Some(self.min),
+            max: Some(self.max),
+            abs_max: Some(self.abs_max),
+            l2: Some(self.sumsq.sqrt()),
             nan,
             inf,
         }
@@ -97,47 +182,9 @@ impl Stats {
     /// As [`Stats::of`] over a slice, with a branch-free pass when every
     /// value is finite (the usual case; same figures either way).
     pub fn of_slice(x: &[f32]) -> Stats {
-        if x.is_empty() || !x[0].is_finite() {
-            return Stats::of(x.iter());
-        }
-        let k = x[0] as f64;
-        // Fixed-size chunks, summed in order: large tensors (the logits) use
-        // every core, and the figures do not depend on the thread count.
-        let part = |c: &[f32]| partial(c, k);
-        use rayon::prelude::*;
-        let parts: Vec<Partial> = if x.len() >= 4 * CHUNK {
-            x.par_chunks(CHUNK).map(part).collect()
-        } else {
-            x.chunks(CHUNK).map(part).collect()
-        };
-        let (mut sum, mut sumsq, mut ssum) = (0f64, 0f64, 0f64);
-        let (mut min, mut max) = (f32::INFINITY, f32::NEG_INFINITY);
-        for (a, b, c, lo, hi) in parts {
-            sum += a;
-            sumsq += b;
-            ssum += c;
-            min = min.min(lo);
-            max = max.max(hi);
-        }
-        // A NaN or an infinity anywhere makes the sums non-finite (finite f32
-        // values cannot overflow an f64 sum): then count them apart, slowly.
-        if !(sum.is_finite() && sumsq.is_finite() && ssum.is_finite()) {
-            return Stats::of(x.iter());
-        }
-        let f = x.len() as f64;
-        let mean = sum / f;
-        let var = (ssum / f - (mean - k) * (mean - k)).max(0.0);
-        Stats {
-            count: x.len() as u64,
-            mean: Some(mean),
-            std: Some(var.sqrt()),
-            min: Some(min as f64),
-            max: Some(max as f64),
-            abs_max: Some((min as f64).abs().max((max as f64).abs())),
-            l2: Some(sumsq.sqrt()),
-            nan: 0,
-            inf: 0,
-        }
+        let mut acc = Accumulator::default();
+        acc.add_slice(x);
+        acc.finish()
     }
 }
 

@@ -62,7 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let capacity = prompt_ids.len() + args.n;
     check_capacity(model, prompt_ids.len(), "-n", args.n)?;
     let file_bytes = model.source.path().metadata().map(|m| m.len()).unwrap_or(0);
-    let job = memory::Job { prompt: prompt_ids.len(), capacity, all_logits: false, plan: None };
+    let job = memory::Job { prompt: prompt_ids.len(), capacity, all_logits: false, plan: None, spill: false };
     let estimate = memory::estimate(&model.cfg, file_bytes, job);
     crate::cmd::common::check_memory(&estimate, args.max_memory, "this run", &[])?;
     if args.ids {

@@ -14,6 +14,7 @@ use plumb_model::memory::{self, Estimate, Job};
 use plumb_model::{NoTrace, Precision};
 use plumb_trace::judge::{any_anomaly, first_at, fmt_g, garbage_flags, judge, non_finite, Level, Thresholds, Verdict};
 use plumb_trace::plan::{parse_layers, parse_positions, parse_stages};
+use plumb_trace::spill::Spill;
 use plumb_trace::stage::parse_key;
 use plumb_trace::{Positions, Recorder, Stage, Stats, Trace, TracePlan};
 use serde_json::json;
@@ -90,7 +91,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     };
     if let (Some(path), None) = (&args.save, &args.from) {
         trace.save(path)?;
-        eprintln!("wrote {} ({} stats, {} tensors)", path.display(), trace.stats.len(), trace.tensors.len());
+        eprintln!("wrote {} ({} stats, {} tensors)", path.display(), trace.stats.len(), trace.tensor_count());
     }
     let verdicts = judge(&trace, Thresholds { std_jump: args.std_jump, outlier: args.outlier });
     let garbage = generated.as_ref().map(|g: &Generated| g.flags.clone()).unwrap_or_default();
@@ -131,7 +132,8 @@ fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>, Option<Es
     crate::cmd::common::check_capacity(model, ids.len(), "--generate", args.generate)?;
     let file_bytes = model.source.path().metadata().map(|m| m.len()).unwrap_or(0);
     let est = |plan: &TracePlan| {
-        let job = Job { prompt: ids.len(), capacity, all_logits: every_row(plan, model.cfg.n_layer), plan: Some(plan) };
+        let all_logits = every_row(plan, model.cfg.n_layer);
+        let job = Job { prompt: ids.len(), capacity, all_logits, plan: Some(plan), spill: plan.tensors };
         memory::estimate(&model.cfg, file_bytes, job)
     };
     let memory = est(&plan);
@@ -153,13 +155,36 @@ fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>, Option<Es
         cheaper.push(("--layers 0,LAST (first and last layer)", est(&TracePlan { layers, ..plan.clone() })));
     }
     crate::cmd::common::check_memory(&memory, args.max_memory, "this trace", &cheaper)?;
+    // Kept tensors go to a scratch file beside the trace file as they are
+    // recorded, so the trace holds one at a time.
+    let mut rec = if plan.tensors {
+        let dir = match args.save.as_deref().and_then(|p| p.parent()) {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            Some(_) => PathBuf::from("."),
+            None => std::env::temp_dir(),
+        };
+        let bytes = memory::trace_tensor_bytes(&model.cfg, &plan, ids.len());
+        if bytes >= 1 << 30 {
+            eprintln!(
+                "note: the tensors take {} on disk, in {} (and as much again while the file is written)",
+                crate::out::bytes(bytes),
+                args.save.as_deref().map_or("no file".to_string(), |p| p.display().to_string()),
+            );
+        }
+        let spill = Spill::new_in(&dir).with_context(|| format!("a scratch file in {}", dir.display()))?;
+        Recorder::spilling(plan, spill)
+    } else {
+        Recorder::new(plan)
+    };
     let kernels = kernels_for(args.precision);
-    let mut rec = Recorder::new(plan);
     let mut gen = Generator::new(model, kernels.as_ref(), capacity);
     let all_rows = every_row(&rec.plan, model.cfg.n_layer);
     let mut watch = Progress::new(&mut rec, bar("trace", ids.len(), model.cfg.n_layer));
     let logits = gen.prefill(&ids, all_rows, &mut watch);
     watch.finish();
+    if let Some(e) = rec.spill_error.take() {
+        return Err(e).context("writing the traced tensors to a scratch file");
+    }
     let v = model.cfg.vocab;
     let last = &logits[logits.len() - v..];
 
@@ -176,6 +201,7 @@ fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>, Option<Es
         tokens: ids.clone(),
         stats: std::mem::take(&mut rec.stats),
         tensors: rec.tensors.drain(..).map(|(k, s, d)| (k, (s, d))).collect(),
+        spilled: rec.spill.take().map(std::sync::Arc::new),
     };
     trace.sort();
 
