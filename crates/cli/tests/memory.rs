@@ -47,10 +47,16 @@ fn the_json_header_carries_the_estimate_and_a_generous_budget_runs() {
     assert_eq!(part("trace_tensors"), 0, "statistics only keeps no tensors");
     let sum = ["model_file", "kv_cache", "work", "trace_tensors", "runtime"].iter().map(|k| part(k)).sum::<u64>();
     assert_eq!(part("total"), sum);
-    // Keeping the tensors adds them: every stage, every layer, 12 positions.
+    assert_eq!(part("tensors_on_disk"), 0);
+    // Keeping the tensors writes them to disk as they come (every stage,
+    // every layer, 12 positions), not to memory.
     let (_, out, _) = plumb(&["trace", &tiny(), "--tokens", TOKENS, "--json", "--tensors"]);
     let header: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
-    assert!(header["memory_estimate"]["trace_tensors"].as_u64().unwrap() > 0);
+    let kept = &header["memory_estimate"];
+    assert_eq!(kept["trace_tensors"].as_u64(), Some(0), "{kept}");
+    assert_eq!(kept["work"], m["work"], "{kept}");
+    // 12 rows of the stages of every layer at least (the scores 12 × 12 a head).
+    assert!(kept["tensors_on_disk"].as_u64().unwrap() > 12 * 4 * 1000, "{kept}");
 }
 
 #[test]

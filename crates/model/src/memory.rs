@@ -24,9 +24,12 @@ pub struct Estimate {
     /// The forward pass's largest step: activations, attention scores,
     /// logits.
     pub work: u64,
-    /// Tensors a trace keeps until it is saved (with a spill, the largest
-    /// one, read back while saving).
+    /// Tensors a trace keeps until it is saved (none where they are
+    /// written to a scratch file as they come).
     pub trace_tensors: u64,
+    /// Tensors written to disk as they come (a scratch file, then the
+    /// trace file): not memory, not in the total.
+    pub tensors_on_disk: u64,
     /// The rest: the tokenizer, threads, the allocator's slack. Calibrated
     /// on Gemma 3 270M (a one-token run holds 80 MiB besides its file).
     pub runtime: u64,
@@ -44,6 +47,7 @@ impl Estimate {
             "kv_cache": self.kv_cache,
             "work": self.work,
             "trace_tensors": self.trace_tensors,
+            "tensors_on_disk": self.tensors_on_disk,
             "runtime": self.runtime,
             "total": self.total(),
         })
@@ -81,9 +85,9 @@ pub fn stage_floats(cfg: &ModelConfig, stage: Stage, t: usize, tkv: usize) -> u6
 /// The estimate for `job` on a model of `cfg` whose file is `file_bytes`.
 pub fn estimate(cfg: &ModelConfig, file_bytes: u64, job: Job) -> Estimate {
     let observed = job.plan.is_some_and(|p| p.stages.iter().any(|s| !matches!(s, Stage::FinalNorm | Stage::Logits)));
-    // model.rs: a statistics-only trace takes a long prompt in parts
-    // (`Model::in_parts`; the recorder takes parts when it keeps no tensors).
-    let parts = job.plan.is_some_and(|p| !p.tensors) && job.prompt > BATCH;
+    // model.rs: a trace whose recorder keeps no tensors, or spills them,
+    // takes a long prompt in parts (`Model::in_parts`).
+    let parts = job.plan.is_some_and(|p| !p.tensors || job.spill) && job.prompt > BATCH;
     // Rows a step of the prompt holds at once: an unobserved prompt, and
     // one taken in parts, go in batches.
     let rows = if parts || !(observed || job.all_logits) { job.prompt.min(BATCH) } else { job.prompt } as u64;
@@ -110,13 +114,8 @@ pub fn estimate(cfg: &ModelConfig, file_bytes: u64, job: Job) -> Estimate {
         model_file: file_bytes,
         kv_cache: KvCache::bytes_for(cfg, job.capacity),
         work: layer + whole_step + scores + logit_rows * cfg.vocab as u64 * 4,
-        trace_tensors: job.plan.map_or(0, |p| {
-            if job.spill {
-                largest_tensor_bytes(cfg, p, job.prompt)
-            } else {
-                trace_tensor_bytes(cfg, p, job.prompt)
-            }
-        }),
+        trace_tensors: job.plan.filter(|_| !job.spill).map_or(0, |p| trace_tensor_bytes(cfg, p, job.prompt)),
+        tensors_on_disk: job.plan.filter(|_| job.spill).map_or(0, |p| trace_tensor_bytes(cfg, p, job.prompt)),
         runtime: (64 << 20) + cfg.vocab as u64 * 64,
     }
 }
@@ -125,25 +124,12 @@ pub fn estimate(cfg: &ModelConfig, file_bytes: u64, job: Job) -> Estimate {
 /// trace file holds besides its header.
 pub fn trace_tensor_bytes(cfg: &ModelConfig, plan: &TracePlan, t: usize) -> u64 {
     let layers = plan.layers.as_ref().map_or(cfg.n_layer, |set| set.iter().filter(|&&l| l < cfg.n_layer).count());
-    kept_stage_bytes(cfg, plan, t).map(|(s, b)| b * if s.is_per_layer() { layers as u64 } else { 1 }).sum()
-}
-
-/// Bytes of the largest tensor `plan` keeps for a prompt of `t` tokens.
-fn largest_tensor_bytes(cfg: &ModelConfig, plan: &TracePlan, t: usize) -> u64 {
-    kept_stage_bytes(cfg, plan, t).map(|(_, b)| b).max().unwrap_or(0)
-}
-
-/// Each kept stage's bytes in one layer.
-fn kept_stage_bytes<'a>(
-    cfg: &'a ModelConfig,
-    plan: &'a TracePlan,
-    t: usize,
-) -> impl Iterator<Item = (Stage, u64)> + 'a {
     let rows = match plan.positions {
         Positions::All => t,
         Positions::Last => 1,
     };
-    plan.stages.iter().filter(|_| plan.tensors).map(move |&s| (s, stage_floats(cfg, s, rows, t) * 4))
+    let kept = plan.stages.iter().filter(|_| plan.tensors);
+    kept.map(|&s| stage_floats(cfg, s, rows, t) * 4 * if s.is_per_layer() { layers as u64 } else { 1 }).sum()
 }
 
 /// The memory budget when none is given: three quarters of what the
@@ -217,10 +203,9 @@ mod tests {
         let kept = TracePlan { tensors: true, ..TracePlan::default() };
         let with = estimate(&c, 0, Job { prompt: a, capacity: a, all_logits: true, plan: Some(&kept), spill: false });
         assert!(with.total() > 100 * trace(a).work);
-        // Written to a scratch file as they come, only the largest (one
-        // layer's scores, H × T × T) is ever held, while saving.
+        // Written to a scratch file as they come, in parts: held as little
+        // as statistics are.
         let spilled = estimate(&c, 0, Job { prompt: a, capacity: a, all_logits: true, plan: Some(&kept), spill: true });
-        assert_eq!(spilled.trace_tensors, (c.n_head * a * a * 4) as u64);
-        assert!(trace_tensor_bytes(&c, &kept, a) > 2 * c.n_layer as u64 * spilled.trace_tensors);
+        assert_eq!((spilled.trace_tensors, spilled.work), (0, trace(a).work));
     }
 }

@@ -117,3 +117,44 @@ fn the_real_model_traced_in_parts_gives_the_whole_trace_statistics() {
         check(&model, precision, &ids, &plan, true);
     }
 }
+
+/// Saves `rec`'s tensors and reads them back.
+fn tensors_of(rec: &mut Recorder) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let trace = plumb_trace::Trace {
+        tensors: rec.tensors.drain(..).map(|(k, s, d)| (k, (s, d))).collect(),
+        spilled: rec.spill.take().map(std::sync::Arc::new),
+        ..Default::default()
+    };
+    let bytes = trace.to_bytes().unwrap();
+    plumb_trace::Trace::from_bytes(std::path::Path::new("parts"), &bytes).unwrap().tensors
+}
+
+#[test]
+fn tensors_spilled_in_parts_are_the_whole_traces_tensors() {
+    use plumb_trace::spill::Spill;
+    use plumb_trace::Positions;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tiny/gemma3");
+    let model = Model::load(&dir.join("gemma3-f32.gguf")).unwrap();
+    let ids = tokens(model.cfg.vocab);
+    let k = kernels_for(Precision::Fast);
+    for positions in [Positions::All, Positions::Last] {
+        let plan =
+            TracePlan { tensors: true, positions, layers: Some([0, 1].into_iter().collect()), ..TracePlan::default() };
+        let mut spilled = Recorder::spilling(plan.clone(), Spill::new_in(&std::env::temp_dir()).unwrap());
+        assert!(model.in_parts(ids.len(), &spilled));
+        let mut whole = Recorder::new(plan);
+        assert!(!model.in_parts(ids.len(), &whole));
+        for rec in [&mut spilled, &mut whole] {
+            let mut cache = KvCache::new(&model.cfg, ids.len());
+            model.forward(k.as_ref(), &ids, &mut cache, true, rec);
+        }
+        assert!(spilled.spill_error.is_none());
+        let (a, b) = (tensors_of(&mut spilled), tensors_of(&mut whole));
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        assert!(a.contains_key("blk.1.attn_scores") && a.contains_key("logits"));
+        for (key, (shape, data)) in &a {
+            assert_eq!(shape, &b[key].0, "{positions:?} {key}");
+            assert!(data.iter().zip(&b[key].1).all(|(x, y)| x.to_bits() == y.to_bits()), "{positions:?} {key} differs");
+        }
+    }
+}

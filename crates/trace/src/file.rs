@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, SafeTensors};
 
 use crate::spill::Spill;
 use crate::stage::order_key;
@@ -79,62 +79,79 @@ impl Trace {
 
     /// How many tensors the trace has, held or spilled.
     pub fn tensor_count(&self) -> usize {
-        self.tensors.len() + self.spilled.as_ref().map_or(0, |s| s.len())
+        self.tensors.len()
+            + self.spilled.as_ref().map_or(0, |s| s.shapes().filter(|(k, _)| !self.tensors.contains_key(*k)).count())
     }
 
-    /// The tensors as views: held ones borrowed (little-endian f32, as
-    /// held), spilled ones read back when the writer reaches them. A failed
-    /// read lands in `failed` (and zeros in the file, which is then
-    /// discarded).
-    fn views<'a>(
-        &'a self,
-        failed: &'a std::cell::RefCell<Option<std::io::Error>>,
-    ) -> Result<Vec<(String, Data<'a>)>, String> {
-        let mut views = self
-            .tensors
-            .iter()
-            .map(|(k, (shape, data))| {
-                Ok((k.clone(), Data::Held(TensorView::new(Dtype::F32, shape.clone(), le_bytes(data))?)))
-            })
-            .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
-            .map_err(|e| e.to_string())?;
+    /// The tensors in the order the file holds them (by name, as the
+    /// safetensors writer orders tensors of one dtype): key, shape, data.
+    fn layout(&self) -> Vec<(&str, &[usize], Source<'_>)> {
+        let mut all: Vec<(&str, &[usize], Source)> =
+            self.tensors.iter().map(|(k, (shape, data))| (k.as_str(), shape.as_slice(), Source::Held(data))).collect();
         if let Some(spill) = &self.spilled {
-            for (key, shape) in spill.shapes() {
-                if !self.tensors.contains_key(key) {
-                    views.push((
-                        key.to_string(),
-                        Data::Spilled { spill, key: key.to_string(), shape: shape.to_vec(), failed },
-                    ));
-                }
+            all.extend(
+                spill
+                    .shapes()
+                    .filter(|(k, _)| !self.tensors.contains_key(*k))
+                    .map(|(k, s)| (k, s, Source::Spilled(spill))),
+            );
+        }
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        all
+    }
+
+    /// The file's first bytes: the header's length, then the header — JSON
+    /// with its keys sorted (the same trace always gives the same bytes),
+    /// padded with spaces to a multiple of 8 as safetensors pads it.
+    fn header(&self) -> Result<Vec<u8>, String> {
+        let meta: serde_json::Map<String, serde_json::Value> =
+            self.header_meta()?.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect();
+        let mut obj = serde_json::Map::new();
+        obj.insert("__metadata__".into(), serde_json::Value::Object(meta));
+        let mut offset = 0usize;
+        for (key, shape, _) in self.layout() {
+            let n = shape.iter().product::<usize>() * 4;
+            obj.insert(
+                key.into(),
+                serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + n]}),
+            );
+            offset += n;
+        }
+        let mut text =
+            serde_json::to_string(&sorted(serde_json::Value::Object(obj))).map_err(|e| e.to_string())?.into_bytes();
+        text.resize(text.len().next_multiple_of(8), b' ');
+        let mut out = (text.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(&text);
+        Ok(out)
+    }
+
+    /// Writes the file: the header, then each tensor straight from memory
+    /// or from the spill, a block at a time.
+    fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        out.write_all(&self.header().map_err(std::io::Error::other)?)?;
+        for (key, _, source) in self.layout() {
+            match source {
+                Source::Held(data) => out.write_all(le_bytes(data))?,
+                Source::Spilled(spill) => spill.copy_to(key, out)?,
             }
         }
-        Ok(views)
+        Ok(())
     }
 
     /// Serializes to safetensors bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
-        let meta = self.header_meta()?;
-        let failed = std::cell::RefCell::new(None);
-        let bytes = safetensors::tensor::serialize(self.views(&failed)?, Some(meta)).map_err(|e| e.to_string())?;
-        if let Some(e) = failed.take() {
-            return Err(format!("reading a spilled tensor back: {e}"));
-        }
-        Ok(canonical_header(bytes))
+        let mut out = Vec::new();
+        self.write_to(&mut out).map_err(|e| e.to_string())?;
+        Ok(out)
     }
 
-    /// Writes the trace to `path` through a temporary file and a rename,
-    /// the tensors straight from memory or from the spill, one at a time:
-    /// saving holds no second copy.
+    /// Writes the trace to `path` through a temporary file and a rename:
+    /// saving holds no second copy of any tensor.
     pub fn save(&self, path: &Path) -> Result<(), TraceError> {
-        let meta = self.header_meta().map_err(|e| invalid(path, e))?;
-        let failed = std::cell::RefCell::new(None);
-        let views = self.views(&failed).map_err(|e| invalid(path, e))?;
         let write = |tmp: &Path| -> std::io::Result<()> {
-            safetensors::tensor::serialize_to_file(views, Some(meta), tmp).map_err(std::io::Error::other)?;
-            if let Some(e) = failed.take() {
-                return Err(e);
-            }
-            canonical_header_in_file(tmp)
+            let mut f = std::io::BufWriter::new(std::fs::File::create(tmp)?);
+            self.write_to(&mut f)?;
+            f.into_inner().map_err(|e| e.into_error())?.sync_all()
         };
         plumb_formats::atomic::write_atomic_with(path, write)
             .map_err(|e| TraceError::Io { path: path.to_path_buf(), source: e })
@@ -208,47 +225,12 @@ impl Trace {
 
 pub use plumb_formats::atomic::write_atomic;
 
-/// A tensor as the writer sees it: held in memory, or in a spill.
-enum Data<'a> {
-    Held(TensorView<'a>),
-    Spilled { spill: &'a Spill, key: String, shape: Vec<usize>, failed: &'a std::cell::RefCell<Option<std::io::Error>> },
+/// Where a tensor's data is while a trace is written.
+enum Source<'a> {
+    Held(&'a [f32]),
+    Spilled(&'a Spill),
 }
 
-impl safetensors::tensor::View for Data<'_> {
-    fn dtype(&self) -> Dtype {
-        Dtype::F32
-    }
-
-    fn shape(&self) -> &[usize] {
-        match self {
-            Data::Held(v) => v.shape(),
-            Data::Spilled { shape, .. } => shape,
-        }
-    }
-
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        match self {
-            Data::Held(v) => v.data().into(),
-            Data::Spilled { spill, key, failed, .. } => match spill.bytes(key) {
-                Ok(Some(b)) => b.into(),
-                Ok(None) => vec![0u8; self.data_len()].into(),
-                Err(e) => {
-                    failed.borrow_mut().get_or_insert(e);
-                    vec![0u8; self.data_len()].into()
-                }
-            },
-        }
-    }
-
-    fn data_len(&self) -> usize {
-        self.shape().iter().product::<usize>() * 4
-    }
-}
-
-/// Rewrites the JSON header of a safetensors file with its keys sorted, so
-/// the same trace always gives the same bytes (the writer emits the
-/// metadata in hash-map order). The header keeps its length, padded with
-/// spaces as the format allows, so the data offsets do not move.
 /// f32 values as the little-endian bytes a trace file holds, borrowed.
 fn le_bytes(data: &[f32]) -> &[u8] {
     bytemuck::cast_slice(data)
@@ -258,52 +240,22 @@ fn le_bytes(data: &[f32]) -> &[u8] {
 #[cfg(target_endian = "big")]
 compile_error!("plumb writes trace tensors from memory as they are, which needs a little-endian machine");
 
-/// [`canonical_header`] of a file written in place: the header's bytes are
-/// rewritten at the same length, the data left alone.
-fn canonical_header_in_file(path: &Path) -> std::io::Result<()> {
-    use std::io::{Read, Seek, SeekFrom, Write};
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
-    let mut n = [0u8; 8];
-    f.read_exact(&mut n)?;
-    let mut head = n.to_vec();
-    head.resize(8 + u64::from_le_bytes(n) as usize, 0);
-    f.read_exact(&mut head[8..])?;
-    let head = canonical_header(head);
-    f.seek(SeekFrom::Start(0))?;
-    f.write_all(&head)
-}
-
-fn canonical_header(mut bytes: Vec<u8>) -> Vec<u8> {
-    fn sorted(v: serde_json::Value) -> serde_json::Value {
-        match v {
-            serde_json::Value::Object(m) => {
-                let mut entries: Vec<(String, serde_json::Value)> =
-                    m.into_iter().map(|(k, v)| (k, sorted(v))).collect();
-                entries.sort_by(|a, b| a.0.cmp(&b.0));
-                serde_json::Value::Object(entries.into_iter().collect())
-            }
-            other => other,
+/// `v` with every object's keys sorted.
+fn sorted(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => {
+            let mut entries: Vec<(String, serde_json::Value)> = m.into_iter().map(|(k, v)| (k, sorted(v))).collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            serde_json::Value::Object(entries.into_iter().collect())
         }
+        other => other,
     }
-    if bytes.len() < 8 {
-        return bytes;
-    }
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8])) as usize;
-    let Some(header) = bytes.get(8..8 + n) else { return bytes };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(header) else { return bytes };
-    let Ok(text) = serde_json::to_string(&sorted(v)) else { return bytes };
-    if text.len() > n {
-        return bytes;
-    }
-    let mut padded = text.into_bytes();
-    padded.resize(n, b' ');
-    bytes[8..8 + n].copy_from_slice(&padded);
-    bytes
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use safetensors::tensor::TensorView;
 
     #[test]
     fn a_saved_file_is_the_serialized_bytes_and_reads_back() {
@@ -319,6 +271,20 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(bytes, trace.to_bytes().unwrap());
+        // The safetensors writer's own bytes, once its header's keys are
+        // sorted: the same file.
+        let views: Vec<(String, TensorView)> = trace
+            .tensors
+            .iter()
+            .map(|(k, (s, d))| (k.clone(), TensorView::new(Dtype::F32, s.clone(), le_bytes(d)).unwrap()))
+            .collect();
+        let mut theirs = safetensors::tensor::serialize(views, Some(trace.header_meta().unwrap())).unwrap();
+        let n = u64::from_le_bytes(theirs[..8].try_into().unwrap()) as usize;
+        let head: serde_json::Value = serde_json::from_slice(&theirs[8..8 + n]).unwrap();
+        let mut text = serde_json::to_string(&sorted(head)).unwrap().into_bytes();
+        text.resize(n, b' ');
+        theirs[8..8 + n].copy_from_slice(&text);
+        assert!(bytes == theirs, "plumb's writer and safetensors' differ");
         let back = Trace::from_bytes(&path, &bytes).unwrap();
         assert_eq!(back.tensors, trace.tensors);
         assert_eq!(back.tokens, trace.tokens);

@@ -119,10 +119,11 @@ impl Observer for Recorder {
         self.pending.push((key, shape.to_vec(), axis, stats, kept));
     }
 
-    /// Statistics need no stage whole: a recorder that keeps no tensors
-    /// takes long prompts in parts and holds a few sums per stage.
+    /// Statistics need no stage whole, nor does a spill: a recorder that
+    /// keeps no tensors, or writes them as they come, takes long prompts
+    /// in parts and holds a few sums per stage.
     fn takes_parts(&self) -> bool {
-        !self.plan.tensors
+        !self.plan.tensors || self.spill.is_some()
     }
 
     fn record_part(&mut self, layer: Option<usize>, stage: Stage, data: &[f32], shape: &[usize], rows: Rows) {
@@ -137,10 +138,22 @@ impl Observer for Recorder {
             self.parts.push((key, whole, axis, Accumulator::default(), Accumulator::default()));
             self.parts.len() - 1
         });
-        let (_, _, _, all, last) = &mut self.parts[i];
+        let (key, _, _, all, last) = &mut self.parts[i];
         all.add_slice(data);
         if rows.ends(shape[axis]) {
             last.add_each(last_slice(data, shape, axis));
+        }
+        let Some(spill) = self.spill.as_mut().filter(|_| self.plan.tensors) else { return };
+        let done = match self.plan.positions {
+            Positions::All => spill.put_part(key, shape, axis, rows.from, rows.total, data),
+            Positions::Last if rows.ends(shape[axis]) => {
+                let (s, d) = last_only(shape, axis, data);
+                spill.put(key, &s, &d)
+            }
+            Positions::Last => Ok(()),
+        };
+        if let Err(e) = done {
+            self.spill_error.get_or_insert(e);
         }
     }
 

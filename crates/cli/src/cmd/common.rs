@@ -206,6 +206,9 @@ pub fn describe_estimate(e: &plumb_model::memory::Estimate) -> String {
         .iter()
         .filter(|(_, b)| *b > 0)
         .map(|(n, b)| format!("{n} {}", crate::out::bytes(*b)))
+        .chain(
+            (e.tensors_on_disk > 0).then(|| format!("and {} of tensors on disk", crate::out::bytes(e.tensors_on_disk))),
+        )
         .collect::<Vec<_>>()
         .join(", ")
 }
