@@ -96,8 +96,8 @@ pub fn estimate(cfg: &ModelConfig, file_bytes: u64, job: Job) -> Estimate {
         (cfg.d as u64, cfg.ff as u64, cfg.q_dim() as u64, cfg.kv_dim() as u64, cfg.n_head as u64);
     // x, xn, attn, down; q, ctx; k, v; gate, up; the quantized activations.
     let layer = rows * (4 * d + 2 * qd + 2 * kvd + 2 * ff) * 4 + rows * ff * 2;
-    // In parts, the residual stream and the queries of the whole step.
-    let whole_step = if parts { tkv * (d + qd) * 4 } else { 0 };
+    // In parts, the residual stream of the whole step.
+    let whole_step = if parts { tkv * d * 4 } else { 0 };
     let wants = |s: Stage| job.plan.is_some_and(|p| p.stages.contains(&s));
     let scores = if !parts && (wants(Stage::AttnScores) || wants(Stage::AttnProbs)) {
         nh * rows * tkv
@@ -187,16 +187,16 @@ mod tests {
     }
 
     #[test]
-    fn a_statistics_only_trace_grows_only_by_its_residual_stream_and_queries() {
+    fn a_statistics_only_trace_grows_only_by_its_residual_stream() {
         let c = cfg();
         let plan = TracePlan::default();
         let trace = |t: usize| {
             estimate(&c, 0, Job { prompt: t, capacity: t, all_logits: true, plan: Some(&plan), spill: false })
         };
         // Past the scores' own floor (16 rows of every position), each
-        // token adds its row of x and of q, whatever it is traced for.
+        // token adds its row of x, whatever it is traced for.
         let (a, b) = (16 * BATCH, 64 * BATCH);
-        let per_token = (c.d + c.q_dim()) as u64 * 4;
+        let per_token = c.d as u64 * 4;
         let scores_floor = |t: usize| ((16 * c.n_head * t) as u64 * 4).max(SCORES_BUDGET as u64 * 4);
         assert_eq!(trace(b).work - trace(a).work, (b - a) as u64 * per_token + scores_floor(b) - scores_floor(a),);
         // Keeping the tensors grows with the square.

@@ -184,11 +184,11 @@ impl Model {
     }
 
     /// A long prompt for an observer that takes stages in parts: layer by
-    /// layer, each in batches of rows — every projection first, so that the
-    /// cache holds the whole layer when a trace asks for the scores of
-    /// future positions too — and the logits in blocks. Only the residual
-    /// stream and the queries [T, ·] grow with the prompt; every row's
-    /// numbers are those of one whole pass.
+    /// layer, each in batches of rows — every key and value first, so that
+    /// the cache holds the whole layer when a trace asks for the scores of
+    /// future positions too, then queries, attention and the rest — and
+    /// the logits in blocks. Only the residual stream [T, d] grows with the
+    /// prompt; every row's numbers are those of one whole pass.
     fn forward_in_parts(
         &self,
         k: &dyn Kernels,
@@ -198,23 +198,25 @@ impl Model {
         tr: &mut dyn Observer,
     ) -> Vec<f32> {
         let c = &self.cfg;
-        let (t, p, d, qd) = (tokens.len(), cache.len, c.d, c.q_dim());
+        let (t, p, d) = (tokens.len(), cache.len, c.d);
         let blocks = row_blocks(t, BATCH);
         let part = |i0: usize| Rows { from: i0, total: t };
         let mut x = vec![0f32; t * d]; //                                     [T, d]
         for &(i0, i1) in &blocks {
             x[i0 * d..i1 * d].copy_from_slice(&self.embed_rows(&tokens[i0..i1], part(i0), tr));
         }
-        let mut q = vec![0f32; t * qd]; //                                    [T, H·hd]
         let mut last = Vec::new(); //                                         [1, d]
         for l in 0..c.n_layer {
             for &(i0, i1) in &blocks {
-                let qb = self.project(k, l, &x[i0 * d..i1 * d], p + i0, cache, part(i0), tr);
-                q[i0 * qd..i1 * qd].copy_from_slice(&qb);
+                let (_, kk, vv) = self.project(k, l, &x[i0 * d..i1 * d], p + i0, part(i0), Inputs::KeysValues, tr);
+                cache.store(l, p + i0, &kk, &vv, k.value_layout());
             }
             let keep_last = !all_logits && l + 1 == c.n_layer;
             for &(i0, i1) in &blocks {
-                let ctx = self.attention(k, l, &q[i0 * qd..i1 * qd], cache, p, part(i0), tr);
+                // The queries are made here, not kept from above: [T, H·hd]
+                // would grow with the prompt.
+                let (q, _, _) = self.project(k, l, &x[i0 * d..i1 * d], p + i0, part(i0), Inputs::Queries, tr);
+                let ctx = self.attention(k, l, &q, cache, p, part(i0), tr);
                 let mut xb = x[i0 * d..i1 * d].to_vec();
                 match self.finish_layer(k, l, &mut xb, &ctx, keep_last, part(i0), tr) {
                     1 if keep_last => last = xb,
@@ -303,14 +305,16 @@ impl Model {
         tr: &mut dyn Observer,
     ) -> usize {
         let (p, all) = (cache.len, Rows::all(x.len() / self.cfg.d));
-        let q = self.project(k, l, x, p, cache, all, tr);
+        let (q, kk, vv) = self.project(k, l, x, p, all, Inputs::All, tr);
+        cache.store(l, p, &kk, &vv, k.value_layout());
         let ctx = self.attention(k, l, &q, cache, p, all, tr);
         self.finish_layer(k, l, x, &ctx, keep_last, all, tr)
     }
 
-    /// The first part of layer `l` on rows of x [T, d] at positions
-    /// `pos ..`: the queries, and this layer's keys and values stored in the
-    /// cache there. Returns q [T, H·hd].
+    /// The attention's inputs from rows of x [T, d] at positions `pos ..`
+    /// in layer `l`: `what` says which — q [T, H·hd], and k, v
+    /// [T, Hkv·hd] (empty where not made). The norm is traced with the
+    /// keys (the queries alone recompute it).
     #[allow(clippy::too_many_arguments)]
     fn project(
         &self,
@@ -318,50 +322,67 @@ impl Model {
         l: usize,
         x: &[f32],
         pos: usize,
-        cache: &mut KvCache,
         rows: Rows,
+        what: Inputs,
         tr: &mut dyn Observer,
-    ) -> Vec<f32> {
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let c = &self.cfg;
         let w = &self.layers[l];
         let (d, qd, kvd) = (c.d, c.q_dim(), c.kv_dim());
         let (t, at) = (x.len() / d, Some(l));
+        let (wq, wkv) = (what != Inputs::KeysValues, what != Inputs::Queries);
         let mut xn = vec![0f32; t * d]; //                                    [T, d]
-        let mut q = vec![0f32; t * qd]; //                                    [T, H·hd]
-        let mut kk = vec![0f32; t * kvd]; //                                  [T, Hkv·hd]
-        let mut vv = vec![0f32; t * kvd]; //                                  [T, Hkv·hd]
+        let mut q = vec![0f32; if wq { t * qd } else { 0 }]; //               [T, H·hd]
+        let mut kk = vec![0f32; if wkv { t * kvd } else { 0 }]; //            [T, Hkv·hd]
+        let mut vv = vec![0f32; if wkv { t * kvd } else { 0 }]; //            [T, Hkv·hd]
 
         // xn = norm(x)
         k.rms_norm(x, &w.attn_norm, c.rms_eps, &mut xn);
-        self.emit(tr, at, Stage::AttnNorm, &mut xn, &[t, d], rows);
+        if wkv {
+            self.emit(tr, at, Stage::AttnNorm, &mut xn, &[t, d], rows);
+        }
 
         // q, k, v = xn·Wqᵀ + bq, xn·Wkᵀ + bk, xn·Wvᵀ + bv
-        k.linears(&[&w.wq, &w.wk, &w.wv], &xn, t, &mut [&mut q, &mut kk, &mut vv]);
-        add_bias(&mut q, w.bq.as_deref());
-        self.emit(tr, at, Stage::QProj, &mut q, &[t, qd], rows);
-        add_bias(&mut kk, w.bk.as_deref());
-        self.emit(tr, at, Stage::KProj, &mut kk, &[t, kvd], rows);
-        add_bias(&mut vv, w.bv.as_deref());
-        self.emit(tr, at, Stage::VProj, &mut vv, &[t, kvd], rows);
+        match what {
+            Inputs::All => k.linears(&[&w.wq, &w.wk, &w.wv], &xn, t, &mut [&mut q, &mut kk, &mut vv]),
+            Inputs::KeysValues => k.linears(&[&w.wk, &w.wv], &xn, t, &mut [&mut kk, &mut vv]),
+            Inputs::Queries => k.linear(&w.wq, &xn, t, &mut q),
+        }
+        if wq {
+            add_bias(&mut q, w.bq.as_deref());
+            self.emit(tr, at, Stage::QProj, &mut q, &[t, qd], rows);
+        }
+        if wkv {
+            add_bias(&mut kk, w.bk.as_deref());
+            self.emit(tr, at, Stage::KProj, &mut kk, &[t, kvd], rows);
+            add_bias(&mut vv, w.bv.as_deref());
+            self.emit(tr, at, Stage::VProj, &mut vv, &[t, kvd], rows);
+        }
 
         // q, k = norm(q), norm(k), head by head (qwen3, gemma3)
         if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
-            k.rms_norm_in_place(&mut q, qn, c.rms_eps);
-            self.emit(tr, at, Stage::QNorm, &mut q, &[t, qd], rows);
-            k.rms_norm_in_place(&mut kk, kn, c.rms_eps);
-            self.emit(tr, at, Stage::KNorm, &mut kk, &[t, kvd], rows);
+            if wq {
+                k.rms_norm_in_place(&mut q, qn, c.rms_eps);
+                self.emit(tr, at, Stage::QNorm, &mut q, &[t, qd], rows);
+            }
+            if wkv {
+                k.rms_norm_in_place(&mut kk, kn, c.rms_eps);
+                self.emit(tr, at, Stage::KNorm, &mut kk, &[t, kvd], rows);
+            }
         }
 
         // q, k = rope(q, pos), rope(k, pos)   (rotate-half pairs)
         let rotary = if c.layer_sliding[l] { &self.rope_local } else { &self.rope };
         let angles = k.rope_angles(rotary, pos, t);
-        k.rope(&mut q, qd, c.head_dim, &angles);
-        self.emit(tr, at, Stage::QRope, &mut q, &[t, qd], rows);
-        k.rope(&mut kk, kvd, c.head_dim, &angles);
-        self.emit(tr, at, Stage::KRope, &mut kk, &[t, kvd], rows);
-
-        cache.store(l, pos, &kk, &vv, k.value_layout());
-        q
+        if wq {
+            k.rope(&mut q, qd, c.head_dim, &angles);
+            self.emit(tr, at, Stage::QRope, &mut q, &[t, qd], rows);
+        }
+        if wkv {
+            k.rope(&mut kk, kvd, c.head_dim, &angles);
+            self.emit(tr, at, Stage::KRope, &mut kk, &[t, kvd], rows);
+        }
+        (q, kk, vv)
     }
 
     /// The rest of layer `l` on rows of x [T, d], from the attention's
@@ -557,6 +578,14 @@ impl Model {
         }
         last
     }
+}
+
+/// Which of the attention's inputs [`Model::project`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Inputs {
+    All,
+    KeysValues,
+    Queries,
 }
 
 /// Logits held at once by a long prompt's head given in parts, in floats
