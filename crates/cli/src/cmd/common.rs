@@ -233,6 +233,7 @@ pub fn check_memory(
         describe_estimate(est),
         b(budget)
     );
+    let cheaper: Vec<_> = cheaper.iter().filter(|(_, e)| e.total() < est.total()).collect();
     if !cheaper.is_empty() {
         msg.push_str("; cheaper:");
         for (how, e) in cheaper {
@@ -241,6 +242,30 @@ pub fn check_memory(
         }
     }
     bail!(msg)
+}
+
+/// Bytes free for an unprivileged user on the file system holding `dir`
+/// (None where that cannot be read).
+pub fn free_disk(dir: &std::path::Path) -> Option<u64> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: `path` is a NUL-terminated string and `st` a writable
+        // statvfs; the call fills it when it returns 0.
+        if unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) } != 0 {
+            return None;
+        }
+        // SAFETY: statvfs returned 0, so it filled `st`.
+        let st = unsafe { st.assume_init() };
+        Some(st.f_bavail as u64 * st.f_frsize as u64)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = dir;
+        None
+    }
 }
 
 #[cfg(test)]

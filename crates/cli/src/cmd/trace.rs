@@ -163,13 +163,21 @@ fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>, Option<Es
             Some(_) => PathBuf::from("."),
             None => std::env::temp_dir(),
         };
-        let bytes = memory::trace_tensor_bytes(&model.cfg, &plan, ids.len());
-        if bytes >= 1 << 30 {
-            eprintln!(
-                "note: the tensors take {} on disk, in {} (and as much again while the file is written)",
-                crate::out::bytes(bytes),
-                args.save.as_deref().map_or("no file".to_string(), |p| p.display().to_string()),
+        // The scratch file, then the trace file beside it: twice the tensors.
+        let bytes = memory.tensors_on_disk;
+        if let Some(free) = crate::cmd::common::free_disk(&dir).filter(|&free| free < 2 * bytes) {
+            let b = crate::out::bytes;
+            let mut msg = format!(
+                "the traced tensors take about {} on disk, twice that while the file is written, and {} has {} free",
+                b(bytes),
+                dir.display(),
+                b(free)
             );
+            msg.push_str("; cheaper:");
+            for (how, e) in cheaper.iter().filter(|(_, e)| e.tensors_on_disk < bytes) {
+                msg.push_str(&format!("\n  {how}: about {} on disk", b(e.tensors_on_disk)));
+            }
+            bail!(msg);
         }
         let spill = Spill::new_in(&dir).with_context(|| format!("a scratch file in {}", dir.display()))?;
         Recorder::spilling(plan, spill)
