@@ -259,7 +259,7 @@ pub fn free_disk(dir: &std::path::Path) -> Option<u64> {
         }
         // SAFETY: statvfs returned 0, so it filled `st`.
         let st = unsafe { st.assume_init() };
-        Some(st.f_bavail as u64 * st.f_frsize as u64)
+        Some(st.f_bavail.saturating_mul(st.f_frsize))
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
