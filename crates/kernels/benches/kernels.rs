@@ -1,4 +1,4 @@
-//! Criterion benchmarks of the dot-product kernels and linear layers at the
+//! Criterion benchmarks of the dot-product kernels, linear layers and attention at the
 //! shapes of Gemma 3 270M (d 640, ffn 2048, q 1024, vocab 262144), for the
 //! formats its Q4_K_M file uses, scalar reference against SIMD.
 //!
@@ -67,5 +67,64 @@ fn linear(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, dots, linear);
+/// One attention call of a Gemma 3 270M prompt step (4 query heads on one
+/// key head of 256, 64 query rows — a block of the model's at long
+/// prompts — after `p` cached positions), global and through its window of
+/// 512, each of its three steps.
+fn attention(c: &mut Criterion) {
+    use plumb_kernels::attention::{AttnShape, Values, VALUE_PAD};
+    let mut g = c.benchmark_group("attention");
+    g.sample_size(10);
+    let (heads, kv_heads, hd, t) = (4usize, 1usize, 256usize, 64usize);
+    for (p, window) in [(448usize, None), (4032, None), (4032, Some(512))] {
+        let tkv = p + t;
+        let s = AttnShape {
+            t,
+            p,
+            heads,
+            kv_heads,
+            hd,
+            window,
+            scale: 1.0 / 16.0,
+            softcap: None,
+            scale_queries: true,
+            full: false,
+            future: 0,
+        };
+        let q = data(t * heads * hd, 5);
+        let keys = data(tkv * kv_heads * hd, 6);
+        let stride = tkv.div_ceil(VALUE_PAD) * VALUE_PAD;
+        let vt = data(kv_heads * hd * stride, 7);
+        let rows: Vec<f32> = data(tkv * kv_heads * hd, 7);
+        let mut scores = vec![0f32; heads * t * tkv];
+        let mut ctx = vec![0f32; t * heads * hd];
+        let name = format!("p{p}{}", window.map_or(String::new(), |w| format!("/window{w}")));
+        g.throughput(Throughput::Elements(t as u64));
+        for prec in [Precision::Fast, Precision::Exact] {
+            let k = kernels_with(prec, KernelPath::detect());
+            let values = match prec {
+                Precision::Fast => Values::Columns { data: &vt, stride },
+                Precision::Exact => Values::Rows(&rows),
+            };
+            g.bench_function(BenchmarkId::new(format!("scores/{}", prec.name()), &name), |b| {
+                b.iter(|| k.attn_scores(&s, &q, &keys, &mut scores))
+            });
+            k.attn_scores(&s, &q, &keys, &mut scores);
+            let probs = scores.clone();
+            g.bench_function(BenchmarkId::new(format!("softmax/{}", prec.name()), &name), |b| {
+                b.iter(|| {
+                    scores.copy_from_slice(&probs);
+                    k.attn_softmax(&s, &mut scores)
+                })
+            });
+            k.attn_softmax(&s, &mut scores);
+            g.bench_function(BenchmarkId::new(format!("context/{}", prec.name()), &name), |b| {
+                b.iter(|| k.attn_context(&s, &scores, values, &mut ctx))
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, dots, linear, attention);
 criterion_main!(benches);

@@ -21,10 +21,16 @@ use crate::ExactKernels;
 /// llama.cpp pads its cache.
 pub const VALUE_PAD: usize = 64;
 
-/// Query rows per block of the fast scores and context: each block starts
-/// at its first row's window, so window layers skip what they cannot see.
+/// Tokens per task of the prompt scores and context (times the heads that
+/// share a key head): each key and value is read once per task.
 const SCORE_ROWS: usize = 16;
 const CONTEXT_ROWS: usize = 16;
+
+/// Keys and value rows per block of the exact prompt scores and context: a
+/// block (32 KiB at 256 floats a row) is used by every row of a task while
+/// it is in L1/L2.
+const EXACT_KEYS: usize = 32;
+const EXACT_POSITIONS: usize = 32;
 
 /// One attention step's sizes and the model's settings for it.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +73,16 @@ impl AttnShape {
     fn min_heads_per_task(&self) -> usize {
         if self.t * self.tkv() < 4096 {
             self.heads
+        } else {
+            1
+        }
+    }
+
+    /// The same for `n` tasks of the group ones: all on one thread below
+    /// one token's worth of work.
+    fn min_tasks_per_thread(&self, n: usize) -> usize {
+        if self.t * self.tkv() < 4096 {
+            n.max(1)
         } else {
             1
         }
@@ -137,7 +153,7 @@ impl Attention for ExactKernels {
 
     fn attn_scores(&self, s: &AttnShape, q: &[f32], keys: &[f32], scores: &mut [f32]) {
         let (t, tkv, hd) = (s.t, s.tkv(), s.hd);
-        let (qd, kvd, group) = (s.heads * hd, s.kv_heads * hd, s.heads / s.kv_heads);
+        let (qd, kvd) = (s.heads * hd, s.kv_heads * hd);
         check_sizes(s, q, keys, scores);
         let dot = crate::f32_dot_fn();
         if t == 1 {
@@ -153,16 +169,26 @@ impl Attention for ExactKernels {
             }
             return;
         }
-        scores.par_chunks_mut(t * tkv).with_min_len(s.min_heads_per_task()).enumerate().for_each(|(h, sh)| {
-            let kh = h / group;
-            for i in 0..t {
-                let qi = &q[i * qd + h * hd..i * qd + (h + 1) * hd];
-                let row = &mut sh[i * tkv..(i + 1) * tkv];
-                let (from, to) = (s.first_scored(i), s.scored(i));
-                for (j, v) in row.iter_mut().enumerate().take(to).skip(from) {
-                    *v = dot(qi, &keys[j * kvd + kh * hd..j * kvd + (kh + 1) * hd]);
+        // Each score is one dot product, whatever task computes it: a task
+        // takes the heads of one key head for a block of tokens, and each
+        // block of keys goes to all of its rows before the next is read.
+        let tasks = group_tasks(s, scores, tkv, |i, h| h * t + i, SCORE_ROWS);
+        let min_len = s.min_tasks_per_thread(tasks.len());
+        tasks.into_par_iter().with_min_len(min_len).for_each(|mut task| {
+            let kh = task.kh;
+            let rows: Vec<(usize, usize)> = task.rows().collect();
+            let ranges: Vec<_> = rows.iter().map(|&(i, _)| s.first_scored(i)..s.scored(i)).collect();
+            let (lo, hi) = (ranges.iter().map(|r| r.start).min(), ranges.iter().map(|r| r.end).max());
+            for b0 in (lo.unwrap_or(0)..hi.unwrap_or(0)).step_by(EXACT_KEYS) {
+                for ((&(i, h), range), row) in rows.iter().zip(&ranges).zip(task.out.iter_mut()) {
+                    let qi = &q[i * qd + h * hd..i * qd + (h + 1) * hd];
+                    for j in range.start.max(b0)..range.end.min(b0 + EXACT_KEYS) {
+                        row[j] = dot(qi, &keys[j * kvd + kh * hd..j * kvd + (kh + 1) * hd]);
+                    }
                 }
-                scale_and_cap(&mut row[from..to], Some(s.scale), s.softcap);
+            }
+            for (row, range) in task.out.iter_mut().zip(ranges) {
+                scale_and_cap(&mut row[range], Some(s.scale), s.softcap);
             }
         });
     }
@@ -174,7 +200,7 @@ impl Attention for ExactKernels {
                 // Visible: first..=p+i; the rest become 0.
                 let (first, end) = (s.first_visible(i), s.p + i + 1);
                 let row = &mut sh[i * tkv..(i + 1) * tkv];
-                row[..first].fill(0.0);
+                zero(&mut row[..first]);
                 row[end..].fill(0.0);
                 softmax_in_place(&mut row[first..end]);
             }
@@ -184,30 +210,39 @@ impl Attention for ExactKernels {
     fn attn_context(&self, s: &AttnShape, probs: &[f32], values: Values, ctx: &mut [f32]) {
         let Values::Rows(vc) = values else { panic!("the exact precision reads values as rows") };
         let (t, tkv, hd) = (s.t, s.tkv(), s.hd);
-        let (kvd, group) = (s.kv_heads * hd, s.heads / s.kv_heads);
+        let kvd = s.kv_heads * hd;
         assert!(vc.len() >= tkv * kvd && probs.len() == s.heads * t * tkv);
         if t == 1 {
             decode_context_rows(s, probs, vc, ctx);
             return;
         }
-        let mut per_head = vec![0f32; s.heads * t * hd]; //                       [H, T, hd]
-        per_head.par_chunks_mut(t * hd).with_min_len(s.min_heads_per_task()).enumerate().for_each(|(h, out)| {
-            let kh = h / group;
-            for i in 0..t {
-                let probs = &probs[(h * t + i) * tkv..(h * t + i + 1) * tkv];
-                let o = &mut out[i * hd..(i + 1) * hd];
-                for (j, &pr) in probs.iter().enumerate().skip(s.first_visible(i)) {
-                    if pr == 0.0 {
-                        continue;
-                    }
-                    let vj = &vc[j * kvd + kh * hd..j * kvd + (kh + 1) * hd];
-                    for (o, v) in o.iter_mut().zip(vj) {
-                        *o += pr * v;
+        // Each output element sums p·v over its row's positions in order,
+        // skipping zero probabilities; a task takes the heads of one key
+        // head for a block of tokens, and each block of value rows goes to
+        // all of its rows (their sums carried on) before the next is read.
+        let tasks = group_tasks(s, ctx, hd, |i, h| i * s.heads + h, CONTEXT_ROWS);
+        let min_len = s.min_tasks_per_thread(tasks.len());
+        tasks.into_par_iter().with_min_len(min_len).for_each(|mut task| {
+            let kh = task.kh;
+            let rows: Vec<(usize, usize)> = task.rows().collect();
+            task.out.iter_mut().for_each(|o| o.fill(0.0));
+            let lo = rows.iter().map(|&(i, _)| s.first_visible(i)).min().unwrap_or(0);
+            for b0 in (lo..tkv).step_by(EXACT_POSITIONS) {
+                for (&(i, h), o) in rows.iter().zip(task.out.iter_mut()) {
+                    let probs = &probs[(h * t + i) * tkv..(h * t + i + 1) * tkv];
+                    for j in s.first_visible(i).max(b0)..tkv.min(b0 + EXACT_POSITIONS) {
+                        let pr = probs[j];
+                        if pr == 0.0 {
+                            continue;
+                        }
+                        let vj = &vc[j * kvd + kh * hd..j * kvd + (kh + 1) * hd];
+                        for (o, v) in o.iter_mut().zip(vj) {
+                            *o += pr * v;
+                        }
                     }
                 }
             }
         });
-        interleave_heads(s, &per_head, ctx);
     }
 }
 
@@ -237,27 +272,19 @@ impl Attention for FastKernels {
             }
             return;
         }
-        scores.par_chunks_mut(t * tkv).with_min_len(s.min_heads_per_task()).enumerate().for_each(|(h, sh)| {
-            let kh = h / group;
-            // Each score is one dot product, whatever block computes it:
-            // blocks of rows start at their first row's window.
-            for i0 in (0..t).step_by(SCORE_ROWS) {
-                let i1 = (i0 + SCORE_ROWS).min(t);
-                let from = s.first_scored(i0);
-                let lens: Vec<usize> = (i0..i1).map(|i| s.scored(i) - from).collect();
-                crate::mirror::dot_f32_grid(
-                    &q[i0 * qd + h * hd..],
-                    qd,
-                    &keys[from * kvd + kh * hd..],
-                    kvd,
-                    hd,
-                    &lens,
-                    &mut sh[i0 * tkv + from..],
-                    tkv,
-                );
-            }
-            for i in 0..t {
-                scale_and_cap(&mut sh[i * tkv + s.first_scored(i)..i * tkv + s.scored(i)], post_scale, s.softcap);
+        // Each score is one dot product, whatever task computes it: a task
+        // takes the heads of one key head for a block of tokens, each row
+        // from its own window on, and reads each key once for all of them.
+        let tasks = group_tasks(s, scores, tkv, |i, h| h * t + i, SCORE_ROWS);
+        let min_len = s.min_tasks_per_thread(tasks.len());
+        tasks.into_par_iter().with_min_len(min_len).for_each(|mut task| {
+            let qs: Vec<&[f32]> = task.rows().map(|(i, h)| &q[i * qd + h * hd..i * qd + (h + 1) * hd]).collect();
+            let ranges: Vec<_> = task.rows().map(|(i, _)| s.first_scored(i)..s.scored(i)).collect();
+            crate::mirror::dot_f32_blocked(&qs, &keys[task.kh * hd..], kvd, hd, &ranges, &mut task.out);
+            if post_scale.is_some() || s.softcap.is_some() {
+                for (row, range) in task.out.iter_mut().zip(ranges) {
+                    scale_and_cap(&mut row[range], post_scale, s.softcap);
+                }
             }
         });
     }
@@ -276,7 +303,7 @@ impl Attention for FastKernels {
                 row[skip..first].fill(f32::NEG_INFINITY);
                 row[qpos + 1..].fill(f32::NEG_INFINITY);
                 crate::mirror::softmax_visible(&mut row[skip..], qpos + 1 - skip);
-                row[..skip].fill(0.0);
+                zero(&mut row[..skip]);
             }
         });
     }
@@ -284,7 +311,6 @@ impl Attention for FastKernels {
     fn attn_context(&self, s: &AttnShape, probs: &[f32], values: Values, ctx: &mut [f32]) {
         let Values::Columns { data: vt, stride } = values else { panic!("the fast precision reads values as columns") };
         let (t, tkv, hd, p) = (s.t, s.tkv(), s.hd, s.p);
-        let group = s.heads / s.kv_heads;
         // Each output is a dot product over positions, padded with zeros to a
         // multiple of 64 as llama.cpp pads its cache; one token's outputs
         // are summed as its dot product does, several tokens' as its tiled
@@ -295,43 +321,72 @@ impl Attention for FastKernels {
             decode_context(s, probs, vt, stride, ctx);
             return;
         }
-        let mut per_head = vec![0f32; s.heads * t * hd]; //                       [H, T, hd]
-        per_head.par_chunks_mut(t * hd).with_min_len(s.min_heads_per_task()).enumerate().for_each(|(h, out)| {
-            let kh = h / group;
-            // Past the last visible position the probabilities are zeros,
-            // which leave the 16 lanes as they are: each sum stops at the
-            // first multiple of 16 beyond it. The rows are padded to tpad.
-            let lens: Vec<usize> = (0..t).map(|i| (p + i + 1).div_ceil(16) * 16).collect();
-            let sh = &probs[h * t * tkv..(h + 1) * t * tkv];
-            let padded: Vec<f32>;
-            let (rows, row_len) = if tkv.is_multiple_of(16) {
-                // Every length fits in its row as it is.
-                (sh, tkv)
-            } else {
-                padded = (0..t).flat_map(|i| sh[i * tkv..(i + 1) * tkv].iter().copied().chain([0.0; 16])).collect();
-                (padded.as_slice(), tkv + 16)
-            };
-            // Blocks of rows start at the first multiple of 16 of their first
-            // row's window: the zeros before it leave each sum's 16 lanes
-            // as they are.
-            for i0 in (0..t).step_by(CONTEXT_ROWS) {
-                let i1 = (i0 + CONTEXT_ROWS).min(t);
-                let skip = s.first_visible(i0) / 16 * 16;
-                let lens: Vec<usize> = lens[i0..i1].iter().map(|l| l - skip).collect();
-                crate::mirror::dot_f32_tiled_grid(
-                    &rows[i0 * row_len + skip..],
-                    row_len,
-                    &lens,
-                    &vt[kh * hd * stride + skip..],
-                    stride,
-                    hd,
-                    &mut out[i0 * hd..i1 * hd],
-                    hd,
-                );
-            }
+        // Each output sums its row's probabilities from the first multiple
+        // of 16 of its window (the zeros before it leave the 16 lanes as
+        // they are) to its last visible position, then zeros up to the next
+        // multiple of 16 (as the cache padding adds them), where its lanes
+        // stop. A task takes the heads of one key head for a block of
+        // tokens and reads each value column once for all of them, writing
+        // straight into their rows of ctx.
+        let tasks = group_tasks(s, ctx, hd, |i, h| i * s.heads + h, CONTEXT_ROWS);
+        let min_len = s.min_tasks_per_thread(tasks.len());
+        tasks.into_par_iter().with_min_len(min_len).for_each(|mut task| {
+            let rows: Vec<&[f32]> =
+                task.rows().map(|(i, h)| &probs[(h * t + i) * tkv..(h * t + i + 1) * tkv]).collect();
+            let spans: Vec<_> = task.rows().map(|(i, _)| s.first_visible(i) / 16 * 16..p + i + 1).collect();
+            crate::mirror::dot_f32_tiled_blocked(
+                &rows,
+                &spans,
+                &vt[task.kh * hd * stride..],
+                stride,
+                hd,
+                &mut task.out,
+            );
         });
-        interleave_heads(s, &per_head, ctx);
     }
+}
+
+/// A task of a prompt step's attention: the rows of key head `kh`'s query
+/// heads for the tokens `tokens`, in the order (token, head), so that where
+/// a group has four heads four rows in a row are one token's.
+struct GroupRows<'a> {
+    kh: usize,
+    group: usize,
+    tokens: std::ops::Range<usize>,
+    /// Each row's part of the output, in the same order.
+    out: Vec<&'a mut [f32]>,
+}
+
+impl GroupRows<'_> {
+    /// (token, head) of each row.
+    fn rows(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let heads = self.kh * self.group..(self.kh + 1) * self.group;
+        self.tokens.clone().flat_map(move |i| heads.clone().map(move |h| (i, h)))
+    }
+}
+
+/// `out` cut into rows of `len` — row `index(i, h)` that of token i and
+/// head h — and handed out by key head and blocks of `tokens` tokens, each
+/// row to one task.
+fn group_tasks<'a>(
+    s: &AttnShape,
+    out: &'a mut [f32],
+    len: usize,
+    index: impl Fn(usize, usize) -> usize,
+    tokens: usize,
+) -> Vec<GroupRows<'a>> {
+    let group = s.heads / s.kv_heads;
+    assert_eq!(out.len(), s.t * s.heads * len);
+    let mut rows: Vec<&mut [f32]> = out.chunks_exact_mut(len).collect();
+    let mut tasks = Vec::new();
+    for kh in 0..s.kv_heads {
+        for i0 in (0..s.t).step_by(tokens) {
+            let mut task = GroupRows { kh, group, tokens: i0..(i0 + tokens).min(s.t), out: Vec::new() };
+            task.out = task.rows().map(|(i, h)| std::mem::take(&mut rows[index(i, h)])).collect();
+            tasks.push(task);
+        }
+    }
+    tasks
 }
 
 /// Keys per task of a decoding step's scores.
@@ -462,14 +517,14 @@ fn scale_and_cap(row: &mut [f32], scale: Option<f32>, cap: Option<f32>) {
     }
 }
 
-/// [H, T, hd] → [T, H·hd].
-fn interleave_heads(s: &AttnShape, per_head: &[f32], ctx: &mut [f32]) {
-    let (t, hd, qd) = (s.t, s.hd, s.heads * s.hd);
-    assert_eq!(ctx.len(), t * qd);
-    for h in 0..s.heads {
-        for i in 0..t {
-            ctx[i * qd + h * hd..i * qd + (h + 1) * hd]
-                .copy_from_slice(&per_head[(h * t + i) * hd..(h * t + i + 1) * hd]);
+/// Sets `xs` to zeros, writing only where it is not already 0: positions
+/// before a window are most of a long row, and the caller's buffer
+/// usually holds zeros there (a fresh allocation, or the last step's
+/// probabilities) — reading them costs less than writing them again.
+fn zero(xs: &mut [f32]) {
+    for c in xs.chunks_mut(256) {
+        if c.iter().fold(0, |a, v| a | v.to_bits()) != 0 {
+            c.fill(0.0);
         }
     }
 }
@@ -484,4 +539,168 @@ fn softmax_in_place(row: &mut [f32]) {
     }
     let inv = (1.0 / sum) as f32;
     row.iter_mut().for_each(|v| *v *= inv);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mirror::{dot_f32, scalar_dot_tiled, softmax};
+
+    /// A one-token step of `heads` query heads on `kv_heads` key heads of
+    /// `hd`, scale 1/8, no cap, queries unscaled: the tests set the rest.
+    fn heads_of(heads: usize, kv_heads: usize, hd: usize) -> AttnShape {
+        AttnShape {
+            t: 1,
+            p: 0,
+            heads,
+            kv_heads,
+            hd,
+            window: None,
+            scale: 0.125,
+            softcap: None,
+            scale_queries: false,
+            full: false,
+            future: 0,
+        }
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 500.0 - 2.0).collect()
+    }
+
+    /// The exact precision's prompt attention (T > 1), task by task and
+    /// block by block, against each number's plain definition: every score
+    /// one dot product of the active path times the scale, every output a
+    /// sum of p·v over its row's positions in order.
+    #[test]
+    fn exact_prompt_attention_is_each_numbers_plain_sum_bit_for_bit() {
+        let k = ExactKernels { path: crate::active_path() };
+        let dot = crate::f32_dot_fn();
+        for (heads, kv_heads, hd) in [(4, 1, 256), (4, 2, 64), (3, 1, 72)] {
+            for (t, p, window, full) in
+                [(2, 0, None, false), (17, 0, Some(8), false), (40, 100, Some(20), true), (70, 45, None, false)]
+            {
+                let s = AttnShape { t, p, window, full, softcap: Some(30.0), ..heads_of(heads, kv_heads, hd) };
+                let (tkv, qd, kvd, group) = (s.tkv(), heads * hd, kv_heads * hd, heads / kv_heads);
+                let what = format!("{heads}/{kv_heads} heads of {hd}, t {t}, p {p}, window {window:?}, full {full}");
+                let q = values(t * qd, 4);
+                let keys = values(tkv * kvd, 5);
+                let vc = values(tkv * kvd, 6);
+                let mut scores = vec![0f32; heads * t * tkv];
+                k.attn_scores(&s, &q, &keys, &mut scores);
+                for h in 0..heads {
+                    let kh = h / group;
+                    for i in 0..t {
+                        let qi = &q[i * qd + h * hd..i * qd + (h + 1) * hd];
+                        for j in s.first_scored(i)..s.scored(i) {
+                            let mut want = [dot(qi, &keys[j * kvd + kh * hd..j * kvd + (kh + 1) * hd])];
+                            scale_and_cap(&mut want, Some(s.scale), s.softcap);
+                            let got = scores[(h * t + i) * tkv + j];
+                            assert_eq!(want[0].to_bits(), got.to_bits(), "{what}: score {h} {i} {j}");
+                        }
+                    }
+                }
+                k.attn_softmax(&s, &mut scores);
+                let mut ctx = vec![f32::NAN; t * qd];
+                k.attn_context(&s, &scores, Values::Rows(&vc), &mut ctx);
+                for h in 0..heads {
+                    let kh = h / group;
+                    for i in 0..t {
+                        let mut want = vec![0f32; hd];
+                        for j in s.first_visible(i)..tkv {
+                            let pr = scores[(h * t + i) * tkv + j];
+                            if pr != 0.0 {
+                                for (o, v) in want.iter_mut().zip(&vc[j * kvd + kh * hd..]) {
+                                    *o += pr * v;
+                                }
+                            }
+                        }
+                        let got = &ctx[i * qd + h * hd..i * qd + (h + 1) * hd];
+                        assert!(
+                            want.iter().zip(got).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{what}: context {i} {h}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The fast precision's prompt attention (T > 1), task by task and tile
+    /// by tile, against each number's plain definition: every score one
+    /// [`dot_f32`] of the scaled query, every probability [`softmax`] of
+    /// the masked row, every output one [`scalar_dot_tiled`] from position
+    /// 0 over the row padded with zeros to a multiple of 16.
+    #[test]
+    fn fast_prompt_attention_is_each_numbers_plain_sum_bit_for_bit() {
+        let k = FastKernels { path: crate::active_path() };
+        for (heads, kv_heads, hd) in [(4, 1, 256), (4, 2, 64), (3, 1, 64), (2, 2, 128), (8, 1, 64)] {
+            for (t, p, window, full, future) in [
+                (2, 0, None, false, 0),
+                (5, 7, None, true, 0),
+                (17, 0, Some(8), false, 0),
+                (40, 100, Some(20), false, 0),
+                (33, 30, Some(20), true, 3),
+                (19, 45, None, false, 0),
+            ] {
+                let s = AttnShape { t, p, window, full, future, scale_queries: true, ..heads_of(heads, kv_heads, hd) };
+                let (tkv, qd, kvd, group) = (s.tkv(), heads * hd, kv_heads * hd, heads / kv_heads);
+                let what = format!("{heads}/{kv_heads} heads of {hd}, t {t}, p {p}, window {window:?}, full {full}");
+                let q = values(t * qd, 1);
+                let keys = values(tkv * kvd, 2);
+                let stride = tkv.div_ceil(VALUE_PAD) * VALUE_PAD + VALUE_PAD;
+                let mut vt = values(kvd * stride, 3);
+                for col in vt.chunks_exact_mut(stride) {
+                    col[tkv..].fill(0.0);
+                }
+                let mut scores = vec![0f32; heads * t * tkv];
+                k.attn_scores(&s, &q, &keys, &mut scores);
+                let scaled: Vec<f32> = q.iter().map(|v| v * s.scale).collect();
+                for h in 0..heads {
+                    let kh = h / group;
+                    for i in 0..t {
+                        let qi = &scaled[i * qd + h * hd..i * qd + (h + 1) * hd];
+                        for j in s.first_scored(i)..s.scored(i) {
+                            let want = dot_f32(qi, &keys[j * kvd + kh * hd..j * kvd + (kh + 1) * hd]);
+                            let got = scores[(h * t + i) * tkv + j];
+                            assert_eq!(want.to_bits(), got.to_bits(), "{what}: score {h} {i} {j}");
+                        }
+                    }
+                }
+                let mut probs = scores.clone();
+                k.attn_softmax(&s, &mut probs);
+                for h in 0..heads {
+                    for i in 0..t {
+                        let row = (h * t + i) * tkv;
+                        let mut want = scores[row..row + tkv].to_vec();
+                        let visible = s.first_visible(i)..p + i + 1;
+                        for (j, v) in want.iter_mut().enumerate() {
+                            if !visible.contains(&j) {
+                                *v = f32::NEG_INFINITY;
+                            }
+                        }
+                        softmax(&mut want);
+                        let got = &probs[row..row + tkv];
+                        assert!(want.iter().zip(got).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}: probs {h} {i}");
+                    }
+                }
+                let mut ctx = vec![0f32; t * qd];
+                k.attn_context(&s, &probs, Values::Columns { data: &vt, stride }, &mut ctx);
+                for h in 0..heads {
+                    let kh = h / group;
+                    for i in 0..t {
+                        let len = (p + i + 1).div_ceil(16) * 16;
+                        let mut x = probs[(h * t + i) * tkv..(h * t + i + 1) * tkv].to_vec();
+                        x.resize(len.max(tkv), 0.0);
+                        for e in 0..hd {
+                            let col = &vt[(kh * hd + e) * stride..];
+                            let want = scalar_dot_tiled(&x[..len], &col[..len]);
+                            let got = ctx[i * qd + h * hd + e];
+                            assert_eq!(want.to_bits(), got.to_bits(), "{what}: context {i} {h} {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -4,7 +4,8 @@
 //! with a polynomial exp. Each is written here as scalar code that makes
 //! the same roundings lane by lane (fused multiply-adds as `mul_add`); its
 //! AVX2 form, which keeps the 512-bit lanes in pairs of 256-bit registers,
-//! is in `x86::lanes`, and the 512-bit attention tiles in `x86::avx512`.
+//! is in `x86::lanes`, and the 512-bit attention tiles and softmax in
+//! `x86::avx512`.
 //! Tests hold them to the same bits. The functions here choose among them
 //! by the active [`crate::KernelPath`].
 //!
@@ -12,6 +13,8 @@
 //! which order it keeps. (An AVX2-only build of llama.cpp sums in another
 //! order; there plumb fast and llama.cpp agree to the last bit or so, not
 //! bit for bit.)
+
+use std::ops::Range;
 
 #[cfg(target_arch = "x86_64")]
 use crate::active_path;
@@ -111,7 +114,7 @@ fn fold16(w: &[f32; 16]) -> f32 {
 /// (tinyBLAS): one 16-lane fused multiply-add accumulator over the whole
 /// length, folded as [`fold16`] does, lane by lane. The length must be a
 /// multiple of 16 (llama.cpp pads its KV cache so; pad with zeros). The
-/// SIMD forms are [`dot_f32_tiled_rows`] and [`dot_f32_tiled_grid`].
+/// SIMD forms are [`dot_f32_tiled_rows`] and [`dot_f32_tiled_blocked`].
 pub fn scalar_dot_tiled(x: &[f32], y: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     for (xc, yc) in x.chunks_exact(16).zip(y.chunks_exact(16)) {
@@ -287,57 +290,190 @@ pub fn dot_f32_grid(q: &[f32], qs: usize, k: &[f32], ks: usize, n: usize, lens: 
     }
 }
 
-/// Attention context as [`scalar_dot_tiled`] sums each output: `out[i·os + e]`
-/// = scalar_dot_tiled(p_i[..lens[i]], v_e[..lens[i]]) for i < `lens.len()`
-/// and e < `ne`, with p_i = `p[i·ps..]` and v_e = `v[e·vs..]`. Each
-/// `lens[i]` is a multiple of 16 and they do not decrease. Where the CPU
-/// has AVX-512, tiles of four queries × four outputs, the 16 lanes in one
-/// 512-bit register; each query's lanes stop at its own length.
-#[allow(clippy::too_many_arguments)]
-pub fn dot_f32_tiled_grid(
-    p: &[f32],
-    ps: usize,
-    lens: &[usize],
-    v: &[f32],
-    vs: usize,
-    ne: usize,
-    out: &mut [f32],
-    os: usize,
-) {
-    let nq = lens.len();
-    let lmax = lens.iter().copied().max().unwrap_or(0);
-    if nq == 0 || ne == 0 {
+/// Keys per block of [`dot_f32_blocked`]: a block is read from memory once
+/// for all the rows and stays in L1 while they pass (16 keys of a 256-wide
+/// head are 16 KiB of a 48 KiB L1d).
+const KEY_BLOCK: usize = 16;
+
+/// Attention scores of many query rows against the keys they share, as
+/// [`dot_f32`] sums each pair: `out[r][j]` = dot_f32(q_r[..n], k_j) for j in
+/// `ranges[r]`, with k_j = `k[j·ks..][..n]`; the rest of `out` is left as it
+/// is. The keys go in blocks of [`KEY_BLOCK`], each used by every row
+/// before the next is read, so a long cache is read once per call rather
+/// than once per tile of queries. Where the CPU has AVX-512, four rows in a
+/// row are a tile (rows of equal ranges waste nothing) against four keys at
+/// a time, each pair's 64 lanes as [`dot_f32`] has them.
+pub fn dot_f32_blocked(q: &[&[f32]], k: &[f32], ks: usize, n: usize, ranges: &[Range<usize>], out: &mut [&mut [f32]]) {
+    let nq = q.len();
+    assert!(ranges.len() == nq && out.len() == nq);
+    let live = |r: &&Range<usize>| !r.is_empty();
+    let (Some(lo), Some(hi)) =
+        (ranges.iter().filter(live).map(|r| r.start).min(), ranges.iter().filter(live).map(|r| r.end).max())
+    else {
         return;
-    }
-    assert!(lens.iter().all(|l| l.is_multiple_of(16)) && lens.windows(2).all(|w| w[0] <= w[1]));
-    assert!(lens.iter().enumerate().all(|(i, &l)| i * ps + l <= p.len()));
-    assert!((ne - 1) * vs + lmax <= v.len() && (nq - 1) * os + ne <= out.len());
+    };
+    assert!(q.iter().all(|r| r.len() >= n) && (hi - 1) * ks + n <= k.len());
+    assert!(ranges.iter().zip(out.iter()).all(|(r, o)| r.is_empty() || r.end <= o.len()));
     #[cfg(target_arch = "x86_64")]
-    if active_path().uses_avx512f() {
-        for i0 in (0..nq).step_by(4) {
-            let qi: [usize; 4] = [i0, (i0 + 1).min(nq - 1), (i0 + 2).min(nq - 1), (i0 + 3).min(nq - 1)];
-            for e0 in (0..ne).step_by(4) {
-                let ei = [e0, (e0 + 1).min(ne - 1), (e0 + 2).min(ne - 1), (e0 + 3).min(ne - 1)];
+    if active_path().uses_avx512f() && n.is_multiple_of(LANES) && nq >= 4 {
+        // Each tile's rows (the last repeated to fill it) and the keys any
+        // of them scores.
+        let tiles: Vec<([usize; 4], Range<usize>)> = (0..nq)
+            .step_by(4)
+            .filter_map(|r0| {
+                let rows = [r0, (r0 + 1).min(nq - 1), (r0 + 2).min(nq - 1), (r0 + 3).min(nq - 1)];
+                let spans = || rows.iter().map(|&r| &ranges[r]).filter(live);
+                Some((rows, spans().map(|r| r.start).min()?..spans().map(|r| r.end).max()?))
+            })
+            .collect();
+        // Each row's address, taken once: the tiles write through them.
+        let rows_out: Vec<*mut f32> = out.iter_mut().map(|o| o.as_mut_ptr()).collect();
+        for b0 in (lo..hi).step_by(KEY_BLOCK) {
+            let b1 = (b0 + KEY_BLOCK).min(hi);
+            for (rows, span) in &tiles {
+                let (from, to) = (span.start.max(b0), span.end.min(b1));
+                if from >= to {
+                    continue;
+                }
+                // Each row's part of the block, from `from`.
+                let keep = rows.map(|r| {
+                    let range = &ranges[r];
+                    (range.start.clamp(from, to) - from, range.end.clamp(from, to) - from)
+                });
                 // SAFETY: the active path has AVX512F, AVX2 and FMA (checked
-                // when it was set or detected); the asserts above keep each
-                // query's length inside p and v.
-                let r = unsafe {
-                    avx512::avx512_dot_tiled_4x4(
-                        [0, 1, 2, 3].map(|a| p.as_ptr().add(qi[a] * ps)),
-                        qi.map(|i| lens[i]),
-                        [0, 1, 2, 3].map(|b| v.as_ptr().add(ei[b] * vs)),
+                // when it was set or detected); the asserts above keep every
+                // query row and every key up to `hi` readable for n floats
+                // and each row's range inside its row of `out`, whose
+                // addresses alone are used until the loop ends.
+                unsafe {
+                    avx512::avx512_dot_lanes_4xn(
+                        rows.map(|r| q[r].as_ptr()),
+                        k.as_ptr().add(from * ks),
+                        ks,
+                        to - from,
+                        n,
+                        rows.map(|r| rows_out[r].add(from)),
+                        keep,
                     )
                 };
-                for (a, row) in r.iter().enumerate().take(nq - i0) {
-                    let n = (ne - e0).min(4);
-                    out[(i0 + a) * os + e0..(i0 + a) * os + e0 + n].copy_from_slice(&row[..n]);
-                }
             }
         }
         return;
     }
-    for (i, &l) in lens.iter().enumerate() {
-        dot_f32_tiled_rows(&p[i * ps..i * ps + l], v, vs, &mut out[i * os..i * os + ne]);
+    dot_f32_blocked_rows(q, k, ks, n, ranges, out, lo..hi)
+}
+
+/// [`dot_f32_blocked`] a row at a time within each block of keys
+/// (`keys` covers every range), by [`dot_f32_rows`].
+fn dot_f32_blocked_rows(
+    q: &[&[f32]],
+    k: &[f32],
+    ks: usize,
+    n: usize,
+    ranges: &[Range<usize>],
+    out: &mut [&mut [f32]],
+    keys: Range<usize>,
+) {
+    for b0 in keys.clone().step_by(KEY_BLOCK) {
+        let b1 = (b0 + KEY_BLOCK).min(keys.end);
+        for ((qr, range), o) in q.iter().zip(ranges).zip(out.iter_mut()) {
+            let (from, to) = (range.start.max(b0), range.end.min(b1));
+            if from < to {
+                dot_f32_rows(&qr[..n], &k[from * ks..], ks, &mut o[from..to]);
+            }
+        }
+    }
+}
+
+/// Value columns per block of [`dot_f32_tiled_blocked`]: a block stays in
+/// L2 while every row passes over it.
+const COLUMN_BLOCK: usize = 16;
+
+/// Attention context as [`scalar_dot_tiled`] sums each output, for many
+/// rows of probabilities against the value columns they share:
+/// `out[r][e]` = scalar_dot_tiled(x, v_e[a..b]) for e < `ne`, with v_e =
+/// `v[e·vs..]`, `spans[r]` = a..c (a a multiple of 16), b = c rounded up to
+/// a multiple of 16 and x = `p[r][a..c]` followed by zeros up to b (the
+/// positions past c are not read). Each `v_e` must be readable up to the
+/// largest b. The columns go in blocks of [`COLUMN_BLOCK`], each used by
+/// every row before the next; where the CPU has AVX-512, four rows in a row
+/// are a tile against four columns, the 16 lanes in one 512-bit register.
+pub fn dot_f32_tiled_blocked(
+    p: &[&[f32]],
+    spans: &[Range<usize>],
+    v: &[f32],
+    vs: usize,
+    ne: usize,
+    out: &mut [&mut [f32]],
+) {
+    let nq = p.len();
+    assert!(spans.len() == nq && out.len() == nq);
+    let vmax = spans.iter().map(|r| r.end.div_ceil(16) * 16).max().unwrap_or(0);
+    if nq == 0 || ne == 0 {
+        return;
+    }
+    assert!(spans.iter().zip(p).all(|(r, p)| r.start.is_multiple_of(16) && r.start <= r.end && r.end <= p.len()));
+    assert!((ne - 1) * vs + vmax <= v.len() && out.iter().all(|o| o.len() >= ne));
+    #[cfg(target_arch = "x86_64")]
+    if active_path().uses_avx512f() {
+        // Each row's address, taken once: the tiles write through them.
+        let rows_out: Vec<*mut f32> = out.iter_mut().map(|o| o.as_mut_ptr()).collect();
+        for e0 in (0..ne).step_by(COLUMN_BLOCK) {
+            let e1 = (e0 + COLUMN_BLOCK).min(ne);
+            for r0 in (0..nq).step_by(4) {
+                let rows = [r0, (r0 + 1).min(nq - 1), (r0 + 2).min(nq - 1), (r0 + 3).min(nq - 1)];
+                // SAFETY: the active path has AVX512F, AVX2 and FMA (checked
+                // when it was set or detected); the asserts above keep each
+                // row's span inside its row, every column readable up to
+                // the spans' largest end rounded up to 16 and every row of
+                // `out` ne long, whose addresses alone are used until the
+                // loop ends.
+                unsafe {
+                    avx512::avx512_dot_tiled_4xn(
+                        rows.map(|r| p[r].as_ptr()),
+                        rows.map(|r| (spans[r].start, spans[r].end)),
+                        v.as_ptr().add(e0 * vs),
+                        vs,
+                        e1 - e0,
+                        rows.map(|r| rows_out[r].add(e0)),
+                    )
+                };
+            }
+        }
+        return;
+    }
+    dot_f32_tiled_blocked_rows(p, spans, v, vs, ne, out)
+}
+
+/// [`dot_f32_tiled_blocked`] a row at a time within each block of columns,
+/// by [`dot_f32_tiled_rows`].
+fn dot_f32_tiled_blocked_rows(
+    p: &[&[f32]],
+    spans: &[Range<usize>],
+    v: &[f32],
+    vs: usize,
+    ne: usize,
+    out: &mut [&mut [f32]],
+) {
+    // Each row's span, padded with zeros where it does not end on a
+    // multiple of 16.
+    let xs: Vec<std::borrow::Cow<[f32]>> = p
+        .iter()
+        .zip(spans)
+        .map(|(pr, span)| {
+            let b = span.end.div_ceil(16) * 16;
+            if span.end == b {
+                pr[span.clone()].into()
+            } else {
+                pr[span.clone()].iter().copied().chain(std::iter::repeat(0.0)).take(b - span.start).collect()
+            }
+        })
+        .collect();
+    for e_blk in (0..ne).step_by(COLUMN_BLOCK) {
+        let e_end = (e_blk + COLUMN_BLOCK).min(ne);
+        for ((x, span), o) in xs.iter().zip(spans).zip(out.iter_mut()) {
+            dot_f32_tiled_rows(x, &v[e_blk * vs + span.start..], vs, &mut o[e_blk..e_end]);
+        }
     }
 }
 
@@ -391,6 +527,18 @@ pub fn softmax_visible(row: &mut [f32], visible: usize) {
     let (row, hidden) = row.split_at_mut(end);
     debug_assert!(hidden.iter().all(|v| *v == f32::NEG_INFINITY));
     hidden.fill(0.0);
+    #[cfg(target_arch = "x86_64")]
+    if active_path().uses_avx512f() {
+        // SAFETY: the active path has AVX512F, AVX2 and FMA (checked when
+        // it was set or detected); the kernel stays inside `row`.
+        return unsafe { avx512::avx512_softmax(row) };
+    }
+    softmax_groups(row)
+}
+
+/// [`softmax`] of a row whose every position takes part, group by group of
+/// 16 (the last one padded with −∞): the plain form of `avx512_softmax`.
+fn softmax_groups(row: &mut [f32]) {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
     let mut sum = 0f64;
     for g in row.chunks_mut(16) {
@@ -520,6 +668,146 @@ mod tests {
                 // SAFETY: AVX2 and FMA, checked just above.
                 unsafe { lanes::avx2_exp16(g, 0.0, &mut b) };
                 assert_eq!(a.map(f32::to_bits), b.map(f32::to_bits), "{g:?}");
+            }
+        }
+    }
+
+    /// Query rows r < `rows` and their ranges of keys: ragged ends, later
+    /// starts (windows), empty rows, some rows sharing a range.
+    fn score_ranges(rows: usize, keys: usize) -> Vec<Range<usize>> {
+        (0..rows)
+            .map(|r| match r % 7 {
+                0..=3 => (r / 4 * 3).min(keys)..keys.saturating_sub(r / 4),
+                4 => 0..keys.min(r + 1),
+                5 => (keys / 2)..(keys / 2),
+                _ => (r % keys.max(1))..keys,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn blocked_scores_equal_one_dot_per_pair_bit_for_bit() {
+        const UNTOUCHED: f32 = 1234.5;
+        for (rows, keys, n, ks) in [
+            (1, 5, 64, 64),
+            (3, 40, 256, 256),
+            (4, 17, 256, 300),
+            (9, 70, 64, 64),
+            (17, 33, 128, 128),
+            (8, 50, 90, 100),
+            (6, 1, 256, 256),
+        ] {
+            let q: Vec<Vec<f32>> = (0..rows).map(|r| values(n, 100 + r as u32)).collect();
+            let qs: Vec<&[f32]> = q.iter().map(|r| r.as_slice()).collect();
+            let k = values((keys - 1) * ks + n, 7);
+            let ranges = score_ranges(rows, keys);
+            for by_rows in [false, true] {
+                let mut buf = vec![UNTOUCHED; rows * (keys + 3)];
+                let mut out: Vec<&mut [f32]> = buf.chunks_exact_mut(keys + 3).collect();
+                if by_rows {
+                    dot_f32_blocked_rows(&qs, &k, ks, n, &ranges, &mut out, 0..keys);
+                } else {
+                    dot_f32_blocked(&qs, &k, ks, n, &ranges, &mut out);
+                }
+                for (r, (row, range)) in out.iter().zip(&ranges).enumerate() {
+                    for (j, &got) in row.iter().enumerate() {
+                        let want = if range.contains(&j) { dot_f32(&q[r], &k[j * ks..j * ks + n]) } else { UNTOUCHED };
+                        assert_eq!(want.to_bits(), got.to_bits(), "{rows} rows of {n}, row {r}, key {j} of {range:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn blocked_context_equals_one_tiled_dot_per_output_bit_for_bit() {
+        // Rows of probabilities longer than their spans (what lies beyond is
+        // never read: it is NaN here), spans from multiples of 16 ending
+        // anywhere, columns `vs` apart readable up to the largest end
+        // rounded up to 16.
+        for (rows, ne, len, vs) in
+            [(1, 3, 40, 48), (4, 16, 64, 64), (5, 17, 100, 112), (11, 33, 300, 320), (8, 4, 16, 16)]
+        {
+            let spans: Vec<Range<usize>> = (0..rows)
+                .map(|r| {
+                    let end = len - (r * 7) % (len / 2);
+                    let start = ((r * 5) % (end / 2 + 1)) / 16 * 16;
+                    if r % 6 == 5 {
+                        start..start
+                    } else {
+                        start..end
+                    }
+                })
+                .collect();
+            let p: Vec<Vec<f32>> = (0..rows)
+                .map(|r| {
+                    let mut row = values(len + 16, 30 + r as u32);
+                    row[spans[r].end..].fill(f32::NAN);
+                    row
+                })
+                .collect();
+            let ps: Vec<&[f32]> = p.iter().zip(&spans).map(|(row, s)| &row[..s.end]).collect();
+            let v = values((ne - 1) * vs + len.div_ceil(16) * 16, 9);
+            for by_rows in [false, true] {
+                let mut buf = vec![0f32; rows * ne];
+                let mut out: Vec<&mut [f32]> = buf.chunks_exact_mut(ne).collect();
+                if by_rows {
+                    dot_f32_tiled_blocked_rows(&ps, &spans, &v, vs, ne, &mut out);
+                } else {
+                    dot_f32_tiled_blocked(&ps, &spans, &v, vs, ne, &mut out);
+                }
+                for (r, row) in out.iter().enumerate() {
+                    let (a, c) = (spans[r].start, spans[r].end);
+                    let b = c.div_ceil(16) * 16;
+                    let mut x = p[r][a..c].to_vec();
+                    x.resize(b - a, 0.0);
+                    for (e, &got) in row.iter().enumerate() {
+                        let want = scalar_dot_tiled(&x, &v[e * vs + a..e * vs + b]);
+                        assert_eq!(want.to_bits(), got.to_bits(), "{rows} rows, row {r} {a}..{c}, column {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_of_each_path_is_the_scalar_one_bit_for_bit() {
+        for n in [1usize, 5, 16, 17, 40, 64, 100, 513] {
+            let mut row: Vec<f32> = values(n, 41).iter().map(|v| v * 3.0).collect();
+            row[n / 3] = f32::NEG_INFINITY;
+            if n > 20 {
+                row[n - 2] = -0.0;
+                row[7] = f32::NEG_INFINITY;
+            }
+            // The plain form, made of the scalar parts alone.
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+            let mut want = row.clone();
+            let mut sum = 0f64;
+            for g in want.chunks_mut(16) {
+                let mut w = [0f32; 16];
+                scalar_exp16(g, max, &mut w);
+                g.copy_from_slice(&w[..g.len()]);
+                sum += fold16(&w) as f64;
+            }
+            let inv = (1.0 / sum) as f32;
+            want.iter_mut().for_each(|v| *v *= inv);
+            let mut got = row.clone();
+            softmax_groups(&mut got);
+            assert_eq!(
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "n {n}"
+            );
+            #[cfg(target_arch = "x86_64")]
+            if crate::KernelPath::Avx512.supported() {
+                let mut got = row.clone();
+                // SAFETY: AVX512F, AVX2 and FMA, checked just above.
+                unsafe { avx512::avx512_softmax(&mut got) };
+                assert_eq!(
+                    want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "n {n}"
+                );
             }
         }
     }

@@ -4,13 +4,13 @@
 //! same elements meet the same operations in the same order — so each
 //! result equals its 256-bit counterpart bit for bit, in fewer
 //! instructions. The exact precision's Q8_0-family rows and four-token f32
-//! dots; the fast precision's attention tiles (`mirror`'s sums).
+//! dots; the fast precision's attention tiles and softmax (`mirror`'s
+//! sums and exp).
 //!
 //! Not here: integer dot products with AVX-512 VNNI ([`super::vnni`]).
 
 use std::arch::x86_64::*;
 
-use super::lanes::avx2_fold16;
 use super::{d16, hsum_ps, Q8Family, Q8Format};
 use crate::mirror::LANES;
 
@@ -103,14 +103,62 @@ pub unsafe fn rows_exact(fmt: Q8Family, w: &[u8], rb: usize, x: &[f32], out: &mu
     })
 }
 
-/// Four queries × four keys of [`dot_f32_grid`]; `n` a multiple of 64 and
-/// every pointer readable for `n` floats.
+/// Four queries × four keys of `mirror::dot_f32_grid` and
+/// `mirror::dot_f32_blocked`.
 ///
 /// # Safety
 /// The CPU has AVX512F, AVX2 and FMA; `n` is a multiple of 64 and every pointer is readable for `n`
 /// floats.
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub unsafe fn avx512_dot_lanes_4x4(q: [*const f32; 4], k: [*const f32; 4], n: usize) -> [[f32; 4]; 4] {
+    dot_lanes_4x4(q, k, n)
+}
+
+/// Four queries × `nk` keys, `ks` floats apart from `k`, of
+/// `mirror::dot_f32_blocked`, in tiles of four keys (the last key repeated
+/// to fill the last tile): query a's score of key j lands in `out[a] + j`
+/// for j in `keep[a]` (and nowhere else).
+///
+/// # Safety
+/// The CPU has AVX512F, AVX2 and FMA; `n` is a multiple of 64, every query
+/// pointer is readable for `n` floats and so is each key j < nk; `out[a]`
+/// is writable at `keep[a]` ∩ 0..nk and no other reference to that memory
+/// is used meanwhile.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub unsafe fn avx512_dot_lanes_4xn(
+    q: [*const f32; 4],
+    k: *const f32,
+    ks: usize,
+    nk: usize,
+    n: usize,
+    out: [*mut f32; 4],
+    keep: [(usize, usize); 4],
+) {
+    for j0 in (0..nk).step_by(4) {
+        let kj = [j0, (j0 + 1).min(nk - 1), (j0 + 2).min(nk - 1), (j0 + 3).min(nk - 1)];
+        let v = dot_lanes_4x4(q, kj.map(|j| k.add(j * ks)), n);
+        for a in 0..4 {
+            let (from, to) = (keep[a].0, keep[a].1.min(nk));
+            if from <= j0 && j0 + 4 <= to {
+                _mm_storeu_ps(out[a].add(j0), _mm_loadu_ps(v[a].as_ptr()));
+                continue;
+            }
+            for (b, &x) in v[a].iter().enumerate() {
+                if (from..to).contains(&(j0 + b)) {
+                    *out[a].add(j0 + b) = x;
+                }
+            }
+        }
+    }
+}
+
+/// The tile of [`avx512_dot_lanes_4x4`], to inline.
+///
+/// # Safety
+/// As [`avx512_dot_lanes_4x4`].
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn dot_lanes_4x4(q: [*const f32; 4], k: [*const f32; 4], n: usize) -> [[f32; 4]; 4] {
     // Register m of the four (lanes 16m..16m+16, elements 16m + 64u, u =
     // 0, 1, … in order) holds accumulators 2m and 2m+1 of [`dot_f32`]'s
     // eight; its combination (0+4)+(2+6) | (1+5)+(3+7) is, as 512-bit
@@ -146,52 +194,218 @@ pub unsafe fn avx512_dot_lanes_4x4(q: [*const f32; 4], k: [*const f32; 4], n: us
             }
         }
     }
-    let mut out = [[0f32; 4]; 4];
+    let mut z = [[_mm512_setzero_ps(); 4]; 4];
     for a in 0..4 {
         for b in 0..4 {
-            let z = _mm512_castps_pd(_mm512_add_ps(even[a][b], odd[a][b]));
-            let lo = _mm256_castpd_ps(_mm512_castpd512_pd256(z));
-            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(z));
-            out[a][b] = avx2_fold16(lo, hi);
+            z[a][b] = _mm512_add_ps(even[a][b], odd[a][b]);
         }
     }
+    fold16_4x4(z)
+}
+
+/// `mirror::fold16` of sixteen registers at once: each result makes the
+/// same additions of the same lanes as [`super::lanes::avx2_fold16`] of its
+/// register, but the sixteen share each instruction (a transposing reduction: the
+/// 256-bit halves, the 128-bit quarters, then lanes 0 + 2 and 1 + 3, then
+/// those two), so a tile spends 45 instructions on its sixteen sums, not
+/// 128.
+///
+/// # Safety
+/// The CPU has AVX512F.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn fold16_4x4(z: [[__m512; 4]; 4]) -> [[f32; 4]; 4] {
+    // Register p = 4b + a in, so that result lane 4a + b comes out as
+    // out[a][b] (the steps below transpose the 4 × 4).
+    let w: [__m512; 16] = std::array::from_fn(|p| z[p % 4][p / 4]);
+    // v = high 256 bits + low 256 bits: lanes 0–7 of register p's, 8–15 of p + 1's.
+    let v: [__m512; 8] = std::array::from_fn(|c| {
+        let (x, y) = (w[2 * c], w[2 * c + 1]);
+        _mm512_add_ps(_mm512_shuffle_f32x4::<0xEE>(x, y), _mm512_shuffle_f32x4::<0x44>(x, y))
+    });
+    // x = high 128 bits + low 128 bits of each v: 128-bit block k of
+    // x[e] is register 4e + k's.
+    let x: [__m512; 4] = std::array::from_fn(|e| {
+        let (c, d) = (v[2 * e], v[2 * e + 1]);
+        _mm512_add_ps(_mm512_shuffle_f32x4::<0xDD>(c, d), _mm512_shuffle_f32x4::<0x88>(c, d))
+    });
+    // y0 = x0 + x2, y1 = x1 + x3: block k of y[g] holds those of registers
+    // 8g + k (lanes 0, 1) and 8g + 4 + k (lanes 2, 3).
+    let y: [__m512; 2] = std::array::from_fn(|g| {
+        let (e, f) = (x[2 * g], x[2 * g + 1]);
+        _mm512_add_ps(_mm512_shuffle_ps::<0x44>(e, f), _mm512_shuffle_ps::<0xEE>(e, f))
+    });
+    // y0 + y1: lane 4k + m is register 4m + k's.
+    let r = _mm512_add_ps(_mm512_shuffle_ps::<0x88>(y[0], y[1]), _mm512_shuffle_ps::<0xDD>(y[0], y[1]));
+    let mut out = [[0f32; 4]; 4];
+    _mm512_storeu_ps(out.as_mut_ptr().cast(), r);
     out
 }
 
-/// Four queries × four outputs of [`dot_f32_tiled_grid`]: query a's lanes
-/// take positions 0..lens[a] (non-decreasing multiples of 16).
+/// Four rows × `ne` columns, `vs` floats apart from `v`, of
+/// `mirror::dot_f32_tiled_blocked`, in tiles of four columns (the last
+/// repeated to fill the last tile): row a's output e lands in
+/// `out[a] + e`. Row a's lanes take positions spans[a] = (from, to),
+/// `from` a multiple of 16, reading `p[a]` (position 0's address) only
+/// inside it and adding zeros up to `to` rounded up to 16, where its lanes
+/// stop.
 ///
 /// # Safety
-/// The CPU has AVX512F, AVX2 and FMA; `lens` are non-decreasing multiples of 16 and `p[a]` is
-/// readable for `lens[a]` floats, every `v[b]` for `lens[3]`.
+/// The CPU has AVX512F, AVX2 and FMA; each `p[a]` is readable at positions
+/// spans[a], every column e < ne up to the largest `to` rounded up to 16;
+/// each `out[a]` is writable for `ne` floats and no other reference to that
+/// memory is used meanwhile.
 #[target_feature(enable = "avx512f,avx2,fma")]
-pub unsafe fn avx512_dot_tiled_4x4(p: [*const f32; 4], lens: [usize; 4], v: [*const f32; 4]) -> [[f32; 4]; 4] {
-    let mut acc = [[_mm512_setzero_ps(); 4]; 4];
-    let mut j = 0;
-    // Queries from `first` on are still running between lens[first - 1]
-    // and lens[first].
-    for (first, &end) in lens.iter().enumerate() {
-        while j < end {
-            let mut vv = [_mm512_setzero_ps(); 4];
-            for b in 0..4 {
-                vv[b] = _mm512_loadu_ps(v[b].add(j));
-            }
-            for a in first..4 {
-                let pv = _mm512_loadu_ps(p[a].add(j));
-                for b in 0..4 {
-                    acc[a][b] = _mm512_fmadd_ps(pv, vv[b], acc[a][b]);
+pub unsafe fn avx512_dot_tiled_4xn(
+    p: [*const f32; 4],
+    spans: [(usize, usize); 4],
+    v: *const f32,
+    vs: usize,
+    ne: usize,
+    out: [*mut f32; 4],
+) {
+    for e0 in (0..ne).step_by(4) {
+        let ei = [e0, (e0 + 1).min(ne - 1), (e0 + 2).min(ne - 1), (e0 + 3).min(ne - 1)];
+        let r = dot_tiled_4x4(p, spans, ei.map(|e| v.add(e * vs)));
+        for a in 0..4 {
+            if e0 + 4 <= ne {
+                _mm_storeu_ps(out[a].add(e0), _mm_loadu_ps(r[a].as_ptr()));
+            } else {
+                for (b, &x) in r[a].iter().enumerate().take(ne - e0) {
+                    *out[a].add(e0 + b) = x;
                 }
             }
-            j += 16;
         }
     }
-    let mut out = [[0f32; 4]; 4];
-    for a in 0..4 {
+}
+
+/// Four rows × four columns of [`avx512_dot_tiled_4xn`].
+///
+/// # Safety
+/// As [`avx512_dot_tiled_4xn`], for the four columns `v`.
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn dot_tiled_4x4(p: [*const f32; 4], spans: [(usize, usize); 4], v: [*const f32; 4]) -> [[f32; 4]; 4] {
+    let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+    let lo = spans.iter().map(|s| s.0).min().unwrap_or(0);
+    let hi = spans.iter().map(|s| s.1.div_ceil(16) * 16).max().unwrap_or(0);
+    // Positions where every row takes whole groups of 16.
+    let whole_from = spans.iter().map(|s| s.0).max().unwrap_or(0);
+    let whole_to = spans.iter().map(|s| s.1 / 16 * 16).min().unwrap_or(0);
+    let mut j = lo;
+    while j < hi {
+        if j >= whole_from && j + 16 <= whole_to {
+            while j + 16 <= whole_to {
+                let mut vv = [_mm512_setzero_ps(); 4];
+                for b in 0..4 {
+                    vv[b] = _mm512_loadu_ps(v[b].add(j));
+                }
+                for a in 0..4 {
+                    let pv = _mm512_loadu_ps(p[a].add(j));
+                    for b in 0..4 {
+                        acc[a][b] = _mm512_fmadd_ps(pv, vv[b], acc[a][b]);
+                    }
+                }
+                j += 16;
+            }
+            continue;
+        }
+        // A group at an edge: rows outside their span skip it; a row
+        // ending inside it reads its positions and adds zeros for the rest.
+        let mut vv = [_mm512_setzero_ps(); 4];
         for b in 0..4 {
-            let lo = _mm512_castps512_ps256(acc[a][b]);
-            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[a][b])));
-            out[a][b] = avx2_fold16(lo, hi);
+            vv[b] = _mm512_loadu_ps(v[b].add(j));
         }
+        for a in 0..4 {
+            let (from, to) = spans[a];
+            if j < from || j >= to.div_ceil(16) * 16 {
+                continue;
+            }
+            let mask: __mmask16 = if j + 16 <= to { 0xffff } else { (1u16 << (to - j)) - 1 };
+            let pv = _mm512_maskz_loadu_ps(mask, p[a].add(j));
+            for b in 0..4 {
+                acc[a][b] = _mm512_fmadd_ps(pv, vv[b], acc[a][b]);
+            }
+        }
+        j += 16;
     }
-    out
+    fold16_4x4(acc)
+}
+
+/// `mirror::softmax_visible` of a row every position of which takes part
+/// (hidden ones hold −∞), bit for bit: the maximum lane by lane then
+/// across the lanes, each step taking a value only when it is strictly
+/// larger as the scalar fold does (the same maximum; where +0 and −0 tie
+/// either gives the same x − max); eˣ⁻ᵐᵃˣ of each group of 16 by
+/// [`exp16`] (the last group padded with −∞), folded as `avx2_fold16`
+/// does and added to an f64 total in order; every value times
+/// (f32)(1 / total).
+///
+/// # Safety
+/// The CPU has AVX512F, AVX2 and FMA.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub unsafe fn avx512_softmax(row: &mut [f32]) {
+    let n = row.len();
+    let ptr = row.as_mut_ptr();
+    let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mask_at = |i: usize| -> __mmask16 {
+        if i + 16 <= n {
+            0xffff
+        } else {
+            ((1u32 << (n - i)) - 1) as __mmask16
+        }
+    };
+    let mut m = ninf;
+    for i in (0..n).step_by(16) {
+        let v = _mm512_mask_loadu_ps(ninf, mask_at(i), ptr.add(i));
+        m = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, m), m, v);
+    }
+    let mut lanes = [0f32; 16];
+    _mm512_storeu_ps(lanes.as_mut_ptr(), m);
+    let max = lanes.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    let vmax = _mm512_set1_ps(max);
+    let mut sum = 0f64;
+    for i in (0..n).step_by(16) {
+        let k = mask_at(i);
+        let e = exp16(_mm512_sub_ps(_mm512_mask_loadu_ps(ninf, k, ptr.add(i)), vmax));
+        _mm512_mask_storeu_ps(ptr.add(i), k, e);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(e)));
+        sum += super::lanes::avx2_fold16(_mm512_castps512_ps256(e), hi) as f64;
+    }
+    let inv = _mm512_set1_ps((1.0 / sum) as f32);
+    for i in (0..n).step_by(16) {
+        let k = mask_at(i);
+        _mm512_mask_storeu_ps(ptr.add(i), k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, ptr.add(i)), inv));
+    }
+}
+
+/// Sixteen lanes of `mirror::exp_approx`: `lanes::avx2_exp8`'s operations
+/// on a 512-bit register, so each lane is the same bits.
+///
+/// # Safety
+/// The CPU has AVX512F, AVX2 and FMA.
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn exp16(x: __m512) -> __m512 {
+    use crate::mirror::{C, LN2_HI, LN2_LO, LOG2E, SHIFTER};
+    let c = |bits: u32| _mm512_set1_ps(f32::from_bits(bits));
+    let z = _mm512_fmadd_ps(x, c(LOG2E), c(SHIFTER));
+    let n = _mm512_sub_ps(z, c(SHIFTER));
+    let b = _mm512_fnmadd_ps(n, c(LN2_LO), _mm512_fnmadd_ps(n, c(LN2_HI), x));
+    let u = _mm512_mul_ps(b, b);
+    let j = _mm512_fmadd_ps(
+        _mm512_fmadd_ps(_mm512_fmadd_ps(c(C[4]), b, c(C[3])), u, _mm512_fmadd_ps(c(C[2]), b, c(C[1]))),
+        u,
+        _mm512_fmadd_ps(c(C[0]), b, _mm512_set1_ps(1.0)),
+    );
+    // 2ⁿ as two normal factors; lanes with |n| > 192 are replaced below.
+    let abs = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(n), _mm512_set1_epi32(0x7fff_ffff)));
+    let big = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(abs, _mm512_set1_ps(192.0));
+    let ni = _mm512_cvttps_epi32(_mm512_mask_blend_ps(big, n, _mm512_setzero_ps()));
+    let a = _mm512_srai_epi32::<1>(ni);
+    let pow2 = |e: __m512i| _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(e, _mm512_set1_epi32(127))));
+    let res = _mm512_mul_ps(_mm512_mul_ps(j, pow2(a)), pow2(_mm512_sub_epi32(ni, a)));
+    let below = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, _mm512_setzero_ps());
+    let alt = _mm512_mask_blend_ps(below, _mm512_set1_ps(f32::INFINITY), _mm512_setzero_ps());
+    _mm512_mask_blend_ps(big, res, alt)
 }
