@@ -445,8 +445,8 @@ fn by_key_head(
 }
 
 /// The fast context of one token (T = 1): each value column is read once
-/// for the heads that share it (dot products in pairs of heads, the same
-/// sums as one head at a time: x·y = y·x in every rounding). Zero
+/// for the heads that share it (tiles of heads × columns, the same sums as
+/// one head at a time: x·y = y·x in every rounding). Zero
 /// probabilities before the window leave the dot product's 64 lanes as
 /// they are, so each sum starts at the last multiple of 64 at or before it.
 fn decode_context(s: &AttnShape, probs: &[f32], vt: &[f32], stride: usize, ctx: &mut [f32]) {
@@ -459,15 +459,18 @@ fn decode_context(s: &AttnShape, probs: &[f32], vt: &[f32], stride: usize, ctx: 
         row[..tkv - skip].copy_from_slice(&probs[h * tkv + skip..(h + 1) * tkv]);
     }
     let columns = |kh: usize, e0: usize, e1: usize, part: &mut [f32]| {
-        let mut o = vec![0f32; group];
-        for e in e0..e1 {
-            let c = kh * hd + e;
-            let col = &vt[c * stride + skip..c * stride + tpad];
-            crate::mirror::dot_f32_rows(col, &rows[kh * group * len..(kh + 1) * group * len], len, &mut o);
-            for (g, v) in o.iter().enumerate() {
-                part[g * (e1 - e0) + e - e0] = *v;
-            }
-        }
+        let c0 = kh * hd + e0;
+        let heads = &rows[kh * group * len..(kh + 1) * group * len];
+        crate::mirror::dot_f32_grid(
+            heads,
+            len,
+            &vt[c0 * stride + skip..],
+            stride,
+            len,
+            &vec![e1 - e0; group],
+            part,
+            e1 - e0,
+        );
     };
     by_key_head(s, 0..hd, DECODE_COLUMNS, ctx, hd, columns);
 }
@@ -568,7 +571,7 @@ mod tests {
         (0..n).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 500.0 - 2.0).collect()
     }
 
-    /// The exact precision's prompt attention (T > 1), task by task and
+    /// The exact precision's attention (one token and a prompt), task by task and
     /// block by block, against each number's plain definition: every score
     /// one dot product of the active path times the scale, every output a
     /// sum of p·v over its row's positions in order.
@@ -577,9 +580,14 @@ mod tests {
         let k = ExactKernels { path: crate::active_path() };
         let dot = crate::f32_dot_fn();
         for (heads, kv_heads, hd) in [(4, 1, 256), (4, 2, 64), (3, 1, 72)] {
-            for (t, p, window, full) in
-                [(2, 0, None, false), (17, 0, Some(8), false), (40, 100, Some(20), true), (70, 45, None, false)]
-            {
+            for (t, p, window, full) in [
+                (1, 0, None, false),
+                (1, 300, Some(100), false),
+                (2, 0, None, false),
+                (17, 0, Some(8), false),
+                (40, 100, Some(20), true),
+                (70, 45, None, false),
+            ] {
                 let s = AttnShape { t, p, window, full, softcap: Some(30.0), ..heads_of(heads, kv_heads, hd) };
                 let (tkv, qd, kvd, group) = (s.tkv(), heads * hd, kv_heads * hd, heads / kv_heads);
                 let what = format!("{heads}/{kv_heads} heads of {hd}, t {t}, p {p}, window {window:?}, full {full}");
@@ -620,6 +628,55 @@ mod tests {
                             want.iter().zip(got).all(|(a, b)| a.to_bits() == b.to_bits()),
                             "{what}: context {i} {h}"
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The fast precision's attention of one token (T = 1), against each
+    /// number's plain definition: every score one [`dot_f32`] of the scaled
+    /// query, every output one [`dot_f32`] of the probabilities and the
+    /// value column from the last multiple of 64 at or before the window's
+    /// start to the cache's padded length (zeros past the last position).
+    #[test]
+    fn fast_decode_attention_is_each_numbers_plain_sum_bit_for_bit() {
+        let k = FastKernels { path: crate::active_path() };
+        for (heads, kv_heads, hd) in [(4, 1, 256), (4, 2, 64), (3, 1, 64), (2, 2, 128), (8, 1, 64)] {
+            for (p, window) in [(0, None), (63, None), (200, Some(70)), (700, Some(512)), (1000, None)] {
+                let s = AttnShape { p, window, scale_queries: true, ..heads_of(heads, kv_heads, hd) };
+                let (tkv, qd, kvd, group) = (s.tkv(), heads * hd, kv_heads * hd, heads / kv_heads);
+                let what = format!("{heads}/{kv_heads} heads of {hd}, p {p}, window {window:?}");
+                let q = values(qd, 7);
+                let keys = values(tkv * kvd, 8);
+                let tpad = tkv.div_ceil(VALUE_PAD) * VALUE_PAD;
+                let stride = tpad + VALUE_PAD;
+                let mut vt = values(kvd * stride, 9);
+                for col in vt.chunks_exact_mut(stride) {
+                    col[tkv..].fill(0.0);
+                }
+                let mut scores = vec![0f32; heads * tkv];
+                k.attn_scores(&s, &q, &keys, &mut scores);
+                let scaled: Vec<f32> = q.iter().map(|v| v * s.scale).collect();
+                for h in 0..heads {
+                    let kh = h / group;
+                    for j in s.first_scored(0)..s.scored(0) {
+                        let want = dot_f32(&scaled[h * hd..(h + 1) * hd], &keys[j * kvd + kh * hd..][..hd]);
+                        assert_eq!(want.to_bits(), scores[h * tkv + j].to_bits(), "{what}: score {h} {j}");
+                    }
+                }
+                k.attn_softmax(&s, &mut scores);
+                let mut ctx = vec![f32::NAN; qd];
+                k.attn_context(&s, &scores, Values::Columns { data: &vt, stride }, &mut ctx);
+                let skip = s.first_visible(0) / 64 * 64;
+                for h in 0..heads {
+                    let kh = h / group;
+                    let mut x = scores[h * tkv..(h + 1) * tkv].to_vec();
+                    x.resize(tpad, 0.0);
+                    for e in 0..hd {
+                        let col = &vt[(kh * hd + e) * stride..];
+                        let want = dot_f32(&x[skip..], &col[skip..tpad]);
+                        assert_eq!(want.to_bits(), ctx[h * hd + e].to_bits(), "{what}: context {h} {e}");
                     }
                 }
             }
