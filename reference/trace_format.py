@@ -117,7 +117,7 @@ def parse_tokens(spec: str) -> list[int]:
 
 def add_common_args(ap, model_help: str, prompt_help: str, generate_help: str) -> None:
     """The arguments both tracers take: the model, -p or --tokens, -o,
-    --generate, --stages, --layers and --stats-only."""
+    --generate, --stages, --layers, --stats-only and --positions."""
     ap.add_argument("model", help=model_help)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("-p", "--prompt", help=prompt_help)
@@ -127,6 +127,8 @@ def add_common_args(ap, model_help: str, prompt_help: str, generate_help: str) -
     ap.add_argument("--stages", help="comma-separated stage globs, e.g. attn_*,logits (default: all)")
     ap.add_argument("--layers", help="layers to trace, e.g. 0-3,7 (default: all)")
     ap.add_argument("--stats-only", action="store_true", help="write statistics only, no tensors")
+    ap.add_argument("--positions", choices=["all", "last"], default="all",
+                    help="token positions kept in saved tensors (statistics cover all): all or last")
 
 
 def parse_common_args(ap, argv):
@@ -182,6 +184,15 @@ def tensor_stats(name: str, x: np.ndarray) -> dict:
     return s
 
 
+def kept_positions(name: str, x: np.ndarray, positions: str) -> np.ndarray:
+    """The tensor as saved: whole, or (`last`) cut to its last token along
+    the token axis, which stays, of length 1 — as plumb saves it."""
+    if positions == "all" or x.ndim == 0:
+        return x
+    axis = min(1 if name in HEAD_MAJOR else 0, x.ndim - 1)
+    return np.ascontiguousarray(np.take(x, [x.shape[axis] - 1], axis=axis))
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -231,7 +242,7 @@ def save_trace(args, tensors: dict[str, np.ndarray], ids: list[int], meta: dict[
     }
     if args.prompt is not None:
         meta["plumb.prompt"] = args.prompt
-    saved = {} if args.stats_only else {k: tensors[k] for k in keys}
+    saved = {} if args.stats_only else {k: kept_positions(stage_of(k), tensors[k], args.positions) for k in keys}
     out = Path(args.out)
     write_trace(out, saved, meta)
     print(f"wrote {out} ({len(saved)} tensors, {len(stats)} stats)")

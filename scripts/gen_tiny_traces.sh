@@ -15,8 +15,9 @@ if [[ -f models/gemma-3-270m-q4_k_m.gguf ]]; then
     "$PY" reference/hf_trace.py models/gemma-3-270m-q4_k_m.gguf -p "The capital of France is" --stats-only \
         -o testdata/gemma3-270m/hf_trace_stats.safetensors
     # A long prompt (2151 tokens; the file has no final newline, so the text
-    # is exactly what plumb reads with -f). transformers' eager attention
-    # holds about 22 GiB here.
+    # is exactly what plumb reads with -f): statistics of every position,
+    # tensors of the last. transformers' eager attention holds about 22 GiB
+    # here.
     "$PY" reference/hf_trace.py models/gemma-3-270m-q4_k_m.gguf -p "$(cat testdata/gemma3-270m/long_prompt.txt)" \
-        --stats-only -o testdata/gemma3-270m/hf_trace_long_stats.safetensors
+        --positions last -o testdata/gemma3-270m/hf_trace_long.safetensors
 fi

@@ -1,7 +1,8 @@
 //! plumb's traces against transformers' (`reference/hf_trace.py`, made by
 //! `scripts/gen_tiny_traces.sh`): every stage of every tiny architecture
 //! with cosine ≥ 0.99999 and `plumb diff` reporting parity; and the real
-//! Gemma 3 270M against a stats-only transformers trace.
+//! Gemma 3 270M against transformers at 6 tokens (statistics) and 2151
+//! (statistics, and every stage element by element at the last position).
 
 mod common;
 use common::*;
@@ -70,20 +71,43 @@ fn real_gemma_matches_transformers_stats() {
 
 /// Long context: a 2151-token prompt (testdata/gemma3-270m/long_prompt.txt),
 /// past the sliding window (512) of five layers in six, traced by
-/// transformers (statistics only, by scripts/gen_tiny_traces.sh); plumb
-/// exact is within bounds at every stage.
+/// transformers in f32 (scripts/gen_tiny_traces.sh: statistics of every
+/// position, tensors of the last). plumb exact is within bounds at every
+/// stage, and at the last position — whose attention spans the whole
+/// prompt — every stage agrees element by element to NMSE ≤ 1e-10.
 #[test]
 #[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
-fn real_gemma_matches_transformers_stats_on_a_long_prompt() {
+fn real_gemma_matches_transformers_on_a_long_prompt() {
     let m = real_model_arg();
     let prompt = root().join("testdata/gemma3-270m/long_prompt.txt");
-    let reference = root().join("testdata/gemma3-270m/hf_trace_long_stats.safetensors");
+    let reference = root().join("testdata/gemma3-270m/hf_trace_long.safetensors");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("plumb.safetensors");
-    let (code, _, err) = plumb(&["trace", &m, "-f", prompt.to_str().unwrap(), "--save", out.to_str().unwrap()]);
+    let (code, _, err) = plumb(&[
+        "trace",
+        &m,
+        "-f",
+        prompt.to_str().unwrap(),
+        "--precision",
+        "exact",
+        "--tensors",
+        "--positions",
+        "last",
+        "--save",
+        out.to_str().unwrap(),
+    ]);
     assert!(code == 0 || code == 1, "{err}");
     let (code, report, _) = plumb(&["diff", out.to_str().unwrap(), reference.to_str().unwrap(), "--color", "never"]);
     assert_eq!(code, 0, "{report}");
     assert!(report.contains("stages compared: 399"), "{report}");
     assert!(report.contains("PARITY"), "{report}");
+
+    let (a, b) = (Trace::load(&out).unwrap(), Trace::load(&reference).unwrap());
+    assert_eq!(a.tokens.len(), 2151, "the prompt's tokens");
+    let d = diff(&a, &b, &Gate::default(), 0.01);
+    assert_eq!(d.stages.len(), 399);
+    for s in &d.stages {
+        let nmse = s.nmse.unwrap_or_else(|| panic!("{} not compared element by element", s.key));
+        assert!(nmse <= 1e-10, "{}: NMSE {nmse:e} at the last of 2151 positions", s.key);
+    }
 }
