@@ -52,6 +52,8 @@ enum Command {
     Bisect(cmd::bisect::Args),
     /// Write a copy of a GGUF model with one realistic bug planted, to check the tools find it.
     Plant(cmd::plant::Args),
+    /// Perplexity over a corpus, in chunks of --ctx tokens (as llama-perplexity).
+    Ppl(cmd::ppl::Args),
 }
 
 /// How a command ended when it did not fail outright.
@@ -106,6 +108,7 @@ fn main() -> ExitCode {
         Command::Diff(a) => cmd::diff::run(a),
         Command::Bisect(a) => cmd::bisect::run(a),
         Command::Plant(a) => cmd::plant::run(a),
+        Command::Ppl(a) => cmd::ppl::run(a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

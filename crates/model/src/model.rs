@@ -176,6 +176,50 @@ impl Model {
         logits
     }
 
+    /// Runs `tokens` at positions `cache.len ..`, appending to the cache,
+    /// and hands the logits of every row from `from` on to `each(row,
+    /// logits [V])` in order, a few rows at a time: nothing held grows with
+    /// the step beyond a batch of rows (a perplexity pass scores hundreds
+    /// of rows, each [V] wide). Every number is the one [`Model::forward`]
+    /// gives with all logits; `progress(rows)` is called as each batch of
+    /// rows leaves the layers.
+    pub fn forward_scoring(
+        &self,
+        k: &dyn Kernels,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        from: usize,
+        each: &mut dyn FnMut(usize, &[f32]),
+        progress: &mut dyn FnMut(usize),
+    ) {
+        let (c, t, p) = (&self.cfg, tokens.len(), cache.len);
+        assert!(p + t <= cache.capacity, "KV cache full: {} > {}", p + t, cache.capacity);
+        let (d, v) = (c.d, c.vocab);
+        let mut none = plumb_trace::stage::NoTrace;
+        for (i0, i1) in row_blocks(t, BATCH) {
+            let mut x = self.embed(&tokens[i0..i1], &mut none);
+            for l in 0..c.n_layer {
+                self.layer(k, l, &mut x, cache, false, &mut none);
+            }
+            cache.len = p + i1;
+            progress(i1 - i0);
+            let lo = from.clamp(i0, i1);
+            if lo == i1 {
+                continue;
+            }
+            let mut xn = vec![0f32; (i1 - lo) * d]; //                       [rows, d]
+            k.rms_norm(&x[(lo - i0) * d..], &self.final_norm, c.rms_eps, &mut xn);
+            for (j0, j1) in row_blocks(i1 - lo, (LOGITS_BUDGET / v).max(2)) {
+                let mut logits = vec![0f32; (j1 - j0) * v]; //                 [n, V]
+                k.linear(&self.output, &xn[j0 * d..j1 * d], j1 - j0, &mut logits);
+                softcap(&mut logits, c.final_softcap);
+                for (r, row) in logits.chunks_exact(v).enumerate() {
+                    each(lo + j0 + r, row);
+                }
+            }
+        }
+    }
+
     /// Whether a step of `t` tokens goes to `tr` in parts: a prompt longer
     /// than a batch, for an observer that takes parts, with no fault to
     /// apply to a whole stage.

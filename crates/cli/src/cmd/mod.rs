@@ -5,5 +5,6 @@ pub mod diff;
 pub mod inspect;
 pub mod noisy;
 pub mod plant;
+pub mod ppl;
 pub mod run;
 pub mod trace;
