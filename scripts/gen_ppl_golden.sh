@@ -5,7 +5,8 @@
 # makes, in the ignored .cache/llamacpp), runs it at two contexts in the
 # configuration plumb fast reproduces (F32 KV cache, no flash attention, no
 # weight repacking, one chunk per batch) and in llama.cpp's defaults, and
-# writes testdata/gemma3-270m/llamacpp_ppl.json.
+# writes testdata/gemma3-270m/llamacpp_ppl.json; then the KL-divergence
+# golden, testdata/gemma3-270m/llamacpp_kld.json (below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=models/gemma-3-270m-q4_k_m.gguf
@@ -44,3 +45,33 @@ doc = {"source": "llama-perplexity from llama-cpp-python 0.3.36 (scripts/gen_ppl
        "model": "models/gemma-3-270m-q4_k_m.gguf", "corpus": "testdata/gemma3-270m/long_prompt.txt", "runs": runs}
 json.dump(doc, open("testdata/gemma3-270m/llamacpp_ppl.json", "w"), indent=1)
 print("wrote testdata/gemma3-270m/llamacpp_ppl.json")'
+
+# KL divergence, both directions of the base-file format: llama-perplexity's
+# base of the first two 256-token chunks (its sha256: plumb fast writes the
+# same bytes), and llama-perplexity's statistics against a base that plumb
+# exact writes (its sha256 too, so the test knows it judges the same file).
+cargo build --release --quiet -p plumb-cli
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+REF=(-c 256 -b 256 -nr -ctk f32 -ctv f32 -fa off -t "$(nproc)" --chunks 2)
+"$PPL" -m "$MODEL" -f "$CORPUS" "${REF[@]}" --kl-divergence-base "$TMP/llama.base" >/dev/null 2>&1
+target/release/plumb kld "$MODEL" -f "$CORPUS" --ctx 256 --chunks 2 --precision exact --save-base "$TMP/exact.base" --quiet >/dev/null
+stats=$("$PPL" -m "$MODEL" "${REF[@]}" --kl-divergence --kl-divergence-base "$TMP/exact.base" 2>&1)
+# llama-perplexity's three blocks of statistics → "label": value.
+KLD_PARSE='
+import json, re, sys
+llama_sha, exact_sha, flags = sys.argv[1:4]
+stats = {}
+for line in sys.stdin:
+    m = re.match(r"^(.+?)\s*:\s*(-?[0-9.]+)\s*%?\s*(?:±\s*(-?[0-9.]+))?", line.strip())
+    if m and re.search(r"[A-Za-z]", m.group(1)) and not re.match(r"\d+\.\d+\.\d+\.\d+ ", line.strip()):
+        stats[m.group(1).strip()] = [float(m.group(2))] + ([float(m.group(3))] if m.group(3) else [])
+assert "Mean    KLD" in stats and "Same top p" in stats, stats
+doc = {"source": "llama-perplexity from llama-cpp-python 0.3.36 (scripts/gen_ppl_golden.sh)",
+       "flags": flags, "llama_base_sha256": llama_sha, "plumb_exact_base_sha256": exact_sha,
+       "against_plumb_exact_base": stats}
+json.dump(doc, open("testdata/gemma3-270m/llamacpp_kld.json", "w"), indent=1)
+print("wrote testdata/gemma3-270m/llamacpp_kld.json")
+'
+python3 -c "$KLD_PARSE" "$(sha256sum "$TMP/llama.base" | cut -d' ' -f1)" "$(sha256sum "$TMP/exact.base" | cut -d' ' -f1)" \
+    "${REF[*]}" <<<"$stats"

@@ -54,6 +54,8 @@ enum Command {
     Plant(cmd::plant::Args),
     /// Perplexity over a corpus, in chunks of --ctx tokens (as llama-perplexity).
     Ppl(cmd::ppl::Args),
+    /// KL divergence of A's next-token distributions from B's over a corpus (as llama-perplexity --kl-divergence).
+    Kld(cmd::kld::Args),
 }
 
 /// How a command ended when it did not fail outright.
@@ -109,6 +111,7 @@ fn main() -> ExitCode {
         Command::Bisect(a) => cmd::bisect::run(a),
         Command::Plant(a) => cmd::plant::run(a),
         Command::Ppl(a) => cmd::ppl::run(a),
+        Command::Kld(a) => cmd::kld::run(a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

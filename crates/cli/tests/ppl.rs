@@ -66,3 +66,109 @@ fn a_corpus_too_short_or_a_bad_context_is_refused_with_exit_2() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not UTF-8"), "{err}");
 }
+
+fn sha256(path: &std::path::Path) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).unwrap();
+    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The base-logits file both ways, and the KL statistics: plumb fast
+/// writes, byte for byte, the base llama-perplexity writes for the same
+/// chunks; and plumb fast judged against a base written by plumb exact
+/// gives the statistics llama-perplexity gives against that same file
+/// (testdata/gemma3-270m/llamacpp_kld.json, scripts/gen_ppl_golden.sh), to
+/// the digits it prints.
+#[test]
+#[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
+fn kld_base_files_and_statistics_equal_llama_perplexitys() {
+    let m = real_model_arg();
+    let corpus = root().join("testdata/gemma3-270m/long_prompt.txt");
+    let text = std::fs::read_to_string(root().join("testdata/gemma3-270m/llamacpp_kld.json")).unwrap();
+    let g: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (fast, exact) = (dir.path().join("fast.base"), dir.path().join("exact.base"));
+    for (precision, path, want) in
+        [("fast", &fast, &g["llama_base_sha256"]), ("exact", &exact, &g["plumb_exact_base_sha256"])]
+    {
+        let (code, _, err) = plumb(&[
+            "kld",
+            &m,
+            "-f",
+            corpus.to_str().unwrap(),
+            "--ctx",
+            "256",
+            "--chunks",
+            "2",
+            "--precision",
+            precision,
+            "--save-base",
+            path.to_str().unwrap(),
+            "--quiet",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(&sha256(path), want.as_str().unwrap(), "{precision} base file");
+    }
+    let (code, out, err) = plumb(&["kld", &m, "--base", exact.to_str().unwrap(), "--json", "--quiet"]);
+    assert_eq!(code, 0, "{err}");
+    let got: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let want = &g["against_plumb_exact_base"];
+    let w = |k: &str, i: usize| want[k][i].as_f64().unwrap_or_else(|| panic!("golden lacks {k}"));
+    let pct = |k: &str, p: &str| got[k][p].as_f64().unwrap_or_else(|| panic!("plumb lacks {k} {p}"));
+    // (plumb's figure, llama-perplexity's, the unit of its last printed digit)
+    let checks = [
+        (got["ppl"].as_f64().unwrap(), w("Mean PPL(Q)", 0), 1e-6),
+        (got["ppl_error"].as_f64().unwrap(), w("Mean PPL(Q)", 1), 1e-6),
+        (got["ppl_base"].as_f64().unwrap(), w("Mean PPL(base)", 0), 1e-6),
+        (got["ppl_ratio"].as_f64().unwrap(), w("Mean PPL(Q)/PPL(base)", 0), 1e-6),
+        (got["kld_mean"].as_f64().unwrap(), w("Mean    KLD", 0), 1e-6),
+        (got["kld_mean_error"].as_f64().unwrap(), w("Mean    KLD", 1), 1e-6),
+        (got["kld_median"].as_f64().unwrap(), w("Median  KLD", 0), 1e-6),
+        (pct("kld_percentiles", "100"), w("Maximum KLD", 0), 1e-6),
+        (pct("kld_percentiles", "99"), w("99.0%   KLD", 0), 1e-6),
+        (pct("kld_percentiles", "90"), w("90.0%   KLD", 0), 1e-6),
+        (pct("kld_percentiles", "10"), w("10.0%   KLD", 0), 1e-6),
+        (100.0 * got["p_diff_mean"].as_f64().unwrap(), w("Mean    Δp", 0), 1e-3),
+        (100.0 * pct("p_diff_percentiles", "99"), w("99.0%   Δp", 0), 1e-3),
+        (100.0 * got["p_diff_rms"].as_f64().unwrap(), w("RMS Δp", 0), 1e-3),
+        (100.0 * got["same_top"].as_f64().unwrap(), w("Same top p", 0), 1e-3),
+    ];
+    for (i, (a, b, unit)) in checks.iter().enumerate() {
+        // Printed values round to the unit; sums in another order may
+        // move the last digit by one.
+        assert!((a - b).abs() <= 1.5 * unit, "check {i}: plumb {a}, llama-perplexity {b}");
+    }
+    assert_eq!(got["tokens"], 254);
+
+    // B in memory (A's model at exact) goes through the same rows: the
+    // same report as against the file.
+    let (code, out, err) = plumb(&[
+        "kld",
+        &m,
+        "-f",
+        corpus.to_str().unwrap(),
+        "--ctx",
+        "256",
+        "--chunks",
+        "2",
+        "--b-precision",
+        "exact",
+        "--json",
+        "--quiet",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let mut in_memory: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut from_file = got.clone();
+    for doc in [&mut in_memory, &mut from_file] {
+        let o = doc.as_object_mut().unwrap();
+        o.remove("b");
+        o.remove("seconds");
+    }
+    assert_eq!(in_memory, from_file);
+
+    // Not a base file: refused before any work.
+    let readme = root().join("README.md");
+    let (code, _, err) = plumb(&["kld", &m, "--base", readme.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a base-logits file"), "{err}");
+}

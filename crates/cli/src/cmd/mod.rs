@@ -3,6 +3,7 @@ pub mod bisect;
 pub mod common;
 pub mod diff;
 pub mod inspect;
+pub mod kld;
 pub mod noisy;
 pub mod plant;
 pub mod ppl;

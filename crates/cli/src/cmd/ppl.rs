@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use plumb_model::kernels::kernels_for;
+use plumb_model::tokenizer::Tokenizer;
 use plumb_model::{KvCache, Precision};
 use serde_json::json;
 
@@ -21,17 +22,84 @@ use crate::{out, Outcome};
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub corpus: CorpusArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct CorpusArgs {
     /// The corpus: a UTF-8 text file.
     #[arg(short = 'f', long = "file")]
-    pub file: std::path::PathBuf,
+    pub file: Option<std::path::PathBuf>,
     /// Tokens per chunk; the second half of each is scored.
     #[arg(short = 'c', long = "ctx", default_value_t = 512)]
     pub ctx: usize,
     /// Score only the first N chunks (default: every whole chunk).
     #[arg(long)]
     pub chunks: Option<usize>,
-    #[arg(long)]
-    pub json: bool,
+}
+
+impl CorpusArgs {
+    /// Refuses a context or chunk count that cannot work, before anything
+    /// is read.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.ctx < 4 {
+            bail!("--ctx must be at least 4 tokens, got {}", self.ctx);
+        }
+        if self.chunks == Some(0) {
+            bail!("--chunks must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The corpus file's text.
+    pub fn text(&self) -> anyhow::Result<String> {
+        let Some(file) = &self.file else { bail!("give the corpus with -f FILE") };
+        let bytes = std::fs::read(file).with_context(|| format!("cannot read corpus {}", file.display()))?;
+        String::from_utf8(bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: corpus is not UTF-8 (invalid byte at offset {})",
+                file.display(),
+                e.utf8_error().valid_up_to()
+            )
+        })
+    }
+
+    /// The corpus tokenized whole (BOS first where the model adds one) and
+    /// how many whole chunks to score; refuses a corpus of fewer than two
+    /// chunks, as llama-perplexity does.
+    pub fn tokenize(
+        &self,
+        text: &str,
+        model: &plumb_model::Model,
+        tok: Option<&Tokenizer>,
+    ) -> anyhow::Result<Tokenized> {
+        let Some(tok) = tok else {
+            bail!("this model has no tokenizer plumb can use: a corpus needs one");
+        };
+        let tokens = tok.encode(text, true, false);
+        if tokens.len() < 2 * self.ctx {
+            bail!(
+                "{} tokenizes to {} tokens; a context of {} needs at least {} (two chunks' worth, as llama-perplexity asks)",
+                self.file.as_deref().unwrap_or(std::path::Path::new("the corpus")).display(),
+                tokens.len(),
+                self.ctx,
+                2 * self.ctx
+            );
+        }
+        check_capacity(model, self.ctx, "--ctx", 0)?;
+        let chunks = (tokens.len() / self.ctx).min(self.chunks.unwrap_or(usize::MAX));
+        Ok(Tokenized { tokens, chunks, bos: tok.add_bos.then_some(tok.bos).flatten() })
+    }
+}
+
+/// A corpus's tokens, its chunk count and the BOS each chunk starts with.
+pub struct Tokenized {
+    pub tokens: Vec<u32>,
+    pub chunks: usize,
+    pub bos: Option<u32>,
 }
 
 /// Running sums of the negative log-likelihood of each scored token.
@@ -72,88 +140,101 @@ pub fn nll(logits: &[f32], token: usize) -> f64 {
     sum.ln() - f64::from(logits[token] - max)
 }
 
+/// What [`Corpus::score`] hands out for each scored row: (chunk, row from
+/// ctx/2, logits [V], the token that follows).
+pub type ScoredRow<'a> = dyn FnMut(usize, usize, &[f32], u32) + 'a;
+
+/// A tokenized corpus cut into chunks, as llama-perplexity cuts it.
+pub struct Corpus<'a> {
+    pub tokens: &'a [u32],
+    pub ctx: usize,
+    pub chunks: usize,
+    /// The token each chunk starts with instead of its own, where the model
+    /// adds one.
+    pub bos: Option<u32>,
+}
+
+impl Corpus<'_> {
+    /// Runs every chunk from an empty cache, its first token replaced by
+    /// BOS, and calls `each(chunk, row, logits, next token)` for every
+    /// scored row in order (row counted from ctx/2), then `chunk_done(c)`.
+    /// A progress bar counts the tokens.
+    pub fn score(
+        &self,
+        model: &plumb_model::Model,
+        k: &dyn plumb_model::kernels::Kernels,
+        each: &mut ScoredRow,
+        chunk_done: &mut dyn FnMut(usize),
+    ) {
+        let (ctx, first) = (self.ctx, self.ctx / 2);
+        let progress = bar("perplexity", self.chunks * ctx, model.cfg.n_layer);
+        let mut cache = KvCache::new(&model.cfg, ctx);
+        for c in 0..self.chunks {
+            let target = &self.tokens[c * ctx..(c + 1) * ctx];
+            let mut chunk = target.to_vec();
+            if let Some(b) = self.bos {
+                chunk[0] = b;
+            }
+            cache.len = 0;
+            // Row i's logits predict token i + 1 of the corpus (row ctx − 1
+            // predicts nothing in the chunk and is not scored).
+            model.forward_scoring(
+                k,
+                &chunk,
+                &mut cache,
+                first,
+                &mut |i, logits| {
+                    if i + 1 < ctx {
+                        each(c, i - first, logits, target[i + 1]);
+                    }
+                },
+                &mut |rows| {
+                    if let Some(b) = &progress {
+                        b.inc((rows * model.cfg.n_layer) as u64);
+                    }
+                },
+            );
+            chunk_done(c);
+        }
+        if let Some(b) = &progress {
+            b.finish_and_clear();
+        }
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
-    if args.ctx < 4 {
-        bail!("--ctx must be at least 4 tokens, got {}", args.ctx);
-    }
-    if args.chunks == Some(0) {
-        bail!("--chunks must be at least 1");
-    }
-    let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read corpus {}", args.file.display()))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: corpus is not UTF-8 (invalid byte at offset {})",
-            args.file.display(),
-            e.utf8_error().valid_up_to()
-        )
-    })?;
+    args.corpus.check()?;
+    let text = args.corpus.text()?;
     let loaded = load(&args.model)?;
-    let (model, tok) = (&loaded.model, &loaded.tokenizer);
-    let Some(tok) = tok.as_ref() else {
-        bail!("this model has no tokenizer plumb can use: a corpus needs one");
-    };
-    let tokens = tok.encode(&text, true, false);
-    if tokens.len() < 2 * args.ctx {
-        bail!(
-            "{} tokenizes to {} tokens; a context of {} needs at least {} (two chunks' worth, as llama-perplexity asks)",
-            args.file.display(),
-            tokens.len(),
-            args.ctx,
-            2 * args.ctx
-        );
-    }
-    check_capacity(model, args.ctx, "--ctx", 0)?;
-    let chunks = (tokens.len() / args.ctx).min(args.chunks.unwrap_or(usize::MAX));
+    let model = &loaded.model;
+    let Tokenized { tokens, chunks, bos } = args.corpus.tokenize(&text, model, loaded.tokenizer.as_ref())?;
     let precision = args.model.precision.unwrap_or(Precision::Fast);
     let kernels = kernels_for(precision);
-    let bos = tok.add_bos.then_some(tok.bos).flatten();
+    let ctx = args.corpus.ctx;
 
-    let first = args.ctx / 2;
-    let mut total = Nll::default();
+    // Both callbacks read the sums: one adds each token, the other notes
+    // the perplexity after each chunk.
+    let total = std::cell::RefCell::new(Nll::default());
     let mut running = Vec::with_capacity(chunks); //              perplexity after each chunk
-    let progress = bar("perplexity", chunks * args.ctx, model.cfg.n_layer);
     let start = Instant::now();
-    let mut cache = KvCache::new(&model.cfg, args.ctx);
-    for c in 0..chunks {
-        let mut chunk = tokens[c * args.ctx..(c + 1) * args.ctx].to_vec();
-        if let Some(b) = bos {
-            chunk[0] = b;
-        }
-        cache.len = 0;
-        // Row i's logits predict token i + 1 of the corpus (not of the
-        // chunk: its first token is BOS, but row ctx − 1 is not scored).
-        let target = &tokens[c * args.ctx..(c + 1) * args.ctx];
-        model.forward_scoring(
-            kernels.as_ref(),
-            &chunk,
-            &mut cache,
-            first,
-            &mut |i, logits| {
-                if i + 1 < args.ctx {
-                    total.add(nll(logits, target[i + 1] as usize));
-                }
-            },
-            &mut |rows| {
-                if let Some(b) = &progress {
-                    b.inc((rows * model.cfg.n_layer) as u64);
-                }
-            },
-        );
-        running.push(total.ppl());
-    }
-    if let Some(b) = &progress {
-        b.finish_and_clear();
-    }
+    let corpus = Corpus { tokens: &tokens, ctx, chunks, bos };
+    corpus.score(
+        model,
+        kernels.as_ref(),
+        &mut |_, _, logits, target| total.borrow_mut().add(nll(logits, target as usize)),
+        &mut |_| running.push(total.borrow().ppl()),
+    );
+    let total = total.into_inner();
     let seconds = start.elapsed().as_secs_f64();
-    let tps = (chunks * args.ctx) as f64 / seconds;
+    let tps = (chunks * ctx) as f64 / seconds;
 
     if args.json {
         let doc = json!({
             "model": args.model.model,
             "precision": precision.name(),
-            "file": args.file,
+            "file": args.corpus.file,
             "corpus_tokens": tokens.len(),
-            "ctx": args.ctx,
+            "ctx": ctx,
             "chunks": chunks,
             "scored": total.count,
             "ppl": total.ppl(),
@@ -170,10 +251,10 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         "{} ({}) over {}: {} tokens, {} chunks of {}, {} tokens scored\n",
         args.model.model.display(),
         precision.name(),
-        args.file.display(),
+        args.corpus.file.as_deref().unwrap_or(std::path::Path::new("-")).display(),
         tokens.len(),
         chunks,
-        args.ctx,
+        ctx,
         total.count
     );
     let list: Vec<String> = running.iter().enumerate().map(|(i, p)| format!("[{}]{p:.4}", i + 1)).collect();
@@ -183,7 +264,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         Some(e) => s.push_str(&format!("Final estimate: PPL = {:.4} +/- {e:.5}\n", total.ppl())),
         None => s.push_str(&format!("Final estimate: PPL = {:.4}\n", total.ppl())),
     }
-    s.push_str(&format!("{} tokens in {seconds:.2} s ({tps:.2} tokens/s)\n", chunks * args.ctx));
+    s.push_str(&format!("{} tokens in {seconds:.2} s ({tps:.2} tokens/s)\n", chunks * ctx));
     out::print(&s)?;
     Ok(Outcome::Ok)
 }
