@@ -172,3 +172,73 @@ fn kld_base_files_and_statistics_equal_llama_perplexitys() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not a base-logits file"), "{err}");
 }
+
+/// Every number of a JSON document equal to the other's within `rel`
+/// (sums added in another order), everything else exactly.
+fn same_numbers(a: &serde_json::Value, b: &serde_json::Value, rel: f64, at: &str) {
+    use serde_json::Value::*;
+    match (a, b) {
+        (Number(x), Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!((x - y).abs() <= rel * x.abs().max(y.abs()), "{at}: {x} vs {y}");
+        }
+        (Object(x), Object(y)) => {
+            assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>(), "{at}");
+            for (k, v) in x {
+                same_numbers(v, &y[k], rel, &format!("{at}.{k}"));
+            }
+        }
+        (Array(x), Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{at}");
+            for (i, (v, w)) in x.iter().zip(y).enumerate() {
+                same_numbers(v, w, rel, &format!("{at}[{i}]"));
+            }
+        }
+        _ => assert_eq!(a, b, "{at}"),
+    }
+}
+
+/// Four shards of the chunks, merged, give the report one pass gives:
+/// percentiles, medians, counts and the worst tokens exactly (every
+/// token's value travels with its shard), sums to rounding; a missing
+/// shard is refused.
+#[test]
+#[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
+fn four_shards_merged_give_the_one_pass_report() {
+    let m = real_model_arg();
+    let corpus = root().join("testdata/gemma3-270m/long_prompt.txt");
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("exact.base");
+    let base_arg = base.to_str().unwrap();
+    let args = ["kld", &m, "-f", corpus.to_str().unwrap(), "--ctx", "256", "--precision", "exact"];
+    let (code, _, err) = plumb(&[&args[..], &["--save-base", base_arg, "--quiet"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = plumb(&["kld", &m, "--base", base_arg, "--json", "--quiet"]);
+    assert_eq!(code, 0, "{err}");
+    let mut one: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(one["chunks"], 8);
+    let mut parts = Vec::new();
+    for i in 1..=4 {
+        let part = dir.path().join(format!("part{i}.json"));
+        let shard = format!("{i}/4");
+        let (code, _, err) =
+            plumb(&["kld", &m, "--base", base_arg, "--shard", &shard, "--partial", part.to_str().unwrap(), "--quiet"]);
+        assert_eq!(code, 0, "{err}");
+        parts.push(part.to_str().unwrap().to_string());
+    }
+    // In any order.
+    let shuffled = [&parts[2], &parts[0], &parts[3], &parts[1]].map(String::as_str);
+    let (code, out, err) = plumb(&[&["kld", "--merge"][..], &shuffled, &["--json"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let mut merged: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for doc in [&mut one, &mut merged] {
+        doc.as_object_mut().unwrap().remove("seconds");
+    }
+    same_numbers(&one, &merged, 1e-12, "report");
+    for k in ["kld_percentiles", "p_diff_percentiles", "kld_median", "tokens", "same_top", "worst"] {
+        assert_eq!(one[k], merged[k], "{k}");
+    }
+    let (code, _, err) = plumb(&["kld", "--merge", &parts[0], &parts[1], &parts[3]]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("a shard is missing or repeated"), "{err}");
+}

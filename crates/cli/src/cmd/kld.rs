@@ -26,11 +26,17 @@ use crate::{out, Outcome};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A: the model judged (a GGUF file or a HuggingFace folder), at --precision (default fast).
-    #[command(flatten)]
-    pub model: ModelArgs,
+    /// A: the model judged (a GGUF file or a HuggingFace folder), at --precision.
+    #[arg(required_unless_present = "merge")]
+    pub a: Option<PathBuf>,
     /// B: the reference model (default: A's model, at --b-precision).
     pub b: Option<PathBuf>,
+    /// A's arithmetic: `fast` (the default) or `exact`.
+    #[arg(long, value_parser = parse_precision)]
+    pub precision: Option<Precision>,
+    /// Threads (default: all cores). Results do not depend on it.
+    #[arg(short = 't', long)]
+    pub threads: Option<usize>,
     /// B's arithmetic (default: exact when B is A's model, else fast).
     #[arg(long, value_parser = parse_precision)]
     pub b_precision: Option<Precision>,
@@ -44,7 +50,18 @@ pub struct Args {
     /// `plumb kld --base` or `llama-perplexity --kl-divergence`.
     #[arg(long, conflicts_with_all = ["b", "b_precision"])]
     pub save_base: Option<PathBuf>,
-    /// Overwrite an existing --save-base file.
+    /// Score only the I-th of N equal slices of the chunks (e.g. `2/4`)
+    /// and write a partial result to --partial, for `--merge`.
+    #[arg(long, value_parser = parse_shard, requires = "partial", conflicts_with = "save_base")]
+    pub shard: Option<(usize, usize)>,
+    /// Where --shard writes its partial result (JSON).
+    #[arg(long, requires = "shard")]
+    pub partial: Option<PathBuf>,
+    /// Merge the partial results of every shard into the one report a
+    /// single pass gives (no model is run; give any A, e.g. `-`).
+    #[arg(long, num_args = 1.., conflicts_with_all = ["base", "save_base", "shard", "b", "b_precision"])]
+    pub merge: Vec<PathBuf>,
+    /// Overwrite an existing --save-base or --partial file.
     #[arg(long)]
     pub force: bool,
     #[arg(long)]
@@ -218,6 +235,76 @@ impl Kld {
     }
 }
 
+/// `I/N`, 1 ≤ I ≤ N.
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("--shard: {s:?} is not I/N with 1 ≤ I ≤ N (e.g. 2/4)");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+    if i == 0 || i > n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+impl Kld {
+    const SUMS: [&'static str; 10] = [
+        "sum_nll",
+        "sum_nll2",
+        "sum_nll_base",
+        "sum_nll_base2",
+        "sum_nll_nll_base",
+        "sum_kld",
+        "sum_kld2",
+        "sum_p_diff",
+        "sum_p_diff2",
+        "sum_p_diff4",
+    ];
+
+    fn sums(&mut self) -> [&mut f64; 10] {
+        [
+            &mut self.sum_nll,
+            &mut self.sum_nll2,
+            &mut self.sum_nll_base,
+            &mut self.sum_nll_base2,
+            &mut self.sum_nll_nll_base,
+            &mut self.sum_kld,
+            &mut self.sum_kld2,
+            &mut self.sum_p_diff,
+            &mut self.sum_p_diff2,
+            &mut self.sum_p_diff4,
+        ]
+    }
+
+    /// Everything a merge needs: the sums, and every token's divergence
+    /// and Δp (so the merged percentiles are exact).
+    fn partial(&mut self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        m.insert("count".into(), json!(self.count));
+        m.insert("same_top".into(), json!(self.same_top));
+        m.insert("klds".into(), json!(self.klds));
+        m.insert("p_diffs".into(), json!(self.p_diffs));
+        let sums: Vec<f64> = self.sums().iter().map(|v| **v).collect();
+        for (k, v) in Self::SUMS.iter().zip(sums) {
+            m.insert((*k).into(), json!(v));
+        }
+        serde_json::Value::Object(m)
+    }
+
+    /// Adds a partial result's sums and values to these.
+    fn merge_json(&mut self, v: &serde_json::Value) -> Option<()> {
+        self.count += v["count"].as_u64()?;
+        self.same_top += v["same_top"].as_u64()?;
+        for (k, sum) in Self::SUMS.iter().zip(self.sums()) {
+            *sum += v[*k].as_f64()?;
+        }
+        let floats =
+            |k: &str| -> Option<Vec<f32>> { v[k].as_array()?.iter().map(|x| x.as_f64().map(|x| x as f32)).collect() };
+        self.klds.extend(floats("klds")?);
+        self.p_diffs.extend(floats("p_diffs")?);
+        (self.klds.len() as u64 == self.count && self.p_diffs.len() as u64 == self.count).then_some(())
+    }
+}
+
 /// llama-perplexity's percentile: linear between the two nearest of the
 /// sorted values.
 fn percentile(sorted: &[f32], fraction: f32) -> f32 {
@@ -312,7 +399,10 @@ const WORST: usize = 8;
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     args.corpus.check()?;
-    if let Some(path) = &args.save_base {
+    if !args.merge.is_empty() {
+        return merge(&args);
+    }
+    for path in [&args.save_base, &args.partial].into_iter().flatten() {
         check_output(path, args.force)?;
     }
     if args.b.is_none() && args.b_precision.is_none() && args.base.is_none() && args.save_base.is_none() {
@@ -330,9 +420,10 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         None => None,
     };
     let text = if base_in.is_none() { Some(args.corpus.text()?) } else { None };
-    let loaded = load(&args.model)?;
+    let a_path = args.a.clone().unwrap_or_default();
+    let loaded = load(&ModelArgs { model: a_path.clone(), precision: args.precision, threads: args.threads })?;
     let model = &loaded.model;
-    let precision = args.model.precision.unwrap_or(Precision::Fast);
+    let precision = args.precision.unwrap_or(Precision::Fast);
     let kernels = kernels_for(precision);
     let vocab = model.cfg.vocab;
     let (tokens, ctx, chunks, bos) = match (&base_in, &text) {
@@ -382,7 +473,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         .with_context(|| format!("cannot write {}", path.display()))?;
         let seconds = start.elapsed().as_secs_f64();
         let doc = json!({
-            "base": path, "model": args.model.model, "precision": precision.name(), "ctx": ctx, "chunks": chunks,
+            "base": path, "model": a_path, "precision": precision.name(), "ctx": ctx, "chunks": chunks,
             "tokens": nll.count, "ppl": nll.ppl(), "ppl_error": nll.ppl_error(), "seconds": seconds,
         });
         if args.json {
@@ -401,7 +492,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
 
     // B in memory: another model, or A's own at another precision.
     let b_loaded = match &args.b {
-        Some(path) => Some(load(&ModelArgs { model: path.clone(), precision: None, threads: args.model.threads })?),
+        Some(path) => Some(load(&ModelArgs { model: path.clone(), precision: None, threads: args.threads })?),
         None => None,
     };
     let b_model: Option<&Model> = match (&base_in, &b_loaded) {
@@ -421,7 +512,15 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let mut curve = vec![(0f64, 0u64); scored.div_ceil(CURVE_STEP)];
     let mut worst: Vec<(f32, usize, usize)> = Vec::new(); //                (KLD, chunk, row)
     let mut rows = vec![0u16; scored * nv];
-    for c in 0..chunks {
+    // This shard's chunks (all of them without --shard).
+    let (from, to) = match args.shard {
+        Some((i, n)) => ((i - 1) * chunks / n, i * chunks / n),
+        None => (0, chunks),
+    };
+    if let Some((r, _)) = &mut base_in {
+        r.seek_relative((from * scored * nv * 2) as i64)?;
+    }
+    for c in from..to {
         let one = Corpus { tokens: &tokens[c * ctx..(c + 1) * ctx], ctx, chunks: 1, bos };
         match (&mut base_in, b_model) {
             (Some((r, h)), _) => {
@@ -458,22 +557,13 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     }
     worst.sort_by(|a, b| b.0.total_cmp(&a.0));
     worst.truncate(WORST);
-    if kld.count < 2 {
-        bail!("only {} token scored: too few for statistics", kld.count);
-    }
     let seconds = start.elapsed().as_secs_f64();
-    let mut doc = kld.summary();
     let b_name = match (&args.base, &args.b) {
         (Some(p), _) => format!("base file {}", p.display()),
         (None, Some(p)) => format!("{} ({})", p.display(), b_precision.name()),
-        (None, None) => format!("{} ({})", args.model.model.display(), b_precision.name()),
+        (None, None) => format!("{} ({})", a_path.display(), b_precision.name()),
     };
     let first = ctx / 2;
-    let curve: Vec<serde_json::Value> = curve
-        .iter()
-        .enumerate()
-        .map(|(i, &(s, n))| json!({"from": first + i * CURVE_STEP, "to": (first + (i + 1) * CURVE_STEP).min(ctx - 1), "kld_mean": s / n.max(1) as f64}))
-        .collect();
     let tok = loaded.tokenizer.as_ref();
     let worst: Vec<serde_json::Value> = worst
         .iter()
@@ -487,15 +577,125 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             })
         })
         .collect();
+    let a_name = format!("{} ({})", a_path.display(), precision.name());
+    if let Some(path) = &args.partial {
+        let part = json!({
+            "format": PARTIAL_FORMAT, "a": a_name, "b": b_name, "ctx": ctx, "chunks_total": chunks,
+            "from": from, "to": to, "kld": kld.partial(), "curve": curve, "worst": worst, "seconds": seconds,
+        });
+        plumb_formats::atomic::write_atomic(path, serde_json::to_string(&part)?.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        out::print(&format!(
+            "wrote {} (chunks {}–{} of {chunks}, {} tokens) in {seconds:.1} s\n",
+            path.display(),
+            from + 1,
+            to,
+            kld.count
+        ))?;
+        return Ok(Outcome::Ok);
+    }
+    let doc = report_doc(&kld, &curve, worst, &a_name, &b_name, ctx, chunks, seconds)?;
+    if args.json {
+        out::print(&(serde_json::to_string_pretty(&doc)? + "\n"))?;
+    } else {
+        out::print(&report(&doc))?;
+    }
+    Ok(Outcome::Ok)
+}
+
+/// The `format` of a partial result file.
+const PARTIAL_FORMAT: &str = "plumb-kld-partial 1";
+
+/// The whole report: llama-perplexity's statistics, the divergence by
+/// position and the worst tokens.
+#[allow(clippy::too_many_arguments)]
+fn report_doc(
+    kld: &Kld,
+    curve: &[(f64, u64)],
+    mut worst: Vec<serde_json::Value>,
+    a: &str,
+    b: &str,
+    ctx: usize,
+    chunks: usize,
+    seconds: f64,
+) -> anyhow::Result<serde_json::Value> {
+    if kld.count < 2 {
+        bail!("only {} token scored: too few for statistics", kld.count);
+    }
+    let first = ctx / 2;
+    let curve: Vec<serde_json::Value> = curve
+        .iter()
+        .enumerate()
+        .map(|(i, &(s, n))| {
+            let (from, to) = (first + i * CURVE_STEP, (first + (i + 1) * CURVE_STEP).min(ctx - 1));
+            json!({"from": from, "to": to, "kld_mean": s / n.max(1) as f64})
+        })
+        .collect();
+    worst.sort_by(|x, y| y["kld"].as_f64().unwrap_or(0.0).total_cmp(&x["kld"].as_f64().unwrap_or(0.0)));
+    worst.truncate(WORST);
+    let mut doc = kld.summary();
     if let serde_json::Value::Object(m) = &mut doc {
-        m.insert("a".into(), json!(format!("{} ({})", args.model.model.display(), precision.name())));
-        m.insert("b".into(), json!(b_name));
+        m.insert("a".into(), json!(a));
+        m.insert("b".into(), json!(b));
         m.insert("ctx".into(), json!(ctx));
         m.insert("chunks".into(), json!(chunks));
         m.insert("kld_by_position".into(), json!(curve));
         m.insert("worst".into(), json!(worst));
         m.insert("seconds".into(), json!(seconds));
     }
+    Ok(doc)
+}
+
+/// `--merge`: the partial results of every shard of one run, checked to
+/// come from the same A, B and chunks and to cover them once, combined
+/// into the report one pass gives.
+fn merge(args: &Args) -> anyhow::Result<Outcome> {
+    let mut parts = Vec::new();
+    for path in &args.merge {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .ok()
+            .filter(|v: &serde_json::Value| v["format"] == PARTIAL_FORMAT)
+            .ok_or_else(|| anyhow::anyhow!("{}: not a partial result of plumb kld --shard", path.display()))?;
+        parts.push((path, v));
+    }
+    parts.sort_by_key(|(_, v)| v["from"].as_u64().unwrap_or(0));
+    let first = &parts[0].1;
+    let (ctx, chunks) = (first["ctx"].as_u64().unwrap_or(0) as usize, first["chunks_total"].as_u64().unwrap_or(0));
+    let mut kld = Kld::default();
+    let mut curve: Vec<(f64, u64)> = Vec::new();
+    let (mut worst, mut next, mut seconds) = (Vec::new(), 0u64, 0f64);
+    for (path, v) in &parts {
+        for key in ["a", "b", "ctx", "chunks_total"] {
+            if v[key] != first[key] {
+                bail!("{}: {key} {} differs from {} in another part", path.display(), v[key], first[key]);
+            }
+        }
+        let (from, to) = (v["from"].as_u64().unwrap_or(u64::MAX), v["to"].as_u64().unwrap_or(0));
+        if from != next || to < from {
+            bail!(
+                "{}: chunks {}–{to}, where the parts so far end at chunk {next}: a shard is missing or repeated",
+                path.display(),
+                from + 1
+            );
+        }
+        next = to;
+        kld.merge_json(&v["kld"]).ok_or_else(|| anyhow::anyhow!("{}: damaged sums", path.display()))?;
+        for (i, c) in v["curve"].as_array().into_iter().flatten().enumerate() {
+            if curve.len() <= i {
+                curve.push((0.0, 0));
+            }
+            curve[i].0 += c[0].as_f64().unwrap_or(0.0);
+            curve[i].1 += c[1].as_u64().unwrap_or(0);
+        }
+        worst.extend(v["worst"].as_array().into_iter().flatten().cloned());
+        seconds += v["seconds"].as_f64().unwrap_or(0.0);
+    }
+    if next != chunks {
+        bail!("the parts cover chunks 1–{next} of {chunks}: a shard is missing");
+    }
+    let (a, b) = (first["a"].as_str().unwrap_or(""), first["b"].as_str().unwrap_or(""));
+    let doc = report_doc(&kld, &curve, worst, a, b, ctx, chunks as usize, seconds)?;
     if args.json {
         out::print(&(serde_json::to_string_pretty(&doc)? + "\n"))?;
     } else {
