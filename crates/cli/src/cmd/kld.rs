@@ -58,7 +58,7 @@ pub struct Args {
     #[arg(long, requires = "shard")]
     pub partial: Option<PathBuf>,
     /// Merge the partial results of every shard into the one report a
-    /// single pass gives (no model is run; give any A, e.g. `-`).
+    /// single pass gives (no model is run, so no A is needed).
     #[arg(long, num_args = 1.., conflicts_with_all = ["base", "save_base", "shard", "b", "b_precision"])]
     pub merge: Vec<PathBuf>,
     /// Overwrite an existing --save-base or --partial file.
