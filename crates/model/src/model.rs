@@ -209,14 +209,11 @@ impl Model {
             }
             let mut xn = vec![0f32; (i1 - lo) * d]; //                       [rows, d]
             k.rms_norm(&x[(lo - i0) * d..], &self.final_norm, c.rms_eps, &mut xn);
-            for (j0, j1) in row_blocks(i1 - lo, (LOGITS_BUDGET / v).max(2)) {
-                let mut logits = vec![0f32; (j1 - j0) * v]; //                 [n, V]
-                k.linear(&self.output, &xn[j0 * d..j1 * d], j1 - j0, &mut logits);
-                softcap(&mut logits, c.final_softcap);
+            self.logits_in_blocks(k, &xn, &mut |j0, logits| {
                 for (r, row) in logits.chunks_exact(v).enumerate() {
                     each(lo + j0 + r, row);
                 }
-            }
+            });
         }
     }
 
@@ -611,16 +608,25 @@ impl Model {
             let mut xn = vec![0f32; (i1 - i0) * d]; //                        [T, d]
             k.rms_norm(&x[i0 * d..i1 * d], &self.final_norm, c.rms_eps, &mut xn);
             self.emit(tr, None, Stage::FinalNorm, &mut xn, &[i1 - i0, d], Rows { from: i0, total: t });
-            for (j0, j1) in row_blocks(i1 - i0, (LOGITS_BUDGET / v).max(2)) {
-                let n = j1 - j0;
-                let mut logits = vec![0f32; n * v]; //                        [n, V]
-                k.linear(&self.output, &xn[j0 * d..j1 * d], n, &mut logits);
-                softcap(&mut logits, c.final_softcap);
-                self.emit(tr, None, Stage::Logits, &mut logits, &[n, v], Rows { from: i0 + j0, total: t });
-                last = logits.split_off((n - 1) * v);
-            }
+            self.logits_in_blocks(k, &xn, &mut |j0, logits| {
+                let n = logits.len() / v;
+                self.emit(tr, None, Stage::Logits, logits, &[n, v], Rows { from: i0 + j0, total: t });
+                last = logits[(n - 1) * v..].to_vec();
+            });
         }
         last
+    }
+
+    /// The logits of normed rows xn [rows, d], a few rows at a time
+    /// ([`LOGITS_BUDGET`]): `each(first row, logits [n, V])` for each block.
+    fn logits_in_blocks(&self, k: &dyn Kernels, xn: &[f32], each: &mut dyn FnMut(usize, &mut [f32])) {
+        let (d, v) = (self.cfg.d, self.cfg.vocab);
+        for (j0, j1) in row_blocks(xn.len() / d, (LOGITS_BUDGET / v).max(2)) {
+            let mut logits = vec![0f32; (j1 - j0) * v]; //                     [n, V]
+            k.linear(&self.output, &xn[j0 * d..j1 * d], j1 - j0, &mut logits);
+            softcap(&mut logits, self.cfg.final_softcap);
+            each(j0, &mut logits);
+        }
     }
 }
 
