@@ -88,24 +88,13 @@ fn kld_base_files_and_statistics_equal_llama_perplexitys() {
     let g: serde_json::Value = serde_json::from_str(&text).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (fast, exact) = (dir.path().join("fast.base"), dir.path().join("exact.base"));
+    // The first two 256-token chunks, as the golden's.
+    let two_chunks = ["kld", &m, "-f", corpus.to_str().unwrap(), "--ctx", "256", "--chunks", "2", "--quiet"];
     for (precision, path, want) in
         [("fast", &fast, &g["llama_base_sha256"]), ("exact", &exact, &g["plumb_exact_base_sha256"])]
     {
-        let (code, _, err) = plumb(&[
-            "kld",
-            &m,
-            "-f",
-            corpus.to_str().unwrap(),
-            "--ctx",
-            "256",
-            "--chunks",
-            "2",
-            "--precision",
-            precision,
-            "--save-base",
-            path.to_str().unwrap(),
-            "--quiet",
-        ]);
+        let (code, _, err) =
+            plumb(&[&two_chunks[..], &["--precision", precision, "--save-base", path.to_str().unwrap()]].concat());
         assert_eq!(code, 0, "{err}");
         assert_eq!(&sha256(path), want.as_str().unwrap(), "{precision} base file");
     }
@@ -142,20 +131,7 @@ fn kld_base_files_and_statistics_equal_llama_perplexitys() {
 
     // B in memory (A's model at exact) goes through the same rows: the
     // same report as against the file.
-    let (code, out, err) = plumb(&[
-        "kld",
-        &m,
-        "-f",
-        corpus.to_str().unwrap(),
-        "--ctx",
-        "256",
-        "--chunks",
-        "2",
-        "--b-precision",
-        "exact",
-        "--json",
-        "--quiet",
-    ]);
+    let (code, out, err) = plumb(&[&two_chunks[..], &["--b-precision", "exact", "--json"]].concat());
     assert_eq!(code, 0, "{err}");
     let mut in_memory: serde_json::Value = serde_json::from_str(&out).unwrap();
     let mut from_file = got.clone();

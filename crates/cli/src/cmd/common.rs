@@ -92,16 +92,7 @@ impl PromptArgs {
         }
         let text = match (&self.text, &self.file) {
             (Some(t), _) => t.clone(),
-            (None, Some(f)) => {
-                let bytes = std::fs::read(f).with_context(|| format!("cannot read prompt file {}", f.display()))?;
-                String::from_utf8(bytes).map_err(|e| {
-                    anyhow::anyhow!(
-                        "{}: prompt file is not UTF-8 (invalid byte at offset {})",
-                        f.display(),
-                        e.utf8_error().valid_up_to()
-                    )
-                })?
-            }
+            (None, Some(f)) => read_text(f, "prompt file")?,
             (None, None) => bail!("give a prompt with -p TEXT, -f FILE or --tokens IDS"),
         };
         let Some(tok) = tok else {
@@ -113,6 +104,19 @@ impl PromptArgs {
         }
         Ok(ids)
     }
+}
+
+/// A UTF-8 text file the user gave, as `what` (e.g. "prompt file"): a
+/// missing file or a byte that is not UTF-8 is an error naming both.
+pub fn read_text(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {what} is not UTF-8 (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
 }
 
 pub fn sha256_file(path: &std::path::Path) -> anyhow::Result<String> {

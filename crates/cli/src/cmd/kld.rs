@@ -21,7 +21,8 @@ use plumb_model::{Model, Precision};
 use serde_json::json;
 
 use crate::cmd::common::{check_output, load, parse_precision, ModelArgs};
-use crate::cmd::ppl::{Corpus, CorpusArgs, Tokenized};
+use crate::cmd::ppl::{sum_exp, Corpus, CorpusArgs, Tokenized};
+use crate::progress::bar;
 use crate::{out, Outcome};
 
 #[derive(clap::Args)]
@@ -91,7 +92,7 @@ pub fn base_row(logits: &[f32], token: usize, row: &mut [u16]) -> f64 {
         min = if l < min { l } else { min };
     }
     let min = if min < max - 16.0 { max - 16.0 } else { min };
-    let sum: f64 = logits.iter().map(|&l| f64::from((l - max).exp())).sum();
+    let sum = sum_exp(logits, max);
     let log_sum_exp = sum.ln() as f32;
     let min_log_prob = min - max - log_sum_exp;
     let scale = (max - min) / 65535.0;
@@ -140,7 +141,7 @@ impl Kld {
                 (max, imax) = (l, i);
             }
         }
-        let sum: f64 = logits.iter().map(|&l| f64::from((l - max).exp())).sum();
+        let sum = sum_exp(logits, max);
         let log_sum_exp = sum.ln() as f32;
         let scale = f32::from_bits(u32::from(row[0]) | (u32::from(row[1]) << 16));
         let min_log_prob = f32::from_bits(u32::from(row[2]) | (u32::from(row[3]) << 16));
@@ -453,9 +454,11 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             // Filled row by row, written at the end of each chunk.
             let rows = std::cell::RefCell::new(vec![0u16; scored * nv]);
             let mut failed = None;
+            let progress = bar("base", chunks * ctx, model.cfg.n_layer);
             corpus.score(
                 model,
                 kernels.as_ref(),
+                progress.as_ref(),
                 &mut |_, r, logits, target| {
                     nll.add(base_row(logits, target as usize, &mut rows.borrow_mut()[r * nv..(r + 1) * nv]))
                 },
@@ -465,6 +468,9 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                     }
                 },
             );
+            if let Some(b) = &progress {
+                b.finish_and_clear();
+            }
             match failed {
                 Some(e) => Err(e),
                 None => w.flush(),
@@ -520,6 +526,9 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     if let Some((r, _)) = &mut base_in {
         r.seek_relative((from * scored * nv * 2) as i64)?;
     }
+    // Every token through every layer of A, and of B when B is a model.
+    let passes = 1 + usize::from(b_model.is_some());
+    let progress = bar("kld", (to - from) * ctx * passes, model.cfg.n_layer);
     for c in from..to {
         let one = Corpus { tokens: &tokens[c * ctx..(c + 1) * ctx], ctx, chunks: 1, bos };
         match (&mut base_in, b_model) {
@@ -531,6 +540,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             (None, Some(b)) => one.score(
                 b,
                 b_kernels.as_ref(),
+                progress.as_ref(),
                 &mut |_, r, logits, target| {
                     base_row(logits, target as usize, &mut rows[r * nv..(r + 1) * nv]);
                 },
@@ -541,6 +551,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         one.score(
             model,
             kernels.as_ref(),
+            progress.as_ref(),
             &mut |_, r, logits, target| {
                 let k = kld.add(logits, &rows[r * nv..(r + 1) * nv], target as usize);
                 let bucket = &mut curve[r / CURVE_STEP];
@@ -554,6 +565,9 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             },
             &mut |_| {},
         );
+    }
+    if let Some(b) = &progress {
+        b.finish_and_clear();
     }
     worst.sort_by(|a, b| b.0.total_cmp(&a.0));
     worst.truncate(WORST);

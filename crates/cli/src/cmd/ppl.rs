@@ -8,13 +8,14 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
+use indicatif::ProgressBar;
 use plumb_model::kernels::kernels_for;
 use plumb_model::tokenizer::Tokenizer;
 use plumb_model::{KvCache, Precision};
 use serde_json::json;
 
-use crate::cmd::common::{check_capacity, load, ModelArgs};
+use crate::cmd::common::{check_capacity, load, read_text, ModelArgs};
 use crate::progress::bar;
 use crate::{out, Outcome};
 
@@ -57,14 +58,7 @@ impl CorpusArgs {
     /// The corpus file's text.
     pub fn text(&self) -> anyhow::Result<String> {
         let Some(file) = &self.file else { bail!("give the corpus with -f FILE") };
-        let bytes = std::fs::read(file).with_context(|| format!("cannot read corpus {}", file.display()))?;
-        String::from_utf8(bytes).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: corpus is not UTF-8 (invalid byte at offset {})",
-                file.display(),
-                e.utf8_error().valid_up_to()
-            )
-        })
+        read_text(file, "corpus")
     }
 
     /// The corpus tokenized whole (BOS first where the model adds one) and
@@ -132,11 +126,17 @@ impl Nll {
     }
 }
 
+/// Σ exp(l − max) over the logits, each exponential in f32 and the sum in
+/// f64, as llama-perplexity sums them.
+pub fn sum_exp(logits: &[f32], max: f32) -> f64 {
+    logits.iter().map(|&l| f64::from((l - max).exp())).sum()
+}
+
 /// −log p(token) under `logits`, as llama-perplexity computes it: the
 /// largest logit subtracted in f32, the exponentials in f32 summed in f64.
 pub fn nll(logits: &[f32], token: usize) -> f64 {
     let max = logits.iter().copied().fold(logits[0], f32::max);
-    let sum: f64 = logits.iter().map(|&l| f64::from((l - max).exp())).sum();
+    let sum = sum_exp(logits, max);
     sum.ln() - f64::from(logits[token] - max)
 }
 
@@ -158,16 +158,17 @@ impl Corpus<'_> {
     /// Runs every chunk from an empty cache, its first token replaced by
     /// BOS, and calls `each(chunk, row, logits, next token)` for every
     /// scored row in order (row counted from ctx/2), then `chunk_done(c)`.
-    /// A progress bar counts the tokens.
+    /// `progress` (the caller's, which may span several calls) moves on by
+    /// every token through every layer.
     pub fn score(
         &self,
         model: &plumb_model::Model,
         k: &dyn plumb_model::kernels::Kernels,
+        progress: Option<&ProgressBar>,
         each: &mut ScoredRow,
         chunk_done: &mut dyn FnMut(usize),
     ) {
         let (ctx, first) = (self.ctx, self.ctx / 2);
-        let progress = bar("perplexity", self.chunks * ctx, model.cfg.n_layer);
         let mut cache = KvCache::new(&model.cfg, ctx);
         for c in 0..self.chunks {
             let target = &self.tokens[c * ctx..(c + 1) * ctx];
@@ -189,15 +190,12 @@ impl Corpus<'_> {
                     }
                 },
                 &mut |rows| {
-                    if let Some(b) = &progress {
+                    if let Some(b) = progress {
                         b.inc((rows * model.cfg.n_layer) as u64);
                     }
                 },
             );
             chunk_done(c);
-        }
-        if let Some(b) = &progress {
-            b.finish_and_clear();
         }
     }
 }
@@ -218,12 +216,17 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let mut running = Vec::with_capacity(chunks); //              perplexity after each chunk
     let start = Instant::now();
     let corpus = Corpus { tokens: &tokens, ctx, chunks, bos };
+    let progress = bar("perplexity", chunks * ctx, model.cfg.n_layer);
     corpus.score(
         model,
         kernels.as_ref(),
+        progress.as_ref(),
         &mut |_, _, logits, target| total.borrow_mut().add(nll(logits, target as usize)),
         &mut |_| running.push(total.borrow().ppl()),
     );
+    if let Some(b) = &progress {
+        b.finish_and_clear();
+    }
     let total = total.into_inner();
     let seconds = start.elapsed().as_secs_f64();
     let tps = (chunks * ctx) as f64 / seconds;
