@@ -14,6 +14,7 @@ pub mod fault;
 pub mod fuzzing;
 pub mod generate;
 pub mod given;
+pub mod hybrid;
 pub mod memory;
 pub mod model;
 pub mod plant;

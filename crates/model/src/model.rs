@@ -194,7 +194,7 @@ impl Model {
     ) {
         let (c, t, p) = (&self.cfg, tokens.len(), cache.len);
         assert!(p + t <= cache.capacity, "KV cache full: {} > {}", p + t, cache.capacity);
-        let (d, v) = (c.d, c.vocab);
+        let d = c.d;
         let mut none = plumb_trace::stage::NoTrace;
         for (i0, i1) in row_blocks(t, BATCH) {
             let mut x = self.embed(&tokens[i0..i1], &mut none);
@@ -204,17 +204,24 @@ impl Model {
             cache.len = p + i1;
             progress(i1 - i0);
             let lo = from.clamp(i0, i1);
-            if lo == i1 {
-                continue;
-            }
-            let mut xn = vec![0f32; (i1 - lo) * d]; //                       [rows, d]
-            k.rms_norm(&x[(lo - i0) * d..], &self.final_norm, c.rms_eps, &mut xn);
-            self.logits_in_blocks(k, &xn, &mut |j0, logits| {
-                for (r, row) in logits.chunks_exact(v).enumerate() {
-                    each(lo + j0 + r, row);
-                }
-            });
+            self.score_rows(k, &x[(lo - i0) * d..], &mut |r, logits| each(lo + r, logits));
         }
+    }
+
+    /// The head of every row of x [rows, d] — logits = norm(x)·Woutᵀ (then
+    /// softcap) — a few rows at a time: `each(row, logits [V])` in order.
+    pub fn score_rows(&self, k: &dyn Kernels, x: &[f32], each: &mut dyn FnMut(usize, &[f32])) {
+        let (c, rows) = (&self.cfg, x.len() / self.cfg.d);
+        if rows == 0 {
+            return;
+        }
+        let mut xn = vec![0f32; rows * c.d]; //                                [rows, d]
+        k.rms_norm(x, &self.final_norm, c.rms_eps, &mut xn);
+        self.logits_in_blocks(k, &xn, &mut |j0, logits| {
+            for (r, row) in logits.chunks_exact(c.vocab).enumerate() {
+                each(j0 + r, row);
+            }
+        });
     }
 
     /// Whether a step of `t` tokens goes to `tr` in parts: a prompt longer
@@ -345,11 +352,38 @@ impl Model {
         keep_last: bool,
         tr: &mut dyn Observer,
     ) -> usize {
+        let ctx = self.attend(k, l, x, cache, tr);
+        self.finish_layer(k, l, x, &ctx, keep_last, Rows::all(x.len() / self.cfg.d), tr)
+    }
+
+    /// The attention half of layer `l` on x [T, d] at positions p .. p+T,
+    /// p = `cache.len`, as in [`Model::layer`]: x += the attention's
+    /// output. With [`Model::ffn_block`] after it, the whole layer — in
+    /// halves that can come from two models ([`crate::hybrid`]).
+    pub fn attention_block(
+        &self,
+        k: &dyn Kernels,
+        l: usize,
+        x: &mut Vec<f32>,
+        cache: &mut KvCache,
+        tr: &mut dyn Observer,
+    ) {
+        let ctx = self.attend(k, l, x, cache, tr);
+        self.attn_output(k, l, x, &ctx, false, Rows::all(x.len() / self.cfg.d), tr);
+    }
+
+    /// The feed-forward half of layer `l` on x [T, d]: x += its output.
+    pub fn ffn_block(&self, k: &dyn Kernels, l: usize, x: &mut [f32], tr: &mut dyn Observer) {
+        self.ffn(k, l, x, Rows::all(x.len() / self.cfg.d), tr);
+    }
+
+    /// Layer `l`'s attention over x [T, d] at positions p .. p+T, p =
+    /// `cache.len`, keeping its keys and values: the context [T, H·hd].
+    fn attend(&self, k: &dyn Kernels, l: usize, x: &[f32], cache: &mut KvCache, tr: &mut dyn Observer) -> Vec<f32> {
         let (p, all) = (cache.len, Rows::all(x.len() / self.cfg.d));
         let (q, kk, vv) = self.project(k, l, x, p, all, Inputs::All, tr);
         cache.store(l, p, &kk, &vv, k.value_layout());
-        let ctx = self.attention(k, l, &q, cache, p, all, tr);
-        self.finish_layer(k, l, x, &ctx, keep_last, all, tr)
+        self.attention(k, l, &q, cache, p, all, tr)
     }
 
     /// The attention's inputs from rows of x [T, d] at positions `pos ..`
@@ -441,9 +475,32 @@ impl Model {
         rows: Rows,
         tr: &mut dyn Observer,
     ) -> usize {
+        match self.attn_output(k, l, x, ctx, keep_last, rows, tr) {
+            (0, _) => 0,
+            (t, rows) => {
+                self.ffn(k, l, x, rows, tr);
+                t
+            }
+        }
+    }
+
+    /// The attention's output projection (and post-norm) added to rows of x
+    /// [T, d]. With `keep_last`, rows that do not end the step stop here
+    /// and x keeps the last. Returns the rows of x left and which they are.
+    #[allow(clippy::too_many_arguments)]
+    fn attn_output(
+        &self,
+        k: &dyn Kernels,
+        l: usize,
+        x: &mut Vec<f32>,
+        ctx: &[f32],
+        keep_last: bool,
+        rows: Rows,
+        tr: &mut dyn Observer,
+    ) -> (usize, Rows) {
         let c = &self.cfg;
         let w = &self.layers[l];
-        let (d, ff) = (c.d, c.ff);
+        let d = c.d;
         let (t, at) = (x.len() / d, Some(l));
         let mut attn = vec![0f32; t * d]; //                                  [T, d]
 
@@ -451,7 +508,7 @@ impl Model {
         k.linear(&w.wo, ctx, t, &mut attn);
         self.emit(tr, at, Stage::AttnOut, &mut attn, &[t, d], rows);
         let (t, rows) = if keep_last && !rows.ends(t) {
-            return 0;
+            return (0, rows);
         } else if keep_last && t > 1 {
             attn.drain(..(t - 1) * d);
             x.drain(..(t - 1) * d);
@@ -470,7 +527,16 @@ impl Model {
         // x = x + attn
         add_in_place(x, &attn);
         self.emit(tr, at, Stage::AttnResidual, x, &[t, d], rows);
+        (t, rows)
+    }
 
+    /// The feed-forward half of layer `l` on rows of x [T, d]: x += its
+    /// output.
+    fn ffn(&self, k: &dyn Kernels, l: usize, x: &mut [f32], rows: Rows, tr: &mut dyn Observer) {
+        let c = &self.cfg;
+        let w = &self.layers[l];
+        let (d, ff) = (c.d, c.ff);
+        let (t, at) = (x.len() / d, Some(l));
         // xn = norm(x); gate, up = xn·Wgateᵀ, xn·Wupᵀ
         let mut xn = vec![0f32; t * d]; //                                    [T, d]
         let mut gate = vec![0f32; t * ff]; //                                 [T, ff]
@@ -500,7 +566,6 @@ impl Model {
         // x = x + down
         add_in_place(x, &down);
         self.emit(tr, at, Stage::LayerOut, x, &[t, d], rows);
-        t
     }
 
     /// Attention of q [T, H·hd], rows `rows` of a step at positions p ..
@@ -656,7 +721,7 @@ fn query_blocks(t: usize, per_row: usize, budget: usize) -> Vec<(usize, usize)> 
 
 /// [i0, i1) blocks of `rows` rows covering 0..t, never a block of one row
 /// out of several (a one-token step is summed as decoding sums it).
-fn row_blocks(t: usize, rows: usize) -> Vec<(usize, usize)> {
+pub(crate) fn row_blocks(t: usize, rows: usize) -> Vec<(usize, usize)> {
     let mut blocks: Vec<(usize, usize)> = (0..t).step_by(rows.max(2)).map(|i| (i, (i + rows).min(t))).collect();
     if blocks.len() > 1 && blocks.last().is_some_and(|(a, b)| b - a == 1) {
         let (_, end) = blocks.pop().unwrap_or_default();

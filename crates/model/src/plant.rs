@@ -10,7 +10,9 @@
 //!   (row r holds row r+1), `transpose:T` (the data written transposed, the
 //!   shape kept), `block-scale:T` (one block's scale ×8), `scale:T` (every
 //!   block's scale ×2), `zero:T`, `offset:T` (a norm's stored weights −1:
-//!   the gemma +1 dropped), `offset+:T` (+1: applied twice);
+//!   the gemma +1 dropped), `offset+:T` (+1: applied twice),
+//!   `requant:P,TYPE` (every matrix named P or P.* requantized to TYPE: with
+//!   `--requant` for the rest, one layer quantized more coarsely);
 //! - metadata: `rope-base`, `rope-local-base`, `rms-eps`, `window`,
 //!   `attn-scale`, `all-global`, `softcap`;
 //! - tokenizer: `no-bos`, `bos-id`, `vocab-swap`;
@@ -221,6 +223,25 @@ pub fn plant(src: &Path, out: &Path, spec: &str, requant: Option<GgmlType>) -> R
                 _ => v.iter_mut().for_each(|x| *x += 1.0),
             }
             t.set_f32s(&v)?;
+        }
+        "requant" => {
+            let (prefix, ty) = target.split_once(',').ok_or("requant needs tensors and a type: requant:blk.7,q4_0")?;
+            let ty = GgmlType::from_name(ty).ok_or_else(|| format!("requant: unknown type {ty:?}"))?;
+            let mut hit = false;
+            for t in ts
+                .iter_mut()
+                .filter(|t| t.name == format!("{prefix}.weight") || t.name.starts_with(&format!("{prefix}.")))
+            {
+                if t.shape.len() == 2 && t.cols().is_multiple_of(ty.block_elems()) {
+                    let v = t.f32s()?;
+                    t.ty = ty;
+                    t.set_f32s(&v)?;
+                    hit = true;
+                }
+            }
+            if !hit {
+                return Err(format!("requant: no matrix named {prefix} or {prefix}.* that {ty} can hold"));
+            }
         }
         "rope-base" => set(&mut w, &g, "{arch}.rope.freq_base", Value::F32(10000.0))?,
         "rope-local-base" => set(&mut w, &g, "{arch}.rope.local.freq_base", Value::F32(1_000_000.0))?,

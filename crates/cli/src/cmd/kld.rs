@@ -16,10 +16,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use plumb_model::hybrid::Side;
 use plumb_model::kernels::kernels_for;
 use plumb_model::{Model, Precision};
 use serde_json::json;
 
+use crate::cmd::attribute::{self, Attribution};
 use crate::cmd::common::{check_output, load, parse_precision, ModelArgs};
 use crate::cmd::ppl::{sum_exp, Corpus, CorpusArgs, Tokenized};
 use crate::progress::bar;
@@ -38,7 +40,8 @@ pub struct Args {
     /// Threads (default: all cores). Results do not depend on it.
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
-    /// B's arithmetic (default: exact when B is A's model, else fast).
+    /// B's arithmetic (default: exact when B is A's model or with
+    /// --attribute, else fast).
     #[arg(long, value_parser = parse_precision)]
     pub b_precision: Option<Precision>,
     #[command(flatten)]
@@ -62,6 +65,13 @@ pub struct Args {
     /// single pass gives (no model is run, so no A is needed).
     #[arg(long, num_args = 1.., conflicts_with_all = ["base", "save_base", "shard", "b", "b_precision"])]
     pub merge: Vec<PathBuf>,
+    /// Attribute the divergence to the units of the forward pass: each
+    /// layer's attention and feed-forward halves, the embedding and the
+    /// head, each run alone by A on B's input inside B's pass, ranked by
+    /// the divergence it makes. B must be a model, run exact; about L + 2
+    /// more passes per chunk for L layers.
+    #[arg(long, conflicts_with_all = ["base", "save_base", "shard", "merge"])]
+    pub attribute: bool,
     /// Overwrite an existing --save-base or --partial file.
     #[arg(long)]
     pub force: bool,
@@ -179,6 +189,16 @@ impl Kld {
         self.klds.push(kld as f32);
         self.p_diffs.push(p_diff);
         kld as f32
+    }
+
+    /// The mean divergence and its standard error.
+    pub fn kld_mean(&self) -> (f64, f64) {
+        Self::mean_err(self.sum_kld, self.sum_kld2, self.count)
+    }
+
+    /// The fraction of tokens whose top token is the same in A and B.
+    pub fn same_top(&self) -> f64 {
+        self.same_top as f64 / self.count.max(1) as f64
     }
 
     /// Mean and its standard error, as llama-perplexity gives them (no
@@ -406,7 +426,12 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     for path in [&args.save_base, &args.partial].into_iter().flatten() {
         check_output(path, args.force)?;
     }
-    if args.b.is_none() && args.b_precision.is_none() && args.base.is_none() && args.save_base.is_none() {
+    if args.b.is_none()
+        && args.b_precision.is_none()
+        && args.base.is_none()
+        && args.save_base.is_none()
+        && !args.attribute
+    {
         bail!("give B: a reference model, --b-precision, or --base FILE (or write one with --save-base FILE)");
     }
     // The base file, checked before any model is loaded.
@@ -511,8 +536,28 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             bail!("B has a vocabulary of {} tokens, A {vocab}: their distributions cannot be compared", b.cfg.vocab);
         }
     }
-    let b_precision = args.b_precision.unwrap_or(if b_loaded.is_some() { Precision::Fast } else { Precision::Exact });
+    let b_precision = match args.b_precision {
+        Some(p) => p,
+        None if b_loaded.is_some() && !args.attribute => Precision::Fast,
+        None => Precision::Exact,
+    };
+    if args.attribute && b_precision != Precision::Exact {
+        bail!(
+            "--attribute runs B in exact arithmetic: in the fast one each matrix product rounds its input to 8 bits, \
+             so a change to any one unit re-draws the rounding of all after it and every unit looks as guilty as the \
+             whole. Leave out --b-precision (A keeps its --precision; give --precision exact too for the weights alone)"
+        );
+    }
     let b_kernels = kernels_for(b_precision);
+    let mut attribution = match b_model {
+        Some(b) if args.attribute => {
+            if let Some(why) = plumb_model::hybrid::mismatch(model, b) {
+                bail!("--attribute runs A's units inside B's pass, but A and B do not fit together: {why}");
+            }
+            Some(Attribution::new(b, ctx))
+        }
+        _ => None,
+    };
 
     let mut kld = Kld::default();
     let mut curve = vec![(0f64, 0u64); scored.div_ceil(CURVE_STEP)];
@@ -527,7 +572,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         r.seek_relative((from * scored * nv * 2) as i64)?;
     }
     // Every token through every layer of A, and of B when B is a model.
-    let passes = 1 + usize::from(b_model.is_some());
+    // (and the hybrids of an attribution, about so many passes more).
+    let passes = 1 + usize::from(b_model.is_some()) + attribution.as_ref().map_or(0, Attribution::passes);
     let progress = bar("kld", (to - from) * ctx * passes, model.cfg.n_layer);
     for c in from..to {
         let one = Corpus { tokens: &tokens[c * ctx..(c + 1) * ctx], ctx, chunks: 1, bos };
@@ -536,6 +582,14 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                 read_rows(r, &mut rows).with_context(|| {
                     format!("{}: cannot read chunk {} of {}", args.base.as_ref().unwrap().display(), c + 1, h.chunks)
                 })?;
+            }
+            (None, Some(b)) if attribution.is_some() => {
+                let (chunk, target) = one.chunk(0);
+                let at = attribution.as_mut().expect("an attribution");
+                at.base(Side { model: b, kernels: b_kernels.as_ref() }, &chunk, target, ctx / 2, &mut rows, nv);
+                if let Some(bar) = &progress {
+                    bar.inc((ctx * b.cfg.n_layer) as u64);
+                }
             }
             (None, Some(b)) => one.score(
                 b,
@@ -565,6 +619,12 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             },
             &mut |_| {},
         );
+        if let (Some(at), Some(b)) = (attribution.as_mut(), b_model) {
+            let (chunk, target) = one.chunk(0);
+            let a = Side { model, kernels: kernels.as_ref() };
+            let b = Side { model: b, kernels: b_kernels.as_ref() };
+            at.score(a, b, &chunk, target, ctx / 2, &rows, nv, progress.as_ref());
+        }
     }
     if let Some(b) = &progress {
         b.finish_and_clear();
@@ -608,11 +668,18 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         ))?;
         return Ok(Outcome::Ok);
     }
-    let doc = report_doc(&kld, &curve, worst, &a_name, &b_name, ctx, chunks, seconds)?;
+    let mut doc = report_doc(&kld, &curve, worst, &a_name, &b_name, ctx, chunks, seconds)?;
+    if let Some(at) = &attribution {
+        doc["attribution"] = at.doc(kld.kld_mean().0);
+    }
     if args.json {
         out::print(&(serde_json::to_string_pretty(&doc)? + "\n"))?;
     } else {
-        out::print(&report(&doc))?;
+        let mut text = report(&doc);
+        if let Some(at) = doc.get("attribution") {
+            text += &format!("\n{}", attribute::report(at));
+        }
+        out::print(&text)?;
     }
     Ok(Outcome::Ok)
 }

@@ -1,3 +1,4 @@
+pub mod attribute;
 pub mod bench;
 pub mod bisect;
 pub mod common;

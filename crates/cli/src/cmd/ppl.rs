@@ -155,6 +155,17 @@ pub struct Corpus<'a> {
 }
 
 impl Corpus<'_> {
+    /// Chunk `c` as it is run (its first token replaced by BOS where the
+    /// model adds one) and as it is scored (the corpus's own tokens).
+    pub fn chunk(&self, c: usize) -> (Vec<u32>, &[u32]) {
+        let target = &self.tokens[c * self.ctx..(c + 1) * self.ctx];
+        let mut chunk = target.to_vec();
+        if let Some(b) = self.bos {
+            chunk[0] = b;
+        }
+        (chunk, target)
+    }
+
     /// Runs every chunk from an empty cache, its first token replaced by
     /// BOS, and calls `each(chunk, row, logits, next token)` for every
     /// scored row in order (row counted from ctx/2), then `chunk_done(c)`.
@@ -171,11 +182,7 @@ impl Corpus<'_> {
         let (ctx, first) = (self.ctx, self.ctx / 2);
         let mut cache = KvCache::new(&model.cfg, ctx);
         for c in 0..self.chunks {
-            let target = &self.tokens[c * ctx..(c + 1) * ctx];
-            let mut chunk = target.to_vec();
-            if let Some(b) = self.bos {
-                chunk[0] = b;
-            }
+            let (chunk, target) = self.chunk(c);
             cache.len = 0;
             // Row i's logits predict token i + 1 of the corpus (row ctx − 1
             // predicts nothing in the chunk and is not scored).
