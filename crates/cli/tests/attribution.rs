@@ -16,7 +16,9 @@ fn a_coarsely_requantized_layer_ranks_first() {
     assert_eq!(code, 0, "{err}");
     let corpus = root().join("testdata/gemma3-270m/long_prompt.txt");
     let args = ["kld", copy.to_str().unwrap(), &m, "-f", corpus.to_str().unwrap(), "--ctx", "64", "--chunks", "1"];
-    let (code, out, err) = plumb(&[&args[..], &["--attribute", "--json", "--quiet"]].concat());
+    let page = dir.path().join("kld.html");
+    let html = ["--html", page.to_str().unwrap()];
+    let (code, out, err) = plumb(&[&args[..], &["--attribute", "--json", "--quiet"], &html[..]].concat());
     assert_eq!(code, 0, "{err}");
     let d: serde_json::Value = serde_json::from_str(&out).unwrap();
     let at = &d["attribution"];
@@ -38,6 +40,14 @@ fn a_coarsely_requantized_layer_ranks_first() {
     // With B exact the units add up: their sum is near the whole.
     let sum = at["sum"].as_f64().unwrap();
     assert!((0.8..1.25).contains(&(sum / whole)), "the units' sum {sum} against the whole {whole}");
+
+    // The page ranks the same units, and has a bar for each.
+    let page = std::fs::read_to_string(&page).unwrap();
+    let ranked = page.split("<th>same top</th></tr>").nth(1).expect("the ranked table");
+    let first = ranked.split("</tr>").next().unwrap();
+    assert!(first.contains(top[0]), "{first}");
+    assert_eq!(page.matches("<rect x=\"110\"").count(), units.len());
+    assert!(!page.contains("NaN"), "a figure is missing from the page");
 
     // B in fast arithmetic would make every unit look guilty: refused.
     let (code, _, err) = plumb(&[&args[..], &["--attribute", "--b-precision", "fast"]].concat());

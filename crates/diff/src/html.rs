@@ -420,3 +420,142 @@ td, th { padding: 2px 8px; border-bottom: 1px solid #e5e7eb; text-align: right; 
 td:first-child, th:first-child { text-align: left; } tr.over { background: #fee2e2; }
 .note { color: #92400e; }
 </style>"#;
+
+/// The page of `plumb kld` from its JSON report: the figures, the mean
+/// divergence by position in the chunk, the worst tokens and, where the
+/// run attributed it, the divergence of each unit as bars — attention and
+/// feed-forward side by side per layer — and the ranked units.
+pub fn kld_page(d: &serde_json::Value) -> String {
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let text = |v: &serde_json::Value| esc(v.as_str().unwrap_or(""));
+    let title = format!("plumb kld: {} against {}", d["a"].as_str().unwrap_or(""), d["b"].as_str().unwrap_or(""));
+    let mut s = head(&title);
+    let _ = write!(
+        s,
+        "<h1>{}</h1><p>{} chunks of {} tokens, {} tokens scored</p><table>",
+        esc(&title),
+        d["chunks"],
+        d["ctx"],
+        d["tokens"]
+    );
+    let rows = [
+        ("PPL(A)", format!("{:.4} ± {:.4}", f(d, "ppl"), f(d, "ppl_error"))),
+        ("PPL(B)", format!("{:.4} ± {:.4}", f(d, "ppl_base"), f(d, "ppl_base_error"))),
+        ("PPL(A)/PPL(B)", format!("{:.5} ± {:.5}", f(d, "ppl_ratio"), f(d, "ppl_ratio_error"))),
+        ("KLD mean", format!("{:.6} ± {:.6}", f(d, "kld_mean"), f(d, "kld_mean_error"))),
+        ("KLD median", format!("{:.6}", f(d, "kld_median"))),
+        ("KLD 99%", format!("{:.6}", f(&d["kld_percentiles"], "99"))),
+        ("KLD max", format!("{:.6}", f(&d["kld_percentiles"], "100"))),
+        ("Δp RMS", format!("{:.3}%", 100.0 * f(d, "p_diff_rms"))),
+        ("same top token", format!("{:.3}% ± {:.3}%", 100.0 * f(d, "same_top"), 100.0 * f(d, "same_top_error"))),
+    ];
+    for (k, v) in rows {
+        let _ = write!(s, "<tr><td>{k}</td><td>{}</td></tr>", esc(&v));
+    }
+    s.push_str("</table>");
+
+    // Mean KLD by position: one bar per bucket.
+    let curve: Vec<&serde_json::Value> = d["kld_by_position"].as_array().into_iter().flatten().collect();
+    if !curve.is_empty() {
+        let top = curve.iter().map(|p| f(p, "kld_mean")).fold(0.0, f64::max).max(1e-12);
+        let (w, h, bw) = (640.0, 120.0, 640.0 / curve.len() as f64);
+        let _ = write!(s, r#"<h2>mean KLD by position in the chunk</h2><svg width="{w}" height="{}">"#, h + 16.0);
+        for (i, p) in curve.iter().enumerate() {
+            let bh = h * f(p, "kld_mean") / top;
+            let _ = write!(
+                s,
+                r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{bh:.1}" fill="#2563eb"><title>{}–{}: {:.6}</title></rect>"##,
+                i as f64 * bw,
+                h - bh,
+                (bw - 1.0).max(1.0),
+                p["from"],
+                p["to"],
+                f(p, "kld_mean")
+            );
+        }
+        let _ = write!(
+            s,
+            r#"<text x="0" y="{}" font-size="11">position {}</text><text x="{}" y="{}" font-size="11" text-anchor="end">{}</text></svg>"#,
+            h + 13.0,
+            curve[0]["from"],
+            w,
+            h + 13.0,
+            curve[curve.len() - 1]["to"]
+        );
+    }
+
+    s.push_str(
+        "<h2>worst tokens</h2><table><tr><th>KLD</th><th>chunk</th><th>position</th><th>context → next</th></tr>",
+    );
+    for t in d["worst"].as_array().into_iter().flatten() {
+        let _ = write!(
+            s,
+            "<tr><td>{:.4}</td><td>{}</td><td>{}</td><td>…{} → <b>{}</b></td></tr>",
+            f(t, "kld"),
+            t["chunk"],
+            t["position"],
+            text(&t["context"]),
+            text(&t["next"])
+        );
+    }
+    s.push_str("</table>");
+
+    if let Some(at) = d.get("attribution") {
+        let units: Vec<&serde_json::Value> = at["units"].as_array().into_iter().flatten().collect();
+        let top = units.iter().map(|u| f(u, "kld_mean")).fold(0.0, f64::max).max(1e-12);
+        let _ = write!(
+            s,
+            "<h2>where the divergence comes from</h2><p>{}. The units' sum is {:.1}% of the whole divergence {:.6}.</p>",
+            text(&at["method"]),
+            100.0 * f(at, "sum") / f(at, "whole"),
+            f(at, "whole")
+        );
+        // One row per unit in pass order: a bar as long as its divergence.
+        let (w, rh) = (420.0, 12.0);
+        let _ = write!(s, r#"<svg width="{}" height="{}">"#, w + 120.0, rh * units.len() as f64 + 4.0);
+        for (i, u) in units.iter().enumerate() {
+            let name = u["unit"].as_str().unwrap_or("");
+            let colour = if name.ends_with(".attn") {
+                "#7c3aed"
+            } else if name.ends_with(".ffn") {
+                "#ea580c"
+            } else {
+                "#6b7280"
+            };
+            let y = i as f64 * rh;
+            let bw = (w * f(u, "kld_mean") / top).max(0.0);
+            let _ = write!(
+                s,
+                r##"<text x="0" y="{:.1}" font-size="10" font-family="monospace">{}</text><rect x="110" y="{:.1}" width="{bw:.1}" height="{:.1}" fill="{colour}"><title>{}: {:.6} ({:.1}%)</title></rect>"##,
+                y + rh - 2.0,
+                esc(name),
+                y + 1.0,
+                rh - 2.0,
+                esc(name),
+                f(u, "kld_mean"),
+                100.0 * f(u, "share")
+            );
+        }
+        s.push_str("</svg>");
+        let mut ranked = units.clone();
+        ranked.sort_by(|x, y| f(y, "kld_mean").total_cmp(&f(x, "kld_mean")));
+        s.push_str(
+            "<table><tr><th>rank</th><th>unit</th><th>KLD mean</th><th>±</th><th>share</th><th>same top</th></tr>",
+        );
+        for (i, u) in ranked.iter().enumerate() {
+            let _ = write!(
+                s,
+                "<tr><td>{}</td><td>{}</td><td>{:.6}</td><td>{:.6}</td><td>{:.1}%</td><td>{:.2}%</td></tr>",
+                i + 1,
+                text(&u["unit"]),
+                f(u, "kld_mean"),
+                f(u, "kld_mean_error"),
+                100.0 * f(u, "share"),
+                100.0 * f(u, "same_top")
+            );
+        }
+        s.push_str("</table>");
+    }
+    s.push_str("</body></html>\n");
+    s
+}

@@ -72,7 +72,10 @@ pub struct Args {
     /// more passes per chunk for L layers.
     #[arg(long, conflicts_with_all = ["base", "save_base", "shard", "merge"])]
     pub attribute: bool,
-    /// Overwrite an existing --save-base or --partial file.
+    /// Also write the report as one self-contained HTML page.
+    #[arg(long, conflicts_with_all = ["save_base", "shard"])]
+    pub html: Option<PathBuf>,
+    /// Overwrite an existing --save-base, --partial or --html file.
     #[arg(long)]
     pub force: bool,
     #[arg(long)]
@@ -420,11 +423,11 @@ const WORST: usize = 8;
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     args.corpus.check()?;
+    for path in [&args.save_base, &args.partial, &args.html].into_iter().flatten() {
+        check_output(path, args.force)?;
+    }
     if !args.merge.is_empty() {
         return merge(&args);
-    }
-    for path in [&args.save_base, &args.partial].into_iter().flatten() {
-        check_output(path, args.force)?;
     }
     if args.b.is_none()
         && args.b_precision.is_none()
@@ -672,10 +675,19 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     if let Some(at) = &attribution {
         doc["attribution"] = at.doc(kld.kld_mean().0);
     }
+    show(&doc, &args)
+}
+
+/// The report as --json, --html and text ask.
+fn show(doc: &serde_json::Value, args: &Args) -> anyhow::Result<Outcome> {
+    if let Some(path) = &args.html {
+        plumb_formats::atomic::write_atomic(path, plumb_diff::html::kld_page(doc).as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     if args.json {
-        out::print(&(serde_json::to_string_pretty(&doc)? + "\n"))?;
+        out::print(&(serde_json::to_string_pretty(doc)? + "\n"))?;
     } else {
-        let mut text = report(&doc);
+        let mut text = report(doc);
         if let Some(at) = doc.get("attribution") {
             text += &format!("\n{}", attribute::report(at));
         }
@@ -777,12 +789,7 @@ fn merge(args: &Args) -> anyhow::Result<Outcome> {
     }
     let (a, b) = (first["a"].as_str().unwrap_or(""), first["b"].as_str().unwrap_or(""));
     let doc = report_doc(&kld, &curve, worst, a, b, ctx, chunks as usize, seconds)?;
-    if args.json {
-        out::print(&(serde_json::to_string_pretty(&doc)? + "\n"))?;
-    } else {
-        out::print(&report(&doc))?;
-    }
-    Ok(Outcome::Ok)
+    show(&doc, args)
 }
 
 /// Positions per point of the divergence-by-position curve.
