@@ -93,7 +93,7 @@ impl Attribution {
 
     /// The attribution as JSON: every unit in pass order, the sums by
     /// layer and by kind, against `whole`, A's mean divergence from B.
-    pub fn doc(&self, whole: f64) -> serde_json::Value {
+    pub fn doc(&self, whole: f64, tied: bool) -> serde_json::Value {
         let share = |v: f64| if whole > 0.0 { v / whole } else { 0.0 };
         let mut by_layer: Vec<f64> = Vec::new();
         let (mut attn, mut ffn, mut other) = (0f64, 0f64, 0f64);
@@ -129,6 +129,8 @@ impl Attribution {
                 "embedding": first(0), "attention": attn, "ffn": ffn, "head": first(self.units.len() - 1),
             },
             "sum": sum, "whole": whole,
+            // The head's matrix is the embedding's: one tensor, two units.
+            "tied_output": tied,
         })
     }
 }
@@ -173,6 +175,9 @@ pub fn report(d: &serde_json::Value) -> String {
         f(k, "ffn"),
         f(k, "head")
     );
+    if d["tied_output"] == true {
+        s += "  (token_embd and output are one tensor here: the output is tied to the embedding)\n";
+    }
     let (sum, whole) = (f(d, "sum"), f(d, "whole"));
     s += &format!(
         "  the units' sum {sum:.6} is {:.1}% of A's whole divergence {whole:.6} (the difference: units acting together)\n",

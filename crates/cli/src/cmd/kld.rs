@@ -673,7 +673,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     }
     let mut doc = report_doc(&kld, &curve, worst, &a_name, &b_name, ctx, chunks, seconds)?;
     if let Some(at) = &attribution {
-        doc["attribution"] = at.doc(kld.kld_mean().0);
+        doc["attribution"] = at.doc(kld.kld_mean().0, model.cfg.tied_output);
     }
     show(&doc, &args)
 }
