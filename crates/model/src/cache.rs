@@ -12,25 +12,60 @@ use crate::config::ModelConfig;
 /// cache, so a decoding step appends one column instead of transposing the
 /// whole cache). A layer holds one layout at a time and is converted if the
 /// other precision reads it.
+///
+/// A windowed cache ([`KvCache::windowed`]) keeps of each sliding-window
+/// layer only what a query from `len` on can still see: as a step is
+/// stored, positions before the window of its first token are dropped, in
+/// whole multiples of 64 (so the fast attention's lanes and padding fall
+/// where they would over the whole cache, and every sum is the same), once
+/// at least [`FORGET_STEP`] of them can go. Its layers then hold positions
+/// `first(l) ..`; it cannot be truncated back past a window.
 pub struct KvCache {
     pub k: Vec<Vec<f32>>,
     pub v: Vec<Vec<f32>>,
     vt: Vec<Vec<f32>>,
     /// Positions held in `vt[l]`.
     vt_len: Vec<usize>,
+    /// Per layer: the first position held, and the window it keeps (None:
+    /// every position).
+    first: Vec<usize>,
+    window: Vec<Option<usize>>,
     pub len: usize,
     pub capacity: usize,
     kv_dim: usize,
 }
 
+/// Positions a windowed layer lets go of at once, at least.
+pub const FORGET_STEP: usize = 256;
+
+/// Positions a windowed layer is made for: its window, what it may hold
+/// before letting go, and a batch of a prompt (a longer step grows it).
+fn windowed_room(window: usize) -> usize {
+    (window + FORGET_STEP + crate::model::BATCH).div_ceil(VALUE_PAD) * VALUE_PAD
+}
+
 impl KvCache {
+    /// A cache that keeps every position of every layer.
     pub fn new(cfg: &ModelConfig, capacity: usize) -> KvCache {
+        Self::with_windows(cfg, capacity, vec![None; cfg.n_layer])
+    }
+
+    /// A cache whose sliding-window layers keep only their window.
+    pub fn windowed(cfg: &ModelConfig, capacity: usize) -> KvCache {
+        let windows = cfg.layer_sliding.iter().map(|&s| if s { cfg.sliding_window } else { None }).collect();
+        Self::with_windows(cfg, capacity, windows)
+    }
+
+    fn with_windows(cfg: &ModelConfig, capacity: usize, window: Vec<Option<usize>>) -> KvCache {
         let kv_dim = cfg.kv_dim();
+        let room = |w: &Option<usize>| w.map_or(capacity, |w| capacity.min(windowed_room(w)));
         KvCache {
-            k: (0..cfg.n_layer).map(|_| Vec::with_capacity(capacity * kv_dim)).collect(),
+            k: window.iter().map(|w| Vec::with_capacity(room(w) * kv_dim)).collect(),
             v: (0..cfg.n_layer).map(|_| Vec::new()).collect(),
             vt: (0..cfg.n_layer).map(|_| Vec::new()).collect(),
             vt_len: vec![0; cfg.n_layer],
+            first: vec![0; cfg.n_layer],
+            window,
             len: 0,
             capacity,
             kv_dim,
@@ -44,32 +79,85 @@ impl KvCache {
         cfg.n_layer as u64 * positions * cfg.kv_dim() as u64 * 4
     }
 
+    /// Bytes a windowed cache takes when full, its steps no longer than a
+    /// batch of a prompt.
+    pub fn bytes_for_windowed(cfg: &ModelConfig, capacity: usize) -> u64 {
+        let full = Self::bytes_for(cfg, capacity) / cfg.n_layer.max(1) as u64;
+        let windowed = cfg
+            .sliding_window
+            .map_or(full, |w| full.min(Self::bytes_for(cfg, windowed_room(w)) / cfg.n_layer.max(1) as u64));
+        cfg.layer_sliding.iter().map(|&s| if s { windowed } else { full }).sum()
+    }
+
+    /// The first position layer `l` holds: its keys and values start there.
+    pub fn first(&self, l: usize) -> usize {
+        self.first[l]
+    }
+
     pub fn clear(&mut self) {
         self.truncate(0);
     }
 
     /// Drops every position from `len` on.
     pub fn truncate(&mut self, len: usize) {
-        for l in self.k.iter_mut().chain(self.v.iter_mut()) {
-            l.truncate(len * self.kv_dim);
-        }
-        for vl in self.vt_len.iter_mut() {
-            *vl = (*vl).min(len);
+        for l in 0..self.k.len() {
+            if len == 0 {
+                self.first[l] = 0;
+            }
+            assert!(
+                self.window[l].is_none_or(|w| (len + 1).saturating_sub(w) >= self.first[l]),
+                "layer {l} keeps positions {} on only: it cannot go back to {len}",
+                self.first[l]
+            );
+            let held = len - self.first[l];
+            self.k[l].truncate(held * self.kv_dim);
+            self.v[l].truncate(held * self.kv_dim);
+            self.vt_len[l] = self.vt_len[l].min(held);
         }
         self.len = self.len.min(len);
+    }
+
+    /// A windowed layer lets go of the positions no query from `len` on
+    /// can see, in multiples of 64, once there are [`FORGET_STEP`] of them.
+    fn forget(&mut self, l: usize) {
+        let Some(w) = self.window[l] else { return };
+        let keep_from = (self.len + 1).saturating_sub(w) / VALUE_PAD * VALUE_PAD;
+        if keep_from < self.first[l] + FORGET_STEP {
+            return;
+        }
+        let kvd = self.kv_dim;
+        let n = (keep_from - self.first[l]).min(self.k[l].len() / kvd.max(1));
+        self.k[l].drain(..n * kvd);
+        let rows = (n * kvd).min(self.v[l].len());
+        self.v[l].drain(..rows);
+        if self.vt_len[l] > 0 {
+            let (stride, held) = (self.vt_stride(l), self.vt_len[l]);
+            let gone = n.min(held);
+            for col in self.vt[l].chunks_exact_mut(stride) {
+                col.copy_within(gone..held, 0);
+                col[held - gone..held].fill(0.0);
+            }
+            self.vt_len[l] = held - gone;
+        }
+        self.first[l] += n;
+    }
+
+    /// Positions layer `l` is made for.
+    fn room(&self, l: usize) -> usize {
+        self.window[l].map_or(self.capacity, |w| self.capacity.min(windowed_room(w)))
     }
 
     /// Positions between columns in `vt[l]`: the capacity padded to 64,
     /// unless the layer had to grow past it.
     fn vt_stride(&self, l: usize) -> usize {
         match self.vt[l].len() / self.kv_dim.max(1) {
-            0 => self.capacity.max(1).div_ceil(VALUE_PAD) * VALUE_PAD,
+            0 => self.room(l).max(1).div_ceil(VALUE_PAD) * VALUE_PAD,
             s => s,
         }
     }
 
     /// Layer `l`'s values as rows, positions 0..p kept and `rows` (t rows of
-    /// kv_dim) appended at p.
+    /// kv_dim) appended at p (positions counted from `first(l)`).
     fn put_v_rows(&mut self, l: usize, p: usize, rows: &[f32]) {
         let kvd = self.kv_dim;
         if self.vt_len[l] > 0 {
@@ -83,14 +171,15 @@ impl KvCache {
         self.v[l].truncate(p * kvd);
         // The whole capacity at once: growing by doubling would copy the
         // layer and hold both copies for a moment.
-        let want = self.capacity.max(p + rows.len() / kvd.max(1)) * kvd;
+        let want = self.room(l).max(p + rows.len() / kvd.max(1)) * kvd;
         let have = self.v[l].len();
         self.v[l].reserve_exact(want.saturating_sub(have));
         self.v[l].extend_from_slice(rows);
     }
 
     /// Layer `l`'s values transposed ([kv_dim][stride], zeros past the
-    /// last position), positions 0..p kept and `rows` appended at p.
+    /// last position), positions 0..p kept and `rows` appended at p
+    /// (counted from `first(l)`).
     fn put_v_columns(&mut self, l: usize, p: usize, rows: &[f32]) {
         let kvd = self.kv_dim;
         let t = rows.len() / kvd;
@@ -135,22 +224,27 @@ impl KvCache {
 
 impl KvCache {
     /// Keeps this step's keys and values (rows of kv_dim, positions p ..)
-    /// for layer `l`, values in `layout`, dropping whatever followed p.
+    /// for layer `l`, values in `layout`, dropping whatever followed p (and,
+    /// in a windowed layer, what no query from `len` on can see).
     pub fn store(&mut self, l: usize, p: usize, keys: &[f32], values: &[f32], layout: ValueLayout) {
-        self.k[l].truncate(p * self.kv_dim);
+        self.forget(l);
+        assert!(p >= self.first[l], "layer {l} keeps positions {} on only: cannot store at {p}", self.first[l]);
+        let at = p - self.first[l];
+        self.k[l].truncate(at * self.kv_dim);
         self.k[l].extend_from_slice(keys);
         match layout {
-            ValueLayout::Rows => self.put_v_rows(l, p, values),
-            ValueLayout::Columns => self.put_v_columns(l, p, values),
+            ValueLayout::Rows => self.put_v_rows(l, at, values),
+            ValueLayout::Columns => self.put_v_columns(l, at, values),
         }
     }
 
-    /// Layer `l`'s keys, [positions, kv_dim].
+    /// Layer `l`'s keys, [positions, kv_dim], from position `first(l)`.
     pub fn keys(&self, l: usize) -> &[f32] {
         &self.k[l]
     }
 
-    /// Layer `l`'s values in the layout they were last stored in.
+    /// Layer `l`'s values in the layout they were last stored in, from
+    /// position `first(l)`.
     pub fn values(&self, l: usize) -> Values<'_> {
         if self.vt_len[l] > 0 {
             Values::Columns { data: &self.vt[l], stride: self.vt_stride(l) }
@@ -201,5 +295,53 @@ mod tests {
         assert!(c.vt_stride(0) >= 70);
         assert_eq!(columns(&c, 70), d);
         assert!(zeros_past(&c, 70));
+    }
+
+    /// A windowed cache gives every logit of a whole one, bit for bit, in
+    /// both precisions — a prompt in several batches, then tokens one at a
+    /// time — while its window layers let go of old positions and the
+    /// global layer keeps them all.
+    #[test]
+    fn a_windowed_cache_gives_the_whole_caches_logits() {
+        use crate::kernels::kernels_for;
+        use crate::{NoTrace, Precision};
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tiny/gemma3/gemma3-q8_0.gguf");
+        let m = Model::load(&path).unwrap();
+        assert_eq!(m.cfg.layer_sliding, [true, true, false]);
+        let (prompt, steps) = (1100, 300);
+        let toks: Vec<u32> = (0..prompt + steps).map(|i| ((i * 7919 + 13) % m.cfg.vocab) as u32).collect();
+        for precision in [Precision::Fast, Precision::Exact] {
+            let k = kernels_for(precision);
+            let mut whole = KvCache::new(&m.cfg, prompt + steps);
+            let mut windowed = KvCache::windowed(&m.cfg, prompt + steps);
+            let a = m.forward(k.as_ref(), &toks[..prompt], &mut whole, false, &mut NoTrace);
+            let b = m.forward(k.as_ref(), &toks[..prompt], &mut windowed, false, &mut NoTrace);
+            assert!(a == b, "{precision:?}: the prompt's logits");
+            assert!(windowed.first(0) > 0, "{precision:?}: nothing let go");
+            for (i, &t) in toks[prompt..].iter().enumerate() {
+                let a = m.forward(k.as_ref(), &[t], &mut whole, false, &mut NoTrace);
+                let b = m.forward(k.as_ref(), &[t], &mut windowed, false, &mut NoTrace);
+                assert!(a == b, "{precision:?}: step {i}");
+            }
+            let held = |c: &KvCache, l: usize| c.k[l].len() / c.kv_dim;
+            let window = m.cfg.sliding_window.unwrap();
+            for l in 0..2 {
+                assert_eq!(windowed.first(l) % VALUE_PAD, 0);
+                assert!(windowed.first(l) + window <= windowed.len, "{precision:?}: layer {l} lost its window");
+                assert!(
+                    held(&windowed, l) < FORGET_STEP + VALUE_PAD + window,
+                    "layer {l} holds {}",
+                    held(&windowed, l)
+                );
+            }
+            assert_eq!((windowed.first(2), held(&windowed, 2)), (0, prompt + steps), "the global layer keeps all");
+            // Back to the start is always possible; back past a window is not.
+            let back = windowed.first(0);
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| windowed.truncate(back)));
+            assert!(caught.is_err(), "truncated past the window");
+        }
+        let mut c = KvCache::windowed(&m.cfg, 10);
+        c.clear();
+        assert_eq!(c.first(0), 0);
     }
 }

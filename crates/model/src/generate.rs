@@ -91,6 +91,13 @@ impl<'a> Generator<'a> {
         Generator { model, kernels, cache: KvCache::new(&model.cfg, capacity) }
     }
 
+    /// A generator whose cache keeps of each sliding-window layer only its
+    /// window ([`KvCache::windowed`]): the same numbers in bounded memory,
+    /// for a run nobody traces the attention of.
+    pub fn windowed(model: &'a Model, kernels: &'a dyn Kernels, capacity: usize) -> Generator<'a> {
+        Generator { model, kernels, cache: KvCache::windowed(&model.cfg, capacity) }
+    }
+
     /// Runs the prompt as one batch; logits of every position when
     /// `all_logits`, else of the last.
     pub fn prefill(&mut self, ids: &[u32], all_logits: bool, obs: &mut dyn Observer) -> Vec<f32> {

@@ -112,7 +112,12 @@ pub fn estimate(cfg: &ModelConfig, file_bytes: u64, job: Job) -> Estimate {
     };
     Estimate {
         model_file: file_bytes,
-        kv_cache: KvCache::bytes_for(cfg, job.capacity),
+        // A run without a trace keeps only the windows of window layers.
+        kv_cache: if job.plan.is_none() {
+            KvCache::bytes_for_windowed(cfg, job.capacity)
+        } else {
+            KvCache::bytes_for(cfg, job.capacity)
+        },
         work: layer + whole_step + scores + logit_rows * cfg.vocab as u64 * 4,
         trace_tensors: job.plan.filter(|_| !job.spill).map_or(0, |p| trace_tensor_bytes(cfg, p, job.prompt)),
         tensors_on_disk: job.plan.filter(|_| job.spill).map_or(0, |p| trace_tensor_bytes(cfg, p, job.prompt)),

@@ -586,9 +586,13 @@ impl Model {
     ) -> Vec<f32> {
         let (c, qd, nh) = (&self.cfg, self.cfg.q_dim(), self.cfg.n_head);
         let (t, at) = (q.len() / qd, Some(l));
+        // Positions are counted from the first the layer holds (a windowed
+        // cache's window layers drop older ones in multiples of 64); the
+        // window's mask depends only on distances, so nothing changes.
+        let first = cache.first(l);
         let shape = AttnShape {
             t,
-            p: p + rows.from,
+            p: p + rows.from - first,
             heads: nh,
             kv_heads: c.n_head_kv,
             hd: c.head_dim,
@@ -605,6 +609,7 @@ impl Model {
             |stage| tr.wants(at, stage) || self.fault.as_ref().is_some_and(|f| f.stage == stage && f.layer == at);
         let mut ctx = vec![0f32; t * qd]; //                                  [T, H·hd]
         let traced = seen(Stage::AttnScores) || seen(Stage::AttnProbs);
+        assert!(!traced || first == 0, "a traced attention needs every position: trace with a whole cache");
         if !traced || !rows.whole(t) {
             // Blocks of query rows, so a long prompt never holds
             // [H, T, Tkv] (each row's numbers are the same). Where a trace

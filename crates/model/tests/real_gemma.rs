@@ -135,3 +135,33 @@ fn last_position_logits_match_transformers() {
     }
     eprintln!("top-20 worst |Δ| = {worst:.3e} (max logit {max_ref:.3})");
 }
+
+/// On the real model (window 512, 15 of 18 layers windowed) a windowed
+/// cache gives a whole cache's logits bit for bit in the fast precision,
+/// whose attention sums in 64 lanes — a 1400-token prompt, then tokens one
+/// at a time past the point where the window layers let go again.
+#[test]
+#[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
+fn a_windowed_cache_gives_the_whole_caches_logits() {
+    let model = Model::load(&model_path()).unwrap();
+    let text = std::fs::read_to_string(root().join("testdata/gemma3-270m/long_prompt.txt")).unwrap();
+    let tok = Tokenizer::from_gguf(&GgufFile::open(model_path()).unwrap()).unwrap();
+    let ids = tok.encode(&text, true, false);
+    let (prompt, steps) = (1400, 40);
+    let k = kernels_for(Precision::Fast);
+    let mut whole = KvCache::new(&model.cfg, prompt + steps);
+    let mut windowed = KvCache::windowed(&model.cfg, prompt + steps);
+    let a = model.forward(k.as_ref(), &ids[..prompt], &mut whole, false, &mut NoTrace);
+    let b = model.forward(k.as_ref(), &ids[..prompt], &mut windowed, false, &mut NoTrace);
+    assert!(a == b, "the prompt's logits");
+    let first = windowed.first(0);
+    for (i, &t) in ids[prompt..prompt + steps].iter().enumerate() {
+        let a = model.forward(k.as_ref(), &[t], &mut whole, false, &mut NoTrace);
+        let b = model.forward(k.as_ref(), &[t], &mut windowed, false, &mut NoTrace);
+        assert!(a == b, "step {i}");
+    }
+    // Let go during the prompt, and again (at a position that is not a
+    // multiple of the 16 or 64 lanes away from the first) while decoding.
+    assert!(first > 0 && windowed.first(0) > first, "first positions held: {first}, then {}", windowed.first(0));
+    assert_eq!(windowed.first(5), 0, "layer 5 is global: it keeps every position");
+}

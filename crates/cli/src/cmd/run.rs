@@ -70,7 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     }
     let precision = args.model.precision.unwrap_or(Precision::Fast);
     let kernels = kernels_for(precision);
-    let mut gen = Generator::new(model, kernels.as_ref(), capacity);
+    let mut gen = Generator::windowed(model, kernels.as_ref(), capacity);
     let mut sampler =
         Sampler::new(SamplerConfig { temp: args.temp, top_k: args.top_k, top_p: args.top_p, seed: args.seed });
 
