@@ -171,6 +171,23 @@ impl Loaded {
                 "tokenizer.ggml.merges",
             ]);
         }
+        // A tensor plumb does not read is said, never passed over in silence.
+        let unused = plumb_model::weights::unused_tensors(&model.source, &model.cfg);
+        if !unused.is_empty() {
+            let shown: Vec<&str> = unused.iter().take(4).map(String::as_str).collect();
+            let more = if unused.len() > 4 { format!(" and {} more", unused.len() - 4) } else { String::new() };
+            let note = format!(
+                "{} tensor{} in the file {} not read by plumb ({}{more}); if the converter meant them to change the model, its results will differ",
+                unused.len(),
+                if unused.len() == 1 { "" } else { "s" },
+                if unused.len() == 1 { "is" } else { "are" },
+                shown.join(", ")
+            );
+            warning = Some(match warning {
+                Some(w) => format!("{w}; {note}"),
+                None => note,
+            });
+        }
         Ok((Loaded { model, tokenizer }, warning))
     }
 }

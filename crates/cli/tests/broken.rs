@@ -74,6 +74,88 @@ fn misshaped_tensor_and_contradicting_metadata_are_refused() {
     assert!(out.contains("INVALID"), "{out}");
 }
 
+/// A copy of the tiny llama GGUF with metadata `extra` set and the f32
+/// tensors `tensors` added.
+fn extended_copy(dir: &Path, name: &str, extra: &[(&str, plumb_formats::gguf::Value)], tensors: &[&str]) -> PathBuf {
+    let src = GgufFile::open(root().join("testdata/tiny/llama/llama-f32.gguf")).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in src.metadata() {
+        w.set(k.clone(), v.clone());
+    }
+    for (k, v) in extra {
+        w.set(*k, v.clone());
+    }
+    for t in &src.tensors {
+        let data = src.view(t).to_f32().unwrap();
+        w.add_f32(t.name.clone(), &t.shape, plumb_formats::GgmlType::F32, &data).unwrap();
+    }
+    for &t in tensors {
+        w.add_f32(t, &[8], plumb_formats::GgmlType::F32, &[1.5; 8]).unwrap();
+    }
+    let p = dir.join(name);
+    w.write(&p).unwrap();
+    p
+}
+
+/// Nothing in a file is passed over in silence: rope scaling (metadata or
+/// llama 3's frequency-factor tensor) changes every angle and is refused
+/// with exit 2; a tensor plumb does not read is named by `inspect` and
+/// warned about by every command that loads the model.
+#[test]
+fn rope_scaling_is_refused_and_unread_tensors_are_named() {
+    use plumb_formats::gguf::Value;
+    let dir = tempfile::tempdir().unwrap();
+    // (file, metadata set, tensors added, what the refusal says)
+    type Case<'a> = (&'a str, Vec<(&'a str, Value)>, Vec<&'a str>, &'a str);
+    let cases: [Case; 3] = [
+        (
+            "linear.gguf",
+            vec![
+                ("llama.rope.scaling.type", Value::String("linear".into())),
+                ("llama.rope.scaling.factor", Value::F32(4.0)),
+            ],
+            vec![],
+            "rope scaling type \"linear\" is not supported yet",
+        ),
+        (
+            "factor.gguf",
+            vec![("llama.rope.scaling.factor", Value::F32(8.0))],
+            vec![],
+            "rope scaling factor 8 is not supported yet",
+        ),
+        ("freqs.gguf", vec![], vec!["rope_freqs.weight"], "rope_freqs.weight: rope frequency factors"),
+    ];
+    for (name, extra, tensors, want) in cases {
+        let p = extended_copy(dir.path(), name, &extra, &tensors);
+        let p = p.to_str().unwrap();
+        let (code, _, err) = plumb(&["run", p, "--tokens", "1,2", "-n", "1"]);
+        assert_eq!(code, 2, "{name}: {err}");
+        assert!(err.contains(want), "{name}: {err}");
+        let (code, out, _) = plumb(&["inspect", p]);
+        assert_eq!(code, 1, "{name}: {out}");
+        assert!(out.contains("INVALID") && out.contains(want), "{name}: {out}");
+    }
+    // Scaling that scales nothing is no scaling.
+    let none =
+        extended_copy(dir.path(), "none.gguf", &[("llama.rope.scaling.type", Value::String("none".into()))], &[]);
+    let (code, _, err) = plumb(&["run", none.to_str().unwrap(), "--tokens", "1,2", "-n", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("warning"), "{err}");
+
+    let extra = extended_copy(dir.path(), "extra.gguf", &[], &["blk.0.attn_sinks.weight"]);
+    let extra = extra.to_str().unwrap();
+    let (code, out, err) = plumb(&["run", extra, "--tokens", "1,2", "-n", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.is_empty());
+    assert!(err.contains("warning: 1 tensor in the file is not read by plumb (blk.0.attn_sinks.weight)"), "{err}");
+    let (code, out, _) = plumb(&["inspect", extra]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("not read by plumb:\n  - blk.0.attn_sinks.weight"), "{out}");
+    let (_, out, _) = plumb(&["inspect", extra, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["unused_tensors"], serde_json::json!(["blk.0.attn_sinks.weight"]));
+}
+
 #[test]
 fn bad_prompts_and_arguments_exit_2_with_a_message() {
     let m = root().join("testdata/tiny/llama/llama-f32.gguf");

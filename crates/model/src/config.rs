@@ -170,6 +170,14 @@ impl ModelConfig {
         let ctx_len = g.u64_opt(&key("context_length"))?.unwrap_or(2048) as usize;
         let rms_eps = g.f64_opt(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-6) as f32;
         let rope_theta = g.f64_opt(&key("rope.freq_base"))?.unwrap_or(10000.0) as f32;
+        // Rope scaling changes every angle: refused until it is computed.
+        let scaling = g.get(&key("rope.scaling.type")).and_then(|v| v.as_str()).unwrap_or("none");
+        if scaling != "none" {
+            return Err(bad(path, format!("rope scaling type {scaling:?} is not supported yet")));
+        }
+        if let Some(f) = g.f64_opt(&key("rope.scaling.factor"))?.filter(|&f| f != 0.0 && f != 1.0) {
+            return Err(bad(path, format!("rope scaling factor {f} is not supported yet")));
+        }
         let tied_output = g.tensor_info("output.weight").is_none();
         let sizes = Sizes { n_layer, d, n_head, n_head_kv, head_dim, ff, vocab };
         let mut cfg = ModelConfig::with_quirks(arch, sizes, ctx_len, rms_eps, (rope_theta, rope_theta), tied_output);

@@ -50,6 +50,14 @@ impl ModelSource {
         }
     }
 
+    /// Every tensor's name, as the file or folder has it.
+    pub fn tensor_names(&self) -> Vec<String> {
+        match self {
+            ModelSource::Gguf(g) => g.tensors.iter().map(|t| t.name.clone()).collect(),
+            ModelSource::Hf(h) => h.tensors.keys().cloned().collect(),
+        }
+    }
+
     /// As [`ModelSource::tensor`], holding a share of the file's memory map.
     pub fn tensor_owned(&self, arch: Arch, gguf_name: &str) -> Option<OwnedTensor> {
         match self {

@@ -33,12 +33,18 @@ pub fn hf_name(arch: Arch, gguf: &str) -> Option<String> {
     arch.spec().hf_name(gguf)
 }
 
+/// Tensors some files carry that change the arithmetic in a way plumb does
+/// not compute yet: a file with one is refused rather than run without it.
+pub const UNSUPPORTED_TENSORS: &[(&str, &str)] =
+    &[("rope_freqs.weight", "rope frequency factors (llama 3 and longrope rope scaling)")];
+
 /// One finding of [`validate`].
 #[derive(Debug, Clone)]
 pub enum Problem {
     Missing { name: String, shape: Vec<usize> },
     Shape { name: String, expected: Vec<usize>, actual: Vec<usize> },
     NoDequantizer { name: String, ty: plumb_quant::GgmlType },
+    Unsupported { name: String, what: &'static str },
 }
 
 impl std::fmt::Display for Problem {
@@ -52,6 +58,9 @@ impl std::fmt::Display for Problem {
             }
             Problem::NoDequantizer { name, ty } => {
                 write!(f, "{name}: type {ty} cannot be computed with yet")
+            }
+            Problem::Unsupported { name, what } => {
+                write!(f, "{name}: {what} are not supported yet, and the model would be wrong without them")
             }
         }
     }
@@ -73,5 +82,25 @@ pub fn validate(src: &ModelSource, cfg: &ModelConfig) -> Vec<Problem> {
             Some(_) => {}
         }
     }
+    for &(name, what) in UNSUPPORTED_TENSORS {
+        if src.tensor_names().iter().any(|n| n == name) {
+            problems.push(Problem::Unsupported { name: name.into(), what });
+        }
+    }
     problems
+}
+
+/// The tensors in the file that the forward pass never reads (under the
+/// file's own names), besides those [`validate`] refuses: reported, since a
+/// converter that wrote them may have meant something plumb does not do.
+pub fn unused_tensors(src: &ModelSource, cfg: &ModelConfig) -> Vec<String> {
+    let read: std::collections::HashSet<String> = expected_tensors(cfg)
+        .into_iter()
+        .filter_map(|t| match src {
+            ModelSource::Gguf(_) => Some(t.name),
+            ModelSource::Hf(_) => hf_name(cfg.arch, &t.name),
+        })
+        .collect();
+    let refused = |n: &str| UNSUPPORTED_TENSORS.iter().any(|&(u, _)| u == n);
+    src.tensor_names().into_iter().filter(|n| !read.contains(n) && !refused(n)).collect()
 }

@@ -48,6 +48,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         Err(e) => vec![format!("{e}")],
     };
     let valid = problems.is_empty();
+    let unused = config.as_ref().map(|c| plumb_model::weights::unused_tensors(&src, c)).unwrap_or_default();
 
     let mut by_type: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();
     let mut params = 0u64;
@@ -88,6 +89,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             "parameters": params,
             "valid": valid,
             "problems": problems,
+            "unused_tensors": unused,
         });
         out::print(&(serde_json::to_string_pretty(&doc)? + "\n"))?;
     } else {
@@ -169,6 +171,12 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         writeln!(s, "\nparameters  {} ({params})", out::count(params))?;
         if valid {
             writeln!(s, "verdict     valid: every tensor the architecture needs is present with the right shape")?;
+            if !unused.is_empty() {
+                writeln!(s, "  but {} tensor(s) in the file are not read by plumb:", unused.len())?;
+                for n in &unused {
+                    writeln!(s, "  - {n}")?;
+                }
+            }
         } else {
             writeln!(s, "verdict     INVALID ({} problems)", problems.len())?;
             for p in &problems {
