@@ -38,10 +38,22 @@ pub struct KvCache {
 /// Positions a windowed layer lets go of at once, at least.
 pub const FORGET_STEP: usize = 256;
 
-/// Positions a windowed layer is made for: its window, what it may hold
-/// before letting go, and a batch of a prompt (a longer step grows it).
-fn windowed_room(window: usize) -> usize {
-    (window + FORGET_STEP + crate::model::BATCH).div_ceil(VALUE_PAD) * VALUE_PAD
+/// Positions a layer is made for: the capacity, or for a layer keeping a
+/// window, its window, what it may hold before letting go, and a batch of a
+/// prompt (a longer step grows it).
+fn room(window: Option<usize>, capacity: usize) -> usize {
+    window.map_or(capacity, |w| capacity.min((w + FORGET_STEP + crate::model::BATCH).div_ceil(VALUE_PAD) * VALUE_PAD))
+}
+
+/// Bytes one layer takes holding `positions` (the transposed layout's
+/// positions padded to a multiple of 64).
+fn layer_bytes(cfg: &ModelConfig, positions: usize) -> u64 {
+    (positions as u64 + positions.div_ceil(VALUE_PAD) as u64 * VALUE_PAD as u64) * cfg.kv_dim() as u64 * 4
+}
+
+/// Each layer's window, where a windowed cache keeps only that.
+fn windows(cfg: &ModelConfig) -> Vec<Option<usize>> {
+    cfg.layer_sliding.iter().map(|&s| if s { cfg.sliding_window } else { None }).collect()
 }
 
 impl KvCache {
@@ -52,15 +64,13 @@ impl KvCache {
 
     /// A cache whose sliding-window layers keep only their window.
     pub fn windowed(cfg: &ModelConfig, capacity: usize) -> KvCache {
-        let windows = cfg.layer_sliding.iter().map(|&s| if s { cfg.sliding_window } else { None }).collect();
-        Self::with_windows(cfg, capacity, windows)
+        Self::with_windows(cfg, capacity, windows(cfg))
     }
 
     fn with_windows(cfg: &ModelConfig, capacity: usize, window: Vec<Option<usize>>) -> KvCache {
         let kv_dim = cfg.kv_dim();
-        let room = |w: &Option<usize>| w.map_or(capacity, |w| capacity.min(windowed_room(w)));
         KvCache {
-            k: window.iter().map(|w| Vec::with_capacity(room(w) * kv_dim)).collect(),
+            k: window.iter().map(|&w| Vec::with_capacity(room(w, capacity) * kv_dim)).collect(),
             v: (0..cfg.n_layer).map(|_| Vec::new()).collect(),
             vt: (0..cfg.n_layer).map(|_| Vec::new()).collect(),
             vt_len: vec![0; cfg.n_layer],
@@ -72,21 +82,15 @@ impl KvCache {
         }
     }
 
-    /// Bytes the cache takes when full (the transposed layout's positions
-    /// padded to a multiple of 64).
+    /// Bytes the cache takes when full.
     pub fn bytes_for(cfg: &ModelConfig, capacity: usize) -> u64 {
-        let positions = capacity as u64 + capacity.div_ceil(VALUE_PAD) as u64 * VALUE_PAD as u64;
-        cfg.n_layer as u64 * positions * cfg.kv_dim() as u64 * 4
+        cfg.n_layer as u64 * layer_bytes(cfg, capacity)
     }
 
     /// Bytes a windowed cache takes when full, its steps no longer than a
     /// batch of a prompt.
     pub fn bytes_for_windowed(cfg: &ModelConfig, capacity: usize) -> u64 {
-        let full = Self::bytes_for(cfg, capacity) / cfg.n_layer.max(1) as u64;
-        let windowed = cfg
-            .sliding_window
-            .map_or(full, |w| full.min(Self::bytes_for(cfg, windowed_room(w)) / cfg.n_layer.max(1) as u64));
-        cfg.layer_sliding.iter().map(|&s| if s { windowed } else { full }).sum()
+        windows(cfg).into_iter().map(|w| layer_bytes(cfg, room(w, capacity))).sum()
     }
 
     /// The first position layer `l` holds: its keys and values start there.
@@ -142,16 +146,11 @@ impl KvCache {
         self.first[l] += n;
     }
 
-    /// Positions layer `l` is made for.
-    fn room(&self, l: usize) -> usize {
-        self.window[l].map_or(self.capacity, |w| self.capacity.min(windowed_room(w)))
-    }
-
     /// Positions between columns in `vt[l]`: the capacity padded to 64,
     /// unless the layer had to grow past it.
     fn vt_stride(&self, l: usize) -> usize {
         match self.vt[l].len() / self.kv_dim.max(1) {
-            0 => self.room(l).max(1).div_ceil(VALUE_PAD) * VALUE_PAD,
+            0 => room(self.window[l], self.capacity).max(1).div_ceil(VALUE_PAD) * VALUE_PAD,
             s => s,
         }
     }
@@ -171,7 +170,7 @@ impl KvCache {
         self.v[l].truncate(p * kvd);
         // The whole capacity at once: growing by doubling would copy the
         // layer and hold both copies for a moment.
-        let want = self.room(l).max(p + rows.len() / kvd.max(1)) * kvd;
+        let want = room(self.window[l], self.capacity).max(p + rows.len() / kvd.max(1)) * kvd;
         let have = self.v[l].len();
         self.v[l].reserve_exact(want.saturating_sub(have));
         self.v[l].extend_from_slice(rows);

@@ -82,8 +82,9 @@ pub fn validate(src: &ModelSource, cfg: &ModelConfig) -> Vec<Problem> {
             Some(_) => {}
         }
     }
+    let names = src.tensor_names();
     for &(name, what) in UNSUPPORTED_TENSORS {
-        if src.tensor_names().iter().any(|n| n == name) {
+        if names.iter().any(|n| n == name) {
             problems.push(Problem::Unsupported { name: name.into(), what });
         }
     }

@@ -21,6 +21,7 @@ use plumb_model::{KvCache, Model};
 use serde_json::json;
 
 use crate::cmd::kld::{base_row, Kld};
+use crate::cmd::ppl::scored_row;
 
 /// The units' divergences so far, and B's checkpoints of the chunk being
 /// scored.
@@ -44,44 +45,30 @@ impl Attribution {
         self.units.len().div_ceil(2) + 1
     }
 
-    /// B's pass over one chunk (`chunk` as run, `target` as scored, rows
-    /// from `first` scored), its base rows written into `rows` (`nv` u16
-    /// each), keeping its input to every unit for [`Attribution::score`].
-    pub fn base(&mut self, b: Side, chunk: &[u32], target: &[u32], first: usize, rows: &mut [u16], nv: usize) {
-        let ctx = chunk.len();
+    /// B's pass over one chunk (`chunk` as run, `target` as scored), its
+    /// base rows written into `rows` (`nv` u16 each), keeping its input to
+    /// every unit for [`Attribution::score`].
+    pub fn base(&mut self, b: Side, chunk: &[u32], target: &[u32], rows: &mut [u16], nv: usize) {
         self.cache.len = 0;
-        self.cp = Some(checkpoints(b, chunk, &mut self.cache, first, &mut |i, logits| {
-            if i + 1 < ctx {
-                let r = i - first;
-                base_row(logits, target[i + 1] as usize, &mut rows[r * nv..(r + 1) * nv]);
+        self.cp = Some(checkpoints(b, chunk, &mut self.cache, chunk.len() / 2, &mut |i, logits| {
+            if let Some((r, next)) = scored_row(target, i) {
+                base_row(logits, next as usize, &mut rows[r * nv..(r + 1) * nv]);
             }
         }));
     }
 
-    /// Every unit's hybrid over the chunk [`Attribution::base`] ran, scored
-    /// against B's rows.
-    #[allow(clippy::too_many_arguments)]
-    pub fn score(
-        &mut self,
-        a: Side,
-        b: Side,
-        chunk: &[u32],
-        target: &[u32],
-        first: usize,
-        rows: &[u16],
-        nv: usize,
-        progress: Option<&ProgressBar>,
-    ) {
-        let (ctx, n) = (chunk.len(), self.units.len());
+    /// Every unit's hybrid over the chunk [`Attribution::base`] ran (the
+    /// corpus's tokens `target`), scored against B's rows.
+    pub fn score(&mut self, a: Side, b: Side, target: &[u32], rows: &[u16], nv: usize, progress: Option<&ProgressBar>) {
+        let (ctx, n) = (target.len(), self.units.len());
         let cp = self.cp.take().expect("B's checkpoints of this chunk");
         for u in 0..n {
             let from_a: Vec<bool> = (0..n).map(|i| i == u).collect();
             let score = &mut self.scores[u];
             self.cache.len = 0;
             cp.hybrid(a, b, &from_a, &mut self.cache, &mut |i, logits| {
-                if i + 1 < ctx {
-                    let r = i - first;
-                    score.add(logits, &rows[r * nv..(r + 1) * nv], target[i + 1] as usize);
+                if let Some((r, next)) = scored_row(target, i) {
+                    score.add(logits, &rows[r * nv..(r + 1) * nv], next as usize);
                 }
             });
             if let Some(bar) = progress {

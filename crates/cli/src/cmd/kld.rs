@@ -580,6 +580,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let progress = bar("kld", (to - from) * ctx * passes, model.cfg.n_layer);
     for c in from..to {
         let one = Corpus { tokens: &tokens[c * ctx..(c + 1) * ctx], ctx, chunks: 1, bos };
+        let (chunk, target) = one.chunk(0);
         match (&mut base_in, b_model) {
             (Some((r, h)), _) => {
                 read_rows(r, &mut rows).with_context(|| {
@@ -587,9 +588,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                 })?;
             }
             (None, Some(b)) if attribution.is_some() => {
-                let (chunk, target) = one.chunk(0);
                 let at = attribution.as_mut().expect("an attribution");
-                at.base(Side { model: b, kernels: b_kernels.as_ref() }, &chunk, target, ctx / 2, &mut rows, nv);
+                at.base(Side { model: b, kernels: b_kernels.as_ref() }, &chunk, target, &mut rows, nv);
                 if let Some(bar) = &progress {
                     bar.inc((ctx * b.cfg.n_layer) as u64);
                 }
@@ -623,10 +623,9 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             &mut |_| {},
         );
         if let (Some(at), Some(b)) = (attribution.as_mut(), b_model) {
-            let (chunk, target) = one.chunk(0);
             let a = Side { model, kernels: kernels.as_ref() };
             let b = Side { model: b, kernels: b_kernels.as_ref() };
-            at.score(a, b, &chunk, target, ctx / 2, &rows, nv, progress.as_ref());
+            at.score(a, b, target, &rows, nv, progress.as_ref());
         }
     }
     if let Some(b) = &progress {

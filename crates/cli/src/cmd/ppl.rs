@@ -144,6 +144,13 @@ pub fn nll(logits: &[f32], token: usize) -> f64 {
 /// ctx/2, logits [V], the token that follows).
 pub type ScoredRow<'a> = dyn FnMut(usize, usize, &[f32], u32) + 'a;
 
+/// Row `i` of a chunk (`target`, as scored) as it is scored: its row
+/// counted from ctx/2 and the token it predicts — None for the chunk's last
+/// row, which predicts nothing in the chunk.
+pub fn scored_row(target: &[u32], i: usize) -> Option<(usize, u32)> {
+    (i + 1 < target.len()).then(|| (i - target.len() / 2, target[i + 1]))
+}
+
 /// A tokenized corpus cut into chunks, as llama-perplexity cuts it.
 pub struct Corpus<'a> {
     pub tokens: &'a [u32],
@@ -192,8 +199,8 @@ impl Corpus<'_> {
                 &mut cache,
                 first,
                 &mut |i, logits| {
-                    if i + 1 < ctx {
-                        each(c, i - first, logits, target[i + 1]);
+                    if let Some((r, next)) = scored_row(target, i) {
+                        each(c, r, logits, next);
                     }
                 },
                 &mut |rows| {
