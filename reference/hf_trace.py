@@ -36,11 +36,12 @@ H / Hkv query / key-value heads, hd head dim, ff FFN width)::
 
     embedding        [T,d]     model.model.embed_tokens output (gemma3's module
                                already multiplies by sqrt(d))
-    blk.L.attn_norm  [T,d]     input_layernorm output
+    blk.L.attn_norm  [T,d]     input_layernorm output (not olmo2)
     blk.L.q_proj     [T,H*hd]  self_attn.q_proj output (bias included)
     blk.L.k_proj     [T,Hkv*hd], blk.L.v_proj likewise
-    blk.L.q_norm     [T,H*hd]  self_attn.q_norm output, heads flattened (qwen3, gemma3)
-    blk.L.k_norm     [T,Hkv*hd] self_attn.k_norm output            (qwen3, gemma3)
+    blk.L.q_norm     [T,H*hd]  self_attn.q_norm output, heads flattened (qwen3, gemma3;
+                               olmo2's norms the whole row)
+    blk.L.k_norm     [T,Hkv*hd] self_attn.k_norm output            (qwen3, gemma3, olmo2)
     blk.L.q_rope     [T,H*hd]  outputs of the modeling file's apply_rotary_pos_emb,
     blk.L.k_rope     [T,Hkv*hd]  [B,H,T,hd] transposed to [T, H*hd]
     blk.L.attn_scores [H,T,Tkv] query·keyᵀ·scaling (+ tanh softcap when the
@@ -52,16 +53,17 @@ H / Hkv query / key-value heads, hd head dim, ff FFN width)::
                                (mask + softmax; 0 at masked and out-of-window keys)
     blk.L.attn_context [T,H*hd] input of self_attn.o_proj
     blk.L.attn_out   [T,d]     self_attn.o_proj output
-    blk.L.attn_post_norm [T,d] post_attention_layernorm output          (gemma3)
+    blk.L.attn_post_norm [T,d] post_attention_layernorm output (gemma2, gemma3, olmo2)
     blk.L.attn_residual [T,d]  residual after attention = input of the FFN norm
-    blk.L.ffn_norm   [T,d]     the FFN input norm's output
+                               (olmo2: of mlp.gate_proj)
+    blk.L.ffn_norm   [T,d]     the FFN input norm's output (not olmo2)
     blk.L.ffn_gate   [T,ff]    mlp.gate_proj output
     blk.L.ffn_up     [T,ff]    mlp.up_proj output
     blk.L.ffn_act    [T,ff]    mlp.act_fn output (computed as act_fn(gate) when
                                act_fn is a plain function, not a module)
     blk.L.ffn_mul    [T,ff]    input of mlp.down_proj
     blk.L.ffn_down   [T,d]     mlp.down_proj output
-    blk.L.ffn_post_norm [T,d]  post_feedforward_layernorm output        (gemma3)
+    blk.L.ffn_post_norm [T,d]  post_feedforward_layernorm output (gemma2, gemma3, olmo2)
     blk.L.layer_out  [T,d]     the decoder layer's output hidden states
     final_norm       [T,d]     model.model.norm output
     logits           [T,vocab] the model's output logits (after any final softcap)
@@ -70,10 +72,11 @@ Which module is which norm depends on the architecture:
 
     arch                 FFN input norm (ffn_norm)   post-attention norm (attn_post_norm)
     llama, qwen2, qwen3  post_attention_layernorm    -
-    gemma3               pre_feedforward_layernorm   post_attention_layernorm
+    gemma2, gemma3       pre_feedforward_layernorm   post_attention_layernorm
+    olmo2                -                           post_attention_layernorm
 
-so attn_residual is the input of post_attention_layernorm for llama/qwen and
-of pre_feedforward_layernorm for gemma3. ``plumb.arch`` maps
+so attn_residual is the input of post_attention_layernorm for llama/qwen, of
+pre_feedforward_layernorm for gemma and of the FFN itself for olmo2. ``plumb.arch`` maps
 config.model_type (gemma3_text -> gemma3). A stage an architecture lacks is
 absent from the trace.
 
@@ -133,8 +136,10 @@ ARCH_MAP = {
     "llama": "llama",
     "qwen2": "qwen2",
     "qwen3": "qwen3",
+    "gemma2": "gemma2",
     "gemma3": "gemma3",
     "gemma3_text": "gemma3",
+    "olmo2": "olmo2",
 }
 
 # Layout of the q_norm/k_norm module outputs, used only when the shape
@@ -347,7 +352,10 @@ class Tracer:
             self.handles.append(layer.register_forward_pre_hook(enter))
             self.handles.append(layer.register_forward_hook(leave))
 
-            self.hook_out(layer.input_layernorm, self.key("attn_norm", L), self.rows)
+            # olmo2 has no norms before attention and the FFN, only after.
+            pre_norms = hasattr(layer, "input_layernorm")
+            if pre_norms:
+                self.hook_out(layer.input_layernorm, self.key("attn_norm", L), self.rows)
             for name in ("q_proj", "k_proj", "v_proj"):
                 self.hook_out(getattr(attn, name), self.key(name, L), self.rows)
             for name in ("q_norm", "k_norm"):
@@ -355,13 +363,15 @@ class Tracer:
                     self.hook_out(getattr(attn, name), self.key(name, L), self.norm_rows_fn(attn, name))
             self.hook_in(attn.o_proj, self.key("attn_context", L), self.rows)
             self.hook_out(attn.o_proj, self.key("attn_out", L), self.rows)
-            if gemma_style:
+            if gemma_style or not pre_norms:
                 self.hook_out(layer.post_attention_layernorm, self.key("attn_post_norm", L), self.rows)
-                ffn_norm = layer.pre_feedforward_layernorm
+            ffn_norm = layer.pre_feedforward_layernorm if gemma_style else (
+                layer.post_attention_layernorm if pre_norms else None)
+            if ffn_norm is not None:
+                self.hook_in(ffn_norm, self.key("attn_residual", L), self.rows)
+                self.hook_out(ffn_norm, self.key("ffn_norm", L), self.rows)
             else:
-                ffn_norm = layer.post_attention_layernorm
-            self.hook_in(ffn_norm, self.key("attn_residual", L), self.rows)
-            self.hook_out(ffn_norm, self.key("ffn_norm", L), self.rows)
+                self.hook_in(mlp.gate_proj, self.key("attn_residual", L), self.rows)
             if hasattr(layer, "post_feedforward_layernorm"):
                 self.hook_out(layer.post_feedforward_layernorm, self.key("ffn_post_norm", L), self.rows)
             self.hook_out(mlp.gate_proj, self.key("ffn_gate", L), self.rows)

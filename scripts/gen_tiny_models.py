@@ -1,10 +1,14 @@
 """Builds the tiny random-weight test models and their HuggingFace goldens.
 
-For each architecture (llama, qwen2, qwen3, gemma3) this makes a model with
-transformers from a small config (hidden 64, 3 layers, 4 heads, 2 KV heads,
-vocab 512; gemma3 with head_dim 32, a sliding window of 4 on layers 0-1 and
-a global layer 2), perturbs every parameter so norms and biases are not
-trivial, and writes under testdata/tiny/<arch>/:
+For each test model (llama, qwen2, qwen3, gemma3, gemma2, llama3, olmo2) this
+makes a model with transformers from a small config (hidden 64, 3 layers, 4
+heads, 2 KV heads, vocab 512; gemma3 with head_dim 32, a sliding window of 4
+on layers 0-1 and a global layer 2; gemma2 with head_dim 32, a window of 4 on
+layers 0 and 2, attention and final softcaps 1.5 and 4.0; llama3 is llama with
+Llama 3 rope scaling (factor 8, low/high frequency factors 1 and 4, original
+context 64, so the 8 rotary pairs fall in all three bands); olmo2 with its
+post-norms and whole-row q/k norms), perturbs every parameter so norms and
+biases are not trivial, and writes under testdata/tiny/<name>/:
 
   hf/config.json, hf/model.safetensors   the HuggingFace folder (float32)
   <arch>-f32.gguf                        GGUF as llama.cpp's converter lays it out:
@@ -29,6 +33,13 @@ which for 3 layers also makes them all sliding), gemma3.rope.local.freq_base
 (f32, rope theta of the sliding layers; plumb's own key) and
 gemma3.attention.query_pre_attn_scalar (f32; plumb's own key, llama.cpp derives
 the scale from key_length). rope.freq_base is the global layers' theta.
+gemma2 adds gemma2.attention.sliding_window, gemma2.attn_logit_softcapping and
+gemma2.final_logit_softcapping (llama.cpp's keys; its query scale is
+key_length^-1/2, which the config matches). llama3 is written as
+general.architecture "llama" with llama.cpp's converter's rope_freqs.weight
+tensor: one f32 divisor per rotary pair (checked against transformers' own
+llama3 frequencies). olmo2's GGUF cannot be loaded by transformers; its layout
+is checked by the tensor comparison alone.
 
 After writing, every model is checked (see self_check): the F32 GGUF's tensors
 read back with gguf.GGUFReader and un-converted must equal the HF weights
@@ -38,7 +49,7 @@ gguf_file=...)) must reproduce the golden logits from the F32 GGUF -- the
 independent proof of the layout conventions. The script exits non-zero if a
 check fails.
 
-Run: python scripts/gen_tiny_models.py [--out DIR] [--check-only]
+Run: python scripts/gen_tiny_models.py [--out DIR] [--check-only] [--only NAME...]
      (needs torch, transformers, gguf, numpy; deterministic: a rerun gives
      byte-identical files with the same torch/transformers versions)
 """
@@ -60,10 +71,14 @@ import transformers  # noqa: E402
 from transformers import (  # noqa: E402
     AutoConfig,
     AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
     LlamaConfig,
     LlamaForCausalLM,
+    Olmo2Config,
+    Olmo2ForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen3Config,
@@ -91,7 +106,60 @@ def configs():
             rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                              "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}},
             final_logit_softcapping=None, attn_logit_softcapping=None, tie_word_embeddings=True)),
+        # Softcaps small enough that tanh bends the scores and logits of a
+        # random model; the query scale is 1/sqrt(head_dim), which is what
+        # llama.cpp's gemma2 graph uses (it reads no key for it).
+        "gemma2": (Gemma2ForCausalLM, Gemma2Config(
+            **common, head_dim=32, rms_norm_eps=1e-6, sliding_window=4, query_pre_attn_scalar=32,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+            attn_logit_softcapping=1.5, final_logit_softcapping=4.0, tie_word_embeddings=True)),
+        # Llama 3's rope scaling at a scale where the tiny model's head_dim
+        # of 16 gives pairs in all three bands: kept (wavelength < 16),
+        # smoothed (16..64) and divided by the factor (> 64).
+        "llama3": (LlamaForCausalLM, LlamaConfig(
+            **common, rms_norm_eps=1e-5, tie_word_embeddings=False, attention_bias=False,
+            rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 64})),
+        "olmo2": (Olmo2ForCausalLM, Olmo2Config(**common, rms_norm_eps=1e-6, attention_bias=False,
+                                                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                                                 tie_word_embeddings=False, pad_token_id=0, bos_token_id=1,
+                                                 eos_token_id=2)),
     }
+
+
+# The GGUF architecture of each test model (its folder name otherwise).
+GGUF_ARCH = {"llama3": "llama"}
+
+
+# Architectures whose GGUF files transformers cannot load.
+NO_TRANSFORMERS_GGUF = {"olmo2"}
+
+
+def gguf_arch(arch):
+    return GGUF_ARCH.get(arch, arch)
+
+
+def llama3_rope_factors(cfg):
+    """llama.cpp's converter writes Llama 3's rope scaling as a rope_freqs tensor: one
+    divisor per rotary pair (1 for short wavelengths, the factor for long ones, a
+    blend between)."""
+    rp = cfg.rope_parameters
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    inv = 1.0 / (rp["rope_theta"] ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+    old, lo, hi, factor = (rp["original_max_position_embeddings"], rp["low_freq_factor"], rp["high_freq_factor"],
+                           rp["factor"])
+    out = []
+    for f in inv.tolist():
+        wavelen = 2 * np.pi / f
+        if wavelen < old / hi:
+            out.append(1.0)
+        elif wavelen > old / lo:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - lo) / (hi - lo)
+            out.append(1.0 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
 
 
 def gguf_name(arch, hf):
@@ -103,7 +171,9 @@ def gguf_name(arch, hf):
         return "output.weight"
     parts = hf.split(".")
     layer, rest = parts[2], ".".join(parts[3:])
-    gemma = arch == "gemma3"
+    # gemma and olmo2 name the norm after attention post_attention_layernorm;
+    # llama's is the FFN's input norm.
+    gemma = arch in ("gemma2", "gemma3", "olmo2")
     table = {
         "input_layernorm.weight": "attn_norm.weight",
         "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
@@ -127,7 +197,7 @@ def permute(w, n_head):
 
 
 def write_gguf(path, arch, cfg, tensors, quant):
-    w = gguf.GGUFWriter(str(path), arch)
+    w = gguf.GGUFWriter(str(path), gguf_arch(arch))
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     w.add_name(f"plumb tiny {arch}")
     w.add_context_length(cfg.max_position_embeddings)
@@ -146,6 +216,11 @@ def write_gguf(path, arch, cfg, tensors, quant):
         w.add_sliding_window(cfg.sliding_window)
         w.add_array("gemma3.attention.sliding_window_pattern", [t == "sliding_attention" for t in cfg.layer_types])
         w.add_float32("gemma3.attention.query_pre_attn_scalar", float(cfg.query_pre_attn_scalar))
+    elif arch == "gemma2":
+        w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+        w.add_sliding_window(cfg.sliding_window)
+        w.add_attn_logit_softcapping(cfg.attn_logit_softcapping)
+        w.add_final_logit_softcapping(cfg.final_logit_softcapping)
     else:
         rp = getattr(cfg, "rope_parameters", None) or {}
         w.add_rope_freq_base(rp.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)))
@@ -168,9 +243,11 @@ def write_gguf(path, arch, cfg, tensors, quant):
     w.close()
 
 
-def generate(out_dir):
+def generate(out_dir, archs):
     torch.manual_seed(0)
     for arch, (cls, cfg) in configs().items():
+        if arch not in archs:
+            continue
         cfg._attn_implementation = "eager"
         torch.manual_seed(1234)
         model = cls(cfg).float().eval()
@@ -195,6 +272,8 @@ def generate(out_dir):
                 continue
             name = gguf_name(arch, hf)
             tensors.append((name, convert(arch, name, t.float().numpy().copy(), cfg)))
+        if arch == "llama3":
+            tensors.append(("rope_freqs.weight", llama3_rope_factors(cfg)))
         write_gguf(d / f"{arch}-f32.gguf", arch, cfg, tensors, quant=False)
         write_gguf(d / f"{arch}-q8_0.gguf", arch, cfg, tensors, quant=True)
         print(f"{arch}: head_dim {hd}, argmax {golden['argmax']}")
@@ -202,11 +281,11 @@ def generate(out_dir):
 
 def convert(arch, name, a, cfg):
     """The converter's layout changes (HF tensor → GGUF tensor), as generate() applies them."""
-    if arch == "llama" and name.endswith("attn_q.weight"):
+    if gguf_arch(arch) == "llama" and name.endswith("attn_q.weight"):
         a = permute(a, cfg.num_attention_heads)
-    if arch == "llama" and name.endswith("attn_k.weight"):
+    if gguf_arch(arch) == "llama" and name.endswith("attn_k.weight"):
         a = permute(a, cfg.num_key_value_heads)
-    if arch == "gemma3" and "norm" in name:
+    if arch in ("gemma2", "gemma3") and "norm" in name:
         a = a + 1.0
     return np.ascontiguousarray(a, dtype=np.float32)
 
@@ -234,7 +313,7 @@ def self_check(d, arch):
     #    for bit, and convert() is what llama.cpp does (checked by 2. below); names agree
     #    with the gguf package's own HF→GGUF name map.
     sd = {k: v.float().numpy() for k, v in hf_model.state_dict().items()}
-    nmap = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.upper()), hf_cfg.num_hidden_layers)
+    nmap = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, gguf_arch(arch).upper()), hf_cfg.num_hidden_layers)
     expected = {}
     for hf in sd:
         if hf == "lm_head.weight" and hf_cfg.tie_word_embeddings:
@@ -245,11 +324,23 @@ def self_check(d, arch):
             fails.append(f"{arch}: {hf} → {ours}, gguf name map says {theirs}")
         expected[ours] = hf
     reader = gguf.GGUFReader(str(d / f"{arch}-f32.gguf"))
-    names = [t.name for t in reader.tensors]
+    names = [t.name for t in reader.tensors if t.name != "rope_freqs.weight"]
     if sorted(names) != sorted(expected):
         fails.append(f"{arch}: GGUF tensors {sorted(set(names) ^ set(expected))} differ from HF's")
     worst = 0.0
     for t in reader.tensors:
+        if t.name == "rope_freqs.weight":
+            # The divisors against transformers' own llama3 frequencies: HF's
+            # inv_freq is the plain one divided by them.
+            from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+            plain = 1.0 / (hf_cfg.rope_parameters["rope_theta"]
+                           ** (np.arange(0, len(t.data) * 2, 2, dtype=np.float32) / (len(t.data) * 2)))
+            hf_inv = ROPE_INIT_FUNCTIONS["llama3"](hf_cfg, "cpu")[0].numpy()
+            rel = float(np.abs(plain / np.array(t.data) - hf_inv).max() / hf_inv.max())
+            print(f"  [{arch}] rope_freqs vs transformers' llama3 inv_freq: max rel |d| {rel:.3g}")
+            if rel > 1e-6:
+                fails.append(f"{arch}: rope_freqs disagrees with transformers' llama3 frequencies ({rel})")
+            continue
         if t.name not in expected:
             continue
         a = np.array(t.data, dtype=np.float32)
@@ -278,13 +369,28 @@ def self_check(d, arch):
             results["gguf config as transformers maps it"] = float(np.abs(logits_of(m, golden["tokens"]) - gl).max())
         except Exception as e:  # transformers may not map every key (qwen3: key_length → head_dim)
             results["gguf config as transformers maps it"] = f"not loadable: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
-        cfg = AutoConfig.from_pretrained(d, gguf_file=fn)
+        try:
+            cfg = AutoConfig.from_pretrained(d, gguf_file=fn)
+        except Exception:
+            if arch not in NO_TRANSFORMERS_GGUF:
+                raise
+            cfg = hf_cfg
         ignored = {k: getattr(cfg, k, None) for k in ("head_dim", "layer_types", "query_pre_attn_scalar")
                    if getattr(cfg, k, None) != getattr(hf_cfg, k, None)}
         if ignored:
             print(f"  [{arch}] transformers' config from {fn} differs from the HF config in {ignored}")
         f = gguf.GGUFReader(str(d / fn)).fields
-        cfg.head_dim = int(f[f"{arch}.attention.key_length"].contents())
+        cfg.head_dim = int(f[f"{gguf_arch(arch)}.attention.key_length"].contents())
+        if arch == "gemma2":
+            # llama.cpp scales gemma2's queries by key_length^-1/2; transformers' GGUF config
+            # takes its own default (256).
+            cfg.query_pre_attn_scalar = cfg.head_dim
+            # ... and does not map the softcap keys.
+            cfg.attn_logit_softcapping = float(f["gemma2.attn_logit_softcapping"].contents())
+            cfg.final_logit_softcapping = float(f["gemma2.final_logit_softcapping"].contents())
+        if arch == "llama3":
+            # transformers' GGUF loader does not read rope_freqs.
+            cfg.rope_parameters = hf_cfg.rope_parameters
         if arch == "gemma3":
             cfg.layer_types = ["sliding_attention" if s else "full_attention"
                                for s in f["gemma3.attention.sliding_window_pattern"].contents()]
@@ -292,14 +398,20 @@ def self_check(d, arch):
             cfg.query_pre_attn_scalar = int(scalar) if scalar.is_integer() else scalar
             cfg.rope_parameters["sliding_attention"]["rope_theta"] = float(f["gemma3.rope.local.freq_base"].contents())
             cfg.rope_parameters["full_attention"]["rope_theta"] = float(f["gemma3.rope.freq_base"].contents())
-        m = AutoModelForCausalLM.from_pretrained(d, gguf_file=fn, config=cfg, dtype=torch.float32,
-                                                 attn_implementation="eager").eval()
-        results["gguf config + keys transformers ignores"] = float(np.abs(logits_of(m, golden["tokens"]) - gl).max())
-        must = ["gguf config + keys transformers ignores"]
-        m = AutoModelForCausalLM.from_pretrained(d, gguf_file=fn, config=hf_cfg, dtype=torch.float32,
-                                                 attn_implementation="eager").eval()
-        results["gguf weights + HF config"] = float(np.abs(logits_of(m, golden["tokens"]) - gl).max())
-        must.append("gguf weights + HF config")
+        must = []
+        for what, c in (("gguf config + keys transformers ignores", cfg), ("gguf weights + HF config", hf_cfg)):
+            try:
+                m = AutoModelForCausalLM.from_pretrained(d, gguf_file=fn, config=c, dtype=torch.float32,
+                                                         attn_implementation="eager").eval()
+            except Exception as e:
+                # transformers reads GGUF files of some architectures only (olmo2: none); the
+                # layout is then checked by 1. alone (names and tensors against HF's).
+                if arch not in NO_TRANSFORMERS_GGUF:
+                    raise
+                results[what] = f"not loadable: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+                continue
+            results[what] = float(np.abs(logits_of(m, golden["tokens"]) - gl).max())
+            must.append(what)
         for k, v in results.items():
             shown = f"max|d| {v:.3g}" if isinstance(v, float) else v
             print(f"  [{arch}] transformers loads {fn} ({k}): {shown}   (max|logit| {scale:.3g})")
@@ -313,11 +425,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=OUT, help="output folder (default: testdata/tiny)")
     ap.add_argument("--check-only", action="store_true", help="only check the files already there")
+    ap.add_argument("--only", nargs="+", metavar="ARCH", help="only these test models (default: all)")
     args = ap.parse_args()
+    archs = args.only or list(configs())
     if not args.check_only:
-        generate(args.out)
+        generate(args.out, archs)
     fails = []
-    for arch in configs():
+    for arch in archs:
         fails += self_check(args.out / arch, arch)
     if fails:
         print("SELF-CHECK FAILED:\n  " + "\n  ".join(fails))

@@ -97,33 +97,43 @@ fn extended_copy(dir: &Path, name: &str, extra: &[(&str, plumb_formats::gguf::Va
     p
 }
 
-/// Nothing in a file is passed over in silence: rope scaling (metadata or
-/// llama 3's frequency-factor tensor) changes every angle and is refused
-/// with exit 2; a tensor plumb does not read is named by `inspect` and
-/// warned about by every command that loads the model.
+/// Nothing in a file is passed over in silence: rope scaling plumb does not
+/// compute (yarn, longrope's factor tensors, a factor without a type)
+/// changes every angle and is refused with exit 2; a tensor plumb does not
+/// read is named by `inspect` and warned about by every command that loads
+/// the model. The scalings plumb computes agree with each other: a linear
+/// factor and llama 3's per-pair factors all equal to it give the same
+/// exact logits, which differ from the unscaled model's.
 #[test]
 fn rope_scaling_is_refused_and_unread_tensors_are_named() {
     use plumb_formats::gguf::Value;
     let dir = tempfile::tempdir().unwrap();
     // (file, metadata set, tensors added, what the refusal says)
     type Case<'a> = (&'a str, Vec<(&'a str, Value)>, Vec<&'a str>, &'a str);
-    let cases: [Case; 3] = [
+    let linear = || {
+        vec![
+            ("llama.rope.scaling.type", Value::String("linear".into())),
+            ("llama.rope.scaling.factor", Value::F32(1.5)),
+        ]
+    };
+    let cases: [Case; 4] = [
         (
-            "linear.gguf",
+            "yarn.gguf",
             vec![
-                ("llama.rope.scaling.type", Value::String("linear".into())),
+                ("llama.rope.scaling.type", Value::String("yarn".into())),
                 ("llama.rope.scaling.factor", Value::F32(4.0)),
             ],
             vec![],
-            "rope scaling type \"linear\" is not supported yet",
+            "rope scaling type \"yarn\" is not supported yet",
         ),
         (
             "factor.gguf",
             vec![("llama.rope.scaling.factor", Value::F32(8.0))],
             vec![],
-            "rope scaling factor 8 is not supported yet",
+            "rope scaling factor 8 without a scaling type",
         ),
-        ("freqs.gguf", vec![], vec!["rope_freqs.weight"], "rope_freqs.weight: rope frequency factors"),
+        ("both.gguf", linear(), vec!["rope_freqs.weight"], "rope_freqs.weight together with linear rope scaling"),
+        ("long.gguf", vec![], vec!["rope_factors_long.weight"], "rope_factors_long.weight: longrope frequency factors"),
     ];
     for (name, extra, tensors, want) in cases {
         let p = extended_copy(dir.path(), name, &extra, &tensors);
@@ -141,6 +151,25 @@ fn rope_scaling_is_refused_and_unread_tensors_are_named() {
     let (code, _, err) = plumb(&["run", none.to_str().unwrap(), "--tokens", "1,2", "-n", "1"]);
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("warning"), "{err}");
+    // Linear ×1.5 two ways (extended_copy's tensor is [8] of 1.5: one
+    // factor per rotary pair of the tiny llama's head of 16).
+    let by_type = extended_copy(dir.path(), "linear.gguf", &linear(), &[]);
+    let by_pair = extended_copy(dir.path(), "pairs.gguf", &[], &["rope_freqs.weight"]);
+    let logits = |p: &Path| {
+        use plumb_model::kernels::kernels_for;
+        let m = plumb_model::Model::load(p).unwrap();
+        let mut cache = plumb_model::KvCache::new(&m.cfg, 8);
+        let k = kernels_for(plumb_model::Precision::Exact);
+        m.forward(k.as_ref(), &[1, 17, 255, 3, 400, 511, 42, 7], &mut cache, true, &mut plumb_model::NoTrace)
+    };
+    let (a, b, plain) = (logits(&by_type), logits(&by_pair), logits(&none));
+    assert_eq!(a, b, "linear scaling and equal per-pair factors differ");
+    let moved = a.iter().zip(&plain).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(moved > 1e-3, "rope scaling moved no logit ({moved})");
+    let (_, out, _) = plumb(&["inspect", by_pair.to_str().unwrap()]);
+    assert!(out.contains("scaling per-pair factors (llama 3)") && !out.contains("not read by plumb"), "{out}");
+    let (_, out, _) = plumb(&["inspect", by_type.to_str().unwrap()]);
+    assert!(out.contains("scaling linear ×1.5"), "{out}");
 
     let extra = extended_copy(dir.path(), "extra.gguf", &[], &["blk.0.attn_sinks.weight"]);
     let extra = extra.to_str().unwrap();

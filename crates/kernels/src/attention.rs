@@ -15,7 +15,7 @@
 use rayon::prelude::*;
 
 use crate::fast::FastKernels;
-use crate::ExactKernels;
+use crate::{ExactKernels, Precision};
 
 /// The transposed V cache pads positions to a multiple of this, as
 /// llama.cpp pads its cache.
@@ -165,7 +165,7 @@ impl Attention for ExactKernels {
                 }
             });
             for sh in scores.chunks_exact_mut(tkv) {
-                scale_and_cap(&mut sh[s.first_scored(0)..s.scored(0)], Some(s.scale), s.softcap);
+                scale_and_cap(&mut sh[s.first_scored(0)..s.scored(0)], Some(s.scale), s.softcap, Precision::Exact);
             }
             return;
         }
@@ -188,7 +188,7 @@ impl Attention for ExactKernels {
                 }
             }
             for (row, range) in task.out.iter_mut().zip(ranges) {
-                scale_and_cap(&mut row[range], Some(s.scale), s.softcap);
+                scale_and_cap(&mut row[range], Some(s.scale), s.softcap, Precision::Exact);
             }
         });
     }
@@ -268,7 +268,7 @@ impl Attention for FastKernels {
                 crate::mirror::dot_f32_grid(qg, hd, ks, kvd, hd, &vec![n; group], part, n)
             });
             for sh in scores.chunks_exact_mut(tkv) {
-                scale_and_cap(&mut sh[s.first_scored(0)..s.scored(0)], post_scale, s.softcap);
+                scale_and_cap(&mut sh[s.first_scored(0)..s.scored(0)], post_scale, s.softcap, Precision::Fast);
             }
             return;
         }
@@ -283,7 +283,7 @@ impl Attention for FastKernels {
             crate::mirror::dot_f32_blocked(&qs, &keys[task.kh * hd..], kvd, hd, &ranges, &mut task.out);
             if post_scale.is_some() || s.softcap.is_some() {
                 for (row, range) in task.out.iter_mut().zip(ranges) {
-                    scale_and_cap(&mut row[range], post_scale, s.softcap);
+                    scale_and_cap(&mut row[range], post_scale, s.softcap, Precision::Fast);
                 }
             }
         });
@@ -506,18 +506,13 @@ fn check_sizes(s: &AttnShape, q: &[f32], keys: &[f32], scores: &mut [f32]) {
     assert_eq!(scores.len(), s.heads * s.t * s.tkv());
 }
 
-/// v = v · scale (where the scores are scaled after Q·Kᵀ), then the softcap.
-fn scale_and_cap(row: &mut [f32], scale: Option<f32>, cap: Option<f32>) {
-    for s in row.iter_mut() {
-        let mut v = *s;
-        if let Some(scale) = scale {
-            v *= scale;
-        }
-        if let Some(cap) = cap {
-            v = (v / cap).tanh() * cap;
-        }
-        *s = v;
+/// v = v · scale (where the scores are scaled after Q·Kᵀ), then the softcap
+/// as `precision` computes it ([`crate::ops::softcap`]).
+fn scale_and_cap(row: &mut [f32], scale: Option<f32>, cap: Option<f32>, precision: Precision) {
+    if let Some(scale) = scale {
+        row.iter_mut().for_each(|v| *v *= scale);
     }
+    crate::ops::softcap(row, cap, precision);
 }
 
 /// Sets `xs` to zeros, writing only where it is not already 0: positions
@@ -602,7 +597,7 @@ mod tests {
                         let qi = &q[i * qd + h * hd..i * qd + (h + 1) * hd];
                         for j in s.first_scored(i)..s.scored(i) {
                             let mut want = [dot(qi, &keys[j * kvd + kh * hd..j * kvd + (kh + 1) * hd])];
-                            scale_and_cap(&mut want, Some(s.scale), s.softcap);
+                            scale_and_cap(&mut want, Some(s.scale), s.softcap, Precision::Exact);
                             let got = scores[(h * t + i) * tkv + j];
                             assert_eq!(want[0].to_bits(), got.to_bits(), "{what}: score {h} {i} {j}");
                         }

@@ -156,16 +156,26 @@ pub fn dot_f32_tiled_rows(x: &[f32], ys: &[f32], stride: usize, out: &mut [f32])
 
 /// cos θ and sin θ for `t` positions from `p0`, `hd / 2` pairs each, as
 /// llama.cpp's NeoX RoPE makes them: θ starts at the position and is
-/// multiplied by base^(−2/hd) pair after pair (rounding at each step).
-pub fn rope_neox_table(t: usize, p0: usize, hd: usize, base: f32) -> Vec<(f32, f32)> {
+/// multiplied by base^(−2/hd) pair after pair (rounding at each step); the
+/// angle used is freq_scale · (θ / pair factor), freq_scale = 1/factor of
+/// a linear scaling.
+pub fn rope_neox_table(t: usize, p0: usize, rot: &crate::ops::Rotary) -> Vec<(f32, f32)> {
+    use crate::ops::RopeScaling;
     use rayon::prelude::*;
-    let half = hd / 2;
-    let theta_scale = base.powf(-2.0 / hd as f32);
+    let (hd, half) = (rot.hd, rot.hd / 2);
+    let theta_scale = rot.base.powf(-2.0 / hd as f32);
+    let (freq_scale, factors) = match &rot.scaling {
+        RopeScaling::None => (1.0, None),
+        RopeScaling::Linear { factor } => (1.0 / factor, None),
+        RopeScaling::PerPair { factors } => (1.0, Some(factors.as_slice())),
+    };
     let mut cs = vec![(0f32, 0f32); t * half];
     let row = |(ti, r): (usize, &mut [(f32, f32)])| {
         let mut theta = (p0 + ti) as f32;
-        for c in r.iter_mut() {
-            *c = (theta.cos(), theta.sin());
+        for (i, c) in r.iter_mut().enumerate() {
+            let ff = factors.map_or(1.0, |f| f[i]);
+            let angle = freq_scale * (theta / ff);
+            *c = (angle.cos(), angle.sin());
             theta *= theta_scale;
         }
     };

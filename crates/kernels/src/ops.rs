@@ -25,21 +25,62 @@ pub enum Activation {
     GeluTanh,
 }
 
+/// How a model stretches its rotary frequencies for contexts longer than
+/// it was trained on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Every frequency divided by the factor (positions interpolated).
+    Linear {
+        factor: f32,
+    },
+    /// Pair i's frequency divided by its own factor (llama 3's scaling,
+    /// which GGUF files carry as the `rope_freqs` tensor), [hd/2].
+    PerPair {
+        factors: Vec<f32>,
+    },
+}
+
+impl RopeScaling {
+    /// "none", "linear ×8", "per pair (llama 3)".
+    pub fn describe(&self) -> String {
+        match self {
+            RopeScaling::None => "none".into(),
+            RopeScaling::Linear { factor } => format!("linear ×{factor}"),
+            RopeScaling::PerPair { .. } => "per-pair factors (llama 3)".into(),
+        }
+    }
+
+    /// The divisor of pair i's frequency.
+    fn divisor(&self, i: usize) -> f32 {
+        match self {
+            RopeScaling::None => 1.0,
+            RopeScaling::Linear { factor } => *factor,
+            RopeScaling::PerPair { factors } => factors[i],
+        }
+    }
+}
+
 /// A rotary embedding's frequencies, settled at load: pair i of a head of
-/// `hd` turns by pos · base^(−2i/hd).
+/// `hd` turns by pos · base^(−2i/hd), divided by the scaling's factor.
 #[derive(Debug, Clone)]
 pub struct Rotary {
     pub base: f32,
     pub hd: usize,
-    /// 1 / base^(2i/hd) in f32, as transformers computes it, [hd/2].
+    pub scaling: RopeScaling,
+    /// base^(−2i/hd) / factor in f32, as transformers computes it, [hd/2].
     pub inv_freq: Vec<f32>,
 }
 
 impl Rotary {
-    pub fn new(base: f32, hd: usize) -> Rotary {
-        // transformers: 1 / base^(arange(0, hd, 2) / hd), in f32.
-        let inv_freq = (0..hd / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / hd as f32)).collect();
-        Rotary { base, hd, inv_freq }
+    pub fn new(base: f32, hd: usize, scaling: RopeScaling) -> Rotary {
+        if let RopeScaling::PerPair { factors } = &scaling {
+            assert_eq!(factors.len(), hd / 2, "one rope factor per pair");
+        }
+        // transformers: 1 / base^(arange(0, hd, 2) / hd), in f32, then
+        // divided by the scaling factor.
+        let inv_freq = (0..hd / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / hd as f32) / scaling.divisor(i)).collect();
+        Rotary { base, hd, scaling, inv_freq }
     }
 }
 
@@ -115,7 +156,7 @@ impl Ops for FastKernels {
     }
 
     fn rope_angles(&self, rot: &Rotary, p0: usize, t: usize) -> Angles {
-        crate::mirror::rope_neox_table(t, p0, rot.hd, rot.base)
+        crate::mirror::rope_neox_table(t, p0, rot)
     }
 
     fn rope(&self, x: &mut [f32], width: usize, hd: usize, angles: &Angles) {
@@ -153,10 +194,17 @@ pub fn add_bias(x: &mut [f32], b: Option<&[f32]>) {
     }
 }
 
-/// x = tanh(x / cap) · cap, element-wise, where there is a cap.
-pub fn softcap(x: &mut [f32], cap: Option<f32>) {
-    if let Some(cap) = cap {
-        x.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
+/// x = tanh(x / cap) · cap, element-wise, where there is a cap. The exact
+/// precision divides (transformers); the fast one multiplies by the
+/// rounded reciprocal, as llama.cpp's graph scales by 1/cap.
+pub fn softcap(x: &mut [f32], cap: Option<f32>, precision: Precision) {
+    match (cap, precision) {
+        (None, _) => {}
+        (Some(cap), Precision::Exact) => x.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap),
+        (Some(cap), Precision::Fast) => {
+            let inv = 1.0 / cap;
+            x.iter_mut().for_each(|v| *v = (*v * inv).tanh() * cap)
+        }
     }
 }
 
@@ -283,7 +331,7 @@ mod tests {
 
     #[test]
     fn both_precisions_rotate_by_the_same_angles_to_within_rounding() {
-        let rot = Rotary::new(10_000.0, 8);
+        let rot = Rotary::new(10_000.0, 8, RopeScaling::None);
         let (e, f) =
             (ExactKernels { path: crate::KernelPath::Scalar }, FastKernels { path: crate::KernelPath::Scalar });
         let (ae, af) = (e.rope_angles(&rot, 5, 3), f.rope_angles(&rot, 5, 3));

@@ -43,7 +43,7 @@ impl std::fmt::Debug for Arch {
     }
 }
 
-pub use plumb_kernels::ops::Activation;
+pub use plumb_kernels::ops::{Activation, RopeScaling};
 
 /// Everything the forward pass needs to know about a model.
 /// Dimension legend: d model width, H query heads, Hkv key/value heads,
@@ -64,6 +64,10 @@ pub struct ModelConfig {
     pub rope_theta: f32,
     /// Rotary base for sliding-window layers.
     pub rope_theta_local: f32,
+    /// How full-attention layers stretch their rotary frequencies.
+    pub rope_scaling: RopeScaling,
+    /// How sliding-window layers do (gemma: never; others: as the rest).
+    pub rope_scaling_local: RopeScaling,
     /// Sliding window width in tokens, for layers marked sliding.
     pub sliding_window: Option<usize>,
     /// Per layer: does it attend through the sliding window?
@@ -71,8 +75,12 @@ pub struct ModelConfig {
     pub qkv_bias: bool,
     /// Per-head RMSNorm on q and k (qwen3, gemma3).
     pub qk_norm: bool,
-    /// Norms after attention and after the FFN (gemma2/3).
+    /// Norms after attention and after the FFN (gemma2/3, olmo2).
     pub post_norms: bool,
+    /// Norms before attention and before the FFN (all but olmo2).
+    pub pre_norms: bool,
+    /// The q/k norms span the whole projection, not each head (olmo2).
+    pub qk_norm_whole: bool,
     /// Embedding rows are multiplied by this (gemma: sqrt(d)).
     pub embed_scale: f32,
     pub act: Activation,
@@ -170,18 +178,12 @@ impl ModelConfig {
         let ctx_len = g.u64_opt(&key("context_length"))?.unwrap_or(2048) as usize;
         let rms_eps = g.f64_opt(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-6) as f32;
         let rope_theta = g.f64_opt(&key("rope.freq_base"))?.unwrap_or(10000.0) as f32;
-        // Rope scaling changes every angle: refused until it is computed.
-        let scaling = g.get(&key("rope.scaling.type")).and_then(|v| v.as_str()).unwrap_or("none");
-        if scaling != "none" {
-            return Err(bad(path, format!("rope scaling type {scaling:?} is not supported yet")));
-        }
-        if let Some(f) = g.f64_opt(&key("rope.scaling.factor"))?.filter(|&f| f != 0.0 && f != 1.0) {
-            return Err(bad(path, format!("rope scaling factor {f} is not supported yet")));
-        }
+        let rope_scaling = gguf_rope_scaling(g, &key, head_dim)?;
         let tied_output = g.tensor_info("output.weight").is_none();
         let sizes = Sizes { n_layer, d, n_head, n_head_kv, head_dim, ff, vocab };
         let mut cfg = ModelConfig::with_quirks(arch, sizes, ctx_len, rms_eps, (rope_theta, rope_theta), tied_output);
         cfg.unpermute_qk = arch.spec().quirks.gguf_qk_interleaved;
+        cfg.set_rope_scaling(rope_scaling);
         (arch.spec().from_gguf)(&mut cfg, g, arch_name)?;
         Ok(cfg)
     }
@@ -235,17 +237,17 @@ impl ModelConfig {
                 (t, num("rope_local_base_freq").unwrap_or(t))
             }
         };
-        for r in [rope, c.get("rope_scaling")].into_iter().flatten() {
-            let kinds: Vec<&J> = if r.get("full_attention").is_some() {
-                r.as_object().map(|o| o.values().collect()).unwrap_or_default()
+        // The scaling of full-attention layers and of sliding ones: one
+        // entry per layer kind (gemma3), else one for all (rope_parameters
+        // in transformers 5, rope_scaling before).
+        let (mut scaling, mut scaling_local) = (RopeScaling::None, None);
+        for r in [rope, c.get("rope_scaling")].into_iter().flatten().filter(|r| !r.is_null()) {
+            if let Some(full) = r.get("full_attention") {
+                scaling = hf_rope_scaling(path, full, head_dim, rope_theta)?;
+                let local = r.get("sliding_attention").unwrap_or(&J::Null);
+                scaling_local = Some(hf_rope_scaling(path, local, head_dim, rope_theta_local)?);
             } else {
-                vec![r]
-            };
-            for k in kinds {
-                let ty = k.get("rope_type").or_else(|| k.get("type")).and_then(J::as_str).unwrap_or("default");
-                if ty != "default" {
-                    return Err(bad(path, format!("rope scaling type {ty:?} is not supported yet")));
-                }
+                scaling = hf_rope_scaling(path, r, head_dim, rope_theta)?;
             }
         }
         let tied_output = c
@@ -260,6 +262,10 @@ impl ModelConfig {
         let mut cfg = ModelConfig::with_quirks(arch, sizes, ctx_len, rms_eps, rope, tied_output);
         cfg.qkv_bias |= c.get("attention_bias").and_then(J::as_bool).unwrap_or(false);
         cfg.norm_plus_one = q.hf_norm_plus_one;
+        cfg.set_rope_scaling(scaling);
+        if let Some(local) = scaling_local {
+            cfg.rope_scaling_local = local;
+        }
         if c.get("mlp_bias").and_then(J::as_bool).unwrap_or(false) {
             return Err(bad(path, "mlp_bias is not supported"));
         }
@@ -284,11 +290,15 @@ impl ModelConfig {
             rms_eps,
             rope_theta: rope.0,
             rope_theta_local: rope.1,
+            rope_scaling: RopeScaling::None,
+            rope_scaling_local: RopeScaling::None,
             sliding_window: None,
             layer_sliding: vec![false; s.n_layer],
             qkv_bias: q.qkv_bias,
             qk_norm: q.qk_norm,
             post_norms: q.post_norms,
+            pre_norms: q.pre_norms,
+            qk_norm_whole: q.qk_norm_whole,
             embed_scale: if q.embed_scale_sqrt_d { (s.d as f32).sqrt() } else { 1.0 },
             act: q.act,
             attn_scale: 1.0 / (s.head_dim as f32).sqrt(),
@@ -301,6 +311,16 @@ impl ModelConfig {
         }
     }
 
+    /// Full-attention layers scale their rotary frequencies by `scaling`;
+    /// sliding-window layers too, except in families whose local layers
+    /// keep the trained frequencies (gemma).
+    fn set_rope_scaling(&mut self, scaling: RopeScaling) {
+        if !self.arch.spec().quirks.local_rope_unscaled {
+            self.rope_scaling_local = scaling.clone();
+        }
+        self.rope_scaling = scaling;
+    }
+
     /// Query width H·hd.
     pub fn q_dim(&self) -> usize {
         self.n_head * self.head_dim
@@ -310,4 +330,87 @@ impl ModelConfig {
     pub fn kv_dim(&self) -> usize {
         self.n_head_kv * self.head_dim
     }
+}
+
+/// A GGUF file's rope scaling: `rope.scaling.type` none or linear (with
+/// `rope.scaling.factor`), and llama 3's per-pair factors in the
+/// `rope_freqs` tensor. Kinds that change the arithmetic otherwise (yarn,
+/// longrope) are refused.
+fn gguf_rope_scaling(g: &GgufFile, key: &dyn Fn(&str) -> String, hd: usize) -> Result<RopeScaling, ModelError> {
+    let path = g.path();
+    let kind = g.str_opt(&key("rope.scaling.type"))?.unwrap_or("none");
+    let factor = g.f64_opt(&key("rope.scaling.factor"))?.filter(|&f| f != 0.0 && f != 1.0);
+    let scaling = match (kind, factor) {
+        ("none", None) | ("linear", None) => RopeScaling::None,
+        ("linear", Some(f)) => RopeScaling::Linear { factor: f as f32 },
+        ("none", Some(f)) => return Err(bad(path, format!("rope scaling factor {f} without a scaling type"))),
+        (other, _) => return Err(bad(path, format!("rope scaling type {other:?} is not supported yet"))),
+    };
+    let Some(t) = g.tensor(ROPE_FREQS) else { return Ok(scaling) };
+    if scaling != RopeScaling::None {
+        return Err(bad(path, format!("{ROPE_FREQS} together with {kind} rope scaling")));
+    }
+    if t.ty != plumb_quant::GgmlType::F32 || t.shape != [hd / 2] {
+        return Err(bad(path, format!("{ROPE_FREQS} is {} {:?}, expected F32 [{}]", t.ty, t.shape, hd / 2)));
+    }
+    let factors: Vec<f32> = t.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    if let Some(f) = factors.iter().find(|f| !(f.is_finite() && **f > 0.0)) {
+        return Err(bad(path, format!("{ROPE_FREQS} holds {f}, not a positive factor")));
+    }
+    Ok(RopeScaling::PerPair { factors })
+}
+
+/// The tensor of llama 3's per-pair rope factors in GGUF files.
+pub const ROPE_FREQS: &str = "rope_freqs.weight";
+
+/// An HF rope settings entry's scaling (`rope_type` or the older `type`):
+/// default, linear (`factor`) and llama3 (`factor`, `low_freq_factor`,
+/// `high_freq_factor`, `original_max_position_embeddings`); others refused.
+fn hf_rope_scaling(path: &Path, r: &J, hd: usize, theta: f64) -> Result<RopeScaling, ModelError> {
+    let kind = r.get("rope_type").or_else(|| r.get("type")).and_then(J::as_str).unwrap_or("default");
+    let num = |k: &str| -> Result<f64, ModelError> {
+        r.get(k).and_then(J::as_f64).ok_or_else(|| bad(path, format!("{kind} rope scaling without {k}")))
+    };
+    let positive = |k: &str| -> Result<f64, ModelError> {
+        let v = num(k)?;
+        if v.is_finite() && v > 0.0 {
+            Ok(v)
+        } else {
+            Err(bad(path, format!("rope scaling {k} is {v}, not positive")))
+        }
+    };
+    match kind {
+        "default" => Ok(RopeScaling::None),
+        "linear" => Ok(RopeScaling::Linear { factor: positive("factor")? as f32 }),
+        "llama3" => {
+            let (factor, lo, hi) = (positive("factor")?, positive("low_freq_factor")?, positive("high_freq_factor")?);
+            let old = positive("original_max_position_embeddings")?;
+            if hi <= lo {
+                return Err(bad(path, format!("llama3 rope scaling: high_freq_factor {hi} ≤ low_freq_factor {lo}")));
+            }
+            Ok(RopeScaling::PerPair { factors: llama3_factors(hd, theta, factor, lo, hi, old) })
+        }
+        other => Err(bad(path, format!("rope scaling type {other:?} is not supported yet"))),
+    }
+}
+
+/// Llama 3's divisor of each rotary pair's frequency: 1 where the
+/// wavelength is under old/high, `factor` over old/low, a blend between
+/// (the numbers llama.cpp's converter writes to `rope_freqs`).
+pub fn llama3_factors(hd: usize, theta: f64, factor: f64, lo: f64, hi: f64, old: f64) -> Vec<f32> {
+    (0..hd / 2)
+        .map(|i| {
+            let freq = 1.0 / (theta as f32).powf((2 * i) as f32 / hd as f32);
+            let wavelen = 2.0 * std::f64::consts::PI / freq as f64;
+            let f = if wavelen < old / hi {
+                1.0
+            } else if wavelen > old / lo {
+                factor
+            } else {
+                let smooth = (old / wavelen - lo) / (hi - lo);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            };
+            f as f32
+        })
+        .collect()
 }

@@ -122,9 +122,9 @@ fn vectors(m: &Model) -> Vec<(String, &[f32], String)> {
     let mut v: Vec<(String, &[f32], String)> = Vec::new();
     for (l, w) in m.layers.iter().enumerate() {
         let n = |s: &str| format!("blk.{l}.{s}");
-        v.push((n("attn_norm.weight"), &w.attn_norm, n("attn_norm")));
-        v.push((n("ffn_norm.weight"), &w.ffn_norm, n("ffn_norm")));
-        let opts: [(&str, &Option<Vec<f32>>, &str); 7] = [
+        let opts: [(&str, &Option<Vec<f32>>, &str); 9] = [
+            ("attn_norm.weight", &w.attn_norm, "attn_norm"),
+            ("ffn_norm.weight", &w.ffn_norm, "ffn_norm"),
             ("attn_q.bias", &w.bq, "q_proj"),
             ("attn_k.bias", &w.bk, "k_proj"),
             ("attn_v.bias", &w.bv, "v_proj"),

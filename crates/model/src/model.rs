@@ -23,7 +23,8 @@ use crate::{ModelError, ModelSource};
 /// One layer's weights. Vectors (norms, biases) are f32, with any stored
 /// offset already applied (HF gemma's 1 + w).
 pub struct Layer {
-    pub attn_norm: Vec<f32>,
+    /// The norms before attention and before the FFN (all but olmo2).
+    pub attn_norm: Option<Vec<f32>>,
     pub wq: Weight,
     pub wk: Weight,
     pub wv: Weight,
@@ -34,7 +35,7 @@ pub struct Layer {
     pub k_norm: Option<Vec<f32>>,
     pub wo: Weight,
     pub attn_post_norm: Option<Vec<f32>>,
-    pub ffn_norm: Vec<f32>,
+    pub ffn_norm: Option<Vec<f32>>,
     pub w_gate: Weight,
     pub w_up: Weight,
     pub w_down: Weight,
@@ -99,14 +100,13 @@ impl Model {
                 }
                 Ok(Some(if t.is_norm { norm(&name(role))? } else { vector(&name(role))? }))
             };
-            let required = |role: Role| Ok::<_, ModelError>(vec_of(role)?.expect("present in every layer"));
             let (mut wq, mut wk) = (matrix(Role::Wq), matrix(Role::Wk));
             if cfg.unpermute_qk {
                 wq = unpermute_rows(&wq, cfg.n_head);
                 wk = unpermute_rows(&wk, cfg.n_head_kv);
             }
             layers.push(Layer {
-                attn_norm: required(Role::AttnNorm)?,
+                attn_norm: vec_of(Role::AttnNorm)?,
                 wq,
                 wk,
                 wv: matrix(Role::Wv),
@@ -117,7 +117,7 @@ impl Model {
                 k_norm: vec_of(Role::KNorm)?,
                 wo: matrix(Role::Wo),
                 attn_post_norm: vec_of(Role::AttnPostNorm)?,
-                ffn_norm: required(Role::FfnNorm)?,
+                ffn_norm: vec_of(Role::FfnNorm)?,
                 w_gate: matrix(Role::WGate),
                 w_up: matrix(Role::WUp),
                 w_down: matrix(Role::WDown),
@@ -127,8 +127,8 @@ impl Model {
         let embed = weight(EMBEDDING.0);
         let output = if cfg.tied_output { embed.clone() } else { weight(OUTPUT.0) };
         let final_norm = norm(OUTPUT_NORM.0)?;
-        let rope = Rotary::new(cfg.rope_theta, cfg.head_dim);
-        let rope_local = Rotary::new(cfg.rope_theta_local, cfg.head_dim);
+        let rope = Rotary::new(cfg.rope_theta, cfg.head_dim, cfg.rope_scaling.clone());
+        let rope_local = Rotary::new(cfg.rope_theta_local, cfg.head_dim, cfg.rope_scaling_local.clone());
         Ok(Model { cfg, source, embed, layers, final_norm, output, rope, rope_local, fault: None })
     }
 
@@ -411,10 +411,15 @@ impl Model {
         let mut kk = vec![0f32; if wkv { t * kvd } else { 0 }]; //            [T, Hkv·hd]
         let mut vv = vec![0f32; if wkv { t * kvd } else { 0 }]; //            [T, Hkv·hd]
 
-        // xn = norm(x)
-        k.rms_norm(x, &w.attn_norm, c.rms_eps, &mut xn);
-        if wkv {
-            self.emit(tr, at, Stage::AttnNorm, &mut xn, &[t, d], rows);
+        // xn = norm(x) (olmo2: xn = x)
+        match &w.attn_norm {
+            Some(norm) => {
+                k.rms_norm(x, norm, c.rms_eps, &mut xn);
+                if wkv {
+                    self.emit(tr, at, Stage::AttnNorm, &mut xn, &[t, d], rows);
+                }
+            }
+            None => xn.copy_from_slice(x),
         }
 
         // q, k, v = xn·Wqᵀ + bq, xn·Wkᵀ + bk, xn·Wvᵀ + bv
@@ -434,7 +439,8 @@ impl Model {
             self.emit(tr, at, Stage::VProj, &mut vv, &[t, kvd], rows);
         }
 
-        // q, k = norm(q), norm(k), head by head (qwen3, gemma3)
+        // q, k = norm(q), norm(k), head by head (qwen3, gemma3) or whole
+        // rows (olmo2): the norm weight's width says which
         if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
             if wq {
                 k.rms_norm_in_place(&mut q, qn, c.rms_eps);
@@ -537,13 +543,18 @@ impl Model {
         let w = &self.layers[l];
         let (d, ff) = (c.d, c.ff);
         let (t, at) = (x.len() / d, Some(l));
-        // xn = norm(x); gate, up = xn·Wgateᵀ, xn·Wupᵀ
+        // xn = norm(x) (olmo2: xn = x); gate, up = xn·Wgateᵀ, xn·Wupᵀ
         let mut xn = vec![0f32; t * d]; //                                    [T, d]
         let mut gate = vec![0f32; t * ff]; //                                 [T, ff]
         let mut up = vec![0f32; t * ff]; //                                   [T, ff]
         let mut down = vec![0f32; t * d]; //                                  [T, d]
-        k.rms_norm(x, &w.ffn_norm, c.rms_eps, &mut xn);
-        self.emit(tr, at, Stage::FfnNorm, &mut xn, &[t, d], rows);
+        match &w.ffn_norm {
+            Some(norm) => {
+                k.rms_norm(x, norm, c.rms_eps, &mut xn);
+                self.emit(tr, at, Stage::FfnNorm, &mut xn, &[t, d], rows);
+            }
+            None => xn.copy_from_slice(x),
+        }
         k.linears(&[&w.w_gate, &w.w_up], &xn, t, &mut [&mut gate, &mut up]);
         self.emit(tr, at, Stage::FfnGate, &mut gate, &[t, ff], rows);
         self.emit(tr, at, Stage::FfnUp, &mut up, &[t, ff], rows);
@@ -662,7 +673,7 @@ impl Model {
         let (rows, from) = if all_logits { (t, 0) } else { (1, t - 1) };
         let mut logits = vec![0f32; rows * c.vocab];
         k.linear(&self.output, &xn[from * d..], rows, &mut logits);
-        softcap(&mut logits, c.final_softcap);
+        softcap(&mut logits, c.final_softcap, k.precision());
         self.emit(tr, None, Stage::Logits, &mut logits, &[rows, c.vocab], Rows::all(rows));
         logits
     }
@@ -694,7 +705,7 @@ impl Model {
         for (j0, j1) in row_blocks(xn.len() / d, (LOGITS_BUDGET / v).max(2)) {
             let mut logits = vec![0f32; (j1 - j0) * v]; //                     [n, V]
             k.linear(&self.output, &xn[j0 * d..j1 * d], j1 - j0, &mut logits);
-            softcap(&mut logits, self.cfg.final_softcap);
+            softcap(&mut logits, self.cfg.final_softcap, k.precision());
             each(j0, &mut logits);
         }
     }

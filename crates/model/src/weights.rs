@@ -3,6 +3,7 @@
 //! the validation that `plumb inspect` reports.
 
 use crate::arch::{EMBEDDING, LAYER_TENSORS, OUTPUT, OUTPUT_NORM};
+use crate::config::RopeScaling;
 use crate::{Arch, ModelConfig, ModelSource};
 
 /// One tensor the model needs.
@@ -35,8 +36,10 @@ pub fn hf_name(arch: Arch, gguf: &str) -> Option<String> {
 
 /// Tensors some files carry that change the arithmetic in a way plumb does
 /// not compute yet: a file with one is refused rather than run without it.
-pub const UNSUPPORTED_TENSORS: &[(&str, &str)] =
-    &[("rope_freqs.weight", "rope frequency factors (llama 3 and longrope rope scaling)")];
+pub const UNSUPPORTED_TENSORS: &[(&str, &str)] = &[
+    ("rope_factors_long.weight", "longrope frequency factors (phi3 long-context)"),
+    ("rope_factors_short.weight", "longrope frequency factors (phi3 long-context)"),
+];
 
 /// One finding of [`validate`].
 #[derive(Debug, Clone)]
@@ -103,5 +106,7 @@ pub fn unused_tensors(src: &ModelSource, cfg: &ModelConfig) -> Vec<String> {
         })
         .collect();
     let refused = |n: &str| UNSUPPORTED_TENSORS.iter().any(|&(u, _)| u == n);
-    src.tensor_names().into_iter().filter(|n| !read.contains(n) && !refused(n)).collect()
+    // llama 3's rope factors are read with the configuration.
+    let rope = |n: &str| n == crate::config::ROPE_FREQS && matches!(cfg.rope_scaling, RopeScaling::PerPair { .. });
+    src.tensor_names().into_iter().filter(|n| !read.contains(n) && !refused(n) && !rope(n)).collect()
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use plumb_formats::gguf::Value;
+use plumb_model::config::RopeScaling;
 use plumb_model::weights::validate;
 use plumb_model::{ModelConfig, ModelSource};
 use serde_json::json;
@@ -67,9 +68,11 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                 "arch": c.arch.name(), "layers": c.n_layer, "embedding": c.d, "heads": c.n_head,
                 "kv_heads": c.n_head_kv, "head_dim": c.head_dim, "ffn": c.ff, "vocab": c.vocab,
                 "context": c.ctx_len, "rms_eps": c.rms_eps, "rope_theta": c.rope_theta,
-                "rope_theta_local": c.rope_theta_local, "sliding_window": c.sliding_window,
+                "rope_theta_local": c.rope_theta_local, "rope_scaling": c.rope_scaling.describe(),
+                "rope_scaling_local": c.rope_scaling_local.describe(), "sliding_window": c.sliding_window,
                 "sliding_layers": c.layer_sliding.iter().enumerate().filter(|(_, s)| **s).map(|(i, _)| i).collect::<Vec<_>>(),
-                "qkv_bias": c.qkv_bias, "qk_norm": c.qk_norm, "post_norms": c.post_norms,
+                "qkv_bias": c.qkv_bias, "qk_norm": c.qk_norm, "qk_norm_whole": c.qk_norm_whole,
+                "pre_norms": c.pre_norms, "post_norms": c.post_norms,
                 "embed_scale": c.embed_scale, "activation": format!("{:?}", c.act), "attn_scale": c.attn_scale,
                 "attn_softcap": c.attn_softcap, "final_softcap": c.final_softcap, "tied_output": c.tied_output,
             })
@@ -108,9 +111,14 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                     c.layer_sliding.iter().enumerate().filter(|(_, s)| **s).map(|(i, _)| i.to_string()).collect();
                 writeln!(
                     s,
-                    "attention   rope base {} (local {}) · scale {:.6} · window {} on layers [{}]{}",
+                    "attention   rope base {} (local {}){} · scale {:.6} · window {} on layers [{}]{}",
                     c.rope_theta,
                     c.rope_theta_local,
+                    match (&c.rope_scaling, &c.rope_scaling_local) {
+                        (RopeScaling::None, RopeScaling::None) => String::new(),
+                        (g, l) if g == l => format!(" · scaling {}", g.describe()),
+                        (g, l) => format!(" · scaling {} (local {})", g.describe(), l.describe()),
+                    },
                     c.attn_scale,
                     c.sliding_window.map(|w| w.to_string()).unwrap_or_else(|| "none".into()),
                     sliding.join(","),
@@ -121,7 +129,10 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                     quirks.push("qkv bias".into());
                 }
                 if c.qk_norm {
-                    quirks.push("q/k norm".into());
+                    quirks.push(if c.qk_norm_whole { "q/k norm (whole rows)" } else { "q/k norm" }.into());
+                }
+                if !c.pre_norms {
+                    quirks.push("no pre-norms".into());
                 }
                 if c.post_norms {
                     quirks.push("post norms".into());

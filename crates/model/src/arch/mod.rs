@@ -15,13 +15,16 @@ use serde_json::Value as J;
 use crate::config::{Activation, ModelConfig};
 use crate::ModelError;
 
+pub mod gemma2;
 pub mod gemma3;
 pub mod llama;
+pub mod olmo2;
 pub mod qwen2;
 pub mod qwen3;
 
 /// Every family plumb runs; the first whose names match a file wins.
-pub static FAMILIES: &[&ArchSpec] = &[&llama::SPEC, &qwen2::SPEC, &qwen3::SPEC, &gemma3::SPEC];
+pub static FAMILIES: &[&ArchSpec] =
+    &[&llama::SPEC, &qwen2::SPEC, &qwen3::SPEC, &gemma2::SPEC, &gemma3::SPEC, &olmo2::SPEC];
 
 /// One architecture family.
 pub struct ArchSpec {
@@ -48,8 +51,13 @@ pub struct Quirks {
     pub qkv_bias: bool,
     /// Per-head RMSNorm of q and k (qwen3, gemma3).
     pub qk_norm: bool,
-    /// Norms after attention and after the FFN (gemma).
+    /// Norms after attention and after the FFN (gemma, olmo2).
     pub post_norms: bool,
+    /// Norms before attention and before the FFN (all but olmo2).
+    pub pre_norms: bool,
+    /// The q/k norms span each token's whole projection rather than each
+    /// head (olmo2).
+    pub qk_norm_whole: bool,
     pub act: Activation,
     /// Embeddings are multiplied by √d (gemma).
     pub embed_scale_sqrt_d: bool,
@@ -63,6 +71,9 @@ pub struct Quirks {
     pub gguf_qk_interleaved: bool,
     /// Whether an HF config without `tie_word_embeddings` ties the output.
     pub hf_tied_default: bool,
+    /// Sliding-window layers keep the trained rotary frequencies when the
+    /// model scales them (gemma: only global layers are stretched).
+    pub local_rope_unscaled: bool,
 }
 
 /// The quirks of the llama family, which the others start from.
@@ -70,12 +81,15 @@ pub const PLAIN: Quirks = Quirks {
     qkv_bias: false,
     qk_norm: false,
     post_norms: false,
+    pre_norms: true,
+    qk_norm_whole: false,
     act: Activation::Silu,
     embed_scale_sqrt_d: false,
     query_pre_scale: false,
     hf_norm_plus_one: false,
     gguf_qk_interleaved: false,
     hf_tied_default: false,
+    local_rope_unscaled: false,
 };
 
 /// What a layer tensor is for.
@@ -106,6 +120,7 @@ pub enum When {
     QkvBias,
     QkNorm,
     PostNorms,
+    PreNorms,
 }
 
 /// The shape of a layer tensor, in the configuration's dimensions.
@@ -113,8 +128,9 @@ pub enum When {
 pub enum Dims {
     /// [d]
     D,
-    /// [hd]
-    Hd,
+    /// [hd] per head, or the projection's width [H·hd] (`Q`) or
+    /// [Hkv·hd] (`Kv`) where the family norms whole rows.
+    Norm(Dim),
     /// [H·hd]
     Q,
     /// [Hkv·hd]
@@ -155,18 +171,18 @@ pub static LAYER_TENSORS: &[LayerTensor] = {
     use Role::*;
     use When::*;
     &[
-        t(AttnNorm, "attn_norm.weight", "input_layernorm.weight", D, Always, true),
+        t(AttnNorm, "attn_norm.weight", "input_layernorm.weight", D, PreNorms, true),
         t(Wq, "attn_q.weight", "self_attn.q_proj.weight", Matrix(M::Q, M::D), Always, false),
         t(Wk, "attn_k.weight", "self_attn.k_proj.weight", Matrix(M::Kv, M::D), Always, false),
         t(Wv, "attn_v.weight", "self_attn.v_proj.weight", Matrix(M::Kv, M::D), Always, false),
         t(Bq, "attn_q.bias", "self_attn.q_proj.bias", Q, QkvBias, false),
         t(Bk, "attn_k.bias", "self_attn.k_proj.bias", Kv, QkvBias, false),
         t(Bv, "attn_v.bias", "self_attn.v_proj.bias", Kv, QkvBias, false),
-        t(QNorm, "attn_q_norm.weight", "self_attn.q_norm.weight", Hd, QkNorm, true),
-        t(KNorm, "attn_k_norm.weight", "self_attn.k_norm.weight", Hd, QkNorm, true),
+        t(QNorm, "attn_q_norm.weight", "self_attn.q_norm.weight", Norm(M::Q), QkNorm, true),
+        t(KNorm, "attn_k_norm.weight", "self_attn.k_norm.weight", Norm(M::Kv), QkNorm, true),
         t(Wo, "attn_output.weight", "self_attn.o_proj.weight", Matrix(M::D, M::Q), Always, false),
         t(AttnPostNorm, "post_attention_norm.weight", "post_attention_layernorm.weight", D, PostNorms, true),
-        t(FfnNorm, "ffn_norm.weight", "post_attention_layernorm.weight", D, Always, true),
+        t(FfnNorm, "ffn_norm.weight", "post_attention_layernorm.weight", D, PreNorms, true),
         t(WGate, "ffn_gate.weight", "mlp.gate_proj.weight", Matrix(M::Ff, M::D), Always, false),
         t(WUp, "ffn_up.weight", "mlp.up_proj.weight", Matrix(M::Ff, M::D), Always, false),
         t(WDown, "ffn_down.weight", "mlp.down_proj.weight", Matrix(M::D, M::Ff), Always, false),
@@ -192,6 +208,7 @@ impl LayerTensor {
             When::QkvBias => cfg.qkv_bias,
             When::QkNorm => cfg.qk_norm,
             When::PostNorms => cfg.post_norms,
+            When::PreNorms => cfg.pre_norms,
         }
     }
 
@@ -205,7 +222,7 @@ impl LayerTensor {
         };
         match self.dims {
             Dims::D => vec![cfg.d],
-            Dims::Hd => vec![cfg.head_dim],
+            Dims::Norm(m) => vec![if cfg.qk_norm_whole { dim(m) } else { cfg.head_dim }],
             Dims::Q => vec![cfg.q_dim()],
             Dims::Kv => vec![cfg.kv_dim()],
             Dims::Matrix(r, c) => vec![dim(r), dim(c)],
@@ -255,6 +272,7 @@ impl ArchSpec {
             When::QkvBias => true,
             When::QkNorm => self.quirks.qk_norm,
             When::PostNorms => self.quirks.post_norms,
+            When::PreNorms => self.quirks.pre_norms,
         }
     }
 }
