@@ -37,7 +37,8 @@ H / Hkv query / key-value heads, hd head dim, ff FFN width)::
     embedding        [T,d]     model.model.embed_tokens output (gemma3's module
                                already multiplies by sqrt(d))
     blk.L.attn_norm  [T,d]     input_layernorm output (not olmo2)
-    blk.L.q_proj     [T,H*hd]  self_attn.q_proj output (bias included)
+    blk.L.q_proj     [T,H*hd]  self_attn.q_proj output (bias included; phi3: the
+                               first H*hd columns of self_attn.qkv_proj's, then k, v)
     blk.L.k_proj     [T,Hkv*hd], blk.L.v_proj likewise
     blk.L.q_norm     [T,H*hd]  self_attn.q_norm output, heads flattened (qwen3, gemma3;
                                olmo2's norms the whole row)
@@ -57,8 +58,8 @@ H / Hkv query / key-value heads, hd head dim, ff FFN width)::
     blk.L.attn_residual [T,d]  residual after attention = input of the FFN norm
                                (olmo2: of mlp.gate_proj)
     blk.L.ffn_norm   [T,d]     the FFN input norm's output (not olmo2)
-    blk.L.ffn_gate   [T,ff]    mlp.gate_proj output
-    blk.L.ffn_up     [T,ff]    mlp.up_proj output
+    blk.L.ffn_gate   [T,ff]    mlp.gate_proj output (phi3: first half of gate_up_proj's)
+    blk.L.ffn_up     [T,ff]    mlp.up_proj output (phi3: second half)
     blk.L.ffn_act    [T,ff]    mlp.act_fn output (computed as act_fn(gate) when
                                act_fn is a plain function, not a module)
     blk.L.ffn_mul    [T,ff]    input of mlp.down_proj
@@ -74,6 +75,7 @@ Which module is which norm depends on the architecture:
     llama, qwen2, qwen3  post_attention_layernorm    -
     gemma2, gemma3       pre_feedforward_layernorm   post_attention_layernorm
     olmo2                -                           post_attention_layernorm
+    phi3                 post_attention_layernorm    -
 
 so attn_residual is the input of post_attention_layernorm for llama/qwen, of
 pre_feedforward_layernorm for gemma and of the FFN itself for olmo2. ``plumb.arch`` maps
@@ -140,6 +142,7 @@ ARCH_MAP = {
     "gemma3": "gemma3",
     "gemma3_text": "gemma3",
     "olmo2": "olmo2",
+    "phi3": "phi3",
 }
 
 # Layout of the q_norm/k_norm module outputs, used only when the shape
@@ -314,6 +317,19 @@ class Tracer:
 
         self.handles.append(module.register_forward_hook(h))
 
+    def hook_split(self, module, key_fns, widths):
+        """A fused projection's output cut along its last axis into stages."""
+        def h(_m, _inp, out):
+            o = self.rows(out)
+            at = 0
+            for key_fn, w in zip(key_fns, widths):
+                key = key_fn()
+                if key is not None:
+                    self.put(key, o[:, at:at + w])
+                at += w
+
+        self.handles.append(module.register_forward_hook(h))
+
     def hook_in(self, module, key_fn, conv):
         def h(_m, inp):
             key = key_fn()
@@ -356,8 +372,15 @@ class Tracer:
             pre_norms = hasattr(layer, "input_layernorm")
             if pre_norms:
                 self.hook_out(layer.input_layernorm, self.key("attn_norm", L), self.rows)
-            for name in ("q_proj", "k_proj", "v_proj"):
-                self.hook_out(getattr(attn, name), self.key(name, L), self.rows)
+            if hasattr(attn, "qkv_proj"):
+                # phi3: one projection, rows [q | k | v].
+                cfg = text_config(self.model.config)
+                hd = getattr(attn, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+                widths = [cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd, cfg.num_key_value_heads * hd]
+                self.hook_split(attn.qkv_proj, [self.key(n, L) for n in ("q_proj", "k_proj", "v_proj")], widths)
+            else:
+                for name in ("q_proj", "k_proj", "v_proj"):
+                    self.hook_out(getattr(attn, name), self.key(name, L), self.rows)
             for name in ("q_norm", "k_norm"):
                 if hasattr(attn, name):
                     self.hook_out(getattr(attn, name), self.key(name, L), self.norm_rows_fn(attn, name))
@@ -374,9 +397,14 @@ class Tracer:
                 self.hook_in(mlp.gate_proj, self.key("attn_residual", L), self.rows)
             if hasattr(layer, "post_feedforward_layernorm"):
                 self.hook_out(layer.post_feedforward_layernorm, self.key("ffn_post_norm", L), self.rows)
-            self.hook_out(mlp.gate_proj, self.key("ffn_gate", L), self.rows)
-            self.hook_out(mlp.up_proj, self.key("ffn_up", L), self.rows)
-            act = getattr(mlp, "act_fn", None)
+            if hasattr(mlp, "gate_up_proj"):
+                # phi3: one projection, columns [gate | up].
+                half = mlp.gate_up_proj.out_features // 2
+                self.hook_split(mlp.gate_up_proj, [self.key("ffn_gate", L), self.key("ffn_up", L)], [half, half])
+            else:
+                self.hook_out(mlp.gate_proj, self.key("ffn_gate", L), self.rows)
+                self.hook_out(mlp.up_proj, self.key("ffn_up", L), self.rows)
+            act = getattr(mlp, "act_fn", None) or getattr(mlp, "activation_fn", None)
             if isinstance(act, nn.Module):
                 # The same activation module may be shared between layers:
                 # hook each object once and key it by the running layer.

@@ -79,6 +79,8 @@ from transformers import (  # noqa: E402
     LlamaForCausalLM,
     Olmo2Config,
     Olmo2ForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen3Config,
@@ -125,6 +127,12 @@ def configs():
                                                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
                                                  tie_word_embeddings=False, pad_token_id=0, bos_token_id=1,
                                                  eos_token_id=2)),
+        # q, k, v in one matrix and gate, up in another; no sliding window
+        # (llama.cpp does not apply phi3's).
+        "phi3": (Phi3ForCausalLM, Phi3Config(**common, rms_norm_eps=1e-5, sliding_window=None,
+                                              rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                                              tie_word_embeddings=False, pad_token_id=0, bos_token_id=1,
+                                              eos_token_id=2)),
     }
 
 
@@ -180,6 +188,7 @@ def gguf_name(arch, hf):
         "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
         "self_attn.q_proj.bias": "attn_q.bias", "self_attn.k_proj.bias": "attn_k.bias",
         "self_attn.v_proj.bias": "attn_v.bias",
+        "self_attn.qkv_proj.weight": "attn_qkv.weight", "mlp.gate_up_proj.weight": "ffn_up.weight",
         "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight",
         "post_attention_layernorm.weight": "post_attention_norm.weight" if gemma else "ffn_norm.weight",
         "pre_feedforward_layernorm.weight": "ffn_norm.weight",
@@ -199,7 +208,9 @@ def permute(w, n_head):
 def write_gguf(path, arch, cfg, tensors, quant):
     w = gguf.GGUFWriter(str(path), gguf_arch(arch))
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    w.add_name(f"plumb tiny {arch}")
+    # llama.cpp gives models whose name contains "phi3" or "phi-3" special token attributes
+    # that need Phi-3's own vocabulary, which the stub tokenizer does not have.
+    w.add_name("plumb tiny phi 3" if arch == "phi3" else f"plumb tiny {arch}")
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
     w.add_block_count(cfg.num_hidden_layers)
@@ -216,6 +227,9 @@ def write_gguf(path, arch, cfg, tensors, quant):
         w.add_sliding_window(cfg.sliding_window)
         w.add_array("gemma3.attention.sliding_window_pattern", [t == "sliding_attention" for t in cfg.layer_types])
         w.add_float32("gemma3.attention.query_pre_attn_scalar", float(cfg.query_pre_attn_scalar))
+    elif arch == "phi3":
+        w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+        w.add_rope_dimension_count(hd)
     elif arch == "gemma2":
         w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
         w.add_sliding_window(cfg.sliding_window)
@@ -388,6 +402,10 @@ def self_check(d, arch):
             # ... and does not map the softcap keys.
             cfg.attn_logit_softcapping = float(f["gemma2.attn_logit_softcapping"].contents())
             cfg.final_logit_softcapping = float(f["gemma2.final_logit_softcapping"].contents())
+        if arch == "phi3":
+            # The stub tokenizer names no padding token; transformers' default (32000) is past
+            # the tiny vocabulary. The padding index changes no logit.
+            cfg.pad_token_id = hf_cfg.pad_token_id
         if arch == "llama3":
             # transformers' GGUF loader does not read rope_freqs.
             cfg.rope_parameters = hf_cfg.rope_parameters

@@ -81,6 +81,8 @@ pub struct ModelConfig {
     pub pre_norms: bool,
     /// The q/k norms span the whole projection, not each head (olmo2).
     pub qk_norm_whole: bool,
+    /// q, k, v stored as one matrix, and gate and up (phi3).
+    pub fused: bool,
     /// Embedding rows are multiplied by this (gemma: sqrt(d)).
     pub embed_scale: f32,
     pub act: Activation,
@@ -179,6 +181,12 @@ impl ModelConfig {
         let rms_eps = g.f64_opt(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-6) as f32;
         let rope_theta = g.f64_opt(&key("rope.freq_base"))?.unwrap_or(10000.0) as f32;
         let rope_scaling = gguf_rope_scaling(g, &key, head_dim)?;
+        if let Some(n) = g.u64_opt(&key("rope.dimension_count"))?.filter(|&n| n as usize != head_dim) {
+            return Err(bad(
+                path,
+                format!("rotary embedding on {n} of each head's {head_dim} dims is not supported yet"),
+            ));
+        }
         let tied_output = g.tensor_info("output.weight").is_none();
         let sizes = Sizes { n_layer, d, n_head, n_head_kv, head_dim, ff, vocab };
         let mut cfg = ModelConfig::with_quirks(arch, sizes, ctx_len, rms_eps, (rope_theta, rope_theta), tied_output);
@@ -299,6 +307,7 @@ impl ModelConfig {
             post_norms: q.post_norms,
             pre_norms: q.pre_norms,
             qk_norm_whole: q.qk_norm_whole,
+            fused: q.fused,
             embed_scale: if q.embed_scale_sqrt_d { (s.d as f32).sqrt() } else { 1.0 },
             act: q.act,
             attn_scale: 1.0 / (s.head_dim as f32).sqrt(),

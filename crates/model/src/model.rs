@@ -100,7 +100,17 @@ impl Model {
                 }
                 Ok(Some(if t.is_norm { norm(&name(role))? } else { vector(&name(role))? }))
             };
-            let (mut wq, mut wk) = (matrix(Role::Wq), matrix(Role::Wk));
+            let ((mut wq, mut wk, wv), (w_gate, w_up)) = if cfg.fused {
+                // phi3: rows [q | k | v] and [gate | up], split without a copy.
+                let (qkv, up) = (matrix(Role::Wqkv), matrix(Role::WUp));
+                let (qd, kvd, ff) = (cfg.q_dim(), cfg.kv_dim(), cfg.ff);
+                let qkv =
+                    (row_range(&qkv, 0, qd), row_range(&qkv, qd, qd + kvd), row_range(&qkv, qd + kvd, qd + 2 * kvd));
+                (qkv, (row_range(&up, 0, ff), row_range(&up, ff, 2 * ff)))
+            } else {
+                let qkv = (matrix(Role::Wq), matrix(Role::Wk), matrix(Role::Wv));
+                (qkv, (matrix(Role::WGate), matrix(Role::WUp)))
+            };
             if cfg.unpermute_qk {
                 wq = unpermute_rows(&wq, cfg.n_head);
                 wk = unpermute_rows(&wk, cfg.n_head_kv);
@@ -109,7 +119,7 @@ impl Model {
                 attn_norm: vec_of(Role::AttnNorm)?,
                 wq,
                 wk,
-                wv: matrix(Role::Wv),
+                wv,
                 bq: vec_of(Role::Bq)?,
                 bk: vec_of(Role::Bk)?,
                 bv: vec_of(Role::Bv)?,
@@ -118,8 +128,8 @@ impl Model {
                 wo: matrix(Role::Wo),
                 attn_post_norm: vec_of(Role::AttnPostNorm)?,
                 ffn_norm: vec_of(Role::FfnNorm)?,
-                w_gate: matrix(Role::WGate),
-                w_up: matrix(Role::WUp),
+                w_gate,
+                w_up,
                 w_down: matrix(Role::WDown),
                 ffn_post_norm: vec_of(Role::FfnPostNorm)?,
             });
@@ -749,6 +759,19 @@ pub(crate) fn row_blocks(t: usize, rows: usize) -> Vec<(usize, usize)> {
         blocks.push((0, t));
     }
     blocks
+}
+
+/// Rows r0..r1 of a matrix, sharing its bytes (a view of a stored fused
+/// matrix), named after the whole with the rows it holds.
+fn row_range(w: &Weight, r0: usize, r1: usize) -> Weight {
+    let rb = w.row_bytes();
+    let bytes = match &w.bytes {
+        Bytes::Mapped { map, start, .. } => {
+            Bytes::Mapped { map: map.clone(), start: start + r0 * rb, len: (r1 - r0) * rb }
+        }
+        Bytes::Owned(v) => Bytes::Owned(std::sync::Arc::new(v[r0 * rb..r1 * rb].to_vec())),
+    };
+    Weight { name: format!("{} rows {r0}..{r1}", w.name), rows: r1 - r0, bytes, ..w.clone() }
 }
 
 /// Reorders the rows of a llama-arch GGUF Q or K matrix from the interleaved

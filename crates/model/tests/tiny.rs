@@ -9,7 +9,7 @@ use plumb_model::kernels::kernels_for;
 use plumb_model::sample::argmax;
 use plumb_model::{KvCache, Model, NoTrace, Precision};
 
-const ARCHS: [&str; 7] = ["llama", "qwen2", "qwen3", "gemma3", "gemma2", "llama3", "olmo2"];
+const ARCHS: [&str; 8] = ["llama", "qwen2", "qwen3", "gemma3", "gemma2", "llama3", "olmo2", "phi3"];
 
 fn dir(arch: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tiny").join(arch)

@@ -19,12 +19,13 @@ pub mod gemma2;
 pub mod gemma3;
 pub mod llama;
 pub mod olmo2;
+pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
 
 /// Every family plumb runs; the first whose names match a file wins.
 pub static FAMILIES: &[&ArchSpec] =
-    &[&llama::SPEC, &qwen2::SPEC, &qwen3::SPEC, &gemma2::SPEC, &gemma3::SPEC, &olmo2::SPEC];
+    &[&llama::SPEC, &qwen2::SPEC, &qwen3::SPEC, &gemma2::SPEC, &gemma3::SPEC, &olmo2::SPEC, &phi3::SPEC];
 
 /// One architecture family.
 pub struct ArchSpec {
@@ -58,6 +59,9 @@ pub struct Quirks {
     /// The q/k norms span each token's whole projection rather than each
     /// head (olmo2).
     pub qk_norm_whole: bool,
+    /// q, k and v are one stored matrix, and so are the FFN's gate and up
+    /// (phi3); split by rows at load.
+    pub fused: bool,
     pub act: Activation,
     /// Embeddings are multiplied by √d (gemma).
     pub embed_scale_sqrt_d: bool,
@@ -83,6 +87,7 @@ pub const PLAIN: Quirks = Quirks {
     post_norms: false,
     pre_norms: true,
     qk_norm_whole: false,
+    fused: false,
     act: Activation::Silu,
     embed_scale_sqrt_d: false,
     query_pre_scale: false,
@@ -99,6 +104,8 @@ pub enum Role {
     Wq,
     Wk,
     Wv,
+    /// q, k and v in one matrix (phi3).
+    Wqkv,
     Bq,
     Bk,
     Bv,
@@ -121,6 +128,10 @@ pub enum When {
     QkNorm,
     PostNorms,
     PreNorms,
+    /// In families that store q, k, v (and gate, up) apart.
+    Unfused,
+    /// In families that store them together.
+    Fused,
 }
 
 /// The shape of a layer tensor, in the configuration's dimensions.
@@ -145,6 +156,10 @@ pub enum Dim {
     Q,
     Kv,
     Ff,
+    /// q, k and v stacked: H·hd + 2·Hkv·hd.
+    Qkv,
+    /// The up projection: ff, or 2·ff where gate and up are one matrix.
+    Up,
 }
 
 /// One tensor of every layer.
@@ -172,9 +187,10 @@ pub static LAYER_TENSORS: &[LayerTensor] = {
     use When::*;
     &[
         t(AttnNorm, "attn_norm.weight", "input_layernorm.weight", D, PreNorms, true),
-        t(Wq, "attn_q.weight", "self_attn.q_proj.weight", Matrix(M::Q, M::D), Always, false),
-        t(Wk, "attn_k.weight", "self_attn.k_proj.weight", Matrix(M::Kv, M::D), Always, false),
-        t(Wv, "attn_v.weight", "self_attn.v_proj.weight", Matrix(M::Kv, M::D), Always, false),
+        t(Wq, "attn_q.weight", "self_attn.q_proj.weight", Matrix(M::Q, M::D), Unfused, false),
+        t(Wk, "attn_k.weight", "self_attn.k_proj.weight", Matrix(M::Kv, M::D), Unfused, false),
+        t(Wv, "attn_v.weight", "self_attn.v_proj.weight", Matrix(M::Kv, M::D), Unfused, false),
+        t(Wqkv, "attn_qkv.weight", "self_attn.qkv_proj.weight", Matrix(M::Qkv, M::D), Fused, false),
         t(Bq, "attn_q.bias", "self_attn.q_proj.bias", Q, QkvBias, false),
         t(Bk, "attn_k.bias", "self_attn.k_proj.bias", Kv, QkvBias, false),
         t(Bv, "attn_v.bias", "self_attn.v_proj.bias", Kv, QkvBias, false),
@@ -183,8 +199,8 @@ pub static LAYER_TENSORS: &[LayerTensor] = {
         t(Wo, "attn_output.weight", "self_attn.o_proj.weight", Matrix(M::D, M::Q), Always, false),
         t(AttnPostNorm, "post_attention_norm.weight", "post_attention_layernorm.weight", D, PostNorms, true),
         t(FfnNorm, "ffn_norm.weight", "post_attention_layernorm.weight", D, PreNorms, true),
-        t(WGate, "ffn_gate.weight", "mlp.gate_proj.weight", Matrix(M::Ff, M::D), Always, false),
-        t(WUp, "ffn_up.weight", "mlp.up_proj.weight", Matrix(M::Ff, M::D), Always, false),
+        t(WGate, "ffn_gate.weight", "mlp.gate_proj.weight", Matrix(M::Ff, M::D), Unfused, false),
+        t(WUp, "ffn_up.weight", "mlp.up_proj.weight", Matrix(M::Up, M::D), Always, false),
         t(WDown, "ffn_down.weight", "mlp.down_proj.weight", Matrix(M::D, M::Ff), Always, false),
         t(FfnPostNorm, "post_ffw_norm.weight", "post_feedforward_layernorm.weight", D, PostNorms, true),
     ]
@@ -209,6 +225,8 @@ impl LayerTensor {
             When::QkNorm => cfg.qk_norm,
             When::PostNorms => cfg.post_norms,
             When::PreNorms => cfg.pre_norms,
+            When::Unfused => !cfg.fused,
+            When::Fused => cfg.fused,
         }
     }
 
@@ -219,6 +237,14 @@ impl LayerTensor {
             Dim::Q => cfg.q_dim(),
             Dim::Kv => cfg.kv_dim(),
             Dim::Ff => cfg.ff,
+            Dim::Qkv => cfg.q_dim() + 2 * cfg.kv_dim(),
+            Dim::Up => {
+                if cfg.fused {
+                    2 * cfg.ff
+                } else {
+                    cfg.ff
+                }
+            }
         };
         match self.dims {
             Dims::D => vec![cfg.d],
@@ -273,6 +299,8 @@ impl ArchSpec {
             When::QkNorm => self.quirks.qk_norm,
             When::PostNorms => self.quirks.post_norms,
             When::PreNorms => self.quirks.pre_norms,
+            When::Unfused => !self.quirks.fused,
+            When::Fused => self.quirks.fused,
         }
     }
 }
