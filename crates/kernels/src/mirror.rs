@@ -581,6 +581,44 @@ pub fn scalar_exp16(g: &[f32], max: f32, out: &mut [f32; 16]) {
 mod tests {
     use super::*;
 
+    /// Both builds' e^x stay within 2 f32 epsilons (relative) of the true
+    /// value across f32's normal range, flush to 0 and
+    /// ∞ where llama.cpp's do, and are not the C library's (else the mirror
+    /// would mirror nothing); SiLU rows take the tail from the C library.
+    #[test]
+    fn the_vector_exps_are_accurate_and_flush_where_llama_cpp_does() {
+        let mut differs_from_libm = [0usize; 2];
+        let mut x = -110.0f32;
+        while x < 95.0 {
+            let want = (x as f64).exp();
+            for (i, got) in [expf_lanes8(x), expf_lanes16(x)].into_iter().enumerate() {
+                if want > f32::MAX as f64 {
+                    assert_eq!(got, f32::INFINITY, "lanes {i}: e^{x}");
+                } else if want >= f32::MIN_POSITIVE as f64 {
+                    let rel = (got as f64 - want).abs() / want;
+                    assert!(rel <= 2.0 * f32::EPSILON as f64, "lanes {i}: e^{x} = {got}, want {want} ({rel:e})");
+                }
+                differs_from_libm[i] += (got != x.exp()) as usize;
+            }
+            x += 0.0137;
+        }
+        assert!(differs_from_libm.iter().all(|&n| n > 100), "{differs_from_libm:?}");
+        assert_eq!(expf_lanes16(-200.0), 0.0);
+        assert_eq!(expf_lanes8(-200.0), 0.0);
+        assert_eq!(expf_lanes16(200.0), f32::INFINITY);
+        assert_eq!(expf_lanes8(200.0), f32::INFINITY);
+
+        // A row of 21: 16 + 5 or 2·8 + 5 vector lanes, the last five by libm.
+        let row: Vec<f32> = (0..21).map(|i| i as f32 * 0.37 - 3.0).collect();
+        for lanes in [SiluLanes::Eight, SiluLanes::Sixteen] {
+            let mut got = row.clone();
+            silu_row(lanes, &mut got);
+            for (i, (&g, &x)) in got.iter().zip(&row).enumerate().skip(16) {
+                assert_eq!(g.to_bits(), crate::ops::silu(x).to_bits(), "{lanes:?} tail element {i}");
+            }
+        }
+    }
+
     fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 250.0 - 4.0).collect()
     }
@@ -830,5 +868,107 @@ mod tests {
         assert_eq!(row[5], 0.0);
         let total: f64 = row.iter().map(|v| *v as f64).sum();
         assert!((total - 1.0).abs() < 1e-6);
+    }
+}
+
+/// Which of llama.cpp's vectorized SiLU loops the fast precision mirrors:
+/// its CPU backend computes SiLU (in `ggml_vec_swiglu_f32`) 16 lanes at a
+/// time where built with AVX-512 and 8 where built with AVX2, each with its
+/// own e^x polynomial, and the last elements of a row (fewer than a vector)
+/// with the C library's e^x.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SiluLanes {
+    /// 8 lanes, e^x as k + k·p(b) (the AVX2 build; also plumb's scalar path).
+    Eight,
+    /// 16 lanes, e^x as (1 + p(b))·2ⁿ (the AVX-512 build).
+    Sixteen,
+}
+
+impl SiluLanes {
+    pub fn of(path: crate::KernelPath) -> SiluLanes {
+        if path.uses_avx512f() {
+            SiluLanes::Sixteen
+        } else {
+            SiluLanes::Eight
+        }
+    }
+}
+
+/// SiLU of one FFN row in place, as llama.cpp's CPU backend computes it:
+/// whole vectors of lanes by x / (1 + e^(0 − x)) with the vector e^x of the
+/// build, the rest by the C library's e^x. Each lane is computed here one
+/// at a time, every fused multiply-add where the vector code has one.
+pub fn silu_row(lanes: SiluLanes, row: &mut [f32]) {
+    let n = match lanes {
+        SiluLanes::Eight => 8,
+        SiluLanes::Sixteen => 16,
+    };
+    let whole = row.len() / n * n;
+    let (vectors, tail) = row.split_at_mut(whole);
+    for x in vectors.iter_mut() {
+        let e = match lanes {
+            SiluLanes::Eight => expf_lanes8(0.0 - *x),
+            SiluLanes::Sixteen => expf_lanes16(0.0 - *x),
+        };
+        *x /= 1.0 + e;
+    }
+    tail.iter_mut().for_each(|x| *x = crate::ops::silu(*x));
+}
+
+// The vector e^x of llama.cpp's CPU backend (an Arm optimized-routines
+// polynomial): n = round(x / ln 2) by the 1.5·2²³ shift, b = x − n·ln 2 in
+// two parts, p(b) a degree-5 polynomial in b.
+const EXP_SHIFT: f32 = 12_582_912.0; // 0x1.8p23
+const EXP_LOG2E: f32 = f32::from_bits(0x3fb8_aa3b); // 0x1.715476p+0
+const EXP_LN2_HI: f32 = f32::from_bits(0x3f31_7200); // 0x1.62e4p-1
+const EXP_LN2_LO: f32 = f32::from_bits(0x35bf_be8e); // 0x1.7f7d1cp-20
+const EXP_C: [f32; 5] = [
+    f32::from_bits(0x3f7f_fff6), // 0x1.ffffecp-1 (b)
+    f32::from_bits(0x3eff_fedb), // 0x1.fffdb6p-2 (b²)
+    f32::from_bits(0x3e2a_af33), // 0x1.555e66p-3 (b³)
+    f32::from_bits(0x3d2b_9f17), // 0x1.573e2ep-5 (b⁴)
+    f32::from_bits(0x3c07_2010), // 0x1.0e4020p-7 (b⁵)
+];
+
+/// (n, b, b²) of the shared range reduction; z is n's shifted value.
+#[inline(always)]
+fn exp_reduce(x: f32) -> (f32, f32, f32, f32) {
+    let z = x.mul_add(EXP_LOG2E, EXP_SHIFT);
+    let n = z - EXP_SHIFT;
+    let b = (-n).mul_add(EXP_LN2_LO, (-n).mul_add(EXP_LN2_HI, x));
+    (z, n, b, b * b)
+}
+
+/// The AVX-512 build's e^x: (1 + p(b))·2ⁿ in one scaling, 0 or ∞ past
+/// |n| > 192.
+fn expf_lanes16(x: f32) -> f32 {
+    let (_, n, b, u) = exp_reduce(x);
+    let hi = EXP_C[4].mul_add(b, EXP_C[3]).mul_add(u, EXP_C[2].mul_add(b, EXP_C[1]));
+    let j = hi.mul_add(u, EXP_C[0].mul_add(b, 1.0));
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    // j·2ⁿ rounded once, as the scaling instruction does (exact in f64).
+    (j as f64 * 2f64.powi(n as i32)) as f32
+}
+
+/// The AVX2 build's e^x: k + k·p(b) with k = 2ⁿ built in the exponent
+/// bits, and two scale factors where |n| > 126.
+fn expf_lanes8(x: f32) -> f32 {
+    let (z, n, b, u) = exp_reduce(x);
+    let e = z.to_bits() << 23;
+    let k = f32::from_bits(e.wrapping_add(1f32.to_bits()));
+    let hi = EXP_C[4].mul_add(b, EXP_C[3]).mul_add(u, EXP_C[2].mul_add(b, EXP_C[1]));
+    let j = hi.mul_add(u, EXP_C[0] * b);
+    if n.abs() <= 126.0 {
+        return k.mul_add(j, k);
+    }
+    let g: u32 = if n <= 0.0 { 0x8200_0000 } else { 0 };
+    let s1 = f32::from_bits(g.wrapping_add(0x7f00_0000));
+    let s2 = f32::from_bits(e.wrapping_sub(g));
+    if n.abs() > 192.0 {
+        s1 * s1
+    } else {
+        s2.mul_add(j, s2) * s1
     }
 }

@@ -99,8 +99,10 @@ pub trait Ops {
     /// Rotate-half rotary embedding of x [T, width] (heads of `hd`) by
     /// `angles`: element i pairs with i + hd/2.
     fn rope(&self, x: &mut [f32], width: usize, hd: usize, angles: &Angles);
-    /// g = act(g), element-wise.
-    fn activation(&self, act: Activation, g: &mut [f32]);
+    /// g = act(g), element-wise, on rows of `width` (the FFN's width: the
+    /// fast precision's SiLU, like llama.cpp's, treats each row's last
+    /// few elements apart).
+    fn activation(&self, act: Activation, g: &mut [f32], width: usize);
 }
 
 impl Ops for ExactKernels {
@@ -138,7 +140,7 @@ impl Ops for ExactKernels {
         }
     }
 
-    fn activation(&self, act: Activation, g: &mut [f32]) {
+    fn activation(&self, act: Activation, g: &mut [f32], _width: usize) {
         for_each_run(g, PAR_MIN_ELEMS, |_, g| match act {
             Activation::Silu => g.iter_mut().for_each(|g| *g = silu(*g)),
             Activation::GeluTanh => g.iter_mut().for_each(|g| *g = gelu_tanh(*g)),
@@ -163,11 +165,20 @@ impl Ops for FastKernels {
         crate::mirror::rope_neox(x, width, hd, angles)
     }
 
-    fn activation(&self, act: Activation, g: &mut [f32]) {
-        for_each_run(g, PAR_MIN_ELEMS, |_, g| match act {
-            Activation::Silu => g.iter_mut().for_each(|g| *g = silu(*g)),
-            Activation::GeluTanh => crate::mirror::gelu_by_f16_table(gelu_f16_table(), g),
-        });
+    fn activation(&self, act: Activation, g: &mut [f32], width: usize) {
+        match act {
+            Activation::Silu => {
+                let lanes = crate::mirror::SiluLanes::of(self.path);
+                if g.len() < PAR_MIN_ELEMS {
+                    g.chunks_mut(width).for_each(|row| crate::mirror::silu_row(lanes, row));
+                } else {
+                    g.par_chunks_mut(width).for_each(|row| crate::mirror::silu_row(lanes, row));
+                }
+            }
+            Activation::GeluTanh => {
+                for_each_run(g, PAR_MIN_ELEMS, |_, g| crate::mirror::gelu_by_f16_table(gelu_f16_table(), g))
+            }
+        }
     }
 }
 
@@ -275,8 +286,9 @@ fn rms_scales(xg: &[f32], n: usize, eps: f32, p: Precision) -> [f32; 4] {
     })
 }
 
+/// x·sigmoid(x) = x / (1 + e^−x), with the C library's e^x.
 #[inline]
-fn silu(x: f32) -> f32 {
+pub(crate) fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
