@@ -44,7 +44,7 @@ PROMPTS = [
 # Tiny models have 512-token made-up vocabularies: fixed id sequences.
 TINY_IDS = [[1, 17, 42, 99, 7], [1, 300, 12, 12, 5, 77, 400, 3], [1] + list(range(20, 36)),
             [1, 250, 251, 252], [1, 9, 8, 7, 6, 5, 4, 3, 2, 101, 102]]
-TINY = ["llama", "qwen2", "qwen3", "gemma3"]
+TINY = ["llama", "qwen2", "qwen3", "gemma3", "gemma2", "llama3", "olmo2", "phi3"]
 
 ENGINES = {"exact": "plumb exact", "fast": "plumb fast", "hf": "transformers", "lc": "llama.cpp"}
 # (under test, reference)

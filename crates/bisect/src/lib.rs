@@ -171,7 +171,23 @@ impl Loaded {
                 "tokenizer.ggml.merges",
             ]);
         }
-        // A tensor plumb does not read is said, never passed over in silence.
+        // A tensor or key plumb does not read is said, never passed over in
+        // silence.
+        let unused_keys = plumb_model::weights::unused_metadata(&model.source, &model.cfg);
+        if !unused_keys.is_empty() {
+            let n = unused_keys.len();
+            let note = format!(
+                "{n} metadata key{} in the file {} not read by plumb ({}); if the converter meant {} to change the model, its results will differ",
+                if n == 1 { "" } else { "s" },
+                if n == 1 { "is" } else { "are" },
+                unused_keys.join(", "),
+                if n == 1 { "it" } else { "them" },
+            );
+            warning = Some(match warning {
+                Some(w) => format!("{w}; {note}"),
+                None => note,
+            });
+        }
         let unused = plumb_model::weights::unused_tensors(&model.source, &model.cfg);
         if !unused.is_empty() {
             let shown: Vec<&str> = unused.iter().take(4).map(String::as_str).collect();

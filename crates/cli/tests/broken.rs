@@ -183,6 +183,48 @@ fn rope_scaling_is_refused_and_unread_tensors_are_named() {
     let (_, out, _) = plumb(&["inspect", extra, "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["unused_tensors"], serde_json::json!(["blk.0.attn_sinks.weight"]));
+    assert_eq!(v["unused_metadata"], serde_json::json!([]));
+
+    // Metadata keys likewise: a sliding window in a llama file (llama.cpp
+    // ignores it too) and an expert count are named, never dropped in silence.
+    let keys = [("llama.attention.sliding_window", Value::U32(4)), ("llama.expert_count", Value::U32(8))];
+    let keyed = extended_copy(dir.path(), "keys.gguf", &keys, &[]);
+    let keyed = keyed.to_str().unwrap();
+    let (code, _, err) = plumb(&["run", keyed, "--tokens", "1,2", "-n", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(
+            "2 metadata keys in the file are not read by plumb (llama.attention.sliding_window, llama.expert_count)"
+        ),
+        "{err}"
+    );
+    let (_, out, _) = plumb(&["inspect", keyed, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["unused_metadata"], serde_json::json!(["llama.attention.sliding_window", "llama.expert_count"]));
+}
+
+/// Every key and tensor of the test models is read or known not to matter:
+/// `inspect` reports nothing unread for any tiny GGUF (every architecture,
+/// F32 and Q8_0) or the real model.
+#[test]
+fn the_test_models_hold_nothing_plumb_passes_over() {
+    let mut models: Vec<PathBuf> = Vec::new();
+    for arch in ["llama", "qwen2", "qwen3", "gemma3", "gemma2", "llama3", "olmo2", "phi3"] {
+        for q in ["f32", "q8_0"] {
+            models.push(root().join(format!("testdata/tiny/{arch}/{arch}-{q}.gguf")));
+        }
+    }
+    let real = root().join("models/gemma-3-270m-q4_k_m.gguf");
+    if real.exists() {
+        models.push(real);
+    }
+    for m in models {
+        let (code, out, _) = plumb(&["inspect", m.to_str().unwrap(), "--json"]);
+        assert_eq!(code, 0, "{}: {out}", m.display());
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["unused_metadata"], serde_json::json!([]), "{}", m.display());
+        assert_eq!(v["unused_tensors"], serde_json::json!([]), "{}", m.display());
+    }
 }
 
 #[test]

@@ -341,6 +341,33 @@ impl ModelConfig {
     }
 }
 
+/// The GGUF keys every family reads (after the architecture prefix).
+pub const GGUF_KEYS: &[&str] = &[
+    "block_count",
+    "embedding_length",
+    "attention.head_count",
+    "attention.head_count_kv",
+    "attention.key_length",
+    "feed_forward_length",
+    "context_length",
+    "attention.layer_norm_rms_epsilon",
+    "rope.freq_base",
+    "rope.dimension_count",
+    "rope.scaling.type",
+    "rope.scaling.factor",
+];
+
+/// GGUF keys that never change plumb's numbers: all of `general.*` (names,
+/// licence, file type), `tokenizer.*` (the tokenizer's own, read there),
+/// `quantize.*` (how a quantizer was run) and `split.*`; and, after the
+/// architecture prefix, the vocabulary size (the tokenizer's is used), the
+/// value width (checked through the tensor shapes) and the trained context
+/// of scaling kinds plumb refuses anyway.
+pub const GGUF_KEYS_IRRELEVANT: (&[&str], &[&str]) = (
+    &["general.", "tokenizer.", "quantize.", "split."],
+    &["vocab_size", "attention.value_length", "rope.scaling.original_context_length", "rope.scaling.finetuned"],
+);
+
 /// A GGUF file's rope scaling: `rope.scaling.type` none or linear (with
 /// `rope.scaling.factor`), and llama 3's per-pair factors in the
 /// `rope_freqs` tensor. Kinds that change the arithmetic otherwise (yarn,

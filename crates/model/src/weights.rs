@@ -94,6 +94,26 @@ pub fn validate(src: &ModelSource, cfg: &ModelConfig) -> Vec<Problem> {
     problems
 }
 
+/// The metadata keys of a GGUF file that plumb neither reads nor knows to
+/// be irrelevant to the numbers ([`crate::config::GGUF_KEYS_IRRELEVANT`]):
+/// reported like unread tensors, since a converter that wrote one may have
+/// meant something plumb does not do (a sliding window in a llama file, an
+/// expert count). HF folders: none (config.json is read by name).
+pub fn unused_metadata(src: &ModelSource, cfg: &ModelConfig) -> Vec<String> {
+    let ModelSource::Gguf(g) = src else { return Vec::new() };
+    let (prefixes, suffixes) = crate::config::GGUF_KEYS_IRRELEVANT;
+    let arch = g.arch().unwrap_or(cfg.arch.name());
+    let known = |key: &str| {
+        if prefixes.iter().any(|p| key.starts_with(p)) {
+            return true;
+        }
+        let Some(rest) = key.strip_prefix(arch).and_then(|r| r.strip_prefix('.')) else { return false };
+        let read = crate::config::GGUF_KEYS.iter().chain(cfg.arch.spec().gguf_keys);
+        read.chain(suffixes.iter()).any(|k| *k == rest)
+    };
+    g.metadata().iter().map(|(k, _)| k).filter(|k| !known(k)).cloned().collect()
+}
+
 /// The tensors in the file that the forward pass never reads (under the
 /// file's own names), besides those [`validate`] refuses: reported, since a
 /// converter that wrote them may have meant something plumb does not do.

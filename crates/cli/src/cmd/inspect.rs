@@ -50,6 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     };
     let valid = problems.is_empty();
     let unused = config.as_ref().map(|c| plumb_model::weights::unused_tensors(&src, c)).unwrap_or_default();
+    let unused_keys = config.as_ref().map(|c| plumb_model::weights::unused_metadata(&src, c)).unwrap_or_default();
 
     let mut by_type: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();
     let mut params = 0u64;
@@ -93,6 +94,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             "valid": valid,
             "problems": problems,
             "unused_tensors": unused,
+            "unused_metadata": unused_keys,
         });
         out::print(&(serde_json::to_string_pretty(&doc)? + "\n"))?;
     } else {
@@ -186,6 +188,12 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                 writeln!(s, "  but {} tensor(s) in the file are not read by plumb:", unused.len())?;
                 for n in &unused {
                     writeln!(s, "  - {n}")?;
+                }
+            }
+            if !unused_keys.is_empty() {
+                writeln!(s, "  but {} metadata key(s) in the file are not read by plumb:", unused_keys.len())?;
+                for k in &unused_keys {
+                    writeln!(s, "  - {k}")?;
                 }
             }
         } else {

@@ -26,6 +26,7 @@ pub static SPEC: ArchSpec = ArchSpec {
         local_rope_unscaled: true,
         ..PLAIN
     },
+    gguf_keys: super::gemma3::GEMMA_KEYS,
     hf_renames: &[(Role::FfnNorm, "pre_feedforward_layernorm.weight")],
     from_gguf,
     from_hf,

@@ -29,10 +29,21 @@ pub static SPEC: ArchSpec = ArchSpec {
     },
     // gemma's post_attention_layernorm follows attention; llama's is the FFN
     // input norm.
+    gguf_keys: GEMMA_KEYS,
     hf_renames: &[(Role::FfnNorm, "pre_feedforward_layernorm.weight")],
     from_gguf,
     from_hf,
 };
+
+/// The GGUF keys gemma 2 and 3 read beyond the common ones.
+pub(super) const GEMMA_KEYS: &[&str] = &[
+    "attention.sliding_window",
+    "attention.sliding_window_pattern",
+    "attention.query_pre_attn_scalar",
+    "attn_logit_softcapping",
+    "final_logit_softcapping",
+    "rope.local.freq_base",
+];
 
 fn from_gguf(cfg: &mut ModelConfig, g: &GgufFile, prefix: &str) -> Result<(), ModelError> {
     // llama.cpp's gemma3 defaults: local rope base 10000, every sixth layer

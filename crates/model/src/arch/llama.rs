@@ -14,6 +14,7 @@ pub static SPEC: ArchSpec = ArchSpec {
     name: "llama",
     names: &["llama", "mistral"],
     quirks: Quirks { gguf_qk_interleaved: true, ..PLAIN },
+    gguf_keys: &[],
     hf_renames: &[],
     from_gguf: super::no_gguf_extras,
     from_hf,

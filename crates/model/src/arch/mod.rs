@@ -37,6 +37,8 @@ pub struct ArchSpec {
     /// HF names of the layer tensors whose names differ from the defaults
     /// in [`LAYER_TENSORS`], by role.
     pub hf_renames: &'static [(Role, &'static str)],
+    /// The GGUF keys (after the architecture prefix) that `from_gguf` reads.
+    pub gguf_keys: &'static [&'static str],
     /// Reads what only this family's GGUF metadata holds (`prefix` is the
     /// file's architecture name, the key prefix), after the common keys.
     pub from_gguf: fn(&mut ModelConfig, &GgufFile, prefix: &str) -> Result<(), ModelError>,

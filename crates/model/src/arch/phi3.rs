@@ -16,6 +16,7 @@ pub static SPEC: ArchSpec = ArchSpec {
     name: "phi3",
     names: &["phi3"],
     quirks: Quirks { fused: true, query_pre_scale: true, ..PLAIN },
+    gguf_keys: &["attention.sliding_window"],
     hf_renames: &[(Role::WUp, "mlp.gate_up_proj.weight")],
     from_gguf,
     from_hf,

@@ -12,6 +12,7 @@ pub static SPEC: ArchSpec = ArchSpec {
     name: "qwen2",
     names: &["qwen2"],
     quirks: Quirks { qkv_bias: true, ..PLAIN },
+    gguf_keys: &[],
     hf_renames: &[],
     from_gguf: super::no_gguf_extras,
     from_hf,

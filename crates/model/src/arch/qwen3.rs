@@ -7,6 +7,7 @@ pub static SPEC: ArchSpec = ArchSpec {
     name: "qwen3",
     names: &["qwen3"],
     quirks: Quirks { qk_norm: true, ..PLAIN },
+    gguf_keys: &[],
     hf_renames: &[],
     from_gguf: super::no_gguf_extras,
     from_hf: super::qwen2::from_hf,
