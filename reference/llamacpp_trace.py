@@ -546,6 +546,9 @@ def main(argv=None) -> int:
     ap.add_argument("--special", action="store_true",
                     help="with -p: recognize control tokens written in the prompt")
     ap.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    ap.add_argument("--ubatch", type=int, metavar="N", default=None,
+                    help="with --generate: llama.cpp's physical batch (n_ubatch): the prompt is computed N "
+                         "tokens at a time (default: the whole prompt at once)")
     ap.add_argument("--kv-type", choices=["f32", "f16"], default="f32",
                     help="KV cache type (default f32; llama.cpp's own default is f16)")
     ap.add_argument("--no-repack", action="store_true",
@@ -563,13 +566,14 @@ def main(argv=None) -> int:
         return 2
 
 
-def context_params(L, args, n_ctx: int, n_batch: int):
-    """One sequence of n_ctx positions, the whole prompt as one batch, flash
-    attention off, the KV cache type and thread count asked for."""
+def context_params(L, args, n_ctx: int, n_batch: int, n_ubatch: int | None = None):
+    """One sequence of n_ctx positions, the whole prompt as one batch (in
+    ubatches of n_ubatch where given), flash attention off, the KV cache
+    type and thread count asked for."""
     cparams = L.llama_context_default_params()
     cparams.n_ctx = max(n_ctx, 32)
     cparams.n_batch = max(n_batch, 32)
-    cparams.n_ubatch = max(n_batch, 32)
+    cparams.n_ubatch = min(n_ubatch, cparams.n_batch) if n_ubatch else max(n_batch, 32)
     cparams.n_seq_max = 1
     threads = args.threads or os.cpu_count() or 1
     cparams.n_threads = threads
@@ -594,15 +598,17 @@ def fill_batch(batch, tokens: list[int], pos0: int, all_logits: bool) -> None:
         batch.logits[i] = 1 if all_logits or i == len(tokens) - 1 else 0
 
 
-def greedy(L, model, ids: list[int], args) -> list[int]:
+def greedy(L, model, ids: list[int], args, top: list | None = None) -> list[int]:
     """N greedy tokens after `ids`, computed the way llama.cpp runs a model:
     the prompt as one batch asking for the last position's logits only (so
-    the last layer finishes with that row alone), then one token at a time."""
+    the last layer finishes with that row alone), then one token at a time.
+    `top`, where given, receives the prompt's last logits' 16 largest as
+    [id, value] (the values exact: float32 widened to float)."""
     n = args.generate
     if n < 0:
         raise UsageError("--generate: must be at least 0")
     T = len(ids)
-    ctx = L.llama_init_from_model(model, context_params(L, args, T + n, T))
+    ctx = L.llama_init_from_model(model, context_params(L, args, T + n, T, args.ubatch))
     if not ctx:
         raise RuntimeError("llama_init_from_model failed (run with -v for llama.cpp's log)")
     batch = L.llama_batch_init(max(T, 1), 0, 1)
@@ -616,6 +622,9 @@ def greedy(L, model, ids: list[int], args) -> list[int]:
             if rc != 0:
                 raise RuntimeError(f"llama_decode returned {rc}")
             logits = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
+            if top is not None and not out:
+                best = np.argsort(-logits, kind="stable")[:16]
+                top.extend([int(i), float(logits[i])] for i in best)
             nxt = int(np.argmax(logits))
             out.append(nxt)
             pos += len(step)
@@ -634,6 +643,8 @@ def run(args) -> int:
         raise UsageError(f"{model_path}: not a .gguf file")
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads: must be at least 1")
+    if args.ubatch is not None and (args.ubatch < 1 or args.generate is None or args.out is not None):
+        raise UsageError("--ubatch: a positive count, with --generate and without -o (a trace is one ubatch)")
     patterns = parse_stages(args.stages)
     ids = parse_tokens(args.tokens) if args.tokens is not None else None
 
@@ -692,7 +703,9 @@ def run(args) -> int:
             raise UsageError(f"token id {bad[0]} out of range (vocabulary {n_vocab})")
         T = len(ids)
         if args.generate is not None:
-            print(json.dumps({"tokens": ids, "generated": greedy(L, model, ids, args)}))
+            top: list = []
+            generated = greedy(L, model, ids, args, top)
+            print(json.dumps({"tokens": ids, "generated": generated, "top_logits": top}))
             if args.out is None:
                 return 0
         sel = Selection(patterns, parse_layers(args.layers, n_layers))

@@ -44,7 +44,11 @@ PROMPTS = [
 # Tiny models have 512-token made-up vocabularies: fixed id sequences.
 TINY_IDS = [[1, 17, 42, 99, 7], [1, 300, 12, 12, 5, 77, 400, 3], [1] + list(range(20, 36)),
             [1, 250, 251, 252], [1, 9, 8, 7, 6, 5, 4, 3, 2, 101, 102]]
-TINY = ["llama", "qwen2", "qwen3", "gemma3", "gemma2", "llama3", "olmo2", "phi3"]
+# olmo2 and phi3 are left out: transformers cannot load their GGUF files (olmo2: no GGUF support;
+# phi3: its default padding index lies past the tiny vocabulary), which this comparison needs. Their
+# HF folders are compared with plumb in crates/cli/tests/hf_parity.rs, and their GGUFs with llama.cpp
+# in crates/cli/tests/tiny_llamacpp.rs.
+TINY = ["llama", "qwen2", "qwen3", "gemma3", "gemma2", "llama3"]
 
 ENGINES = {"exact": "plumb exact", "fast": "plumb fast", "hf": "transformers", "lc": "llama.cpp"}
 # (under test, reference)
@@ -84,9 +88,15 @@ def run_case(model: Path, ids: list[int], tmp: Path) -> dict:
     traces["lc"] = tmp / "lc.safetensors"
     greedy["lc"] = first_json(sh([PY, str(ROOT / "reference/llamacpp_trace.py"), str(model), "--tokens", toks,
                                   "-o", str(traces["lc"]), "--generate", str(N_GEN), "--no-repack"]))["generated"]
-    # llama.cpp as users run it by default (repacked weights, F16 KV cache): greedy only.
-    greedy["lc_default"] = first_json(sh([PY, str(ROOT / "reference/llamacpp_trace.py"), str(model), "--tokens",
-                                          toks, "--generate", str(N_GEN), "--kv-type", "f16"]))["generated"]
+    # llama.cpp as users run it by default (repacked weights, F16 KV cache): greedy only. Some
+    # builds crash there (a segfault with repacked weights on a CPU listing AMX): recorded as None.
+    try:
+        greedy["lc_default"] = first_json(sh([PY, str(ROOT / "reference/llamacpp_trace.py"), str(model),
+                                              "--tokens", toks, "--generate", str(N_GEN), "--kv-type",
+                                              "f16"]))["generated"]
+    except RuntimeError as e:
+        print(f"  llama.cpp's default configuration failed: {str(e).splitlines()[0][-200:]}", file=sys.stderr)
+        greedy["lc_default"] = None
     diffs = {}
     for a, b in PAIRS:
         diffs[f"{a}|{b}"] = summary(json.loads(sh([str(PLUMB), "diff", str(traces[a]), str(traces[b]), "--json"])))
@@ -151,6 +161,10 @@ def model_section(name: str, cases: list[dict]) -> list[str]:
             worst, cos = f"{fmt(w['worst'][1])} ({w['worst'][0]})", f"{lc['cos'][1]:.7f} ({lc['cos'][0]})"
         out.append(f"| {ENGINES[a]} | {ENGINES[b]} | {worst} | {cos} | {first} | {t1}/{tp} | "
                    f"{full}/{len(cases)} | {min(ag)}/{N_GEN} |")
+    if any(c["greedy"]["lc_default"] is None for c in cases):
+        out += ["", "llama.cpp's own default configuration (repacked weights, F16 KV cache) crashed in this "
+                "build (segmentation fault with repacked weights), so it is not compared here.", ""]
+        return out
     dflt = [agree(c["greedy"]["lc_default"], c["greedy"]["lc"]) for c in cases]
     full = sum(g == N_GEN for g in dflt)
     out += ["", f"llama.cpp's own default configuration (repacked weights, F16 KV cache) against the "

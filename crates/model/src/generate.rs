@@ -104,6 +104,20 @@ impl<'a> Generator<'a> {
         self.model.forward(self.kernels, ids, &mut self.cache, all_logits, obs)
     }
 
+    /// Runs the prompt in forward passes of at most `ubatch` tokens, each
+    /// attending to the cache the earlier ones filled — llama.cpp's
+    /// physical batch (`-ub`), whose schedule changes the rounding of the
+    /// attention and of every matrix product after it. The logits of the
+    /// last position.
+    pub fn prefill_in(&mut self, ids: &[u32], ubatch: usize, obs: &mut dyn Observer) -> Vec<f32> {
+        assert!(ubatch > 0, "a ubatch holds at least one token");
+        let mut logits = Vec::new();
+        for part in ids.chunks(ubatch) {
+            logits = self.model.forward(self.kernels, part, &mut self.cache, false, obs);
+        }
+        logits
+    }
+
     /// The decode loop, from `logits` (the prefill's, or any pass's; the
     /// last row is picked from): pick a token, show it to `on_token`, stop
     /// or feed it as a one-token forward pass observed by `obs`, repeat.

@@ -47,6 +47,13 @@ pub struct Args {
     /// this (e.g. `8G`); by default 3/4 of the memory available.
     #[arg(long, value_parser = crate::cmd::common::parse_size)]
     pub max_memory: Option<u64>,
+    /// Compute the prompt N tokens at a time, each part attending to the
+    /// cache the earlier ones filled: llama.cpp's physical batch (`-ub`,
+    /// 512 by default there), which changes its rounding and so, on long
+    /// prompts, its output. By default the whole prompt at once (llama.cpp
+    /// with `-ub` ≥ the prompt).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub ubatch: Option<u64>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
@@ -87,7 +94,10 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let t0 = Instant::now();
     let mut quiet = NoTrace;
     let mut watch = Progress::new(&mut quiet, bar("prompt", prompt_ids.len(), model.cfg.n_layer));
-    let logits = gen.prefill(&prompt_ids, false, &mut watch);
+    let logits = match args.ubatch {
+        Some(n) => gen.prefill_in(&prompt_ids, n as usize, &mut watch),
+        None => gen.prefill(&prompt_ids, false, &mut watch),
+    };
     watch.finish();
     let prefill = t0.elapsed();
 

@@ -1,0 +1,66 @@
+//! The prompt computed in ubatches (llama.cpp's physical batch, `-ub`) as
+//! llama.cpp computes it: on the real model and the 2151-token test prompt,
+//! plumb's fast precision with `--ubatch N` gives llama.cpp's last-position
+//! logits bit for bit (its 16 largest) for the whole prompt and ubatches of
+//! 512, 100 and 7 — the last moves the top logit by 0.28: below 8 rows
+//! llama.cpp's matrix products take other kernels — and `plumb run
+//! --ubatch 7` continues as llama.cpp does (golden from llama.cpp itself:
+//! scripts/gen_ubatch_golden.sh).
+
+mod common;
+use common::{plumb, real_model, root};
+
+use plumb_model::generate::Generator;
+use plumb_model::kernels::kernels_for;
+use plumb_model::{Model, NoTrace, Precision};
+
+fn ids(v: &serde_json::Value) -> Vec<u64> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
+}
+
+#[test]
+#[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
+fn ubatches_round_as_llama_cpp_does() {
+    let text = std::fs::read_to_string(root().join("testdata/gemma3-270m/llamacpp_ubatch.json")).unwrap();
+    let golden: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let tokens: Vec<u32> = ids(&golden["tokens"]).into_iter().map(|t| t as u32).collect();
+    let model = Model::load(&real_model()).unwrap();
+    let k = kernels_for(Precision::Fast);
+    let mut tops = Vec::new();
+    for (name, case) in golden["cases"].as_object().unwrap() {
+        let ubatch = if name == "whole" { tokens.len() } else { name.parse().unwrap() };
+        let mut g = Generator::windowed(&model, k.as_ref(), tokens.len() + 1);
+        let logits = g.prefill_in(&tokens, ubatch, &mut NoTrace);
+        let want = case["top_logits"].as_array().unwrap();
+        assert_eq!(want.len(), 16);
+        for pair in want {
+            let (id, v) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap() as f32);
+            assert_eq!(
+                logits[id].to_bits(),
+                v.to_bits(),
+                "ubatch {name}: logit {id} is {}, llama.cpp's {v}",
+                logits[id]
+            );
+        }
+        tops.push(want[0][1].as_f64().unwrap());
+        if name != "7" {
+            continue;
+        }
+        // The command line too, on the schedule that moves the logits.
+        let toks = tokens.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        let ub = ubatch.to_string();
+        let (code, out, err) =
+            plumb(&["run", real_model().to_str().unwrap(), "--tokens", &toks, "-n", "32", "--ubatch", &ub, "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let got: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let (got, want) = (ids(&got["generated"]), ids(&case["generated"]));
+        assert!(
+            !got.is_empty() && got[..] == want[..got.len()],
+            "ubatch {name}:\n plumb     {got:?}\n llama.cpp {want:?}"
+        );
+    }
+    // The schedule matters: some ubatch size moves the logits.
+    assert!(tops.iter().any(|t| *t != tops[0]), "every ubatch gave the same logits: {tops:?}");
+    let (code, _, err) = plumb(&["run", real_model().to_str().unwrap(), "--tokens", "2,3", "--ubatch", "0"]);
+    assert_eq!(code, 2, "{err}");
+}
