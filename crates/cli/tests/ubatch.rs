@@ -2,9 +2,11 @@
 //! llama.cpp computes it: on the real model and the 2151-token test prompt,
 //! plumb's fast precision with `--ubatch N` gives llama.cpp's last-position
 //! logits bit for bit (its 16 largest) for the whole prompt and ubatches of
-//! 512, 100 and 7 — the last moves the top logit by 0.28: below 8 rows
-//! llama.cpp's matrix products take other kernels — and `plumb run
-//! --ubatch 7` continues as llama.cpp does (golden from llama.cpp itself:
+//! 512, 100 and 7 — the last moves the top logit by 0.28 (ubatches of
+//! fewer than 8 rows take other matrix kernels, in llama.cpp and in plumb;
+//! llama.cpp's ubatches of 8 and 16, whose last holds 7 rows, give a third
+//! value, and of 9 the whole prompt's) — and `plumb run --ubatch 7`
+//! continues as llama.cpp does (golden from llama.cpp itself:
 //! scripts/gen_ubatch_golden.sh).
 
 mod common;
