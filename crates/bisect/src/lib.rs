@@ -171,34 +171,13 @@ impl Loaded {
                 "tokenizer.ggml.merges",
             ]);
         }
-        // A tensor or key plumb does not read is said, never passed over in
+        // A key or tensor plumb does not read is said, never passed over in
         // silence.
-        let unused_keys = plumb_model::weights::unused_metadata(&model.source, &model.cfg);
-        if !unused_keys.is_empty() {
-            let n = unused_keys.len();
-            let note = format!(
-                "{n} metadata key{} in the file {} not read by plumb ({}); if the converter meant {} to change the model, its results will differ",
-                if n == 1 { "" } else { "s" },
-                if n == 1 { "is" } else { "are" },
-                unused_keys.join(", "),
-                if n == 1 { "it" } else { "them" },
-            );
-            warning = Some(match warning {
-                Some(w) => format!("{w}; {note}"),
-                None => note,
-            });
-        }
-        let unused = plumb_model::weights::unused_tensors(&model.source, &model.cfg);
-        if !unused.is_empty() {
-            let shown: Vec<&str> = unused.iter().take(4).map(String::as_str).collect();
-            let more = if unused.len() > 4 { format!(" and {} more", unused.len() - 4) } else { String::new() };
-            let note = format!(
-                "{} tensor{} in the file {} not read by plumb ({}{more}); if the converter meant them to change the model, its results will differ",
-                unused.len(),
-                if unused.len() == 1 { "" } else { "s" },
-                if unused.len() == 1 { "is" } else { "are" },
-                shown.join(", ")
-            );
+        let unread = [
+            ("metadata key", plumb_model::weights::unused_metadata(&model.source, &model.cfg)),
+            ("tensor", plumb_model::weights::unused_tensors(&model.source, &model.cfg)),
+        ];
+        for note in unread.iter().filter_map(|(noun, names)| unread_note(noun, names)) {
             warning = Some(match warning {
                 Some(w) => format!("{w}; {note}"),
                 None => note,
@@ -206,6 +185,22 @@ impl Loaded {
         }
         Ok((Loaded { model, tokenizer }, warning))
     }
+}
+
+/// "3 tensors in the file are not read by plumb (a, b, c); …": what a load
+/// says of the keys or tensors (`noun`) it passes over (the first four
+/// named), or None where there are none.
+fn unread_note(noun: &str, names: &[String]) -> Option<String> {
+    let n = names.len();
+    if n == 0 {
+        return None;
+    }
+    let shown = names.iter().take(4).map(String::as_str).collect::<Vec<_>>().join(", ");
+    let more = if n > 4 { format!(" and {} more", n - 4) } else { String::new() };
+    let (s, is, them) = if n == 1 { ("", "is", "it") } else { ("s", "are", "them") };
+    Some(format!(
+        "{n} {noun}{s} in the file {is} not read by plumb ({shown}{more}); if the converter meant {them} to change the model, its results will differ"
+    ))
 }
 
 /// Refuses to compare two models whose vocabularies disagree, naming the

@@ -11,6 +11,9 @@ use plumb_model::{KvCache, Model, Precision};
 use plumb_trace::stage::Stage;
 use plumb_trace::{Recorder, Trace, TracePlan};
 
+/// Every architecture with a tiny test model.
+const ARCHS: [&str; 8] = ["llama", "qwen2", "qwen3", "gemma3", "gemma2", "llama3", "olmo2", "phi3"];
+
 fn model(arch: &str) -> Model {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../../testdata/tiny/{arch}/{arch}-f32.gguf"));
     Model::load(&p).unwrap()
@@ -39,7 +42,7 @@ fn first_named(m: &mut Model, reference: &Trace, spec: &str) -> Option<String> {
 
 #[test]
 fn every_stage_of_every_architecture_is_named_exactly() {
-    for arch in ["llama", "qwen2", "qwen3", "gemma3", "gemma2", "llama3", "olmo2", "phi3"] {
+    for arch in ARCHS {
         let mut m = model(arch);
         let reference = run(&m);
         let keys: Vec<String> = reference.stats.iter().map(|(k, _)| k.clone()).collect();
@@ -62,7 +65,7 @@ fn every_stage_of_every_architecture_is_named_exactly() {
 #[test]
 fn every_fault_kind_is_named_exactly() {
     let kinds = ["scale=1.5", "noise=0.3", "zero-head=1", "swap-heads=0,2", "permute-rope", "off-by-one"];
-    for arch in ["llama", "qwen2", "qwen3", "gemma3", "gemma2", "llama3", "olmo2", "phi3"] {
+    for arch in ARCHS {
         let mut m = model(arch);
         let reference = run(&m);
         for (stage, layer) in [(Stage::QProj, 2), (Stage::QRope, 0), (Stage::AttnContext, 1), (Stage::FfnMul, 2)] {

@@ -13,7 +13,7 @@ use plumb_trace::Trace;
 #[test]
 fn tiny_models_match_transformers_stage_by_stage() {
     let dir = tempfile::tempdir().unwrap();
-    for arch in ["llama", "qwen2", "qwen3", "gemma3", "gemma2", "llama3", "olmo2", "phi3"] {
+    for arch in TINY_ARCHS {
         let t = root().join(format!("testdata/tiny/{arch}"));
         let reference = t.join("hf_trace.safetensors");
         let b = Trace::load(&reference).unwrap();

@@ -930,20 +930,22 @@ const EXP_C: [f32; 5] = [
     f32::from_bits(0x3c07_2010), // 0x1.0e4020p-7 (b⁵)
 ];
 
-/// (n, b, b²) of the shared range reduction; z is n's shifted value.
+/// What both builds share: (z, n, b, b², hi), z the shifted n, hi the
+/// polynomial's part in b² (the b⁵…b² terms before the last multiply).
 #[inline(always)]
-fn exp_reduce(x: f32) -> (f32, f32, f32, f32) {
+fn exp_reduce(x: f32) -> (f32, f32, f32, f32, f32) {
     let z = x.mul_add(EXP_LOG2E, EXP_SHIFT);
     let n = z - EXP_SHIFT;
     let b = (-n).mul_add(EXP_LN2_LO, (-n).mul_add(EXP_LN2_HI, x));
-    (z, n, b, b * b)
+    let u = b * b;
+    let hi = EXP_C[4].mul_add(b, EXP_C[3]).mul_add(u, EXP_C[2].mul_add(b, EXP_C[1]));
+    (z, n, b, u, hi)
 }
 
 /// The AVX-512 build's e^x: (1 + p(b))·2ⁿ in one scaling, 0 or ∞ past
 /// |n| > 192.
 fn expf_lanes16(x: f32) -> f32 {
-    let (_, n, b, u) = exp_reduce(x);
-    let hi = EXP_C[4].mul_add(b, EXP_C[3]).mul_add(u, EXP_C[2].mul_add(b, EXP_C[1]));
+    let (_, n, b, u, hi) = exp_reduce(x);
     let j = hi.mul_add(u, EXP_C[0].mul_add(b, 1.0));
     if n.abs() > 192.0 {
         return if n <= 0.0 { 0.0 } else { f32::INFINITY };
@@ -955,10 +957,9 @@ fn expf_lanes16(x: f32) -> f32 {
 /// The AVX2 build's e^x: k + k·p(b) with k = 2ⁿ built in the exponent
 /// bits, and two scale factors where |n| > 126.
 fn expf_lanes8(x: f32) -> f32 {
-    let (z, n, b, u) = exp_reduce(x);
+    let (z, n, b, u, hi) = exp_reduce(x);
     let e = z.to_bits() << 23;
     let k = f32::from_bits(e.wrapping_add(1f32.to_bits()));
-    let hi = EXP_C[4].mul_add(b, EXP_C[3]).mul_add(u, EXP_C[2].mul_add(b, EXP_C[1]));
     let j = hi.mul_add(u, EXP_C[0] * b);
     if n.abs() <= 126.0 {
         return k.mul_add(j, k);

@@ -267,7 +267,7 @@ impl Model {
         for l in 0..c.n_layer {
             for &(i0, i1) in &blocks {
                 let (_, kk, vv) = self.project(k, l, &x[i0 * d..i1 * d], p + i0, part(i0), Inputs::KeysValues, tr);
-                cache.store(l, p + i0, &self.key_order(k, &kk, c.n_head_kv), &vv, k.value_layout());
+                cache.store(l, p + i0, &self.key_order(k, &kk), &vv, k.value_layout());
             }
             let keep_last = !all_logits && l + 1 == c.n_layer;
             for &(i0, i1) in &blocks {
@@ -392,7 +392,7 @@ impl Model {
     fn attend(&self, k: &dyn Kernels, l: usize, x: &[f32], cache: &mut KvCache, tr: &mut dyn Observer) -> Vec<f32> {
         let (p, all) = (cache.len, Rows::all(x.len() / self.cfg.d));
         let (q, kk, vv) = self.project(k, l, x, p, all, Inputs::All, tr);
-        cache.store(l, p, &self.key_order(k, &kk, self.cfg.n_head_kv), &vv, k.value_layout());
+        cache.store(l, p, &self.key_order(k, &kk), &vv, k.value_layout());
         self.attention(k, l, &q, cache, p, all, tr)
     }
 
@@ -607,7 +607,7 @@ impl Model {
     ) -> Vec<f32> {
         let (c, qd, nh) = (&self.cfg, self.cfg.q_dim(), self.cfg.n_head);
         let (t, at) = (q.len() / qd, Some(l));
-        let ordered = self.key_order(k, q, nh);
+        let ordered = self.key_order(k, q);
         let q: &[f32] = &ordered;
         // Positions are counted from the first the layer holds (a windowed
         // cache's window layers drop older ones in multiples of 64); the
@@ -681,7 +681,7 @@ impl Model {
     /// Q·Kᵀ sums each head's products pair by pair (0, hd/2, 1, hd/2+1, …),
     /// so the fast precision stores keys and orders queries that way. The
     /// sum is the same; its rounding is llama.cpp's.
-    fn key_order<'a>(&self, k: &dyn Kernels, x: &'a [f32], heads: usize) -> std::borrow::Cow<'a, [f32]> {
+    fn key_order<'a>(&self, k: &dyn Kernels, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
         if !(self.cfg.unpermute_qk && k.precision() == plumb_kernels::Precision::Fast) {
             return std::borrow::Cow::Borrowed(x);
         }
@@ -693,7 +693,6 @@ impl Model {
                 o[2 * i + 1] = r[half + i];
             }
         }
-        debug_assert_eq!(x.len() % (heads * hd), 0);
         std::borrow::Cow::Owned(out)
     }
 

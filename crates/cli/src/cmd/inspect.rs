@@ -184,16 +184,12 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         writeln!(s, "\nparameters  {} ({params})", out::count(params))?;
         if valid {
             writeln!(s, "verdict     valid: every tensor the architecture needs is present with the right shape")?;
-            if !unused.is_empty() {
-                writeln!(s, "  but {} tensor(s) in the file are not read by plumb:", unused.len())?;
-                for n in &unused {
-                    writeln!(s, "  - {n}")?;
-                }
-            }
-            if !unused_keys.is_empty() {
-                writeln!(s, "  but {} metadata key(s) in the file are not read by plumb:", unused_keys.len())?;
-                for k in &unused_keys {
-                    writeln!(s, "  - {k}")?;
+            for (what, names) in [("tensor(s)", &unused), ("metadata key(s)", &unused_keys)] {
+                if !names.is_empty() {
+                    writeln!(s, "  but {} {what} in the file are not read by plumb:", names.len())?;
+                    for n in names {
+                        writeln!(s, "  - {n}")?;
+                    }
                 }
             }
         } else {

@@ -10,6 +10,9 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// Every architecture with a tiny test model under testdata/tiny.
+pub const TINY_ARCHS: [&str; 8] = ["llama", "qwen2", "qwen3", "gemma3", "gemma2", "llama3", "olmo2", "phi3"];
+
 /// Runs plumb; returns (exit code, stdout, stderr). Fails on any panic.
 pub fn plumb(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_plumb")).args(args).output().unwrap();

@@ -9,23 +9,14 @@ use std::path::Path;
 use plumb_formats::gguf::GgufFile;
 use serde_json::Value as J;
 
-use super::{ArchSpec, Quirks, Role, PLAIN};
-use crate::config::{Activation, ModelConfig};
+use super::{ArchSpec, Role};
+use crate::config::ModelConfig;
 use crate::ModelError;
 
 pub static SPEC: ArchSpec = ArchSpec {
     name: "gemma2",
     names: &["gemma2"],
-    quirks: Quirks {
-        post_norms: true,
-        act: Activation::GeluTanh,
-        embed_scale_sqrt_d: true,
-        query_pre_scale: true,
-        hf_norm_plus_one: true,
-        hf_tied_default: true,
-        local_rope_unscaled: true,
-        ..PLAIN
-    },
+    quirks: super::gemma3::GEMMA,
     gguf_keys: super::gemma3::GEMMA_KEYS,
     hf_renames: &[(Role::FfnNorm, "pre_feedforward_layernorm.weight")],
     from_gguf,

@@ -16,23 +16,25 @@ use crate::ModelError;
 pub static SPEC: ArchSpec = ArchSpec {
     name: "gemma3",
     names: &["gemma3", "gemma3_text"],
-    quirks: Quirks {
-        qk_norm: true,
-        post_norms: true,
-        act: Activation::GeluTanh,
-        embed_scale_sqrt_d: true,
-        query_pre_scale: true,
-        hf_norm_plus_one: true,
-        hf_tied_default: true,
-        local_rope_unscaled: true,
-        ..PLAIN
-    },
+    quirks: Quirks { qk_norm: true, ..GEMMA },
+    gguf_keys: GEMMA_KEYS,
     // gemma's post_attention_layernorm follows attention; llama's is the FFN
     // input norm.
-    gguf_keys: GEMMA_KEYS,
     hf_renames: &[(Role::FfnNorm, "pre_feedforward_layernorm.weight")],
     from_gguf,
     from_hf,
+};
+
+/// The quirks gemma 2 and 3 share (gemma 3 adds q/k norms).
+pub(super) const GEMMA: Quirks = Quirks {
+    post_norms: true,
+    act: Activation::GeluTanh,
+    embed_scale_sqrt_d: true,
+    query_pre_scale: true,
+    hf_norm_plus_one: true,
+    hf_tied_default: true,
+    local_rope_unscaled: true,
+    ..PLAIN
 };
 
 /// The GGUF keys gemma 2 and 3 read beyond the common ones.
