@@ -141,6 +141,9 @@ ARCH_MAP = {
     "gemma2": "gemma2",
     "gemma3": "gemma3",
     "gemma3_text": "gemma3",
+    "mixtral": "llama",
+    "qwen2_moe": "qwen2moe",
+    "qwen3_moe": "qwen3moe",
     "olmo2": "olmo2",
     "phi3": "phi3",
 }
@@ -397,6 +400,11 @@ class Tracer:
                 self.hook_in(mlp.gate_proj, self.key("attn_residual", L), self.rows)
             if hasattr(layer, "post_feedforward_layernorm"):
                 self.hook_out(layer.post_feedforward_layernorm, self.key("ffn_post_norm", L), self.rows)
+            if hasattr(mlp, "experts"):
+                self.hook_moe(mlp, L)
+                self.hook_out(layer, self.key("layer_out", L), self.rows)
+                patched_modules[type(attn).__module__] = sys.modules[type(attn).__module__]
+                continue
             if hasattr(mlp, "gate_up_proj"):
                 # phi3: one projection, columns [gate | up].
                 half = mlp.gate_up_proj.out_features // 2
@@ -434,6 +442,47 @@ class Tracer:
 
         for mod in patched_modules.values():
             self.patch(mod)
+
+    def hook_moe(self, mlp, L):
+        """A mixture of experts: the router module returns (logits, chosen weights,
+        chosen ids), [T, E], [T, k], [T, k]; its probabilities are the softmax
+        of the logits in float32 (as the router computes them before choosing);
+        the experts module returns their weighted sum. qwen2moe's shared expert
+        is recorded times its sigmoid gate, as it is added."""
+        import torch
+
+        def router(_m, _inp, out):
+            logits, weights, ids = out
+            for name, t in (("ffn_router", logits),
+                            ("ffn_router_probs", torch.softmax(logits.float(), dim=-1)),
+                            ("ffn_experts", ids), ("ffn_expert_weights", weights)):
+                key = self.key(name, L)()
+                if key is not None:
+                    self.put(key, t.reshape(t.shape[-2] if t.dim() > 1 else 1, -1))
+
+        self.handles.append(mlp.gate.register_forward_hook(router))
+        moe_key = self.key("ffn_moe_out", L)
+
+        def experts(_m, _inp, out):
+            key = moe_key()
+            if key is not None:
+                self.put(key, out.reshape(-1, out.shape[-1]))
+
+        self.handles.append(mlp.experts.register_forward_hook(experts))
+        if hasattr(mlp, "shared_expert"):
+            shared_key, held = self.key("ffn_shared_out", L), {}
+
+            def shared(_m, _inp, out):
+                held["out"] = out
+
+            def gate(_m, _inp, out):
+                key = shared_key()
+                if key is not None:
+                    s = torch.sigmoid(out) * held.pop("out")
+                    self.put(key, s.reshape(-1, s.shape[-1]))
+
+            self.handles.append(mlp.shared_expert.register_forward_hook(shared))
+            self.handles.append(mlp.shared_expert_gate.register_forward_hook(gate))
 
     def norm_rows_fn(self, attn, name):
         proj = attn.q_proj if name == "q_norm" else attn.k_proj

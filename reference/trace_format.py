@@ -24,7 +24,9 @@ GLOBAL_BEFORE = ["embedding"]
 LAYER_STAGES = [
     "attn_norm", "q_proj", "k_proj", "v_proj", "q_norm", "k_norm", "q_rope", "k_rope",
     "attn_scores", "attn_probs", "attn_context", "attn_out", "attn_post_norm", "attn_residual",
-    "ffn_norm", "ffn_gate", "ffn_up", "ffn_act", "ffn_mul", "ffn_down", "ffn_post_norm", "layer_out",
+    "ffn_norm", "ffn_gate", "ffn_up", "ffn_act", "ffn_mul", "ffn_down",
+    "ffn_router", "ffn_router_probs", "ffn_experts", "ffn_expert_weights", "ffn_moe_out", "ffn_shared_out",
+    "ffn_post_norm", "layer_out",
 ]
 
 
@@ -201,9 +203,15 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+# Stages of integer ids, stored as int32.
+ID_STAGES = ("ffn_experts",)
+
+
 def write_trace(out_path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
     from safetensors.numpy import save_file
 
+    tensors = {k: (np.ascontiguousarray(v, dtype=np.int32) if stage_of(k) in ID_STAGES else v)
+               for k, v in tensors.items()}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.parent / f".{out_path.name}.tmp.{os.getpid()}"
     try:

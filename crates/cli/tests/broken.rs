@@ -186,21 +186,30 @@ fn rope_scaling_is_refused_and_unread_tensors_are_named() {
     assert_eq!(v["unused_metadata"], serde_json::json!([]));
 
     // Metadata keys likewise: a sliding window in a llama file (llama.cpp
-    // ignores it too) and an expert count are named, never dropped in silence.
-    let keys = [("llama.attention.sliding_window", Value::U32(4)), ("llama.expert_count", Value::U32(8))];
+    // ignores it too) and an expert group count are named, never dropped in
+    // silence.
+    let keys = [("llama.attention.sliding_window", Value::U32(4)), ("llama.expert_group_count", Value::U32(8))];
     let keyed = extended_copy(dir.path(), "keys.gguf", &keys, &[]);
     let keyed = keyed.to_str().unwrap();
     let (code, _, err) = plumb(&["run", keyed, "--tokens", "1,2", "-n", "1"]);
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains(
-            "2 metadata keys in the file are not read by plumb (llama.attention.sliding_window, llama.expert_count)"
+            "2 metadata keys in the file are not read by plumb (llama.attention.sliding_window, llama.expert_group_count)"
         ),
         "{err}"
     );
     let (_, out, _) = plumb(&["inspect", keyed, "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["unused_metadata"], serde_json::json!(["llama.attention.sliding_window", "llama.expert_count"]));
+    assert_eq!(v["unused_metadata"], serde_json::json!(["llama.attention.sliding_window", "llama.expert_group_count"]));
+
+    // An expert count is read: a llama file that claims experts and holds
+    // none is refused, naming the router it lacks.
+    let keys = [("llama.expert_count", Value::U32(8)), ("llama.expert_used_count", Value::U32(2))];
+    let moe = extended_copy(dir.path(), "moe.gguf", &keys, &[]);
+    let (code, _, err) = plumb(&["run", moe.to_str().unwrap(), "--tokens", "1,2", "-n", "1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("blk.0.ffn_gate_inp.weight: missing (expected shape [8, 64])"), "{err}");
 }
 
 /// Every key and tensor of the test models is read or known not to matter:

@@ -11,8 +11,8 @@ use plumb_model::{KvCache, Model, Precision};
 use plumb_trace::stage::Stage;
 use plumb_trace::{Recorder, Trace, TracePlan};
 
-/// Every architecture with a tiny test model.
-const ARCHS: [&str; 8] = ["llama", "qwen2", "qwen3", "gemma3", "gemma2", "llama3", "olmo2", "phi3"];
+mod common;
+use common::TINY_ARCHS as ARCHS;
 
 fn model(arch: &str) -> Model {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../../testdata/tiny/{arch}/{arch}-f32.gguf"));
@@ -68,12 +68,48 @@ fn every_fault_kind_is_named_exactly() {
     for arch in ARCHS {
         let mut m = model(arch);
         let reference = run(&m);
-        for (stage, layer) in [(Stage::QProj, 2), (Stage::QRope, 0), (Stage::AttnContext, 1), (Stage::FfnMul, 2)] {
+        // The FFN's inner product: act(gate) · up, or a mixture's sum.
+        let ffn = if m.cfg.moe.is_some() { Stage::FfnMoeOut } else { Stage::FfnMul };
+        for (stage, layer) in [(Stage::QProj, 2), (Stage::QRope, 0), (Stage::AttnContext, 1), (ffn, 2)] {
             for kind in kinds {
                 let spec = format!("{}@{layer}:{kind}", stage.name());
                 let got = first_named(&mut m, &reference, &spec);
                 assert_eq!(got, Some(stage.key(Some(layer))), "{arch}: {spec}");
             }
         }
+    }
+}
+
+/// A router pushed towards another expert for one token is named where it
+/// was pushed, and the diff names the token it sent elsewhere: that layer,
+/// that token, the expert it took instead; no layer before it parts.
+#[test]
+fn a_router_perturbation_is_named_as_a_router_flip_at_its_layer_and_token() {
+    for arch in ["mixtral", "qwen2moe", "qwen3moe"] {
+        let mut m = model(arch);
+        let reference = run(&m);
+        let key = Stage::FfnExperts.key(Some(1));
+        let (shape, ids) = &reference.tensors[&key];
+        let (k, e) = (shape[1], m.cfg.moe.as_ref().unwrap().experts);
+        // Token 4's least likely expert at layer 1, made the most likely.
+        let token = 4;
+        let chosen = &ids[token * k..(token + 1) * k];
+        let outsider = (0..e).rev().find(|i| !chosen.contains(&(*i as f32))).unwrap();
+        m.fault = Some(Fault::parse(&format!("ffn_router@1:bump={token},{outsider},30"), m.cfg.head_dim).unwrap());
+        let a = run(&m);
+        let d = diff(&a, &reference, &Gate::default(), 0.01);
+        let first = d.first.map(|i| d.stages[i].key.as_str());
+        assert_eq!(first, Some("blk.1.ffn_router"), "{arch}");
+        assert!(d.routers.iter().filter(|r| r.layer == 0).all(|r| r.flips.is_empty()), "{arch}: {:?}", d.routers);
+        let at1 = d.routers.iter().find(|r| r.layer == 1).expect("layer 1's router is compared");
+        let flip = at1.flips.iter().find(|f| f.token == token).unwrap_or_else(|| panic!("{arch}: {:?}", at1.flips));
+        assert_eq!(flip.experts_a[0], outsider as f32, "{arch}: the pushed expert comes first");
+        assert!(!flip.experts_b.contains(&(outsider as f32)) && !flip.near_tie, "{arch}: {flip:?}");
+        // Only that token's selection moved at the pushed layer.
+        assert_eq!(at1.flips.len(), 1, "{arch}: {:?}", at1.flips);
+        let experts = d.stages.iter().find(|s| s.key == key).unwrap();
+        assert!(experts.over && experts.origin == plumb_diff::compare::Origin::Inherited, "{arch}: {experts:?}");
+        let text = plumb_diff::report::verdict(&d, plumb_diff::report::Paint(false));
+        assert!(text.contains(&format!("blk.1 token {token}: experts A [{outsider}, ")), "{arch}: {text}");
     }
 }

@@ -39,11 +39,19 @@ fn tiny_models_match_transformers_stage_by_stage() {
                 model.display(),
                 d.first.map(|i| &d.stages[i].key)
             );
-            let compared = d.stages.iter().filter(|s| s.cosine.is_some()).count();
+            // Expert ids are compared as choices: every token sent to the
+            // same experts at every layer.
+            let ids = |key: &str| key.ends_with(".ffn_experts");
+            let compared = d.stages.iter().filter(|s| s.cosine.is_some() || ids(&s.key)).count();
             assert_eq!(compared, b.stats.len(), "{arch}: every transformers stage compared element-wise");
-            for s in &d.stages {
+            for s in d.stages.iter().filter(|s| !ids(&s.key)) {
                 let c = s.cosine.unwrap_or_else(|| panic!("{arch}: {} not compared element-wise", s.key));
                 assert!(c >= 0.99999, "{arch}: {} cosine {c}", s.key);
+            }
+            let experts = d.stages.iter().filter(|s| ids(&s.key)).count();
+            assert_eq!(d.routers.len(), experts, "{arch}: a router comparison for every layer with experts");
+            for r in &d.routers {
+                assert_eq!(r.agree, r.tokens, "{arch}: layer {} routes differently: {:?}", r.layer, r.flips);
             }
             let (code, out, _) =
                 plumb(&["diff", out.to_str().unwrap(), reference.to_str().unwrap(), "--brief", "--color", "never"]);

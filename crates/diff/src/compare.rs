@@ -2,7 +2,7 @@
 //! far A is from B at each stage, where the first divergence is, and whether
 //! each stage's error was introduced there or inherited from its inputs.
 
-use plumb_trace::stage::{order_key, parse_key};
+use plumb_trace::stage::{order_key, parse_key, Stage};
 use plumb_trace::{Stats, Trace};
 use serde::Serialize;
 
@@ -107,6 +107,70 @@ pub struct PositionLogits {
     pub near_tie: bool,
 }
 
+/// How the two sides' routers chose experts at one layer (B the reference).
+#[derive(Debug, Clone, Serialize)]
+pub struct RouterAgreement {
+    pub layer: usize,
+    pub tokens: usize,
+    /// Tokens sent to the same experts on both sides (in any order).
+    pub agree: usize,
+    /// Mean over tokens of |A's experts ∩ B's| / k.
+    pub overlap: f64,
+    /// The tokens whose experts differ.
+    pub flips: Vec<RouterFlip>,
+}
+
+/// A token whose experts differ between the two sides.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouterFlip {
+    pub token: usize,
+    /// The experts chosen, most probable first.
+    pub experts_a: Vec<f32>,
+    pub experts_b: Vec<f32>,
+    /// The reference's router margin: its least router logit among the
+    /// experts it chose minus the greatest among those it left (from its
+    /// `ffn_router`, else the log of its `ffn_router_probs`); none where
+    /// the reference has neither.
+    pub ref_margin: Option<f64>,
+    /// A flip where the reference itself was nearly tied (margin below the
+    /// same bound as a logit near-tie): expected noise, as a logit near-tie
+    /// is.
+    pub near_tie: bool,
+}
+
+/// The routers' agreement at `layer` from both sides' expert ids [T, k] and
+/// the reference's router scores [T, E] (logits, or log-probabilities).
+pub fn router_agreement(
+    layer: usize,
+    a: &[f32],
+    b: &[f32],
+    k: usize,
+    scores: Option<(&[f32], usize)>,
+    tie_margin: f64,
+) -> RouterAgreement {
+    let k = k.max(1);
+    let tokens = b.len() / k;
+    let (mut agree, mut overlap, mut flips) = (0, 0.0, Vec::new());
+    for (t, (ra, rb)) in a.chunks_exact(k).zip(b.chunks_exact(k)).enumerate() {
+        let common = ra.iter().filter(|x| rb.contains(x)).count();
+        overlap += common as f64 / k as f64;
+        if common == k {
+            agree += 1;
+            continue;
+        }
+        let ref_margin = scores.and_then(|(sc, e)| {
+            let row = sc.get(t * e..(t + 1) * e)?;
+            let chosen = |i: usize| rb.contains(&(i as f32));
+            let least_in = (0..e).filter(|&i| chosen(i)).map(|i| row[i] as f64).fold(f64::INFINITY, f64::min);
+            let most_out = (0..e).filter(|&i| !chosen(i)).map(|i| row[i] as f64).fold(f64::NEG_INFINITY, f64::max);
+            Some(least_in - most_out)
+        });
+        let near_tie = ref_margin.is_some_and(|m| m < tie_margin);
+        flips.push(RouterFlip { token: t, experts_a: ra.to_vec(), experts_b: rb.to_vec(), ref_margin, near_tie });
+    }
+    RouterAgreement { layer, tokens, agree, overlap: overlap / tokens.max(1) as f64, flips }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ChainLink {
     pub key: String,
@@ -130,6 +194,8 @@ pub struct Diff {
     /// Top-1 flips that are not near-ties.
     pub hard_flips: usize,
     pub tie_margin: f64,
+    /// Router agreement at every layer with experts that both traces hold.
+    pub routers: Vec<RouterAgreement>,
 }
 
 impl Diff {
@@ -298,6 +364,7 @@ pub fn diff(a: &Trace, b: &Trace, gate: &Gate, tie_margin: f64) -> Diff {
     keys.sort_by_key(|k| order_key(k));
 
     let mut stages: Vec<StageDiff> = Vec::new();
+    let mut routers = Vec::new();
     let mut stats_note = false;
     for key in &keys {
         let bounds = gate.bounds(key);
@@ -329,6 +396,19 @@ pub fn diff(a: &Trace, b: &Trace, gate: &Gate, tie_margin: f64) -> Diff {
             Basis::Mismatch { .. } => true,
             Basis::OnlyA | Basis::OnlyB => false,
         };
+        if let Some(r) = routers_of(a, b, key, tie_margin) {
+            // Expert ids are compared as choices, not magnitudes: the error is
+            // the share of tokens sent elsewhere where the reference was not
+            // nearly tied, and any such token puts the stage over.
+            let hard: Vec<&RouterFlip> = r.flips.iter().filter(|f| !f.near_tie).collect();
+            d = StageDiff {
+                rel_l2: Some(hard.len() as f64 / r.tokens.max(1) as f64),
+                ..StageDiff::new(key.clone(), bounds)
+            };
+            d.max_at = r.flips.first().map(|f| (f.token, 0));
+            d.over = !hard.is_empty();
+            routers.push(r);
+        }
         stages.push(d);
     }
     if stats_note {
@@ -379,7 +459,27 @@ pub fn diff(a: &Trace, b: &Trace, gate: &Gate, tie_margin: f64) -> Diff {
         logits,
         hard_flips,
         tie_margin,
+        routers,
     }
+}
+
+/// The router agreement at `key`'s layer where `key` is an `ffn_experts`
+/// stage whose tensors both traces hold, alike in shape.
+fn routers_of(a: &Trace, b: &Trace, key: &str, tie_margin: f64) -> Option<RouterAgreement> {
+    let (Stage::FfnExperts, Some(layer)) = parse_key(key)? else { return None };
+    let ((sa, ia), (sb, ib)) = (a.tensors.get(key)?, b.tensors.get(key)?);
+    if sa != sb || sb.len() != 2 {
+        return None;
+    }
+    let logits = b.tensors.get(&Stage::FfnRouter.key(Some(layer))).map(|(s, d)| (s, d.clone()));
+    let logprobs = || {
+        b.tensors
+            .get(&Stage::FfnRouterProbs.key(Some(layer)))
+            .map(|(s, d)| (s, d.iter().map(|p| p.max(f32::MIN_POSITIVE).ln()).collect::<Vec<f32>>()))
+    };
+    let scores = logits.or_else(logprobs).filter(|(s, _)| s.len() == 2 && s[0] == sb[0]);
+    let scores = scores.as_ref().map(|(s, d)| (d.as_slice(), s[1]));
+    Some(router_agreement(layer, ia, ib, sb[1], scores, tie_margin))
 }
 
 /// From the first divergence downstream along the dataflow: the stages of

@@ -54,7 +54,20 @@ pub fn verdict(d: &Diff, paint: Paint) -> String {
     match d.first {
         Some(i) => {
             let f = &d.stages[i];
+            let router = d
+                .routers
+                .iter()
+                .find(|r| Some(r.layer) == plumb_trace::stage::parse_key(&f.key).and_then(|k| k.1))
+                .filter(|_| f.key.ends_with(".ffn_experts"));
             let why = match &f.basis {
+                Basis::Tensors if router.is_some() => {
+                    let r = router.expect("checked");
+                    let hard = r.flips.iter().filter(|x| !x.near_tie).count();
+                    format!(
+                        "{hard} of {} tokens sent to other experts where the reference was not nearly tied",
+                        r.tokens
+                    )
+                }
                 Basis::Tensors => {
                     format!(
                         "NMSE {} > {} (cosine {}, max |Δ| {} at token {}, feature {})",
@@ -137,7 +150,42 @@ pub fn verdict(d: &Diff, paint: Paint) -> String {
             let _ = writeln!(s, "{}", flip_line(p));
         }
     }
+    if !d.routers.is_empty() {
+        let (n, agree) = d.routers.iter().fold((0, 0), |(n, a), r| (n + r.tokens, a + r.agree));
+        let ties = d.routers.iter().flat_map(|r| &r.flips).filter(|f| f.near_tie).count();
+        let _ = writeln!(
+            s,
+            "routers: same experts for {agree}/{n} token-layers over {} layers{}",
+            d.routers.len(),
+            if ties > 0 {
+                format!(" ({ties} flips at near-ties, reference margin < {})", d.tie_margin)
+            } else {
+                String::new()
+            }
+        );
+        let flips: Vec<(usize, &crate::compare::RouterFlip)> =
+            d.routers.iter().flat_map(|r| r.flips.iter().map(move |f| (r.layer, f))).collect();
+        for (layer, f) in flips.iter().take(12) {
+            let _ = writeln!(s, "{}", router_flip_line(*layer, f));
+        }
+        if flips.len() > 12 {
+            let _ = writeln!(s, "  … {} more (--json lists them all)", flips.len() - 12);
+        }
+    }
     s
+}
+
+/// One token whose experts differ, with the reference's router margin.
+pub(crate) fn router_flip_line(layer: usize, f: &crate::compare::RouterFlip) -> String {
+    let ids = |v: &[f32]| v.iter().map(|x| format!("{x}")).collect::<Vec<_>>().join(", ");
+    format!(
+        "  blk.{layer} token {}: experts A [{}] vs B [{}], reference margin {}{}",
+        f.token,
+        ids(&f.experts_a),
+        ids(&f.experts_b),
+        g(f.ref_margin),
+        if f.near_tie { " (near-tie)" } else { "" }
+    )
 }
 
 /// One top-1 flip of the logits, with the reference's margin there.

@@ -915,6 +915,44 @@ pub fn silu_row(lanes: SiluLanes, row: &mut [f32]) {
     tail.iter_mut().for_each(|x| *x = crate::ops::silu(*x));
 }
 
+/// Softmax of one row in place, as llama.cpp's CPU soft_max op computes a
+/// row with no mask (a router's): the maximum; e^(x − max) by the build's
+/// vector e^x over whole vectors of lanes, each vector's sum folded in f32
+/// and added to an f64 total, the rest by the C library's e^x added one
+/// by one; then every value times (f32)(1 / total).
+pub fn softmax_row(lanes: SiluLanes, row: &mut [f32]) {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    let n = match lanes {
+        SiluLanes::Eight => 8,
+        SiluLanes::Sixteen => 16,
+    };
+    let whole = row.len() / n * n;
+    let (vectors, tail) = row.split_at_mut(whole);
+    let mut sum = 0f64;
+    for v in vectors.chunks_exact_mut(n) {
+        for x in v.iter_mut() {
+            *x = match lanes {
+                SiluLanes::Eight => expf_lanes8(*x - max),
+                SiluLanes::Sixteen => expf_lanes16(*x - max),
+            };
+        }
+        sum += match lanes {
+            SiluLanes::Sixteen => fold16(&<[f32; 16]>::try_from(&*v).expect("16 lanes")),
+            // The AVX2 build: 128-bit halves, then (0 + 2) + (1 + 3).
+            SiluLanes::Eight => {
+                let h: [f32; 4] = std::array::from_fn(|l| v[4 + l] + v[l]);
+                (h[0] + h[2]) + (h[1] + h[3])
+            }
+        } as f64;
+    }
+    for x in tail.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
 // The vector e^x of llama.cpp's CPU backend (an Arm optimized-routines
 // polynomial): n = round(x / ln 2) by the 1.5·2²³ shift, b = x − n·ln 2 in
 // two parts, p(b) a degree-5 polynomial in b.

@@ -103,6 +103,12 @@ pub trait Ops {
     /// fast precision's SiLU, like llama.cpp's, treats each row's last
     /// few elements apart).
     fn activation(&self, act: Activation, g: &mut [f32], width: usize);
+    /// Softmax of each row of `width` in place (a mixture of experts'
+    /// router: a few to a few hundred values a row, nothing masked).
+    fn softmax_rows(&self, x: &mut [f32], width: usize);
+    /// The logistic sigmoid 1 / (1 + e⁻ˣ), element-wise (a shared expert's
+    /// gate).
+    fn sigmoid(&self, x: &mut [f32]);
 }
 
 impl Ops for ExactKernels {
@@ -146,6 +152,20 @@ impl Ops for ExactKernels {
             Activation::GeluTanh => g.iter_mut().for_each(|g| *g = gelu_tanh(*g)),
         });
     }
+
+    /// In f64, each value rounded once.
+    fn softmax_rows(&self, x: &mut [f32], width: usize) {
+        for row in x.chunks_exact_mut(width) {
+            let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+            let e: Vec<f64> = row.iter().map(|&v| (v as f64 - max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            row.iter_mut().zip(&e).for_each(|(r, e)| *r = (e / sum) as f32);
+        }
+    }
+
+    fn sigmoid(&self, x: &mut [f32]) {
+        x.iter_mut().for_each(|v| *v = (1.0 / (1.0 + (-*v as f64).exp())) as f32);
+    }
 }
 
 impl Ops for FastKernels {
@@ -179,6 +199,18 @@ impl Ops for FastKernels {
                 for_each_run(g, PAR_MIN_ELEMS, |_, g| crate::mirror::gelu_by_f16_table(gelu_f16_table(), g))
             }
         }
+    }
+
+    /// As llama.cpp's soft_max op on a row that fills no KV padding.
+    fn softmax_rows(&self, x: &mut [f32], width: usize) {
+        let lanes = crate::mirror::SiluLanes::of(self.path);
+        x.chunks_exact_mut(width).for_each(|row| crate::mirror::softmax_row(lanes, row));
+    }
+
+    /// As llama.cpp's qwen2moe graph computes it: silu(x) / x, each a row
+    /// of one (so by the C library's e^x).
+    fn sigmoid(&self, x: &mut [f32]) {
+        x.iter_mut().for_each(|v| *v = silu(*v) / *v);
     }
 }
 

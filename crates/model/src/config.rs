@@ -101,6 +101,27 @@ pub struct ModelConfig {
     pub norm_plus_one: bool,
     /// llama-arch GGUF Q/K rows are permuted for interleaved rope; undone at load.
     pub unpermute_qk: bool,
+    /// A mixture of experts in place of every layer's FFN.
+    pub moe: Option<Moe>,
+}
+
+/// A mixture-of-experts FFN: a router picks `used` of `experts` FFNs for
+/// each token by the softmax of its logits, and their outputs are summed
+/// weighted by those probabilities (renormalized over the chosen where
+/// `norm_weights`); a shared expert, gated by a sigmoid, adds to every
+/// token's (qwen2moe).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Moe {
+    /// E: experts per layer.
+    pub experts: usize,
+    /// k: experts each token is sent to.
+    pub used: usize,
+    /// Each expert's FFN width.
+    pub ff: usize,
+    /// The shared expert's FFN width, where the model has one.
+    pub shared_ff: Option<usize>,
+    /// The k chosen probabilities are divided by their sum.
+    pub norm_weights: bool,
 }
 
 /// The sizes every family's metadata gives.
@@ -153,6 +174,18 @@ impl ModelConfig {
         if self.layer_sliding.len() != self.n_layer {
             return Err(bad(path, "sliding-window pattern length differs from the layer count"));
         }
+        if let Some(m) = &self.moe {
+            for (what, v) in
+                [("experts", m.experts), ("expert ffn width", m.ff), ("shared expert width", m.shared_ff.unwrap_or(1))]
+            {
+                if v == 0 || v > 1 << 24 {
+                    return Err(bad(path, format!("{what} is {v}, outside 1..=16777216")));
+                }
+            }
+            if m.used == 0 || m.used > m.experts {
+                return Err(bad(path, format!("{} experts used per token of {}", m.used, m.experts)));
+            }
+        }
         Ok(())
     }
 
@@ -191,6 +224,7 @@ impl ModelConfig {
         let sizes = Sizes { n_layer, d, n_head, n_head_kv, head_dim, ff, vocab };
         let mut cfg = ModelConfig::with_quirks(arch, sizes, ctx_len, rms_eps, (rope_theta, rope_theta), tied_output);
         cfg.unpermute_qk = arch.spec().quirks.gguf_qk_interleaved;
+        cfg.moe = gguf_moe(g, &key, ff, arch.spec().quirks.moe_norm)?;
         cfg.set_rope_scaling(rope_scaling);
         (arch.spec().from_gguf)(&mut cfg, g, arch_name)?;
         Ok(cfg)
@@ -277,6 +311,7 @@ impl ModelConfig {
         if c.get("mlp_bias").and_then(J::as_bool).unwrap_or(false) {
             return Err(bad(path, "mlp_bias is not supported"));
         }
+        cfg.moe = hf_moe(path, c, ff, q.moe_norm)?;
         (arch.spec().from_hf)(&mut cfg, c, path)?;
         Ok(cfg)
     }
@@ -317,6 +352,7 @@ impl ModelConfig {
             tied_output,
             norm_plus_one: false,
             unpermute_qk: false,
+            moe: None,
         }
     }
 
@@ -355,7 +391,74 @@ pub const GGUF_KEYS: &[&str] = &[
     "rope.dimension_count",
     "rope.scaling.type",
     "rope.scaling.factor",
+    "expert_count",
+    "expert_used_count",
+    "expert_feed_forward_length",
+    "expert_shared_feed_forward_length",
+    "expert_shared_count",
+    "expert_weights_scale",
+    "expert_gating_func",
+    "leading_dense_block_count",
 ];
+
+/// A GGUF file's mixture of experts: `expert_count` experts, of which
+/// `expert_used_count` per token, each `expert_feed_forward_length` wide
+/// (`ffn` where absent, as llama.cpp's llama reads mixtral), a shared
+/// expert where `expert_shared_feed_forward_length` says so. Whether the
+/// chosen weights are renormalized is the family's (`norm`: llama.cpp's
+/// graphs fix it per architecture). Settings that change the arithmetic
+/// in ways plumb does not compute are refused.
+fn gguf_moe(g: &GgufFile, key: &dyn Fn(&str) -> String, ffn: usize, norm: bool) -> Result<Option<Moe>, ModelError> {
+    let path = g.path();
+    let Some(experts) = g.u64_opt(&key("expert_count"))?.filter(|&e| e > 0) else { return Ok(None) };
+    let used =
+        g.u64_opt(&key("expert_used_count"))?.ok_or_else(|| bad(path, "expert_count without expert_used_count"))?;
+    if let Some(s) = g.f64_opt(&key("expert_weights_scale"))?.filter(|&s| s != 0.0 && s != 1.0) {
+        return Err(bad(path, format!("expert weights scaled by {s} are not supported yet")));
+    }
+    if let Some(f) = g.u64_opt(&key("expert_gating_func"))?.filter(|&f| f != 1) {
+        return Err(bad(path, format!("expert gating function {f} (not softmax) is not supported yet")));
+    }
+    if let Some(n) = g.u64_opt(&key("leading_dense_block_count"))?.filter(|&n| n > 0) {
+        return Err(bad(path, format!("{n} leading dense layers before the experts are not supported yet")));
+    }
+    // A shared expert without its width is as wide as the dense FFN (llama.cpp).
+    let shared_ff = match g.u64_opt(&key("expert_shared_feed_forward_length"))?.filter(|&n| n > 0) {
+        Some(n) => Some(n as usize),
+        None => g.tensor_info("blk.0.ffn_gate_inp_shexp.weight").map(|_| ffn),
+    };
+    if let Some(n) = g.u64_opt(&key("expert_shared_count"))?.filter(|&n| n > 1) {
+        return Err(bad(path, format!("{n} shared experts are not supported yet")));
+    }
+    let ff = g.u64_opt(&key("expert_feed_forward_length"))?.filter(|&n| n > 0).map_or(ffn, |n| n as usize);
+    Ok(Some(Moe { experts: experts as usize, used: used as usize, ff, shared_ff, norm_weights: norm }))
+}
+
+/// An HF config's mixture of experts: `num_local_experts` or `num_experts`,
+/// `num_experts_per_tok`, each expert `moe_intermediate_size` wide
+/// (mixtral: `intermediate_size`), a shared expert
+/// `shared_expert_intermediate_size` wide, weights renormalized by
+/// `norm_topk_prob` (mixtral has none and always does: `norm`, the
+/// family's). Dense layers among sparse ones (`mlp_only_layers`,
+/// `decoder_sparse_step`) are refused.
+fn hf_moe(path: &Path, c: &J, ffn: usize, norm: bool) -> Result<Option<Moe>, ModelError> {
+    let int = |k: &str| c.get(k).and_then(J::as_u64).map(|v| v as usize);
+    let Some(experts) = int("num_local_experts").or(int("num_experts")).filter(|&e| e > 0) else { return Ok(None) };
+    let used = int("num_experts_per_tok").ok_or_else(|| bad(path, "experts without num_experts_per_tok"))?;
+    if c.get("mlp_only_layers").and_then(J::as_array).is_some_and(|a| !a.is_empty()) {
+        return Err(bad(path, "mlp_only_layers (dense layers among the experts) is not supported yet"));
+    }
+    if int("decoder_sparse_step").is_some_and(|s| s != 1) {
+        return Err(bad(
+            path,
+            "decoder_sparse_step other than 1 (dense layers among the experts) is not supported yet",
+        ));
+    }
+    let ff = int("moe_intermediate_size").unwrap_or(ffn);
+    let shared_ff = int("shared_expert_intermediate_size").filter(|&n| n > 0);
+    let norm_weights = c.get("norm_topk_prob").and_then(J::as_bool).unwrap_or(norm);
+    Ok(Some(Moe { experts, used, ff, shared_ff, norm_weights }))
+}
 
 /// GGUF keys that never change plumb's numbers: all of `general.*` (names,
 /// licence, file type), `tokenizer.*` (the tokenizer's own, read there),

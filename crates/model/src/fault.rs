@@ -6,7 +6,9 @@
 //! `scale=F`, `noise=S` (Gaussian, S × the tensor's std, fixed seed),
 //! `zero-head=H`, `swap-heads=A,B`, `permute-rope` (rotate-half pairs laid
 //! out interleaved, the classic llama GGUF conversion bug), `off-by-one`
-//! (every token takes the previous token's row).
+//! (every token takes the previous token's row), `bump=T,F,V` (V added to
+//! token T's feature F only: one router logit, say, to flip one token's
+//! experts).
 
 use plumb_trace::stage::{parse_key, Stage};
 
@@ -18,6 +20,7 @@ pub enum FaultKind {
     SwapHeads(usize, usize),
     PermuteRope,
     OffByOne,
+    Bump { token: usize, feature: usize, by: f32 },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -52,10 +55,17 @@ impl Fault {
                 FaultKind::SwapHeads(idx(a)?, idx(b)?)
             }
             "permute-rope" => FaultKind::PermuteRope,
+            "bump" => {
+                let parts: Vec<&str> = arg.split(',').collect();
+                let [t, f, v] = parts[..] else {
+                    return Err(format!("--inject {spec:?}: bump takes TOKEN,FEATURE,VALUE"));
+                };
+                FaultKind::Bump { token: idx(t)?, feature: idx(f)?, by: num(v)? }
+            }
             "off-by-one" => FaultKind::OffByOne,
             other => {
                 return Err(format!(
-                    "--inject {spec:?}: unknown kind {other:?} (scale=F, noise=S, zero-head=H, swap-heads=A,B, permute-rope, off-by-one)"
+                    "--inject {spec:?}: unknown kind {other:?} (scale=F, noise=S, zero-head=H, swap-heads=A,B, permute-rope, off-by-one, bump=T,F,V)"
                 ))
             }
         };
@@ -110,6 +120,17 @@ impl Fault {
                             let (x, y) = row.split_at_mut(hi * hd);
                             x[lo * hd..(lo + 1) * hd].swap_with_slice(&mut y[..hd]);
                         }
+                    }
+                }
+            }
+            FaultKind::Bump { token, feature, by } => {
+                // [T, …] rows of `width`; attention matrices are [H, T, Tkv]:
+                // the feature indexes head·Tkv + key, as the diff reports it.
+                let (t, row) = if attn { (shape[1], shape[2]) } else { (data.len() / width, width) };
+                let (h, f) = (feature / row, feature % row);
+                if token < t && (attn || h == 0) {
+                    if let Some(v) = data.get_mut((h * t + token) * row + f) {
+                        *v += by;
                     }
                 }
             }

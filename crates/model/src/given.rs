@@ -104,11 +104,11 @@ fn matrices(m: &Model) -> Vec<(String, &Weight, String)> {
             ("attn_k", &w.wk, "k_proj"),
             ("attn_v", &w.wv, "v_proj"),
             ("attn_output", &w.wo, "attn_out"),
-            ("ffn_gate", &w.w_gate, "ffn_gate"),
-            ("ffn_up", &w.w_up, "ffn_up"),
-            ("ffn_down", &w.w_down, "ffn_down"),
         ] {
             v.push((format!("blk.{l}.{name}.weight"), wt, format!("blk.{l}.{stage}")));
+        }
+        for (name, wt, stage) in w.ffn.matrices() {
+            v.push((format!("blk.{l}.{name}"), wt, stage.key(Some(l))));
         }
     }
     if !m.cfg.tied_output {
@@ -535,9 +535,9 @@ pub fn weights_as(b: &mut Model, a: &Model) -> Vec<String> {
         w.wk = convert(&w.wk, next(), &mut kept);
         w.wv = convert(&w.wv, next(), &mut kept);
         w.wo = convert(&w.wo, next(), &mut kept);
-        w.w_gate = convert(&w.w_gate, next(), &mut kept);
-        w.w_up = convert(&w.w_up, next(), &mut kept);
-        w.w_down = convert(&w.w_down, next(), &mut kept);
+        for m in w.ffn.matrices_mut() {
+            *m = convert(m, next(), &mut kept);
+        }
     }
     if b.cfg.tied_output {
         b.output = b.embed.clone();

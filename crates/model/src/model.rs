@@ -36,10 +36,81 @@ pub struct Layer {
     pub wo: Weight,
     pub attn_post_norm: Option<Vec<f32>>,
     pub ffn_norm: Option<Vec<f32>>,
-    pub w_gate: Weight,
-    pub w_up: Weight,
-    pub w_down: Weight,
+    pub ffn: Ffn,
     pub ffn_post_norm: Option<Vec<f32>>,
+}
+
+/// An FFN's matrices: down(act(x·gateᵀ) · x·upᵀ).
+#[derive(Clone)]
+pub struct Mlp {
+    pub gate: Weight,
+    pub up: Weight,
+    pub down: Weight,
+}
+
+/// A layer's feed-forward network: one, or a mixture of experts.
+#[derive(Clone)]
+pub enum Ffn {
+    Dense(Mlp),
+    Experts(Experts),
+}
+
+/// A mixture of experts (see [`crate::config::Moe`]).
+#[derive(Clone)]
+pub struct Experts {
+    /// [E, d]
+    pub router: Weight,
+    pub experts: Vec<Mlp>,
+    /// The shared expert and its gate [1, d] (qwen2moe).
+    pub shared: Option<(Weight, Mlp)>,
+}
+
+impl Ffn {
+    /// Every matrix, with its GGUF name after `blk.L.` (an expert's with its
+    /// number) and the stage it feeds: a dense FFN's three, or the router,
+    /// each expert's and the shared expert's.
+    pub fn matrices(&self) -> Vec<(String, &Weight, Stage)> {
+        fn three<'a>(m: [&str; 3], w: &'a Mlp, tail: &str, s: [Stage; 3]) -> [(String, &'a Weight, Stage); 3] {
+            let ws = [&w.gate, &w.up, &w.down];
+            std::array::from_fn(|i| (format!("{}.weight{tail}", m[i]), ws[i], s[i]))
+        }
+        match self {
+            Ffn::Dense(m) => {
+                three(["ffn_gate", "ffn_up", "ffn_down"], m, "", [Stage::FfnGate, Stage::FfnUp, Stage::FfnDown])
+                    .to_vec()
+            }
+            Ffn::Experts(x) => {
+                let mut v = vec![("ffn_gate_inp.weight".to_string(), &x.router, Stage::FfnRouter)];
+                for (e, m) in x.experts.iter().enumerate() {
+                    let names = ["ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"];
+                    v.extend(three(names, m, &format!(" (expert {e})"), [Stage::FfnMoeOut; 3]));
+                }
+                if let Some((g, m)) = &x.shared {
+                    v.push(("ffn_gate_inp_shexp.weight".to_string(), g, Stage::FfnSharedOut));
+                    let names = ["ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp"];
+                    v.extend(three(names, m, "", [Stage::FfnSharedOut; 3]));
+                }
+                v
+            }
+        }
+    }
+
+    /// The same matrices, mutable, in the same order.
+    pub fn matrices_mut(&mut self) -> Vec<&mut Weight> {
+        match self {
+            Ffn::Dense(m) => vec![&mut m.gate, &mut m.up, &mut m.down],
+            Ffn::Experts(x) => {
+                let mut v = vec![&mut x.router];
+                for m in &mut x.experts {
+                    v.extend([&mut m.gate, &mut m.up, &mut m.down]);
+                }
+                if let Some((g, m)) = &mut x.shared {
+                    v.extend([g, &mut m.gate, &mut m.up, &mut m.down]);
+                }
+                v
+            }
+        }
+    }
 }
 
 pub struct Model {
@@ -70,10 +141,16 @@ impl Model {
         }
         let arch = cfg.arch;
         let get = |name: &str| -> OwnedTensor { source.tensor_owned(arch, name).expect("validated above") };
-        let weight = |name: &str| -> Weight {
-            let t = get(name);
-            Weight { name: t.name.clone(), ty: t.ty, rows: t.shape[0], cols: t.shape[1], bytes: t.bytes }
+        let as_weight = |t: OwnedTensor| -> Weight {
+            // [cols] vectors (a shared expert's gate in llama.cpp's files) are one row.
+            let (rows, cols) = match t.shape[..] {
+                [c] => (1, c),
+                [r, c] => (r, c),
+                _ => unreachable!("validated as a matrix"),
+            };
+            Weight { name: t.name.clone(), ty: t.ty, rows, cols, bytes: t.bytes }
         };
+        let weight = |name: &str| -> Weight { as_weight(get(name)) };
         let vector = |name: &str| -> Result<Vec<f32>, ModelError> {
             let t = get(name);
             let mut v = vec![0f32; t.shape.iter().product()];
@@ -100,16 +177,44 @@ impl Model {
                 }
                 Ok(Some(if t.is_norm { norm(&name(role))? } else { vector(&name(role))? }))
             };
-            let ((mut wq, mut wk, wv), (w_gate, w_up)) = if cfg.fused {
+            let ((mut wq, mut wk, wv), ffn) = if cfg.fused {
                 // phi3: rows [q | k | v] and [gate | up], split without a copy.
                 let (qkv, up) = (matrix(Role::Wqkv), matrix(Role::WUp));
                 let (qd, kvd, ff) = (cfg.q_dim(), cfg.kv_dim(), cfg.ff);
                 let qkv =
                     (row_range(&qkv, 0, qd), row_range(&qkv, qd, qd + kvd), row_range(&qkv, qd + kvd, qd + 2 * kvd));
-                (qkv, (row_range(&up, 0, ff), row_range(&up, ff, 2 * ff)))
+                let (gate, up) = (row_range(&up, 0, ff), row_range(&up, ff, 2 * ff));
+                (qkv, Ffn::Dense(Mlp { gate, up, down: matrix(Role::WDown) }))
             } else {
                 let qkv = (matrix(Role::Wq), matrix(Role::Wk), matrix(Role::Wv));
-                (qkv, (matrix(Role::WGate), matrix(Role::WUp)))
+                let ffn = match &cfg.moe {
+                    None => {
+                        Ffn::Dense(Mlp { gate: matrix(Role::WGate), up: matrix(Role::WUp), down: matrix(Role::WDown) })
+                    }
+                    Some(moe) => {
+                        let stack = |role: Role| -> Vec<Weight> {
+                            let parts = source.stack_owned(arch, &name(role), moe.experts).expect("validated above");
+                            parts.into_iter().map(as_weight).collect()
+                        };
+                        let (gates, ups, downs) = (stack(Role::ExpGate), stack(Role::ExpUp), stack(Role::ExpDown));
+                        let experts = gates
+                            .into_iter()
+                            .zip(ups)
+                            .zip(downs)
+                            .map(|((gate, up), down)| Mlp { gate, up, down })
+                            .collect();
+                        let shared = moe.shared_ff.map(|_| {
+                            let mlp = Mlp {
+                                gate: matrix(Role::SharedGate),
+                                up: matrix(Role::SharedUp),
+                                down: matrix(Role::SharedDown),
+                            };
+                            (matrix(Role::SharedGateInp), mlp)
+                        });
+                        Ffn::Experts(Experts { router: matrix(Role::Router), experts, shared })
+                    }
+                };
+                (qkv, ffn)
             };
             if cfg.unpermute_qk {
                 wq = unpermute_rows(&wq, cfg.n_head);
@@ -128,9 +233,7 @@ impl Model {
                 wo: matrix(Role::Wo),
                 attn_post_norm: vec_of(Role::AttnPostNorm)?,
                 ffn_norm: vec_of(Role::FfnNorm)?,
-                w_gate,
-                w_up,
-                w_down: matrix(Role::WDown),
+                ffn,
                 ffn_post_norm: vec_of(Role::FfnPostNorm)?,
             });
         }
@@ -551,13 +654,10 @@ impl Model {
     fn ffn(&self, k: &dyn Kernels, l: usize, x: &mut [f32], rows: Rows, tr: &mut dyn Observer) {
         let c = &self.cfg;
         let w = &self.layers[l];
-        let (d, ff) = (c.d, c.ff);
+        let d = c.d;
         let (t, at) = (x.len() / d, Some(l));
-        // xn = norm(x) (olmo2: xn = x); gate, up = xn·Wgateᵀ, xn·Wupᵀ
+        // xn = norm(x) (olmo2: xn = x)
         let mut xn = vec![0f32; t * d]; //                                    [T, d]
-        let mut gate = vec![0f32; t * ff]; //                                 [T, ff]
-        let mut up = vec![0f32; t * ff]; //                                   [T, ff]
-        let mut down = vec![0f32; t * d]; //                                  [T, d]
         match &w.ffn_norm {
             Some(norm) => {
                 k.rms_norm(x, norm, c.rms_eps, &mut xn);
@@ -565,28 +665,156 @@ impl Model {
             }
             None => xn.copy_from_slice(x),
         }
-        k.linears(&[&w.w_gate, &w.w_up], &xn, t, &mut [&mut gate, &mut up]);
+        let mut out = match &w.ffn {
+            Ffn::Dense(mlp) => self.mlp(k, l, mlp, &xn, rows, tr),
+            Ffn::Experts(experts) => self.experts(k, l, experts, &xn, rows, tr),
+        };
+
+        // out = norm(out) (gemma's post-norm)
+        if let Some(pn) = &w.ffn_post_norm {
+            let raw = out.clone();
+            k.rms_norm(&raw, pn, c.rms_eps, &mut out);
+            self.emit(tr, at, Stage::FfnPostNorm, &mut out, &[t, d], rows);
+        }
+
+        // x = x + out
+        add_in_place(x, &out);
+        self.emit(tr, at, Stage::LayerOut, x, &[t, d], rows);
+    }
+
+    /// A dense FFN on xn [T, d], traced: down(act(xn·Wgateᵀ) · xn·Wupᵀ).
+    fn mlp(&self, k: &dyn Kernels, l: usize, w: &Mlp, xn: &[f32], rows: Rows, tr: &mut dyn Observer) -> Vec<f32> {
+        let (d, ff, at) = (self.cfg.d, w.gate.rows, Some(l));
+        let t = xn.len() / d;
+        let mut gate = vec![0f32; t * ff]; //                                 [T, ff]
+        let mut up = vec![0f32; t * ff]; //                                   [T, ff]
+        let mut down = vec![0f32; t * d]; //                                  [T, d]
+
+        // gate, up = xn·Wgateᵀ, xn·Wupᵀ
+        k.linears(&[&w.gate, &w.up], xn, t, &mut [&mut gate, &mut up]);
         self.emit(tr, at, Stage::FfnGate, &mut gate, &[t, ff], rows);
         self.emit(tr, at, Stage::FfnUp, &mut up, &[t, ff], rows);
 
         // gate = act(gate) · up
-        k.activation(c.act, &mut gate, ff);
+        k.activation(self.cfg.act, &mut gate, ff);
         self.emit(tr, at, Stage::FfnAct, &mut gate, &[t, ff], rows);
         mul_in_place(&mut gate, &up);
         self.emit(tr, at, Stage::FfnMul, &mut gate, &[t, ff], rows);
 
-        // down = gate·Wdownᵀ (then gemma's post-norm)
-        k.linear(&w.w_down, &gate, t, &mut down);
+        // down = gate·Wdownᵀ
+        k.linear(&w.down, &gate, t, &mut down);
         self.emit(tr, at, Stage::FfnDown, &mut down, &[t, d], rows);
-        if let Some(pn) = &w.ffn_post_norm {
-            let raw = down.clone();
-            k.rms_norm(&raw, pn, c.rms_eps, &mut down);
-            self.emit(tr, at, Stage::FfnPostNorm, &mut down, &[t, d], rows);
-        }
+        down
+    }
 
-        // x = x + down
-        add_in_place(x, &down);
-        self.emit(tr, at, Stage::LayerOut, x, &[t, d], rows);
+    /// A mixture of experts on xn [T, d], traced: each token's `k` most
+    /// probable experts by the router, their outputs summed in that order
+    /// weighted by their probabilities, and the shared expert's output,
+    /// gated, added.
+    fn experts(
+        &self,
+        k: &dyn Kernels,
+        l: usize,
+        w: &Experts,
+        xn: &[f32],
+        rows: Rows,
+        tr: &mut dyn Observer,
+    ) -> Vec<f32> {
+        let c = &self.cfg;
+        let moe = c.moe.as_ref().expect("a model with experts has their configuration");
+        let (d, ne, used, at) = (c.d, moe.experts, moe.used, Some(l));
+        let t = xn.len() / d;
+
+        // router = xn·Wrᵀ; probs = softmax(router)                           [T, E]
+        let mut router = vec![0f32; t * ne];
+        k.linear(&w.router, xn, t, &mut router);
+        self.emit(tr, at, Stage::FfnRouter, &mut router, &[t, ne], rows);
+        let mut probs = router;
+        k.softmax_rows(&mut probs, ne);
+        self.emit(tr, at, Stage::FfnRouterProbs, &mut probs, &[t, ne], rows);
+
+        // ids = the `used` most probable experts, most probable first (ties:
+        // the lower id, as llama.cpp's sort of a few values orders them)   [T, k]
+        let mut ids = vec![0f32; t * used];
+        for (p, row) in probs.chunks_exact(ne).zip(ids.chunks_exact_mut(used)) {
+            let mut order: Vec<usize> = (0..ne).collect();
+            order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+            row.iter_mut().zip(&order).for_each(|(r, &e)| *r = e as f32);
+        }
+        self.emit(tr, at, Stage::FfnExperts, &mut ids, &[t, used], rows);
+
+        // weights = their probabilities (divided by their sum)             [T, k]
+        let id = |v: f32| (v >= 0.0 && (v as usize) < ne).then_some(v as usize);
+        let mut weights = vec![0f32; t * used];
+        for ((p, row), wr) in probs.chunks_exact(ne).zip(ids.chunks_exact(used)).zip(weights.chunks_exact_mut(used)) {
+            wr.iter_mut().zip(row).for_each(|(w, &e)| *w = id(e).map_or(0.0, |e| p[e]));
+            if moe.norm_weights {
+                // Summed in f64 and rounded, as llama.cpp's sum_rows; it
+                // keeps the sum off zero (the least normal f16).
+                let sum = wr.iter().map(|&w| w as f64).sum::<f64>() as f32;
+                let sum = if k.precision() == plumb_kernels::Precision::Fast { sum.max(6.103_515_6e-5) } else { sum };
+                wr.iter_mut().for_each(|w| *w /= sum);
+            }
+        }
+        self.emit(tr, at, Stage::FfnExpertWeights, &mut weights, &[t, used], rows);
+
+        // out = Σ weight · down(act(xn·Wgateᵀ) · xn·Wupᵀ), token by token
+        // (each product as a one-token step), in selection order          [T, d]
+        let mut out = vec![0f32; t * d];
+        let (mut y, mut expert_out) = (Vec::new(), vec![0f32; d]);
+        for i in 0..t {
+            let x = &xn[i * d..(i + 1) * d];
+            for j in 0..used {
+                let Some(e) = id(ids[i * used + j]) else { continue };
+                let m = &w.experts[e];
+                let ff = m.gate.rows;
+                let (mut gate, mut up) = (vec![0f32; ff], vec![0f32; ff]);
+                k.linear(&m.gate, x, 1, &mut gate);
+                k.linear(&m.up, x, 1, &mut up);
+                k.activation(c.act, &mut gate, ff);
+                mul_in_place(&mut gate, &up);
+                k.linear(&m.down, &gate, 1, &mut expert_out);
+                let weight = weights[i * used + j];
+                expert_out.iter_mut().for_each(|v| *v *= weight);
+                if j == 0 {
+                    y.clone_from(&expert_out);
+                } else {
+                    add_in_place(&mut y, &expert_out);
+                }
+            }
+            if !y.is_empty() {
+                out[i * d..(i + 1) * d].copy_from_slice(&y);
+            }
+            y.clear();
+        }
+        self.emit(tr, at, Stage::FfnMoeOut, &mut out, &[t, d], rows);
+
+        // shared = sigmoid(xn·Wsᵀ) · down(act(xn·Wgateᵀ) · xn·Wupᵀ)          [T, d]
+        if let Some((gate_w, mlp)) = &w.shared {
+            let mut gate = vec![0f32; t]; //                                   [T, 1]
+            k.linear(gate_w, xn, t, &mut gate);
+            k.sigmoid(&mut gate);
+            let mut shared = self.shared_mlp(k, mlp, xn);
+            for (row, g) in shared.chunks_exact_mut(d).zip(&gate) {
+                row.iter_mut().for_each(|v| *v *= g);
+            }
+            self.emit(tr, at, Stage::FfnSharedOut, &mut shared, &[t, d], rows);
+            add_in_place(&mut out, &shared);
+        }
+        out
+    }
+
+    /// A shared expert's FFN on xn [T, d], untraced (its output is traced
+    /// gated, as `ffn_shared_out`).
+    fn shared_mlp(&self, k: &dyn Kernels, w: &Mlp, xn: &[f32]) -> Vec<f32> {
+        let (d, ff) = (self.cfg.d, w.gate.rows);
+        let t = xn.len() / d;
+        let (mut gate, mut up, mut down) = (vec![0f32; t * ff], vec![0f32; t * ff], vec![0f32; t * d]);
+        k.linears(&[&w.gate, &w.up], xn, t, &mut [&mut gate, &mut up]);
+        k.activation(self.cfg.act, &mut gate, ff);
+        mul_in_place(&mut gate, &up);
+        k.linear(&w.down, &gate, t, &mut down);
+        down
     }
 
     /// Attention of q [T, H·hd], rows `rows` of a step at positions p ..

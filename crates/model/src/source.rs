@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use plumb_formats::gguf::GgufFile;
 use plumb_formats::hf::HfModel;
-use plumb_formats::{OwnedTensor, TensorView};
+use plumb_formats::{Bytes, OwnedTensor, TensorView};
 
 use crate::weights::hf_name;
 use crate::{Arch, ModelError};
@@ -55,6 +55,44 @@ impl ModelSource {
         match self {
             ModelSource::Gguf(g) => g.tensors.iter().map(|t| t.name.clone()).collect(),
             ModelSource::Hf(h) => h.tensors.keys().cloned().collect(),
+        }
+    }
+
+    /// A stack of `experts` matrices stored under one GGUF name
+    /// ([E, rows, cols]), one tensor per expert: GGUF keeps the stack whole
+    /// and each expert is a share of its bytes; HF folders keep one tensor
+    /// per expert. None when any is missing or the stack is not E deep.
+    pub fn stack_owned(&self, arch: Arch, gguf_name: &str, experts: usize) -> Option<Vec<OwnedTensor>> {
+        match self {
+            ModelSource::Gguf(g) => {
+                let t = g.tensor_owned(gguf_name)?;
+                let [e, rows, cols] = t.shape[..] else { return None };
+                if e != experts || e == 0 {
+                    return None;
+                }
+                let per = t.bytes.len() / e;
+                let part = |i: usize| match &t.bytes {
+                    Bytes::Mapped { map, start, .. } => {
+                        Bytes::Mapped { map: map.clone(), start: start + i * per, len: per }
+                    }
+                    Bytes::Owned(v) => Bytes::Owned(std::sync::Arc::new(v[i * per..(i + 1) * per].to_vec())),
+                };
+                Some(
+                    (0..e)
+                        .map(|i| OwnedTensor {
+                            name: format!("{gguf_name} expert {i}"),
+                            shape: vec![rows, cols],
+                            ty: t.ty,
+                            bytes: part(i),
+                        })
+                        .collect(),
+                )
+            }
+            ModelSource::Hf(h) => {
+                let names = arch.spec().hf_names(gguf_name, experts);
+                (names.len() == experts).then_some(())?;
+                names.iter().map(|n| h.tensor_owned(n)).collect()
+            }
         }
     }
 

@@ -73,16 +73,32 @@ impl std::fmt::Display for Problem {
 /// shape the configuration implies and a type plumb can compute with.
 pub fn validate(src: &ModelSource, cfg: &ModelConfig) -> Vec<Problem> {
     let mut problems = Vec::new();
+    let experts = cfg.moe.as_ref().map_or(0, |m| m.experts);
     for spec in expected_tensors(cfg) {
-        match src.tensor(cfg.arch, &spec.name) {
-            None => problems.push(Problem::Missing { name: spec.name, shape: spec.shape }),
-            Some(t) if t.shape != spec.shape.as_slice() => problems.push(Problem::Shape {
-                name: spec.name.clone(),
-                expected: spec.shape,
-                actual: t.shape.to_vec(),
-            }),
-            Some(t) if !t.ty.can_dequantize() => problems.push(Problem::NoDequantizer { name: spec.name, ty: t.ty }),
-            Some(_) => {}
+        // HF folders keep a stack of experts as one tensor per expert.
+        let parts: Vec<(String, Vec<usize>)> = match src {
+            ModelSource::Hf(_) if spec.shape.len() == 3 => cfg
+                .arch
+                .spec()
+                .hf_names(&spec.name, experts)
+                .into_iter()
+                .map(|n| (n, spec.shape[1..].to_vec()))
+                .collect(),
+            _ => vec![(spec.name.clone(), spec.shape.clone())],
+        };
+        for (name, shape) in parts {
+            let found = match src {
+                ModelSource::Hf(h) if name != spec.name => h.tensor(&name),
+                _ => src.tensor(cfg.arch, &name),
+            };
+            match found {
+                None => problems.push(Problem::Missing { name, shape }),
+                Some(t) if !same_shape(t.shape, &shape) => {
+                    problems.push(Problem::Shape { name, expected: shape, actual: t.shape.to_vec() })
+                }
+                Some(t) if !t.ty.can_dequantize() => problems.push(Problem::NoDequantizer { name, ty: t.ty }),
+                Some(_) => {}
+            }
         }
     }
     let names = src.tensor_names();
@@ -92,6 +108,14 @@ pub fn validate(src: &ModelSource, cfg: &ModelConfig) -> Vec<Problem> {
         }
     }
     problems
+}
+
+/// Shapes equal but for leading 1s: llama.cpp writes the shared expert's
+/// gate [1, d] as [d].
+fn same_shape(actual: &[usize], expected: &[usize]) -> bool {
+    let trim = |s: &[usize]| s.iter().position(|&n| n != 1).map_or(0, |i| i);
+    let (a, e) = (&actual[trim(actual)..], &expected[trim(expected)..]);
+    a == e
 }
 
 /// The metadata keys of a GGUF file that plumb neither reads nor knows to
@@ -118,11 +142,12 @@ pub fn unused_metadata(src: &ModelSource, cfg: &ModelConfig) -> Vec<String> {
 /// file's own names), besides those [`validate`] refuses: reported, since a
 /// converter that wrote them may have meant something plumb does not do.
 pub fn unused_tensors(src: &ModelSource, cfg: &ModelConfig) -> Vec<String> {
+    let experts = cfg.moe.as_ref().map_or(0, |m| m.experts);
     let read: std::collections::HashSet<String> = expected_tensors(cfg)
         .into_iter()
-        .filter_map(|t| match src {
-            ModelSource::Gguf(_) => Some(t.name),
-            ModelSource::Hf(_) => hf_name(cfg.arch, &t.name),
+        .flat_map(|t| match src {
+            ModelSource::Gguf(_) => vec![t.name],
+            ModelSource::Hf(_) => cfg.arch.spec().hf_names(&t.name, experts),
         })
         .collect();
     let refused = |n: &str| UNSUPPORTED_TENSORS.iter().any(|&(u, _)| u == n);

@@ -111,9 +111,10 @@ impl Trace {
         let mut offset = 0usize;
         for (key, shape, _) in self.layout() {
             let n = shape.iter().product::<usize>() * 4;
+            let dtype = if holds_ids(key) { "I32" } else { "F32" };
             obj.insert(
                 key.into(),
-                serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + n]}),
+                serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}),
             );
             offset += n;
         }
@@ -131,7 +132,16 @@ impl Trace {
         out.write_all(&self.header().map_err(std::io::Error::other)?)?;
         for (key, _, source) in self.layout() {
             match source {
+                Source::Held(data) if holds_ids(key) => out.write_all(&ids_bytes(data))?,
                 Source::Held(data) => out.write_all(le_bytes(data))?,
+                Source::Spilled(spill) if holds_ids(key) => {
+                    // [T, k]: small enough to convert whole.
+                    let mut raw = Vec::new();
+                    spill.copy_to(key, &mut raw)?;
+                    let f32s: Vec<f32> =
+                        raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                    out.write_all(&ids_bytes(f32s))?
+                }
                 Source::Spilled(spill) => spill.copy_to(key, out)?,
             }
         }
@@ -203,11 +213,24 @@ impl Trace {
         };
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
-            if view.dtype() != Dtype::F32 {
-                return Err(invalid(path, format!("tensor {name}: dtype {:?}, traces hold F32", view.dtype())));
-            }
-            let data: Vec<f32> =
-                view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            // Values are f32; expert ids are integers (i32 as plumb and
+            // llama.cpp write them, i64 as torch keeps them), held as f32.
+            let bytes = view.data();
+            let data: Vec<f32> = match view.dtype() {
+                Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+                Dtype::I32 => {
+                    bytes.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32).collect()
+                }
+                Dtype::I64 => {
+                    bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")) as f32).collect()
+                }
+                other => {
+                    return Err(invalid(
+                        path,
+                        format!("tensor {name}: dtype {other:?}, traces hold F32 (and integer ids)"),
+                    ))
+                }
+            };
             tensors.insert(name, (view.shape().to_vec(), data));
         }
         // Tensors without stats (another engine's minimal trace) get them.
@@ -229,6 +252,17 @@ pub use plumb_formats::atomic::write_atomic;
 enum Source<'a> {
     Held(&'a [f32]),
     Spilled(&'a Spill),
+}
+
+/// Whether trace key `key` names a stage of integer ids.
+fn holds_ids(key: &str) -> bool {
+    crate::stage::parse_key(key).is_some_and(|(s, _)| s.holds_ids())
+}
+
+/// Ids carried as exact f32 values, as the little-endian i32 a trace file
+/// holds.
+fn ids_bytes(data: impl AsRef<[f32]>) -> Vec<u8> {
+    data.as_ref().iter().flat_map(|&v| (v as i32).to_le_bytes()).collect()
 }
 
 /// f32 values as the little-endian bytes a trace file holds, borrowed.

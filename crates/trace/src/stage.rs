@@ -105,10 +105,26 @@ stage_table! {
     FfnMul = "ffn_mul", layer, token axis 0, reads [FirstOf(&[FfnAct]), FirstOf(&[FfnUp])];
     /// (act(gate) · up)·Wdownᵀ, [T, d].
     FfnDown = "ffn_down", layer, token axis 0, reads [FirstOf(&[FfnMul])];
+    /// Mixture of experts: the router's logits, xn·Wrᵀ, [T, E].
+    FfnRouter = "ffn_router", layer, token axis 0, reads [FirstOf(&[FfnNorm])];
+    /// The router's probabilities (softmax of its logits), [T, E].
+    FfnRouterProbs = "ffn_router_probs", layer, token axis 0, reads [FirstOf(&[FfnRouter])];
+    /// The experts each token is sent to, in selection order, [T, k]
+    /// (integer ids; i32 in a trace file).
+    FfnExperts = "ffn_experts", layer, token axis 0, reads [FirstOf(&[FfnRouterProbs])];
+    /// The weights the selected experts' outputs are summed with, [T, k].
+    FfnExpertWeights = "ffn_expert_weights", layer, token axis 0,
+        reads [FirstOf(&[FfnRouterProbs]), FirstOf(&[FfnExperts])];
+    /// The weighted sum of the selected experts' outputs, [T, d].
+    FfnMoeOut = "ffn_moe_out", layer, token axis 0,
+        reads [FirstOf(&[FfnNorm]), FirstOf(&[FfnExperts]), FirstOf(&[FfnExpertWeights])];
+    /// The shared expert's output, gated (qwen2moe), [T, d].
+    FfnSharedOut = "ffn_shared_out", layer, token axis 0, reads [FirstOf(&[FfnNorm])];
     /// The norm after the FFN, [T, d].
     FfnPostNorm = "ffn_post_norm", layer, token axis 0, reads [FirstOf(&[FfnDown])];
     /// The residual stream leaving the layer, [T, d].
-    LayerOut = "layer_out", layer, token axis 0, reads [FirstOf(&[AttnResidual]), FirstOf(&[FfnPostNorm, FfnDown])];
+    LayerOut = "layer_out", layer, token axis 0,
+        reads [FirstOf(&[AttnResidual]), FirstOf(&[FfnPostNorm, FfnDown, FfnMoeOut]), FirstOf(&[FfnSharedOut])];
     /// The final norm, [T, d] (its input, the last layer's output, is not
     /// walked: the layer count is not part of a stage).
     FinalNorm = "final_norm", global, token axis 0, reads [];
@@ -117,6 +133,12 @@ stage_table! {
 }
 
 impl Stage {
+    /// Whether the stage holds integer ids (expert indices), stored as i32
+    /// in a trace file and carried as exact f32 values in memory.
+    pub fn holds_ids(self) -> bool {
+        self == Stage::FfnExperts
+    }
+
     /// The trace tensor name: `embedding`, `blk.3.ffn_mul`, `logits`.
     pub fn key(self, layer: Option<usize>) -> String {
         match layer {

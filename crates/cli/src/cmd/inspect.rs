@@ -76,6 +76,10 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                 "pre_norms": c.pre_norms, "post_norms": c.post_norms,
                 "embed_scale": c.embed_scale, "activation": format!("{:?}", c.act), "attn_scale": c.attn_scale,
                 "attn_softcap": c.attn_softcap, "final_softcap": c.final_softcap, "tied_output": c.tied_output,
+                "experts": c.moe.as_ref().map(|m| json!({
+                    "count": m.experts, "used": m.used, "ffn": m.ff, "shared_ffn": m.shared_ff,
+                    "renormalized": m.norm_weights,
+                })),
             })
         });
         let doc = json!({
@@ -149,6 +153,15 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                     quirks.push(format!("final softcap {v}"));
                 }
                 writeln!(s, "details     {}", quirks.join(" · "))?;
+                if let Some(m) = &c.moe {
+                    let shared = m.shared_ff.map(|f| format!(" · shared expert ffn {f}")).unwrap_or_default();
+                    let norm = if m.norm_weights { "renormalized" } else { "as routed" };
+                    writeln!(
+                        s,
+                        "experts     {} per layer · {} per token (weights {norm}) · expert ffn {}{shared}",
+                        m.experts, m.used, m.ff
+                    )?;
+                }
             }
             Err(e) => writeln!(s, "arch        not runnable: {e}")?,
         }

@@ -21,11 +21,22 @@ pub mod llama;
 pub mod olmo2;
 pub mod phi3;
 pub mod qwen2;
+pub mod qwen2moe;
 pub mod qwen3;
+pub mod qwen3moe;
 
 /// Every family plumb runs; the first whose names match a file wins.
-pub static FAMILIES: &[&ArchSpec] =
-    &[&llama::SPEC, &qwen2::SPEC, &qwen3::SPEC, &gemma2::SPEC, &gemma3::SPEC, &olmo2::SPEC, &phi3::SPEC];
+pub static FAMILIES: &[&ArchSpec] = &[
+    &llama::SPEC,
+    &qwen2::SPEC,
+    &qwen3::SPEC,
+    &gemma2::SPEC,
+    &gemma3::SPEC,
+    &olmo2::SPEC,
+    &phi3::SPEC,
+    &qwen2moe::SPEC,
+    &qwen3moe::SPEC,
+];
 
 /// One architecture family.
 pub struct ArchSpec {
@@ -35,7 +46,7 @@ pub struct ArchSpec {
     pub names: &'static [&'static str],
     pub quirks: Quirks,
     /// HF names of the layer tensors whose names differ from the defaults
-    /// in [`LAYER_TENSORS`], by role.
+    /// in [`LAYER_TENSORS`], by role (`{e}` stands for an expert's number).
     pub hf_renames: &'static [(Role, &'static str)],
     /// The GGUF keys (after the architecture prefix) that `from_gguf` reads.
     pub gguf_keys: &'static [&'static str],
@@ -80,6 +91,10 @@ pub struct Quirks {
     /// Sliding-window layers keep the trained rotary frequencies when the
     /// model scales them (gemma: only global layers are stretched).
     pub local_rope_unscaled: bool,
+    /// Experts' weights are renormalized over the chosen: what llama.cpp's
+    /// graph of the family does whatever a GGUF says, and what an HF config
+    /// without `norm_topk_prob` means (mixtral, qwen3moe; not qwen2moe).
+    pub moe_norm: bool,
 }
 
 /// The quirks of the llama family, which the others start from.
@@ -97,6 +112,7 @@ pub const PLAIN: Quirks = Quirks {
     gguf_qk_interleaved: false,
     hf_tied_default: false,
     local_rope_unscaled: false,
+    moe_norm: true,
 };
 
 /// What a layer tensor is for.
@@ -120,6 +136,17 @@ pub enum Role {
     WUp,
     WDown,
     FfnPostNorm,
+    /// Mixture of experts: the router [E, d].
+    Router,
+    /// Every expert's gate, up and down, stacked [E, rows, cols].
+    ExpGate,
+    ExpUp,
+    ExpDown,
+    /// The shared expert's sigmoid gate [1, d], and its FFN (qwen2moe).
+    SharedGateInp,
+    SharedGate,
+    SharedUp,
+    SharedDown,
 }
 
 /// When a layer tensor is present.
@@ -134,6 +161,14 @@ pub enum When {
     Unfused,
     /// In families that store them together.
     Fused,
+    /// In a dense FFN (no experts).
+    Dense,
+    /// In a dense FFN of a family that stores gate and up apart.
+    DenseUnfused,
+    /// With experts.
+    Moe,
+    /// With experts and a shared expert.
+    Shared,
 }
 
 /// The shape of a layer tensor, in the configuration's dimensions.
@@ -150,6 +185,8 @@ pub enum Dims {
     Kv,
     /// [rows, cols]
     Matrix(Dim, Dim),
+    /// [E, rows, cols]: one matrix per expert.
+    Experts(Dim, Dim),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -162,6 +199,14 @@ pub enum Dim {
     Qkv,
     /// The up projection: ff, or 2·ff where gate and up are one matrix.
     Up,
+    /// E, the experts.
+    E,
+    /// Each expert's FFN width.
+    ExpFf,
+    /// The shared expert's FFN width.
+    SharedFf,
+    /// 1.
+    One,
 }
 
 /// One tensor of every layer.
@@ -201,9 +246,45 @@ pub static LAYER_TENSORS: &[LayerTensor] = {
         t(Wo, "attn_output.weight", "self_attn.o_proj.weight", Matrix(M::D, M::Q), Always, false),
         t(AttnPostNorm, "post_attention_norm.weight", "post_attention_layernorm.weight", D, PostNorms, true),
         t(FfnNorm, "ffn_norm.weight", "post_attention_layernorm.weight", D, PreNorms, true),
-        t(WGate, "ffn_gate.weight", "mlp.gate_proj.weight", Matrix(M::Ff, M::D), Unfused, false),
-        t(WUp, "ffn_up.weight", "mlp.up_proj.weight", Matrix(M::Up, M::D), Always, false),
-        t(WDown, "ffn_down.weight", "mlp.down_proj.weight", Matrix(M::D, M::Ff), Always, false),
+        t(WGate, "ffn_gate.weight", "mlp.gate_proj.weight", Matrix(M::Ff, M::D), DenseUnfused, false),
+        t(WUp, "ffn_up.weight", "mlp.up_proj.weight", Matrix(M::Up, M::D), Dense, false),
+        t(WDown, "ffn_down.weight", "mlp.down_proj.weight", Matrix(M::D, M::Ff), Dense, false),
+        t(Router, "ffn_gate_inp.weight", "mlp.gate.weight", Matrix(M::E, M::D), Moe, false),
+        t(ExpGate, "ffn_gate_exps.weight", "mlp.experts.{e}.gate_proj.weight", Experts(M::ExpFf, M::D), Moe, false),
+        t(ExpUp, "ffn_up_exps.weight", "mlp.experts.{e}.up_proj.weight", Experts(M::ExpFf, M::D), Moe, false),
+        t(ExpDown, "ffn_down_exps.weight", "mlp.experts.{e}.down_proj.weight", Experts(M::D, M::ExpFf), Moe, false),
+        t(
+            SharedGateInp,
+            "ffn_gate_inp_shexp.weight",
+            "mlp.shared_expert_gate.weight",
+            Matrix(M::One, M::D),
+            Shared,
+            false,
+        ),
+        t(
+            SharedGate,
+            "ffn_gate_shexp.weight",
+            "mlp.shared_expert.gate_proj.weight",
+            Matrix(M::SharedFf, M::D),
+            Shared,
+            false,
+        ),
+        t(
+            SharedUp,
+            "ffn_up_shexp.weight",
+            "mlp.shared_expert.up_proj.weight",
+            Matrix(M::SharedFf, M::D),
+            Shared,
+            false,
+        ),
+        t(
+            SharedDown,
+            "ffn_down_shexp.weight",
+            "mlp.shared_expert.down_proj.weight",
+            Matrix(M::D, M::SharedFf),
+            Shared,
+            false,
+        ),
         t(FfnPostNorm, "post_ffw_norm.weight", "post_feedforward_layernorm.weight", D, PostNorms, true),
     ]
 };
@@ -229,6 +310,10 @@ impl LayerTensor {
             When::PreNorms => cfg.pre_norms,
             When::Unfused => !cfg.fused,
             When::Fused => cfg.fused,
+            When::Dense => cfg.moe.is_none(),
+            When::DenseUnfused => cfg.moe.is_none() && !cfg.fused,
+            When::Moe => cfg.moe.is_some(),
+            When::Shared => cfg.moe.as_ref().is_some_and(|m| m.shared_ff.is_some()),
         }
     }
 
@@ -247,6 +332,10 @@ impl LayerTensor {
                     cfg.ff
                 }
             }
+            Dim::E => cfg.moe.as_ref().map_or(0, |m| m.experts),
+            Dim::ExpFf => cfg.moe.as_ref().map_or(0, |m| m.ff),
+            Dim::SharedFf => cfg.moe.as_ref().and_then(|m| m.shared_ff).unwrap_or(0),
+            Dim::One => 1,
         };
         match self.dims {
             Dims::D => vec![cfg.d],
@@ -254,7 +343,13 @@ impl LayerTensor {
             Dims::Q => vec![cfg.q_dim()],
             Dims::Kv => vec![cfg.kv_dim()],
             Dims::Matrix(r, c) => vec![dim(r), dim(c)],
+            Dims::Experts(r, c) => vec![dim(Dim::E), dim(r), dim(c)],
         }
+    }
+
+    /// Whether it holds one matrix per expert.
+    pub fn is_stack(&self) -> bool {
+        matches!(self.dims, Dims::Experts(..))
     }
 
     /// `blk.L.<gguf>`.
@@ -291,6 +386,16 @@ impl ArchSpec {
         Some(format!("model.layers.{layer}.{hf}"))
     }
 
+    /// The HF names of a GGUF-named tensor: one, or, for a stack of experts
+    /// (which HF folders keep one tensor per expert), `experts` of them.
+    pub fn hf_names(&self, gguf: &str, experts: usize) -> Vec<String> {
+        match self.hf_name(gguf) {
+            Some(n) if n.contains("{e}") => (0..experts).map(|e| n.replace("{e}", &e.to_string())).collect(),
+            Some(n) => vec![n],
+            None => Vec::new(),
+        }
+    }
+
     /// Whether the family can hold a tensor of `role` at all (whatever a
     /// given model's flags say).
     fn has_role(&self, role: Role) -> bool {
@@ -303,6 +408,8 @@ impl ArchSpec {
             When::PreNorms => self.quirks.pre_norms,
             When::Unfused => !self.quirks.fused,
             When::Fused => self.quirks.fused,
+            When::Dense | When::Moe | When::Shared => true,
+            When::DenseUnfused => !self.quirks.fused,
         }
     }
 }
