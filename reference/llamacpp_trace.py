@@ -133,7 +133,8 @@ QK_STAGES = {"q_proj", "k_proj", "q_norm", "k_norm", "q_rope", "k_rope"}
 # Command-line aliases (docs/TRACE_FORMAT.md).
 
 # general.architecture -> plumb.arch
-ARCH_MAP = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3"}
+ARCH_MAP = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3", "gemma2": "gemma2",
+            "olmo2": "olmo2", "phi3": "phi3", "qwen2moe": "qwen2moe", "qwen3moe": "qwen3moe"}
 
 
 # Node base names (the part before "-<layer>") whose data is read.
@@ -143,13 +144,16 @@ KEEP_LAYER_NAMES = {
     "ffn_inp", "sa_out", "ffn_norm", "ffn_gate", "ffn_gate_b", "ffn_up", "ffn_up_b",
     "ffn_silu", "ffn_gelu", "ffn_swiglu", "ffn_geglu", "ffn_gate_par", "ffn_out",
     "ffn_post_norm", "l_out",
+    # mixtures of experts (build_moe_ffn; qwen2moe's shared expert)
+    "ffn_moe_logits", "ffn_moe_probs", "ffn_moe_argsort", "ffn_moe_weights", "ffn_moe_weights_norm",
+    "ffn_moe_out", "ffn_shexp_out",
 }
 KEEP_GLOBAL_NAMES = {"embd", "inp_embd", "inp_scaled", "result_norm", "result_output"}
 # ggml ops that only reinterpret their source: same data, never kept.
 VIEW_OPS = {"RESHAPE", "VIEW", "PERMUTE", "TRANSPOSE", "NONE"}
 LAYER_NAME = re.compile(r"^(.+)-(\d+)$")
 
-GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16 = 0, 1, 30
+GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16, GGML_TYPE_I32 = 0, 1, 30, 26
 LLAMA_ROPE_TYPE_NORM = 0
 
 
@@ -251,6 +255,8 @@ class Ggml:
         """The tensor as a float32 numpy array of shape ne[::-1] (strides honoured)."""
         if t.type == GGML_TYPE_F32:
             dtype = np.float32
+        elif t.type == GGML_TYPE_I32:
+            dtype = np.int32
         elif t.type in (GGML_TYPE_F16, GGML_TYPE_BF16):
             dtype = np.uint16 if t.type == GGML_TYPE_BF16 else np.float16
         else:
@@ -462,8 +468,27 @@ class Mapper:
         mul = last("ffn_swiglu", "ffn_geglu", "ffn_gate_par")
         if mul is not None:
             picks["ffn_mul"] = mul
+        moe = last("ffn_moe_logits") is not None
+        if moe:
+            # A mixture of experts: qwen2moe's shared expert is a build_ffn of its
+            # own, whose ffn_gate … ffn_out nodes are not the layer's FFN stages.
+            for s in ("ffn_gate", "ffn_up", "ffn_act", "ffn_mul"):
+                picks.pop(s, None)
+            for stage, base in (("ffn_router", "ffn_moe_logits"), ("ffn_router_probs", "ffn_moe_probs"),
+                                ("ffn_moe_out", "ffn_moe_out"), ("ffn_shared_out", "ffn_shexp_out")):
+                n = first(base)
+                if n is not None:
+                    picks[stage] = n
+            w = last("ffn_moe_weights_norm") or last("ffn_moe_weights")
+            if w is not None:
+                picks["ffn_expert_weights"] = w
+            order = last("ffn_moe_argsort")
+            if order is not None and w is not None and self.sel.want("ffn_experts", L):
+                # ffn_moe_topk is a view of the first k of each token's experts sorted by probability.
+                k = self.rows(w).shape[1]
+                self.put(f"blk.{L}.ffn_experts", self.rows(order)[:, :k], order)
         down = first("ffn_out")
-        if down is not None:
+        if down is not None and not moe:
             picks["ffn_down"] = down
         lo_ = last("l_out")
         if lo_ is not None:

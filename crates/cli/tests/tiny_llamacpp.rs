@@ -7,8 +7,12 @@
 //! Every stage llama.cpp exposes is bit-identical. Two mirrorings make it
 //! so beyond gemma: llama.cpp's vectorized SiLU (its own e^x polynomial, 16
 //! or 8 lanes by build, the row's tail by the C library), and, for llama's
-//! interleaved q/k rows, Q·Kᵀ summed in llama.cpp's element order. The tiny
-//! gemma3 is left out: llama.cpp ignores its query_pre_attn_scalar
+//! interleaved q/k rows, Q·Kᵀ summed in llama.cpp's element order. The
+//! mixtures of experts add its router softmax, its f32 matmuls (tinyBLAS's
+//! 16- or 8-lane sums for two or more tokens and a multiple of 4 rows, its
+//! vec_dot otherwise: the shared expert's one-row gate), per-token expert
+//! products summed in slot order, and qwen2moe's silu(x)/x sigmoid. The
+//! tiny gemma3 is left out: llama.cpp ignores its query_pre_attn_scalar
 //! (docs/CONFORMANCE.md).
 
 mod common;
@@ -17,7 +21,8 @@ use common::{plumb, root};
 use plumb_diff::{diff, Gate};
 use plumb_trace::Trace;
 
-const ARCHS: [&str; 7] = ["llama", "qwen2", "qwen3", "gemma2", "llama3", "olmo2", "phi3"];
+const ARCHS: [&str; 10] =
+    ["llama", "qwen2", "qwen3", "gemma2", "llama3", "olmo2", "phi3", "mixtral", "qwen2moe", "qwen3moe"];
 
 fn golden() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(root().join("testdata/tiny/llamacpp_greedy.json")).unwrap()).unwrap()

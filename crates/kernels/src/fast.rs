@@ -512,6 +512,10 @@ impl FastKernels {
         let path = self.path.checked();
         let (rows, cols) = (w.rows, w.cols);
         assert_eq!(y.len(), t * rows);
+        if w.ty == GgmlType::F32 {
+            let lanes = if t >= 2 { f32_tiled_lanes(path, rows, cols) } else { None };
+            return linear_f32(w, act, t, y, lanes);
+        }
         // Batches of eight or more tokens: llama.cpp's tiled K-quant matmul,
         // which rounds in its own order; plumb follows it there.
         let tiled = if t >= TILED_MIN_TOKENS { tiled_dot_for(w.ty, path) } else { None };
@@ -604,4 +608,50 @@ impl FastKernels {
         });
         copy_out(&tmp, ROWS_PER_TASK, t, rows, y);
     }
+}
+
+/// The lanes of llama.cpp's matmul of f32 weights by two or more tokens
+/// (tinyBLAS: one accumulator of 16 lanes on AVX-512, 8 on AVX2), where
+/// it takes that path: rows a whole number of vectors long, and a multiple
+/// of 4 of them (else it sums each product as one token's).
+fn f32_tiled_lanes(path: KernelPath, rows: usize, cols: usize) -> Option<usize> {
+    if !rows.is_multiple_of(4) {
+        return None;
+    }
+    let lanes = if path.uses_avx512f() {
+        16
+    } else if path.uses_avx2() {
+        8
+    } else {
+        return None;
+    };
+    cols.is_multiple_of(lanes).then_some(lanes)
+}
+
+/// y = x·Wᵀ for f32 weights summed as llama.cpp sums them: with `lanes`,
+/// as tinyBLAS does (per output one fused multiply-add accumulator that
+/// wide over the row, then folded), else as `ggml_vec_dot_f32` does
+/// (crate::mirror).
+fn linear_f32(w: &Weight, act: &Activations, t: usize, y: &mut [f32], lanes: Option<usize>) {
+    let (rows, cols) = (w.rows, w.cols);
+    let owned;
+    let wf: &[f32] = match bytemuck::try_cast_slice(&w.bytes) {
+        Ok(f) => f,
+        Err(_) => {
+            owned = w.bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect::<Vec<f32>>();
+            &owned
+        }
+    };
+    y.par_chunks_mut(rows).enumerate().take(t).for_each(|(i, yr)| {
+        let x: &[f32] = bytemuck::cast_slice(&act.row(i)[..cols * 4]);
+        match lanes {
+            Some(16) => crate::mirror::dot_f32_tiled_rows(x, wf, cols, yr),
+            Some(_) => {
+                for (r, o) in yr.iter_mut().enumerate() {
+                    *o = crate::mirror::scalar_dot_tiled8(x, &wf[r * cols..(r + 1) * cols]);
+                }
+            }
+            None => crate::mirror::dot_f32_rows(x, wf, cols, yr),
+        }
+    });
 }

@@ -125,6 +125,19 @@ pub fn scalar_dot_tiled(x: &[f32], y: &[f32]) -> f32 {
     fold16(&acc)
 }
 
+/// [`scalar_dot_tiled`] as llama.cpp's AVX2 build sums it: one 8-lane
+/// accumulator, its 128-bit halves added, then (0 + 2) + (1 + 3).
+pub fn scalar_dot_tiled8(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (xc, yc) in x.chunks_exact(8).zip(y.chunks_exact(8)) {
+        for (l, (a, b)) in xc.iter().zip(yc).enumerate() {
+            acc[l] = a.mul_add(*b, acc[l]);
+        }
+    }
+    let h: [f32; 4] = std::array::from_fn(|l| acc[4 + l] + acc[l]);
+    (h[0] + h[2]) + (h[1] + h[3])
+}
+
 /// [`scalar_dot_tiled`] of `x` against `out.len()` rows of `ys`, `stride`
 /// floats apart: `out[r]` = Σ x·ys[r·stride..][..x.len()], each bit for bit
 /// as [`scalar_dot_tiled`] gives it. Several rows at a time share the loads of
