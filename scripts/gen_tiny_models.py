@@ -1,6 +1,7 @@
 """Builds the tiny random-weight test models and their HuggingFace goldens.
 
-For each test model (llama, qwen2, qwen3, gemma3, gemma2, llama3, olmo2) this
+For each test model (llama, qwen2, qwen3, gemma3, gemma2, llama3, olmo2, phi3,
+and the mixtures of experts mixtral, qwen2moe, qwen3moe; see configs()) this
 makes a model with transformers from a small config (hidden 64, 3 layers, 4
 heads, 2 KV heads, vocab 512; gemma3 with head_dim 32, a sliding window of 4
 on layers 0-1 and a global layer 2; gemma2 with head_dim 32, a window of 4 on
@@ -33,6 +34,14 @@ which for 3 layers also makes them all sliding), gemma3.rope.local.freq_base
 (f32, rope theta of the sliding layers; plumb's own key) and
 gemma3.attention.query_pre_attn_scalar (f32; plumb's own key, llama.cpp derives
 the scale from key_length). rope.freq_base is the global layers' theta.
+The mixtures of experts add <arch>.expert_count, .expert_used_count and (qwen)
+.expert_feed_forward_length, (qwen2moe) .expert_shared_feed_forward_length, as
+llama.cpp's converter writes them; mixtral's architecture is llama. Experts are
+stacked [E, rows, cols] (ffn_gate_exps, ffn_up_exps, ffn_down_exps), and the
+routers (ffn_gate_inp, ffn_gate_inp_shexp) stay F32 in the Q8_0 file, as the
+converter and llama-quantize keep them; transformers' GGUF loader reads none of
+the three (mixtral's it reads as a dense llama), so their layout is checked by
+the tensor comparison and by llama.cpp (crates/cli/tests/tiny_llamacpp.rs).
 gemma2 adds gemma2.attention.sliding_window, gemma2.attn_logit_softcapping and
 gemma2.final_logit_softcapping (llama.cpp's keys; its query scale is
 key_length^-1/2, which the config matches). llama3 is written as
