@@ -68,7 +68,10 @@ fn trace_file_rerenders_and_is_not_overwritten() {
 
 #[test]
 #[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
-#[cfg_attr(not(has_python), ignore = "needs a Python with numpy + safetensors: .venv-test or $PLUMB_PYTHON")]
+#[cfg_attr(
+    all(has_real_model, not(has_python)),
+    ignore = "needs a Python with numpy + safetensors: .venv-test or $PLUMB_PYTHON"
+)]
 fn trace_file_is_readable_from_python() {
     let m = real_model();
     let dir = tempfile::tempdir().unwrap();
