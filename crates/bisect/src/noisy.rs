@@ -245,6 +245,7 @@ pub fn noisy(s: &Sides, table: Option<SavedBands>, want_bands: bool, tie_margin:
         local: &local.stages,
         end_to_end: &e2e.stages,
         logits: noise::logits_of(&e2e, &b_trace, tie_margin),
+        routers: noise::routers_of(&e2e, &b_trace, tie_margin),
         findings,
         tie_margin,
         floor,

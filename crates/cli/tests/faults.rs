@@ -113,3 +113,26 @@ fn a_router_perturbation_is_named_as_a_router_flip_at_its_layer_and_token() {
         assert!(text.contains(&format!("blk.1 token {token}: experts A [{outsider}, ")), "{arch}: {text}");
     }
 }
+
+/// The noise-aware verdict (bisect's default) reports the routers end to
+/// end: the pushed router is the anomaly, and the token it sent elsewhere is
+/// listed with the reference's margin; fast against exact, nothing parts.
+#[test]
+fn bisect_reports_router_agreement_end_to_end() {
+    let m = common::root().join("testdata/tiny/qwen3moe/qwen3moe-q8_0.gguf");
+    let m = m.to_str().unwrap();
+    let tokens = "1,17,255,3,400,511,42,7,99,128,300,5";
+    let (code, out, err) =
+        common::plumb(&["bisect", m, m, "--tokens", tokens, "--inject", "ffn_router@1:bump=4,2,3", "--color", "never"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("ANOMALY at blk.1.ffn_router"), "{out}");
+    assert!(out.contains("routers: same experts for 35/36 token-layers over 3 layers"), "{out}");
+    assert!(out.contains("blk.1 token 4: experts A [2, 1, 7] vs B [1, 7, 6]"), "{out}");
+    let (code, out, err) =
+        common::plumb(&["bisect", m, "--tokens", tokens, "--a-precision", "fast", "--color", "never", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let routers = v["routers"].as_array().unwrap();
+    assert_eq!(routers.len(), 3);
+    assert!(routers.iter().all(|r| r["agree"] == r["tokens"] && r["flips"].as_array().unwrap().is_empty()), "{v}");
+}

@@ -467,8 +467,15 @@ pub fn diff(a: &Trace, b: &Trace, gate: &Gate, tie_margin: f64) -> Diff {
 /// stage whose tensors both traces hold, alike in shape.
 fn routers_of(a: &Trace, b: &Trace, key: &str, tie_margin: f64) -> Option<RouterAgreement> {
     let (Stage::FfnExperts, Some(layer)) = parse_key(key)? else { return None };
-    let ((sa, ia), (sb, ib)) = (a.tensors.get(key)?, b.tensors.get(key)?);
-    if sa != sb || sb.len() != 2 {
+    let (sa, ia) = a.tensors.get(key)?;
+    routers_against(layer, ia, sa, b, tie_margin)
+}
+
+/// The router agreement at `layer` of A's expert ids `ia` (shape `sa`)
+/// with reference trace `b`, where it holds that layer's ids alike in shape.
+pub fn routers_against(layer: usize, ia: &[f32], sa: &[usize], b: &Trace, tie_margin: f64) -> Option<RouterAgreement> {
+    let (sb, ib) = b.tensors.get(&Stage::FfnExperts.key(Some(layer)))?;
+    if sa != sb.as_slice() || sb.len() != 2 {
         return None;
     }
     let logits = b.tensors.get(&Stage::FfnRouter.key(Some(layer))).map(|(s, d)| (s, d.clone()));

@@ -25,7 +25,7 @@ use plumb_trace::stage::{order_key, parse_key, Observer, Stage};
 use plumb_trace::Trace;
 use serde::{Deserialize, Serialize};
 
-use crate::compare::{logits_metrics, tensor_metrics, PositionLogits, StageDiff};
+use crate::compare::{logits_metrics, routers_against, tensor_metrics, PositionLogits, RouterAgreement, StageDiff};
 use crate::gate::Gate;
 use crate::report::{g, Paint};
 
@@ -57,11 +57,13 @@ pub struct Probe<'a> {
     pub stages: Vec<StageDiff>,
     /// A's logits, [T, V], when not isolating.
     pub logits: Option<(Vec<usize>, Vec<f32>)>,
+    /// A's expert ids per layer with experts, [T, k], when not isolating.
+    pub experts: Vec<(usize, Vec<usize>, Vec<f32>)>,
 }
 
 impl<'a> Probe<'a> {
     pub fn new(reference: &'a Trace, isolate: bool) -> Probe<'a> {
-        Probe { reference, isolate, stages: Vec::new(), logits: None }
+        Probe { reference, isolate, stages: Vec::new(), logits: None, experts: Vec::new() }
     }
 }
 
@@ -82,6 +84,9 @@ impl Observer for Probe<'_> {
         // floats: hundreds of MB at long prompts, so not kept otherwise).
         if stage == Stage::Logits && !self.isolate {
             self.logits = Some((shape.to_vec(), data.to_vec()));
+        }
+        if let (Stage::FfnExperts, Some(l), false) = (stage, layer, self.isolate) {
+            self.experts.push((l, shape.to_vec(), data.to_vec()));
         }
         self.stages.push(d);
     }
@@ -197,6 +202,8 @@ pub struct NoiseReport {
     pub stages: Vec<Judged>,
     /// End-to-end logits of A against B, per position.
     pub logits: Vec<PositionLogits>,
+    /// End-to-end router agreement, per layer with experts.
+    pub routers: Vec<RouterAgreement>,
     pub tie_margin: f64,
     pub band_width: f64,
     pub parity_floor: f64,
@@ -244,6 +251,8 @@ pub struct Evidence<'a> {
     pub end_to_end: &'a [StageDiff],
     /// End-to-end logits of A against B, per position.
     pub logits: Vec<PositionLogits>,
+    /// End-to-end router agreement of A against B, per layer with experts.
+    pub routers: Vec<RouterAgreement>,
     pub findings: Vec<Finding>,
     pub tie_margin: f64,
     /// The least band: [`PARITY_FLOOR`], or [`ENGINE_FLOOR`] against another engine.
@@ -253,7 +262,7 @@ pub struct Evidence<'a> {
 /// Judges A's errors against their bands; `calibration` says how the bands
 /// were obtained, for the report.
 pub fn judge(e: Evidence, bands: Bands, calibration: String) -> NoiseReport {
-    let Evidence { engine_a, engine_b, local, end_to_end, logits, findings, tie_margin, floor } = e;
+    let Evidence { engine_a, engine_b, local, end_to_end, logits, routers, findings, tie_margin, floor } = e;
     let cal: BTreeMap<&str, f64> = match &bands {
         Bands::Exact => BTreeMap::new(),
         Bands::Calibrated(c) => c.iter().filter_map(|s| Some((s.key.as_str(), s.rel_l2?))).collect(),
@@ -336,6 +345,7 @@ pub fn judge(e: Evidence, bands: Bands, calibration: String) -> NoiseReport {
         worst,
         stages,
         logits,
+        routers,
         tie_margin,
         band_width: BAND_WIDTH,
         parity_floor: floor,
@@ -348,6 +358,11 @@ pub fn logits_of(a: &Probe, b: &Trace, tie_margin: f64) -> Vec<PositionLogits> {
         (Some((sa, la)), Some((sb, lb))) if sa == sb && sa.len() == 2 => logits_metrics(la, lb, sa[1], tie_margin),
         _ => Vec::new(),
     }
+}
+
+/// A's end-to-end expert choices against B's, per layer where both hold them.
+pub fn routers_of(a: &Probe, b: &Trace, tie_margin: f64) -> Vec<RouterAgreement> {
+    a.experts.iter().filter_map(|(l, shape, ids)| routers_against(*l, ids, shape, b, tie_margin)).collect()
 }
 
 /// The calibration's errors as a table to save: local (isolated) and end
@@ -382,6 +397,7 @@ pub fn judge_diff(d: &crate::compare::Diff, table: &BandTable, source: String) -
         local: &d.stages,
         end_to_end: &d.stages,
         logits: d.logits.clone(),
+        routers: d.routers.clone(),
         findings,
         tie_margin: d.tie_margin,
         floor: if d.engine_a.starts_with("plumb") && d.engine_b.starts_with("plumb") {
@@ -545,6 +561,27 @@ pub fn verdict_text(r: &NoiseReport, paint: Paint) -> String {
             );
         }
     }
+    if !r.routers.is_empty() {
+        let (n, agree) = r.routers.iter().fold((0, 0), |(n, a), x| (n + x.tokens, a + x.agree));
+        let flips: Vec<(usize, &crate::compare::RouterFlip)> =
+            r.routers.iter().flat_map(|x| x.flips.iter().map(move |f| (x.layer, f))).collect();
+        let ties = flips.iter().filter(|(_, f)| f.near_tie).count();
+        let _ = writeln!(
+            s,
+            "routers: same experts for {agree}/{n} token-layers over {} layers{}",
+            r.routers.len(),
+            if ties > 0 { format!(" ({ties} flips at near-ties, margin < {})", r.tie_margin) } else { String::new() }
+        );
+        for (layer, f) in flips.iter().take(6) {
+            let _ = writeln!(s, "{}", crate::report::router_flip_line(*layer, f));
+        }
+        if r.anomaly.is_none() && r.findings.is_empty() && !flips.is_empty() {
+            let _ = writeln!(
+                s,
+                "  every stage is inside its band: these tokens went elsewhere on in-band noise, not one stage's fault"
+            );
+        }
+    }
     s
 }
 
@@ -635,6 +672,7 @@ mod tests {
             local,
             end_to_end: &[],
             logits: Vec::new(),
+            routers: Vec::new(),
             findings,
             tie_margin: 0.01,
             floor: PARITY_FLOOR,
