@@ -71,11 +71,18 @@ pub struct Job<'a> {
 /// positions (docs/TRACE_FORMAT.md's shapes).
 pub fn stage_floats(cfg: &ModelConfig, stage: Stage, t: usize, tkv: usize) -> u64 {
     let (t, tkv) = (t as u64, tkv as u64);
+    // A mixture of experts has its own FFN stages in place of the dense ones.
+    let moe = cfg.moe.as_ref();
     let width = match stage {
         Stage::QProj | Stage::QNorm | Stage::QRope | Stage::AttnContext => cfg.q_dim(),
         Stage::KProj | Stage::VProj | Stage::KNorm | Stage::KRope => cfg.kv_dim(),
         Stage::AttnScores | Stage::AttnProbs => return cfg.n_head as u64 * t * tkv,
-        Stage::FfnGate | Stage::FfnUp | Stage::FfnAct | Stage::FfnMul => cfg.ff,
+        Stage::FfnGate | Stage::FfnUp | Stage::FfnAct | Stage::FfnMul => moe.map_or(cfg.ff, |_| 0),
+        Stage::FfnDown => moe.map_or(cfg.d, |_| 0),
+        Stage::FfnRouter | Stage::FfnRouterProbs => moe.map_or(0, |m| m.experts),
+        Stage::FfnExperts | Stage::FfnExpertWeights => moe.map_or(0, |m| m.used),
+        Stage::FfnMoeOut => moe.map_or(0, |_| cfg.d),
+        Stage::FfnSharedOut => moe.and_then(|m| m.shared_ff).map_or(0, |_| cfg.d),
         Stage::Logits => cfg.vocab,
         _ => cfg.d,
     } as u64;

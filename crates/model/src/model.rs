@@ -776,7 +776,7 @@ impl Model {
                 k.linear(&m.down, &gate, 1, &mut expert_out);
                 let weight = weights[i * used + j];
                 expert_out.iter_mut().for_each(|v| *v *= weight);
-                if j == 0 {
+                if y.is_empty() {
                     y.clone_from(&expert_out);
                 } else {
                     add_in_place(&mut y, &expert_out);
