@@ -1,7 +1,9 @@
 """Builds the tiny random-weight test models and their HuggingFace goldens.
 
 For each test model (llama, qwen2, qwen3, gemma3, gemma2, llama3, olmo2, phi3,
-and the mixtures of experts mixtral, qwen2moe, qwen3moe; see configs()) this
+qwen3yarn — qwen3 with YaRN rope scaling, GGUF rope.scaling.type yarn, factor
+and original_context_length — and the mixtures of experts mixtral, qwen2moe,
+qwen3moe; see configs()) this
 makes a model with transformers from a small config (hidden 64, 3 layers, 4
 heads, 2 KV heads, vocab 512; gemma3 with head_dim 32, a sliding window of 4
 on layers 0-1 and a global layer 2; gemma2 with head_dim 32, a window of 4 on
@@ -148,6 +150,12 @@ def configs():
                                               rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
                                               tie_word_embeddings=False, pad_token_id=0, bos_token_id=1,
                                               eos_token_id=2)),
+        # qwen3 with YaRN rope scaling: factor 4 over a trained context of 64, so the
+        # head's 8 rotary pairs fall on both sides of the ramp and on it.
+        "qwen3yarn": (Qwen3ForCausalLM, Qwen3Config(
+            **common, head_dim=16, rms_norm_eps=1e-6, tie_word_embeddings=True,
+            rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                             "original_max_position_embeddings": 64})),
         # Mixtures of experts. mixtral: 4 experts of the FFN's width, 2 per
         # token, weights renormalized (always). qwen2moe: 4 experts 32 wide,
         # 2 per token, probabilities used as they are (llama.cpp's graph never
@@ -169,7 +177,7 @@ def configs():
 
 
 # The GGUF architecture of each test model (its folder name otherwise).
-GGUF_ARCH = {"llama3": "llama", "mixtral": "llama"}
+GGUF_ARCH = {"llama3": "llama", "mixtral": "llama", "qwen3yarn": "qwen3"}
 
 
 # Architectures whose GGUF files transformers cannot load.
@@ -281,6 +289,12 @@ def write_gguf(path, arch, cfg, tensors, quant):
     elif arch == "phi3":
         w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
         w.add_rope_dimension_count(hd)
+    elif arch == "qwen3yarn":
+        rp = cfg.rope_parameters
+        w.add_rope_freq_base(rp["rope_theta"])
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(rp["factor"])
+        w.add_rope_scaling_orig_ctx_len(rp["original_max_position_embeddings"])
     elif arch in ("mixtral", "qwen2moe", "qwen3moe"):
         w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
         w.add_expert_count(cfg.num_local_experts if arch == "mixtral" else cfg.num_experts)
@@ -474,8 +488,8 @@ def self_check(d, arch):
             # The stub tokenizer names no padding token; transformers' default (32000) is past
             # the tiny vocabulary. The padding index changes no logit.
             cfg.pad_token_id = hf_cfg.pad_token_id
-        if arch == "llama3":
-            # transformers' GGUF loader does not read rope_freqs.
+        if arch in ("llama3", "qwen3yarn"):
+            # transformers' GGUF loader reads neither rope_freqs nor the yarn keys.
             cfg.rope_parameters = hf_cfg.rope_parameters
         if arch == "gemma3":
             cfg.layer_types = ["sliding_attention" if s else "full_attention"

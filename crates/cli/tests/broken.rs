@@ -98,7 +98,8 @@ fn extended_copy(dir: &Path, name: &str, extra: &[(&str, plumb_formats::gguf::Va
 }
 
 /// Nothing in a file is passed over in silence: rope scaling plumb does not
-/// compute (yarn, longrope's factor tensors, a factor without a type)
+/// compute (yarn without its trained context, longrope's factor tensors, a
+/// factor without a type)
 /// changes every angle and is refused with exit 2; a tensor plumb does not
 /// read is named by `inspect` and warned about by every command that loads
 /// the model. The scalings plumb computes agree with each other: a linear
@@ -124,7 +125,7 @@ fn rope_scaling_is_refused_and_unread_tensors_are_named() {
                 ("llama.rope.scaling.factor", Value::F32(4.0)),
             ],
             vec![],
-            "rope scaling type \"yarn\" is not supported yet",
+            "yarn rope scaling without rope.scaling.original_context_length",
         ),
         (
             "factor.gguf",

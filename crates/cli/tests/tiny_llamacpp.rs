@@ -21,8 +21,8 @@ use common::{plumb, root};
 use plumb_diff::{diff, Gate};
 use plumb_trace::Trace;
 
-const ARCHS: [&str; 10] =
-    ["llama", "qwen2", "qwen3", "gemma2", "llama3", "olmo2", "phi3", "mixtral", "qwen2moe", "qwen3moe"];
+const ARCHS: [&str; 11] =
+    ["llama", "qwen2", "qwen3", "gemma2", "llama3", "olmo2", "phi3", "mixtral", "qwen2moe", "qwen3moe", "qwen3yarn"];
 
 fn golden() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(root().join("testdata/tiny/llamacpp_greedy.json")).unwrap()).unwrap()

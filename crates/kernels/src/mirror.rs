@@ -181,14 +181,40 @@ pub fn rope_neox_table(t: usize, p0: usize, rot: &crate::ops::Rotary) -> Vec<(f3
         RopeScaling::None => (1.0, None),
         RopeScaling::Linear { factor } => (1.0 / factor, None),
         RopeScaling::PerPair { factors } => (1.0, Some(factors.as_slice())),
+        RopeScaling::Yarn { factor, .. } => (1.0 / factor, None),
+    };
+    // YaRN blends the angles (llama.cpp's rope_yarn): interpolated ·
+    // (1 − e) + extrapolated · e, and scales cos and sin by
+    // 1 + 0.1·ln(1 / freq_scale).
+    let yarn = match rot.scaling {
+        RopeScaling::Yarn { orig_ctx, beta_fast, beta_slow, .. } => {
+            let ramp = RopeScaling::yarn_ramp(hd, rot.base, orig_ctx, beta_fast, beta_slow);
+            // llama.cpp's context sets the attention factor to transformers'
+            // 1 + 0.1·ln(factor) divided by the same figure, which its rope
+            // multiplies back: each rounded in f32 as it does.
+            let factor = 1.0 / freq_scale;
+            let attn = (0.1 * factor.ln() + 1.0) * (1.0 / (1.0 + 0.1 * factor.ln()));
+            Some((ramp, attn * (1.0 + 0.1 * (1.0 / freq_scale).ln())))
+        }
+        _ => None,
     };
     let mut cs = vec![(0f32, 0f32); t * half];
     let row = |(ti, r): (usize, &mut [(f32, f32)])| {
         let mut theta = (p0 + ti) as f32;
         for (i, c) in r.iter_mut().enumerate() {
-            let ff = factors.map_or(1.0, |f| f[i]);
-            let angle = freq_scale * (theta / ff);
-            *c = (angle.cos(), angle.sin());
+            *c = match yarn {
+                Some((ramp, mscale)) => {
+                    let interp = freq_scale * theta;
+                    let mix = RopeScaling::yarn_extrapolated(i, ramp);
+                    let angle = interp.mul_add(1.0 - mix, theta * mix);
+                    (angle.cos() * mscale, angle.sin() * mscale)
+                }
+                None => {
+                    let ff = factors.map_or(1.0, |f| f[i]);
+                    let angle = freq_scale * (theta / ff);
+                    (angle.cos(), angle.sin())
+                }
+            };
             theta *= theta_scale;
         }
     };

@@ -39,6 +39,17 @@ pub enum RopeScaling {
     PerPair {
         factors: Vec<f32>,
     },
+    /// YaRN: pairs that turn fewer than `beta_slow` times over the trained
+    /// context `orig_ctx` are interpolated (divided by `factor`), those that
+    /// turn more than `beta_fast` times kept, a linear ramp between; cos and
+    /// sin are multiplied by `attn_factor` (1 + 0.1·ln factor by default).
+    Yarn {
+        factor: f32,
+        orig_ctx: usize,
+        beta_fast: f32,
+        beta_slow: f32,
+        attn_factor: f32,
+    },
 }
 
 impl RopeScaling {
@@ -48,16 +59,35 @@ impl RopeScaling {
             RopeScaling::None => "none".into(),
             RopeScaling::Linear { factor } => format!("linear ×{factor}"),
             RopeScaling::PerPair { .. } => "per-pair factors (llama 3)".into(),
+            RopeScaling::Yarn { factor, orig_ctx, .. } => format!("yarn ×{factor} (trained context {orig_ctx})"),
         }
     }
 
-    /// The divisor of pair i's frequency.
+    /// The divisor of pair i's frequency (YaRN's frequencies are blended in
+    /// [`Rotary::new`] instead).
     fn divisor(&self, i: usize) -> f32 {
         match self {
-            RopeScaling::None => 1.0,
+            RopeScaling::None | RopeScaling::Yarn { .. } => 1.0,
             RopeScaling::Linear { factor } => *factor,
             RopeScaling::PerPair { factors } => factors[i],
         }
+    }
+
+    /// YaRN's first and last pair of the ramp between extrapolated and
+    /// interpolated frequencies (both engines round them outward): the
+    /// pairs that turn `beta_fast` and `beta_slow` times over the trained
+    /// context.
+    pub fn yarn_ramp(hd: usize, base: f32, orig_ctx: usize, beta_fast: f32, beta_slow: f32) -> (f32, f32) {
+        let dim =
+            |turns: f32| hd as f32 * (orig_ctx as f32 / (turns * 2.0 * std::f32::consts::PI)).ln() / (2.0 * base.ln());
+        (dim(beta_fast).floor().max(0.0), dim(beta_slow).ceil().min(hd as f32 - 1.0))
+    }
+
+    /// YaRN's share of pair i's extrapolated frequency: 1 below the ramp, 0
+    /// above it.
+    pub fn yarn_extrapolated(i: usize, (low, high): (f32, f32)) -> f32 {
+        let y = (i as f32 - low) / (high - low).max(0.001);
+        1.0 - y.clamp(0.0, 1.0)
     }
 }
 
@@ -70,6 +100,8 @@ pub struct Rotary {
     pub scaling: RopeScaling,
     /// base^(−2i/hd) / factor in f32, as transformers computes it, [hd/2].
     pub inv_freq: Vec<f32>,
+    /// What cos and sin are multiplied by (YaRN's attention factor; 1).
+    pub mscale: f32,
 }
 
 impl Rotary {
@@ -79,8 +111,20 @@ impl Rotary {
         }
         // transformers: 1 / base^(arange(0, hd, 2) / hd), in f32, then
         // divided by the scaling factor.
-        let inv_freq = (0..hd / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / hd as f32) / scaling.divisor(i)).collect();
-        Rotary { base, hd, scaling, inv_freq }
+        let mut inv_freq: Vec<f32> =
+            (0..hd / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / hd as f32) / scaling.divisor(i)).collect();
+        let mut mscale = 1.0;
+        if let RopeScaling::Yarn { factor, orig_ctx, beta_fast, beta_slow, attn_factor } = scaling {
+            // transformers: interpolated · (1 − e) + extrapolated · e.
+            let ramp = RopeScaling::yarn_ramp(hd, base, orig_ctx, beta_fast, beta_slow);
+            for (i, f) in inv_freq.iter_mut().enumerate() {
+                let pos = base.powf((2 * i) as f32 / hd as f32);
+                let e = RopeScaling::yarn_extrapolated(i, ramp);
+                *f = 1.0 / (factor * pos) * (1.0 - e) + 1.0 / pos * e;
+            }
+            mscale = attn_factor;
+        }
+        Rotary { base, hd, scaling, inv_freq, mscale }
     }
 }
 
@@ -126,7 +170,11 @@ impl Ops for ExactKernels {
             let pos = (p0 + ti) as f32;
             cs.extend(rot.inv_freq.iter().map(|f| {
                 let (sin, cos) = (pos * f).sin_cos();
-                (cos, sin)
+                if rot.mscale == 1.0 {
+                    (cos, sin)
+                } else {
+                    (cos * rot.mscale, sin * rot.mscale)
+                }
             }));
         }
         cs

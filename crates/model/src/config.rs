@@ -391,6 +391,12 @@ pub const GGUF_KEYS: &[&str] = &[
     "rope.dimension_count",
     "rope.scaling.type",
     "rope.scaling.factor",
+    "rope.scaling.original_context_length",
+    "rope.scaling.yarn_ext_factor",
+    "rope.scaling.attn_factor",
+    "rope.scaling.yarn_log_multiplier",
+    "rope.scaling.yarn_beta_fast",
+    "rope.scaling.yarn_beta_slow",
     "expert_count",
     "expert_used_count",
     "expert_feed_forward_length",
@@ -468,13 +474,14 @@ fn hf_moe(path: &Path, c: &J, ffn: usize, norm: bool) -> Result<Option<Moe>, Mod
 /// of scaling kinds plumb refuses anyway.
 pub const GGUF_KEYS_IRRELEVANT: (&[&str], &[&str]) = (
     &["general.", "tokenizer.", "quantize.", "split."],
-    &["vocab_size", "attention.value_length", "rope.scaling.original_context_length", "rope.scaling.finetuned"],
+    &["vocab_size", "attention.value_length", "rope.scaling.finetuned"],
 );
 
-/// A GGUF file's rope scaling: `rope.scaling.type` none or linear (with
-/// `rope.scaling.factor`), and llama 3's per-pair factors in the
-/// `rope_freqs` tensor. Kinds that change the arithmetic otherwise (yarn,
-/// longrope) are refused.
+/// A GGUF file's rope scaling: `rope.scaling.type` none, linear (with
+/// `rope.scaling.factor`) or yarn (and `original_context_length`, betas),
+/// and llama 3's per-pair factors in the `rope_freqs` tensor. Kinds that
+/// change the arithmetic otherwise (longrope, yarn's extra knobs) are
+/// refused.
 fn gguf_rope_scaling(g: &GgufFile, key: &dyn Fn(&str) -> String, hd: usize) -> Result<RopeScaling, ModelError> {
     let path = g.path();
     let kind = g.str_opt(&key("rope.scaling.type"))?.unwrap_or("none");
@@ -482,6 +489,28 @@ fn gguf_rope_scaling(g: &GgufFile, key: &dyn Fn(&str) -> String, hd: usize) -> R
     let scaling = match (kind, factor) {
         ("none", None) | ("linear", None) => RopeScaling::None,
         ("linear", Some(f)) => RopeScaling::Linear { factor: f as f32 },
+        ("yarn", Some(f)) => {
+            let orig = g
+                .u64_opt(&key("rope.scaling.original_context_length"))?
+                .ok_or_else(|| bad(path, "yarn rope scaling without rope.scaling.original_context_length"))?;
+            for (k, neutral) in [("rope.scaling.yarn_ext_factor", 1.0), ("rope.scaling.attn_factor", 1.0)] {
+                if let Some(v) = g.f64_opt(&key(k))?.filter(|&v| v != neutral && v >= 0.0) {
+                    return Err(bad(path, format!("yarn with {k} {v} is not supported yet")));
+                }
+            }
+            if let Some(v) = g.f64_opt(&key("rope.scaling.yarn_log_multiplier"))?.filter(|&v| v != 0.0) {
+                return Err(bad(path, format!("yarn with a log multiplier {v} is not supported yet")));
+            }
+            let beta = |k: &str, d: f64| -> Result<f32, ModelError> { Ok(g.f64_opt(&key(k))?.unwrap_or(d) as f32) };
+            RopeScaling::Yarn {
+                factor: f as f32,
+                orig_ctx: orig as usize,
+                beta_fast: beta("rope.scaling.yarn_beta_fast", 32.0)?,
+                beta_slow: beta("rope.scaling.yarn_beta_slow", 1.0)?,
+                attn_factor: (0.1 * f.ln() + 1.0) as f32,
+            }
+        }
+        ("yarn", None) => return Err(bad(path, "yarn rope scaling without a factor")),
         ("none", Some(f)) => return Err(bad(path, format!("rope scaling factor {f} without a scaling type"))),
         (other, _) => return Err(bad(path, format!("rope scaling type {other:?} is not supported yet"))),
     };
@@ -503,8 +532,10 @@ fn gguf_rope_scaling(g: &GgufFile, key: &dyn Fn(&str) -> String, hd: usize) -> R
 pub const ROPE_FREQS: &str = "rope_freqs.weight";
 
 /// An HF rope settings entry's scaling (`rope_type` or the older `type`):
-/// default, linear (`factor`) and llama3 (`factor`, `low_freq_factor`,
-/// `high_freq_factor`, `original_max_position_embeddings`); others refused.
+/// default, linear (`factor`), llama3 (`factor`, `low_freq_factor`,
+/// `high_freq_factor`, `original_max_position_embeddings`) and yarn
+/// (`factor`, `original_max_position_embeddings`, `beta_fast`, `beta_slow`,
+/// `attention_factor`); others refused.
 fn hf_rope_scaling(path: &Path, r: &J, hd: usize, theta: f64) -> Result<RopeScaling, ModelError> {
     let kind = r.get("rope_type").or_else(|| r.get("type")).and_then(J::as_str).unwrap_or("default");
     let num = |k: &str| -> Result<f64, ModelError> {
@@ -528,6 +559,25 @@ fn hf_rope_scaling(path: &Path, r: &J, hd: usize, theta: f64) -> Result<RopeScal
                 return Err(bad(path, format!("llama3 rope scaling: high_freq_factor {hi} ≤ low_freq_factor {lo}")));
             }
             Ok(RopeScaling::PerPair { factors: llama3_factors(hd, theta, factor, lo, hi, old) })
+        }
+        "yarn" => {
+            let factor = positive("factor")?;
+            let orig = positive("original_max_position_embeddings")?;
+            if r.get("truncate").and_then(J::as_bool) == Some(false) {
+                return Err(bad(path, "yarn rope scaling without truncation is not supported yet"));
+            }
+            if r.get("mscale").is_some() || r.get("mscale_all_dim").is_some() {
+                return Err(bad(path, "yarn rope scaling with mscale is not supported yet"));
+            }
+            let beta = |k: &str, d: f64| r.get(k).and_then(J::as_f64).unwrap_or(d) as f32;
+            let attn = r.get("attention_factor").and_then(J::as_f64).unwrap_or(0.1 * factor.ln() + 1.0);
+            Ok(RopeScaling::Yarn {
+                factor: factor as f32,
+                orig_ctx: orig as usize,
+                beta_fast: beta("beta_fast", 32.0),
+                beta_slow: beta("beta_slow", 1.0),
+                attn_factor: attn as f32,
+            })
         }
         other => Err(bad(path, format!("rope scaling type {other:?} is not supported yet"))),
     }

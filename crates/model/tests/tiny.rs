@@ -9,8 +9,20 @@ use plumb_model::kernels::kernels_for;
 use plumb_model::sample::argmax;
 use plumb_model::{KvCache, Model, NoTrace, Precision};
 
-const ARCHS: [&str; 11] =
-    ["llama", "qwen2", "qwen3", "gemma3", "gemma2", "llama3", "olmo2", "phi3", "mixtral", "qwen2moe", "qwen3moe"];
+const ARCHS: [&str; 12] = [
+    "llama",
+    "qwen2",
+    "qwen3",
+    "gemma3",
+    "gemma2",
+    "llama3",
+    "olmo2",
+    "phi3",
+    "mixtral",
+    "qwen2moe",
+    "qwen3moe",
+    "qwen3yarn",
+];
 
 fn dir(arch: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tiny").join(arch)

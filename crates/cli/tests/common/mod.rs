@@ -11,8 +11,20 @@ pub fn root() -> PathBuf {
 }
 
 /// Every architecture with a tiny test model under testdata/tiny.
-pub const TINY_ARCHS: [&str; 11] =
-    ["llama", "qwen2", "qwen3", "gemma3", "gemma2", "llama3", "olmo2", "phi3", "mixtral", "qwen2moe", "qwen3moe"];
+pub const TINY_ARCHS: [&str; 12] = [
+    "llama",
+    "qwen2",
+    "qwen3",
+    "gemma3",
+    "gemma2",
+    "llama3",
+    "olmo2",
+    "phi3",
+    "mixtral",
+    "qwen2moe",
+    "qwen3moe",
+    "qwen3yarn",
+];
 
 /// Runs plumb; returns (exit code, stdout, stderr). Fails on any panic.
 pub fn plumb(args: &[&str]) -> (i32, String, String) {
