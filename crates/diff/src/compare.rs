@@ -478,14 +478,15 @@ pub fn routers_against(layer: usize, ia: &[f32], sa: &[usize], b: &Trace, tie_ma
     if sa != sb.as_slice() || sb.len() != 2 {
         return None;
     }
-    let logits = b.tensors.get(&Stage::FfnRouter.key(Some(layer))).map(|(s, d)| (s, d.clone()));
+    use std::borrow::Cow;
+    let logits = b.tensors.get(&Stage::FfnRouter.key(Some(layer))).map(|(s, d)| (s, Cow::Borrowed(d.as_slice())));
     let logprobs = || {
         b.tensors
             .get(&Stage::FfnRouterProbs.key(Some(layer)))
-            .map(|(s, d)| (s, d.iter().map(|p| p.max(f32::MIN_POSITIVE).ln()).collect::<Vec<f32>>()))
+            .map(|(s, d)| (s, Cow::Owned(d.iter().map(|p| p.max(f32::MIN_POSITIVE).ln()).collect::<Vec<f32>>())))
     };
     let scores = logits.or_else(logprobs).filter(|(s, _)| s.len() == 2 && s[0] == sb[0]);
-    let scores = scores.as_ref().map(|(s, d)| (d.as_slice(), s[1]));
+    let scores = scores.as_ref().map(|(s, d)| (&d[..], s[1]));
     Some(router_agreement(layer, ia, ib, sb[1], scores, tie_margin))
 }
 

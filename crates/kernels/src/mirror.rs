@@ -105,7 +105,12 @@ pub fn scalar_dot_lanes(x: &[f32], y: &[f32]) -> f32 {
 /// 16 lanes to one: 256-bit halves, 128-bit halves, 64-bit halves, then
 /// lane 0 + lane 1 (the reduction both of llama.cpp's loops end with).
 fn fold16(w: &[f32; 16]) -> f32 {
-    let v: [f32; 8] = std::array::from_fn(|l| w[8 + l] + w[l]);
+    fold8(&std::array::from_fn(|l| w[8 + l] + w[l]))
+}
+
+/// 8 lanes to one, as [`fold16`] ends: 128-bit halves, then (0 + 2) + (1 + 3)
+/// (also the whole reduction of llama.cpp's AVX2 loops).
+fn fold8(v: &[f32; 8]) -> f32 {
     let x: [f32; 4] = std::array::from_fn(|l| v[4 + l] + v[l]);
     (x[0] + x[2]) + (x[1] + x[3])
 }
@@ -134,8 +139,7 @@ pub fn scalar_dot_tiled8(x: &[f32], y: &[f32]) -> f32 {
             acc[l] = a.mul_add(*b, acc[l]);
         }
     }
-    let h: [f32; 4] = std::array::from_fn(|l| acc[4 + l] + acc[l]);
-    (h[0] + h[2]) + (h[1] + h[3])
+    fold8(&acc)
 }
 
 /// [`scalar_dot_tiled`] of `x` against `out.len()` rows of `ys`, `stride`
@@ -977,11 +981,7 @@ pub fn softmax_row(lanes: SiluLanes, row: &mut [f32]) {
         }
         sum += match lanes {
             SiluLanes::Sixteen => fold16(&<[f32; 16]>::try_from(&*v).expect("16 lanes")),
-            // The AVX2 build: 128-bit halves, then (0 + 2) + (1 + 3).
-            SiluLanes::Eight => {
-                let h: [f32; 4] = std::array::from_fn(|l| v[4 + l] + v[l]);
-                (h[0] + h[2]) + (h[1] + h[3])
-            }
+            SiluLanes::Eight => fold8(&<[f32; 8]>::try_from(&*v).expect("8 lanes")),
         } as f64;
     }
     for x in tail.iter_mut() {

@@ -684,7 +684,14 @@ impl Model {
 
     /// A dense FFN on xn [T, d], traced: down(act(xn·Wgateᵀ) · xn·Wupᵀ).
     fn mlp(&self, k: &dyn Kernels, l: usize, w: &Mlp, xn: &[f32], rows: Rows, tr: &mut dyn Observer) -> Vec<f32> {
-        let (d, ff, at) = (self.cfg.d, w.gate.rows, Some(l));
+        self.mlp_with(k, w, xn, &mut |stage, data, shape| self.emit(tr, Some(l), stage, data, shape, rows))
+    }
+
+    /// down(act(xn·Wgateᵀ) · xn·Wupᵀ) on xn [T, d], each stage handed to
+    /// `emit` as it is made: a layer's FFN, the shared expert or one
+    /// token's expert (these two untraced: their stages are not the layer's).
+    fn mlp_with(&self, k: &dyn Kernels, w: &Mlp, xn: &[f32], emit: &mut StageSink) -> Vec<f32> {
+        let (d, ff) = (self.cfg.d, w.gate.rows);
         let t = xn.len() / d;
         let mut gate = vec![0f32; t * ff]; //                                 [T, ff]
         let mut up = vec![0f32; t * ff]; //                                   [T, ff]
@@ -692,18 +699,18 @@ impl Model {
 
         // gate, up = xn·Wgateᵀ, xn·Wupᵀ
         k.linears(&[&w.gate, &w.up], xn, t, &mut [&mut gate, &mut up]);
-        self.emit(tr, at, Stage::FfnGate, &mut gate, &[t, ff], rows);
-        self.emit(tr, at, Stage::FfnUp, &mut up, &[t, ff], rows);
+        emit(Stage::FfnGate, &mut gate, &[t, ff]);
+        emit(Stage::FfnUp, &mut up, &[t, ff]);
 
         // gate = act(gate) · up
         k.activation(self.cfg.act, &mut gate, ff);
-        self.emit(tr, at, Stage::FfnAct, &mut gate, &[t, ff], rows);
+        emit(Stage::FfnAct, &mut gate, &[t, ff]);
         mul_in_place(&mut gate, &up);
-        self.emit(tr, at, Stage::FfnMul, &mut gate, &[t, ff], rows);
+        emit(Stage::FfnMul, &mut gate, &[t, ff]);
 
         // down = gate·Wdownᵀ
         k.linear(&w.down, &gate, t, &mut down);
-        self.emit(tr, at, Stage::FfnDown, &mut down, &[t, d], rows);
+        emit(Stage::FfnDown, &mut down, &[t, d]);
         down
     }
 
@@ -761,31 +768,19 @@ impl Model {
         // out = Σ weight · down(act(xn·Wgateᵀ) · xn·Wupᵀ), token by token
         // (each product as a one-token step), in selection order          [T, d]
         let mut out = vec![0f32; t * d];
-        let (mut y, mut expert_out) = (Vec::new(), vec![0f32; d]);
-        for i in 0..t {
-            let x = &xn[i * d..(i + 1) * d];
-            for j in 0..used {
-                let Some(e) = id(ids[i * used + j]) else { continue };
-                let m = &w.experts[e];
-                let ff = m.gate.rows;
-                let (mut gate, mut up) = (vec![0f32; ff], vec![0f32; ff]);
-                k.linear(&m.gate, x, 1, &mut gate);
-                k.linear(&m.up, x, 1, &mut up);
-                k.activation(c.act, &mut gate, ff);
-                mul_in_place(&mut gate, &up);
-                k.linear(&m.down, &gate, 1, &mut expert_out);
-                let weight = weights[i * used + j];
-                expert_out.iter_mut().for_each(|v| *v *= weight);
-                if y.is_empty() {
-                    y.clone_from(&expert_out);
+        for (i, (x, o)) in xn.chunks_exact(d).zip(out.chunks_exact_mut(d)).enumerate() {
+            let mut first = true;
+            for (&e, &weight) in ids[i * used..(i + 1) * used].iter().zip(&weights[i * used..(i + 1) * used]) {
+                let Some(e) = id(e) else { continue };
+                let mut y = self.mlp_with(k, &w.experts[e], x, &mut |_, _, _| {});
+                y.iter_mut().for_each(|v| *v *= weight);
+                if first {
+                    o.copy_from_slice(&y);
+                    first = false;
                 } else {
-                    add_in_place(&mut y, &expert_out);
+                    add_in_place(o, &y);
                 }
             }
-            if !y.is_empty() {
-                out[i * d..(i + 1) * d].copy_from_slice(&y);
-            }
-            y.clear();
         }
         self.emit(tr, at, Stage::FfnMoeOut, &mut out, &[t, d], rows);
 
@@ -794,7 +789,7 @@ impl Model {
             let mut gate = vec![0f32; t]; //                                   [T, 1]
             k.linear(gate_w, xn, t, &mut gate);
             k.sigmoid(&mut gate);
-            let mut shared = self.shared_mlp(k, mlp, xn);
+            let mut shared = self.mlp_with(k, mlp, xn, &mut |_, _, _| {});
             for (row, g) in shared.chunks_exact_mut(d).zip(&gate) {
                 row.iter_mut().for_each(|v| *v *= g);
             }
@@ -802,19 +797,6 @@ impl Model {
             add_in_place(&mut out, &shared);
         }
         out
-    }
-
-    /// A shared expert's FFN on xn [T, d], untraced (its output is traced
-    /// gated, as `ffn_shared_out`).
-    fn shared_mlp(&self, k: &dyn Kernels, w: &Mlp, xn: &[f32]) -> Vec<f32> {
-        let (d, ff) = (self.cfg.d, w.gate.rows);
-        let t = xn.len() / d;
-        let (mut gate, mut up, mut down) = (vec![0f32; t * ff], vec![0f32; t * ff], vec![0f32; t * d]);
-        k.linears(&[&w.gate, &w.up], xn, t, &mut [&mut gate, &mut up]);
-        k.activation(self.cfg.act, &mut gate, ff);
-        mul_in_place(&mut gate, &up);
-        k.linear(&w.down, &gate, t, &mut down);
-        down
     }
 
     /// Attention of q [T, H·hd], rows `rows` of a step at positions p ..
@@ -971,6 +953,9 @@ impl Model {
         }
     }
 }
+
+/// Where a stage goes as it is made: (stage, data, shape).
+type StageSink<'a> = dyn FnMut(Stage, &mut [f32], &[usize]) + 'a;
 
 /// Which of the attention's inputs [`Model::project`] makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

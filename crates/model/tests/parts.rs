@@ -96,20 +96,7 @@ fn every_tiny_model_traced_in_parts_gives_the_whole_trace_statistics() {
         stages: [Stage::AttnProbs, Stage::AttnContext, Stage::LayerOut, Stage::Logits].into_iter().collect(),
         ..TracePlan::default()
     };
-    for arch in [
-        "llama",
-        "qwen2",
-        "qwen3",
-        "gemma3",
-        "gemma2",
-        "llama3",
-        "olmo2",
-        "phi3",
-        "mixtral",
-        "qwen2moe",
-        "qwen3moe",
-        "qwen3yarn",
-    ] {
+    for arch in include!("../../tiny_archs.rs") {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tiny").join(arch);
         let model = Model::load(&dir.join(format!("{arch}-f32.gguf"))).unwrap();
         let ids = tokens(model.cfg.vocab);

@@ -9,20 +9,8 @@ use plumb_model::kernels::kernels_for;
 use plumb_model::sample::argmax;
 use plumb_model::{KvCache, Model, NoTrace, Precision};
 
-const ARCHS: [&str; 12] = [
-    "llama",
-    "qwen2",
-    "qwen3",
-    "gemma3",
-    "gemma2",
-    "llama3",
-    "olmo2",
-    "phi3",
-    "mixtral",
-    "qwen2moe",
-    "qwen3moe",
-    "qwen3yarn",
-];
+/// Every architecture with a tiny test model.
+const ARCHS: [&str; 12] = include!("../../tiny_archs.rs");
 
 fn dir(arch: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tiny").join(arch)

@@ -11,20 +11,7 @@ pub fn root() -> PathBuf {
 }
 
 /// Every architecture with a tiny test model under testdata/tiny.
-pub const TINY_ARCHS: [&str; 12] = [
-    "llama",
-    "qwen2",
-    "qwen3",
-    "gemma3",
-    "gemma2",
-    "llama3",
-    "olmo2",
-    "phi3",
-    "mixtral",
-    "qwen2moe",
-    "qwen3moe",
-    "qwen3yarn",
-];
+pub const TINY_ARCHS: [&str; 12] = include!("../../../tiny_archs.rs");
 
 /// Runs plumb; returns (exit code, stdout, stderr). Fails on any panic.
 pub fn plumb(args: &[&str]) -> (i32, String, String) {
