@@ -10,6 +10,7 @@
     "llama3",
     "olmo2",
     "phi3",
+    "phi3long",
     "mixtral",
     "qwen2moe",
     "qwen3moe",

@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv-ref/bin/python}"
 TOKENS=1,17,255,3,400,511,42,7,99,128,300,5
-ARCHS=(llama qwen2 qwen3 gemma3 gemma2 llama3 olmo2 phi3 mixtral qwen2moe qwen3moe qwen3yarn)
+ARCHS=(llama qwen2 qwen3 gemma3 gemma2 llama3 olmo2 phi3 phi3long mixtral qwen2moe qwen3moe qwen3yarn)
 {
     printf '{"llama_cpp_python": "%s", "tokens": [%s], "configuration": "--no-repack (F32 KV, no flash attention)", "cases": {' \
         "$("$PY" -c 'import llama_cpp; print(llama_cpp.__version__)')" "$TOKENS"

@@ -1,9 +1,14 @@
 """Builds the tiny random-weight test models and their HuggingFace goldens.
 
-For each test model (llama, qwen2, qwen3, gemma3, gemma2, llama3, olmo2, phi3,
-qwen3yarn — qwen3 with YaRN rope scaling, GGUF rope.scaling.type yarn, factor
-and original_context_length — and the mixtures of experts mixtral, qwen2moe,
-qwen3moe; see configs()) this
+For each test model (see configs(): llama, qwen2, qwen3, gemma3, gemma2,
+llama3, olmo2, phi3; phi3long, phi3 with LongRoPE over a trained context of 4
+of 256, written as llama.cpp's converter writes it — rope_factors_long/short
+tensors, rope.scaling.attn_factor, original_context_length — whose
+golden.json adds "switch": transformers' greedy continuation of a 3-token
+prompt with every step's logits, across its short-to-long switch; qwen3yarn,
+qwen3 with YaRN rope scaling, GGUF rope.scaling.type yarn, factor and
+original_context_length; and the mixtures of experts mixtral, qwen2moe,
+qwen3moe) this
 makes a model with transformers from a small config (hidden 64, 3 layers, 4
 heads, 2 KV heads, vocab 512; gemma3 with head_dim 32, a sliding window of 4
 on layers 0-1 and a global layer 2; gemma2 with head_dim 32, a window of 4 on
@@ -67,6 +72,7 @@ Run: python scripts/gen_tiny_models.py [--out DIR] [--check-only] [--only NAME..
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -150,6 +156,19 @@ def configs():
                                               rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
                                               tie_word_embeddings=False, pad_token_id=0, bos_token_id=1,
                                               eos_token_id=2)),
+        # phi3 with LongRoPE: a trained context of 4 positions stretched to 256,
+        # so transformers takes the long factors for any step that reaches
+        # past position 3 (the 12-token golden) and the short ones for a
+        # prompt of 3 (the switch golden), and llama.cpp, whose contexts are
+        # multiples of 256, always the long ones. Attention factor
+        # sqrt(1 + ln 64 / ln 4) = 2.
+        "phi3long": (Phi3ForCausalLM, Phi3Config(
+            **common, rms_norm_eps=1e-5, sliding_window=None, tie_word_embeddings=False, pad_token_id=0,
+            bos_token_id=1, eos_token_id=2, original_max_position_embeddings=4,
+            rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                             "original_max_position_embeddings": 4,
+                             "short_factor": [1.0, 1.02, 1.05, 1.1, 1.2, 1.4, 1.7, 2.0],
+                             "long_factor": [1.0, 1.5, 2.5, 4.0, 8.0, 16.0, 32.0, 64.0]})),
         # qwen3 with YaRN rope scaling: factor 4 over a trained context of 64, so the
         # head's 8 rotary pairs fall on both sides of the ramp and on it.
         "qwen3yarn": (Qwen3ForCausalLM, Qwen3Config(
@@ -177,7 +196,7 @@ def configs():
 
 
 # The GGUF architecture of each test model (its folder name otherwise).
-GGUF_ARCH = {"llama3": "llama", "mixtral": "llama", "qwen3yarn": "qwen3"}
+GGUF_ARCH = {"llama3": "llama", "mixtral": "llama", "qwen3yarn": "qwen3", "phi3long": "phi3"}
 
 
 # Architectures whose GGUF files transformers cannot load.
@@ -264,12 +283,45 @@ def permute(w, n_head):
     return w.reshape(n_head, 2, out // n_head // 2, d).swapaxes(1, 2).reshape(out, d)
 
 
+def longrope_attn_factor(cfg):
+    """llama.cpp's converter: sqrt(1 + ln(stretch) / ln(trained context)), the
+    stretch being max_position_embeddings over the trained context."""
+    orig = cfg.rope_parameters["original_max_position_embeddings"]
+    scale = cfg.max_position_embeddings / orig
+    return math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1.0 else 1.0
+
+
+def longrope_tensors(cfg):
+    """The converter's rope_factors_long and rope_factors_short: the factors as f32."""
+    rp = cfg.rope_parameters
+    return [("rope_factors_long.weight", np.array(rp["long_factor"], dtype=np.float32)),
+            ("rope_factors_short.weight", np.array(rp["short_factor"], dtype=np.float32))]
+
+
+def switch_golden(model, prompt, n):
+    """transformers' greedy continuation of `prompt` by n tokens through its KV
+    cache, one token a step, with every step's logits: a longrope model's
+    prompt within the trained context is rotated by the short factors, the
+    steps past it by the long ones."""
+    ids, steps, past = list(prompt), [], None
+    with torch.no_grad():
+        x = torch.tensor([prompt])
+        for _ in range(n):
+            out = model(x, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            row = out.logits[0, -1].float()
+            steps.append(row.numpy().tolist())
+            ids.append(int(row.argmax()))
+            x = torch.tensor([[ids[-1]]])
+    return {"prompt": list(prompt), "generated": ids[len(prompt):], "logits": steps}
+
+
 def write_gguf(path, arch, cfg, tensors, quant):
     w = gguf.GGUFWriter(str(path), gguf_arch(arch))
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     # llama.cpp gives models whose name contains "phi3" or "phi-3" special token attributes
     # that need Phi-3's own vocabulary, which the stub tokenizer does not have.
-    w.add_name("plumb tiny phi 3" if arch == "phi3" else f"plumb tiny {arch}")
+    w.add_name("plumb tiny phi 3" if gguf_arch(arch) == "phi3" else f"plumb tiny {arch}")
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
     w.add_block_count(cfg.num_hidden_layers)
@@ -286,9 +338,15 @@ def write_gguf(path, arch, cfg, tensors, quant):
         w.add_sliding_window(cfg.sliding_window)
         w.add_array("gemma3.attention.sliding_window_pattern", [t == "sliding_attention" for t in cfg.layer_types])
         w.add_float32("gemma3.attention.query_pre_attn_scalar", float(cfg.query_pre_attn_scalar))
-    elif arch == "phi3":
+    elif gguf_arch(arch) == "phi3":
         w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
         w.add_rope_dimension_count(hd)
+        if arch == "phi3long":
+            # As llama.cpp's phi3 converter: the trained context, the attention
+            # factor it derives from the stretch, and the factor tensors.
+            orig = cfg.rope_parameters["original_max_position_embeddings"]
+            w.add_rope_scaling_orig_ctx_len(orig)
+            w.add_rope_scaling_attn_factors(longrope_attn_factor(cfg))
     elif arch == "qwen3yarn":
         rp = cfg.rope_parameters
         w.add_rope_freq_base(rp["rope_theta"])
@@ -350,6 +408,8 @@ def generate(out_dir, archs):
         golden = {"arch": arch, "tokens": TOKENS, "vocab": VOCAB, "logits": logits.tolist(),
                   "argmax": logits.argmax(-1).tolist(), "transformers": transformers.__version__,
                   "torch": torch.__version__}
+        if arch == "phi3long":
+            golden["switch"] = switch_golden(model, TOKENS[:3], 12)
         (d / "golden.json").write_text(json.dumps(golden))
 
         tensors = []
@@ -365,6 +425,8 @@ def generate(out_dir, archs):
             tensors.append((name, convert(arch, name, t.float().numpy().copy(), cfg)))
         if arch == "llama3":
             tensors.append(("rope_freqs.weight", llama3_rope_factors(cfg)))
+        if arch == "phi3long":
+            tensors += longrope_tensors(cfg)
         write_gguf(d / f"{arch}-f32.gguf", arch, cfg, tensors, quant=False)
         write_gguf(d / f"{arch}-q8_0.gguf", arch, cfg, tensors, quant=True)
         print(f"{arch}: head_dim {hd}, argmax {golden['argmax']}")
@@ -420,7 +482,8 @@ def self_check(d, arch):
                 fails.append(f"{arch}: {hf} → {ours}, gguf name map says {theirs}")
         expected[ours] = convert(arch, ours, sd[hf], hf_cfg)
     reader = gguf.GGUFReader(str(d / f"{arch}-f32.gguf"))
-    names = [t.name for t in reader.tensors if t.name != "rope_freqs.weight"]
+    rope_extra = {"rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"}
+    names = [t.name for t in reader.tensors if t.name not in rope_extra]
     if sorted(names) != sorted(expected):
         fails.append(f"{arch}: GGUF tensors {sorted(set(names) ^ set(expected))} differ from HF's")
     worst = 0.0
@@ -436,6 +499,11 @@ def self_check(d, arch):
             print(f"  [{arch}] rope_freqs vs transformers' llama3 inv_freq: max rel |d| {rel:.3g}")
             if rel > 1e-6:
                 fails.append(f"{arch}: rope_freqs disagrees with transformers' llama3 frequencies ({rel})")
+            continue
+        if t.name.startswith("rope_factors_"):
+            key = "long_factor" if "long" in t.name else "short_factor"
+            if list(np.array(t.data, dtype=np.float32)) != list(np.array(hf_cfg.rope_parameters[key], dtype=np.float32)):
+                fails.append(f"{arch}: {t.name} differs from the config's {key}")
             continue
         if t.name not in expected:
             continue
@@ -484,13 +552,15 @@ def self_check(d, arch):
             # ... and does not map the softcap keys.
             cfg.attn_logit_softcapping = float(f["gemma2.attn_logit_softcapping"].contents())
             cfg.final_logit_softcapping = float(f["gemma2.final_logit_softcapping"].contents())
-        if arch == "phi3":
+        if gguf_arch(arch) == "phi3":
             # The stub tokenizer names no padding token; transformers' default (32000) is past
             # the tiny vocabulary. The padding index changes no logit.
             cfg.pad_token_id = hf_cfg.pad_token_id
-        if arch in ("llama3", "qwen3yarn"):
-            # transformers' GGUF loader reads neither rope_freqs nor the yarn keys.
+        if arch in ("llama3", "qwen3yarn", "phi3long"):
+            # transformers' GGUF loader reads neither rope_freqs, the yarn keys nor
+            # the longrope factors.
             cfg.rope_parameters = hf_cfg.rope_parameters
+            cfg.original_max_position_embeddings = getattr(hf_cfg, "original_max_position_embeddings", None)
         if arch == "gemma3":
             cfg.layer_types = ["sliding_attention" if s else "full_attention"
                                for s in f["gemma3.attention.sliding_window_pattern"].contents()]

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 export HF_HUB_OFFLINE=1
 TOKENS=1,17,255,3,400,511,42,7,99,128,300,5
-for arch in llama qwen2 qwen3 gemma3 gemma2 llama3 olmo2 phi3 mixtral qwen2moe qwen3moe qwen3yarn; do
+for arch in llama qwen2 qwen3 gemma3 gemma2 llama3 olmo2 phi3 phi3long mixtral qwen2moe qwen3moe qwen3yarn; do
     "$PY" reference/hf_trace.py "testdata/tiny/$arch/hf" --tokens "$TOKENS" -o "testdata/tiny/$arch/hf_trace.safetensors"
 done
 if [[ -f models/gemma-3-270m-q4_k_m.gguf ]]; then

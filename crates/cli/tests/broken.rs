@@ -98,8 +98,9 @@ fn extended_copy(dir: &Path, name: &str, extra: &[(&str, plumb_formats::gguf::Va
 }
 
 /// Nothing in a file is passed over in silence: rope scaling plumb does not
-/// compute (yarn without its trained context, longrope's factor tensors, a
-/// factor without a type)
+/// compute (yarn without its trained context, half of longrope's factors,
+/// longrope without its trained context, an attention factor on its own, a
+/// factor without a type, two kinds of factors at once)
 /// changes every angle and is refused with exit 2; a tensor plumb does not
 /// read is named by `inspect` and warned about by every command that loads
 /// the model. The scalings plumb computes agree with each other: a linear
@@ -117,7 +118,7 @@ fn rope_scaling_is_refused_and_unread_tensors_are_named() {
             ("llama.rope.scaling.factor", Value::F32(1.5)),
         ]
     };
-    let cases: [Case; 4] = [
+    let cases: [Case; 7] = [
         (
             "yarn.gguf",
             vec![
@@ -134,7 +135,30 @@ fn rope_scaling_is_refused_and_unread_tensors_are_named() {
             "rope scaling factor 8 without a scaling type",
         ),
         ("both.gguf", linear(), vec!["rope_freqs.weight"], "rope_freqs.weight together with linear rope scaling"),
-        ("long.gguf", vec![], vec!["rope_factors_long.weight"], "rope_factors_long.weight: longrope frequency factors"),
+        (
+            "long.gguf",
+            vec![],
+            vec!["rope_factors_long.weight"],
+            "rope_factors_long.weight without rope_factors_short.weight",
+        ),
+        (
+            "longrope.gguf",
+            vec![],
+            vec!["rope_factors_long.weight", "rope_factors_short.weight"],
+            "longrope factors without rope.scaling.original_context_length",
+        ),
+        (
+            "attn.gguf",
+            vec![("llama.rope.scaling.attn_factor", Value::F32(2.0))],
+            vec![],
+            "rope.scaling.attn_factor 2 without longrope factors is not supported yet",
+        ),
+        (
+            "mixed.gguf",
+            vec![("llama.rope.scaling.original_context_length", Value::U32(4))],
+            vec!["rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"],
+            "rope_freqs.weight together with rope_factors_long.weight",
+        ),
     ];
     for (name, extra, tensors, want) in cases {
         let p = extended_copy(dir.path(), name, &extra, &tensors);

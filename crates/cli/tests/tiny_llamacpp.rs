@@ -23,7 +23,7 @@ use plumb_trace::Trace;
 
 /// Every tiny model but gemma3's (see above).
 fn archs() -> impl Iterator<Item = &'static str> {
-    common::TINY_ARCHS.into_iter().filter(|a| *a != "gemma3")
+    common::TINY_ARCHS.iter().copied().filter(|a| *a != "gemma3")
 }
 
 fn golden() -> serde_json::Value {
@@ -60,7 +60,7 @@ fn fast_precision_traces_every_tiny_model_as_llama_cpp_does() {
         let compared: Vec<_> = d.stages.iter().filter_map(|s| s.nmse.map(|n| (s.key.as_str(), n))).collect();
         // llama.cpp exposes every stage but the fused projections' parts
         // (phi3's q, k, v, gate and up are views of one product).
-        let least = if arch == "phi3" { 30 } else { 50 };
+        let least = if arch.starts_with("phi3") { 30 } else { 50 };
         assert!(compared.len() >= least, "{arch}: only {} stages compared", compared.len());
         for (key, nmse) in compared {
             assert!(nmse == 0.0, "{arch}: {key} differs from llama.cpp (NMSE {nmse:e})");

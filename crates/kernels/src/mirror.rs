@@ -175,8 +175,9 @@ pub fn dot_f32_tiled_rows(x: &[f32], ys: &[f32], stride: usize, out: &mut [f32])
 /// llama.cpp's NeoX RoPE makes them: θ starts at the position and is
 /// multiplied by base^(−2/hd) pair after pair (rounding at each step); the
 /// angle used is freq_scale · (θ / pair factor), freq_scale = 1/factor of
-/// a linear scaling.
-pub fn rope_neox_table(t: usize, p0: usize, rot: &crate::ops::Rotary) -> Vec<(f32, f32)> {
+/// a linear scaling; cos and sin are multiplied by the attention factor
+/// (LongRoPE's, with its `long` or short factors as the pair factors).
+pub fn rope_neox_table(t: usize, p0: usize, rot: &crate::ops::Rotary, long: bool) -> Vec<(f32, f32)> {
     use crate::ops::RopeScaling;
     use rayon::prelude::*;
     let (hd, half) = (rot.hd, rot.hd / 2);
@@ -186,7 +187,9 @@ pub fn rope_neox_table(t: usize, p0: usize, rot: &crate::ops::Rotary) -> Vec<(f3
         RopeScaling::Linear { factor } => (1.0 / factor, None),
         RopeScaling::PerPair { factors } => (1.0, Some(factors.as_slice())),
         RopeScaling::Yarn { factor, .. } => (1.0 / factor, None),
+        RopeScaling::LongRope { short, long: l, .. } => (1.0, Some(if long { l } else { short }.as_slice())),
     };
+    let mscale = rot.mscale;
     // YaRN blends the angles (llama.cpp's rope_yarn): interpolated ·
     // (1 − e) + extrapolated · e, and scales cos and sin by
     // 1 + 0.1·ln(1 / freq_scale).
@@ -216,7 +219,7 @@ pub fn rope_neox_table(t: usize, p0: usize, rot: &crate::ops::Rotary) -> Vec<(f3
                 None => {
                     let ff = factors.map_or(1.0, |f| f[i]);
                     let angle = freq_scale * (theta / ff);
-                    (angle.cos(), angle.sin())
+                    (angle.cos() * mscale, angle.sin() * mscale)
                 }
             };
             theta *= theta_scale;

@@ -50,6 +50,37 @@ pub enum RopeScaling {
         beta_slow: f32,
         attn_factor: f32,
     },
+    /// LongRoPE (phi3's long-context variants): pair i's frequency divided
+    /// by `short[i]` while the context stays within the trained `orig_ctx`
+    /// positions, by `long[i]` past it; cos and sin multiplied by
+    /// `attn_factor` either way. Which context decides is the engine's:
+    /// [`RopeSpan`].
+    LongRope {
+        short: Vec<f32>,
+        long: Vec<f32>,
+        orig_ctx: usize,
+        attn_factor: f32,
+    },
+}
+
+/// The extent of the sequence a forward step belongs to, which decides
+/// LongRoPE's factor set: transformers takes the long set when the step's
+/// last position is past the trained context (so a prompt within it keeps
+/// the short set in its cached keys while later steps turn long), llama.cpp
+/// when its context size — the cache's, padded to 256 — is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RopeSpan {
+    /// One past the step's last position.
+    pub end: usize,
+    /// Positions the cache was made for.
+    pub ctx: usize,
+}
+
+impl RopeSpan {
+    /// A step that is the whole sequence: positions 0 .. n.
+    pub fn whole(n: usize) -> RopeSpan {
+        RopeSpan { end: n, ctx: n }
+    }
 }
 
 impl RopeScaling {
@@ -60,6 +91,9 @@ impl RopeScaling {
             RopeScaling::Linear { factor } => format!("linear ×{factor}"),
             RopeScaling::PerPair { .. } => "per-pair factors (llama 3)".into(),
             RopeScaling::Yarn { factor, orig_ctx, .. } => format!("yarn ×{factor} (trained context {orig_ctx})"),
+            RopeScaling::LongRope { orig_ctx, attn_factor, .. } => {
+                format!("longrope, short and long factors (trained context {orig_ctx}, attention ×{attn_factor})")
+            }
         }
     }
 
@@ -67,10 +101,16 @@ impl RopeScaling {
     /// [`Rotary::new`] instead).
     fn divisor(&self, i: usize) -> f32 {
         match self {
-            RopeScaling::None | RopeScaling::Yarn { .. } => 1.0,
+            RopeScaling::None | RopeScaling::Yarn { .. } | RopeScaling::LongRope { .. } => 1.0,
             RopeScaling::Linear { factor } => *factor,
             RopeScaling::PerPair { factors } => factors[i],
         }
+    }
+
+    /// Whether LongRoPE takes its long factors for a context of `n`
+    /// positions: past the trained context (never without LongRoPE).
+    pub fn long_set(&self, n: usize) -> bool {
+        matches!(self, RopeScaling::LongRope { orig_ctx, .. } if n > *orig_ctx)
     }
 
     /// YaRN's first and last pair of the ramp between extrapolated and
@@ -98,8 +138,11 @@ pub struct Rotary {
     pub base: f32,
     pub hd: usize,
     pub scaling: RopeScaling,
-    /// base^(−2i/hd) / factor in f32, as transformers computes it, [hd/2].
+    /// base^(−2i/hd) / factor in f32, as transformers computes it, [hd/2]
+    /// (LongRoPE: with the short factors).
     pub inv_freq: Vec<f32>,
+    /// LongRoPE's frequencies with the long factors; empty otherwise.
+    pub inv_freq_long: Vec<f32>,
     /// What cos and sin are multiplied by (YaRN's attention factor; 1).
     pub mscale: f32,
 }
@@ -124,7 +167,27 @@ impl Rotary {
             }
             mscale = attn_factor;
         }
-        Rotary { base, hd, scaling, inv_freq, mscale }
+        let mut inv_freq_long = Vec::new();
+        if let RopeScaling::LongRope { short, long, attn_factor, .. } = &scaling {
+            assert!(short.len() == hd / 2 && long.len() == hd / 2, "one longrope factor per pair");
+            // transformers: 1 / (factor · base^(arange(0, hd, 2) / hd)).
+            let with = |f: &[f32]| -> Vec<f32> {
+                f.iter().enumerate().map(|(i, f)| 1.0 / (f * base.powf((2 * i) as f32 / hd as f32))).collect()
+            };
+            inv_freq = with(short);
+            inv_freq_long = with(long);
+            mscale = *attn_factor;
+        }
+        Rotary { base, hd, scaling, inv_freq, inv_freq_long, mscale }
+    }
+
+    /// The frequencies for a context of `n` positions ([`RopeScaling::long_set`]).
+    pub fn inv_freq_for(&self, n: usize) -> &[f32] {
+        if self.scaling.long_set(n) {
+            &self.inv_freq_long
+        } else {
+            &self.inv_freq
+        }
     }
 }
 
@@ -138,8 +201,8 @@ pub trait Ops {
     fn rms_norm(&self, x: &[f32], w: &[f32], eps: f32, y: &mut [f32]);
     /// [`Ops::rms_norm`] in place (q and k, head by head).
     fn rms_norm_in_place(&self, x: &mut [f32], w: &[f32], eps: f32);
-    /// The rotary angles of positions p0 .. p0+t.
-    fn rope_angles(&self, rot: &Rotary, p0: usize, t: usize) -> Angles;
+    /// The rotary angles of positions p0 .. p0+t, of a step in `span`.
+    fn rope_angles(&self, rot: &Rotary, p0: usize, t: usize, span: RopeSpan) -> Angles;
     /// Rotate-half rotary embedding of x [T, width] (heads of `hd`) by
     /// `angles`: element i pairs with i + hd/2.
     fn rope(&self, x: &mut [f32], width: usize, hd: usize, angles: &Angles);
@@ -164,11 +227,13 @@ impl Ops for ExactKernels {
         rms_norm_in_place(x, w, eps, Precision::Exact)
     }
 
-    fn rope_angles(&self, rot: &Rotary, p0: usize, t: usize) -> Angles {
-        let mut cs = Vec::with_capacity(t * rot.inv_freq.len());
+    /// LongRoPE's factor set by the step's end, as transformers picks it.
+    fn rope_angles(&self, rot: &Rotary, p0: usize, t: usize, span: RopeSpan) -> Angles {
+        let inv_freq = rot.inv_freq_for(span.end);
+        let mut cs = Vec::with_capacity(t * inv_freq.len());
         for ti in 0..t {
             let pos = (p0 + ti) as f32;
-            cs.extend(rot.inv_freq.iter().map(|f| {
+            cs.extend(inv_freq.iter().map(|f| {
                 let (sin, cos) = (pos * f).sin_cos();
                 if rot.mscale == 1.0 {
                     (cos, sin)
@@ -225,8 +290,11 @@ impl Ops for FastKernels {
         rms_norm_in_place(x, w, eps, Precision::Fast)
     }
 
-    fn rope_angles(&self, rot: &Rotary, p0: usize, t: usize) -> Angles {
-        crate::mirror::rope_neox_table(t, p0, rot)
+    /// LongRoPE's factor set by the context size, as llama.cpp picks it
+    /// (its contexts come in multiples of 256 positions).
+    fn rope_angles(&self, rot: &Rotary, p0: usize, t: usize, span: RopeSpan) -> Angles {
+        let long = rot.scaling.long_set(span.ctx.max(1).div_ceil(256) * 256);
+        crate::mirror::rope_neox_table(t, p0, rot, long)
     }
 
     fn rope(&self, x: &mut [f32], width: usize, hd: usize, angles: &Angles) {
@@ -426,14 +494,41 @@ mod tests {
         let rot = Rotary::new(10_000.0, 8, RopeScaling::None);
         let (e, f) =
             (ExactKernels { path: crate::KernelPath::Scalar }, FastKernels { path: crate::KernelPath::Scalar });
-        let (ae, af) = (e.rope_angles(&rot, 5, 3), f.rope_angles(&rot, 5, 3));
+        let (ae, af) = (e.rope_angles(&rot, 5, 3, RopeSpan::whole(8)), f.rope_angles(&rot, 5, 3, RopeSpan::whole(8)));
         assert_eq!(ae.len(), 12);
         for (a, b) in ae.iter().zip(&af) {
             assert!((a.0 - b.0).abs() < 1e-5 && (a.1 - b.1).abs() < 1e-5, "{a:?} vs {b:?}");
         }
         // Position 0 is the identity.
         let mut x: Vec<f32> = (0..8).map(|i| i as f32).collect();
-        e.rope(&mut x, 8, 8, &e.rope_angles(&rot, 0, 1));
+        e.rope(&mut x, 8, 8, &e.rope_angles(&rot, 0, 1, RopeSpan::whole(1)));
         assert_eq!(x, (0..8).map(|i| i as f32).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn longrope_takes_its_long_factors_past_the_trained_context_each_engine_by_its_own_measure() {
+        let (short, long) = (vec![1.0, 1.5], vec![2.0, 8.0]);
+        let scaling =
+            RopeScaling::LongRope { short: short.clone(), long: long.clone(), orig_ctx: 300, attn_factor: 1.25 };
+        let rot = Rotary::new(10_000.0, 4, scaling);
+        let (e, f) =
+            (ExactKernels { path: crate::KernelPath::Scalar }, FastKernels { path: crate::KernelPath::Scalar });
+        // The angle of pair 1 at position 7 with factor f, and the scaled cos.
+        let want = |f: f32| {
+            let a = 7.0 / (f * 100.0);
+            (a.cos() * 1.25, a.sin() * 1.25)
+        };
+        let near = |got: (f32, f32), w: (f32, f32)| (got.0 - w.0).abs() < 1e-6 && (got.1 - w.1).abs() < 1e-6;
+        // Exact (transformers): by the step's end; the cache size is no matter.
+        let short_step = e.rope_angles(&rot, 7, 1, RopeSpan { end: 300, ctx: 4096 });
+        assert!(near(short_step[1], want(short[1])), "{:?}", short_step[1]);
+        let long_step = e.rope_angles(&rot, 7, 1, RopeSpan { end: 301, ctx: 301 });
+        assert!(near(long_step[1], want(long[1])), "{:?}", long_step[1]);
+        // Fast (llama.cpp): by the context, in multiples of 256 — 300
+        // positions are a context of 512, past the trained 300.
+        let small = f.rope_angles(&rot, 7, 1, RopeSpan { end: 8, ctx: 256 });
+        assert!(near(small[1], want(short[1])), "{:?}", small[1]);
+        let padded = f.rope_angles(&rot, 7, 1, RopeSpan { end: 8, ctx: 257 });
+        assert!(near(padded[1], want(long[1])), "{:?}", padded[1]);
     }
 }

@@ -3,6 +3,7 @@
 //! ([`ValueLayout`]).
 
 use plumb_kernels::attention::{ValueLayout, Values, VALUE_PAD};
+use plumb_kernels::ops::RopeSpan;
 
 use crate::config::ModelConfig;
 
@@ -32,6 +33,8 @@ pub struct KvCache {
     window: Vec<Option<usize>>,
     pub len: usize,
     pub capacity: usize,
+    /// One past the last position of the step under way ([`KvCache::begin_step`]).
+    step_end: usize,
     kv_dim: usize,
 }
 
@@ -78,6 +81,7 @@ impl KvCache {
             window,
             len: 0,
             capacity,
+            step_end: 0,
             kv_dim,
         }
     }
@@ -98,12 +102,27 @@ impl KvCache {
         self.first[l]
     }
 
+    /// Marks the start of a forward step of `t` positions from `len`: the
+    /// step a rotary embedding sees as a whole, even when its rows go
+    /// through the layers a batch at a time.
+    pub fn begin_step(&mut self, t: usize) {
+        self.step_end = self.len + t;
+    }
+
+    /// The sequence as the rotary embedding of rows at positions
+    /// `p0 .. p0 + t` sees it: the step's end (at least theirs) and the
+    /// cache's size ([`RopeSpan`]).
+    pub fn rope_span(&self, p0: usize, t: usize) -> RopeSpan {
+        RopeSpan { end: self.step_end.max(p0 + t), ctx: self.capacity }
+    }
+
     pub fn clear(&mut self) {
         self.truncate(0);
     }
 
     /// Drops every position from `len` on.
     pub fn truncate(&mut self, len: usize) {
+        self.step_end = self.step_end.min(len);
         for l in 0..self.k.len() {
             if len == 0 {
                 self.first[l] = 0;

@@ -285,11 +285,11 @@ impl ModelConfig {
         let (mut scaling, mut scaling_local) = (RopeScaling::None, None);
         for r in [rope, c.get("rope_scaling")].into_iter().flatten().filter(|r| !r.is_null()) {
             if let Some(full) = r.get("full_attention") {
-                scaling = hf_rope_scaling(path, full, head_dim, rope_theta)?;
+                scaling = hf_rope_scaling(path, c, full, head_dim, rope_theta)?;
                 let local = r.get("sliding_attention").unwrap_or(&J::Null);
-                scaling_local = Some(hf_rope_scaling(path, local, head_dim, rope_theta_local)?);
+                scaling_local = Some(hf_rope_scaling(path, c, local, head_dim, rope_theta_local)?);
             } else {
-                scaling = hf_rope_scaling(path, r, head_dim, rope_theta)?;
+                scaling = hf_rope_scaling(path, c, r, head_dim, rope_theta)?;
             }
         }
         let tied_output = c
@@ -479,9 +479,9 @@ pub const GGUF_KEYS_IRRELEVANT: (&[&str], &[&str]) = (
 
 /// A GGUF file's rope scaling: `rope.scaling.type` none, linear (with
 /// `rope.scaling.factor`) or yarn (and `original_context_length`, betas),
-/// and llama 3's per-pair factors in the `rope_freqs` tensor. Kinds that
-/// change the arithmetic otherwise (longrope, yarn's extra knobs) are
-/// refused.
+/// llama 3's per-pair factors in the `rope_freqs` tensor, and longrope's
+/// two factor tensors. Kinds that change the arithmetic otherwise (yarn's
+/// extra knobs, an attention factor on its own) are refused.
 fn gguf_rope_scaling(g: &GgufFile, key: &dyn Fn(&str) -> String, hd: usize) -> Result<RopeScaling, ModelError> {
     let path = g.path();
     let kind = g.str_opt(&key("rope.scaling.type"))?.unwrap_or("none");
@@ -514,29 +514,70 @@ fn gguf_rope_scaling(g: &GgufFile, key: &dyn Fn(&str) -> String, hd: usize) -> R
         ("none", Some(f)) => return Err(bad(path, format!("rope scaling factor {f} without a scaling type"))),
         (other, _) => return Err(bad(path, format!("rope scaling type {other:?} is not supported yet"))),
     };
-    let Some(t) = g.tensor(ROPE_FREQS) else { return Ok(scaling) };
-    if scaling != RopeScaling::None {
-        return Err(bad(path, format!("{ROPE_FREQS} together with {kind} rope scaling")));
+    let attn_factor = g.f64_opt(&key("rope.scaling.attn_factor"))?.filter(|&v| v != 1.0);
+    let [long, short] = LONGROPE_FACTORS.map(|n| g.tensor(n).map(|_| n));
+    match (g.tensor(ROPE_FREQS), long.or(short)) {
+        (Some(_), Some(n)) => Err(bad(path, format!("{ROPE_FREQS} together with {n}"))),
+        (Some(_), None) if scaling != RopeScaling::None => {
+            Err(bad(path, format!("{ROPE_FREQS} together with {kind} rope scaling")))
+        }
+        (None, Some(n)) if scaling != RopeScaling::None => {
+            Err(bad(path, format!("{n} together with {kind} rope scaling")))
+        }
+        (None, Some(_)) => {
+            let (Some(long), Some(short)) = (long, short) else {
+                let [l, s] = LONGROPE_FACTORS;
+                let (has, lacks) = if long.is_some() { (l, s) } else { (s, l) };
+                return Err(bad(path, format!("{has} without {lacks}")));
+            };
+            let orig = g
+                .u64_opt(&key("rope.scaling.original_context_length"))?
+                .ok_or_else(|| bad(path, "longrope factors without rope.scaling.original_context_length"))?;
+            Ok(RopeScaling::LongRope {
+                short: rope_factors(g, short, hd)?,
+                long: rope_factors(g, long, hd)?,
+                orig_ctx: orig as usize,
+                attn_factor: attn_factor.unwrap_or(1.0) as f32,
+            })
+        }
+        _ if attn_factor.is_some() && !matches!(scaling, RopeScaling::Yarn { .. }) => Err(bad(
+            path,
+            format!("rope.scaling.attn_factor {} without longrope factors is not supported yet", attn_factor.unwrap()),
+        )),
+        (Some(_), None) => Ok(RopeScaling::PerPair { factors: rope_factors(g, ROPE_FREQS, hd)? }),
+        (None, None) => Ok(scaling),
     }
+}
+
+/// A rope factor tensor's values: F32 [hd/2], each positive.
+fn rope_factors(g: &GgufFile, name: &str, hd: usize) -> Result<Vec<f32>, ModelError> {
+    let (path, t) = (g.path(), g.tensor(name).expect("present"));
     if t.ty != plumb_quant::GgmlType::F32 || t.shape != [hd / 2] {
-        return Err(bad(path, format!("{ROPE_FREQS} is {} {:?}, expected F32 [{}]", t.ty, t.shape, hd / 2)));
+        return Err(bad(path, format!("{name} is {} {:?}, expected F32 [{}]", t.ty, t.shape, hd / 2)));
     }
     let factors: Vec<f32> = t.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     if let Some(f) = factors.iter().find(|f| !(f.is_finite() && **f > 0.0)) {
-        return Err(bad(path, format!("{ROPE_FREQS} holds {f}, not a positive factor")));
+        return Err(bad(path, format!("{name} holds {f}, not a positive factor")));
     }
-    Ok(RopeScaling::PerPair { factors })
+    Ok(factors)
 }
 
 /// The tensor of llama 3's per-pair rope factors in GGUF files.
 pub const ROPE_FREQS: &str = "rope_freqs.weight";
 
+/// LongRoPE's long and short factors in GGUF files (phi3's converter
+/// writes them with `rope.scaling.attn_factor` and
+/// `rope.scaling.original_context_length`, no scaling type).
+pub const LONGROPE_FACTORS: [&str; 2] = ["rope_factors_long.weight", "rope_factors_short.weight"];
+
 /// An HF rope settings entry's scaling (`rope_type` or the older `type`):
 /// default, linear (`factor`), llama3 (`factor`, `low_freq_factor`,
 /// `high_freq_factor`, `original_max_position_embeddings`) and yarn
 /// (`factor`, `original_max_position_embeddings`, `beta_fast`, `beta_slow`,
-/// `attention_factor`); others refused.
-fn hf_rope_scaling(path: &Path, r: &J, hd: usize, theta: f64) -> Result<RopeScaling, ModelError> {
+/// `attention_factor`) and longrope (`short_factor`, `long_factor`, the
+/// trained context from the entry or the config `c`, `attention_factor` or
+/// the factor's); others refused.
+fn hf_rope_scaling(path: &Path, c: &J, r: &J, hd: usize, theta: f64) -> Result<RopeScaling, ModelError> {
     let kind = r.get("rope_type").or_else(|| r.get("type")).and_then(J::as_str).unwrap_or("default");
     let num = |k: &str| -> Result<f64, ModelError> {
         r.get(k).and_then(J::as_f64).ok_or_else(|| bad(path, format!("{kind} rope scaling without {k}")))
@@ -576,6 +617,39 @@ fn hf_rope_scaling(path: &Path, r: &J, hd: usize, theta: f64) -> Result<RopeScal
                 orig_ctx: orig as usize,
                 beta_fast: beta("beta_fast", 32.0),
                 beta_slow: beta("beta_slow", 1.0),
+                attn_factor: attn as f32,
+            })
+        }
+        "longrope" | "su" => {
+            let factors = |k: &str| -> Result<Vec<f32>, ModelError> {
+                let v: Option<Vec<f64>> =
+                    r.get(k).and_then(J::as_array).map(|a| a.iter().filter_map(J::as_f64).collect());
+                match v {
+                    Some(v) if v.len() == hd / 2 && v.iter().all(|f| f.is_finite() && *f > 0.0) => {
+                        Ok(v.into_iter().map(|f| f as f32).collect())
+                    }
+                    _ => Err(bad(path, format!("longrope {k} is not {} positive numbers", hd / 2))),
+                }
+            };
+            let orig = r
+                .get("original_max_position_embeddings")
+                .or_else(|| c.get("original_max_position_embeddings"))
+                .and_then(J::as_u64)
+                .filter(|&o| o > 1)
+                .ok_or_else(|| bad(path, "longrope rope scaling without original_max_position_embeddings"))?;
+            // transformers: the factor is the context's stretch unless given;
+            // the attention factor √(1 + ln factor / ln trained) unless given.
+            let ctx = c.get("max_position_embeddings").and_then(J::as_f64).unwrap_or(orig as f64);
+            let factor = r.get("factor").and_then(J::as_f64).unwrap_or(ctx / orig as f64);
+            let attn = match r.get("attention_factor").and_then(J::as_f64) {
+                Some(a) => a,
+                None if factor <= 1.0 => 1.0,
+                None => (1.0 + factor.ln() / (orig as f64).ln()).sqrt(),
+            };
+            Ok(RopeScaling::LongRope {
+                short: factors("short_factor")?,
+                long: factors("long_factor")?,
+                orig_ctx: orig as usize,
                 attn_factor: attn as f32,
             })
         }

@@ -117,6 +117,7 @@ pub fn checkpoints(
 ) -> Checkpoints {
     let (d, t, p) = (b.model.cfg.d, tokens.len(), cache.len);
     assert!(p + t <= cache.capacity, "KV cache full: {} > {}", p + t, cache.capacity);
+    cache.begin_step(t);
     let units = Unit::all(b.model.cfg.n_layer);
     let mut inputs: Vec<Vec<f32>> = units.iter().map(|_| Vec::new()).collect();
     inputs[1..].iter_mut().for_each(|v| v.reserve_exact(t * d));
@@ -153,6 +154,8 @@ impl Checkpoints {
         assert!(self.p + t <= cache.capacity, "KV cache full: {} > {}", self.p + t, cache.capacity);
         // The first unit that differs from B's pass; B's head if none does.
         let start = from_a.iter().position(|&x| x).unwrap_or(units.len() - 1);
+        cache.len = self.p;
+        cache.begin_step(t);
         for (i0, i1) in row_blocks(t, BATCH) {
             cache.len = self.p + i0;
             let mut x = if start > 0 { self.inputs[start][i0 * d..i1 * d].to_vec() } else { Vec::new() };

@@ -9,7 +9,7 @@ use std::path::Path;
 use plumb_formats::{Bytes, OwnedTensor};
 
 use plumb_kernels::attention::AttnShape;
-use plumb_kernels::ops::{add_bias, add_in_place, mul_in_place, softcap, Rotary};
+use plumb_kernels::ops::{add_bias, add_in_place, mul_in_place, softcap, RopeSpan, Rotary};
 use plumb_kernels::{Kernels, Weight};
 use plumb_trace::stage::{Observer, Rows, Stage};
 
@@ -261,6 +261,7 @@ impl Model {
         let t = tokens.len();
         let p = cache.len;
         assert!(p + t <= cache.capacity, "KV cache full: {} > {}", p + t, cache.capacity);
+        cache.begin_step(t);
         if self.in_parts(t, tr) {
             return self.forward_in_parts(k, tokens, cache, all_logits, tr);
         }
@@ -307,6 +308,7 @@ impl Model {
     ) {
         let (c, t, p) = (&self.cfg, tokens.len(), cache.len);
         assert!(p + t <= cache.capacity, "KV cache full: {} > {}", p + t, cache.capacity);
+        cache.begin_step(t);
         let d = c.d;
         let mut none = plumb_trace::stage::NoTrace;
         for (i0, i1) in row_blocks(t, BATCH) {
@@ -369,14 +371,17 @@ impl Model {
         let mut last = Vec::new(); //                                         [1, d]
         for l in 0..c.n_layer {
             for &(i0, i1) in &blocks {
-                let (_, kk, vv) = self.project(k, l, &x[i0 * d..i1 * d], p + i0, part(i0), Inputs::KeysValues, tr);
+                let span = cache.rope_span(p + i0, i1 - i0);
+                let (_, kk, vv) =
+                    self.project(k, l, &x[i0 * d..i1 * d], p + i0, span, part(i0), Inputs::KeysValues, tr);
                 cache.store(l, p + i0, &self.key_order(k, &kk), &vv, k.value_layout());
             }
             let keep_last = !all_logits && l + 1 == c.n_layer;
             for &(i0, i1) in &blocks {
                 // The queries are made here, not kept from above: [T, H·hd]
                 // would grow with the prompt.
-                let (q, _, _) = self.project(k, l, &x[i0 * d..i1 * d], p + i0, part(i0), Inputs::Queries, tr);
+                let span = cache.rope_span(p + i0, i1 - i0);
+                let (q, _, _) = self.project(k, l, &x[i0 * d..i1 * d], p + i0, span, part(i0), Inputs::Queries, tr);
                 let ctx = self.attention(k, l, &q, cache, p, part(i0), tr);
                 let mut xb = x[i0 * d..i1 * d].to_vec();
                 match self.finish_layer(k, l, &mut xb, &ctx, keep_last, part(i0), tr) {
@@ -494,15 +499,16 @@ impl Model {
     /// `cache.len`, keeping its keys and values: the context [T, H·hd].
     fn attend(&self, k: &dyn Kernels, l: usize, x: &[f32], cache: &mut KvCache, tr: &mut dyn Observer) -> Vec<f32> {
         let (p, all) = (cache.len, Rows::all(x.len() / self.cfg.d));
-        let (q, kk, vv) = self.project(k, l, x, p, all, Inputs::All, tr);
+        let span = cache.rope_span(p, all.total);
+        let (q, kk, vv) = self.project(k, l, x, p, span, all, Inputs::All, tr);
         cache.store(l, p, &self.key_order(k, &kk), &vv, k.value_layout());
         self.attention(k, l, &q, cache, p, all, tr)
     }
 
     /// The attention's inputs from rows of x [T, d] at positions `pos ..`
-    /// in layer `l`: `what` says which — q [T, H·hd], and k, v
-    /// [T, Hkv·hd] (empty where not made). The norm is traced with the
-    /// keys (the queries alone recompute it).
+    /// in layer `l`, of a step in `span`: `what` says which — q [T, H·hd],
+    /// and k, v [T, Hkv·hd] (empty where not made). The norm is traced with
+    /// the keys (the queries alone recompute it).
     #[allow(clippy::too_many_arguments)]
     fn project(
         &self,
@@ -510,6 +516,7 @@ impl Model {
         l: usize,
         x: &[f32],
         pos: usize,
+        span: RopeSpan,
         rows: Rows,
         what: Inputs,
         tr: &mut dyn Observer,
@@ -567,7 +574,7 @@ impl Model {
 
         // q, k = rope(q, pos), rope(k, pos)   (rotate-half pairs)
         let rotary = if c.layer_sliding[l] { &self.rope_local } else { &self.rope };
-        let angles = k.rope_angles(rotary, pos, t);
+        let angles = k.rope_angles(rotary, pos, t, span);
         if wq {
             k.rope(&mut q, qd, c.head_dim, &angles);
             self.emit(tr, at, Stage::QRope, &mut q, &[t, qd], rows);

@@ -34,20 +34,12 @@ pub fn hf_name(arch: Arch, gguf: &str) -> Option<String> {
     arch.spec().hf_name(gguf)
 }
 
-/// Tensors some files carry that change the arithmetic in a way plumb does
-/// not compute yet: a file with one is refused rather than run without it.
-pub const UNSUPPORTED_TENSORS: &[(&str, &str)] = &[
-    ("rope_factors_long.weight", "longrope frequency factors (phi3 long-context)"),
-    ("rope_factors_short.weight", "longrope frequency factors (phi3 long-context)"),
-];
-
 /// One finding of [`validate`].
 #[derive(Debug, Clone)]
 pub enum Problem {
     Missing { name: String, shape: Vec<usize> },
     Shape { name: String, expected: Vec<usize>, actual: Vec<usize> },
     NoDequantizer { name: String, ty: plumb_quant::GgmlType },
-    Unsupported { name: String, what: &'static str },
 }
 
 impl std::fmt::Display for Problem {
@@ -61,9 +53,6 @@ impl std::fmt::Display for Problem {
             }
             Problem::NoDequantizer { name, ty } => {
                 write!(f, "{name}: type {ty} cannot be computed with yet")
-            }
-            Problem::Unsupported { name, what } => {
-                write!(f, "{name}: {what} are not supported yet, and the model would be wrong without them")
             }
         }
     }
@@ -99,12 +88,6 @@ pub fn validate(src: &ModelSource, cfg: &ModelConfig) -> Vec<Problem> {
                 Some(t) if !t.ty.can_dequantize() => problems.push(Problem::NoDequantizer { name, ty: t.ty }),
                 Some(_) => {}
             }
-        }
-    }
-    let names = src.tensor_names();
-    for &(name, what) in UNSUPPORTED_TENSORS {
-        if names.iter().any(|n| n == name) {
-            problems.push(Problem::Unsupported { name: name.into(), what });
         }
     }
     problems
@@ -150,8 +133,11 @@ pub fn unused_tensors(src: &ModelSource, cfg: &ModelConfig) -> Vec<String> {
             ModelSource::Hf(_) => cfg.arch.spec().hf_names(&t.name, experts),
         })
         .collect();
-    let refused = |n: &str| UNSUPPORTED_TENSORS.iter().any(|&(u, _)| u == n);
-    // llama 3's rope factors are read with the configuration.
-    let rope = |n: &str| n == crate::config::ROPE_FREQS && matches!(cfg.rope_scaling, RopeScaling::PerPair { .. });
-    src.tensor_names().into_iter().filter(|n| !read.contains(n) && !refused(n) && !rope(n)).collect()
+    // Rope factors (llama 3's, longrope's) are read with the configuration.
+    let rope = |n: &str| match cfg.rope_scaling {
+        RopeScaling::PerPair { .. } => n == crate::config::ROPE_FREQS,
+        RopeScaling::LongRope { .. } => crate::config::LONGROPE_FACTORS.contains(&n),
+        _ => false,
+    };
+    src.tensor_names().into_iter().filter(|n| !read.contains(n) && !rope(n)).collect()
 }

@@ -10,7 +10,7 @@ use plumb_model::sample::argmax;
 use plumb_model::{KvCache, Model, NoTrace, Precision};
 
 /// Every architecture with a tiny test model.
-const ARCHS: [&str; 12] = include!("../../tiny_archs.rs");
+const ARCHS: &[&str] = &include!("../../tiny_archs.rs");
 
 fn dir(arch: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tiny").join(arch)
@@ -141,4 +141,55 @@ fn sharded_hf_folder_gives_the_same_logits() {
     shard_copy(evil.path(), Some(("extra.weight", "../model.safetensors")));
     let err = Model::load(evil.path()).err().expect("path escape accepted").to_string();
     assert!(err.contains("not a plain file name"), "{err}");
+}
+
+/// LongRoPE as transformers computes it step by step: a prompt within the
+/// trained context is rotated by the short factors and stays so in the
+/// cache, and each later step whose last position is past it turns to the
+/// long factors (`golden.json`'s "switch": transformers' greedy steps with
+/// their logits). Exact precision follows every step's logits and token,
+/// from the HF folder and from the F32 GGUF.
+#[test]
+fn longrope_switches_factor_sets_where_transformers_does() {
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir("phi3long").join("golden.json")).unwrap()).unwrap();
+    let s = &j["switch"];
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()
+    };
+    let (prompt, generated) = (ids(&s["prompt"]), ids(&s["generated"]));
+    let want: Vec<Vec<f32>> = s["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect())
+        .collect();
+    for path in [dir("phi3long").join("hf"), dir("phi3long").join("phi3long-f32.gguf")] {
+        let model = Model::load(&path).unwrap();
+        let k = kernels_for(Precision::Exact);
+        let mut cache = KvCache::new(&model.cfg, prompt.len() + generated.len());
+        let (mut got, mut tokens, mut step) = (Vec::new(), Vec::new(), prompt.clone());
+        for _ in 0..generated.len() {
+            let logits = model.forward(k.as_ref(), &step, &mut cache, false, &mut NoTrace);
+            tokens.push(argmax(&logits) as u32);
+            step = vec![*tokens.last().unwrap()];
+            got.push(logits);
+        }
+        let rel = compare(&format!("phi3long switch {}", path.display()), &got, &want);
+        assert_eq!(tokens, generated, "{}", path.display());
+        eprintln!("phi3long switch {}: max |Δ| / max|logit| = {rel:.2e}", path.display());
+    }
+    // The same steps with the long factors throughout (as one whole pass
+    // over the same positions would take them) are another model: the
+    // golden's first steps are not theirs.
+    let model = Model::load(&dir("phi3long").join("hf")).unwrap();
+    let k = kernels_for(Precision::Exact);
+    let mut cache = KvCache::new(&model.cfg, 16);
+    let mut whole = prompt.clone();
+    whole.extend(&generated[..2]);
+    let all = model.forward(k.as_ref(), &whole, &mut cache, true, &mut NoTrace);
+    let v = model.cfg.vocab;
+    let last_prompt_row = &all[(prompt.len() - 1) * v..prompt.len() * v];
+    let moved = last_prompt_row.iter().zip(&want[0]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(moved > 1e-3, "long and short factors give the same logits ({moved})");
 }

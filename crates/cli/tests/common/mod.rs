@@ -11,7 +11,7 @@ pub fn root() -> PathBuf {
 }
 
 /// Every architecture with a tiny test model under testdata/tiny.
-pub const TINY_ARCHS: [&str; 12] = include!("../../../tiny_archs.rs");
+pub const TINY_ARCHS: &[&str] = &include!("../../../tiny_archs.rs");
 
 /// Runs plumb; returns (exit code, stdout, stderr). Fails on any panic.
 pub fn plumb(args: &[&str]) -> (i32, String, String) {

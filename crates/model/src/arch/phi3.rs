@@ -1,7 +1,8 @@
 //! Phi-3: llama with q, k and v stored as one matrix and the FFN's gate and
 //! up as another (split by rows at load), queries scaled before Q·Kᵀ in
 //! llama.cpp's graph, and a sliding window on every layer where configured.
-//! Long-context variants (longrope's two factor sets) are refused.
+//! Long-context variants carry LongRoPE's two factor sets (read with the
+//! rope settings, `config.rs`).
 
 use std::path::Path;
 
