@@ -128,7 +128,10 @@ pub fn noisy(s: &Sides, table: Option<SavedBands>, want_bands: bool, tie_margin:
 
     // The bands.
     let same_model = s.b.is_some() && same_file(s.a_path, s.b_path);
-    let identical = same_model && s.a_precision == s.b_precision && s.inject.is_none();
+    let kv_b = s.b.map(|b| b.model.cfg.kv_type);
+    let identical =
+        same_model && s.a_precision == s.b_precision && s.inject.is_none() && kv_b == Some(a.model.cfg.kv_type);
+    let a_settings = crate::runs::settings(s.a_precision, a.model.cfg.kv_type);
     let mut notes = Vec::new();
     let cal_stages;
     // The calibration model and, against a trace, the stand-in reference it
@@ -155,7 +158,7 @@ pub fn noisy(s: &Sides, table: Option<SavedBands>, want_bands: bool, tie_margin:
             Bands::Calibrated(&cal_stages),
             format!(
                 "calibrated: A is B's own model at {}, so its local errors are the floor; band = {}× that, at least {:.0e}",
-                s.a_precision.name(),
+                a_settings,
                 noise::BAND_WIDTH,
                 floor
             ),
@@ -165,8 +168,10 @@ pub fn noisy(s: &Sides, table: Option<SavedBands>, want_bands: bool, tie_margin:
         // in for the reference, and the calibration is A's model at A's
         // precision against it, each stage isolated. The other engine's own
         // f32 rounding is what the floor covers.
-        let (cal, _) = Loaded::open(s.a_path)?;
+        let (mut cal, _) = Loaded::open(s.a_path)?;
         let reference = stand_in.insert(traced(s.a_path, &cal, Precision::Exact, &ids, None)?);
+        // The stand-in keeps an f32 cache; the calibration takes A's.
+        cal.model.cfg.kv_type = a.model.cfg.kv_type;
         let mut probe = Probe::new(reference, true);
         probe_run(&cal, s.a_precision, &ids, &mut probe);
         cal_stages = probe.stages;
@@ -186,6 +191,7 @@ pub fn noisy(s: &Sides, table: Option<SavedBands>, want_bands: bool, tie_margin:
     } else {
         // B's model made to compute as A does.
         let (mut cal, _) = Loaded::open(s.b_path)?;
+        cal.model.cfg.kv_type = a.model.cfg.kv_type;
         let kept = given::weights_as(&mut cal.model, &a.model);
         if !kept.is_empty() {
             notes.push(format!(
@@ -234,10 +240,15 @@ pub fn noisy(s: &Sides, table: Option<SavedBands>, want_bands: bool, tie_margin:
     } else {
         None
     };
-    let a_engine = format!("plumb {} ({}) {}", env!("CARGO_PKG_VERSION"), s.a_precision.name(), file_name(s.a_path));
+    let a_engine = format!("plumb {} ({a_settings}) {}", env!("CARGO_PKG_VERSION"), file_name(s.a_path));
     let b_engine = match s.reference {
         Some(r) => format!("{} {}", b_trace.engine(), file_name(r)),
-        None => format!("plumb {} ({}) {}", env!("CARGO_PKG_VERSION"), s.b_precision.name(), file_name(s.b_path)),
+        None => format!(
+            "plumb {} ({}) {}",
+            env!("CARGO_PKG_VERSION"),
+            crate::runs::settings(s.b_precision, kv_b.unwrap_or_default()),
+            file_name(s.b_path)
+        ),
     };
     let evidence = noise::Evidence {
         engine_a: &a_engine,

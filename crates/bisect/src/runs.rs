@@ -29,7 +29,8 @@ pub fn trace_meta(
     sha256: Option<String>,
 ) -> Result<BTreeMap<String, String>> {
     let mut meta = BTreeMap::new();
-    meta.insert("plumb.engine".into(), format!("plumb {} ({})", env!("CARGO_PKG_VERSION"), precision.name()));
+    let kv = loaded.model.cfg.kv_type;
+    meta.insert("plumb.engine".into(), format!("plumb {} ({})", env!("CARGO_PKG_VERSION"), settings(precision, kv)));
     meta.insert("plumb.model".into(), file_name(model_path));
     if let Some(h) = sha256 {
         meta.insert("plumb.model_sha256".into(), h);
@@ -39,10 +40,20 @@ pub fn trace_meta(
         meta.insert("plumb.prompt".into(), p.to_string());
     }
     meta.insert("plumb.precision".into(), precision.name().into());
+    meta.insert("plumb.kv_type".into(), kv.name().into());
     meta.insert("plumb.kernels".into(), kernels.describe());
     let piece = |id: u32| -> String { loaded.tokenizer.as_ref().and_then(|t| t.piece(id)).unwrap_or("").to_string() };
     meta.insert("plumb.token_text".into(), serde_json::to_string(&ids.iter().map(|&i| piece(i)).collect::<Vec<_>>())?);
     Ok(meta)
+}
+
+/// A run's settings as engine names show them: the precision, and the KV
+/// cache's type where it is not f32 ("fast", "fast, KV f16").
+pub fn settings(precision: Precision, kv: plumb_model::KvType) -> String {
+    match kv {
+        plumb_model::KvType::F32 => precision.name().to_string(),
+        _ => format!("{}, KV {}", precision.name(), kv.name()),
+    }
 }
 
 /// Every stage, every layer, the tensors of every position.

@@ -60,6 +60,12 @@ pub struct AttnShape {
     /// block's scores are as wide as the whole step's). They are scored
     /// only when `full`; their probabilities are 0.
     pub future: usize,
+    /// The cache holds keys and values as f16 (already rounded there). The
+    /// fast precision then rounds the queries and the probabilities to f16
+    /// too, as llama.cpp converts a product's f32 operand to its f16
+    /// weights' type, and sums a row's last elements past the 64 lanes in
+    /// f64 as its f16 dot product does.
+    pub kv_f16: bool,
 }
 
 impl AttnShape {
@@ -255,14 +261,34 @@ impl Attention for FastKernels {
         let (t, tkv, hd) = (s.t, s.tkv(), s.hd);
         let (qd, kvd, group) = (s.heads * hd, s.kv_heads * hd, s.heads / s.kv_heads);
         check_sizes(s, q, keys, scores);
-        // The queries scaled first where llama.cpp's graph does so.
+        // The queries scaled first where llama.cpp's graph does so, then
+        // rounded to the cache's f16 where it holds f16.
         let scaled: Vec<f32>;
-        let (q, post_scale) = if s.scale_queries {
-            scaled = q.iter().map(|v| v * s.scale).collect();
-            (scaled.as_slice(), None)
-        } else {
-            (q, Some(s.scale))
+        let (q, post_scale) = match (s.scale_queries, s.kv_f16) {
+            (false, false) => (q, Some(s.scale)),
+            (pre, f16) => {
+                let by = if pre { s.scale } else { 1.0 };
+                scaled = q.iter().map(|v| if f16 { round_f16(v * by) } else { v * by }).collect();
+                (scaled.as_slice(), if pre { None } else { Some(s.scale) })
+            }
         };
+        // Against an f16 cache llama.cpp converts the queries to a
+        // contiguous f16 copy, so several tokens' scores go through its
+        // tiled matmul (a head a multiple of 16 long); one token's, and
+        // heads of other lengths, are f16 dot products.
+        let tiled_f16 = s.kv_f16 && t > 1 && hd.is_multiple_of(16);
+        if s.kv_f16 && !tiled_f16 && !hd.is_multiple_of(crate::mirror::LANES) {
+            // A head shorter than the 64 lanes (or with a tail past them):
+            // each score one f16 dot product, row by row.
+            f16_scores(s, q, keys, scores);
+            for i in 0..t {
+                for h in 0..s.heads {
+                    let row = &mut scores[(h * t + i) * tkv..(h * t + i + 1) * tkv];
+                    scale_and_cap(&mut row[s.first_scored(i)..s.scored(i)], post_scale, s.softcap, Precision::Fast);
+                }
+            }
+            return;
+        }
         if t == 1 {
             decode_scores(s, q, keys, scores, |qg, ks, n, part| {
                 crate::mirror::dot_f32_grid(qg, hd, ks, kvd, hd, &vec![n; group], part, n)
@@ -280,7 +306,21 @@ impl Attention for FastKernels {
         tasks.into_par_iter().with_min_len(min_len).for_each(|mut task| {
             let qs: Vec<&[f32]> = task.rows().map(|(i, h)| &q[i * qd + h * hd..i * qd + (h + 1) * hd]).collect();
             let ranges: Vec<_> = task.rows().map(|(i, _)| s.first_scored(i)..s.scored(i)).collect();
-            crate::mirror::dot_f32_blocked(&qs, &keys[task.kh * hd..], kvd, hd, &ranges, &mut task.out);
+            if tiled_f16 {
+                // The task's keys from its first row's first to its last
+                // row's last, for every row (scores a row does not see are
+                // masked by the softmax).
+                let lo = ranges.iter().map(|r| r.start).min().unwrap_or(0);
+                let hi = ranges.iter().map(|r| r.end).max().unwrap_or(0);
+                if hi > lo {
+                    let spans = vec![0..hd; qs.len()];
+                    let mut outs: Vec<&mut [f32]> = task.out.iter_mut().map(|o| &mut o[lo..hi]).collect();
+                    let ks = &keys[lo * kvd + task.kh * hd..];
+                    crate::mirror::dot_f32_tiled_blocked(&qs, &spans, ks, kvd, hi - lo, &mut outs);
+                }
+            } else {
+                crate::mirror::dot_f32_blocked(&qs, &keys[task.kh * hd..], kvd, hd, &ranges, &mut task.out);
+            }
             if post_scale.is_some() || s.softcap.is_some() {
                 for (row, range) in task.out.iter_mut().zip(ranges) {
                     scale_and_cap(&mut row[range], post_scale, s.softcap, Precision::Fast);
@@ -310,6 +350,14 @@ impl Attention for FastKernels {
 
     fn attn_context(&self, s: &AttnShape, probs: &[f32], values: Values, ctx: &mut [f32]) {
         let Values::Columns { data: vt, stride } = values else { panic!("the fast precision reads values as columns") };
+        // Against f16 values the probabilities are rounded to f16 first.
+        let rounded: Vec<f32>;
+        let probs = if s.kv_f16 {
+            rounded = probs.iter().map(|&p| round_f16(p)).collect();
+            rounded.as_slice()
+        } else {
+            probs
+        };
         let (t, tkv, hd, p) = (s.t, s.tkv(), s.hd, s.p);
         // Each output is a dot product over positions, padded with zeros to a
         // multiple of 64 as llama.cpp pads its cache; one token's outputs
@@ -387,6 +435,28 @@ fn group_tasks<'a>(
         }
     }
     tasks
+}
+
+/// x rounded to the nearest f16 value (ties to even), as f32.
+fn round_f16(x: f32) -> f32 {
+    half::f16::from_f32(x).to_f32()
+}
+
+/// Every score of a step one [`crate::mirror::dot_f16`] at a time (heads
+/// whose length leaves a tail past the 64 lanes, against an f16 cache).
+fn f16_scores(s: &AttnShape, q: &[f32], keys: &[f32], scores: &mut [f32]) {
+    let (t, tkv, hd) = (s.t, s.tkv(), s.hd);
+    let (qd, kvd, group) = (s.heads * hd, s.kv_heads * hd, s.heads / s.kv_heads);
+    scores.par_chunks_mut(t * tkv).enumerate().for_each(|(h, sh)| {
+        let kh = h / group;
+        for i in 0..t {
+            let qi = &q[i * qd + h * hd..i * qd + (h + 1) * hd];
+            for j in s.first_scored(i)..s.scored(i) {
+                let kj = &keys[j * kvd + kh * hd..j * kvd + (kh + 1) * hd];
+                sh[i * tkv + j] = crate::mirror::dot_f16(qi, kj);
+            }
+        }
+    });
 }
 
 /// Keys per task of a decoding step's scores.
@@ -559,6 +629,7 @@ mod tests {
             scale_queries: false,
             full: false,
             future: 0,
+            kv_f16: false,
         }
     }
 

@@ -59,6 +59,20 @@ pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
     r
 }
 
+/// Σ x·y of f16 values (given as f32) as llama.cpp's `ggml_vec_dot_f16`
+/// sums it: the 64 lanes as [`dot_f32`] (f16 → f32 is exact), but the
+/// elements past the last multiple of 64 added one at a time in f64, each
+/// product rounded to f32 first, and the total rounded to f32 at the end.
+pub fn dot_f16(x: &[f32], y: &[f32]) -> f32 {
+    let n = x.len().min(y.len());
+    let whole = n / LANES * LANES;
+    let mut r = dot_f32(&x[..whole], &y[..whole]) as f64;
+    for k in whole..n {
+        r += (x[k] * y[k]) as f64;
+    }
+    r as f32
+}
+
 /// [`dot_f32`] of `x` against `out.len()` rows of `ys`, `stride` floats
 /// apart: `out[r]` = Σ x·ys[r·stride..][..x.len()], each bit for bit as
 /// [`dot_f32`] gives it; rows in pairs share the loads of `x`.

@@ -5,7 +5,7 @@
 use plumb_kernels::attention::{ValueLayout, Values, VALUE_PAD};
 use plumb_kernels::ops::RopeSpan;
 
-use crate::config::ModelConfig;
+use crate::config::{KvType, ModelConfig};
 
 /// The key/value cache: per layer, rows of [Hkv·hd] for each position.
 /// Values are kept in the layout the precision reads: rows (`v`, exact) or
@@ -35,6 +35,8 @@ pub struct KvCache {
     pub capacity: usize,
     /// One past the last position of the step under way ([`KvCache::begin_step`]).
     step_end: usize,
+    /// Keys and values are rounded to f16 as they are stored.
+    f16: bool,
     kv_dim: usize,
 }
 
@@ -82,6 +84,7 @@ impl KvCache {
             len: 0,
             capacity,
             step_end: 0,
+            f16: cfg.kv_type == KvType::F16,
             kv_dim,
         }
     }
@@ -249,7 +252,16 @@ impl KvCache {
         assert!(p >= self.first[l], "layer {l} keeps positions {} on only: cannot store at {p}", self.first[l]);
         let at = p - self.first[l];
         self.k[l].truncate(at * self.kv_dim);
-        self.k[l].extend_from_slice(keys);
+        let rounded: Vec<f32>;
+        let values = if self.f16 {
+            let f16 = |x: &f32| half::f16::from_f32(*x).to_f32();
+            self.k[l].extend(keys.iter().map(f16));
+            rounded = values.iter().map(f16).collect();
+            rounded.as_slice()
+        } else {
+            self.k[l].extend_from_slice(keys);
+            values
+        };
         match layout {
             ValueLayout::Rows => self.put_v_rows(l, at, values),
             ValueLayout::Columns => self.put_v_columns(l, at, values),
@@ -313,6 +325,37 @@ mod tests {
         assert!(c.vt_stride(0) >= 70);
         assert_eq!(columns(&c, 70), d);
         assert!(zeros_past(&c, 70));
+    }
+
+    /// An f16 cache keeps each key and value rounded to the nearest f16
+    /// (ties to even), in either value layout; an f32 one keeps them as
+    /// given.
+    #[test]
+    fn an_f16_cache_keeps_keys_and_values_rounded_to_f16() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tiny/llama/llama-q8_0.gguf");
+        let mut m = Model::load(&path).unwrap();
+        let kvd = m.cfg.kv_dim();
+        // 1 + 2^-11 is halfway between two f16 values: it rounds to even, 1.
+        let x: Vec<f32> =
+            (0..2 * kvd).map(|i| if i == 0 { 1.0 + 2f32.powi(-11) } else { (i as f32 * 0.37).sin() }).collect();
+        let f16 = |v: &f32| half::f16::from_f32(*v).to_f32();
+        let rounded: Vec<f32> = x.iter().map(f16).collect();
+        assert_eq!(rounded[0], 1.0);
+        for (kv, want) in [(KvType::F32, &x), (KvType::F16, &rounded)] {
+            m.cfg.kv_type = kv;
+            for layout in [ValueLayout::Rows, ValueLayout::Columns] {
+                let mut c = KvCache::new(&m.cfg, 4);
+                c.store(0, 0, &x, &x, layout);
+                assert_eq!(c.keys(0), &want[..], "{kv:?} keys");
+                let values: Vec<f32> = match c.values(0) {
+                    Values::Rows(v) => v.to_vec(),
+                    Values::Columns { data, stride } => {
+                        (0..2 * kvd).map(|i| data[(i % kvd) * stride + i / kvd]).collect()
+                    }
+                };
+                assert_eq!(values, *want, "{kv:?} values, {layout:?}");
+            }
+        }
     }
 
     /// A windowed cache gives every logit of a whole one, bit for bit, in

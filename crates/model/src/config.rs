@@ -103,6 +103,37 @@ pub struct ModelConfig {
     pub unpermute_qk: bool,
     /// A mixture of experts in place of every layer's FFN.
     pub moe: Option<Moe>,
+    /// How the KV cache keeps keys and values: a setting of the run (the
+    /// commands' `--kv-type`), not of the file; F32 unless asked.
+    pub kv_type: KvType,
+}
+
+/// The KV cache's element type. F16 rounds every key and value to f16 as
+/// it is stored (held in f32, so the kernels read them as they read f32);
+/// the fast precision then also rounds what it multiplies them by, as
+/// llama.cpp's `-ctk f16 -ctv f16` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvType {
+    #[default]
+    F32,
+    F16,
+}
+
+impl KvType {
+    pub fn parse(s: &str) -> Option<KvType> {
+        match s {
+            "f32" => Some(KvType::F32),
+            "f16" => Some(KvType::F16),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+        }
+    }
 }
 
 /// A mixture-of-experts FFN: a router picks `used` of `experts` FFNs for
@@ -353,6 +384,7 @@ impl ModelConfig {
             norm_plus_one: false,
             unpermute_qk: false,
             moe: None,
+            kv_type: KvType::F32,
         }
     }
 

@@ -15,7 +15,7 @@ use plumb_trace::stage::{Observer, Rows, Stage};
 
 use crate::arch::{LayerTensor, Role, EMBEDDING, OUTPUT, OUTPUT_NORM};
 pub use crate::cache::KvCache;
-use crate::config::ModelConfig;
+use crate::config::{KvType, ModelConfig};
 use crate::fault::Fault;
 use crate::weights::validate;
 use crate::{ModelError, ModelSource};
@@ -844,6 +844,7 @@ impl Model {
             // pre-mask scores.
             full: tr.wants(at, Stage::AttnScores),
             future: 0,
+            kv_f16: c.kv_type == KvType::F16,
         };
         let seen =
             |stage| tr.wants(at, stage) || self.fault.as_ref().is_some_and(|f| f.stage == stage && f.layer == at);

@@ -24,9 +24,9 @@ use anyhow::bail;
 use plumb_bisect::teacher::{teacher_force, TeacherForced};
 use plumb_bisect::Sides;
 use plumb_model::fault::Fault;
-use plumb_model::Precision;
+use plumb_model::{KvType, Precision};
 
-use crate::cmd::common::{check_output, load, parse_precision, Loaded, ModelArgs, PromptArgs};
+use crate::cmd::common::{check_output, load, parse_kv_type, parse_precision, Loaded, ModelArgs, PromptArgs};
 use crate::cmd::diff::{GateArgs, ReportArgs};
 use crate::{out, Outcome};
 
@@ -42,6 +42,12 @@ pub struct Args {
     pub a_precision: Precision,
     #[arg(long, default_value = "exact", value_parser = parse_precision)]
     pub b_precision: Precision,
+    /// A's KV cache type: `f32` or `f16` (as for `plumb run`).
+    #[arg(long, default_value = "f32", value_parser = parse_kv_type)]
+    pub a_kv_type: KvType,
+    /// B's KV cache type.
+    #[arg(long, default_value = "f32", value_parser = parse_kv_type)]
+    pub b_kv_type: KvType,
     /// A saved reference trace (with tensors) instead of running B.
     #[arg(long, conflicts_with = "b")]
     pub reference: Option<PathBuf>,
@@ -102,7 +108,12 @@ pub(crate) fn sides<'a>(
 
 /// Loads A, with any injected fault.
 pub(crate) fn load_a(args: &Args) -> anyhow::Result<Loaded> {
-    let a_args = ModelArgs { model: args.a.clone(), precision: Some(args.a_precision), threads: args.threads };
+    let a_args = ModelArgs {
+        model: args.a.clone(),
+        precision: Some(args.a_precision),
+        threads: args.threads,
+        kv_type: args.a_kv_type,
+    };
     let mut a = load(&a_args)?;
     if let Some(spec) = &args.inject {
         a.model.fault = Some(Fault::parse(spec, a.model.cfg.head_dim).map_err(|e| anyhow::anyhow!(e))?);
@@ -117,7 +128,12 @@ pub(crate) fn load_b(args: &Args) -> anyhow::Result<Option<Loaded>> {
         return Ok(None);
     }
     let b_path = args.b.clone().unwrap_or_else(|| args.a.clone());
-    Ok(Some(load(&ModelArgs { model: b_path, precision: Some(args.b_precision), threads: None })?))
+    Ok(Some(load(&ModelArgs {
+        model: b_path,
+        precision: Some(args.b_precision),
+        threads: None,
+        kv_type: args.b_kv_type,
+    })?))
 }
 
 /// Says that a saved reference's ids replace the prompt, if one was given.

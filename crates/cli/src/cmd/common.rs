@@ -4,10 +4,14 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use plumb_model::tokenizer::Tokenizer;
-use plumb_model::{Model, Precision};
+use plumb_model::{KvType, Model, Precision};
 
 pub fn parse_precision(s: &str) -> Result<Precision, String> {
     Precision::parse(s).ok_or_else(|| format!("unknown precision {s:?} (available: exact, fast)"))
+}
+
+pub fn parse_kv_type(s: &str) -> Result<KvType, String> {
+    KvType::parse(s).ok_or_else(|| format!("unknown KV cache type {s:?} (available: f32, f16)"))
 }
 
 #[derive(clap::Args)]
@@ -21,6 +25,10 @@ pub struct ModelArgs {
     /// Threads (default: all cores). Results do not depend on it.
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
+    /// KV cache type: `f32`, or `f16` (keys and values rounded to f16 as
+    /// stored; the fast precision as llama.cpp's `-ctk f16 -ctv f16 -fa off`).
+    #[arg(long = "kv-type", default_value = "f32", value_parser = parse_kv_type)]
+    pub kv_type: KvType,
 }
 
 #[derive(clap::Args)]
@@ -61,7 +69,8 @@ pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
         pool = pool.num_threads(n);
     }
     pool.build_global().ok();
-    let (loaded, warning) = Loaded::open(&args.model)?;
+    let (mut loaded, warning) = Loaded::open(&args.model)?;
+    loaded.model.cfg.kv_type = args.kv_type;
     if let Some(w) = warning {
         eprintln!("plumb: warning: {w}");
     }

@@ -18,7 +18,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use plumb_model::hybrid::Side;
 use plumb_model::kernels::kernels_for;
-use plumb_model::{Model, Precision};
+use plumb_model::{KvType, Model, Precision};
 use serde_json::json;
 
 use crate::cmd::attribute::{self, Attribution};
@@ -450,7 +450,12 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     };
     let text = if base_in.is_none() { Some(args.corpus.text()?) } else { None };
     let a_path = args.a.clone().unwrap_or_default();
-    let loaded = load(&ModelArgs { model: a_path.clone(), precision: args.precision, threads: args.threads })?;
+    let loaded = load(&ModelArgs {
+        model: a_path.clone(),
+        precision: args.precision,
+        threads: args.threads,
+        kv_type: KvType::F32,
+    })?;
     let model = &loaded.model;
     let precision = args.precision.unwrap_or(Precision::Fast);
     let kernels = kernels_for(precision);
@@ -526,7 +531,12 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
 
     // B in memory: another model, or A's own at another precision.
     let b_loaded = match &args.b {
-        Some(path) => Some(load(&ModelArgs { model: path.clone(), precision: None, threads: args.threads })?),
+        Some(path) => Some(load(&ModelArgs {
+            model: path.clone(),
+            precision: None,
+            threads: args.threads,
+            kv_type: KvType::F32,
+        })?),
         None => None,
     };
     let b_model: Option<&Model> = match (&base_in, &b_loaded) {

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use plumb_model::generate::{Flow, Generator, Pick, Until};
 use plumb_model::kernels::kernels_for;
 use plumb_model::memory::{self, Estimate, Job};
-use plumb_model::{NoTrace, Precision};
+use plumb_model::{KvType, NoTrace, Precision};
 use plumb_trace::judge::{any_anomaly, first_at, fmt_g, garbage_flags, judge, non_finite, Level, Thresholds, Verdict};
 use plumb_trace::plan::{parse_layers, parse_positions, parse_stages};
 use plumb_trace::spill::Spill;
@@ -21,7 +21,7 @@ use serde_json::json;
 
 use plumb_bisect::runs::trace_meta;
 
-use crate::cmd::common::{load, parse_precision, sha256_file, ModelArgs, PromptArgs};
+use crate::cmd::common::{load, parse_kv_type, parse_precision, sha256_file, ModelArgs, PromptArgs};
 use crate::progress::{bar, Progress};
 use crate::style::{paint, ColorChoice, Paint};
 use crate::{out, Outcome};
@@ -40,6 +40,9 @@ pub struct Args {
     pub precision: Precision,
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
+    /// KV cache type: `f32` or `f16` (as for `plumb run`).
+    #[arg(long = "kv-type", default_value = "f32", value_parser = parse_kv_type)]
+    pub kv_type: KvType,
     /// Stages to record: names, globs and aliases, e.g. `attn_norm,ffn_*`.
     #[arg(long, default_value = "*")]
     pub stages: String,
@@ -124,7 +127,12 @@ fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>, Option<Es
         tensors: args.tensors,
         positions: parse_positions(&args.positions)?,
     };
-    let margs = ModelArgs { model: model_path.clone(), precision: Some(args.precision), threads: args.threads };
+    let margs = ModelArgs {
+        model: model_path.clone(),
+        precision: Some(args.precision),
+        threads: args.threads,
+        kv_type: args.kv_type,
+    };
     let loaded = load(&margs)?;
     let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref());
     let ids = args.prompt.token_ids(tok)?;

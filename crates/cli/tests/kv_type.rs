@@ -1,0 +1,128 @@
+//! `--kv-type f16`: the KV cache keeps keys and values as f16, and the fast
+//! precision computes as llama.cpp does with `-ctk f16 -ctv f16 -fa off`
+//! (goldens from llama.cpp itself, scripts/gen_kv16_golden.sh): the queries
+//! and the probabilities rounded to f16 before their products with the
+//! cache, several tokens' scores through its tiled matmul (the queries are
+//! converted to a contiguous copy), one token's as its f16 dot product,
+//! which sums a head's elements past 64 lanes in f64.
+//!
+//! Tiny models: every stage llama.cpp exposes bit-identical (four models
+//! traced) and the greedy 32 tokens of all of them. The real model: the
+//! prompt's last logits (16 largest) bit for bit and the greedy 32 tokens,
+//! for a short prompt and the 2151-token test prompt, whole and in ubatches
+//! of 512. And `bisect` between the two cache types names where they part.
+
+mod common;
+use common::{plumb, real_model, root};
+
+use plumb_diff::{diff, Gate};
+use plumb_model::generate::Generator;
+use plumb_model::kernels::kernels_for;
+use plumb_model::{KvType, Model, NoTrace, Precision};
+use plumb_trace::Trace;
+
+fn ids(v: &serde_json::Value) -> Vec<u64> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
+}
+
+fn json(path: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(root().join(path)).unwrap()).unwrap()
+}
+
+#[test]
+fn tiny_models_with_an_f16_cache_compute_as_llama_cpp_does() {
+    let golden = json("testdata/tiny/llamacpp_greedy_kv16.json");
+    let tokens = ids(&golden["tokens"]).iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let mut traced = 0;
+    for (arch, case) in golden["cases"].as_object().unwrap() {
+        let t = root().join(format!("testdata/tiny/{arch}"));
+        let model = t.join(format!("{arch}-q8_0.gguf"));
+        let model = model.to_str().unwrap();
+        let fast = ["--precision", "fast", "--kv-type", "f16", "--tokens", &tokens];
+        let want = ids(&case["generated"]);
+        let (code, out, err) = plumb(&[&["run", model, "-n", "32", "--json"][..], &fast].concat());
+        assert_eq!(code, 0, "{err}");
+        let got = ids(&serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["generated"]);
+        assert!(!got.is_empty() && got[..] == want[..got.len()], "{arch}:\n plumb     {got:?}\n llama.cpp {want:?}");
+        let golden_trace = t.join("llamacpp_trace_kv16.safetensors");
+        if !golden_trace.exists() {
+            continue;
+        }
+        let out = dir.path().join(format!("{arch}.safetensors"));
+        let save = ["--tensors", "--save", out.to_str().unwrap(), "--force"];
+        let (code, _, err) = plumb(&[&["trace", model][..], &fast, &save].concat());
+        assert_eq!(code, 0, "{err}");
+        let a = Trace::load(&out).unwrap();
+        assert!(a.engine().ends_with("(fast, KV f16)"), "{}", a.engine());
+        assert_eq!(a.meta.get("plumb.kv_type").map(String::as_str), Some("f16"));
+        let d = diff(&a, &Trace::load(&golden_trace).unwrap(), &Gate::default(), 0.01);
+        let compared: Vec<_> = d.stages.iter().filter_map(|s| s.nmse.map(|n| (s.key.as_str(), n))).collect();
+        assert!(compared.len() >= 30, "{arch}: only {} stages compared", compared.len());
+        for (key, nmse) in compared {
+            assert!(nmse == 0.0, "{arch}: {key} differs from llama.cpp's with an f16 cache (NMSE {nmse:e})");
+        }
+        traced += 1;
+    }
+    assert_eq!(traced, 4, "four tiny models have f16 traces");
+}
+
+#[test]
+#[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
+fn real_model_with_an_f16_cache_computes_as_llama_cpp_does() {
+    let golden = json("testdata/gemma3-270m/llamacpp_kv16.json");
+    let mut model = Model::load(&real_model()).unwrap();
+    model.cfg.kv_type = KvType::F16;
+    let k = kernels_for(Precision::Fast);
+    for (name, case) in golden["cases"].as_object().unwrap() {
+        let tokens: Vec<u32> = ids(&case["tokens"]).into_iter().map(|t| t as u32).collect();
+        let ubatch = case["ubatch"].as_u64().map_or(tokens.len(), |u| u as usize);
+        let mut g = Generator::windowed(&model, k.as_ref(), tokens.len() + 1);
+        let logits = g.prefill_in(&tokens, ubatch, &mut NoTrace);
+        let want = case["top_logits"].as_array().unwrap();
+        assert_eq!(want.len(), 16);
+        for pair in want {
+            let (id, v) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap() as f32);
+            assert_eq!(logits[id].to_bits(), v.to_bits(), "{name}: logit {id} is {}, llama.cpp's {v}", logits[id]);
+        }
+        if case["ubatch"].is_u64() {
+            continue;
+        }
+        let toks = tokens.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        let model_arg = real_model();
+        let args = ["run", model_arg.to_str().unwrap(), "--kv-type", "f16", "--tokens", &toks, "-n", "32", "--json"];
+        let (code, out, err) = plumb(&args);
+        assert_eq!(code, 0, "{err}");
+        let got = ids(&serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["generated"]);
+        let want = ids(&case["generated"]);
+        assert!(!got.is_empty() && got[..] == want[..got.len()], "{name}:\n plumb     {got:?}\n llama.cpp {want:?}");
+    }
+}
+
+/// `bisect` between the two cache types of one model: the first stage
+/// they part at is layer 0's scores, the first product with the cache.
+#[test]
+fn bisect_names_where_an_f16_cache_parts_from_an_f32_one() {
+    let model = root().join("testdata/tiny/llama/llama-q8_0.gguf");
+    let (code, out, err) = plumb(&[
+        "bisect",
+        model.to_str().unwrap(),
+        "--a-precision",
+        "fast",
+        "--b-precision",
+        "fast",
+        "--a-kv-type",
+        "f16",
+        "--tokens",
+        "1,17,255,3,400,511,42,7,99,128,300,5",
+        "--tol",
+        "1e-12",
+        "--brief",
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("(fast, KV f16)"), "{out}");
+    assert!(out.contains("first divergence at blk.0.attn_scores"), "{out}");
+    let (code, _, err) = plumb(&["run", model.to_str().unwrap(), "--kv-type", "q4_1", "--tokens", "1,2"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("unknown KV cache type \"q4_1\""), "{err}");
+}
