@@ -154,6 +154,9 @@ pub fn noisy(s: &Sides, table: Option<SavedBands>, want_bands: bool, tie_margin:
     } else if same_model && s.inject.is_none() {
         // The calibration would be A's own run again.
         cal_stages = local.stages.clone();
+        notes.push(
+            "A and B are one model at two settings, so the bands are A's own differences from B: every stage is within them by construction, and what this says is how far the settings alone move each stage; --tol names the first stage where they part".into(),
+        );
         (
             Bands::Calibrated(&cal_stages),
             format!(
