@@ -4,7 +4,7 @@
 //! reference/llamacpp_trace.py --generate; see docs/CONFORMANCE.md.
 
 mod common;
-use common::{plumb, real_model, root};
+use common::{assert_continues_as_llama_cpp, ids, plumb, real_model, root};
 
 #[test]
 #[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
@@ -14,8 +14,6 @@ fn fast_precision_continues_exactly_as_llama_cpp() {
     let golden: serde_json::Value = serde_json::from_str(&text).unwrap();
     let cases = golden["cases"].as_array().unwrap();
     assert!(cases.len() >= 5);
-    let ids =
-        |v: &serde_json::Value| -> Vec<u64> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect() };
     for case in cases {
         let (prompt, want) = (ids(&case["prompt_ids"]), ids(&case["generated"]));
         let toks = prompt.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
@@ -24,11 +22,6 @@ fn fast_precision_continues_exactly_as_llama_cpp() {
         assert_eq!(code, 0, "{err}");
         let got: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
         let got = ids(&got["generated"]);
-        // plumb stops after an end-of-generation token; llama.cpp's loop does not.
-        assert!(
-            !got.is_empty() && got[..] == want[..got.len()],
-            "{:?}:\n plumb     {got:?}\n llama.cpp {want:?}",
-            case["prompt"]
-        );
+        assert_continues_as_llama_cpp(&format!("{:?}", case["prompt"]), &got, &want);
     }
 }

@@ -13,17 +13,13 @@
 //! of 512. And `bisect` between the two cache types names where they part.
 
 mod common;
-use common::{plumb, real_model, root};
+use common::{assert_continues_as_llama_cpp, assert_top_logits_bitwise, ids, plumb, real_model, root};
 
 use plumb_diff::{diff, Gate};
 use plumb_model::generate::Generator;
 use plumb_model::kernels::kernels_for;
 use plumb_model::{KvType, Model, NoTrace, Precision};
 use plumb_trace::Trace;
-
-fn ids(v: &serde_json::Value) -> Vec<u64> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
-}
 
 fn json(path: &str) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(root().join(path)).unwrap()).unwrap()
@@ -44,7 +40,7 @@ fn tiny_models_with_an_f16_cache_compute_as_llama_cpp_does() {
         let (code, out, err) = plumb(&[&["run", model, "-n", "32", "--json"][..], &fast].concat());
         assert_eq!(code, 0, "{err}");
         let got = ids(&serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["generated"]);
-        assert!(!got.is_empty() && got[..] == want[..got.len()], "{arch}:\n plumb     {got:?}\n llama.cpp {want:?}");
+        assert_continues_as_llama_cpp(arch, &got, &want);
         let golden_trace = t.join("llamacpp_trace_kv16.safetensors");
         if !golden_trace.exists() {
             continue;
@@ -79,12 +75,7 @@ fn real_model_with_an_f16_cache_computes_as_llama_cpp_does() {
         let ubatch = case["ubatch"].as_u64().map_or(tokens.len(), |u| u as usize);
         let mut g = Generator::windowed(&model, k.as_ref(), tokens.len() + 1);
         let logits = g.prefill_in(&tokens, ubatch, &mut NoTrace);
-        let want = case["top_logits"].as_array().unwrap();
-        assert_eq!(want.len(), 16);
-        for pair in want {
-            let (id, v) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap() as f32);
-            assert_eq!(logits[id].to_bits(), v.to_bits(), "{name}: logit {id} is {}, llama.cpp's {v}", logits[id]);
-        }
+        assert_top_logits_bitwise(name, &logits, &case["top_logits"]);
         if case["ubatch"].is_u64() {
             continue;
         }
@@ -94,8 +85,7 @@ fn real_model_with_an_f16_cache_computes_as_llama_cpp_does() {
         let (code, out, err) = plumb(&args);
         assert_eq!(code, 0, "{err}");
         let got = ids(&serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["generated"]);
-        let want = ids(&case["generated"]);
-        assert!(!got.is_empty() && got[..] == want[..got.len()], "{name}:\n plumb     {got:?}\n llama.cpp {want:?}");
+        assert_continues_as_llama_cpp(name, &got, &ids(&case["generated"]));
     }
 }
 

@@ -10,15 +10,11 @@
 //! scripts/gen_ubatch_golden.sh).
 
 mod common;
-use common::{plumb, real_model, root};
+use common::{assert_continues_as_llama_cpp, assert_top_logits_bitwise, ids, plumb, real_model, root};
 
 use plumb_model::generate::Generator;
 use plumb_model::kernels::kernels_for;
 use plumb_model::{Model, NoTrace, Precision};
-
-fn ids(v: &serde_json::Value) -> Vec<u64> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
-}
 
 #[test]
 #[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
@@ -33,18 +29,8 @@ fn ubatches_round_as_llama_cpp_does() {
         let ubatch = if name == "whole" { tokens.len() } else { name.parse().unwrap() };
         let mut g = Generator::windowed(&model, k.as_ref(), tokens.len() + 1);
         let logits = g.prefill_in(&tokens, ubatch, &mut NoTrace);
-        let want = case["top_logits"].as_array().unwrap();
-        assert_eq!(want.len(), 16);
-        for pair in want {
-            let (id, v) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap() as f32);
-            assert_eq!(
-                logits[id].to_bits(),
-                v.to_bits(),
-                "ubatch {name}: logit {id} is {}, llama.cpp's {v}",
-                logits[id]
-            );
-        }
-        tops.push(want[0][1].as_f64().unwrap());
+        assert_top_logits_bitwise(&format!("ubatch {name}"), &logits, &case["top_logits"]);
+        tops.push(case["top_logits"][0][1].as_f64().unwrap());
         if name != "7" {
             continue;
         }
@@ -56,10 +42,7 @@ fn ubatches_round_as_llama_cpp_does() {
         assert_eq!(code, 0, "{err}");
         let got: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
         let (got, want) = (ids(&got["generated"]), ids(&case["generated"]));
-        assert!(
-            !got.is_empty() && got[..] == want[..got.len()],
-            "ubatch {name}:\n plumb     {got:?}\n llama.cpp {want:?}"
-        );
+        assert_continues_as_llama_cpp(&format!("ubatch {name}"), &got, &want);
     }
     // The schedule matters: some ubatch size moves the logits.
     assert!(tops.iter().any(|t| *t != tops[0]), "every ubatch gave the same logits: {tops:?}");

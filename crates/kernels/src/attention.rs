@@ -12,6 +12,7 @@
 //! Dimension legend: T tokens in this step, P positions already cached,
 //! Tkv = P + T, H / Hkv query / key-value heads, hd head dim.
 
+use plumb_quant::blocks::round_f16;
 use rayon::prelude::*;
 
 use crate::fast::FastKernels;
@@ -435,11 +436,6 @@ fn group_tasks<'a>(
         }
     }
     tasks
-}
-
-/// x rounded to the nearest f16 value (ties to even), as f32.
-fn round_f16(x: f32) -> f32 {
-    half::f16::from_f32(x).to_f32()
 }
 
 /// Every score of a step one [`crate::mirror::dot_f16`] at a time (heads

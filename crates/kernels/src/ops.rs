@@ -10,7 +10,7 @@
 //! Element-wise work is split across threads only above [`PAR_MIN_ELEMS`]
 //! elements, in fixed runs, so the numbers never depend on the thread count.
 
-use plumb_quant::blocks::{f16_to_f32, f32_to_f16};
+use plumb_quant::blocks::{f16_to_f32, round_f16};
 use rayon::prelude::*;
 
 use crate::fast::FastKernels;
@@ -97,16 +97,6 @@ impl RopeScaling {
         }
     }
 
-    /// The divisor of pair i's frequency (YaRN's frequencies are blended in
-    /// [`Rotary::new`] instead).
-    fn divisor(&self, i: usize) -> f32 {
-        match self {
-            RopeScaling::None | RopeScaling::Yarn { .. } | RopeScaling::LongRope { .. } => 1.0,
-            RopeScaling::Linear { factor } => *factor,
-            RopeScaling::PerPair { factors } => factors[i],
-        }
-    }
-
     /// Whether LongRoPE takes its long factors for a context of `n`
     /// positions: past the trained context (never without LongRoPE).
     pub fn long_set(&self, n: usize) -> bool {
@@ -149,35 +139,33 @@ pub struct Rotary {
 
 impl Rotary {
     pub fn new(base: f32, hd: usize, scaling: RopeScaling) -> Rotary {
-        if let RopeScaling::PerPair { factors } = &scaling {
-            assert_eq!(factors.len(), hd / 2, "one rope factor per pair");
-        }
-        // transformers: 1 / base^(arange(0, hd, 2) / hd), in f32, then
-        // divided by the scaling factor.
-        let mut inv_freq: Vec<f32> =
-            (0..hd / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / hd as f32) / scaling.divisor(i)).collect();
-        let mut mscale = 1.0;
-        if let RopeScaling::Yarn { factor, orig_ctx, beta_fast, beta_slow, attn_factor } = scaling {
-            // transformers: interpolated · (1 − e) + extrapolated · e.
-            let ramp = RopeScaling::yarn_ramp(hd, base, orig_ctx, beta_fast, beta_slow);
-            for (i, f) in inv_freq.iter_mut().enumerate() {
-                let pos = base.powf((2 * i) as f32 / hd as f32);
-                let e = RopeScaling::yarn_extrapolated(i, ramp);
-                *f = 1.0 / (factor * pos) * (1.0 - e) + 1.0 / pos * e;
+        // transformers: base^(arange(0, hd, 2) / hd), in f32; each kind's
+        // frequencies from it as transformers computes them.
+        let pos = |i: usize| base.powf((2 * i) as f32 / hd as f32);
+        let pairs = 0..hd / 2;
+        let per_pair = |f: &dyn Fn(usize) -> f32| -> Vec<f32> { pairs.clone().map(f).collect() };
+        let (inv_freq, inv_freq_long, mscale) = match &scaling {
+            RopeScaling::None => (per_pair(&|i| 1.0 / pos(i)), Vec::new(), 1.0),
+            RopeScaling::Linear { factor } => (per_pair(&|i| 1.0 / pos(i) / factor), Vec::new(), 1.0),
+            RopeScaling::PerPair { factors } => {
+                assert_eq!(factors.len(), hd / 2, "one rope factor per pair");
+                (per_pair(&|i| 1.0 / pos(i) / factors[i]), Vec::new(), 1.0)
             }
-            mscale = attn_factor;
-        }
-        let mut inv_freq_long = Vec::new();
-        if let RopeScaling::LongRope { short, long, attn_factor, .. } = &scaling {
-            assert!(short.len() == hd / 2 && long.len() == hd / 2, "one longrope factor per pair");
-            // transformers: 1 / (factor · base^(arange(0, hd, 2) / hd)).
-            let with = |f: &[f32]| -> Vec<f32> {
-                f.iter().enumerate().map(|(i, f)| 1.0 / (f * base.powf((2 * i) as f32 / hd as f32))).collect()
-            };
-            inv_freq = with(short);
-            inv_freq_long = with(long);
-            mscale = *attn_factor;
-        }
+            &RopeScaling::Yarn { factor, orig_ctx, beta_fast, beta_slow, attn_factor } => {
+                // interpolated · (1 − e) + extrapolated · e.
+                let ramp = RopeScaling::yarn_ramp(hd, base, orig_ctx, beta_fast, beta_slow);
+                let blend = |i: usize| {
+                    let e = RopeScaling::yarn_extrapolated(i, ramp);
+                    1.0 / (factor * pos(i)) * (1.0 - e) + 1.0 / pos(i) * e
+                };
+                (per_pair(&blend), Vec::new(), attn_factor)
+            }
+            RopeScaling::LongRope { short, long, attn_factor, .. } => {
+                assert!(short.len() == hd / 2 && long.len() == hd / 2, "one longrope factor per pair");
+                // 1 / (factor · base^(2i/hd)), each set.
+                (per_pair(&|i| 1.0 / (short[i] * pos(i))), per_pair(&|i| 1.0 / (long[i] * pos(i))), *attn_factor)
+            }
+        };
         Rotary { base, hd, scaling, inv_freq, inv_freq_long, mscale }
     }
 
@@ -459,7 +447,7 @@ fn gelu_f16_table() -> &'static [f32] {
                 let x = f16_to_f32(bits.to_le_bytes());
                 // 1 + a·x·x is one fused multiply-add in llama.cpp's build.
                 let y = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (0.044715 * x).mul_add(x, 1.0)).tanh());
-                f16_to_f32(f32_to_f16(y))
+                round_f16(y)
             })
             .collect()
     })
@@ -479,13 +467,13 @@ mod tests {
         assert_eq!(gelu_by_table(-10.0), 0.0);
         assert_eq!(gelu_by_table(12.5), 12.5);
         for x in [-3.7f32, -0.3, 0.0, 0.1234, 1.0, 2.5, 9.99] {
-            let xh = f16_to_f32(f32_to_f16(x));
-            let want = f16_to_f32(f32_to_f16(gelu_tanh(xh)));
+            let xh = round_f16(x);
+            let want = round_f16(gelu_tanh(xh));
             let got = gelu_by_table(x);
             // The two arrangements of the cubic differ in the last bit of
             // f32 at most, which f16 rounding hides except at a tie.
             assert!((got - want).abs() <= f32::EPSILON * 8.0 * want.abs().max(1.0), "{x}: {got} vs {want}");
-            assert_eq!(f16_to_f32(f32_to_f16(got)), got, "results are f16 values");
+            assert_eq!(round_f16(got), got, "results are f16 values");
         }
     }
 

@@ -4,6 +4,7 @@
 
 use plumb_kernels::attention::{ValueLayout, Values, VALUE_PAD};
 use plumb_kernels::ops::RopeSpan;
+use plumb_quant::blocks::round_f16;
 
 use crate::config::{KvType, ModelConfig};
 
@@ -254,9 +255,8 @@ impl KvCache {
         self.k[l].truncate(at * self.kv_dim);
         let rounded: Vec<f32>;
         let values = if self.f16 {
-            let f16 = |x: &f32| half::f16::from_f32(*x).to_f32();
-            self.k[l].extend(keys.iter().map(f16));
-            rounded = values.iter().map(f16).collect();
+            self.k[l].extend(keys.iter().map(|&x| round_f16(x)));
+            rounded = values.iter().map(|&x| round_f16(x)).collect();
             rounded.as_slice()
         } else {
             self.k[l].extend_from_slice(keys);
@@ -338,8 +338,7 @@ mod tests {
         // 1 + 2^-11 is halfway between two f16 values: it rounds to even, 1.
         let x: Vec<f32> =
             (0..2 * kvd).map(|i| if i == 0 { 1.0 + 2f32.powi(-11) } else { (i as f32 * 0.37).sin() }).collect();
-        let f16 = |v: &f32| half::f16::from_f32(*v).to_f32();
-        let rounded: Vec<f32> = x.iter().map(f16).collect();
+        let rounded: Vec<f32> = x.iter().map(|&v| round_f16(v)).collect();
         assert_eq!(rounded[0], 1.0);
         for (kv, want) in [(KvType::F32, &x), (KvType::F16, &rounded)] {
             m.cfg.kv_type = kv;

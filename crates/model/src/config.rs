@@ -655,7 +655,7 @@ fn hf_rope_scaling(path: &Path, c: &J, r: &J, hd: usize, theta: f64) -> Result<R
         "longrope" | "su" => {
             let factors = |k: &str| -> Result<Vec<f32>, ModelError> {
                 let v: Option<Vec<f64>> =
-                    r.get(k).and_then(J::as_array).map(|a| a.iter().filter_map(J::as_f64).collect());
+                    r.get(k).and_then(J::as_array).and_then(|a| a.iter().map(J::as_f64).collect());
                 match v {
                     Some(v) if v.len() == hd / 2 && v.iter().all(|f| f.is_finite() && *f > 0.0) => {
                         Ok(v.into_iter().map(|f| f as f32).collect())

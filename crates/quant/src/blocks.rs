@@ -24,6 +24,12 @@ pub fn f32_to_f16(x: f32) -> F16le {
     f16::from_f32(x).to_le_bytes()
 }
 
+/// x rounded to the nearest f16 value (ties to even), as f32.
+#[inline]
+pub fn round_f16(x: f32) -> f32 {
+    f16::from_f32(x).to_f32()
+}
+
 #[inline]
 pub fn bf16_to_f32(h: [u8; 2]) -> f32 {
     bf16::from_le_bytes(h).to_f32()

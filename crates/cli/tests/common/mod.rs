@@ -34,6 +34,29 @@ pub fn real_model_arg() -> String {
     real_model().to_string_lossy().into_owned()
 }
 
+/// A JSON array of token ids.
+pub fn ids(v: &serde_json::Value) -> Vec<u64> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
+}
+
+/// plumb's greedy tokens (`got`) are llama.cpp's (`want`): plumb stops
+/// after an end-of-generation token, llama.cpp's loop does not, so plumb's
+/// may be a prefix.
+pub fn assert_continues_as_llama_cpp(what: &str, got: &[u64], want: &[u64]) {
+    assert!(!got.is_empty() && got[..] == want[..got.len()], "{what}:\n plumb     {got:?}\n llama.cpp {want:?}");
+}
+
+/// llama.cpp's 16 largest last logits (`want`: [[id, value], …]) are
+/// plumb's `logits` at those ids, bit for bit.
+pub fn assert_top_logits_bitwise(what: &str, logits: &[f32], want: &serde_json::Value) {
+    let want = want.as_array().unwrap();
+    assert_eq!(want.len(), 16);
+    for pair in want {
+        let (id, v) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap() as f32);
+        assert_eq!(logits[id].to_bits(), v.to_bits(), "{what}: logit {id} is {}, llama.cpp's {v}", logits[id]);
+    }
+}
+
 /// CI runs the real-model tests rather than ignoring them: without the
 /// model there, this fails loudly (in every test binary that has this module).
 #[cfg(not(has_real_model))]
