@@ -62,7 +62,8 @@ Node name -> stage (llama.cpp names nodes ``<name>-<layer>``)
     attn_scores     kq-L (or kq_scaled_2-L when there is an attention softcap),
                     times the scale of kq_soft_max-L (see below)
     attn_probs      kq_soft_max-L
-    attn_context    kqv_out-L
+    attn_context    kqv_out-L; under --flash-attn on the FLASH_ATTN_EXT node it views
+                    (kqv_out-L is then a reshape, not computed apart)
     attn_out        attn_out-L (llama); else the unnamed MUL_MAT whose src[1] is
                     kqv_out-L (qwen2, qwen3, gemma3 name no node there; an output
                     bias, which none of them has, would be left out)
@@ -304,6 +305,9 @@ class Capture:
             return n.layer in self.layers and n.base in KEEP_LAYER_NAMES
         if n.name in KEEP_GLOBAL_NAMES:
             return True
+        # flash attention's output (unnamed; kqv_out-L is a view of it)
+        if n.op == "FLASH_ATTN_EXT":
+            return True
         # an unnamed output projection: MUL_MAT over kqv_out-L
         if n.op == "MUL_MAT" and len(n.src) > 1:
             s = self.by_ptr.get(n.src[1])
@@ -403,6 +407,11 @@ class Mapper:
                 s = self.by_ptr.get(n.src[1])
                 if s is not None and s.base == "kqv_out":
                     per_layer.setdefault(s.layer, []).append(n)
+            elif n.op == "FLASH_ATTN_EXT":
+                # its layer is that of the kqv_out-L view over it
+                views = [v for v in self.nodes if v.base == "kqv_out" and v.src and v.src[0] == n.ptr]
+                if views and views[0].layer is not None:
+                    per_layer.setdefault(views[0].layer, []).append(n)
         for L in range(self.n_layers):
             if L in self.sel.layers:
                 self.layer(L, per_layer.get(L, []))
@@ -449,6 +458,11 @@ class Mapper:
         ctx = last("kqv_out")
         if ctx is not None:
             picks["attn_context"] = ctx
+        fa = [n for n in nodes if n.op == "FLASH_ATTN_EXT"]
+        if fa:
+            # under flash attention kqv_out is a view: the op's own output
+            # [DV, H, T] is the context, T rows of H·DV
+            picks["attn_context"] = fa[-1]
         ao = last("attn_out")
         if ao is None and ctx is not None:
             ao = next((n for n in nodes if n.layer is None and n.op == "MUL_MAT"
@@ -576,6 +590,9 @@ def main(argv=None) -> int:
                          "tokens at a time (default: the whole prompt at once)")
     ap.add_argument("--kv-type", choices=["f32", "f16"], default="f32",
                     help="KV cache type (default f32; llama.cpp's own default is f16)")
+    ap.add_argument("--flash-attn", choices=["on", "off"], default="off",
+                    help="flash attention (default off, so the kq and kq_soft_max nodes exist; llama.cpp's own "
+                         "default, auto, is on for the CPU); under it only kqv_out of the attention is traced")
     ap.add_argument("--no-repack", action="store_true",
                     help="no CPU weight repacking (llama.cpp's --no-repack): the plain ggml dot products")
     ap.add_argument("--no-unpermute", action="store_true",
@@ -593,8 +610,8 @@ def main(argv=None) -> int:
 
 def context_params(L, args, n_ctx: int, n_batch: int, n_ubatch: int | None = None):
     """One sequence of n_ctx positions, the whole prompt as one batch (in
-    ubatches of n_ubatch where given), flash attention off, the KV cache
-    type and thread count asked for."""
+    ubatches of n_ubatch where given), flash attention as asked (off by
+    default), the KV cache type and thread count asked for."""
     cparams = L.llama_context_default_params()
     cparams.n_ctx = max(n_ctx, 32)
     cparams.n_batch = max(n_batch, 32)
@@ -603,7 +620,8 @@ def context_params(L, args, n_ctx: int, n_batch: int, n_ubatch: int | None = Non
     threads = args.threads or os.cpu_count() or 1
     cparams.n_threads = threads
     cparams.n_threads_batch = threads
-    cparams.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    cparams.flash_attn_type = (L.LLAMA_FLASH_ATTN_TYPE_ENABLED if getattr(args, "flash_attn", "off") == "on"
+                               else L.LLAMA_FLASH_ATTN_TYPE_DISABLED)
     kv = L.GGML_TYPE_F32 if args.kv_type == "f32" else L.GGML_TYPE_F16
     cparams.type_k = kv
     cparams.type_v = kv

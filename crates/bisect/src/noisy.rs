@@ -128,10 +128,10 @@ pub fn noisy(s: &Sides, table: Option<SavedBands>, want_bands: bool, tie_margin:
 
     // The bands.
     let same_model = s.b.is_some() && same_file(s.a_path, s.b_path);
-    let kv_b = s.b.map(|b| b.model.cfg.kv_type);
+    let run_b = s.b.map(|b| b.model.cfg.run_settings());
     let identical =
-        same_model && s.a_precision == s.b_precision && s.inject.is_none() && kv_b == Some(a.model.cfg.kv_type);
-    let a_settings = crate::runs::settings(s.a_precision, a.model.cfg.kv_type);
+        same_model && s.a_precision == s.b_precision && s.inject.is_none() && run_b == Some(a.model.cfg.run_settings());
+    let a_settings = crate::runs::settings(s.a_precision, a.model.cfg.run_settings());
     let mut notes = Vec::new();
     let cal_stages;
     // The calibration model and, against a trace, the stand-in reference it
@@ -174,7 +174,7 @@ pub fn noisy(s: &Sides, table: Option<SavedBands>, want_bands: bool, tie_margin:
         let (mut cal, _) = Loaded::open(s.a_path)?;
         let reference = stand_in.insert(traced(s.a_path, &cal, Precision::Exact, &ids, None)?);
         // The stand-in keeps an f32 cache; the calibration takes A's.
-        cal.model.cfg.kv_type = a.model.cfg.kv_type;
+        cal.model.cfg.set_run_settings(a.model.cfg.run_settings());
         let mut probe = Probe::new(reference, true);
         probe_run(&cal, s.a_precision, &ids, &mut probe);
         cal_stages = probe.stages;
@@ -194,7 +194,7 @@ pub fn noisy(s: &Sides, table: Option<SavedBands>, want_bands: bool, tie_margin:
     } else {
         // B's model made to compute as A does.
         let (mut cal, _) = Loaded::open(s.b_path)?;
-        cal.model.cfg.kv_type = a.model.cfg.kv_type;
+        cal.model.cfg.set_run_settings(a.model.cfg.run_settings());
         let kept = given::weights_as(&mut cal.model, &a.model);
         if !kept.is_empty() {
             notes.push(format!(
@@ -249,7 +249,7 @@ pub fn noisy(s: &Sides, table: Option<SavedBands>, want_bands: bool, tie_margin:
         None => format!(
             "plumb {} ({}) {}",
             env!("CARGO_PKG_VERSION"),
-            crate::runs::settings(s.b_precision, kv_b.unwrap_or_default()),
+            crate::runs::settings(s.b_precision, run_b.unwrap_or_default()),
             file_name(s.b_path)
         ),
     };

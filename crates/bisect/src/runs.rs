@@ -29,8 +29,8 @@ pub fn trace_meta(
     sha256: Option<String>,
 ) -> Result<BTreeMap<String, String>> {
     let mut meta = BTreeMap::new();
-    let kv = loaded.model.cfg.kv_type;
-    meta.insert("plumb.engine".into(), format!("plumb {} ({})", env!("CARGO_PKG_VERSION"), settings(precision, kv)));
+    let run = loaded.model.cfg.run_settings();
+    meta.insert("plumb.engine".into(), format!("plumb {} ({})", env!("CARGO_PKG_VERSION"), settings(precision, run)));
     meta.insert("plumb.model".into(), file_name(model_path));
     if let Some(h) = sha256 {
         meta.insert("plumb.model_sha256".into(), h);
@@ -40,20 +40,26 @@ pub fn trace_meta(
         meta.insert("plumb.prompt".into(), p.to_string());
     }
     meta.insert("plumb.precision".into(), precision.name().into());
-    meta.insert("plumb.kv_type".into(), kv.name().into());
+    meta.insert("plumb.kv_type".into(), run.kv_type.name().into());
+    meta.insert("plumb.flash_attn".into(), if run.flash_attn { "on" } else { "off" }.into());
     meta.insert("plumb.kernels".into(), kernels.describe());
     let piece = |id: u32| -> String { loaded.tokenizer.as_ref().and_then(|t| t.piece(id)).unwrap_or("").to_string() };
     meta.insert("plumb.token_text".into(), serde_json::to_string(&ids.iter().map(|&i| piece(i)).collect::<Vec<_>>())?);
     Ok(meta)
 }
 
-/// A run's settings as engine names show them: the precision, and the KV
-/// cache's type where it is not f32 ("fast", "fast, KV f16").
-pub fn settings(precision: Precision, kv: plumb_model::KvType) -> String {
-    match kv {
-        plumb_model::KvType::F32 => precision.name().to_string(),
-        _ => format!("{}, KV {}", precision.name(), kv.name()),
+/// A run's settings as engine names show them: the precision, the KV
+/// cache's type where it is not f32, and flash attention where it is on
+/// ("fast", "fast, KV f16", "fast, KV f16, flash attention").
+pub fn settings(precision: Precision, run: plumb_model::RunSettings) -> String {
+    let mut s = precision.name().to_string();
+    if run.kv_type != plumb_model::KvType::F32 {
+        s += &format!(", KV {}", run.kv_type.name());
     }
+    if run.flash_attn {
+        s += ", flash attention";
+    }
+    s
 }
 
 /// Every stage, every layer, the tensors of every position.

@@ -1,6 +1,6 @@
 //! `--kv-type f16`: the KV cache keeps keys and values as f16, and the fast
 //! precision computes as llama.cpp does with `-ctk f16 -ctv f16 -fa off`
-//! (goldens from llama.cpp itself, scripts/gen_kv16_golden.sh): the queries
+//! (goldens from llama.cpp itself, scripts/gen_knob_golden.sh kv16 --kv-type f16): the queries
 //! and the probabilities rounded to f16 before their products with the
 //! cache, several tokens' scores through its tiled matmul (the queries are
 //! converted to a contiguous copy), one token's as its f16 dot product,

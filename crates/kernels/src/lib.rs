@@ -13,6 +13,7 @@ use plumb_formats::Bytes;
 pub mod attention;
 pub mod dot;
 pub mod fast;
+pub mod flash;
 pub mod mirror;
 pub mod ops;
 #[cfg(target_arch = "x86_64")]

@@ -612,22 +612,29 @@ fn softmax_groups(row: &mut [f32]) {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
     let mut sum = 0f64;
     for g in row.chunks_mut(16) {
-        let mut w = [0f32; 16];
-        #[cfg(target_arch = "x86_64")]
-        if active_path().uses_avx2() {
-            // SAFETY: the active path has AVX2 and FMA (checked when it was
-            // set or detected); the kernel copies `g` (≤ 16) into a buffer.
-            unsafe { lanes::avx2_exp16(g, max, &mut w) };
-        } else {
-            scalar_exp16(g, max, &mut w);
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        scalar_exp16(g, max, &mut w);
-        g.copy_from_slice(&w[..g.len()]);
-        sum += fold16(&w) as f64;
+        sum += exp_sum16(g, max) as f64;
     }
     let inv = (1.0 / sum) as f32;
     row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// eˣ⁻ᵐᵃˣ of a group of up to 16 values in place (by [`exp_approx`]), and
+/// their sum in f32 as llama.cpp's softmax folds a 512-bit register
+/// ([`fold16`]).
+pub fn exp_sum16(g: &mut [f32], max: f32) -> f32 {
+    let mut w = [0f32; 16];
+    #[cfg(target_arch = "x86_64")]
+    if active_path().uses_avx2() {
+        // SAFETY: the active path has AVX2 and FMA (checked when it was
+        // set or detected); the kernel copies `g` (≤ 16) into a buffer.
+        unsafe { lanes::avx2_exp16(g, max, &mut w) };
+    } else {
+        scalar_exp16(g, max, &mut w);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    scalar_exp16(g, max, &mut w);
+    g.copy_from_slice(&w[..g.len()]);
+    fold16(&w)
 }
 
 /// eˣ⁻ᵐᵃˣ of up to 16 values into `out`, the rest of `out` 0 (e^−∞).

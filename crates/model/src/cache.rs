@@ -34,8 +34,10 @@ pub struct KvCache {
     window: Vec<Option<usize>>,
     pub len: usize,
     pub capacity: usize,
-    /// One past the last position of the step under way ([`KvCache::begin_step`]).
+    /// One past the last position of the step under way, and its rows
+    /// ([`KvCache::begin_step`]).
     step_end: usize,
+    step_rows: usize,
     /// Keys and values are rounded to f16 as they are stored.
     f16: bool,
     kv_dim: usize,
@@ -85,7 +87,9 @@ impl KvCache {
             len: 0,
             capacity,
             step_end: 0,
-            f16: cfg.kv_type == KvType::F16,
+            step_rows: 0,
+            // Flash attention reads an f32 cache as f16 (llama.cpp casts it).
+            f16: cfg.kv_type == KvType::F16 || cfg.flash_attn,
             kv_dim,
         }
     }
@@ -111,6 +115,18 @@ impl KvCache {
     /// through the layers a batch at a time.
     pub fn begin_step(&mut self, t: usize) {
         self.step_end = self.len + t;
+        self.step_rows = t;
+    }
+
+    /// Rows of the step under way (llama.cpp's ubatch), however many of
+    /// them a call computes.
+    pub fn step_rows(&self) -> usize {
+        self.step_rows
+    }
+
+    /// One past the last position of the step under way.
+    pub fn step_end(&self) -> usize {
+        self.step_end
     }
 
     /// The sequence as the rotary embedding of rows at positions

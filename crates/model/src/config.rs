@@ -106,6 +106,30 @@ pub struct ModelConfig {
     /// How the KV cache keeps keys and values: a setting of the run (the
     /// commands' `--kv-type`), not of the file; F32 unless asked.
     pub kv_type: KvType,
+    /// The fast precision's attention as llama.cpp's flash attention
+    /// computes it (`--flash-attn on`): keys and values read as f16, one
+    /// query row at a time with a running softmax
+    /// ([`plumb_kernels::flash`]). A setting of the run; off unless asked.
+    pub flash_attn: bool,
+}
+
+/// What a run sets that changes its arithmetic but not the model: the KV
+/// cache's type and flash attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RunSettings {
+    pub kv_type: KvType,
+    pub flash_attn: bool,
+}
+
+impl ModelConfig {
+    pub fn run_settings(&self) -> RunSettings {
+        RunSettings { kv_type: self.kv_type, flash_attn: self.flash_attn }
+    }
+
+    pub fn set_run_settings(&mut self, r: RunSettings) {
+        self.kv_type = r.kv_type;
+        self.flash_attn = r.flash_attn;
+    }
 }
 
 /// The KV cache's element type. F16 rounds every key and value to f16 as
@@ -385,6 +409,7 @@ impl ModelConfig {
             unpermute_qk: false,
             moe: None,
             kv_type: KvType::F32,
+            flash_attn: false,
         }
     }
 

@@ -8,7 +8,8 @@ use std::path::Path;
 
 use plumb_formats::{Bytes, OwnedTensor};
 
-use plumb_kernels::attention::AttnShape;
+use plumb_kernels::attention::{AttnShape, ValueLayout, Values};
+use plumb_kernels::flash::FlashPlan;
 use plumb_kernels::ops::{add_bias, add_in_place, mul_in_place, softcap, RopeSpan, Rotary};
 use plumb_kernels::{Kernels, Weight};
 use plumb_trace::stage::{Observer, Rows, Stage};
@@ -374,7 +375,7 @@ impl Model {
                 let span = cache.rope_span(p + i0, i1 - i0);
                 let (_, kk, vv) =
                     self.project(k, l, &x[i0 * d..i1 * d], p + i0, span, part(i0), Inputs::KeysValues, tr);
-                cache.store(l, p + i0, &self.key_order(k, &kk), &vv, k.value_layout());
+                cache.store(l, p + i0, &self.key_order(k, &kk), &vv, self.value_layout(k));
             }
             let keep_last = !all_logits && l + 1 == c.n_layer;
             for &(i0, i1) in &blocks {
@@ -501,7 +502,7 @@ impl Model {
         let (p, all) = (cache.len, Rows::all(x.len() / self.cfg.d));
         let span = cache.rope_span(p, all.total);
         let (q, kk, vv) = self.project(k, l, x, p, span, all, Inputs::All, tr);
-        cache.store(l, p, &self.key_order(k, &kk), &vv, k.value_layout());
+        cache.store(l, p, &self.key_order(k, &kk), &vv, self.value_layout(k));
         self.attention(k, l, &q, cache, p, all, tr)
     }
 
@@ -849,6 +850,20 @@ impl Model {
         let seen =
             |stage| tr.wants(at, stage) || self.fault.as_ref().is_some_and(|f| f.stage == stage && f.layer == at);
         let mut ctx = vec![0f32; t * qd]; //                                  [T, H·hd]
+        if self.flash(k) {
+            // No scores or probabilities exist: each row's softmax runs
+            // along its positions.
+            let Values::Rows(values) = cache.values(l) else { panic!("flash attention reads values as rows") };
+            let plan = FlashPlan {
+                step_rows: cache.step_rows(),
+                n_kv: FlashPlan::n_kv(cache.capacity, cache.step_end()),
+                threads: rayon::current_num_threads(),
+                first,
+            };
+            plumb_kernels::flash::flash_attention(&shape, &plan, q, cache.keys(l), values, &mut ctx);
+            self.emit(tr, at, Stage::AttnContext, &mut ctx, &[t, qd], rows);
+            return ctx;
+        }
         let traced = seen(Stage::AttnScores) || seen(Stage::AttnProbs);
         assert!(!traced || first == 0, "a traced attention needs every position: trace with a whole cache");
         if !traced || !rows.whole(t) {
@@ -891,6 +906,22 @@ impl Model {
         k.attn_context(&s, &scores, cache.values(l), &mut ctx);
         self.emit(tr, at, Stage::AttnContext, &mut ctx, &[t, qd], rows);
         ctx
+    }
+
+    /// Whether attention runs as llama.cpp's flash attention: asked for,
+    /// in the fast precision (the exact one follows transformers).
+    fn flash(&self, k: &dyn Kernels) -> bool {
+        self.cfg.flash_attn && k.precision() == plumb_kernels::Precision::Fast
+    }
+
+    /// The layout the cached values are kept in: flash attention reads
+    /// rows, as llama.cpp keeps them untransposed for it.
+    fn value_layout(&self, k: &dyn Kernels) -> ValueLayout {
+        if self.flash(k) {
+            ValueLayout::Rows
+        } else {
+            k.value_layout()
+        }
     }
 
     /// q or k rows [T, heads·hd] in the element order the attention's dot

@@ -26,7 +26,9 @@ use plumb_bisect::Sides;
 use plumb_model::fault::Fault;
 use plumb_model::{KvType, Precision};
 
-use crate::cmd::common::{check_output, load, parse_kv_type, parse_precision, Loaded, ModelArgs, PromptArgs};
+use crate::cmd::common::{
+    check_output, load, parse_kv_type, parse_on_off, parse_precision, Loaded, ModelArgs, PromptArgs,
+};
 use crate::cmd::diff::{GateArgs, ReportArgs};
 use crate::{out, Outcome};
 
@@ -48,6 +50,12 @@ pub struct Args {
     /// B's KV cache type.
     #[arg(long, default_value = "f32", value_parser = parse_kv_type)]
     pub b_kv_type: KvType,
+    /// A's flash attention (fast precision only): `on` or `off`.
+    #[arg(long, default_value = "off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub a_flash_attn: bool,
+    /// B's flash attention.
+    #[arg(long, default_value = "off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub b_flash_attn: bool,
     /// A saved reference trace (with tensors) instead of running B.
     #[arg(long, conflicts_with = "b")]
     pub reference: Option<PathBuf>,
@@ -113,6 +121,7 @@ pub(crate) fn load_a(args: &Args) -> anyhow::Result<Loaded> {
         precision: Some(args.a_precision),
         threads: args.threads,
         kv_type: args.a_kv_type,
+        flash_attn: args.a_flash_attn,
     };
     let mut a = load(&a_args)?;
     if let Some(spec) = &args.inject {
@@ -133,6 +142,7 @@ pub(crate) fn load_b(args: &Args) -> anyhow::Result<Option<Loaded>> {
         precision: Some(args.b_precision),
         threads: None,
         kv_type: args.b_kv_type,
+        flash_attn: args.b_flash_attn,
     })?))
 }
 

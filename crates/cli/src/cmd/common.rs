@@ -14,6 +14,15 @@ pub fn parse_kv_type(s: &str) -> Result<KvType, String> {
     KvType::parse(s).ok_or_else(|| format!("unknown KV cache type {s:?} (available: f32, f16)"))
 }
 
+/// `on` or `off`, as llama.cpp spells its flash attention switch.
+pub fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{s:?}: on or off")),
+    }
+}
+
 #[derive(clap::Args)]
 pub struct ModelArgs {
     /// A GGUF file or a HuggingFace model folder.
@@ -29,6 +38,10 @@ pub struct ModelArgs {
     /// stored; the fast precision as llama.cpp's `-ctk f16 -ctv f16 -fa off`).
     #[arg(long = "kv-type", default_value = "f32", value_parser = parse_kv_type)]
     pub kv_type: KvType,
+    /// Flash attention, as llama.cpp's `-fa on` computes it (the fast
+    /// precision only): `on` or `off`.
+    #[arg(long = "flash-attn", default_value = "off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub flash_attn: bool,
 }
 
 #[derive(clap::Args)]
@@ -68,9 +81,13 @@ pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
     if let Some(n) = args.threads {
         pool = pool.num_threads(n);
     }
+    if args.flash_attn && args.precision == Some(Precision::Exact) {
+        bail!("--flash-attn on: flash attention is a setting of the fast precision (llama.cpp's arithmetic); the exact precision computes as transformers does");
+    }
     pool.build_global().ok();
     let (mut loaded, warning) = Loaded::open(&args.model)?;
     loaded.model.cfg.kv_type = args.kv_type;
+    loaded.model.cfg.flash_attn = args.flash_attn;
     if let Some(w) = warning {
         eprintln!("plumb: warning: {w}");
     }

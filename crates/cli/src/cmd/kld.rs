@@ -455,6 +455,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         precision: args.precision,
         threads: args.threads,
         kv_type: KvType::F32,
+        flash_attn: false,
     })?;
     let model = &loaded.model;
     let precision = args.precision.unwrap_or(Precision::Fast);
@@ -536,6 +537,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             precision: None,
             threads: args.threads,
             kv_type: KvType::F32,
+            flash_attn: false,
         })?),
         None => None,
     };

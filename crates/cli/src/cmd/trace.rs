@@ -21,7 +21,7 @@ use serde_json::json;
 
 use plumb_bisect::runs::trace_meta;
 
-use crate::cmd::common::{load, parse_kv_type, parse_precision, sha256_file, ModelArgs, PromptArgs};
+use crate::cmd::common::{load, parse_kv_type, parse_on_off, parse_precision, sha256_file, ModelArgs, PromptArgs};
 use crate::progress::{bar, Progress};
 use crate::style::{paint, ColorChoice, Paint};
 use crate::{out, Outcome};
@@ -43,6 +43,10 @@ pub struct Args {
     /// KV cache type: `f32` or `f16` (as for `plumb run`).
     #[arg(long = "kv-type", default_value = "f32", value_parser = parse_kv_type)]
     pub kv_type: KvType,
+    /// Flash attention (`--precision fast` only): `on` or `off`. Under it
+    /// the attn_scores and attn_probs stages do not exist.
+    #[arg(long = "flash-attn", default_value = "off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub flash_attn: bool,
     /// Stages to record: names, globs and aliases, e.g. `attn_norm,ffn_*`.
     #[arg(long, default_value = "*")]
     pub stages: String,
@@ -132,6 +136,7 @@ fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>, Option<Es
         precision: Some(args.precision),
         threads: args.threads,
         kv_type: args.kv_type,
+        flash_attn: args.flash_attn,
     };
     let loaded = load(&margs)?;
     let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref());
