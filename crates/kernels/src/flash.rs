@@ -26,7 +26,7 @@ use plumb_quant::blocks::round_f16;
 use rayon::prelude::*;
 
 use crate::attention::AttnShape;
-use crate::mirror::{self, LANES};
+use crate::mirror;
 
 /// Query rows from which llama.cpp takes the tiled path, and positions per
 /// tile (its `GGML_FA_TILE_Q` and `GGML_FA_TILE_KV`).
@@ -255,18 +255,66 @@ fn one_row(q16: &[f32], kv: &Kv, off: usize, js: std::ops::Range<usize>, score: 
 
 /// y = y·v, each element rounded to f16 (`ggml_vec_scale_f16`).
 fn scale_f16(y: &mut [f32], v: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::active_path().uses_avx2() {
+        // SAFETY: the active path has AVX2, FMA and F16C (checked when it
+        // was set or detected).
+        return unsafe { f16c::scale(y, v) };
+    }
     y.iter_mut().for_each(|y| *y = round_f16(*y * v));
 }
 
 /// y += x·v, each element fused and rounded to f16 (`ggml_vec_mad_f16`:
-/// 64 at a time in f32 vectors, the rest one by one).
+/// 64 at a time in f32 vectors, the rest one by one — fused too, as the
+/// compiler built it).
 fn mad_f16(y: &mut [f32], x: &[f32], v: f32) {
-    let whole = y.len() / LANES * LANES;
-    for (y, x) in y[..whole].iter_mut().zip(x) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::active_path().uses_avx2() {
+        // SAFETY: as in `scale_f16`.
+        return unsafe { f16c::mad(y, x, v) };
+    }
+    for (y, x) in y.iter_mut().zip(x) {
         *y = round_f16(x.mul_add(v, *y));
     }
-    for (y, x) in y[whole..].iter_mut().zip(&x[whole..]) {
-        *y = round_f16(x.mul_add(v, *y));
+}
+
+/// The f16 running context's updates eight elements at a time: f32
+/// arithmetic, then a round trip through f16 (ties to even) — the plain
+/// code's bits.
+#[cfg(target_arch = "x86_64")]
+mod f16c {
+    use std::arch::x86_64::*;
+
+    use plumb_quant::blocks::round_f16;
+
+    #[inline(always)]
+    unsafe fn round8(v: __m256) -> __m256 {
+        _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn scale(y: &mut [f32], v: f32) {
+        let n = y.len() / 8 * 8;
+        let vv = _mm256_set1_ps(v);
+        for i in (0..n).step_by(8) {
+            let p = y.as_mut_ptr().add(i);
+            _mm256_storeu_ps(p, round8(_mm256_mul_ps(_mm256_loadu_ps(p), vv)));
+        }
+        y[n..].iter_mut().for_each(|y| *y = round_f16(*y * v));
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn mad(y: &mut [f32], x: &[f32], v: f32) {
+        let n = y.len().min(x.len()) / 8 * 8;
+        let vv = _mm256_set1_ps(v);
+        for i in (0..n).step_by(8) {
+            let p = y.as_mut_ptr().add(i);
+            let r = _mm256_fmadd_ps(_mm256_loadu_ps(x.as_ptr().add(i)), vv, _mm256_loadu_ps(p));
+            _mm256_storeu_ps(p, round8(r));
+        }
+        for (y, x) in y[n..].iter_mut().zip(&x[n..]) {
+            *y = round_f16(x.mul_add(v, *y));
+        }
     }
 }
 
@@ -281,7 +329,7 @@ fn tiled(qs: &[&[f32]], spans: &[std::ops::Range<usize>], kv: &Kv, off: usize, s
     let hi = spans.iter().map(|r| r.end).max().unwrap_or(0);
     let mut parts: Vec<Partial> = qs.iter().map(|_| Partial::empty(hd)).collect();
     let mut kt = vec![0f32; hd * TILE_KV]; //                                [hd, 64]
-    let mut kq = [0f32; TILE_KV];
+    let zeros = vec![0f32; hd];
     // Tiles start on multiples of 64, absolute ones too (the first
     // position held is one).
     let mut t0 = lo / TILE_KV * TILE_KV;
@@ -293,34 +341,50 @@ fn tiled(qs: &[&[f32]], spans: &[std::ops::Range<usize>], kv: &Kv, off: usize, s
             }
         }
         kt.chunks_exact_mut(TILE_KV).for_each(|r| r[t1 - t0..].fill(0.0));
-        for ((q, span), p) in qs.iter().zip(spans).zip(parts.iter_mut()) {
-            let (a, b) = (span.start.max(t0), span.end.min(t1));
-            if a >= b {
+        // The rows that see part of this tile, four at a time: each key
+        // and value of the tile is read once for the four.
+        let seen = |r: &usize| spans[*r].start.max(t0) < spans[*r].end.min(t1);
+        let active: Vec<usize> = (0..qs.len()).filter(seen).collect();
+        for block in active.chunks(ROWS) {
+            let q4: [&[f32]; ROWS] = std::array::from_fn(|b| block.get(b).map_or(&zeros[..], |&r| qs[r]));
+            let mut kq = [[0f32; TILE_KV]; ROWS];
+            tile_scores(&q4, &kt, &mut kq);
+            let mut weights: [Option<std::ops::Range<usize>>; ROWS] = std::array::from_fn(|_| None);
+            for (b, &r) in block.iter().enumerate() {
+                let (a, e) = (spans[r].start.max(t0), spans[r].end.min(t1));
+                if online_tile(&mut parts[r], &mut kq[b], a - t0..e - t0, score) {
+                    weights[b] = Some(a..e);
+                }
+            }
+            // Each active row's weights over the tile (zeros where it sees
+            // nothing), its values added by one fused chain per element.
+            let from = weights.iter().flatten().map(|w| w.start).min().unwrap_or(t1);
+            let to = weights.iter().flatten().map(|w| w.end).max().unwrap_or(t1);
+            if from >= to {
                 continue;
             }
-            tile_scores(q, &kt, &mut kq);
-            for (j, v) in kq.iter_mut().enumerate() {
-                *v = if (a..b).contains(&(t0 + j)) { score.of(*v) } else { f32::NEG_INFINITY };
+            for (b, w) in weights.iter().enumerate() {
+                match w {
+                    Some(w) => {
+                        kq[b][..w.start - t0].fill(0.0);
+                        kq[b][w.end - t0..].fill(0.0);
+                    }
+                    None => kq[b].fill(0.0),
+                }
             }
-            let tile_max = kq.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            if tile_max == f32::NEG_INFINITY {
-                continue;
+            let vs: Vec<&[f32]> = (from..to).map(|j| kv.value(j, off, hd)).collect();
+            let mut accs: Vec<&mut [f32]> = Vec::with_capacity(ROWS);
+            let mut rest = &mut parts[..];
+            let mut taken = 0;
+            for &r in block {
+                let (_, tail) = rest.split_at_mut(r - taken);
+                let (p, tail) = tail.split_first_mut().unwrap();
+                accs.push(&mut p.acc);
+                rest = tail;
+                taken = r + 1;
             }
-            let max = p.max.max(tile_max);
-            if max > p.max {
-                let ms = (p.max - max).exp();
-                p.acc.iter_mut().for_each(|a| *a *= ms);
-                p.sum *= ms;
-            }
-            p.max = max;
-            let mut sum = 0f64;
-            for g in kq.chunks_exact_mut(16) {
-                sum += mirror::exp_sum16(g, max) as f64;
-            }
-            p.sum = (p.sum as f64 + sum) as f32;
-            for j in a..b {
-                add_scaled(&mut p.acc, kv.value(j, off, hd), kq[j - t0]);
-            }
+            let ws: Vec<&[f32]> = kq.iter().take(block.len()).map(|w| &w[from - t0..to - t0]).collect();
+            add_tile(&mut accs, &ws, &vs);
         }
         t0 += TILE_KV;
     }
@@ -329,54 +393,305 @@ fn tiled(qs: &[&[f32]], spans: &[std::ops::Range<usize>], kv: &Kv, off: usize, s
     }
 }
 
-/// out[j] = Σ_d q[d]·kt[d, j], one fused chain over d from 0 for each of
-/// the tile's 64 positions (llama.cpp's small f32 GEMM, lane by lane).
-fn tile_scores(q: &[f32], kt: &[f32], out: &mut [f32; TILE_KV]) {
+/// Rows whose scores one pass over a tile makes (llama.cpp's GEMM blocks
+/// four; each score's chain is its own either way).
+const ROWS: usize = 4;
+
+/// One tile of one row's scores (`kq`, positions `seen` of it visible)
+/// folded into its running maximum and sum, `kq` becoming the weights of
+/// its values: false when the row sees nothing of it.
+fn online_tile(p: &mut Partial, kq: &mut [f32; TILE_KV], seen: std::ops::Range<usize>, score: Score) -> bool {
+    for (j, v) in kq.iter_mut().enumerate() {
+        *v = if seen.contains(&j) { score.of(*v) } else { f32::NEG_INFINITY };
+    }
+    let tile_max = kq.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    if tile_max == f32::NEG_INFINITY {
+        return false;
+    }
+    let max = p.max.max(tile_max);
+    if max > p.max {
+        let ms = (p.max - max).exp();
+        p.acc.iter_mut().for_each(|a| *a *= ms);
+        p.sum *= ms;
+    }
+    p.max = max;
+    let mut sum = 0f64;
+    for g in kq.chunks_exact_mut(16) {
+        sum += mirror::exp_sum16(g, max) as f64;
+    }
+    p.sum = (p.sum as f64 + sum) as f32;
+    true
+}
+
+/// out[r][j] = Σ_d q[r][d]·kt[d, j], one fused chain over d from 0 for
+/// each row and each of the tile's 64 positions (llama.cpp's small f32
+/// GEMM, lane by lane).
+fn tile_scores(q: &[&[f32]; ROWS], kt: &[f32], out: &mut [[f32; TILE_KV]; ROWS]) {
     #[cfg(target_arch = "x86_64")]
-    if crate::active_path().uses_avx2() {
-        // SAFETY: the active path has AVX2 and FMA (checked when it was set
-        // or detected).
-        return unsafe { tile_scores_fma(q, kt, out) };
+    {
+        let path = crate::active_path();
+        if path.uses_avx512f() {
+            // SAFETY: the active path has AVX512F, AVX2 and FMA (checked
+            // when it was set or detected).
+            return unsafe { tile_scores_avx512(q, kt, out) };
+        }
+        if path.uses_avx2() {
+            // SAFETY: the active path has AVX2 and FMA.
+            return unsafe { tile_scores_fma(q, kt, out) };
+        }
     }
     tile_scores_plain(q, kt, out)
 }
 
 #[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn tile_scores_avx512(q: &[&[f32]; ROWS], kt: &[f32], out: &mut [[f32; TILE_KV]; ROWS]) {
+    tile_scores_plain(q, kt, out)
+}
+
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_scores_fma(q: &[f32], kt: &[f32], out: &mut [f32; TILE_KV]) {
+unsafe fn tile_scores_fma(q: &[&[f32]; ROWS], kt: &[f32], out: &mut [[f32; TILE_KV]; ROWS]) {
     tile_scores_plain(q, kt, out)
 }
 
 #[inline(always)]
-fn tile_scores_plain(q: &[f32], kt: &[f32], out: &mut [f32; TILE_KV]) {
-    let mut acc = [0f32; TILE_KV];
-    for (&qd, row) in q.iter().zip(kt.chunks_exact(TILE_KV)) {
-        for (a, &k) in acc.iter_mut().zip(row) {
-            *a = qd.mul_add(k, *a);
+fn tile_scores_plain(q: &[&[f32]; ROWS], kt: &[f32], out: &mut [[f32; TILE_KV]; ROWS]) {
+    let mut acc = [[0f32; TILE_KV]; ROWS];
+    for (d, row) in kt.chunks_exact(TILE_KV).enumerate() {
+        for (a, q) in acc.iter_mut().zip(q) {
+            let qd = q[d];
+            for (a, &k) in a.iter_mut().zip(row) {
+                *a = qd.mul_add(k, *a);
+            }
         }
     }
     *out = acc;
 }
 
-/// acc += p·v, each element fused.
-fn add_scaled(acc: &mut [f32], v: &[f32], p: f32) {
+/// acc[b][e] += Σ_j ws[b][j]·vs[j][e]: for each element one fused chain
+/// over the positions in order (llama.cpp's small GEMM, lane by lane),
+/// sixteen elements of up to four rows at a time in registers.
+fn add_tile(accs: &mut [&mut [f32]], ws: &[&[f32]], vs: &[&[f32]]) {
     #[cfg(target_arch = "x86_64")]
-    if crate::active_path().uses_avx2() {
-        // SAFETY: as in `tile_scores`.
-        return unsafe { add_scaled_fma(acc, v, p) };
+    {
+        let path = crate::active_path();
+        if path.uses_avx512f() {
+            // SAFETY: as in `tile_scores`.
+            return unsafe { add_tile_avx512(accs, ws, vs) };
+        }
+        if path.uses_avx2() {
+            // SAFETY: as in `tile_scores`.
+            return unsafe { add_tile_fma(accs, ws, vs) };
+        }
     }
-    add_scaled_plain(acc, v, p)
+    add_tile_plain(accs, ws, vs)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn add_scaled_fma(acc: &mut [f32], v: &[f32], p: f32) {
-    add_scaled_plain(acc, v, p)
+unsafe fn add_tile_fma(accs: &mut [&mut [f32]], ws: &[&[f32]], vs: &[&[f32]]) {
+    add_tile_plain(accs, ws, vs)
 }
 
 #[inline(always)]
-fn add_scaled_plain(acc: &mut [f32], v: &[f32], p: f32) {
-    for (a, &x) in acc.iter_mut().zip(v) {
-        *a = p.mul_add(x, *a);
+fn add_tile_plain(accs: &mut [&mut [f32]], ws: &[&[f32]], vs: &[&[f32]]) {
+    const L: usize = 16;
+    let hd = accs.first().map_or(0, |a| a.len());
+    let whole = hd / L * L;
+    for e0 in (0..whole).step_by(L) {
+        let mut a = [[0f32; L]; ROWS];
+        for (a, acc) in a.iter_mut().zip(accs.iter()) {
+            a.copy_from_slice(&acc[e0..e0 + L]);
+        }
+        for (j, v) in vs.iter().enumerate() {
+            let v: &[f32; L] = v[e0..e0 + L].try_into().unwrap();
+            for (a, w) in a.iter_mut().zip(ws) {
+                let wj = w[j];
+                for (a, &v) in a.iter_mut().zip(v) {
+                    *a = wj.mul_add(v, *a);
+                }
+            }
+        }
+        for (a, acc) in a.iter().zip(accs.iter_mut()) {
+            acc[e0..e0 + L].copy_from_slice(a);
+        }
+    }
+    add_tile_tail(accs, ws, vs, whole);
+}
+
+/// [`add_tile_plain`] of the elements from `from` on, one at a time.
+fn add_tile_tail(accs: &mut [&mut [f32]], ws: &[&[f32]], vs: &[&[f32]], from: usize) {
+    for (acc, w) in accs.iter_mut().zip(ws) {
+        for e in from..acc.len() {
+            for (v, &wj) in vs.iter().zip(w.iter()) {
+                acc[e] = wj.mul_add(v[e], acc[e]);
+            }
+        }
+    }
+}
+
+/// [`add_tile_plain`] on 512-bit registers: four rows by 32 elements,
+/// eight independent chains (rows missing from a block of four weigh
+/// nothing into a scratch row).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn add_tile_avx512(accs: &mut [&mut [f32]], ws: &[&[f32]], vs: &[&[f32]]) {
+    use std::arch::x86_64::*;
+    let hd = accs.first().map_or(0, |a| a.len());
+    let n = vs.len();
+    let zero_w = vec![0f32; n];
+    let mut scratch = vec![0f32; hd];
+    let w: [*const f32; ROWS] = std::array::from_fn(|b| ws.get(b).map_or(zero_w.as_ptr(), |w| w[..n].as_ptr()));
+    let out: [*mut f32; ROWS] = std::array::from_fn(|b| match accs.get_mut(b) {
+        Some(a) => a.as_mut_ptr(),
+        None => scratch.as_mut_ptr(),
+    });
+    let whole = hd / 32 * 32;
+    for e0 in (0..whole).step_by(32) {
+        let mut a = [[_mm512_setzero_ps(); 2]; ROWS];
+        for b in 0..ROWS {
+            a[b][0] = _mm512_loadu_ps(out[b].add(e0));
+            a[b][1] = _mm512_loadu_ps(out[b].add(e0 + 16));
+        }
+        for (j, v) in vs.iter().enumerate() {
+            let v = &v[e0..e0 + 32];
+            let (v0, v1) = (_mm512_loadu_ps(v.as_ptr()), _mm512_loadu_ps(v.as_ptr().add(16)));
+            for b in 0..ROWS {
+                let wj = _mm512_set1_ps(*w[b].add(j));
+                a[b][0] = _mm512_fmadd_ps(wj, v0, a[b][0]);
+                a[b][1] = _mm512_fmadd_ps(wj, v1, a[b][1]);
+            }
+        }
+        for b in 0..ROWS {
+            _mm512_storeu_ps(out[b].add(e0), a[b][0]);
+            _mm512_storeu_ps(out[b].add(e0 + 16), a[b][1]);
+        }
+    }
+    add_tile_tail(accs, ws, vs, whole);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n).map(|i| round_f16((((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 500.0 - 2.0)).collect()
+    }
+
+    fn shape(t: usize, p: usize, window: Option<usize>, softcap: Option<f32>) -> AttnShape {
+        AttnShape {
+            t,
+            p,
+            heads: 4,
+            kv_heads: 2,
+            hd: 80,
+            window,
+            scale: 0.125,
+            softcap,
+            scale_queries: false,
+            full: false,
+            future: 0,
+            kv_f16: true,
+        }
+    }
+
+    /// softmax(q·k·scale)·v over each row's visible positions, in f64.
+    fn plain(s: &AttnShape, q: &[f32], keys: &[f32], vals: &[f32]) -> Vec<f32> {
+        let (hd, kvd, group) = (s.hd, s.kv_heads * s.hd, s.heads / s.kv_heads);
+        let mut out = vec![0f32; s.t * s.heads * hd];
+        for i in 0..s.t {
+            for h in 0..s.heads {
+                let qi = &q[(i * s.heads + h) * hd..][..hd];
+                let off = h / group * hd;
+                let js = s.first_visible(i)..s.p + i + 1;
+                let sc: Vec<f64> = js
+                    .clone()
+                    .map(|j| {
+                        let d: f64 = (0..hd).map(|e| qi[e] as f64 * keys[j * kvd + off + e] as f64).sum();
+                        let x = d * s.scale as f64;
+                        s.softcap.map_or(x, |c| c as f64 * (x / c as f64).tanh())
+                    })
+                    .collect();
+                let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = sc.iter().map(|x| (x - m).exp()).sum();
+                for e in 0..hd {
+                    let v: f64 = js.clone().zip(&sc).map(|(j, x)| (x - m).exp() * vals[j * kvd + off + e] as f64).sum();
+                    out[(i * s.heads + h) * hd + e] = (v / z) as f32;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn n_kv_and_the_path_follow_llama_cpps_view_of_the_step() {
+        assert_eq!(FlashPlan::n_kv(44, 13), 256);
+        assert_eq!(FlashPlan::n_kv(2183, 2152), 2304);
+        assert_eq!(FlashPlan::n_kv(2183, 300), 512);
+        assert_eq!(FlashPlan::n_kv(300, 300), 512);
+        let plan = |step_rows, n_kv| FlashPlan { step_rows, n_kv, threads: 2, first: 0 };
+        assert_eq!(plan(63, 256).path(), FlashPath::OneRow);
+        assert_eq!(plan(64, 256).path(), FlashPath::Tiled);
+        assert_eq!(plan(1, 256).path(), FlashPath::OneRow);
+        assert_eq!(plan(1, 512).path(), FlashPath::Split);
+        assert_eq!(plan(2, 512).path(), FlashPath::OneRow);
+    }
+
+    /// Each path is attention: within f16's rounding of the plain f64
+    /// definition, with a sliding window and a softcap.
+    #[test]
+    fn every_path_is_softmax_attention_within_f16_rounding() {
+        for (t, p, rows, n_kv) in [(5, 40, 5, 256), (70, 30, 70, 256), (1, 700, 1, 768)] {
+            for (window, cap) in [(None, None), (Some(100), Some(3.0))] {
+                let s = shape(t, p, window, cap);
+                let q = values(t * s.heads * s.hd, 1);
+                let keys = values((p + t) * s.kv_heads * s.hd, 2);
+                let vals = values((p + t) * s.kv_heads * s.hd, 3);
+                let plan = FlashPlan { step_rows: rows, n_kv, threads: 3, first: 0 };
+                let mut ctx = vec![0f32; q.len()];
+                flash_attention(&s, &plan, &q, &keys, &vals, &mut ctx);
+                let want = plain(&s, &q, &keys, &vals);
+                let worst = ctx.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(worst < 0.02, "{:?}: worst |Δ| {worst}", plan.path());
+            }
+        }
+    }
+
+    /// The split path with one chunk is the one-row path, bit for bit.
+    #[test]
+    fn one_chunk_of_the_split_path_is_the_one_row_path() {
+        let s = shape(1, 600, Some(300), None);
+        let q = values(s.heads * s.hd, 4);
+        let keys = values(601 * s.kv_heads * s.hd, 5);
+        let vals = values(601 * s.kv_heads * s.hd, 6);
+        let run = |n_kv, threads| {
+            let mut ctx = vec![0f32; q.len()];
+            let plan = FlashPlan { step_rows: 1, n_kv, threads, first: 0 };
+            flash_attention(&s, &plan, &q, &keys, &vals, &mut ctx);
+            ctx
+        };
+        let (one_row, split1, split2) = (run(256, 1), run(768, 1), run(768, 2));
+        assert!(one_row.iter().zip(&split1).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(one_row.iter().zip(&split2).any(|(a, b)| a.to_bits() != b.to_bits()), "two chunks round otherwise");
+    }
+
+    /// The vector builds of the tile kernels give the plain code's bits.
+    #[test]
+    fn tile_kernels_are_the_same_bits_on_every_path() {
+        let qs: Vec<Vec<f32>> = (0..ROWS as u32).map(|r| values(96, 7 + r)).collect();
+        let q: [&[f32]; ROWS] = std::array::from_fn(|r| &qs[r][..]);
+        let kt = values(96 * TILE_KV, 8);
+        let (mut a, mut b) = ([[0f32; TILE_KV]; ROWS], [[0f32; TILE_KV]; ROWS]);
+        tile_scores_plain(&q, &kt, &mut a);
+        tile_scores(&q, &kt, &mut b);
+        assert_eq!(a.map(|r| r.map(f32::to_bits)), b.map(|r| r.map(f32::to_bits)));
+        let (mut x, mut y) = (values(4 * 99, 9), values(4 * 99, 9));
+        let ws: Vec<Vec<f32>> = (0..4).map(|r| values(30, 10 + r)).collect();
+        let ws: Vec<&[f32]> = ws.iter().map(|w| &w[..]).collect();
+        let vs: Vec<&[f32]> = kt.chunks_exact(99).take(30).collect();
+        add_tile_plain(&mut x.chunks_exact_mut(99).collect::<Vec<_>>(), &ws, &vs);
+        add_tile(&mut y.chunks_exact_mut(99).collect::<Vec<_>>(), &ws, &vs);
+        assert!(x.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 }
