@@ -4,15 +4,17 @@ fast precision follows each: the real Gemma 3 270M, six short prompts and
 three long ones (the first ~600 and ~1200 tokens of
 testdata/gemma3-270m/long_prompt.txt, and all 2151), 32 greedy tokens each.
 
-Configurations (llama.cpp through reference/llamacpp_trace.py, flash
-attention always off; plumb's flags in brackets):
+Configurations (llama.cpp through reference/llamacpp_trace.py, both on all
+cores; plumb's flags in brackets):
 
 * reference: no repacking, F32 KV cache, the prompt as one batch [--precision fast]
 * ubatch 512: the prompt in ubatches of 512 (llama.cpp's default) [--ubatch 512]
 * f16 KV: an f16 KV cache (llama.cpp's default type) [--kv-type f16]
 * f16 KV + ubatch 512 [--kv-type f16 --ubatch 512]
-* repacked weights, f16 KV, ubatch 512: llama.cpp only (plumb does not mirror
-  repacking yet)
+* f16 KV + flash attention, whole and in ubatches of 512 [--kv-type f16
+  --flash-attn on (--ubatch 512)]
+* repacked weights, f16 KV, ubatch 512, with and without flash attention:
+  llama.cpp only (plumb does not mirror repacking yet)
 
 Prints a Markdown table, and writes it into docs/CONFORMANCE.md between
 its knobs markers (scripts/conformance.py keeps that section): per
@@ -43,7 +45,13 @@ CONFIGS = [
     ("f16 KV", ["--no-repack", "--kv-type", "f16"], ["--kv-type", "f16"]),
     ("f16 KV + ubatch 512", ["--no-repack", "--kv-type", "f16", "--ubatch", "512"],
      ["--kv-type", "f16", "--ubatch", "512"]),
+    ("f16 KV + flash attention", ["--no-repack", "--kv-type", "f16", "--flash-attn", "on"],
+     ["--kv-type", "f16", "--flash-attn", "on"]),
+    ("f16 KV + flash attention + ubatch 512", ["--no-repack", "--kv-type", "f16", "--flash-attn", "on", "--ubatch",
+                                               "512"], ["--kv-type", "f16", "--flash-attn", "on", "--ubatch", "512"]),
     ("repacked, f16 KV, ubatch 512", ["--kv-type", "f16", "--ubatch", "512"], None),
+    ("repacked, f16 KV, flash attention, ubatch 512", ["--kv-type", "f16", "--flash-attn", "on", "--ubatch", "512"],
+     None),
 ]
 
 
@@ -91,7 +99,7 @@ def write_section(table: str) -> None:
         START,
         "## Which llama.cpp setting changes which tokens (real model)",
         "",
-        "Made by `scripts/knobs.py`: llama.cpp (`reference/llamacpp_trace.py`, flash attention off) in each",
+        "Made by `scripts/knobs.py`: llama.cpp (`reference/llamacpp_trace.py`, on all cores) in each",
         "configuration, and plumb's fast precision with the matching flags, 32 greedy tokens from six short",
         "prompts and three long ones. The third column is the knob's own effect on llama.cpp; the fourth,",
         "whether plumb reproduces it. Machine: " + cpu() + ".",

@@ -16,7 +16,7 @@ scripts/fetch-model.sh >/dev/null
 
 if [[ ! -x "$CACHE/llama-bench" ]]; then
     mkdir -p "$CACHE/sdist"
-    python3 -m pip download --disable-pip-version-check --quiet --no-deps --no-binary llama-cpp-python llama-cpp-python -d "$CACHE/sdist"
+    python3 -m pip download --disable-pip-version-check --quiet --no-deps --no-binary llama-cpp-python llama-cpp-python==0.3.36 -d "$CACHE/sdist"
     tar xzf "$CACHE"/sdist/llama_cpp_python-*.tar.gz -C "$CACHE"
     SRC=$(ls -d "$CACHE"/llama_cpp_python-*/vendor/llama.cpp)
     # Native, but without AMX: a VM whose CPU lists AMX may not let a process

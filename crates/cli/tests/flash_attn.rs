@@ -161,6 +161,9 @@ fn bisect_names_where_flash_attention_parts_and_exact_refuses_it() {
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("(fast, flash attention)"), "{out}");
     assert!(out.contains("first divergence at blk.0.attn_context"), "{out}");
+    // With no probabilities on A's side, the fused operation's inputs are
+    // q, k and v, all equal.
+    assert!(out.contains("inputs: blk.0.q_rope rel err 0, blk.0.k_rope rel err 0, blk.0.v_proj rel err 0"), "{out}");
     let (code, _, err) = plumb(&["run", model, "--precision", "exact", "--flash-attn", "on", "--tokens", tokens]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("flash attention is a setting of the fast precision"), "{err}");

@@ -415,8 +415,14 @@ pub fn diff(a: &Trace, b: &Trace, gate: &Gate, tie_margin: f64) -> Diff {
         notes.push("some stages were compared on last-token statistics because their full counts differ".into());
     }
     // Growth and origin, from each stage's inputs.
-    let index: std::collections::HashMap<String, usize> =
-        stages.iter().enumerate().map(|(i, s)| (s.key.clone(), i)).collect();
+    // A stage one side lacks is no input here: under flash attention
+    // attn_context reads q, k and v, whatever the other side has.
+    let index: std::collections::HashMap<String, usize> = stages
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| !matches!(s.basis, Basis::OnlyA | Basis::OnlyB))
+        .map(|(i, s)| (s.key.clone(), i))
+        .collect();
     for i in 0..stages.len() {
         let present = |k: &str| index.contains_key(k);
         let inputs = inputs_of(&stages[i].key, &present);

@@ -85,8 +85,10 @@ stage_table! {
     AttnScores = "attn_scores", layer, token axis 1, reads [FirstOf(&[QRope]), FirstOf(&[KRope])];
     /// softmax of the masked scores, [H, T, Tkv].
     AttnProbs = "attn_probs", layer, token axis 1, reads [FirstOf(&[AttnScores])];
-    /// probabilities · v, [T, H·hd].
-    AttnContext = "attn_context", layer, token axis 0, reads [FirstOf(&[AttnProbs]), FirstOf(&[VProj])];
+    /// probabilities · v, [T, H·hd]; under flash attention, where there
+    /// are no probabilities, the fused operation of q, k and v.
+    AttnContext = "attn_context", layer, token axis 0,
+        reads [FirstOf(&[AttnProbs, QRope]), FirstOf(&[AttnProbs, KRope]), FirstOf(&[VProj])];
     /// ctx·Woᵀ, [T, d].
     AttnOut = "attn_out", layer, token axis 0, reads [FirstOf(&[AttnContext])];
     /// The norm after attention, [T, d].
@@ -159,7 +161,12 @@ impl Stage {
                 })
                 .filter(|k| present(k)),
             })
-            .collect()
+            .fold(Vec::new(), |mut keys, k| {
+                if !keys.contains(&k) {
+                    keys.push(k);
+                }
+                keys
+            })
     }
 }
 
@@ -311,6 +318,10 @@ mod tests {
         assert_eq!(Stage::AttnNorm.input_keys(Some(0), &present), ["embedding"]);
         assert_eq!(Stage::AttnResidual.input_keys(Some(3), &|_| true), ["blk.2.layer_out", "blk.3.attn_post_norm"]);
         assert!(Stage::Embedding.input_keys(None, &|_| true).is_empty());
+        // Flash attention forms no probabilities: its context reads q, k, v.
+        assert_eq!(Stage::AttnContext.input_keys(Some(1), &|_| true), ["blk.1.attn_probs", "blk.1.v_proj"]);
+        let fused = |k: &str| !k.ends_with("attn_probs") && !k.ends_with("attn_scores");
+        assert_eq!(Stage::AttnContext.input_keys(Some(1), &fused), ["blk.1.q_rope", "blk.1.k_rope", "blk.1.v_proj"]);
         // Every input is a stage of the same scope that runs earlier.
         for s in Stage::ALL {
             for input in s.inputs() {
