@@ -17,7 +17,7 @@ Usage::
 
     python reference/llamacpp_trace.py MODEL.gguf (-p PROMPT | --tokens 1,2,3) -o OUT.safetensors
         [--no-bos] [--special] [--stats-only] [--threads N] [--stages GLOBS] [--layers 0-3,7]
-        [--kv-type f32|f16] [--no-repack] [--no-unpermute] [--list-nodes] [-v]
+        [--kv-type f32|f16|q8_0|q4_0] [--no-repack] [--no-unpermute] [--list-nodes] [-v]
 
 With ``-p`` the prompt is tokenized by llama.cpp's own tokenizer, BOS added
 (when the model asks for it) unless ``--no-bos``; control tokens written in
@@ -308,6 +308,9 @@ class Capture:
         # flash attention's output (unnamed; kqv_out-L is a view of it)
         if n.op == "FLASH_ATTN_EXT":
             return True
+        # a quantized cache's context turned back by the values' rotation
+        if is_unrotation(n, self.by_ptr):
+            return True
         # an unnamed output projection: MUL_MAT over kqv_out-L
         if n.op == "MUL_MAT" and len(n.src) > 1:
             s = self.by_ptr.get(n.src[1])
@@ -353,6 +356,32 @@ def unpermute_qk(x: np.ndarray, head_dim: int) -> np.ndarray:
     return x.reshape(T, -1, head_dim // 2, 2).transpose(0, 1, 3, 2).reshape(T, -1)
 
 
+def is_unrotation(n: Node, by_ptr: dict) -> bool:
+    """The Walsh-Hadamard product that turns a quantized cache's attention
+    context back (llama.cpp rotates what such a cache stores): a MUL_MAT
+    that keeps the shape of its input, a view of kqv_out (its matrix,
+    attn_inp_v_rot, is an input, not a node)."""
+    if n.op != "MUL_MAT" or len(n.src) < 2:
+        return False
+    x = by_ptr.get(n.src[1])
+    return x is not None and x.ne == n.ne and context_layer(n.src[1], by_ptr, None) is not None
+
+
+def context_layer(ptr: int, by_ptr: dict, nodes: list) -> int | None:
+    """The layer of the kqv_out-L that ptr is (a view of), or None."""
+    n = by_ptr.get(ptr)
+    while n is not None:
+        if n.base == "kqv_out":
+            return n.layer
+        if n.op == "FLASH_ATTN_EXT":
+            views = [v for v in (nodes or by_ptr.values()) if v.base == "kqv_out" and v.src and v.src[0] == n.ptr]
+            return views[0].layer if views else None
+        if n.op not in VIEW_OPS or not n.src:
+            return None
+        n = by_ptr.get(n.src[0])
+    return None
+
+
 class Mapper:
     def __init__(self, nodes: list[Node], n_tokens: int, n_layers: int, sel: Selection,
                  unpermute: bool, head_dim: int):
@@ -370,6 +399,9 @@ class Mapper:
     def rows(self, n: Node) -> np.ndarray:
         a = n.data
         T = self.T
+        if is_unrotation(n, self.by_ptr):
+            # rows of 64 of the whole context, in its order: T rows of H·hd
+            return a.reshape(T, -1)
         # token axis = outermost dimension with more than one element (ne reversed)
         outer = [d for d in a.shape if d != 1]
         if a.size % T or (outer and outer[0] != T and T != 1):
@@ -403,6 +435,10 @@ class Mapper:
         for n in kept:
             if n.layer is not None:
                 per_layer.setdefault(n.layer, []).append(n)
+            elif is_unrotation(n, self.by_ptr):
+                L = context_layer(n.src[1], self.by_ptr, self.nodes)
+                if L is not None:
+                    per_layer.setdefault(L, []).append(n)
             elif n.op == "MUL_MAT" and len(n.src) > 1:
                 s = self.by_ptr.get(n.src[1])
                 if s is not None and s.base == "kqv_out":
@@ -463,6 +499,11 @@ class Mapper:
             # under flash attention kqv_out is a view: the op's own output
             # [DV, H, T] is the context, T rows of H·DV
             picks["attn_context"] = fa[-1]
+        unrot = [n for n in nodes if is_unrotation(n, self.by_ptr)]
+        if unrot:
+            # a quantized cache's values were rotated: the context is the
+            # op's output turned back
+            picks["attn_context"] = unrot[-1]
         ao = last("attn_out")
         if ao is None and ctx is not None:
             ao = next((n for n in nodes if n.layer is None and n.op == "MUL_MAT"
@@ -588,7 +629,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ubatch", type=int, metavar="N", default=None,
                     help="with --generate: llama.cpp's physical batch (n_ubatch): the prompt is computed N "
                          "tokens at a time (default: the whole prompt at once)")
-    ap.add_argument("--kv-type", choices=["f32", "f16"], default="f32",
+    ap.add_argument("--kv-type", choices=["f32", "f16", "q8_0", "q4_0"], default="f32",
                     help="KV cache type (default f32; llama.cpp's own default is f16)")
     ap.add_argument("--flash-attn", choices=["on", "off"], default="off",
                     help="flash attention (default off, so the kq and kq_soft_max nodes exist; llama.cpp's own "
@@ -622,7 +663,7 @@ def context_params(L, args, n_ctx: int, n_batch: int, n_ubatch: int | None = Non
     cparams.n_threads_batch = threads
     cparams.flash_attn_type = (L.LLAMA_FLASH_ATTN_TYPE_ENABLED if getattr(args, "flash_attn", "off") == "on"
                                else L.LLAMA_FLASH_ATTN_TYPE_DISABLED)
-    kv = L.GGML_TYPE_F32 if args.kv_type == "f32" else L.GGML_TYPE_F16
+    kv = {"f32": L.GGML_TYPE_F32, "f16": L.GGML_TYPE_F16, "q8_0": L.GGML_TYPE_Q8_0, "q4_0": L.GGML_TYPE_Q4_0}[args.kv_type]
     cparams.type_k = kv
     cparams.type_v = kv
     cparams.no_perf = True

@@ -3,6 +3,8 @@
 # weight repacking), for the tests that hold plumb fast to it:
 #   scripts/gen_knob_golden.sh kv16 --kv-type f16       (crates/cli/tests/kv_type.rs)
 #   scripts/gen_knob_golden.sh fa --flash-attn on       (crates/cli/tests/flash_attn.rs)
+#   ONLY=gemma2 scripts/gen_knob_golden.sh q8kv --kv-type q8_0 --flash-attn on   (tests/kv_quant.rs)
+#   ONLY=gemma2 scripts/gen_knob_golden.sh q4kv --kv-type q4_0 --flash-attn on
 # NAME names the files it writes:
 #   testdata/tiny/llamacpp_greedy_NAME.json   every tiny model's greedy
 #       continuation of 32 tokens from the golden token sequence;
@@ -12,7 +14,9 @@
 #       sequence (llama.cpp's attention takes other paths from 64 rows);
 #   testdata/gemma3-270m/llamacpp_NAME.json   the real model: a short
 #       prompt and the 2151-token test prompt (whole, and in ubatches of
-#       512), greedy 32 tokens and the prompt's last logits' 16 largest.
+#       512), greedy 32 tokens and the prompt's last logits' 16 largest;
+#   testdata/gemma3-270m/llamacpp_trace_NAME.safetensors   its first two
+#       layers traced on the short prompt.
 # Two threads, as the tests run plumb (llama.cpp's flash attention splits
 # one token's work over 512 positions or more by thread).
 # Needs llama-cpp-python built from its 0.3.36 source package in .venv-ref
@@ -26,7 +30,9 @@ FLAGS=("$@")
 PY="${PYTHON:-.venv-ref/bin/python}"
 TOKENS=1,17,255,3,400,511,42,7,99,128,300,5
 TOKENS_80=$(python3 -c 'import random; random.seed(3); print(",".join(str(random.randrange(1, 512)) for _ in range(80)))')
-ARCHS=(llama qwen2 qwen3 gemma2 llama3 olmo2 phi3 phi3long mixtral qwen2moe qwen3moe qwen3yarn)
+# ONLY="gemma2" limits the tiny models (a quantized cache needs heads of
+# whole blocks of 32, and only gemma2's are).
+read -r -a ARCHS <<< "${ONLY:-llama qwen2 qwen3 gemma2 llama3 olmo2 phi3 phi3long mixtral qwen2moe qwen3moe qwen3yarn}"
 TRACED=" llama gemma2 phi3long qwen3moe "
 CONF="--no-repack ${FLAGS[*]}"
 trace() {
@@ -81,3 +87,8 @@ with open(f"testdata/gemma3-270m/llamacpp_{name}.json", "w") as f:
     f.write("\n")
 print({k: v["generated"][:8] for k, v in cases.items()})
 PYEOF
+# The real model's first two layers on the short prompt, traced
+# (testdata/gemma3-270m/llamacpp_trace_NAME.safetensors): a quantized
+# cache's rotation shows in attn_context.
+"$PY" reference/llamacpp_trace.py "$MODEL" --tokens "$SHORT_IDS" --no-repack -t 2 "${FLAGS[@]}" --layers 0-1 \
+    --stages "v_proj,attn_context,layer_out" -o "testdata/gemma3-270m/llamacpp_trace_$NAME.safetensors" >/dev/null 2>&1

@@ -23,6 +23,8 @@
 //! V cache untransposed under flash attention.
 
 use plumb_quant::blocks::round_f16;
+use plumb_quant::quantize::quantize_q8_0_act;
+use plumb_quant::GgmlType;
 use rayon::prelude::*;
 
 use crate::attention::AttnShape;
@@ -51,6 +53,55 @@ pub struct FlashPlan {
     /// windowed cache drops older ones, in multiples of 64): tiles and
     /// chunks lie on absolute positions, as llama.cpp's cells do.
     pub first: usize,
+    /// The cache is in a block format: llama.cpp then takes the one-row
+    /// path at every step.
+    pub quantized: bool,
+    /// The Walsh-Hadamard rotation a quantized cache's keys and values
+    /// went through ([`Rotation`]): the queries take the keys' and the
+    /// context is turned back by the values'.
+    pub rotation: Option<Rotation>,
+}
+
+/// llama.cpp rotates what it stores in a quantized cache by an orthonormal
+/// Walsh-Hadamard transform, so that no element of a block stands out and
+/// the blocks quantize it better: keys (and so queries) in rows of the
+/// largest power of two that divides the head width, values in rows of 64,
+/// and the attention's context back again (H·H = I). Heads of a multiple of
+/// 64 only; others are stored as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    pub k: usize,
+    pub v: usize,
+}
+
+impl Rotation {
+    pub fn for_head(hd: usize) -> Option<Rotation> {
+        if hd == 0 || !hd.is_multiple_of(64) {
+            return None;
+        }
+        Some(Rotation { k: 1 << hd.trailing_zeros(), v: 64 })
+    }
+}
+
+/// Each row of n (a power of two) of x through the orthonormal fast
+/// Walsh-Hadamard transform, as llama.cpp computes it: scaled by 1/√n
+/// first, then butterflies of span 1, 2, 4, … (u + v, u − v).
+pub fn fwht(x: &mut [f32], n: usize) {
+    assert!(n.is_power_of_two() && x.len().is_multiple_of(n), "rows of a power of two");
+    let scale = 1.0 / (n as f32).sqrt();
+    for row in x.chunks_exact_mut(n) {
+        row.iter_mut().for_each(|v| *v *= scale);
+        let mut len = 1;
+        while len < n {
+            for pair in row.chunks_exact_mut(2 * len) {
+                let (a, b) = pair.split_at_mut(len);
+                for (u, v) in a.iter_mut().zip(b) {
+                    (*u, *v) = (*u + *v, *u - *v);
+                }
+            }
+            len *= 2;
+        }
+    }
 }
 
 /// llama.cpp's three ways through flash attention.
@@ -71,7 +122,9 @@ impl FlashPlan {
     }
 
     pub fn path(&self) -> FlashPath {
-        if self.step_rows >= TILE_Q {
+        if self.quantized {
+            FlashPath::OneRow
+        } else if self.step_rows >= TILE_Q {
             FlashPath::Tiled
         } else if self.step_rows == 1 && self.n_kv >= SPLIT_FROM {
             FlashPath::Split
@@ -84,21 +137,35 @@ impl FlashPlan {
 /// ctx[i, h] = softmax(q[i, h]·kᵀ + mask)·v over the positions row i sees,
 /// by the path `plan` picks. q [T, H·hd] (its rows in the cache's element
 /// order), keys and values [positions, Hkv·hd] from the first position
-/// held (f16 values), ctx [T, H·hd].
-pub fn flash_attention(s: &AttnShape, plan: &FlashPlan, q: &[f32], keys: &[f32], values: &[f32], ctx: &mut [f32]) {
+/// held (f16 values, or a block format's), ctx [T, H·hd]. `key_blocks`: a
+/// quantized cache's keys as its blocks, one row of Hkv·hd per position
+/// (the scores read them; `plan.quantized` says so).
+pub fn flash_attention(
+    s: &AttnShape,
+    plan: &FlashPlan,
+    q: &[f32],
+    keys: &[f32],
+    key_blocks: Option<(GgmlType, &[u8])>,
+    values: &[f32],
+    ctx: &mut [f32],
+) {
     let (t, hd, heads) = (s.t, s.hd, s.heads);
     let (qd, kvd, group) = (heads * hd, s.kv_heads * hd, heads / s.kv_heads);
     assert!(s.kv_heads > 0 && heads.is_multiple_of(s.kv_heads), "{heads} heads over {} kv heads", s.kv_heads);
     assert!(q.len() == t * qd && ctx.len() == t * qd);
     assert!(keys.len() >= (s.p + t) * kvd && values.len() >= (s.p + t) * kvd);
     assert!(plan.first.is_multiple_of(TILE_KV), "a cache's first position lies on a tile");
+    assert_eq!(plan.quantized, key_blocks.is_some(), "a quantized plan reads key blocks");
     // The graph scales the queries (gemma) or passes the scale to the op;
     // a softcap divides the op's scale.
-    let (q, kq_scale) = if s.scale_queries {
+    let (mut q, kq_scale) = if s.scale_queries {
         (std::borrow::Cow::Owned(q.iter().map(|v| v * s.scale).collect::<Vec<f32>>()), 1.0)
     } else {
         (std::borrow::Cow::Borrowed(q), s.scale)
     };
+    if let Some(r) = plan.rotation {
+        fwht(q.to_mut(), r.k);
+    }
     let scale = s.softcap.map_or(kq_scale, |cap| kq_scale / cap);
     let score = Score { scale, cap: s.softcap };
     let kv = Kv { keys, values, kvd };
@@ -129,6 +196,16 @@ pub fn flash_attention(s: &AttnShape, plan: &FlashPlan, q: &[f32], keys: &[f32],
                 tiled(&qs, &spans, &kv, off, score, &mut outs);
             });
         }
+        FlashPath::OneRow if plan.quantized => {
+            let (ty, blocks) = key_blocks.expect("checked above");
+            let keys = Blocks::new(ty, blocks, kvd, hd);
+            ctx.par_chunks_exact_mut(hd).enumerate().for_each(|(r, out)| {
+                let (i, h) = (r / heads, r % heads);
+                let qb = Blocks::query(&q[i * qd + h * hd..i * qd + (h + 1) * hd]);
+                let part = one_row_blocks(&qb, &keys, &kv, h / group, visible(i), score);
+                part.finish(out);
+            });
+        }
         FlashPath::OneRow => {
             ctx.par_chunks_exact_mut(hd).enumerate().for_each(|(r, out)| {
                 let (i, h) = (r / heads, r % heads);
@@ -157,6 +234,40 @@ pub fn flash_attention(s: &AttnShape, plan: &FlashPlan, q: &[f32], keys: &[f32],
                 merged.finish(out);
             });
         }
+    }
+    if let Some(r) = plan.rotation {
+        fwht(ctx, r.v);
+    }
+}
+
+/// A quantized cache's key blocks as the scores read them.
+struct Blocks<'a> {
+    data: &'a [u8],
+    /// Bytes of one position's row, and of one head's part of it.
+    row: usize,
+    head: usize,
+    dot: crate::dot::DotFn,
+    hd: usize,
+}
+
+impl<'a> Blocks<'a> {
+    fn new(ty: GgmlType, data: &'a [u8], kvd: usize, hd: usize) -> Blocks<'a> {
+        let bytes = |n: usize| ty.bytes_for(n as u64).expect("whole blocks") as usize;
+        assert!(hd.is_multiple_of(32), "a block-format cache needs heads of whole blocks");
+        let dot = crate::fast::dot_for(ty, crate::active_path());
+        Blocks { data, row: bytes(kvd), head: bytes(hd), dot, hd }
+    }
+
+    /// A query row as llama.cpp quantizes it for these keys' dot product
+    /// (Q8_0, as its CPU quantizes activations).
+    fn query(q: &[f32]) -> Vec<u8> {
+        q.chunks_exact(32).flat_map(|c| bytemuck::bytes_of(&quantize_q8_0_act(c)).to_vec()).collect()
+    }
+
+    /// Position j's key of kv head g · the quantized query.
+    fn score(&self, j: usize, g: usize, qb: &[u8]) -> f32 {
+        let at = j * self.row + g * self.head;
+        (self.dot)(self.hd, &self.data[at..at + self.head], qb)
     }
 }
 
@@ -253,6 +364,42 @@ fn one_row(q16: &[f32], kv: &Kv, off: usize, js: std::ops::Range<usize>, score: 
     p
 }
 
+/// llama.cpp's one-row path over a quantized cache: scores from the key
+/// blocks and the query's Q8_0 blocks, values as their blocks give them
+/// back, the context accumulated in f32 (`ggml_vec_scale_f32`,
+/// `ggml_vec_mad_f32`).
+fn one_row_blocks(qb: &[u8], keys: &Blocks, kv: &Kv, g: usize, js: std::ops::Range<usize>, score: Score) -> Partial {
+    let hd = keys.hd;
+    let mut p = Partial::empty(hd);
+    for j in js {
+        let s = score.of(keys.score(j, g, qb));
+        let (mut ms, mut vs) = (1f32, 1f32);
+        if s > p.max {
+            let old = p.max;
+            p.max = s;
+            ms = (old - s).exp();
+            p.acc.iter_mut().for_each(|a| *a *= ms);
+        } else {
+            vs = (s - p.max).exp();
+        }
+        mad_f32(&mut p.acc, kv.value(j, g * hd, hd), vs);
+        p.sum = p.sum.mul_add(ms, vs);
+    }
+    p
+}
+
+/// y += x·v, each element fused (`ggml_vec_mad_f32`).
+fn mad_f32(y: &mut [f32], x: &[f32], v: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::active_path().uses_avx2() {
+        // SAFETY: as in `scale_f16`.
+        return unsafe { f16c::mad32(y, x, v) };
+    }
+    for (y, x) in y.iter_mut().zip(x) {
+        *y = x.mul_add(v, *y);
+    }
+}
+
 /// y = y·v, each element rounded to f16 (`ggml_vec_scale_f16`).
 fn scale_f16(y: &mut [f32], v: f32) {
     #[cfg(target_arch = "x86_64")]
@@ -301,6 +448,19 @@ mod f16c {
             _mm256_storeu_ps(p, round8(_mm256_mul_ps(_mm256_loadu_ps(p), vv)));
         }
         y[n..].iter_mut().for_each(|y| *y = round_f16(*y * v));
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn mad32(y: &mut [f32], x: &[f32], v: f32) {
+        let n = y.len().min(x.len()) / 8 * 8;
+        let vv = _mm256_set1_ps(v);
+        for i in (0..n).step_by(8) {
+            let p = y.as_mut_ptr().add(i);
+            _mm256_storeu_ps(p, _mm256_fmadd_ps(_mm256_loadu_ps(x.as_ptr().add(i)), vv, _mm256_loadu_ps(p)));
+        }
+        for (y, x) in y[n..].iter_mut().zip(&x[n..]) {
+            *y = x.mul_add(v, *y);
+        }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -624,13 +784,41 @@ mod tests {
         out
     }
 
+    /// The transform is the orthonormal Walsh-Hadamard matrix (entries
+    /// ±1/√n, sign by the parity of i AND j), and its own inverse.
+    #[test]
+    fn fwht_is_the_orthonormal_hadamard_matrix_and_its_own_inverse() {
+        for n in [64, 256] {
+            let x: Vec<f32> = (0..2 * n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+            let mut y = x.clone();
+            fwht(&mut y, n);
+            for (xr, yr) in x.chunks(n).zip(y.chunks(n)) {
+                for (i, &yi) in yr.iter().enumerate() {
+                    let want: f64 = xr
+                        .iter()
+                        .enumerate()
+                        .map(|(j, &v)| if (i & j).count_ones() % 2 == 0 { v as f64 } else { -v as f64 })
+                        .sum::<f64>()
+                        / (n as f64).sqrt();
+                    assert!((yi as f64 - want).abs() < 1e-4, "n {n}, row element {i}: {yi} vs {want}");
+                }
+            }
+            fwht(&mut y, n);
+            assert!(x.iter().zip(&y).all(|(a, b)| (a - b).abs() < 1e-4), "n {n}: H·H is not I");
+        }
+        assert_eq!(Rotation::for_head(256), Some(Rotation { k: 256, v: 64 }));
+        assert_eq!(Rotation::for_head(192), Some(Rotation { k: 64, v: 64 }));
+        assert_eq!(Rotation::for_head(32), None);
+    }
+
     #[test]
     fn n_kv_and_the_path_follow_llama_cpps_view_of_the_step() {
         assert_eq!(FlashPlan::n_kv(44, 13), 256);
         assert_eq!(FlashPlan::n_kv(2183, 2152), 2304);
         assert_eq!(FlashPlan::n_kv(2183, 300), 512);
         assert_eq!(FlashPlan::n_kv(300, 300), 512);
-        let plan = |step_rows, n_kv| FlashPlan { step_rows, n_kv, threads: 2, first: 0 };
+        let plan =
+            |step_rows, n_kv| FlashPlan { step_rows, n_kv, threads: 2, first: 0, quantized: false, rotation: None };
         assert_eq!(plan(63, 256).path(), FlashPath::OneRow);
         assert_eq!(plan(64, 256).path(), FlashPath::Tiled);
         assert_eq!(plan(1, 256).path(), FlashPath::OneRow);
@@ -648,9 +836,9 @@ mod tests {
                 let q = values(t * s.heads * s.hd, 1);
                 let keys = values((p + t) * s.kv_heads * s.hd, 2);
                 let vals = values((p + t) * s.kv_heads * s.hd, 3);
-                let plan = FlashPlan { step_rows: rows, n_kv, threads: 3, first: 0 };
+                let plan = FlashPlan { step_rows: rows, n_kv, threads: 3, first: 0, quantized: false, rotation: None };
                 let mut ctx = vec![0f32; q.len()];
-                flash_attention(&s, &plan, &q, &keys, &vals, &mut ctx);
+                flash_attention(&s, &plan, &q, &keys, None, &vals, &mut ctx);
                 let want = plain(&s, &q, &keys, &vals);
                 let worst = ctx.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 assert!(worst < 0.02, "{:?}: worst |Δ| {worst}", plan.path());
@@ -667,8 +855,8 @@ mod tests {
         let vals = values(601 * s.kv_heads * s.hd, 6);
         let run = |n_kv, threads| {
             let mut ctx = vec![0f32; q.len()];
-            let plan = FlashPlan { step_rows: 1, n_kv, threads, first: 0 };
-            flash_attention(&s, &plan, &q, &keys, &vals, &mut ctx);
+            let plan = FlashPlan { step_rows: 1, n_kv, threads, first: 0, quantized: false, rotation: None };
+            flash_attention(&s, &plan, &q, &keys, None, &vals, &mut ctx);
             ctx
         };
         let (one_row, split1, split2) = (run(256, 1), run(768, 1), run(768, 2));

@@ -3,8 +3,10 @@
 //! ([`ValueLayout`]).
 
 use plumb_kernels::attention::{ValueLayout, Values, VALUE_PAD};
+use plumb_kernels::flash::{fwht, Rotation};
 use plumb_kernels::ops::RopeSpan;
 use plumb_quant::blocks::round_f16;
+use plumb_quant::GgmlType;
 
 use crate::config::{KvType, ModelConfig};
 
@@ -38,8 +40,14 @@ pub struct KvCache {
     /// ([`KvCache::begin_step`]).
     step_end: usize,
     step_rows: usize,
-    /// Keys and values are rounded to f16 as they are stored.
-    f16: bool,
+    /// What keys and values go through as they are stored: f16 rounding,
+    /// or a block format (whose key blocks `kq` keeps).
+    kind: KvType,
+    /// Per layer, a quantized cache's key blocks: one row of kv_dim
+    /// elements per position held, as in `k`.
+    kq: Vec<Vec<u8>>,
+    /// The rotation a quantized cache applies before quantizing.
+    rotation: Option<Rotation>,
     kv_dim: usize,
 }
 
@@ -56,7 +64,34 @@ fn room(window: Option<usize>, capacity: usize) -> usize {
 /// Bytes one layer takes holding `positions` (the transposed layout's
 /// positions padded to a multiple of 64).
 fn layer_bytes(cfg: &ModelConfig, positions: usize) -> u64 {
-    (positions as u64 + positions.div_ceil(VALUE_PAD) as u64 * VALUE_PAD as u64) * cfg.kv_dim() as u64 * 4
+    let blocks = key_row_bytes(cfg.kv_type, cfg.kv_dim()) as u64 * positions as u64;
+    (positions as u64 + positions.div_ceil(VALUE_PAD) as u64 * VALUE_PAD as u64) * cfg.kv_dim() as u64 * 4 + blocks
+}
+
+/// Bytes of one position's key blocks in a quantized cache (0 otherwise).
+fn key_row_bytes(kind: KvType, kv_dim: usize) -> usize {
+    kind.block_type().map_or(0, |ty| ty.bytes_for(kv_dim as u64).unwrap_or(0) as usize)
+}
+
+/// x as a block format stores it and gives it back: the blocks appended to
+/// `blocks` (where given), x overwritten by their values. llama.cpp
+/// quantizes its cache with its CPU `from_float`: the SIMD Q8_0 of its
+/// activations, the reference Q4_0.
+fn quantize_rows(ty: GgmlType, x: &mut [f32], blocks: Option<&mut Vec<u8>>) {
+    let mut bytes = Vec::with_capacity(ty.bytes_for(x.len() as u64).unwrap_or(0) as usize);
+    for chunk in x.chunks_exact(32) {
+        match ty {
+            GgmlType::Q8_0 => {
+                bytes.extend_from_slice(bytemuck::bytes_of(&plumb_quant::quantize::quantize_q8_0_act(chunk)))
+            }
+            GgmlType::Q4_0 => bytes.extend_from_slice(bytemuck::bytes_of(&plumb_quant::quantize::quantize_q4_0(chunk))),
+            _ => unreachable!("a KV cache's block formats are Q8_0 and Q4_0"),
+        }
+    }
+    plumb_quant::dequant::dequantize(ty, &bytes, x).expect("whole blocks");
+    if let Some(b) = blocks {
+        b.extend_from_slice(&bytes);
+    }
 }
 
 /// Each layer's window, where a windowed cache keeps only that.
@@ -89,7 +124,9 @@ impl KvCache {
             step_end: 0,
             step_rows: 0,
             // Flash attention reads an f32 cache as f16 (llama.cpp casts it).
-            f16: cfg.kv_type == KvType::F16 || cfg.flash_attn,
+            kind: if cfg.flash_attn && cfg.kv_type == KvType::F32 { KvType::F16 } else { cfg.kv_type },
+            kq: (0..cfg.n_layer).map(|_| Vec::new()).collect(),
+            rotation: cfg.kv_type.block_type().and_then(|_| Rotation::for_head(cfg.head_dim)),
             kv_dim,
         }
     }
@@ -154,6 +191,7 @@ impl KvCache {
             );
             let held = len - self.first[l];
             self.k[l].truncate(held * self.kv_dim);
+            self.kq[l].truncate(held * key_row_bytes(self.kind, self.kv_dim));
             self.v[l].truncate(held * self.kv_dim);
             self.vt_len[l] = self.vt_len[l].min(held);
         }
@@ -171,6 +209,8 @@ impl KvCache {
         let kvd = self.kv_dim;
         let n = (keep_from - self.first[l]).min(self.k[l].len() / kvd.max(1));
         self.k[l].drain(..n * kvd);
+        let kq = (n * key_row_bytes(self.kind, kvd)).min(self.kq[l].len());
+        self.kq[l].drain(..kq);
         let rows = (n * kvd).min(self.v[l].len());
         self.v[l].drain(..rows);
         if self.vt_len[l] > 0 {
@@ -270,13 +310,30 @@ impl KvCache {
         let at = p - self.first[l];
         self.k[l].truncate(at * self.kv_dim);
         let rounded: Vec<f32>;
-        let values = if self.f16 {
-            self.k[l].extend(keys.iter().map(|&x| round_f16(x)));
-            rounded = values.iter().map(|&x| round_f16(x)).collect();
-            rounded.as_slice()
-        } else {
-            self.k[l].extend_from_slice(keys);
-            values
+        let values = match self.kind {
+            KvType::F32 => {
+                self.k[l].extend_from_slice(keys);
+                values
+            }
+            KvType::F16 => {
+                self.k[l].extend(keys.iter().map(|&x| round_f16(x)));
+                rounded = values.iter().map(|&x| round_f16(x)).collect();
+                rounded.as_slice()
+            }
+            KvType::Q8_0 | KvType::Q4_0 => {
+                let ty = self.kind.block_type().expect("a block format");
+                let (mut k, mut v) = (keys.to_vec(), values.to_vec());
+                if let Some(r) = self.rotation {
+                    fwht(&mut k, r.k);
+                    fwht(&mut v, r.v);
+                }
+                self.kq[l].truncate(at * key_row_bytes(self.kind, self.kv_dim));
+                quantize_rows(ty, &mut k, Some(&mut self.kq[l]));
+                self.k[l].extend_from_slice(&k);
+                quantize_rows(ty, &mut v, None);
+                rounded = v;
+                rounded.as_slice()
+            }
         };
         match layout {
             ValueLayout::Rows => self.put_v_rows(l, at, values),
@@ -287,6 +344,18 @@ impl KvCache {
     /// Layer `l`'s keys, [positions, kv_dim], from position `first(l)`.
     pub fn keys(&self, l: usize) -> &[f32] {
         &self.k[l]
+    }
+
+    /// The Walsh-Hadamard rotation a quantized cache stores its keys and
+    /// values under (heads of a multiple of 64), as llama.cpp's does.
+    pub fn rotation(&self) -> Option<Rotation> {
+        self.rotation
+    }
+
+    /// A quantized cache's key blocks for layer `l` (one row of kv_dim per
+    /// position, from `first(l)`) and their format.
+    pub fn key_blocks(&self, l: usize) -> Option<(GgmlType, &[u8])> {
+        self.kind.block_type().map(|ty| (ty, self.kq[l].as_slice()))
     }
 
     /// Layer `l`'s values in the layout they were last stored in, from

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use plumb_formats::gguf::GgufFile;
+use plumb_quant::GgmlType;
 use serde_json::Value as J;
 
 use crate::arch::ArchSpec;
@@ -135,27 +136,42 @@ impl ModelConfig {
 /// The KV cache's element type. F16 rounds every key and value to f16 as
 /// it is stored (held in f32, so the kernels read them as they read f32);
 /// the fast precision then also rounds what it multiplies them by, as
-/// llama.cpp's `-ctk f16 -ctv f16` does.
+/// llama.cpp's `-ctk f16 -ctv f16` does. Q8_0 and Q4_0 quantize each block
+/// of 32 as llama.cpp stores them (`-ctk q8_0 -ctv q8_0`): the cache keeps
+/// the keys' blocks, which flash attention's scores read, and every key
+/// and value as its block gives it back; like llama.cpp, they need flash
+/// attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KvType {
     #[default]
     F32,
     F16,
+    Q8_0,
+    Q4_0,
 }
 
 impl KvType {
+    pub const ALL: [KvType; 4] = [KvType::F32, KvType::F16, KvType::Q8_0, KvType::Q4_0];
+
     pub fn parse(s: &str) -> Option<KvType> {
-        match s {
-            "f32" => Some(KvType::F32),
-            "f16" => Some(KvType::F16),
-            _ => None,
-        }
+        KvType::ALL.into_iter().find(|k| k.name() == s)
     }
 
     pub fn name(self) -> &'static str {
         match self {
             KvType::F32 => "f32",
             KvType::F16 => "f16",
+            KvType::Q8_0 => "q8_0",
+            KvType::Q4_0 => "q4_0",
+        }
+    }
+
+    /// The block format of a quantized cache.
+    pub fn block_type(self) -> Option<GgmlType> {
+        match self {
+            KvType::Q8_0 => Some(GgmlType::Q8_0),
+            KvType::Q4_0 => Some(GgmlType::Q4_0),
+            KvType::F32 | KvType::F16 => None,
         }
     }
 }

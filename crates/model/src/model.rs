@@ -859,8 +859,18 @@ impl Model {
                 n_kv: FlashPlan::n_kv(cache.capacity, cache.step_end()),
                 threads: rayon::current_num_threads(),
                 first,
+                quantized: cache.key_blocks(l).is_some(),
+                rotation: cache.rotation(),
             };
-            plumb_kernels::flash::flash_attention(&shape, &plan, q, cache.keys(l), values, &mut ctx);
+            plumb_kernels::flash::flash_attention(
+                &shape,
+                &plan,
+                q,
+                cache.keys(l),
+                cache.key_blocks(l),
+                values,
+                &mut ctx,
+            );
             self.emit(tr, at, Stage::AttnContext, &mut ctx, &[t, qd], rows);
             return ctx;
         }

@@ -44,7 +44,7 @@ pub struct Args {
     pub a_precision: Precision,
     #[arg(long, default_value = "exact", value_parser = parse_precision)]
     pub b_precision: Precision,
-    /// A's KV cache type: `f32` or `f16` (as for `plumb run`).
+    /// A's KV cache type: `f32`, `f16`, `q8_0` or `q4_0` (as for `plumb run`).
     #[arg(long, default_value = "f32", value_parser = parse_kv_type)]
     pub a_kv_type: KvType,
     /// B's KV cache type.

@@ -11,7 +11,7 @@ pub fn parse_precision(s: &str) -> Result<Precision, String> {
 }
 
 pub fn parse_kv_type(s: &str) -> Result<KvType, String> {
-    KvType::parse(s).ok_or_else(|| format!("unknown KV cache type {s:?} (available: f32, f16)"))
+    KvType::parse(s).ok_or_else(|| format!("unknown KV cache type {s:?} (available: f32, f16, q8_0, q4_0)"))
 }
 
 /// `on` or `off`, as llama.cpp spells its flash attention switch.
@@ -31,11 +31,15 @@ pub struct ModelArgs {
     /// llama.cpp) or `exact` (f32 activations, dequantized weights).
     #[arg(long, value_parser = parse_precision)]
     pub precision: Option<Precision>,
-    /// Threads (default: all cores). Results do not depend on it.
+    /// Threads (default: all cores). Results do not depend on it, except
+    /// under flash attention, where llama.cpp splits one token's cells
+    /// into a chunk per thread.
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
-    /// KV cache type: `f32`, or `f16` (keys and values rounded to f16 as
-    /// stored; the fast precision as llama.cpp's `-ctk f16 -ctv f16 -fa off`).
+    /// KV cache type: `f32`; `f16` (keys and values rounded to f16 as
+    /// stored; the fast precision as llama.cpp's `-ctk f16 -ctv f16`);
+    /// `q8_0` or `q4_0` (blocks of 32, as llama.cpp's `-ctk q8_0 -ctv q8_0`;
+    /// they need `--flash-attn on`).
     #[arg(long = "kv-type", default_value = "f32", value_parser = parse_kv_type)]
     pub kv_type: KvType,
     /// Flash attention, as llama.cpp's `-fa on` computes it (the fast
@@ -84,8 +88,21 @@ pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
     if args.flash_attn && args.precision == Some(Precision::Exact) {
         bail!("--flash-attn on: flash attention is a setting of the fast precision (llama.cpp's arithmetic); the exact precision computes as transformers does");
     }
+    if args.kv_type.block_type().is_some() && !args.flash_attn {
+        bail!(
+            "--kv-type {}: a quantized KV cache needs --flash-attn on, as in llama.cpp (its attention without flash attention cannot read quantized values)",
+            args.kv_type.name()
+        );
+    }
     pool.build_global().ok();
     let (mut loaded, warning) = Loaded::open(&args.model)?;
+    if args.kv_type.block_type().is_some() && !loaded.model.cfg.head_dim.is_multiple_of(32) {
+        bail!(
+            "--kv-type {}: the model's heads are {} wide, not whole blocks of 32",
+            args.kv_type.name(),
+            loaded.model.cfg.head_dim
+        );
+    }
     loaded.model.cfg.kv_type = args.kv_type;
     loaded.model.cfg.flash_attn = args.flash_attn;
     if let Some(w) = warning {

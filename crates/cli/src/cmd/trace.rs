@@ -40,7 +40,7 @@ pub struct Args {
     pub precision: Precision,
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
-    /// KV cache type: `f32` or `f16` (as for `plumb run`).
+    /// KV cache type: `f32`, `f16`, `q8_0` or `q4_0` (as for `plumb run`).
     #[arg(long = "kv-type", default_value = "f32", value_parser = parse_kv_type)]
     pub kv_type: KvType,
     /// Flash attention (`--precision fast` only): `on` or `off`. Under it
