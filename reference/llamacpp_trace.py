@@ -17,7 +17,7 @@ Usage::
 
     python reference/llamacpp_trace.py MODEL.gguf (-p PROMPT | --tokens 1,2,3) -o OUT.safetensors
         [--no-bos] [--special] [--stats-only] [--threads N] [--stages GLOBS] [--layers 0-3,7]
-        [--kv-type f32|f16|q8_0|q4_0] [--no-repack] [--no-unpermute] [--list-nodes] [-v]
+        [--kv-type f32|f16|q8_0|q4_0] [--no-repack | --repack on|off] [--no-unpermute] [--list-nodes] [-v]
 
 With ``-p`` the prompt is tokenized by llama.cpp's own tokenizer, BOS added
 (when the model asks for it) unless ``--no-bos``; control tokens written in
@@ -636,12 +636,16 @@ def main(argv=None) -> int:
                          "default, auto, is on for the CPU); under it only kqv_out of the attention is traced")
     ap.add_argument("--no-repack", action="store_true",
                     help="no CPU weight repacking (llama.cpp's --no-repack): the plain ggml dot products")
+    ap.add_argument("--repack", choices=["on", "off"], default=None,
+                    help="CPU weight repacking, as plumb spells it (overrides --no-repack; llama.cpp's default: on)")
     ap.add_argument("--no-unpermute", action="store_true",
                     help="keep llama.cpp's interleaved Q/K layout for NORM-rope (llama) models")
     ap.add_argument("--list-nodes", action="store_true", help="print every graph node seen on stderr")
     ap.add_argument("-v", "--verbose", action="store_true",
                     help="llama.cpp's log and one line per stage (with its source node) on stderr")
     args = parse_common_args(ap, argv)
+    if args.repack is not None:
+        args.no_repack = args.repack == "off"
     try:
         return run(args)
     except UsageError as e:

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# llama.cpp's answers in one configuration of its knobs (always without
-# weight repacking), for the tests that hold plumb fast to it:
+# llama.cpp's answers in one configuration of its knobs (without weight
+# repacking unless --repack on), for the tests that hold plumb fast to it:
 #   scripts/gen_knob_golden.sh kv16 --kv-type f16       (crates/cli/tests/kv_type.rs)
 #   scripts/gen_knob_golden.sh fa --flash-attn on       (crates/cli/tests/flash_attn.rs)
 #   ONLY=gemma2 scripts/gen_knob_golden.sh q8kv --kv-type q8_0 --flash-attn on   (tests/kv_quant.rs)
 #   ONLY=gemma2 scripts/gen_knob_golden.sh q4kv --kv-type q4_0 --flash-attn on
+#   ONLY=none scripts/gen_knob_golden.sh repack --repack on   (tests/repack.rs)
 # NAME names the files it writes:
 #   testdata/tiny/llamacpp_greedy_NAME.json   every tiny model's greedy
 #       continuation of 32 tokens from the golden token sequence;
@@ -32,12 +33,17 @@ TOKENS=1,17,255,3,400,511,42,7,99,128,300,5
 TOKENS_80=$(python3 -c 'import random; random.seed(3); print(",".join(str(random.randrange(1, 512)) for _ in range(80)))')
 # ONLY="gemma2" limits the tiny models (a quantized cache needs heads of
 # whole blocks of 32, and only gemma2's are).
+# ONLY=none skips them (repacking touches none of their Q8_0 weights).
 read -r -a ARCHS <<< "${ONLY:-llama qwen2 qwen3 gemma2 llama3 olmo2 phi3 phi3long mixtral qwen2moe qwen3moe qwen3yarn}"
+if [[ "${ONLY:-}" == none ]]; then ARCHS=(); fi
 TRACED=" llama gemma2 phi3long qwen3moe "
+# Without repacking unless the flags ask for it (--repack on).
 CONF="--no-repack ${FLAGS[*]}"
+if [[ " ${FLAGS[*]} " == *" --repack on "* ]]; then CONF="${FLAGS[*]}"; fi
 trace() {
     "$PY" reference/llamacpp_trace.py "$1" --tokens "$2" --no-repack -t 2 "${FLAGS[@]}" "${@:3}" 2>/dev/null
 }
+if (( ${#ARCHS[@]} )); then
 {
     printf '{"llama_cpp_python": "%s", "tokens": [%s], "tokens_80": [%s], "configuration": "%s", "cases": {' \
         "$("$PY" -c 'import llama_cpp; print(llama_cpp.__version__)')" "$TOKENS" "$TOKENS_80" "$CONF"
@@ -57,6 +63,7 @@ trace() {
     done
     printf '}}\n'
 } > "testdata/tiny/llamacpp_greedy_$NAME.json"
+fi
 
 MODEL=models/gemma-3-270m-q4_k_m.gguf
 scripts/fetch-model.sh >/dev/null

@@ -13,6 +13,8 @@ cores; plumb's flags in brackets):
 * f16 KV + ubatch 512 [--kv-type f16 --ubatch 512]
 * f16 KV + flash attention, whole and in ubatches of 512 [--kv-type f16
   --flash-attn on (--ubatch 512)]
+* a q8_0 KV cache, flash attention, ubatch 512 [--kv-type q8_0 --flash-attn on
+  --ubatch 512]
 * repacked weights, f16 KV, ubatch 512, with and without flash attention:
   llama.cpp only (plumb does not mirror repacking yet)
 
@@ -49,6 +51,9 @@ CONFIGS = [
      ["--kv-type", "f16", "--flash-attn", "on"]),
     ("f16 KV + flash attention + ubatch 512", ["--no-repack", "--kv-type", "f16", "--flash-attn", "on", "--ubatch",
                                                "512"], ["--kv-type", "f16", "--flash-attn", "on", "--ubatch", "512"]),
+    ("q8_0 KV + flash attention + ubatch 512", ["--no-repack", "--kv-type", "q8_0", "--flash-attn", "on",
+                                                "--ubatch", "512"],
+     ["--kv-type", "q8_0", "--flash-attn", "on", "--ubatch", "512"]),
     ("repacked, f16 KV, ubatch 512", ["--kv-type", "f16", "--ubatch", "512"], None),
     ("repacked, f16 KV, flash attention, ubatch 512", ["--kv-type", "f16", "--flash-attn", "on", "--ubatch", "512"],
      None),

@@ -174,7 +174,7 @@ pub fn noisy(s: &Sides, table: Option<SavedBands>, want_bands: bool, tie_margin:
         let (mut cal, _) = Loaded::open(s.a_path)?;
         let reference = stand_in.insert(traced(s.a_path, &cal, Precision::Exact, &ids, None)?);
         // The stand-in keeps an f32 cache; the calibration takes A's.
-        cal.model.cfg.set_run_settings(a.model.cfg.run_settings());
+        cal.model.set_run_settings(a.model.cfg.run_settings());
         let mut probe = Probe::new(reference, true);
         probe_run(&cal, s.a_precision, &ids, &mut probe);
         cal_stages = probe.stages;
@@ -194,7 +194,7 @@ pub fn noisy(s: &Sides, table: Option<SavedBands>, want_bands: bool, tie_margin:
     } else {
         // B's model made to compute as A does.
         let (mut cal, _) = Loaded::open(s.b_path)?;
-        cal.model.cfg.set_run_settings(a.model.cfg.run_settings());
+        cal.model.set_run_settings(a.model.cfg.run_settings());
         let kept = given::weights_as(&mut cal.model, &a.model);
         if !kept.is_empty() {
             notes.push(format!(

@@ -51,7 +51,14 @@ fn linear(c: &mut Criterion) {
     for (name, ty, rows, cols) in [("ffn_gate", GgmlType::Q5_0, 2048, 640), ("attn_output", GgmlType::Q4_K, 640, 1024)]
     {
         let bytes = quantize(ty, &data(rows * cols, 3)).unwrap();
-        let w = Weight { name: name.into(), ty, rows, cols, bytes: Bytes::Owned(std::sync::Arc::new(bytes)) };
+        let w = Weight {
+            name: name.into(),
+            ty,
+            rows,
+            cols,
+            bytes: Bytes::Owned(std::sync::Arc::new(bytes)),
+            repacked: false,
+        };
         for t in [1usize, 64] {
             let x = data(t * cols, 4);
             let mut y = vec![0f32; t * rows];

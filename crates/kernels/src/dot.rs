@@ -269,6 +269,44 @@ pub fn q4_k_q8_k_tiled(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     xs.fold(0.0, |acc, (x, y)| k_tiled(f16_to_f32(x.d), f16_to_f32(x.dmin), q4_k_sums(x, y), y.d, acc))
 }
 
+/// Q4_K as llama.cpp's repacked kernels (its 8×8 interleaved rows, on
+/// CPUs with AVX2) sum it for a token its one-row kernel takes (the last
+/// T mod 4 rows of a step, and every row of a step of fewer than 4): per
+/// superblock the exact integer sums, two running totals — Σscale·q·y
+/// times d·d_y and Σmin·Σy times dmin·d_y, each by one fused multiply-add
+/// — and their difference at the end.
+pub fn q4_k_q8_k_repacked(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (mut acc, mut acc_min) = (0f32, 0f32);
+    for (x, y) in blocks::<BlockQ4K>(w).iter().zip(q8k(a)) {
+        let (isum, msum) = q4_k_sums(x, y);
+        acc = (isum as f32).mul_add(f16_to_f32(x.d) * y.d, acc);
+        acc_min = (msum as f32).mul_add(f16_to_f32(x.dmin) * y.d, acc_min);
+    }
+    acc - acc_min
+}
+
+/// The same for a token its four-row kernel takes (the rows of a step in
+/// whole fours): the totals take each pair of sub-blocks (64 elements) in
+/// turn, four fused multiply-adds per superblock.
+pub fn q4_k_q8_k_repacked4(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (mut acc, mut acc_min) = (0f32, 0f32);
+    for (x, y) in blocks::<BlockQ4K>(w).iter().zip(q8k(a)) {
+        let (d, dmin) = (f16_to_f32(x.d) * y.d, f16_to_f32(x.dmin) * y.d);
+        for c in 0..4 {
+            let (mut isum, mut msum) = (0i32, 0i32);
+            for j in [2 * c, 2 * c + 1] {
+                let (sc, m) = scale_min_k4(j, &x.scales);
+                let q = |l: usize| ((x.qs[(j / 2) * 32 + l] >> (4 * (j % 2))) & 0xF) as i32;
+                isum += sc as i32 * (0..32).map(|l| q(l) * y.qs[j * 32 + l] as i32).sum::<i32>();
+                msum += m as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
+            }
+            acc = (isum as f32).mul_add(d, acc);
+            acc_min = (msum as f32).mul_add(dmin, acc_min);
+        }
+    }
+    acc - acc_min
+}
+
 pub fn q5_k_q8_k_tiled(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     let xs = blocks::<BlockQ5K>(w).iter().zip(q8k(a));
     xs.fold(0.0, |acc, (x, y)| k_tiled(f16_to_f32(x.d), f16_to_f32(x.dmin), q5_k_sums(x, y), y.d, acc))

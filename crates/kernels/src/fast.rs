@@ -169,6 +169,82 @@ fn avx2_dot(w: GgmlType) -> Option<DotFn> {
 /// The fewest tokens for which llama.cpp takes its tiled K-quant matmul.
 pub const TILED_MIN_TOKENS: usize = 8;
 
+/// Whether llama.cpp's CPU backend repacks a weight of this format and
+/// number of rows into interleaved rows (on CPUs with AVX2; plumb mirrors
+/// its Q4_K kernels: Q4_0, IQ4_NL and MXFP4 repack too, and Q2_K on
+/// AVX-512, and are not mirrored yet).
+pub fn repacks(ty: GgmlType, rows: usize) -> bool {
+    ty == GgmlType::Q4_K && rows.is_multiple_of(8)
+}
+
+/// The dot products of a repacked weight ([`repacks`]) as llama.cpp's
+/// repacked kernels sum them: (one-row kernel, four-row kernel). A step of
+/// T tokens takes its first T − T mod 4 through the four-row kernel (none
+/// when T < 4) and the rest through the one-row kernel.
+pub fn repacked_dots_for(w: GgmlType, path: KernelPath) -> Option<(DotFn, DotFn)> {
+    #[cfg(target_arch = "x86_64")]
+    if path.checked().uses_avx2() {
+        use crate::x86::dot as k;
+        return match w {
+            // SAFETY: the path has AVX2, FMA and F16C (checked just above);
+            // the kernels load only inside the whole blocks they zip.
+            GgmlType::Q4_K => Some((
+                |n, a, b| unsafe { k::q4_k_q8_k_repacked(n, a, b) },
+                // SAFETY: as above.
+                |n, a, b| unsafe { k::q4_k_q8_k_repacked4(n, a, b) },
+            )),
+            _ => None,
+        };
+    }
+    let _ = path;
+    match w {
+        GgmlType::Q4_K => Some((crate::dot::q4_k_q8_k_repacked, crate::dot::q4_k_q8_k_repacked4)),
+        _ => None,
+    }
+}
+
+/// [`Kernels::linear`] for a repacked weight: rows of the step in whole
+/// fours through the four-row kernel's order, the rest through the
+/// one-row kernel's ([`repacked_dots_for`]).
+fn linear_repacked(
+    w: &Weight,
+    act: &Activations,
+    t: usize,
+    y: &mut [f32],
+    (one, four): (DotFn, DotFn),
+    path: KernelPath,
+) {
+    let (rows, cols, rb) = (w.rows, w.cols, w.row_bytes());
+    let whole = if t > 3 { t - t % 4 } else { 0 };
+    let bytes: &[u8] = &w.bytes;
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if whole >= 8 && path.uses_vnni() {
+        if let Some(fmt) = crate::x86::KQuant::of(w.ty) {
+            linear_k_vnni(fmt, w, act, whole, &mut y[..whole * rows], true);
+            done = whole;
+        }
+    }
+    let _ = path;
+    if done == t {
+        return;
+    }
+    // The rest, a few rows of weights per task, every remaining token each.
+    let chunk = ROWS_PER_TASK;
+    let mut tmp = vec![0f32; rows.div_ceil(chunk) * chunk * (t - done)];
+    tmp.par_chunks_mut(chunk * (t - done)).enumerate().for_each(|(c, out)| {
+        let r0 = c * chunk;
+        for r in r0..(r0 + chunk).min(rows) {
+            let wr = &bytes[r * rb..(r + 1) * rb];
+            for ti in done..t {
+                let dot = if ti < whole { four } else { one };
+                out[(ti - done) * chunk + r - r0] = dot(cols, wr, act.row(ti));
+            }
+        }
+    });
+    copy_out(&tmp, chunk, t - done, rows, &mut y[done * rows..]);
+}
+
 /// The dot product in the order of llama.cpp's tiled K-quant matmul, for
 /// the formats it covers that plumb has (Q4_K, Q5_K, Q6_K).
 pub fn tiled_dot_for(w: GgmlType, path: KernelPath) -> Option<DotFn> {
@@ -364,7 +440,7 @@ fn linear_vnni(fmt: crate::x86::Q8Family, w: &Weight, act: &Activations, t: usiz
 /// ([`crate::x86::vnni::tile_k_vnni`]), each output identical to
 /// [`tiled_dot_for`]'s. The caller checked the path against this CPU.
 #[cfg(target_arch = "x86_64")]
-fn linear_k_vnni(fmt: crate::x86::KQuant, w: &Weight, act: &Activations, t: usize, y: &mut [f32]) {
+fn linear_k_vnni(fmt: crate::x86::KQuant, w: &Weight, act: &Activations, t: usize, y: &mut [f32], repacked: bool) {
     use crate::x86::vnni::{pack_k_rows, tile_k_vnni, Chunk, K_CHUNKS};
     let (rows, nsb, rb) = (w.rows, w.cols / 256, w.row_bytes());
     let bytes: &[u8] = &w.bytes;
@@ -390,7 +466,7 @@ fn linear_k_vnni(fmt: crate::x86::KQuant, w: &Weight, act: &Activations, t: usiz
         // SAFETY: the caller's path has AVX2, FMA, F16C, AVX512VL and
         // AVX512VNNI (checked against this CPU); every ys[k] holds nsb
         // blocks (asserted above) and `wg` one group's.
-        unsafe { tile_k_vnni(fmt, wg, ys, nsb) }
+        unsafe { tile_k_vnni(fmt, wg, ys, nsb, repacked) }
     };
     run_tiles::<_, 8, 8>(rows, t, y, prepare, tile);
 }
@@ -516,6 +592,11 @@ impl FastKernels {
             let lanes = if t >= 2 { f32_tiled_lanes(path, rows, cols) } else { None };
             return linear_f32(w, act, t, y, lanes);
         }
+        if w.repacked {
+            if let Some(kernels) = repacked_dots_for(w.ty, path) {
+                return linear_repacked(w, act, t, y, kernels, path);
+            }
+        }
         // Batches of eight or more tokens: llama.cpp's tiled K-quant matmul,
         // which rounds in its own order; plumb follows it there.
         let tiled = if t >= TILED_MIN_TOKENS { tiled_dot_for(w.ty, path) } else { None };
@@ -566,7 +647,7 @@ impl FastKernels {
         #[cfg(target_arch = "x86_64")]
         if tiled.is_some() && path.uses_vnni() {
             if let Some(fmt) = crate::x86::KQuant::of(w.ty) {
-                return linear_k_vnni(fmt, w, act, t, y);
+                return linear_k_vnni(fmt, w, act, t, y, false);
             }
         }
         let n_chunks = rows.div_ceil(ROWS_PER_TASK);

@@ -29,6 +29,10 @@ pub struct Weight {
     pub rows: usize,
     pub cols: usize,
     pub bytes: Bytes,
+    /// llama.cpp repacks this weight into interleaved rows at load
+    /// ([`fast::repacks`]): the fast precision sums its products as the
+    /// repacked kernels do.
+    pub repacked: bool,
 }
 
 impl Weight {

@@ -233,6 +233,75 @@ fn tiled_order_kernels_on(path: KernelPath) {
     }
 }
 
+/// A repacked Q4_K weight: the one-row and four-row orders are the same
+/// bits on every path, close to the unrepacked order, and a T-token linear
+/// takes its rows in whole fours through the four-row order and the rest
+/// through the one-row order (llama.cpp's gemm and gemv split).
+#[test]
+fn repacked_kernels_are_bit_identical_across_paths_and_split_by_fours() {
+    for path in KernelPath::available() {
+        repacked_kernels_on(path);
+    }
+}
+
+fn repacked_kernels_on(path: KernelPath) {
+    use plumb_formats::Bytes;
+    use plumb_kernels::fast::{repacked_dots_for, repacks, FastKernels};
+    use plumb_kernels::{Kernels, Weight};
+    let ty = GgmlType::Q4_K;
+    let mut rng = StdRng::seed_from_u64(17);
+    let (one, four) = repacked_dots_for(ty, path).unwrap();
+    let (one_ref, four_ref) = repacked_dots_for(ty, KernelPath::Scalar).unwrap();
+    for blocks in [1usize, 3, 8] {
+        let n = blocks * 256;
+        let w = random_weights(ty, n, &mut rng);
+        let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+        let act = quantize_activations(&x, 1, n, act_type(ty));
+        let (a, b) = (one(n, &w, act.row(0)), four(n, &w, act.row(0)));
+        assert_eq!(a.to_bits(), one_ref(n, &w, act.row(0)).to_bits(), "{path:?}: one-row, {blocks} blocks");
+        assert_eq!(b.to_bits(), four_ref(n, &w, act.row(0)).to_bits(), "{path:?}: four-row, {blocks} blocks");
+        let unit = scalar_dot(ty).unwrap()(n, &w, act.row(0));
+        for v in [a, b] {
+            assert!((unit - v).abs() <= 1e-5 * unit.abs().max(1.0), "{unit} vs {v}");
+        }
+    }
+    assert!(repacks(ty, 64) && !repacks(ty, 60) && !repacks(GgmlType::Q6_K, 64));
+    let k = FastKernels { path };
+    let cols = 512;
+    let mut split = false;
+    for (rows, t) in [(8usize, 1usize), (16, 3), (40, 6), (64, 13), (136, 20)] {
+        let bytes = random_weights(ty, rows * cols, &mut rng);
+        let w = Weight {
+            name: "w".into(),
+            ty,
+            rows,
+            cols,
+            bytes: Bytes::Owned(std::sync::Arc::new(bytes)),
+            repacked: true,
+        };
+        let x: Vec<f32> = (0..t * cols).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+        let mut y = vec![0f32; t * rows];
+        k.linear(&w, &x, t, &mut y);
+        let act = quantize_activations(&x, t, cols, act_type(ty));
+        let rb = w.row_bytes();
+        let whole = if t > 3 { t - t % 4 } else { 0 };
+        for ti in 0..t {
+            for r in 0..rows {
+                let dot = if ti < whole { four } else { one };
+                let want = dot(cols, &w.bytes[r * rb..(r + 1) * rb], act.row(ti));
+                assert_eq!(
+                    want.to_bits(),
+                    y[ti * rows + r].to_bits(),
+                    "{path:?}: {rows} rows × {t} tokens, ({r}, {ti})"
+                );
+                let other = if ti < whole { one } else { four };
+                split |= other(cols, &w.bytes[r * rb..(r + 1) * rb], act.row(ti)).to_bits() != want.to_bits();
+            }
+        }
+    }
+    assert!(split, "the two orders never differed: the test cannot tell them apart");
+}
+
 #[test]
 fn fast_linear_over_many_tokens_equals_the_one_token_kernel_bit_for_bit() {
     // Whatever the tile shape (VNNI 4×4 register tiles, four-token kernels,
@@ -253,7 +322,14 @@ fn fast_linear_over_many_tokens_on(path: KernelPath) {
         let cols = if ty.block_elems() == 256 { 512 } else { 7 * 32 };
         for (rows, t) in [(5usize, 2usize), (37, 7), (70, 13), (129, 9)] {
             let bytes = random_weights(ty, rows * cols, &mut rng);
-            let w = Weight { name: "w".into(), ty, rows, cols, bytes: Bytes::Owned(std::sync::Arc::new(bytes)) };
+            let w = Weight {
+                name: "w".into(),
+                ty,
+                rows,
+                cols,
+                bytes: Bytes::Owned(std::sync::Arc::new(bytes)),
+                repacked: false,
+            };
             let x: Vec<f32> = (0..t * cols).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
             let mut y = vec![0f32; t * rows];
             k.linear(&w, &x, t, &mut y);
@@ -416,7 +492,14 @@ fn linears_on_a_shared_input_on(path: KernelPath) {
         .into_iter()
         .map(|(ty, rows)| {
             let bytes = random_weights(ty, rows * cols, &mut rng);
-            Weight { name: "w".into(), ty, rows, cols, bytes: Bytes::Owned(std::sync::Arc::new(bytes)) }
+            Weight {
+                name: "w".into(),
+                ty,
+                rows,
+                cols,
+                bytes: Bytes::Owned(std::sync::Arc::new(bytes)),
+                repacked: false,
+            }
         })
         .collect();
     for t in [1usize, 5, 12] {
@@ -497,7 +580,14 @@ fn exact_linear_over_many_tokens_on(path: KernelPath) {
     for (ty, cols) in [(GgmlType::Q5_0, 7 * 32), (GgmlType::Q8_0, 640), (GgmlType::Q4_K, 512), (GgmlType::F32, 37)] {
         let rows = 19;
         let bytes = random_weights(ty, rows * cols, &mut rng);
-        let w = Weight { name: "w".into(), ty, rows, cols, bytes: Bytes::Owned(std::sync::Arc::new(bytes)) };
+        let w = Weight {
+            name: "w".into(),
+            ty,
+            rows,
+            cols,
+            bytes: Bytes::Owned(std::sync::Arc::new(bytes)),
+            repacked: false,
+        };
         let t = 11;
         let x: Vec<f32> = (0..t * cols).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
         let mut y = vec![0f32; t * rows];

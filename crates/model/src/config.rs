@@ -112,24 +112,31 @@ pub struct ModelConfig {
     /// query row at a time with a running softmax
     /// ([`plumb_kernels::flash`]). A setting of the run; off unless asked.
     pub flash_attn: bool,
+    /// The fast precision's matrix products as llama.cpp computes them on
+    /// the weights it repacks (`--repack on`): see [`crate::Model::set_run_settings`].
+    pub repack: bool,
 }
 
 /// What a run sets that changes its arithmetic but not the model: the KV
-/// cache's type and flash attention.
+/// cache's type, flash attention and repacked weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RunSettings {
     pub kv_type: KvType,
     pub flash_attn: bool,
+    pub repack: bool,
 }
 
 impl ModelConfig {
     pub fn run_settings(&self) -> RunSettings {
-        RunSettings { kv_type: self.kv_type, flash_attn: self.flash_attn }
+        RunSettings { kv_type: self.kv_type, flash_attn: self.flash_attn, repack: self.repack }
     }
 
-    pub fn set_run_settings(&mut self, r: RunSettings) {
+    /// The settings as [`RunSettings`] holds them. Repacking also marks
+    /// the weights: use [`crate::Model::set_run_settings`].
+    pub(crate) fn set_run_settings(&mut self, r: RunSettings) {
         self.kv_type = r.kv_type;
         self.flash_attn = r.flash_attn;
+        self.repack = r.repack;
     }
 }
 
@@ -426,6 +433,7 @@ impl ModelConfig {
             moe: None,
             kv_type: KvType::F32,
             flash_attn: false,
+            repack: false,
         }
     }
 

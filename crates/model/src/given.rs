@@ -516,6 +516,7 @@ pub fn weights_as(b: &mut Model, a: &Model) -> Vec<String> {
                 rows: w.rows,
                 cols: w.cols,
                 bytes: plumb_formats::Bytes::Owned(std::sync::Arc::new(rows.concat())),
+                repacked: false,
             },
             Err(_) => {
                 kept.push(format!("{} ({} kept, A has {ty})", w.name, w.ty));

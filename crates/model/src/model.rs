@@ -130,6 +130,28 @@ pub struct Model {
 }
 
 impl Model {
+    /// Sets what a run changes of the arithmetic ([`RunSettings`]). With
+    /// `repack`, the weights llama.cpp's CPU backend repacks into
+    /// interleaved rows at load (on CPUs with AVX2: Q4_K with a multiple of
+    /// 8 rows, whatever multiplies activations — not an embedding that is
+    /// only looked up) are marked, and the fast precision sums their
+    /// products as its repacked kernels do.
+    pub fn set_run_settings(&mut self, r: crate::config::RunSettings) {
+        self.cfg.set_run_settings(r);
+        let tied = self.output.name == self.embed.name;
+        let mut ws: Vec<&mut Weight> = Vec::new();
+        for l in &mut self.layers {
+            ws.extend([&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo]);
+            ws.extend(l.ffn.matrices_mut());
+        }
+        if !tied {
+            ws.push(&mut self.output);
+        }
+        for w in ws {
+            w.repacked = r.repack && plumb_kernels::fast::repacks(w.ty, w.rows);
+        }
+    }
+
     /// Opens and loads a model, validating every tensor it needs.
     pub fn load(path: &Path) -> Result<Model, ModelError> {
         let source = ModelSource::open(path)?;
@@ -149,7 +171,7 @@ impl Model {
                 [r, c] => (r, c),
                 _ => unreachable!("validated as a matrix"),
             };
-            Weight { name: t.name.clone(), ty: t.ty, rows, cols, bytes: t.bytes }
+            Weight { name: t.name.clone(), ty: t.ty, rows, cols, bytes: t.bytes, repacked: false }
         };
         let weight = |name: &str| -> Weight { as_weight(get(name)) };
         let vector = |name: &str| -> Result<Vec<f32>, ModelError> {

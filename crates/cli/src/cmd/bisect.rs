@@ -56,6 +56,12 @@ pub struct Args {
     /// B's flash attention.
     #[arg(long, default_value = "off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub b_flash_attn: bool,
+    /// A's repacked weights (fast precision only): `on` or `off`.
+    #[arg(long, default_value = "off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub a_repack: bool,
+    /// B's repacked weights.
+    #[arg(long, default_value = "off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub b_repack: bool,
     /// A saved reference trace (with tensors) instead of running B.
     #[arg(long, conflicts_with = "b")]
     pub reference: Option<PathBuf>,
@@ -122,6 +128,7 @@ pub(crate) fn load_a(args: &Args) -> anyhow::Result<Loaded> {
         threads: args.threads,
         kv_type: args.a_kv_type,
         flash_attn: args.a_flash_attn,
+        repack: args.a_repack,
     };
     let mut a = load(&a_args)?;
     if let Some(spec) = &args.inject {
@@ -143,6 +150,7 @@ pub(crate) fn load_b(args: &Args) -> anyhow::Result<Option<Loaded>> {
         threads: None,
         kv_type: args.b_kv_type,
         flash_attn: args.b_flash_attn,
+        repack: args.b_repack,
     })?))
 }
 

@@ -46,6 +46,12 @@ pub struct ModelArgs {
     /// precision only): `on` or `off`.
     #[arg(long = "flash-attn", default_value = "off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub flash_attn: bool,
+    /// Repacked weights, as llama.cpp's CPU backend repacks them at load
+    /// on CPUs with AVX2 (its `--repack`, on by default there; the fast
+    /// precision only): Q4_K matrices of a multiple of 8 rows summed as
+    /// its interleaved kernels sum them. `on` or `off`.
+    #[arg(long = "repack", default_value = "off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub repack: bool,
 }
 
 #[derive(clap::Args)]
@@ -88,6 +94,9 @@ pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
     if args.flash_attn && args.precision == Some(Precision::Exact) {
         bail!("--flash-attn on: flash attention is a setting of the fast precision (llama.cpp's arithmetic); the exact precision computes as transformers does");
     }
+    if args.repack && args.precision == Some(Precision::Exact) {
+        bail!("--repack on: repacked weights are a setting of the fast precision (llama.cpp's arithmetic); the exact precision computes as transformers does");
+    }
     if args.kv_type.block_type().is_some() && !args.flash_attn {
         bail!(
             "--kv-type {}: a quantized KV cache needs --flash-attn on, as in llama.cpp (its attention without flash attention cannot read quantized values)",
@@ -103,8 +112,11 @@ pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
             loaded.model.cfg.head_dim
         );
     }
-    loaded.model.cfg.kv_type = args.kv_type;
-    loaded.model.cfg.flash_attn = args.flash_attn;
+    loaded.model.set_run_settings(plumb_model::RunSettings {
+        kv_type: args.kv_type,
+        flash_attn: args.flash_attn,
+        repack: args.repack,
+    });
     if let Some(w) = warning {
         eprintln!("plumb: warning: {w}");
     }

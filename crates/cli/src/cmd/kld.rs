@@ -456,6 +456,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         threads: args.threads,
         kv_type: KvType::F32,
         flash_attn: false,
+        repack: false,
     })?;
     let model = &loaded.model;
     let precision = args.precision.unwrap_or(Precision::Fast);
@@ -538,6 +539,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             threads: args.threads,
             kv_type: KvType::F32,
             flash_attn: false,
+            repack: false,
         })?),
         None => None,
     };

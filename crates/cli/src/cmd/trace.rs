@@ -47,6 +47,10 @@ pub struct Args {
     /// the attn_scores and attn_probs stages do not exist.
     #[arg(long = "flash-attn", default_value = "off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub flash_attn: bool,
+    /// Repacked weights (`--precision fast` only): `on` or `off` (as for
+    /// `plumb run`).
+    #[arg(long = "repack", default_value = "off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub repack: bool,
     /// Stages to record: names, globs and aliases, e.g. `attn_norm,ffn_*`.
     #[arg(long, default_value = "*")]
     pub stages: String,
@@ -137,6 +141,7 @@ fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>, Option<Es
         threads: args.threads,
         kv_type: args.kv_type,
         flash_attn: args.flash_attn,
+        repack: args.repack,
     };
     let loaded = load(&margs)?;
     let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref());

@@ -379,6 +379,58 @@ macro_rules! k_with_mins {
 }
 
 k_with_mins!(q4_k_q8_k, q4_k_q8_k_tiled, BlockQ4K, q4_k_sums);
+
+/// Q4_K summed as llama.cpp's repacked kernels sum it (see
+/// `crate::dot::q4_k_q8_k_repacked`).
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_k_q8_k_repacked(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let xs: &[BlockQ4K] = bytemuck::cast_slice(w);
+    let ys: &[BlockQ8K] = bytemuck::cast_slice(a);
+    let (mut acc, mut acc_min) = (0f32, 0f32);
+    for (x, y) in xs.iter().zip(ys) {
+        let (sumi, msum) = q4_k_sums(x, y);
+        let m: i32 = msum.iter().sum();
+        acc = (hsum_epi32(sumi) as f32).mul_add(d16(x.d) * y.d, acc);
+        acc_min = (m as f32).mul_add(d16(x.dmin) * y.d, acc_min);
+    }
+    acc - acc_min
+}
+
+/// Q4_K summed as llama.cpp's repacked four-row kernel sums it (see
+/// `crate::dot::q4_k_q8_k_repacked4`).
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_k_q8_k_repacked4(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let xs: &[BlockQ4K] = bytemuck::cast_slice(w);
+    let ys: &[BlockQ8K] = bytemuck::cast_slice(a);
+    let m4 = _mm256_set1_epi8(0x0F);
+    let (mut acc, mut acc_min) = (0f32, 0f32);
+    for (x, y) in xs.iter().zip(ys) {
+        let (d, dmin) = (d16(x.d) * y.d, d16(x.dmin) * y.d);
+        for c in 0..4 {
+            let (sc1, m1) = scale_min_k4(2 * c, &x.scales);
+            let (sc2, m2) = scale_min_k4(2 * c + 1, &x.scales);
+            let msum = m1 as i32 * (y.bsums[4 * c] as i32 + y.bsums[4 * c + 1] as i32)
+                + m2 as i32 * (y.bsums[4 * c + 2] as i32 + y.bsums[4 * c + 3] as i32);
+            let q4 = _mm256_loadu_si256(x.qs.as_ptr().add(32 * c) as *const __m256i);
+            let (lo, hi) = (_mm256_and_si256(q4, m4), _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4));
+            let y1 = _mm256_loadu_si256(y.qs.as_ptr().add(64 * c) as *const __m256i);
+            let y2 = _mm256_loadu_si256(y.qs.as_ptr().add(64 * c + 32) as *const __m256i);
+            let p1 = madd_scale(_mm256_maddubs_epi16(lo, y1), sc1 as i16);
+            let p2 = madd_scale(_mm256_maddubs_epi16(hi, y2), sc2 as i16);
+            acc = (hsum_epi32(_mm256_add_epi32(p1, p2)) as f32).mul_add(d, acc);
+            acc_min = (msum as f32).mul_add(dmin, acc_min);
+        }
+    }
+    acc - acc_min
+}
 k_with_mins!(q5_k_q8_k, q5_k_q8_k_tiled, BlockQ5K, q5_k_sums);
 
 /// The 128 quants of one half of a Q6_K block as four groups of 32

@@ -320,10 +320,11 @@ pub fn pack_k_rows(fmt: KQuant, w: &[u8], rb: usize, nsb: usize, out: &mut Vec<C
 /// The CPU has AVX2, FMA, F16C, AVX512VNNI and AVX512VL, and every `ys[k]`
 /// holds at least `nsb` blocks (`w`'s length is asserted here).
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-pub unsafe fn tile_k_vnni(fmt: KQuant, w: &[Chunk], ys: [&[BlockQ8K]; 8], nsb: usize) -> [[f32; 8]; 8] {
-    match fmt {
-        KQuant::Q4K => tile_k::<false>(w, ys, nsb),
-        KQuant::Q6K => tile_k::<true>(w, ys, nsb),
+pub unsafe fn tile_k_vnni(fmt: KQuant, w: &[Chunk], ys: [&[BlockQ8K]; 8], nsb: usize, repacked: bool) -> [[f32; 8]; 8] {
+    match (fmt, repacked) {
+        (KQuant::Q4K, false) => tile_k::<false, false>(w, ys, nsb),
+        (KQuant::Q4K, true) => tile_k::<false, true>(w, ys, nsb),
+        (KQuant::Q6K, _) => tile_k::<true, false>(w, ys, nsb),
     }
 }
 
@@ -334,11 +335,13 @@ pub unsafe fn tile_k_vnni(fmt: KQuant, w: &[Chunk], ys: [&[BlockQ8K]; 8], nsb: u
 /// As [`tile_k_vnni`].
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-unsafe fn tile_k<const Q6: bool>(w: &[Chunk], ys: [&[BlockQ8K]; 8], nsb: usize) -> [[f32; 8]; 8] {
+unsafe fn tile_k<const Q6: bool, const REPACKED: bool>(w: &[Chunk], ys: [&[BlockQ8K]; 8], nsb: usize) -> [[f32; 8]; 8] {
     assert!(w.len() >= nsb * K_CHUNKS, "tile_k_vnni: short weight pack");
     let ys: [*const BlockQ8K; 8] = ys.map(|y| y.as_ptr());
     let (nsub, steps) = if Q6 { (16, 4) } else { (8, 8) };
     let mut acc = [_mm256_setzero_ps(); 8];
+    // Repacked Q4_K: the mins' products in totals of their own.
+    let mut acc_min = [_mm256_setzero_ps(); 8];
     for s in 0..nsb {
         let wp = w.as_ptr().add(s * K_CHUNKS) as *const __m256i;
         let y: [&BlockQ8K; 8] = std::array::from_fn(|k| &*ys[k].add(s));
@@ -356,6 +359,28 @@ unsafe fn tile_k<const Q6: bool>(w: &[Chunk], ys: [&[BlockQ8K]; 8], nsb: usize) 
             for k in 0..8 {
                 isum[k] = _mm256_add_epi32(isum[k], _mm256_mullo_epi32(p[k], sc));
             }
+            if REPACKED && j % 2 == 1 {
+                // llama.cpp's repacked four-row kernel: each pair of
+                // sub-blocks fused into the totals, Σscale·q·y · (d·d_y)
+                // and Σmin·Σy · (dmin·d_y).
+                let d = _mm256_load_ps(wp.add(K_D) as *const f32);
+                let neg_dmin = _mm256_load_ps(wp.add(K_NEG_DMIN) as *const f32);
+                let dmin = _mm256_sub_ps(_mm256_setzero_ps(), neg_dmin);
+                for k in 0..8 {
+                    let mut m = _mm256_setzero_si256();
+                    for c in j - 1..=j {
+                        let b = std::ptr::read_unaligned(y[k].bsums.as_ptr().add(2 * c) as *const i32);
+                        m = _mm256_dpwssd_epi32(m, _mm256_load_si256(wp.add(K_PAIRS + c)), _mm256_set1_epi32(b));
+                    }
+                    let yd = _mm256_set1_ps(y[k].d);
+                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[k]), _mm256_mul_ps(d, yd), acc[k]);
+                    acc_min[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(m), _mm256_mul_ps(dmin, yd), acc_min[k]);
+                    isum[k] = _mm256_setzero_si256();
+                }
+            }
+        }
+        if REPACKED {
+            continue;
         }
         let d = _mm256_load_ps(wp.add(K_D) as *const f32);
         for k in 0..8 {
@@ -378,7 +403,8 @@ unsafe fn tile_k<const Q6: bool>(w: &[Chunk], ys: [&[BlockQ8K]; 8], nsb: usize) 
     }
     let mut out = [[0f32; 8]; 8];
     for k in 0..8 {
-        _mm256_storeu_ps(out[k].as_mut_ptr(), acc[k]);
+        let v = if REPACKED { _mm256_sub_ps(acc[k], acc_min[k]) } else { acc[k] };
+        _mm256_storeu_ps(out[k].as_mut_ptr(), v);
     }
     out
 }
