@@ -636,6 +636,8 @@ def main(argv=None) -> int:
                          "default, auto, is on for the CPU); under it only kqv_out of the attention is traced")
     ap.add_argument("--no-repack", action="store_true",
                     help="no CPU weight repacking (llama.cpp's --no-repack): the plain ggml dot products")
+    ap.add_argument("--swa-full", choices=["on", "off"], default="on",
+                    help="full-size sliding-window cache (llama-cpp-python's default, on; llama-completion's, off)")
     ap.add_argument("--repack", choices=["on", "off"], default=None,
                     help="CPU weight repacking, as plumb spells it (overrides --no-repack; llama.cpp's default: on)")
     ap.add_argument("--no-unpermute", action="store_true",
@@ -670,6 +672,9 @@ def context_params(L, args, n_ctx: int, n_batch: int, n_ubatch: int | None = Non
     kv = {"f32": L.GGML_TYPE_F32, "f16": L.GGML_TYPE_F16, "q8_0": L.GGML_TYPE_Q8_0, "q4_0": L.GGML_TYPE_Q4_0}[args.kv_type]
     cparams.type_k = kv
     cparams.type_v = kv
+    # llama-cpp-python keeps the sliding-window cache full-size;
+    # llama-completion's default cuts it to the window and a ubatch
+    cparams.swa_full = getattr(args, "swa_full", "on") == "on"
     cparams.no_perf = True
     return cparams
 

@@ -34,7 +34,7 @@ BIN = ROOT / ".cache/llamacpp/build/bin"
 sys.path.insert(0, str(ROOT / "scripts"))
 from conformance import PROMPTS  # noqa: E402
 
-MIRROR = "--kv-type f16 --flash-attn on --ubatch 512 --repack on"
+MIRROR = "--kv-type f16 --flash-attn on --ubatch 512 --repack on --swa-full off"
 
 
 def plumb_json(args: list[str]) -> dict:

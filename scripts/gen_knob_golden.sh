@@ -6,6 +6,8 @@
 #   ONLY=gemma2 scripts/gen_knob_golden.sh q8kv --kv-type q8_0 --flash-attn on   (tests/kv_quant.rs)
 #   ONLY=gemma2 scripts/gen_knob_golden.sh q4kv --kv-type q4_0 --flash-attn on
 #   ONLY=none scripts/gen_knob_golden.sh repack --repack on   (tests/repack.rs)
+#   ONLY=none scripts/gen_knob_golden.sh default --kv-type f16 --flash-attn on --repack on --swa-full off
+#       (llama.cpp's defaults, llama-completion's window-sized SWA cache included: tests/repack.rs)
 # NAME names the files it writes:
 #   testdata/tiny/llamacpp_greedy_NAME.json   every tiny model's greedy
 #       continuation of 32 tokens from the golden token sequence;

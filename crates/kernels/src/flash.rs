@@ -134,21 +134,27 @@ impl FlashPlan {
     }
 }
 
+/// The cache as flash attention is given it.
+#[derive(Clone, Copy)]
+pub struct FlashCache<'a> {
+    /// Keys and values, [positions, Hkv·hd] from the first position held
+    /// (f16 values, or a block format's).
+    pub keys: &'a [f32],
+    pub values: &'a [f32],
+    /// A quantized cache's keys as its blocks, one row of Hkv·hd per
+    /// position (the scores read them; `plan.quantized` says so).
+    pub key_blocks: Option<(GgmlType, &'a [u8])>,
+    /// llama.cpp's cells where they do not follow the positions (its
+    /// window-sized sliding-window cache, [`FlashPlan::n_kv`] of them):
+    /// the position each holds.
+    pub cells: Option<&'a [Option<usize>]>,
+}
+
 /// ctx[i, h] = softmax(q[i, h]·kᵀ + mask)·v over the positions row i sees,
 /// by the path `plan` picks. q [T, H·hd] (its rows in the cache's element
-/// order), keys and values [positions, Hkv·hd] from the first position
-/// held (f16 values, or a block format's), ctx [T, H·hd]. `key_blocks`: a
-/// quantized cache's keys as its blocks, one row of Hkv·hd per position
-/// (the scores read them; `plan.quantized` says so).
-pub fn flash_attention(
-    s: &AttnShape,
-    plan: &FlashPlan,
-    q: &[f32],
-    keys: &[f32],
-    key_blocks: Option<(GgmlType, &[u8])>,
-    values: &[f32],
-    ctx: &mut [f32],
-) {
+/// order), ctx [T, H·hd].
+pub fn flash_attention(s: &AttnShape, plan: &FlashPlan, q: &[f32], cache: &FlashCache, ctx: &mut [f32]) {
+    let FlashCache { keys, values, key_blocks, cells } = *cache;
     let (t, hd, heads) = (s.t, s.hd, s.heads);
     let (qd, kvd, group) = (heads * hd, s.kv_heads * hd, heads / s.kv_heads);
     assert!(s.kv_heads > 0 && heads.is_multiple_of(s.kv_heads), "{heads} heads over {} kv heads", s.kv_heads);
@@ -170,7 +176,46 @@ pub fn flash_attention(
     let score = Score { scale, cap: s.softcap };
     let kv = Kv { keys, values, kvd };
     let visible = |i: usize| s.first_visible(i)..s.p + i + 1;
+    // Cells in llama.cpp's order, where it is not the positions' (its
+    // window-sized sliding-window cache): each the index, among the keys
+    // held, of the position it holds.
+    let order: Option<Vec<Option<usize>>> =
+        cells.map(|c| c.iter().map(|p| p.and_then(|p| p.checked_sub(plan.first))).collect());
+    // Row i's keys in the order attention takes them, among cells a..b.
+    let seen_in = |o: &[Option<usize>], cells: std::ops::Range<usize>, i: usize| -> Vec<usize> {
+        let v = visible(i);
+        o[cells.start.min(o.len())..cells.end.min(o.len())]
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|j| v.contains(j))
+            .collect()
+    };
     match plan.path() {
+        FlashPath::Tiled if order.is_some() => {
+            let o = order.as_deref().expect("checked");
+            let mut rows: Vec<(usize, usize, &mut [f32])> = Vec::with_capacity(t * heads);
+            for (i, row) in ctx.chunks_exact_mut(hd).enumerate() {
+                rows.push((i / heads, i % heads, row));
+            }
+            rows.sort_by_key(|&(i, h, _)| (h, i));
+            let mut tasks: Vec<Vec<(usize, usize, &mut [f32])>> = Vec::new();
+            for r in rows {
+                match tasks.last_mut() {
+                    Some(task) if task.len() < TILE_Q && task[0].1 == r.1 => task.push(r),
+                    _ => tasks.push(vec![r]),
+                }
+            }
+            tasks.into_par_iter().for_each(|mut task| {
+                let h = task[0].1;
+                let off = h / group * hd;
+                let qs: Vec<&[f32]> =
+                    task.iter().map(|&(i, h, _)| &q[i * qd + h * hd..i * qd + (h + 1) * hd]).collect();
+                let spans: Vec<_> = task.iter().map(|&(i, _, _)| visible(i)).collect();
+                let mut outs: Vec<&mut [f32]> = task.iter_mut().map(|(_, _, o)| &mut **o).collect();
+                tiled_cells(&qs, &spans, o, &kv, off, score, &mut outs);
+            });
+        }
         FlashPath::Tiled => {
             // Tasks of up to 64 tokens of one head: each tile of keys and
             // values is read once for them.
@@ -202,7 +247,10 @@ pub fn flash_attention(
             ctx.par_chunks_exact_mut(hd).enumerate().for_each(|(r, out)| {
                 let (i, h) = (r / heads, r % heads);
                 let qb = Blocks::query(&q[i * qd + h * hd..i * qd + (h + 1) * hd]);
-                let part = one_row_blocks(&qb, &keys, &kv, h / group, visible(i), score);
+                let part = match &order {
+                    Some(o) => one_row_blocks(&qb, &keys, &kv, h / group, seen_in(o, 0..o.len(), i), score),
+                    None => one_row_blocks(&qb, &keys, &kv, h / group, visible(i), score),
+                };
                 part.finish(out);
             });
         }
@@ -210,7 +258,10 @@ pub fn flash_attention(
             ctx.par_chunks_exact_mut(hd).enumerate().for_each(|(r, out)| {
                 let (i, h) = (r / heads, r % heads);
                 let q16: Vec<f32> = q[i * qd + h * hd..i * qd + (h + 1) * hd].iter().map(|&v| round_f16(v)).collect();
-                let part = one_row(&q16, &kv, h / group * hd, visible(i), score);
+                let part = match &order {
+                    Some(o) => one_row(&q16, &kv, h / group * hd, seen_in(o, 0..o.len(), i), score),
+                    None => one_row(&q16, &kv, h / group * hd, visible(i), score),
+                };
                 part.finish(out);
             });
         }
@@ -222,8 +273,15 @@ pub fn flash_attention(
                 let q16: Vec<f32> = q[h * hd..(h + 1) * hd].iter().map(|&v| round_f16(v)).collect();
                 let mut merged = Partial::empty(hd);
                 for c in 0..plan.threads.max(1) {
-                    // Chunk c's cells, as positions from the first held.
                     let (a, b) = (c * chunk, ((c + 1) * chunk).min(plan.n_kv));
+                    if let Some(o) = &order {
+                        let js = seen_in(o, a..b, 0);
+                        if !js.is_empty() {
+                            merged.merge(&one_row(&q16, &kv, h / group * hd, js, score));
+                        }
+                        continue;
+                    }
+                    // Chunk c's cells, as positions from the first held.
                     let (a, b) =
                         (a.saturating_sub(plan.first).max(seen.start), b.saturating_sub(plan.first).min(seen.end));
                     if a >= b {
@@ -344,7 +402,7 @@ impl Partial {
 
 /// llama.cpp's one-row path over positions `js` (in order): q16 the query
 /// rounded to f16, the context accumulated in f16.
-fn one_row(q16: &[f32], kv: &Kv, off: usize, js: std::ops::Range<usize>, score: Score) -> Partial {
+fn one_row(q16: &[f32], kv: &Kv, off: usize, js: impl IntoIterator<Item = usize>, score: Score) -> Partial {
     let hd = q16.len();
     let mut p = Partial::empty(hd);
     for j in js {
@@ -368,7 +426,14 @@ fn one_row(q16: &[f32], kv: &Kv, off: usize, js: std::ops::Range<usize>, score: 
 /// blocks and the query's Q8_0 blocks, values as their blocks give them
 /// back, the context accumulated in f32 (`ggml_vec_scale_f32`,
 /// `ggml_vec_mad_f32`).
-fn one_row_blocks(qb: &[u8], keys: &Blocks, kv: &Kv, g: usize, js: std::ops::Range<usize>, score: Score) -> Partial {
+fn one_row_blocks(
+    qb: &[u8],
+    keys: &Blocks,
+    kv: &Kv,
+    g: usize,
+    js: impl IntoIterator<Item = usize>,
+    score: Score,
+) -> Partial {
     let hd = keys.hd;
     let mut p = Partial::empty(hd);
     for j in js {
@@ -512,7 +577,7 @@ fn tiled(qs: &[&[f32]], spans: &[std::ops::Range<usize>], kv: &Kv, off: usize, s
             let mut weights: [Option<std::ops::Range<usize>>; ROWS] = std::array::from_fn(|_| None);
             for (b, &r) in block.iter().enumerate() {
                 let (a, e) = (spans[r].start.max(t0), spans[r].end.min(t1));
-                if online_tile(&mut parts[r], &mut kq[b], a - t0..e - t0, score) {
+                if online_tile(&mut parts[r], &mut kq[b], |j| (a - t0..e - t0).contains(&j), score) {
                     weights[b] = Some(a..e);
                 }
             }
@@ -553,6 +618,76 @@ fn tiled(qs: &[&[f32]], spans: &[std::ops::Range<usize>], kv: &Kv, off: usize, s
     }
 }
 
+/// [`tiled`] over cells in llama.cpp's order (`order`: each cell's key
+/// index, if it holds one): tiles of 64 cells, each row seeing the cells
+/// whose keys its span holds, empty and unseen cells weighing nothing.
+fn tiled_cells(
+    qs: &[&[f32]],
+    spans: &[std::ops::Range<usize>],
+    order: &[Option<usize>],
+    kv: &Kv,
+    off: usize,
+    score: Score,
+    outs: &mut [&mut [f32]],
+) {
+    let hd = qs[0].len();
+    let mut parts: Vec<Partial> = qs.iter().map(|_| Partial::empty(hd)).collect();
+    let mut kt = vec![0f32; hd * TILE_KV]; //                                [hd, 64]
+    let zeros = vec![0f32; hd];
+    for t0 in (0..order.len()).step_by(TILE_KV) {
+        let t1 = (t0 + TILE_KV).min(order.len());
+        let tile = &order[t0..t1];
+        let seen = |r: usize, c: usize| tile.get(c).copied().flatten().is_some_and(|j| spans[r].contains(&j));
+        let active: Vec<usize> = (0..qs.len()).filter(|&r| (0..tile.len()).any(|c| seen(r, c))).collect();
+        if active.is_empty() {
+            continue;
+        }
+        for (c, cell) in tile.iter().enumerate() {
+            let key = cell.map_or(&zeros[..], |j| kv.key(j, off, hd));
+            for (d, &k) in key.iter().enumerate() {
+                kt[d * TILE_KV + c] = k;
+            }
+        }
+        kt.chunks_exact_mut(TILE_KV).for_each(|r| r[tile.len()..].fill(0.0));
+        for block in active.chunks(ROWS) {
+            let q4: [&[f32]; ROWS] = std::array::from_fn(|b| block.get(b).map_or(&zeros[..], |&r| qs[r]));
+            let mut kq = [[0f32; TILE_KV]; ROWS];
+            tile_scores(&q4, &kt, &mut kq);
+            let mut any = [false; ROWS];
+            for (b, &r) in block.iter().enumerate() {
+                any[b] = online_tile(&mut parts[r], &mut kq[b], |c| seen(r, c), score);
+            }
+            for (b, &r) in block.iter().enumerate() {
+                for (c, w) in kq[b].iter_mut().enumerate() {
+                    if !any[b] || !seen(r, c) {
+                        *w = 0.0;
+                    }
+                }
+            }
+            let from = (0..tile.len()).find(|&c| block.iter().any(|&r| seen(r, c)));
+            let Some(from) = from else { continue };
+            let to = (0..tile.len()).rev().find(|&c| block.iter().any(|&r| seen(r, c))).map_or(from, |c| c + 1);
+            let vs: Vec<&[f32]> =
+                tile[from..to].iter().map(|cell| cell.map_or(&zeros[..], |j| kv.value(j, off, hd))).collect();
+            let mut accs: Vec<&mut [f32]> = Vec::with_capacity(ROWS);
+            let mut rest = &mut parts[..];
+            let mut taken = 0;
+            for &r in block {
+                let (_, tail) = rest.split_at_mut(r - taken);
+                let (p, tail) = tail.split_first_mut().unwrap();
+                accs.push(&mut p.acc);
+                rest = tail;
+                taken = r + 1;
+            }
+            let ws: Vec<&[f32]> = kq.iter().take(block.len()).map(|w| &w[from..to]).collect();
+            add_tile(&mut accs, &ws, &vs);
+        }
+    }
+    for (p, out) in parts.iter().zip(outs.iter_mut()) {
+        p.finish(out);
+    }
+}
+
 /// Rows whose scores one pass over a tile makes (llama.cpp's GEMM blocks
 /// four; each score's chain is its own either way).
 const ROWS: usize = 4;
@@ -560,9 +695,9 @@ const ROWS: usize = 4;
 /// One tile of one row's scores (`kq`, positions `seen` of it visible)
 /// folded into its running maximum and sum, `kq` becoming the weights of
 /// its values: false when the row sees nothing of it.
-fn online_tile(p: &mut Partial, kq: &mut [f32; TILE_KV], seen: std::ops::Range<usize>, score: Score) -> bool {
+fn online_tile(p: &mut Partial, kq: &mut [f32; TILE_KV], seen: impl Fn(usize) -> bool, score: Score) -> bool {
     for (j, v) in kq.iter_mut().enumerate() {
-        *v = if seen.contains(&j) { score.of(*v) } else { f32::NEG_INFINITY };
+        *v = if seen(j) { score.of(*v) } else { f32::NEG_INFINITY };
     }
     let tile_max = kq.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     if tile_max == f32::NEG_INFINITY {
@@ -838,7 +973,13 @@ mod tests {
                 let vals = values((p + t) * s.kv_heads * s.hd, 3);
                 let plan = FlashPlan { step_rows: rows, n_kv, threads: 3, first: 0, quantized: false, rotation: None };
                 let mut ctx = vec![0f32; q.len()];
-                flash_attention(&s, &plan, &q, &keys, None, &vals, &mut ctx);
+                flash_attention(
+                    &s,
+                    &plan,
+                    &q,
+                    &FlashCache { keys: &keys, values: &vals, key_blocks: None, cells: None },
+                    &mut ctx,
+                );
                 let want = plain(&s, &q, &keys, &vals);
                 let worst = ctx.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 assert!(worst < 0.02, "{:?}: worst |Δ| {worst}", plan.path());
@@ -856,7 +997,13 @@ mod tests {
         let run = |n_kv, threads| {
             let mut ctx = vec![0f32; q.len()];
             let plan = FlashPlan { step_rows: 1, n_kv, threads, first: 0, quantized: false, rotation: None };
-            flash_attention(&s, &plan, &q, &keys, None, &vals, &mut ctx);
+            flash_attention(
+                &s,
+                &plan,
+                &q,
+                &FlashCache { keys: &keys, values: &vals, key_blocks: None, cells: None },
+                &mut ctx,
+            );
             ctx
         };
         let (one_row, split1, split2) = (run(256, 1), run(768, 1), run(768, 2));

@@ -48,7 +48,91 @@ pub struct KvCache {
     kq: Vec<Vec<u8>>,
     /// The rotation a quantized cache applies before quantizing.
     rotation: Option<Rotation>,
+    /// llama.cpp's cells of its sliding-window cache, where it keeps only
+    /// a window and a ubatch of them ([`SwaRing`]).
+    ring: Option<SwaRing>,
     kv_dim: usize,
+}
+
+/// The cells of llama.cpp's sliding-window KV cache when it is not
+/// full-size (`swa_full = false`, llama-completion's default): as many
+/// cells as the window and a ubatch hold (padded to 256), taken by each
+/// ubatch's positions as llama.cpp's slot search takes them — from the
+/// head on, any cell empty or holding a position the window has left
+/// behind, wrapping around — so that once a sequence outgrows it the
+/// cells no longer follow the positions' order. Attention goes over the
+/// cells in cell order, and its sums follow that order.
+#[derive(Debug, Clone)]
+pub struct SwaRing {
+    /// The position each cell holds.
+    cells: Vec<Option<usize>>,
+    head: usize,
+    window: usize,
+}
+
+impl SwaRing {
+    pub fn new(size: usize, window: usize) -> SwaRing {
+        SwaRing { cells: vec![None; size], head: 0, window }
+    }
+
+    /// The cells `n` new positions from `p0` on take (llama.cpp's
+    /// `find_slot` then `apply_ubatch`). None when no cells are free.
+    fn take(&mut self, p0: usize, n: usize) -> Option<Vec<usize>> {
+        let size = self.cells.len();
+        let used = self.cells.iter().flatten().count();
+        let next = self.cells.iter().flatten().max().map_or(0, |m| m + 1);
+        let free = |c: &Option<usize>| c.is_none_or(|p| next - p >= self.window);
+        let mut head = if self.head > used + 2 * n { 0 } else { self.head };
+        let (mut idxs, mut tested) = (Vec::with_capacity(n), 0);
+        while idxs.len() < n {
+            if head >= size {
+                tested += size - head;
+                head = 0;
+                continue;
+            }
+            if free(&self.cells[head]) {
+                idxs.push(head);
+            }
+            head += 1;
+            tested += 1;
+            if idxs.len() < n && tested >= size {
+                return None;
+            }
+        }
+        // Overwritten cells' positions, and every position before them,
+        // leave (llama.cpp keeps each sequence's positions contiguous).
+        let gone = idxs.iter().filter_map(|&i| self.cells[i]).max();
+        for (k, &i) in idxs.iter().enumerate() {
+            self.cells[i] = Some(p0 + k);
+        }
+        if let Some(g) = gone {
+            self.cells.iter_mut().filter(|c| c.is_some_and(|p| p <= g && p < p0)).for_each(|c| *c = None);
+        }
+        self.head = idxs.last().map_or(self.head, |&i| i + 1);
+        Some(idxs)
+    }
+
+    /// Drops every position from `len` on (llama.cpp's `seq_rm`).
+    fn truncate(&mut self, len: usize) {
+        let mut first_freed = None;
+        for (i, c) in self.cells.iter_mut().enumerate() {
+            if c.is_some_and(|p| p >= len) {
+                *c = None;
+                first_freed.get_or_insert(i);
+            }
+        }
+        if let Some(i) = first_freed {
+            self.head = self.head.min(i);
+        }
+    }
+
+    /// The cells attention goes over (llama.cpp's n_kv: those up to the
+    /// last used, padded to 256, at least 256) and the position each holds.
+    pub fn view(&self) -> &[Option<usize>] {
+        let used = self.cells.iter().rposition(|c| c.is_some()).map_or(0, |i| i + 1);
+        let n = self.cells.len().min(used.div_ceil(256).max(1) * 256);
+        &self.cells[..n]
+    }
 }
 
 /// Positions a windowed layer lets go of at once, at least.
@@ -127,6 +211,15 @@ impl KvCache {
             kind: if cfg.flash_attn && cfg.kv_type == KvType::F32 { KvType::F16 } else { cfg.kv_type },
             kq: (0..cfg.n_layer).map(|_| Vec::new()).collect(),
             rotation: cfg.kv_type.block_type().and_then(|_| Rotation::for_head(cfg.head_dim)),
+            // llama.cpp's cells: the window and a ubatch, padded to 256,
+            // at most its context (here the capacity, padded as it pads).
+            ring: match (cfg.swa_ring_ubatch, cfg.sliding_window) {
+                (Some(ub), Some(w)) if cfg.layer_sliding.iter().any(|&s| s) => {
+                    let ctx = capacity.div_ceil(256).max(1) * 256;
+                    Some(SwaRing::new(ctx.min(w + ub).div_ceil(256) * 256, w))
+                }
+                _ => None,
+            },
             kv_dim,
         }
     }
@@ -153,6 +246,16 @@ impl KvCache {
     pub fn begin_step(&mut self, t: usize) {
         self.step_end = self.len + t;
         self.step_rows = t;
+        if let Some(r) = &mut self.ring {
+            r.truncate(self.len);
+            assert!(r.take(self.len, t).is_some(), "a step of {t} positions does not fit the sliding-window cells");
+        }
+    }
+
+    /// The sliding-window cells, where the cache mirrors llama.cpp's
+    /// window-sized one ([`SwaRing`]).
+    pub fn swa_ring(&self) -> Option<&SwaRing> {
+        self.ring.as_ref()
     }
 
     /// Rows of the step under way (llama.cpp's ubatch), however many of
@@ -373,6 +476,34 @@ impl KvCache {
 mod tests {
     use super::*;
     use crate::Model;
+
+    /// llama.cpp's window-sized cells: 1024 for a window of 512 and
+    /// ubatches of 512. The third ubatch wraps into the cells the window
+    /// has left (the first 512), the fourth takes the rest, and a token
+    /// after them goes to cell 0 again: attention then meets positions out
+    /// of order.
+    #[test]
+    fn the_window_sized_cells_are_taken_as_llama_cpp_takes_them() {
+        let mut r = SwaRing::new(1024, 512);
+        for step in 0..4 {
+            assert_eq!(r.take(512 * step, 512), Some((0..512).map(|i| (512 * step + i) % 1024).collect()));
+        }
+        let pos = |r: &SwaRing, c: usize| r.view()[c];
+        assert_eq!(
+            (pos(&r, 0), pos(&r, 511), pos(&r, 512), pos(&r, 1023)),
+            (Some(1024), Some(1535), Some(1536), Some(2047))
+        );
+        assert_eq!(r.take(2048, 1), Some(vec![0]));
+        assert_eq!(r.take(2049, 1), Some(vec![1]));
+        assert_eq!(r.view().len(), 1024);
+        // Short of the ring, cells follow positions, and the view is 256 at least.
+        let mut r = SwaRing::new(1024, 512);
+        assert_eq!(r.take(0, 300), Some((0..300).collect()));
+        assert_eq!(r.view().len(), 512);
+        r.truncate(100);
+        assert_eq!(r.take(100, 1), Some(vec![100]));
+        assert_eq!(r.view().len(), 256);
+    }
 
     #[test]
     fn the_v_cache_holds_the_same_values_in_either_layout() {

@@ -115,6 +115,11 @@ pub struct ModelConfig {
     /// The fast precision's matrix products as llama.cpp computes them on
     /// the weights it repacks (`--repack on`): see [`crate::Model::set_run_settings`].
     pub repack: bool,
+    /// The sliding-window layers' cache as llama.cpp keeps it when it is
+    /// not full-size (`--swa-full off`, llama-completion's default): cells
+    /// for the window and a ubatch of this many rows, reused as a ring
+    /// ([`crate::model::SwaRing`]). None: full-size, positions in order.
+    pub swa_ring_ubatch: Option<usize>,
 }
 
 /// What a run sets that changes its arithmetic but not the model: the KV
@@ -124,11 +129,17 @@ pub struct RunSettings {
     pub kv_type: KvType,
     pub flash_attn: bool,
     pub repack: bool,
+    pub swa_ring_ubatch: Option<usize>,
 }
 
 impl ModelConfig {
     pub fn run_settings(&self) -> RunSettings {
-        RunSettings { kv_type: self.kv_type, flash_attn: self.flash_attn, repack: self.repack }
+        RunSettings {
+            kv_type: self.kv_type,
+            flash_attn: self.flash_attn,
+            repack: self.repack,
+            swa_ring_ubatch: self.swa_ring_ubatch,
+        }
     }
 
     /// The settings as [`RunSettings`] holds them. Repacking also marks
@@ -137,6 +148,7 @@ impl ModelConfig {
         self.kv_type = r.kv_type;
         self.flash_attn = r.flash_attn;
         self.repack = r.repack;
+        self.swa_ring_ubatch = r.swa_ring_ubatch;
     }
 }
 
@@ -434,6 +446,7 @@ impl ModelConfig {
             kv_type: KvType::F32,
             flash_attn: false,
             repack: false,
+            swa_ring_ubatch: None,
         }
     }
 

@@ -9,13 +9,13 @@ use std::path::Path;
 use plumb_formats::{Bytes, OwnedTensor};
 
 use plumb_kernels::attention::{AttnShape, ValueLayout, Values};
-use plumb_kernels::flash::FlashPlan;
+use plumb_kernels::flash::{FlashCache, FlashPlan};
 use plumb_kernels::ops::{add_bias, add_in_place, mul_in_place, softcap, RopeSpan, Rotary};
 use plumb_kernels::{Kernels, Weight};
 use plumb_trace::stage::{Observer, Rows, Stage};
 
 use crate::arch::{LayerTensor, Role, EMBEDDING, OUTPUT, OUTPUT_NORM};
-pub use crate::cache::KvCache;
+pub use crate::cache::{KvCache, SwaRing};
 use crate::config::{KvType, ModelConfig};
 use crate::fault::Fault;
 use crate::weights::validate;
@@ -876,23 +876,18 @@ impl Model {
             // No scores or probabilities exist: each row's softmax runs
             // along its positions.
             let Values::Rows(values) = cache.values(l) else { panic!("flash attention reads values as rows") };
+            // A window-sized sliding-window cache: its cells, in its order.
+            let ring = if c.layer_sliding[l] { cache.swa_ring().map(|r| r.view()) } else { None };
             let plan = FlashPlan {
                 step_rows: cache.step_rows(),
-                n_kv: FlashPlan::n_kv(cache.capacity, cache.step_end()),
+                n_kv: ring.map_or_else(|| FlashPlan::n_kv(cache.capacity, cache.step_end()), |r| r.len()),
                 threads: rayon::current_num_threads(),
                 first,
                 quantized: cache.key_blocks(l).is_some(),
                 rotation: cache.rotation(),
             };
-            plumb_kernels::flash::flash_attention(
-                &shape,
-                &plan,
-                q,
-                cache.keys(l),
-                cache.key_blocks(l),
-                values,
-                &mut ctx,
-            );
+            let given = FlashCache { keys: cache.keys(l), values, key_blocks: cache.key_blocks(l), cells: ring };
+            plumb_kernels::flash::flash_attention(&shape, &plan, q, &given, &mut ctx);
             self.emit(tr, at, Stage::AttnContext, &mut ctx, &[t, qd], rows);
             return ctx;
         }

@@ -116,6 +116,7 @@ pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
         kv_type: args.kv_type,
         flash_attn: args.flash_attn,
         repack: args.repack,
+        swa_ring_ubatch: None,
     });
     if let Some(w) = warning {
         eprintln!("plumb: warning: {w}");

@@ -54,6 +54,13 @@ pub struct Args {
     /// with `-ub` ≥ the prompt).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub ubatch: Option<u64>,
+    /// The sliding-window layers' KV cache full-size (`on`, as
+    /// llama-cpp-python keeps it) or, `off`, as llama-completion keeps it
+    /// by default: cells for the window and a ubatch, reused as a ring, so
+    /// that past them attention goes over positions out of order (with
+    /// `--flash-attn on`; `--ubatch` sets the ubatch, 512 when not given).
+    #[arg(long = "swa-full", default_value = "on", value_parser = crate::cmd::common::parse_on_off, action = clap::ArgAction::Set)]
+    pub swa_full: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
@@ -63,7 +70,15 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     if !args.temp.is_finite() || args.temp < 0.0 {
         bail!("--temp must be a finite number ≥ 0, got {}", args.temp);
     }
-    let loaded = load(&args.model)?;
+    let mut loaded = load(&args.model)?;
+    if !args.swa_full {
+        if !args.model.flash_attn {
+            bail!("--swa-full off: the window-sized sliding-window cache is mirrored under --flash-attn on only");
+        }
+        let mut r = loaded.model.cfg.run_settings();
+        r.swa_ring_ubatch = Some(args.ubatch.unwrap_or(512) as usize);
+        loaded.model.set_run_settings(r);
+    }
     let (model, tok) = (&loaded.model, &loaded.tokenizer);
     let prompt_ids = args.prompt.token_ids(tok.as_ref())?;
     let capacity = prompt_ids.len() + args.n;
