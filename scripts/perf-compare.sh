@@ -14,7 +14,7 @@ MODEL=models/gemma-3-270m-q4_k_m.gguf
 CACHE=.cache/llamacpp
 scripts/fetch-model.sh >/dev/null
 
-if [[ ! -x "$CACHE/llama-bench" ]]; then
+if [[ ! -x "$CACHE/llama-bench" || ! -x "$CACHE/build/bin/llama-completion" ]]; then
     mkdir -p "$CACHE/sdist"
     python3 -m pip download --disable-pip-version-check --quiet --no-deps --no-binary llama-cpp-python llama-cpp-python==0.3.36 -d "$CACHE/sdist"
     tar xzf "$CACHE"/sdist/llama_cpp_python-*.tar.gz -C "$CACHE"
@@ -25,7 +25,8 @@ if [[ ! -x "$CACHE/llama-bench" ]]; then
         -DCMAKE_C_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" \
         -DCMAKE_CXX_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
-    cmake --build "$CACHE/build" -j "$(nproc)" --target llama-bench >/dev/null
+    # llama-completion too, for scripts/completion.py.
+    cmake --build "$CACHE/build" -j "$(nproc)" --target llama-bench llama-completion >/dev/null
     cp "$CACHE/build/bin/llama-bench" "$CACHE/llama-bench"
 fi
 cargo build --release --quiet
