@@ -132,12 +132,20 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     }
     let threads = rayon::current_num_threads();
     let size = model.source.path().metadata().map(|m| m.len()).unwrap_or(0);
+    // The precision with the settings that change its arithmetic
+    // ("fast, KV f16, flash attention, repacked").
+    let run = model.cfg.run_settings();
+    let settings = plumb_bisect::runs::settings(precision, run);
     if args.json {
         let doc = json!({
             "model": model.source.path().display().to_string(),
             "model_bytes": size,
             "arch": model.cfg.arch.name(),
             "precision": precision.name(),
+            "settings": settings,
+            "kv_type": run.kv_type.name(),
+            "flash_attn": run.flash_attn,
+            "repack": run.repack,
             "kernels": kernels.describe(),
             "threads": threads,
             "trace": args.trace,
@@ -154,7 +162,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                 "| {} | {} | {} | {} | {} | {} | {} | {:.2} ± {:.2} |\n",
                 model.source.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
                 out::bytes(size),
-                precision.name(),
+                settings,
                 plumb_kernels::active_path().name(),
                 threads,
                 args.trace,
