@@ -10,10 +10,13 @@
 //! The real model: the prompt's last logits (16 largest) bit for bit for a
 //! short prompt and the 2151-token test prompt, whole and in ubatches of
 //! 512 (where the third ubatch wraps around the cells), and the greedy 32
-//! tokens after each.
+//! tokens after each; every stage of the first two layers on the short
+//! prompt.
 
 mod common;
-use common::{assert_continues_as_llama_cpp, assert_top_logits_bitwise, ids, plumb, real_model, root};
+use common::{
+    assert_continues_as_llama_cpp, assert_first_layers_bitwise, assert_top_logits_bitwise, ids, plumb, real_model, root,
+};
 
 use plumb_model::generate::Generator;
 use plumb_model::kernels::kernels_for;
@@ -70,6 +73,15 @@ fn the_real_model_in_llama_cpps_default_configuration_computes_as_llama_cpp_does
         let got = ids(&serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["generated"]);
         assert_continues_as_llama_cpp(name, &got, &ids(&case["generated"]));
     }
+}
+
+/// Every stage llama.cpp exposes of the first two layers, on a short
+/// prompt, in its default configuration.
+#[test]
+#[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
+fn the_real_models_stages_in_llama_cpps_default_configuration_are_llama_cpps() {
+    let flags = ["--kv-type", "f16", "--flash-attn", "on", "--repack", "on"];
+    assert_first_layers_bitwise(&flags, "testdata/gemma3-270m/llamacpp_trace_default.safetensors");
 }
 
 /// The window-sized cache is mirrored under flash attention only.

@@ -57,6 +57,28 @@ pub fn assert_top_logits_bitwise(what: &str, logits: &[f32], want: &serde_json::
     }
 }
 
+/// The real model's first two layers traced by plumb fast with `flags` on
+/// the short prompt equal llama.cpp's (`golden`, made by
+/// scripts/gen_knob_golden.sh): v_proj, attn_context and layer_out of
+/// layers 0 and 1, NMSE 0.
+pub fn assert_first_layers_bitwise(flags: &[&str], golden: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("first_layers.safetensors");
+    let model = real_model_arg();
+    let head = ["trace", &model, "-p", "The capital of France is", "--precision", "fast"];
+    let tail = ["--layers", "0-1", "--stages", "v_proj,attn_context,layer_out", "--tensors", "--save"];
+    let (code, _, err) = plumb(&[&head[..], flags, &tail, &[out.to_str().unwrap()]].concat());
+    assert_eq!(code, 0, "{err}");
+    let a = plumb_trace::Trace::load(&out).unwrap();
+    let b = plumb_trace::Trace::load(&root().join(golden)).unwrap();
+    let d = plumb_diff::diff(&a, &b, &plumb_diff::Gate::default(), 0.01);
+    let compared: Vec<_> = d.stages.iter().filter_map(|s| s.nmse.map(|n| (s.key.as_str(), n))).collect();
+    assert_eq!(compared.len(), 6, "{flags:?}: {compared:?}");
+    for (key, nmse) in compared {
+        assert!(nmse == 0.0, "{flags:?}: {key} differs from llama.cpp's (NMSE {nmse:e})");
+    }
+}
+
 /// CI runs the real-model tests rather than ignoring them: without the
 /// model there, this fails loudly (in every test binary that has this module).
 #[cfg(not(has_real_model))]
