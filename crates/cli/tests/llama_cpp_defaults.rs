@@ -91,4 +91,20 @@ fn a_window_sized_cache_needs_flash_attention() {
     let (code, _, err) = plumb(&["run", gemma2.to_str().unwrap(), "--swa-full", "off", "--tokens", "1,17,255"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("under --flash-attn on only"), "{err}");
+    // Without --ubatch the prompt is one ubatch, and the cells are sized
+    // for it: a prompt longer than the window runs.
+    let tokens: Vec<String> = (0..200).map(|i| (1 + i * 7 % 500).to_string()).collect();
+    let (code, _, err) = plumb(&[
+        "run",
+        gemma2.to_str().unwrap(),
+        "--flash-attn",
+        "on",
+        "--swa-full",
+        "off",
+        "--tokens",
+        &tokens.join(","),
+        "-n",
+        "4",
+    ]);
+    assert_eq!(code, 0, "{err}");
 }

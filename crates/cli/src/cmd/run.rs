@@ -58,7 +58,8 @@ pub struct Args {
     /// llama-cpp-python keeps it) or, `off`, as llama-completion keeps it
     /// by default: cells for the window and a ubatch, reused as a ring, so
     /// that past them attention goes over positions out of order (with
-    /// `--flash-attn on`; `--ubatch` sets the ubatch, 512 when not given).
+    /// `--flash-attn on`; the ubatch is `--ubatch`'s, or the whole prompt's
+    /// — llama-completion's is 512).
     #[arg(long = "swa-full", default_value = "on", value_parser = crate::cmd::common::parse_on_off, action = clap::ArgAction::Set)]
     pub swa_full: bool,
 }
@@ -71,16 +72,17 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         bail!("--temp must be a finite number ≥ 0, got {}", args.temp);
     }
     let mut loaded = load(&args.model)?;
+    if !args.swa_full && !args.model.flash_attn {
+        bail!("--swa-full off: the window-sized sliding-window cache is mirrored under --flash-attn on only");
+    }
+    let prompt_ids = args.prompt.token_ids(loaded.tokenizer.as_ref())?;
     if !args.swa_full {
-        if !args.model.flash_attn {
-            bail!("--swa-full off: the window-sized sliding-window cache is mirrored under --flash-attn on only");
-        }
+        // Cells for the window and a ubatch: the prompt's, when it is one.
         let mut r = loaded.model.cfg.run_settings();
-        r.swa_ring_ubatch = Some(args.ubatch.unwrap_or(512) as usize);
+        r.swa_ring_ubatch = Some(args.ubatch.map_or(prompt_ids.len().max(1), |u| u as usize));
         loaded.model.set_run_settings(r);
     }
     let (model, tok) = (&loaded.model, &loaded.tokenizer);
-    let prompt_ids = args.prompt.token_ids(tok.as_ref())?;
     let capacity = prompt_ids.len() + args.n;
     check_capacity(model, prompt_ids.len(), "-n", args.n)?;
     let file_bytes = model.source.path().metadata().map(|m| m.len()).unwrap_or(0);
