@@ -23,7 +23,6 @@
 //! V cache untransposed under flash attention.
 
 use plumb_quant::blocks::round_f16;
-use plumb_quant::quantize::quantize_q8_0_act;
 use plumb_quant::GgmlType;
 use rayon::prelude::*;
 
@@ -192,30 +191,6 @@ pub fn flash_attention(s: &AttnShape, plan: &FlashPlan, q: &[f32], cache: &Flash
             .collect()
     };
     match plan.path() {
-        FlashPath::Tiled if order.is_some() => {
-            let o = order.as_deref().expect("checked");
-            let mut rows: Vec<(usize, usize, &mut [f32])> = Vec::with_capacity(t * heads);
-            for (i, row) in ctx.chunks_exact_mut(hd).enumerate() {
-                rows.push((i / heads, i % heads, row));
-            }
-            rows.sort_by_key(|&(i, h, _)| (h, i));
-            let mut tasks: Vec<Vec<(usize, usize, &mut [f32])>> = Vec::new();
-            for r in rows {
-                match tasks.last_mut() {
-                    Some(task) if task.len() < TILE_Q && task[0].1 == r.1 => task.push(r),
-                    _ => tasks.push(vec![r]),
-                }
-            }
-            tasks.into_par_iter().for_each(|mut task| {
-                let h = task[0].1;
-                let off = h / group * hd;
-                let qs: Vec<&[f32]> =
-                    task.iter().map(|&(i, h, _)| &q[i * qd + h * hd..i * qd + (h + 1) * hd]).collect();
-                let spans: Vec<_> = task.iter().map(|&(i, _, _)| visible(i)).collect();
-                let mut outs: Vec<&mut [f32]> = task.iter_mut().map(|(_, _, o)| &mut **o).collect();
-                tiled_cells(&qs, &spans, o, &kv, off, score, &mut outs);
-            });
-        }
         FlashPath::Tiled => {
             // Tasks of up to 64 tokens of one head: each tile of keys and
             // values is read once for them.
@@ -238,7 +213,10 @@ pub fn flash_attention(s: &AttnShape, plan: &FlashPlan, q: &[f32], cache: &Flash
                     task.iter().map(|&(i, h, _)| &q[i * qd + h * hd..i * qd + (h + 1) * hd]).collect();
                 let spans: Vec<_> = task.iter().map(|&(i, _, _)| visible(i)).collect();
                 let mut outs: Vec<&mut [f32]> = task.iter_mut().map(|(_, _, o)| &mut **o).collect();
-                tiled(&qs, &spans, &kv, off, score, &mut outs);
+                match &order {
+                    Some(o) => tiled_cells(&qs, &spans, o, &kv, off, score, &mut outs),
+                    None => tiled(&qs, &spans, &kv, off, score, &mut outs),
+                }
             });
         }
         FlashPath::OneRow if plan.quantized => {
@@ -319,7 +297,9 @@ impl<'a> Blocks<'a> {
     /// A query row as llama.cpp quantizes it for these keys' dot product
     /// (Q8_0, as its CPU quantizes activations).
     fn query(q: &[f32]) -> Vec<u8> {
-        q.chunks_exact(32).flat_map(|c| bytemuck::bytes_of(&quantize_q8_0_act(c)).to_vec()).collect()
+        let mut out = vec![0u8; GgmlType::Q8_0.bytes_for(q.len() as u64).expect("whole blocks") as usize];
+        crate::fast::quantize_row(q, &mut out, GgmlType::Q8_0);
+        out
     }
 
     /// Position j's key of kv head g · the quantized query.
