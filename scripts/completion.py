@@ -4,7 +4,7 @@ nothing else (llama.cpp's own defaults: repacked weights, F16 KV cache, flash
 attention auto, ubatch 512, its SWA cache cut to the window), 32 greedy tokens
 from the six short prompts of docs/CONFORMANCE.md and the first ~600, ~1200
 and all 2151 tokens of testdata/gemma3-270m/long_prompt.txt, against `plumb
-run` with the flags given (default: the mirror of llama.cpp's defaults).
+run` with the flags given (by default none: plumb's defaults are llama.cpp's).
 
 Both read the same text (the long prompts cut by plumb's tokenizer and
 written back as text), two threads each; the continuations are compared as
@@ -34,7 +34,9 @@ BIN = ROOT / ".cache/llamacpp/build/bin"
 sys.path.insert(0, str(ROOT / "scripts"))
 from conformance import PROMPTS  # noqa: E402
 
-MIRROR = "--kv-type f16 --flash-attn on --ubatch 512 --repack on --swa-full off"
+# plumb's defaults are llama.cpp's (f16 cache, flash attention, ubatch 512,
+# repacked weights, the window-sized cache): no flag is needed.
+MIRROR = ""
 
 
 def plumb_json(args: list[str]) -> dict:
@@ -101,7 +103,8 @@ def main() -> int:
     args = ap.parse_args()
     same = 0
     cases = prompts()
-    print(f"llama-completion --temp 0 {args.llama_flags}".rstrip() + f"  vs  plumb run {args.plumb_flags}")
+    print(f"llama-completion --temp 0 {args.llama_flags}".rstrip() + "  vs  "
+          + (f"plumb run {args.plumb_flags}" if args.plumb_flags else "plumb run (its defaults)"))
     for label, text in cases:
         a = llama(text, shlex.split(args.llama_flags))
         b = plumb(text, shlex.split(args.plumb_flags))

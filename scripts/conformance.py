@@ -29,6 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUMB = ROOT / "target/release/plumb"
+# llama.cpp's reference configuration, as plumb's flags.
+REFERENCE = ["--kv-type", "f32", "--flash-attn", "off", "--repack", "off"]
 PY = sys.executable
 N_GEN = 32
 REAL = ROOT / "models/gemma-3-270m-q4_k_m.gguf"
@@ -78,10 +80,14 @@ def run_case(model: Path, ids: list[int], tmp: Path) -> dict:
     traces, greedy = {}, {}
     for eng, prec in [("exact", "exact"), ("fast", "fast")]:
         traces[eng] = tmp / f"{eng}.safetensors"
+        # The fast precision in llama.cpp's reference configuration (plumb's
+        # defaults are its default one), as llama.cpp is run below.
+        ref = REFERENCE if prec == "fast" else []
         sh([str(PLUMB), "trace", str(model), "--tokens", toks, "--precision", prec, "--tensors",
-            "--save", str(traces[eng]), "--force", "--json"])
+            "--save", str(traces[eng]), "--force", "--json", *ref])
         greedy[eng] = first_json(sh([str(PLUMB), "run", str(model), "--tokens", toks, "-n", str(N_GEN),
-                                     "--precision", prec, "--json"]))["generated"]
+                                     "--precision", prec, "--json", *ref, *(["--ubatch", "all"] if ref else [])]
+                                    ))["generated"]
     traces["hf"] = tmp / "hf.safetensors"
     greedy["hf"] = first_json(sh([PY, str(ROOT / "reference/hf_trace.py"), str(model), "--tokens", toks,
                                   "-o", str(traces["hf"]), "--generate", str(N_GEN)]))["generated"]
@@ -308,17 +314,21 @@ def write_example(cases: list[dict]) -> None:
         model = "models/gemma-3-270m-q4_k_m.gguf"
         p = case["prompt"]
         k = agree(case["greedy"]["hf"], case["greedy"]["lc"])
+        a_reference = [f"--a-{flag[2:]}" if flag.startswith("--") else flag for flag in REFERENCE]
         cmds = [
             (f'plumb run {model} -p "{p}" -n 32 --precision exact', ["run", str(REAL), "-p", p, "-n", "32",
                                                                   "--precision", "exact"]),
-            (f'plumb run {model} -p "{p}" -n 32', ["run", str(REAL), "-p", p, "-n", "32"]),
-            (f'plumb bisect {model} -p "{p}" --a-precision fast --b-precision exact --brief',
-             ["bisect", str(REAL), "-p", p, "--a-precision", "fast", "--b-precision", "exact", "--brief"]),
+            (f'plumb run {model} -p "{p}" -n 32 {" ".join(REFERENCE)}', ["run", str(REAL), "-p", p, "-n", "32",
+                                                                       *REFERENCE]),
+            (f'plumb bisect {model} -p "{p}" --a-precision fast --b-precision exact {" ".join(a_reference)} --brief',
+             ["bisect", str(REAL), "-p", p, "--a-precision", "fast", "--b-precision", "exact", *a_reference,
+              "--brief"]),
         ]
         body_lines = [
             f"transformers and llama.cpp run the same GGUF on the prompt `{p}` and their greedy",
             f"continuations part after {k} tokens. plumb shows where and why. Its exact precision continues",
-            "as transformers does and its fast precision as llama.cpp does, token for token:", "",
+            "as transformers does and its fast precision, in llama.cpp's reference configuration (the one",
+            "`reference/llamacpp_trace.py` runs), as llama.cpp does, token for token:", "",
         ]
         for shown, argv in cmds:
             r = subprocess.run([str(PLUMB), *argv], capture_output=True, text=True)

@@ -65,6 +65,19 @@ CONFIGS = [
 ]
 
 
+# plumb's defaults are llama.cpp's default configuration; each row names
+# every setting, starting from the reference configuration, whose window
+# cache is full-size as llama-cpp-python keeps it.
+REFERENCE = {"--kv-type": "f32", "--flash-attn": "off", "--repack": "off", "--ubatch": "all", "--swa-full": "on"}
+
+
+def explicit(flags: list[str]) -> list[str]:
+    """The reference configuration with `flags` (pairs of flag and value) over it."""
+    settings = dict(REFERENCE)
+    settings.update(zip(flags[::2], flags[1::2]))
+    return [x for pair in settings.items() for x in pair]
+
+
 def first_json(out: str) -> dict:
     for line in out.splitlines():
         if line.startswith("{"):
@@ -147,7 +160,7 @@ def main() -> int:
             pl = None
             if plumb_flags is not None:
                 pl = run([str(PLUMB), "run", str(MODEL), "--precision", "fast", "--tokens", toks, "-n", str(N_GEN),
-                          "--json"] + plumb_flags)["generated"]
+                          "--json"] + explicit(plumb_flags))["generated"]
             results[(name, label)] = (lc, pl)
             print(f"{name} / {label}: done", file=sys.stderr)
     rows = ["| configuration | prompt | llama.cpp's tokens vs its reference configuration | plumb fast = llama.cpp |",

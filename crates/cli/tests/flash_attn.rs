@@ -14,12 +14,12 @@
 //! steps take the split path over 2304 cells, on 2 threads as the golden).
 
 mod common;
-use common::{assert_continues_as_llama_cpp, assert_top_logits_bitwise, ids, plumb, real_model, root};
+use common::*;
 
 use plumb_diff::{diff, Gate};
 use plumb_model::generate::Generator;
 use plumb_model::kernels::kernels_for;
-use plumb_model::{KvType, Model, NoTrace, Precision};
+use plumb_model::{KvType, Model, NoTrace, Precision, RunSettings};
 use plumb_trace::Trace;
 
 fn json(path: &str) -> serde_json::Value {
@@ -40,8 +40,11 @@ fn tiny_models_with_flash_attention_compute_as_llama_cpp_does() {
         let model = t.join(format!("{arch}-q8_0.gguf"));
         let model = model.to_str().unwrap();
         let tokens = joined(&golden["tokens"]);
-        let fast = ["--precision", "fast", "--flash-attn", "on", "-t", "2"];
-        let (code, out, err) = plumb(&[&["run", model, "-n", "32", "--json", "--tokens", &tokens][..], &fast].concat());
+        // Flash attention alone, as the goldens were made (an f32 cache,
+        // which flash attention reads as f16 anyway; no repacking).
+        let fast = ["--precision", "fast", "--flash-attn", "on", "--kv-type", "f32", "--repack", "off", "-t", "2"];
+        let (code, out, err) =
+            plumb(&[&["run", model, "-n", "32", "--json", "--tokens", &tokens, "--ubatch", "all"][..], &fast].concat());
         assert_eq!(code, 0, "{err}");
         let got = ids(&serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["generated"]);
         assert_continues_as_llama_cpp(arch, &got, &ids(&case["generated"]));
@@ -76,39 +79,10 @@ fn tiny_models_with_flash_attention_compute_as_llama_cpp_does() {
 #[test]
 #[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
 fn real_model_with_flash_attention_computes_as_llama_cpp_does() {
-    let golden = json("testdata/gemma3-270m/llamacpp_fa.json");
-    let mut model = Model::load(&real_model()).unwrap();
-    model.cfg.flash_attn = true;
-    let k = kernels_for(Precision::Fast);
-    for (name, case) in golden["cases"].as_object().unwrap() {
-        let tokens: Vec<u32> = ids(&case["tokens"]).into_iter().map(|t| t as u32).collect();
-        let ubatch = case["ubatch"].as_u64().map_or(tokens.len(), |u| u as usize);
-        let mut g = Generator::windowed(&model, k.as_ref(), tokens.len() + 1);
-        let logits = g.prefill_in(&tokens, ubatch, &mut NoTrace);
-        assert_top_logits_bitwise(name, &logits, &case["top_logits"]);
-        if case["ubatch"].is_u64() {
-            continue;
-        }
-        let model_arg = real_model();
-        let toks = joined(&case["tokens"]);
-        let args = [
-            "run",
-            model_arg.to_str().unwrap(),
-            "--flash-attn",
-            "on",
-            "-t",
-            "2",
-            "--tokens",
-            &toks,
-            "-n",
-            "32",
-            "--json",
-        ];
-        let (code, out, err) = plumb(&args);
-        assert_eq!(code, 0, "{err}");
-        let got = ids(&serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["generated"]);
-        assert_continues_as_llama_cpp(name, &got, &ids(&case["generated"]));
-    }
+    // Flash attention alone: an f32 cache, no repacking, full-size windows.
+    let settings = RunSettings { flash_attn: true, ..RunSettings::default() };
+    let flags = ["--kv-type", "f32", "--flash-attn", "on", "--repack", "off", "--swa-full", "on"];
+    assert_real_model_cases("testdata/gemma3-270m/llamacpp_fa.json", settings, &flags);
 }
 
 /// llama.cpp casts an f32 cache to f16 before its flash attention, so the
@@ -152,6 +126,12 @@ fn bisect_names_where_flash_attention_parts_and_exact_refuses_it() {
         "fast",
         "--a-flash-attn",
         "on",
+        "--a-kv-type",
+        "f32",
+        "--b-flash-attn",
+        "off",
+        "--b-kv-type",
+        "f32",
         "--tokens",
         tokens,
         "--tol",
@@ -159,7 +139,7 @@ fn bisect_names_where_flash_attention_parts_and_exact_refuses_it() {
         "--brief",
     ]);
     assert_eq!(code, 1, "{out}{err}");
-    assert!(out.contains("(fast, flash attention)"), "{out}");
+    assert!(out.contains("(fast, flash attention, repacked)"), "{out}");
     assert!(out.contains("first divergence at blk.0.attn_context"), "{out}");
     // With no probabilities on A's side, the fused operation's inputs are
     // q, k and v, all equal.
@@ -167,7 +147,7 @@ fn bisect_names_where_flash_attention_parts_and_exact_refuses_it() {
     let (code, _, err) = plumb(&["run", model, "--precision", "exact", "--flash-attn", "on", "--tokens", tokens]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("flash attention is a setting of the fast precision"), "{err}");
-    let (code, _, err) = plumb(&["run", model, "--flash-attn", "auto", "--tokens", tokens]);
+    let (code, _, err) = plumb(&["run", model, "--flash-attn", "maybe", "--tokens", tokens]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("on or off"), "{err}");
+    assert!(err.contains("on, off or auto"), "{err}");
 }

@@ -17,14 +17,10 @@
 //! the context back (plumb_kernels::flash::Rotation).
 
 mod common;
-use common::{
-    assert_continues_as_llama_cpp, assert_first_layers_bitwise, assert_top_logits_bitwise, ids, plumb, real_model, root,
-};
+use common::*;
 
 use plumb_diff::{diff, Gate};
-use plumb_model::generate::Generator;
-use plumb_model::kernels::kernels_for;
-use plumb_model::{KvType, Model, NoTrace, Precision};
+use plumb_model::{KvType, RunSettings};
 use plumb_trace::Trace;
 
 /// Golden name and cache type.
@@ -75,48 +71,15 @@ fn a_tiny_model_with_a_quantized_cache_computes_as_llama_cpp_does() {
 #[test]
 #[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
 fn the_real_model_with_a_quantized_cache_computes_as_llama_cpp_does() {
-    let k = kernels_for(Precision::Fast);
     for (name, kv) in CACHES {
         // Its heads are 256 wide, so llama.cpp rotates what the cache
         // holds: the first two layers' context, turned back, bit for bit.
-        let flags = ["--kv-type", kv.name(), "--flash-attn", "on"];
+        let flags = ["--kv-type", kv.name(), "--flash-attn", "on", "--repack", "off"];
         assert_first_layers_bitwise(&flags, &format!("testdata/gemma3-270m/llamacpp_trace_{name}.safetensors"));
-        let golden = json(&format!("testdata/gemma3-270m/llamacpp_{name}.json"));
-        let mut model = Model::load(&real_model()).unwrap();
-        (model.cfg.kv_type, model.cfg.flash_attn) = (kv, true);
-        for (case_name, case) in golden["cases"].as_object().unwrap() {
-            let label = format!("{name} {case_name}");
-            let tokens: Vec<u32> = ids(&case["tokens"]).into_iter().map(|t| t as u32).collect();
-            let ubatch = case["ubatch"].as_u64().map_or(tokens.len(), |u| u as usize);
-            // A windowed cache: the window layers let go of key blocks too.
-            let mut g = Generator::windowed(&model, k.as_ref(), tokens.len() + 1);
-            let logits = g.prefill_in(&tokens, ubatch, &mut NoTrace);
-            assert_top_logits_bitwise(&label, &logits, &case["top_logits"]);
-            if case["ubatch"].is_u64() {
-                continue;
-            }
-            let model_arg = real_model();
-            let toks = joined(&case["tokens"]);
-            let args = [
-                "run",
-                model_arg.to_str().unwrap(),
-                "--kv-type",
-                kv.name(),
-                "--flash-attn",
-                "on",
-                "-t",
-                "2",
-                "--tokens",
-                &toks,
-                "-n",
-                "32",
-                "--json",
-            ];
-            let (code, out, err) = plumb(&args);
-            assert_eq!(code, 0, "{err}");
-            let got = ids(&serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["generated"]);
-            assert_continues_as_llama_cpp(&label, &got, &ids(&case["generated"]));
-        }
+        // A windowed cache: the window layers let go of key blocks too.
+        let settings = RunSettings { kv_type: kv, flash_attn: true, ..RunSettings::default() };
+        let flags = [&flags[..], &["--swa-full", "on"]].concat();
+        assert_real_model_cases(&format!("testdata/gemma3-270m/llamacpp_{name}.json"), settings, &flags);
     }
 }
 
@@ -128,16 +91,25 @@ fn a_quantized_cache_needs_flash_attention_and_whole_blocks() {
     let gemma2 = root().join("testdata/tiny/gemma2/gemma2-q8_0.gguf");
     let llama = root().join("testdata/tiny/llama/llama-q8_0.gguf");
     let tokens = "1,17,255,3,400,511,42,7,99,128,300,5";
-    let (code, _, err) = plumb(&["run", gemma2.to_str().unwrap(), "--kv-type", "q8_0", "--tokens", tokens]);
+    let (code, _, err) =
+        plumb(&["run", gemma2.to_str().unwrap(), "--kv-type", "q8_0", "--flash-attn", "off", "--tokens", tokens]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("needs --flash-attn on"), "{err}");
+    assert!(err.contains("needs flash attention"), "{err}");
+    // Flash attention's `auto` is on at the fast precision (llama.cpp's
+    // default), off at the exact one.
+    let (code, _, err) = plumb(&["run", gemma2.to_str().unwrap(), "--kv-type", "q8_0", "--tokens", tokens, "-n", "1"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) =
+        plumb(&["run", gemma2.to_str().unwrap(), "--kv-type", "q8_0", "--precision", "exact", "--tokens", tokens]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("needs flash attention"), "{err}");
     let (code, _, err) =
         plumb(&["run", llama.to_str().unwrap(), "--kv-type", "q4_0", "--flash-attn", "on", "--tokens", tokens]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("16 wide, not whole blocks of 32"), "{err}");
     let (code, _, err) = plumb(&["run", gemma2.to_str().unwrap(), "--kv-type", "q5_0", "--tokens", tokens]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("available: f32, f16, q8_0, q4_0"), "{err}");
+    assert!(err.contains("available: auto, f32, f16, q8_0, q4_0"), "{err}");
     let (code, out, err) = plumb(&[
         "bisect",
         gemma2.to_str().unwrap(),
@@ -160,6 +132,6 @@ fn a_quantized_cache_needs_flash_attention_and_whole_blocks() {
         "--brief",
     ]);
     assert_eq!(code, 1, "{out}{err}");
-    assert!(out.contains("(fast, KV q8_0, flash attention)"), "{out}");
+    assert!(out.contains("(fast, KV q8_0, flash attention, repacked)"), "{out}");
     assert!(out.contains("first divergence at blk.0.attn_context"), "{out}");
 }

@@ -13,12 +13,10 @@
 //! of 512. And `bisect` between the two cache types names where they part.
 
 mod common;
-use common::{assert_continues_as_llama_cpp, assert_top_logits_bitwise, ids, plumb, real_model, root};
+use common::*;
 
 use plumb_diff::{diff, Gate};
-use plumb_model::generate::Generator;
-use plumb_model::kernels::kernels_for;
-use plumb_model::{KvType, Model, NoTrace, Precision};
+use plumb_model::{KvType, RunSettings};
 use plumb_trace::Trace;
 
 fn json(path: &str) -> serde_json::Value {
@@ -35,7 +33,8 @@ fn tiny_models_with_an_f16_cache_compute_as_llama_cpp_does() {
         let t = root().join(format!("testdata/tiny/{arch}"));
         let model = t.join(format!("{arch}-q8_0.gguf"));
         let model = model.to_str().unwrap();
-        let fast = ["--precision", "fast", "--kv-type", "f16", "--tokens", &tokens];
+        let fast =
+            ["--precision", "fast", "--kv-type", "f16", "--flash-attn", "off", "--repack", "off", "--tokens", &tokens];
         let want = ids(&case["generated"]);
         let (code, out, err) = plumb(&[&["run", model, "-n", "32", "--json"][..], &fast].concat());
         assert_eq!(code, 0, "{err}");
@@ -66,27 +65,9 @@ fn tiny_models_with_an_f16_cache_compute_as_llama_cpp_does() {
 #[test]
 #[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
 fn real_model_with_an_f16_cache_computes_as_llama_cpp_does() {
-    let golden = json("testdata/gemma3-270m/llamacpp_kv16.json");
-    let mut model = Model::load(&real_model()).unwrap();
-    model.cfg.kv_type = KvType::F16;
-    let k = kernels_for(Precision::Fast);
-    for (name, case) in golden["cases"].as_object().unwrap() {
-        let tokens: Vec<u32> = ids(&case["tokens"]).into_iter().map(|t| t as u32).collect();
-        let ubatch = case["ubatch"].as_u64().map_or(tokens.len(), |u| u as usize);
-        let mut g = Generator::windowed(&model, k.as_ref(), tokens.len() + 1);
-        let logits = g.prefill_in(&tokens, ubatch, &mut NoTrace);
-        assert_top_logits_bitwise(name, &logits, &case["top_logits"]);
-        if case["ubatch"].is_u64() {
-            continue;
-        }
-        let toks = tokens.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-        let model_arg = real_model();
-        let args = ["run", model_arg.to_str().unwrap(), "--kv-type", "f16", "--tokens", &toks, "-n", "32", "--json"];
-        let (code, out, err) = plumb(&args);
-        assert_eq!(code, 0, "{err}");
-        let got = ids(&serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["generated"]);
-        assert_continues_as_llama_cpp(name, &got, &ids(&case["generated"]));
-    }
+    let settings = RunSettings { kv_type: KvType::F16, ..RunSettings::default() };
+    let flags = ["--kv-type", "f16", "--flash-attn", "off", "--repack", "off"];
+    assert_real_model_cases("testdata/gemma3-270m/llamacpp_kv16.json", settings, &flags);
 }
 
 /// `bisect` between the two cache types of one model: the first stage
@@ -103,6 +84,16 @@ fn bisect_names_where_an_f16_cache_parts_from_an_f32_one() {
         "fast",
         "--a-kv-type",
         "f16",
+        "--b-kv-type",
+        "f32",
+        "--a-flash-attn",
+        "off",
+        "--b-flash-attn",
+        "off",
+        "--a-repack",
+        "off",
+        "--b-repack",
+        "off",
         "--tokens",
         "1,17,255,3,400,511,42,7,99,128,300,5",
         "--tol",

@@ -14,47 +14,21 @@
 //! does not repack on x86.
 
 mod common;
-use common::{
-    assert_continues_as_llama_cpp, assert_first_layers_bitwise, assert_top_logits_bitwise, ids, plumb, real_model, root,
-};
+use common::*;
 
-use plumb_model::generate::Generator;
-use plumb_model::kernels::kernels_for;
-use plumb_model::{Model, NoTrace, Precision, RunSettings};
-
-fn json(path: &str) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(root().join(path)).unwrap()).unwrap()
-}
-
-fn joined(v: &serde_json::Value) -> String {
-    ids(v).iter().map(u64::to_string).collect::<Vec<_>>().join(",")
-}
+use plumb_model::RunSettings;
 
 #[test]
 #[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
 fn the_real_model_with_repacked_weights_computes_as_llama_cpp_does() {
-    assert_first_layers_bitwise(&["--repack", "on"], "testdata/gemma3-270m/llamacpp_trace_repack.safetensors");
-    let model_arg = real_model();
-    let golden = json("testdata/gemma3-270m/llamacpp_repack.json");
-    let mut model = Model::load(&real_model()).unwrap();
-    model.set_run_settings(RunSettings { repack: true, ..RunSettings::default() });
-    let k = kernels_for(Precision::Fast);
-    for (name, case) in golden["cases"].as_object().unwrap() {
-        let tokens: Vec<u32> = ids(&case["tokens"]).into_iter().map(|t| t as u32).collect();
-        let ubatch = case["ubatch"].as_u64().map_or(tokens.len(), |u| u as usize);
-        let mut g = Generator::windowed(&model, k.as_ref(), tokens.len() + 1);
-        let logits = g.prefill_in(&tokens, ubatch, &mut NoTrace);
-        assert_top_logits_bitwise(name, &logits, &case["top_logits"]);
-        if case["ubatch"].is_u64() {
-            continue;
-        }
-        let toks = joined(&case["tokens"]);
-        let args = ["run", model_arg.to_str().unwrap(), "--repack", "on", "--tokens", &toks, "-n", "32", "--json"];
-        let (code, out, err) = plumb(&args);
-        assert_eq!(code, 0, "{err}");
-        let got = ids(&serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["generated"]);
-        assert_continues_as_llama_cpp(name, &got, &ids(&case["generated"]));
-    }
+    let reference = ["--kv-type", "f32", "--flash-attn", "off"];
+    assert_first_layers_bitwise(
+        &[&reference[..], &["--repack", "on"]].concat(),
+        "testdata/gemma3-270m/llamacpp_trace_repack.safetensors",
+    );
+    let settings = RunSettings { repack: true, ..RunSettings::default() };
+    let flags = [&reference[..], &["--repack", "on"]].concat();
+    assert_real_model_cases("testdata/gemma3-270m/llamacpp_repack.json", settings, &flags);
 }
 
 /// Repacking is llama.cpp's arithmetic: the exact precision refuses it;
@@ -79,11 +53,13 @@ fn repacking_is_a_setting_of_the_fast_precision() {
         "fast",
         "--a-repack",
         "on",
+        "--b-repack",
+        "off",
         "--tol",
         "1e-20",
         "--brief",
     ]);
     assert_eq!(code, 1, "{out}{err}");
-    assert!(out.contains("(fast, repacked)"), "{out}");
+    assert!(out.contains("(fast, KV f16, flash attention, repacked)"), "{out}");
     assert!(out.contains("first divergence at blk.0.attn_out"), "{out}");
 }

@@ -16,7 +16,7 @@
 //! (docs/CONFORMANCE.md).
 
 mod common;
-use common::{assert_continues_as_llama_cpp, ids, plumb, root};
+use common::{assert_continues_as_llama_cpp, ids, plumb, root, REFERENCE, REFERENCE_RUN};
 
 use plumb_diff::{diff, Gate};
 use plumb_trace::Trace;
@@ -38,18 +38,24 @@ fn fast_precision_traces_every_tiny_model_as_llama_cpp_does() {
         let t = root().join(format!("testdata/tiny/{arch}"));
         let model = t.join(format!("{arch}-q8_0.gguf"));
         let out = dir.path().join(format!("{arch}.safetensors"));
-        let (code, _, err) = plumb(&[
-            "trace",
-            model.to_str().unwrap(),
-            "--precision",
-            "fast",
-            "--tokens",
-            &tokens,
-            "--tensors",
-            "--save",
-            out.to_str().unwrap(),
-            "--force",
-        ]);
+        let (code, _, err) = plumb(
+            &[
+                &[
+                    "trace",
+                    model.to_str().unwrap(),
+                    "--precision",
+                    "fast",
+                    "--tokens",
+                    &tokens,
+                    "--tensors",
+                    "--save",
+                    out.to_str().unwrap(),
+                    "--force",
+                ],
+                REFERENCE,
+            ]
+            .concat(),
+        );
         assert_eq!(code, 0, "{err}");
         let (a, b) = (Trace::load(&out).unwrap(), Trace::load(&t.join("llamacpp_trace.safetensors")).unwrap());
         let d = diff(&a, &b, &Gate::default(), 0.01);
@@ -72,8 +78,8 @@ fn fast_precision_continues_every_tiny_model_as_llama_cpp_does() {
         let want = ids(&golden["cases"][arch]["generated"]);
         assert_eq!(want.len(), 32, "{arch}");
         let model = root().join(format!("testdata/tiny/{arch}/{arch}-q8_0.gguf"));
-        let (code, out, err) =
-            plumb(&["run", model.to_str().unwrap(), "--precision", "fast", "--tokens", &tokens, "-n", "32", "--json"]);
+        let head = ["run", model.to_str().unwrap(), "--precision", "fast", "--tokens", &tokens, "-n", "32", "--json"];
+        let (code, out, err) = plumb(&[&head[..], REFERENCE_RUN].concat());
         assert_eq!(code, 0, "{err}");
         let got: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
         let got = ids(&got["generated"]);

@@ -10,7 +10,9 @@
 //! scripts/gen_ubatch_golden.sh).
 
 mod common;
-use common::{assert_continues_as_llama_cpp, assert_top_logits_bitwise, ids, plumb, real_model, root};
+use common::{
+    assert_continues_as_llama_cpp, assert_top_logits_bitwise, ids, plumb, real_model, real_model_arg, root, REFERENCE,
+};
 
 use plumb_model::generate::Generator;
 use plumb_model::kernels::kernels_for;
@@ -37,8 +39,9 @@ fn ubatches_round_as_llama_cpp_does() {
         // The command line too, on the schedule that moves the logits.
         let toks = tokens.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
         let ub = ubatch.to_string();
-        let (code, out, err) =
-            plumb(&["run", real_model().to_str().unwrap(), "--tokens", &toks, "-n", "32", "--ubatch", &ub, "--json"]);
+        let m = real_model_arg();
+        let head = ["run", &m, "--tokens", &toks, "-n", "32", "--json"];
+        let (code, out, err) = plumb(&[&head[..], REFERENCE, &["--ubatch", &ub]].concat());
         assert_eq!(code, 0, "{err}");
         let got: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
         let (got, want) = (ids(&got["generated"]), ids(&case["generated"]));

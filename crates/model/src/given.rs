@@ -77,17 +77,22 @@ pub fn config_side_by_side(a: &ModelConfig, b: &ModelConfig) -> Vec<(String, Str
         .collect()
 }
 
-/// Hyperparameters that differ, A against B.
+/// Hyperparameters that differ, A against B. A side under flash attention
+/// has no attn_scores or attn_probs: what they would show first shows in
+/// its fused attn_context.
 pub fn compare_config(a: &ModelConfig, b: &ModelConfig) -> Vec<Given> {
     config_fields(a)
         .into_iter()
         .zip(config_fields(b))
         .filter(|(x, y)| x.1 != y.1)
-        .map(|((name, va, stages), (_, vb, _))| Given {
-            kind: "config",
-            subject: name.to_string(),
-            what: format!("A {va}, B {vb}"),
-            stages: stages.iter().map(|s| s.to_string()).collect(),
+        .map(|((name, va, stages), (_, vb, _))| {
+            let mut touched: Vec<String> = stages.iter().map(|s| s.to_string()).collect();
+            let fused =
+                (a.flash_attn || b.flash_attn) && stages.iter().any(|s| matches!(*s, "attn_scores" | "attn_probs"));
+            if fused && !touched.iter().any(|s| s == "attn_context") {
+                touched.push("attn_context".to_string());
+            }
+            Given { kind: "config", subject: name.to_string(), what: format!("A {va}, B {vb}"), stages: touched }
         })
         .collect()
 }

@@ -8,11 +8,11 @@ use std::time::Instant;
 
 use anyhow::bail;
 use plumb_model::kernels::kernels_for;
-use plumb_model::{KvCache, Model, NoTrace, Observer, Precision};
+use plumb_model::{KvCache, Model, NoTrace, Observer};
 use plumb_trace::{Recorder, TracePlan};
 use serde_json::json;
 
-use crate::cmd::common::{load, ModelArgs};
+use crate::cmd::common::{load, Auto, ModelArgs, Ubatch};
 use crate::progress::{bar, Progress};
 use crate::{out, Outcome};
 
@@ -32,6 +32,11 @@ pub struct Args {
     /// timed, and cut back to the depth before every repetition.
     #[arg(short = 'd', long = "n-depth", default_value = "0", value_delimiter = ',')]
     pub depth: Vec<usize>,
+    /// Prompt tokens per forward pass (llama-bench's `-ub`): a number,
+    /// `all` (each prompt test in one pass) or `auto` (512 at the fast
+    /// precision, as llama-bench; `all` at the exact one).
+    #[arg(long, value_name = "N|all|auto", default_value = "auto", value_parser = crate::cmd::common::parse_ubatch_auto)]
+    pub ubatch: Auto<Ubatch>,
     /// Repetitions of each test.
     #[arg(short = 'r', long, default_value_t = 5)]
     pub reps: usize,
@@ -80,7 +85,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     if !matches!(args.trace.as_str(), "off" | "stats") {
         bail!("--trace must be `off` or `stats`, got {:?}", args.trace);
     }
-    let precision = args.model.precision.unwrap_or(Precision::Fast);
+    let precision = args.model.precision();
     let loaded = load(&args.model)?;
     let model = &loaded.model;
     let tests: Vec<(&str, usize)> = (args.n_prompt.iter().map(|&n| ("pp", n)))
@@ -94,6 +99,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     }
     crate::cmd::common::check_kv_fits(model, need)?;
     let kernels = kernels_for(precision);
+    let ubatch = Ubatch::resolve(args.ubatch, precision);
     let mut results = Vec::new();
     for &depth in &args.depth {
         // The depth, filled once: its own tokens, in batches of FILL.
@@ -113,7 +119,9 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                 let mut obs = observer(&args.trace);
                 let t0 = Instant::now();
                 if test == "pp" {
-                    model.forward(kernels.as_ref(), toks, &mut cache, false, obs.as_mut());
+                    for part in toks.chunks(ubatch.rows(n)) {
+                        model.forward(kernels.as_ref(), part, &mut cache, false, obs.as_mut());
+                    }
                 } else {
                     for &t in toks {
                         model.forward(kernels.as_ref(), &[t], &mut cache, false, obs.as_mut());
@@ -146,6 +154,10 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             "kv_type": run.kv_type.name(),
             "flash_attn": run.flash_attn,
             "repack": run.repack,
+            "ubatch": match ubatch {
+                Ubatch::All => json!("all"),
+                Ubatch::Rows(n) => json!(n),
+            },
             "kernels": kernels.describe(),
             "threads": threads,
             "trace": args.trace,

@@ -27,7 +27,7 @@ use plumb_model::fault::Fault;
 use plumb_model::{KvType, Precision};
 
 use crate::cmd::common::{
-    check_output, load, parse_kv_type, parse_on_off, parse_precision, Loaded, ModelArgs, PromptArgs,
+    check_output, load, parse_kv_type, parse_on_off, parse_precision, Auto, Loaded, ModelArgs, PromptArgs,
 };
 use crate::cmd::diff::{GateArgs, ReportArgs};
 use crate::{out, Outcome};
@@ -44,24 +44,27 @@ pub struct Args {
     pub a_precision: Precision,
     #[arg(long, default_value = "exact", value_parser = parse_precision)]
     pub b_precision: Precision,
-    /// A's KV cache type: `f32`, `f16`, `q8_0` or `q4_0` (as for `plumb run`).
-    #[arg(long, default_value = "f32", value_parser = parse_kv_type)]
-    pub a_kv_type: KvType,
+    /// A's KV cache type: `f32`, `f16`, `q8_0`, `q4_0` or `auto` (as for
+    /// `plumb run`: f16 at the fast precision, f32 at the exact one).
+    #[arg(long, default_value = "auto", value_parser = parse_kv_type)]
+    pub a_kv_type: Auto<KvType>,
     /// B's KV cache type.
-    #[arg(long, default_value = "f32", value_parser = parse_kv_type)]
-    pub b_kv_type: KvType,
-    /// A's flash attention (fast precision only): `on` or `off`.
-    #[arg(long, default_value = "off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
-    pub a_flash_attn: bool,
+    #[arg(long, default_value = "auto", value_parser = parse_kv_type)]
+    pub b_kv_type: Auto<KvType>,
+    /// A's flash attention (fast precision only): `on`, `off` or `auto` (on
+    /// at the fast precision).
+    #[arg(long, default_value = "auto", value_parser = parse_on_off)]
+    pub a_flash_attn: Auto<bool>,
     /// B's flash attention.
-    #[arg(long, default_value = "off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
-    pub b_flash_attn: bool,
-    /// A's repacked weights (fast precision only): `on` or `off`.
-    #[arg(long, default_value = "off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
-    pub a_repack: bool,
+    #[arg(long, default_value = "auto", value_parser = parse_on_off)]
+    pub b_flash_attn: Auto<bool>,
+    /// A's repacked weights (fast precision only): `on`, `off` or `auto` (on
+    /// at the fast precision where llama.cpp repacks).
+    #[arg(long, default_value = "auto", value_parser = parse_on_off)]
+    pub a_repack: Auto<bool>,
     /// B's repacked weights.
-    #[arg(long, default_value = "off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
-    pub b_repack: bool,
+    #[arg(long, default_value = "auto", value_parser = parse_on_off)]
+    pub b_repack: Auto<bool>,
     /// A saved reference trace (with tensors) instead of running B.
     #[arg(long, conflicts_with = "b")]
     pub reference: Option<PathBuf>,

@@ -10,16 +10,140 @@ pub fn parse_precision(s: &str) -> Result<Precision, String> {
     Precision::parse(s).ok_or_else(|| format!("unknown precision {s:?} (available: exact, fast)"))
 }
 
-pub fn parse_kv_type(s: &str) -> Result<KvType, String> {
-    KvType::parse(s).ok_or_else(|| format!("unknown KV cache type {s:?} (available: f32, f16, q8_0, q4_0)"))
+/// A setting given on the command line, or left to `auto`: what llama.cpp
+/// does by default at the fast precision, what transformers does at the
+/// exact one ([`RunChoice::resolve`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Auto<T> {
+    Auto,
+    Set(T),
 }
 
-/// `on` or `off`, as llama.cpp spells its flash attention switch.
-pub fn parse_on_off(s: &str) -> Result<bool, String> {
+impl<T: Copy> Auto<T> {
+    /// The value given, or `auto`'s.
+    pub fn or(self, auto: T) -> T {
+        match self {
+            Auto::Auto => auto,
+            Auto::Set(v) => v,
+        }
+    }
+}
+
+pub fn parse_kv_type(s: &str) -> Result<Auto<KvType>, String> {
+    if s == "auto" {
+        return Ok(Auto::Auto);
+    }
+    KvType::parse(s)
+        .map(Auto::Set)
+        .ok_or_else(|| format!("unknown KV cache type {s:?} (available: auto, f32, f16, q8_0, q4_0)"))
+}
+
+/// `on`, `off` or `auto`, as llama.cpp spells its flash attention switch.
+pub fn parse_on_off(s: &str) -> Result<Auto<bool>, String> {
     match s {
-        "on" => Ok(true),
-        "off" => Ok(false),
-        _ => Err(format!("{s:?}: on or off")),
+        "on" => Ok(Auto::Set(true)),
+        "off" => Ok(Auto::Set(false)),
+        "auto" => Ok(Auto::Auto),
+        _ => Err(format!("{s:?}: on, off or auto")),
+    }
+}
+
+/// A ubatch size, or `all` (the whole prompt in one forward pass).
+pub fn parse_ubatch(s: &str) -> Result<Ubatch, String> {
+    match s {
+        "all" => Ok(Ubatch::All),
+        _ => match s.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Ubatch::Rows(n)),
+            _ => Err(format!("{s:?}: a number of tokens (at least 1) or `all`")),
+        },
+    }
+}
+
+/// How a prompt is cut into forward passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ubatch {
+    /// The whole prompt in one pass.
+    All,
+    Rows(usize),
+}
+
+/// llama.cpp's default ubatch (`-ub`).
+pub const LLAMA_CPP_UBATCH: usize = 512;
+
+impl Ubatch {
+    /// Rows per forward pass for a prompt of `prompt` tokens.
+    pub fn rows(self, prompt: usize) -> usize {
+        match self {
+            Ubatch::All => prompt.max(1),
+            Ubatch::Rows(n) => n,
+        }
+    }
+
+    /// `auto`'s ubatch: llama.cpp's 512 at the fast precision, the whole
+    /// prompt at the exact one.
+    pub fn resolve(given: Auto<Ubatch>, precision: Precision) -> Ubatch {
+        given.or(match precision {
+            Precision::Fast => Ubatch::Rows(LLAMA_CPP_UBATCH),
+            Precision::Exact => Ubatch::All,
+        })
+    }
+}
+
+pub fn parse_ubatch_auto(s: &str) -> Result<Auto<Ubatch>, String> {
+    if s == "auto" {
+        return Ok(Auto::Auto);
+    }
+    parse_ubatch(s).map(Auto::Set)
+}
+
+/// Whether llama.cpp's CPU backend, built for this machine, repacks
+/// weights at load: on x86 with AVX2 (its `--repack`, on by default). Read
+/// from the CPU itself, not from the kernel path plumb runs, which a test
+/// may force to another.
+pub fn llama_cpp_repacks() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The three settings that change the arithmetic, as given.
+#[derive(Clone, Copy, Debug)]
+pub struct RunChoice {
+    pub kv_type: Auto<KvType>,
+    pub flash_attn: Auto<bool>,
+    pub repack: Auto<bool>,
+}
+
+impl RunChoice {
+    /// The settings a run computes with. `auto` is llama.cpp's default at
+    /// the fast precision (an f16 cache, flash attention, repacked weights
+    /// where its CPU backend repacks them) and transformers' at the exact
+    /// one (an f32 cache, plain attention). A setting given that the
+    /// precision cannot compute is refused.
+    pub fn resolve(self, precision: Precision) -> anyhow::Result<plumb_model::RunSettings> {
+        let fast = precision == Precision::Fast;
+        let kv_type = self.kv_type.or(if fast { KvType::F16 } else { KvType::F32 });
+        // A quantized cache turns llama.cpp's `auto` flash attention on.
+        let flash_attn = self.flash_attn.or(fast);
+        let repack = self.repack.or(fast && llama_cpp_repacks());
+        if flash_attn && !fast {
+            bail!("--flash-attn on: flash attention is a setting of the fast precision (llama.cpp's arithmetic); the exact precision computes as transformers does");
+        }
+        if repack && !fast {
+            bail!("--repack on: repacked weights are a setting of the fast precision (llama.cpp's arithmetic); the exact precision computes as transformers does");
+        }
+        if kv_type.block_type().is_some() && !flash_attn {
+            bail!(
+                "--kv-type {}: a quantized KV cache needs flash attention (the fast precision, --flash-attn on or auto), as in llama.cpp (its attention without flash attention cannot read quantized values)",
+                kv_type.name()
+            );
+        }
+        Ok(plumb_model::RunSettings { kv_type, flash_attn, repack, swa_ring_ubatch: None })
     }
 }
 
@@ -39,19 +163,32 @@ pub struct ModelArgs {
     /// KV cache type: `f32`; `f16` (keys and values rounded to f16 as
     /// stored; the fast precision as llama.cpp's `-ctk f16 -ctv f16`);
     /// `q8_0` or `q4_0` (blocks of 32, as llama.cpp's `-ctk q8_0 -ctv q8_0`;
-    /// they need `--flash-attn on`).
-    #[arg(long = "kv-type", default_value = "f32", value_parser = parse_kv_type)]
-    pub kv_type: KvType,
+    /// they need flash attention); `auto`: f16 at the fast precision (as
+    /// llama.cpp by default), f32 at the exact one.
+    #[arg(long = "kv-type", default_value = "auto", value_parser = parse_kv_type)]
+    pub kv_type: Auto<KvType>,
     /// Flash attention, as llama.cpp's `-fa on` computes it (the fast
-    /// precision only): `on` or `off`.
-    #[arg(long = "flash-attn", default_value = "off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
-    pub flash_attn: bool,
+    /// precision only): `on`, `off` or `auto` (on at the fast precision, as
+    /// llama.cpp's CPU backend resolves its `auto`; off at the exact one).
+    #[arg(long = "flash-attn", default_value = "auto", value_parser = parse_on_off)]
+    pub flash_attn: Auto<bool>,
     /// Repacked weights, as llama.cpp's CPU backend repacks them at load
-    /// on CPUs with AVX2 (its `--repack`, on by default there; the fast
-    /// precision only): Q4_K matrices of a multiple of 8 rows summed as
-    /// its interleaved kernels sum them. `on` or `off`.
-    #[arg(long = "repack", default_value = "off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
-    pub repack: bool,
+    /// on CPUs with AVX2 (the fast precision only): Q4_K matrices of a
+    /// multiple of 8 rows summed as its interleaved kernels sum them. `on`,
+    /// `off` or `auto` (on at the fast precision where llama.cpp repacks).
+    #[arg(long = "repack", default_value = "auto", value_parser = parse_on_off)]
+    pub repack: Auto<bool>,
+}
+
+impl ModelArgs {
+    /// The precision asked for: fast unless the command says otherwise.
+    pub fn precision(&self) -> Precision {
+        self.precision.unwrap_or(Precision::Fast)
+    }
+
+    pub fn choice(&self) -> RunChoice {
+        RunChoice { kv_type: self.kv_type, flash_attn: self.flash_attn, repack: self.repack }
+    }
 }
 
 #[derive(clap::Args)]
@@ -91,33 +228,17 @@ pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
     if let Some(n) = args.threads {
         pool = pool.num_threads(n);
     }
-    if args.flash_attn && args.precision == Some(Precision::Exact) {
-        bail!("--flash-attn on: flash attention is a setting of the fast precision (llama.cpp's arithmetic); the exact precision computes as transformers does");
-    }
-    if args.repack && args.precision == Some(Precision::Exact) {
-        bail!("--repack on: repacked weights are a setting of the fast precision (llama.cpp's arithmetic); the exact precision computes as transformers does");
-    }
-    if args.kv_type.block_type().is_some() && !args.flash_attn {
-        bail!(
-            "--kv-type {}: a quantized KV cache needs --flash-attn on, as in llama.cpp (its attention without flash attention cannot read quantized values)",
-            args.kv_type.name()
-        );
-    }
+    let settings = args.choice().resolve(args.precision())?;
     pool.build_global().ok();
     let (mut loaded, warning) = Loaded::open(&args.model)?;
-    if args.kv_type.block_type().is_some() && !loaded.model.cfg.head_dim.is_multiple_of(32) {
+    if settings.kv_type.block_type().is_some() && !loaded.model.cfg.head_dim.is_multiple_of(32) {
         bail!(
             "--kv-type {}: the model's heads are {} wide, not whole blocks of 32",
-            args.kv_type.name(),
+            settings.kv_type.name(),
             loaded.model.cfg.head_dim
         );
     }
-    loaded.model.set_run_settings(plumb_model::RunSettings {
-        kv_type: args.kv_type,
-        flash_attn: args.flash_attn,
-        repack: args.repack,
-        swa_ring_ubatch: None,
-    });
+    loaded.model.set_run_settings(settings);
     if let Some(w) = warning {
         eprintln!("plumb: warning: {w}");
     }

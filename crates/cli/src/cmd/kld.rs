@@ -18,11 +18,11 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use plumb_model::hybrid::Side;
 use plumb_model::kernels::kernels_for;
-use plumb_model::{KvType, Model, Precision};
+use plumb_model::{Model, Precision};
 use serde_json::json;
 
 use crate::cmd::attribute::{self, Attribution};
-use crate::cmd::common::{check_output, load, parse_precision, ModelArgs};
+use crate::cmd::common::{check_output, load, parse_precision, Auto, ModelArgs, RunChoice};
 use crate::cmd::ppl::{sum_exp, Corpus, CorpusArgs, Tokenized};
 use crate::progress::bar;
 use crate::{out, Outcome};
@@ -44,6 +44,17 @@ pub struct Args {
     /// --attribute, else fast).
     #[arg(long, value_parser = parse_precision)]
     pub b_precision: Option<Precision>,
+    /// A's KV cache type, as for `plumb run` (`auto`: f16 at the fast
+    /// precision, f32 at the exact one). These three settings are B's too
+    /// when B is another model at A's precision; otherwise B's are `auto`.
+    #[arg(long = "kv-type", default_value = "auto", value_parser = crate::cmd::common::parse_kv_type)]
+    pub kv_type: Auto<plumb_model::KvType>,
+    /// A's flash attention (the fast precision only): `on`, `off` or `auto`.
+    #[arg(long = "flash-attn", default_value = "auto", value_parser = crate::cmd::common::parse_on_off)]
+    pub flash_attn: Auto<bool>,
+    /// A's repacked weights (the fast precision only): `on`, `off` or `auto`.
+    #[arg(long = "repack", default_value = "auto", value_parser = crate::cmd::common::parse_on_off)]
+    pub repack: Auto<bool>,
     #[command(flatten)]
     pub corpus: CorpusArgs,
     /// B is this base file (llama-perplexity's `--kl-divergence-base`
@@ -454,9 +465,9 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         model: a_path.clone(),
         precision: args.precision,
         threads: args.threads,
-        kv_type: KvType::F32,
-        flash_attn: false,
-        repack: false,
+        kv_type: args.kv_type,
+        flash_attn: args.flash_attn,
+        repack: args.repack,
     })?;
     let model = &loaded.model;
     let precision = args.precision.unwrap_or(Precision::Fast);
@@ -531,15 +542,32 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Ok);
     }
 
-    // B in memory: another model, or A's own at another precision.
-    let b_loaded = match &args.b {
+    let b_precision = match args.b_precision {
+        Some(p) => p,
+        None if args.b.is_some() && !args.attribute => Precision::Fast,
+        None => Precision::Exact,
+    };
+    // B in memory: another model, or A's own at another precision, loaded
+    // again where that precision computes with other settings.
+    // Another model at A's precision computes with A's settings; any model at
+    // another precision with that precision's own.
+    let auto = RunChoice { kv_type: Auto::Auto, flash_attn: Auto::Auto, repack: Auto::Auto };
+    let a_choice = RunChoice { kv_type: args.kv_type, flash_attn: args.flash_attn, repack: args.repack };
+    let b_choice = if args.b.is_some() && b_precision == precision { a_choice } else { auto };
+    let b_settings = b_choice.resolve(b_precision)?;
+    let b_path = match (&base_in, &args.b) {
+        (Some(_), _) => None,
+        (None, Some(path)) => Some(path.clone()),
+        (None, None) => (model.cfg.run_settings() != b_settings).then(|| a_path.clone()),
+    };
+    let b_loaded = match b_path {
         Some(path) => Some(load(&ModelArgs {
-            model: path.clone(),
-            precision: None,
+            model: path,
+            precision: Some(b_precision),
             threads: args.threads,
-            kv_type: KvType::F32,
-            flash_attn: false,
-            repack: false,
+            kv_type: b_choice.kv_type,
+            flash_attn: b_choice.flash_attn,
+            repack: b_choice.repack,
         })?),
         None => None,
     };
@@ -553,11 +581,6 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             bail!("B has a vocabulary of {} tokens, A {vocab}: their distributions cannot be compared", b.cfg.vocab);
         }
     }
-    let b_precision = match args.b_precision {
-        Some(p) => p,
-        None if b_loaded.is_some() && !args.attribute => Precision::Fast,
-        None => Precision::Exact,
-    };
     if args.attribute && b_precision != Precision::Exact {
         bail!(
             "--attribute runs B in exact arithmetic: in the fast one each matrix product rounds its input to 8 bits, \

@@ -10,9 +10,9 @@ use plumb_model::kernels::kernels_for;
 use plumb_model::memory;
 use plumb_model::sample::{Sampler, SamplerConfig};
 use plumb_model::tokenizer::StreamDecoder;
-use plumb_model::{NoTrace, Precision};
+use plumb_model::NoTrace;
 
-use crate::cmd::common::{check_capacity, load, ModelArgs, PromptArgs};
+use crate::cmd::common::{check_capacity, load, Auto, ModelArgs, PromptArgs, Ubatch};
 use crate::progress::{bar, Progress};
 use crate::Outcome;
 
@@ -48,20 +48,20 @@ pub struct Args {
     #[arg(long, value_parser = crate::cmd::common::parse_size)]
     pub max_memory: Option<u64>,
     /// Compute the prompt N tokens at a time, each part attending to the
-    /// cache the earlier ones filled: llama.cpp's physical batch (`-ub`,
-    /// 512 by default there), which changes its rounding and so, on long
-    /// prompts, its output. By default the whole prompt at once (llama.cpp
-    /// with `-ub` ≥ the prompt).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    pub ubatch: Option<u64>,
+    /// cache the earlier ones filled: llama.cpp's physical batch (`-ub`),
+    /// which changes its rounding and so, on long prompts, its output.
+    /// `all`: the whole prompt at once (llama.cpp with `-ub` ≥ the
+    /// prompt); `auto`: 512 at the fast precision (llama.cpp's default),
+    /// `all` at the exact one.
+    #[arg(long, value_name = "N|all|auto", default_value = "auto", value_parser = crate::cmd::common::parse_ubatch_auto)]
+    pub ubatch: Auto<Ubatch>,
     /// The sliding-window layers' KV cache full-size (`on`, as
     /// llama-cpp-python keeps it) or, `off`, as llama-completion keeps it
     /// by default: cells for the window and a ubatch, reused as a ring, so
-    /// that past them attention goes over positions out of order (with
-    /// `--flash-attn on`; the ubatch is `--ubatch`'s, or the whole prompt's
-    /// — llama-completion's is 512).
-    #[arg(long = "swa-full", default_value = "on", value_parser = crate::cmd::common::parse_on_off, action = clap::ArgAction::Set)]
-    pub swa_full: bool,
+    /// that past them attention goes over positions out of order (under
+    /// flash attention). `auto`: off under flash attention, on otherwise.
+    #[arg(long = "swa-full", default_value = "auto", value_parser = crate::cmd::common::parse_on_off)]
+    pub swa_full: Auto<bool>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
@@ -72,14 +72,18 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         bail!("--temp must be a finite number ≥ 0, got {}", args.temp);
     }
     let mut loaded = load(&args.model)?;
-    if !args.swa_full && !args.model.flash_attn {
-        bail!("--swa-full off: the window-sized sliding-window cache is mirrored under --flash-attn on only");
+    let precision = args.model.precision();
+    let flash_attn = loaded.model.cfg.flash_attn;
+    let swa_full = args.swa_full.or(!flash_attn);
+    if !swa_full && !flash_attn {
+        bail!("--swa-full off: the window-sized sliding-window cache is mirrored under flash attention only");
     }
     let prompt_ids = args.prompt.token_ids(loaded.tokenizer.as_ref())?;
-    if !args.swa_full {
-        // Cells for the window and a ubatch: the prompt's, when it is one.
+    let ubatch = Ubatch::resolve(args.ubatch, precision).rows(prompt_ids.len());
+    if !swa_full {
+        // Cells for the window and a ubatch.
         let mut r = loaded.model.cfg.run_settings();
-        r.swa_ring_ubatch = Some(args.ubatch.map_or(prompt_ids.len().max(1), |u| u as usize));
+        r.swa_ring_ubatch = Some(ubatch);
         loaded.model.set_run_settings(r);
     }
     let (model, tok) = (&loaded.model, &loaded.tokenizer);
@@ -92,7 +96,6 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     if args.ids {
         eprintln!("prompt ids: {prompt_ids:?}");
     }
-    let precision = args.model.precision.unwrap_or(Precision::Fast);
     let kernels = kernels_for(precision);
     let mut gen = Generator::windowed(model, kernels.as_ref(), capacity);
     let mut sampler =
@@ -111,10 +114,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let t0 = Instant::now();
     let mut quiet = NoTrace;
     let mut watch = Progress::new(&mut quiet, bar("prompt", prompt_ids.len(), model.cfg.n_layer));
-    let logits = match args.ubatch {
-        Some(n) => gen.prefill_in(&prompt_ids, n as usize, &mut watch),
-        None => gen.prefill(&prompt_ids, false, &mut watch),
-    };
+    let logits = gen.prefill_in(&prompt_ids, ubatch, &mut watch);
     watch.finish();
     let prefill = t0.elapsed();
 
@@ -160,20 +160,23 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             "prompt_ids": prompt_ids,
             "generated": generated,
             "text": text,
+            "settings": plumb_bisect::runs::settings(precision, model.cfg.run_settings()),
+            "ubatch": ubatch,
             "memory_estimate": estimate.to_json(),
         });
         writeln!(stdout, "{doc}")?;
     }
     let gen = t1.elapsed();
     eprintln!(
-        "prompt: {} tokens in {:.2} s ({:.1} tokens/s) · generation: {} tokens in {:.2} s ({:.1} tokens/s) · {} precision, {} threads",
+        "prompt: {} tokens in {:.2} s ({:.1} tokens/s) · generation: {} tokens in {:.2} s ({:.1} tokens/s) · {}{}, {} threads",
         prompt_ids.len(),
         prefill.as_secs_f64(),
         prompt_ids.len() as f64 / prefill.as_secs_f64(),
         generated.len(),
         gen.as_secs_f64(),
         generated.len() as f64 / gen.as_secs_f64().max(1e-9),
-        precision.name(),
+        plumb_bisect::runs::settings(precision, model.cfg.run_settings()),
+        if ubatch < prompt_ids.len() { format!(", ubatch {ubatch}") } else { String::new() },
         rayon::current_num_threads(),
     );
     Ok(Outcome::Ok)

@@ -21,7 +21,9 @@ use serde_json::json;
 
 use plumb_bisect::runs::trace_meta;
 
-use crate::cmd::common::{load, parse_kv_type, parse_on_off, parse_precision, sha256_file, ModelArgs, PromptArgs};
+use crate::cmd::common::{
+    load, parse_kv_type, parse_on_off, parse_precision, sha256_file, Auto, ModelArgs, PromptArgs,
+};
 use crate::progress::{bar, Progress};
 use crate::style::{paint, ColorChoice, Paint};
 use crate::{out, Outcome};
@@ -40,17 +42,19 @@ pub struct Args {
     pub precision: Precision,
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
-    /// KV cache type: `f32`, `f16`, `q8_0` or `q4_0` (as for `plumb run`).
-    #[arg(long = "kv-type", default_value = "f32", value_parser = parse_kv_type)]
-    pub kv_type: KvType,
-    /// Flash attention (`--precision fast` only): `on` or `off`. Under it
-    /// the attn_scores and attn_probs stages do not exist.
-    #[arg(long = "flash-attn", default_value = "off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
-    pub flash_attn: bool,
-    /// Repacked weights (`--precision fast` only): `on` or `off` (as for
-    /// `plumb run`).
-    #[arg(long = "repack", default_value = "off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
-    pub repack: bool,
+    /// KV cache type: `f32`, `f16`, `q8_0`, `q4_0` or `auto` (as for `plumb
+    /// run`: f16 at the fast precision, f32 at the exact one).
+    #[arg(long = "kv-type", default_value = "auto", value_parser = parse_kv_type)]
+    pub kv_type: Auto<KvType>,
+    /// Flash attention (`--precision fast` only): `on`, `off` or `auto` (on
+    /// at the fast precision). Under it the attn_scores and attn_probs
+    /// stages do not exist.
+    #[arg(long = "flash-attn", default_value = "auto", value_parser = parse_on_off)]
+    pub flash_attn: Auto<bool>,
+    /// Repacked weights (`--precision fast` only): `on`, `off` or `auto` (as
+    /// for `plumb run`).
+    #[arg(long = "repack", default_value = "auto", value_parser = parse_on_off)]
+    pub repack: Auto<bool>,
     /// Stages to record: names, globs and aliases, e.g. `attn_norm,ffn_*`.
     #[arg(long, default_value = "*")]
     pub stages: String,

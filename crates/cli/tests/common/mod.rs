@@ -13,6 +13,15 @@ pub fn root() -> PathBuf {
 /// Every architecture with a tiny test model under testdata/tiny.
 pub const TINY_ARCHS: &[&str] = &include!("../../../tiny_archs.rs");
 
+/// llama.cpp's reference configuration, the one the fast precision's older
+/// goldens were made in (`-ctk f32 -ctv f32 -fa off --no-repack`): plumb's
+/// defaults are llama.cpp's default configuration instead.
+pub const REFERENCE: &[&str] = &["--kv-type", "f32", "--flash-attn", "off", "--repack", "off"];
+
+/// The same for `plumb run`, with the whole prompt in one pass (`-ub` at
+/// least the prompt).
+pub const REFERENCE_RUN: &[&str] = &["--kv-type", "f32", "--flash-attn", "off", "--repack", "off", "--ubatch", "all"];
+
 /// Runs plumb; returns (exit code, stdout, stderr). Fails on any panic.
 pub fn plumb(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_plumb")).args(args).output().unwrap();
@@ -76,6 +85,47 @@ pub fn assert_first_layers_bitwise(flags: &[&str], golden: &str) {
     assert_eq!(compared.len(), 6, "{flags:?}: {compared:?}");
     for (key, nmse) in compared {
         assert!(nmse == 0.0, "{flags:?}: {key} differs from llama.cpp's (NMSE {nmse:e})");
+    }
+}
+
+/// A golden of the real model by scripts/gen_knob_golden.sh
+/// (`testdata/gemma3-270m/llamacpp_NAME.json`: a short prompt, and the
+/// 2151-token one whole and in ubatches of 512), computed with `settings`
+/// (a window-sized cache, if they ask for one, sized for each case's
+/// ubatch): every case's last logits bit for bit, computed in this
+/// process, and the greedy 32 tokens of `plumb run --precision fast` with
+/// `flags` and the case's ubatch (every case, the ubatched ones included).
+pub fn assert_real_model_cases(golden: &str, settings: plumb_model::RunSettings, flags: &[&str]) {
+    use plumb_model::{generate::Generator, kernels::kernels_for, Model, NoTrace, Precision, RunSettings};
+    let text = std::fs::read_to_string(root().join(golden)).unwrap();
+    let golden: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let k = kernels_for(Precision::Fast);
+    let mut model = Model::load(&real_model()).unwrap();
+    let model_arg = real_model_arg();
+    for (name, case) in golden["cases"].as_object().unwrap() {
+        let tokens: Vec<u32> = ids(&case["tokens"]).into_iter().map(|t| t as u32).collect();
+        let ubatch = case["ubatch"].as_u64().map_or(tokens.len(), |u| u as usize);
+        model.set_run_settings(RunSettings { swa_ring_ubatch: settings.swa_ring_ubatch.map(|_| ubatch), ..settings });
+        let mut g = Generator::windowed(&model, k.as_ref(), tokens.len() + 32);
+        let logits = g.prefill_in(&tokens, ubatch, &mut NoTrace);
+        assert_top_logits_bitwise(name, &logits, &case["top_logits"]);
+        let toks = tokens.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        // A case in ubatches of 512 runs with plumb's default ubatch,
+        // which is llama.cpp's.
+        let ub: &[&str] = match case["ubatch"].as_u64() {
+            None => &["--ubatch", "all"],
+            Some(512) => &[],
+            Some(n) => panic!("{name}: a ubatch of {n}"),
+        };
+        let head = ["run", &model_arg, "--precision", "fast", "-t", "2", "--tokens", &toks, "-n", "32", "--json"];
+        let (code, out, err) = plumb(&[&head[..], ub, flags].concat());
+        assert_eq!(code, 0, "{err}");
+        let got = ids(&serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["generated"]);
+        assert_continues_as_llama_cpp(
+            &format!("{golden:?} {name}", golden = golden["configuration"]),
+            &got,
+            &ids(&case["generated"]),
+        );
     }
 }
 
