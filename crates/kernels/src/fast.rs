@@ -217,6 +217,7 @@ fn linear_repacked(
     let (rows, cols, rb) = (w.rows, w.cols, w.row_bytes());
     let whole = if t > 3 { t - t % 4 } else { 0 };
     let bytes: &[u8] = &w.bytes;
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if whole >= 8 && path.uses_vnni() {

@@ -192,17 +192,19 @@ pub fn flash_attention(s: &AttnShape, plan: &FlashPlan, q: &[f32], cache: &Flash
     };
     match plan.path() {
         FlashPath::Tiled => {
-            // Tasks of up to 64 tokens of one head: each tile of keys and
-            // values is read once for them.
+            // Tasks of up to 64 tokens of the query heads that share a key
+            // head, a token's heads side by side: each tile of keys is
+            // transposed, and each of values read, once for all of them.
+            // Each row's sums are its own, so the grouping moves no bit.
             let mut rows: Vec<(usize, usize, &mut [f32])> = Vec::with_capacity(t * heads);
             for (i, row) in ctx.chunks_exact_mut(hd).enumerate() {
                 rows.push((i / heads, i % heads, row));
             }
-            rows.sort_by_key(|&(i, h, _)| (h, i));
+            rows.sort_by_key(|&(i, h, _)| (h / group, i, h));
             let mut tasks: Vec<Vec<(usize, usize, &mut [f32])>> = Vec::new();
             for r in rows {
                 match tasks.last_mut() {
-                    Some(task) if task.len() < TILE_Q && task[0].1 == r.1 => task.push(r),
+                    Some(task) if task.len() < TILE_Q * group && task[0].1 / group == r.1 / group => task.push(r),
                     _ => tasks.push(vec![r]),
                 }
             }
@@ -540,12 +542,8 @@ fn tiled(qs: &[&[f32]], spans: &[std::ops::Range<usize>], kv: &Kv, off: usize, s
     let mut t0 = lo / TILE_KV * TILE_KV;
     while t0 < hi {
         let t1 = (t0 + TILE_KV).min(hi);
-        for (j, col) in (t0..t1).enumerate() {
-            for (d, &k) in kv.key(col, off, hd).iter().enumerate() {
-                kt[d * TILE_KV + j] = k;
-            }
-        }
-        kt.chunks_exact_mut(TILE_KV).for_each(|r| r[t1 - t0..].fill(0.0));
+        let keys: Vec<&[f32]> = (t0..t1).map(|col| kv.key(col, off, hd)).collect();
+        key_tile(&keys, &mut kt);
         // The rows that see part of this tile, four at a time: each key
         // and value of the tile is read once for the four.
         let seen = |r: &usize| spans[*r].start.max(t0) < spans[*r].end.min(t1);
@@ -622,13 +620,8 @@ fn tiled_cells(
         if active.is_empty() {
             continue;
         }
-        for (c, cell) in tile.iter().enumerate() {
-            let key = cell.map_or(&zeros[..], |j| kv.key(j, off, hd));
-            for (d, &k) in key.iter().enumerate() {
-                kt[d * TILE_KV + c] = k;
-            }
-        }
-        kt.chunks_exact_mut(TILE_KV).for_each(|r| r[tile.len()..].fill(0.0));
+        let keys: Vec<&[f32]> = tile.iter().map(|cell| cell.map_or(&zeros[..], |j| kv.key(j, off, hd))).collect();
+        key_tile(&keys, &mut kt);
         for block in active.chunks(ROWS) {
             let q4: [&[f32]; ROWS] = std::array::from_fn(|b| block.get(b).map_or(&zeros[..], |&r| qs[r]));
             let mut kq = [[0f32; TILE_KV]; ROWS];
@@ -696,6 +689,90 @@ fn online_tile(p: &mut Partial, kq: &mut [f32; TILE_KV], seen: impl Fn(usize) ->
     }
     p.sum = (p.sum as f64 + sum) as f32;
     true
+}
+
+/// kt [hd, 64] = the tile's keys (at most 64, each hd long) side by side,
+/// column j being key j, zeros past the last.
+fn key_tile(keys: &[&[f32]], kt: &mut [f32]) {
+    key_tile_on(keys, kt, crate::active_path().uses_avx2());
+}
+
+/// [`key_tile`], eight keys at a time in AVX2 registers when `avx2`.
+fn key_tile_on(keys: &[&[f32]], kt: &mut [f32], avx2: bool) {
+    assert!(keys.len() <= TILE_KV);
+    let hd = kt.len() / TILE_KV;
+    let done = if avx2 && hd.is_multiple_of(8) { key_columns_by_eight(keys, kt) } else { 0 };
+    for (j, key) in keys.iter().enumerate().skip(done) {
+        for (d, &k) in key[..hd].iter().enumerate() {
+            kt[d * TILE_KV + j] = k;
+        }
+    }
+    kt.chunks_exact_mut(TILE_KV).for_each(|r| r[keys.len()..].fill(0.0));
+}
+
+/// The keys of whole groups of eight into their columns; how many.
+#[cfg(target_arch = "x86_64")]
+fn key_columns_by_eight(keys: &[&[f32]], kt: &mut [f32]) -> usize {
+    assert!(std::arch::is_x86_feature_detected!("avx2"));
+    let done = keys.len() / 8 * 8;
+    for (b, eight) in keys[..done].chunks_exact(8).enumerate() {
+        let rows: [&[f32]; 8] = std::array::from_fn(|i| eight[i]);
+        // SAFETY: the CPU has AVX2 (asserted above).
+        unsafe { transpose8::key_columns(&rows, kt, b * 8) };
+    }
+    done
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn key_columns_by_eight(_: &[&[f32]], _: &mut [f32]) -> usize {
+    0
+}
+
+#[cfg(target_arch = "x86_64")]
+mod transpose8 {
+    use super::TILE_KV;
+    use std::arch::x86_64::*;
+
+    /// Eight keys into columns j0..j0+8 of kt [hd, 64], eight dimensions
+    /// at a time by an 8×8 transpose in registers.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn key_columns(rows: &[&[f32]; 8], kt: &mut [f32], j0: usize) {
+        let hd = kt.len() / TILE_KV;
+        assert!(j0 + 8 <= TILE_KV && rows.iter().all(|r| r.len() >= hd));
+        for d0 in (0..hd).step_by(8) {
+            let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(rows[i][d0..d0 + 8].as_ptr()));
+            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            let out = [
+                _mm256_permute2f128_ps::<0x20>(s0, s4),
+                _mm256_permute2f128_ps::<0x20>(s1, s5),
+                _mm256_permute2f128_ps::<0x20>(s2, s6),
+                _mm256_permute2f128_ps::<0x20>(s3, s7),
+                _mm256_permute2f128_ps::<0x31>(s0, s4),
+                _mm256_permute2f128_ps::<0x31>(s1, s5),
+                _mm256_permute2f128_ps::<0x31>(s2, s6),
+                _mm256_permute2f128_ps::<0x31>(s3, s7),
+            ];
+            for (k, v) in out.iter().enumerate() {
+                let at = (d0 + k) * TILE_KV + j0;
+                _mm256_storeu_ps(kt[at..at + 8].as_mut_ptr(), *v);
+            }
+        }
+    }
 }
 
 /// out[r][j] = Σ_d q[r][d]·kt[d, j], one fused chain over d from 0 for
@@ -992,6 +1069,26 @@ mod tests {
     }
 
     /// The vector builds of the tile kernels give the plain code's bits.
+    #[test]
+    fn key_tiles_put_each_key_in_its_column_on_every_path() {
+        for (hd, n) in [(16, 64), (256, 64), (24, 61), (20, 13), (32, 0)] {
+            let data = values(n * hd, 7);
+            let keys: Vec<&[f32]> = data.chunks_exact(hd).collect();
+            let mut want = vec![0f32; hd * TILE_KV];
+            for (j, k) in keys.iter().enumerate() {
+                for (d, &v) in k.iter().enumerate() {
+                    want[d * TILE_KV + j] = v;
+                }
+            }
+            let simd = crate::active_path().uses_avx2();
+            for avx2 in [false, simd] {
+                let mut kt = vec![f32::NAN; hd * TILE_KV];
+                key_tile_on(&keys, &mut kt, avx2);
+                assert!(kt.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "avx2 {avx2} hd {hd} n {n}");
+            }
+        }
+    }
+
     #[test]
     fn tile_kernels_are_the_same_bits_on_every_path() {
         let qs: Vec<Vec<f32>> = (0..ROWS as u32).map(|r| values(96, 7 + r)).collect();

@@ -5,7 +5,7 @@
 use plumb_kernels::attention::{ValueLayout, Values, VALUE_PAD};
 use plumb_kernels::flash::{fwht, Rotation};
 use plumb_kernels::ops::RopeSpan;
-use plumb_quant::blocks::round_f16;
+use plumb_quant::blocks::round_f16_slice;
 use plumb_quant::GgmlType;
 
 use crate::config::{KvType, ModelConfig};
@@ -419,8 +419,8 @@ impl KvCache {
                 values
             }
             KvType::F16 => {
-                self.k[l].extend(keys.iter().map(|&x| round_f16(x)));
-                rounded = values.iter().map(|&x| round_f16(x)).collect();
+                self.k[l].extend(round_f16_slice(keys));
+                rounded = round_f16_slice(values);
                 rounded.as_slice()
             }
             KvType::Q8_0 | KvType::Q4_0 => {
@@ -554,7 +554,7 @@ mod tests {
         // 1 + 2^-11 is halfway between two f16 values: it rounds to even, 1.
         let x: Vec<f32> =
             (0..2 * kvd).map(|i| if i == 0 { 1.0 + 2f32.powi(-11) } else { (i as f32 * 0.37).sin() }).collect();
-        let rounded: Vec<f32> = x.iter().map(|&v| round_f16(v)).collect();
+        let rounded: Vec<f32> = x.iter().map(|&v| plumb_quant::blocks::round_f16(v)).collect();
         assert_eq!(rounded[0], 1.0);
         for (kv, want) in [(KvType::F32, &x), (KvType::F16, &rounded)] {
             m.cfg.kv_type = kv;

@@ -30,6 +30,17 @@ pub fn round_f16(x: f32) -> f32 {
     f16::from_f32(x).to_f32()
 }
 
+/// [`round_f16`] of every element, converted a slice at a time (F16C where
+/// the CPU has it): the same values.
+pub fn round_f16_slice(xs: &[f32]) -> Vec<f32> {
+    use half::slice::HalfFloatSliceExt;
+    let mut h = vec![f16::ZERO; xs.len()];
+    h.convert_from_f32_slice(xs);
+    let mut out = vec![0f32; xs.len()];
+    h.convert_to_f32_slice(&mut out);
+    out
+}
+
 #[inline]
 pub fn bf16_to_f32(h: [u8; 2]) -> f32 {
     bf16::from_le_bytes(h).to_f32()
@@ -252,4 +263,24 @@ pub fn q3k_scales(packed: &[u8; 12]) -> [i8; 16] {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The slice conversion is the element one, bit for bit, over a spread
+    /// of f32 bit patterns: normals, subnormals, overflows, ties, infinities
+    /// and NaNs.
+    #[test]
+    fn slice_rounding_is_element_rounding() {
+        let xs: Vec<f32> = (0..=u32::MAX / 4093).map(|i| f32::from_bits(i.wrapping_mul(4093))).collect();
+        let ties = [1.0 + 2f32.powi(-11), 65520.0, -65519.0, 2f32.powi(-25), 6.1e-5];
+        let xs: Vec<f32> = xs.into_iter().chain(ties).collect();
+        let got = round_f16_slice(&xs);
+        for (x, g) in xs.iter().zip(&got) {
+            let want = round_f16(*x);
+            assert!(want.to_bits() == g.to_bits() || (want.is_nan() && g.is_nan()), "{x:e}: {g:e}, want {want:e}");
+        }
+    }
 }
