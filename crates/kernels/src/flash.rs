@@ -795,10 +795,31 @@ fn tile_scores(q: &[&[f32]; ROWS], kt: &[f32], out: &mut [[f32; TILE_KV]; ROWS])
     tile_scores_plain(q, kt, out)
 }
 
+/// [`tile_scores_plain`] with the four rows' 64 sums held in sixteen
+/// registers: per dimension, the tile's row of keys loaded once and each
+/// query element broadcast once.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn tile_scores_avx512(q: &[&[f32]; ROWS], kt: &[f32], out: &mut [[f32; TILE_KV]; ROWS]) {
-    tile_scores_plain(q, kt, out)
+    use std::arch::x86_64::*;
+    let hd = kt.len() / TILE_KV;
+    assert!(kt.len() == hd * TILE_KV && q.iter().all(|q| q.len() >= hd));
+    let mut acc = [[_mm512_setzero_ps(); TILE_KV / 16]; ROWS];
+    for d in 0..hd {
+        let row = kt.as_ptr().add(d * TILE_KV);
+        let k: [__m512; TILE_KV / 16] = std::array::from_fn(|c| _mm512_loadu_ps(row.add(16 * c)));
+        for (a, q) in acc.iter_mut().zip(q) {
+            let qd = _mm512_set1_ps(*q.get_unchecked(d));
+            for (a, &k) in a.iter_mut().zip(&k) {
+                *a = _mm512_fmadd_ps(qd, k, *a);
+            }
+        }
+    }
+    for (o, a) in out.iter_mut().zip(&acc) {
+        for (c, &a) in a.iter().enumerate() {
+            _mm512_storeu_ps(o.as_mut_ptr().add(16 * c), a);
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -883,13 +904,12 @@ fn add_tile_tail(accs: &mut [&mut [f32]], ws: &[&[f32]], vs: &[&[f32]], from: us
     }
 }
 
-/// [`add_tile_plain`] on 512-bit registers: four rows by 32 elements,
-/// eight independent chains (rows missing from a block of four weigh
-/// nothing into a scratch row).
+/// [`add_tile_plain`] on 512-bit registers: four rows by 64 elements (then
+/// 32), sixteen independent chains (rows missing from a block of four
+/// weigh nothing into a scratch row).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn add_tile_avx512(accs: &mut [&mut [f32]], ws: &[&[f32]], vs: &[&[f32]]) {
-    use std::arch::x86_64::*;
     let hd = accs.first().map_or(0, |a| a.len());
     let n = vs.len();
     let zero_w = vec![0f32; n];
@@ -899,28 +919,43 @@ unsafe fn add_tile_avx512(accs: &mut [&mut [f32]], ws: &[&[f32]], vs: &[&[f32]])
         Some(a) => a.as_mut_ptr(),
         None => scratch.as_mut_ptr(),
     });
-    let whole = hd / 32 * 32;
-    for e0 in (0..whole).step_by(32) {
-        let mut a = [[_mm512_setzero_ps(); 2]; ROWS];
-        for b in 0..ROWS {
-            a[b][0] = _mm512_loadu_ps(out[b].add(e0));
-            a[b][1] = _mm512_loadu_ps(out[b].add(e0 + 16));
-        }
-        for (j, v) in vs.iter().enumerate() {
-            let v = &v[e0..e0 + 32];
-            let (v0, v1) = (_mm512_loadu_ps(v.as_ptr()), _mm512_loadu_ps(v.as_ptr().add(16)));
-            for b in 0..ROWS {
-                let wj = _mm512_set1_ps(*w[b].add(j));
-                a[b][0] = _mm512_fmadd_ps(wj, v0, a[b][0]);
-                a[b][1] = _mm512_fmadd_ps(wj, v1, a[b][1]);
-            }
-        }
-        for b in 0..ROWS {
-            _mm512_storeu_ps(out[b].add(e0), a[b][0]);
-            _mm512_storeu_ps(out[b].add(e0 + 16), a[b][1]);
-        }
+    // Sixty-four elements at a time (sixteen sums in registers, each
+    // weight broadcast once for four vectors), then thirty-two.
+    let by64 = hd / 64 * 64;
+    for e0 in (0..by64).step_by(64) {
+        add_tile_lanes::<4>(&out, &w, vs, e0);
+    }
+    let whole = by64 + (hd - by64) / 32 * 32;
+    for e0 in (by64..whole).step_by(32) {
+        add_tile_lanes::<2>(&out, &w, vs, e0);
     }
     add_tile_tail(accs, ws, vs, whole);
+}
+
+/// Elements e0..e0 + 16·N of each row: acc += Σ_j w[j]·v[j], one fused
+/// chain per element over the positions in order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+unsafe fn add_tile_lanes<const N: usize>(out: &[*mut f32; ROWS], w: &[*const f32; ROWS], vs: &[&[f32]], e0: usize) {
+    use std::arch::x86_64::*;
+    let mut a: [[__m512; N]; ROWS] =
+        std::array::from_fn(|b| std::array::from_fn(|c| _mm512_loadu_ps(out[b].add(e0 + 16 * c))));
+    for (j, v) in vs.iter().enumerate() {
+        let v = &v[e0..e0 + 16 * N];
+        let vv: [__m512; N] = std::array::from_fn(|c| _mm512_loadu_ps(v.as_ptr().add(16 * c)));
+        for (a, w) in a.iter_mut().zip(w) {
+            let wj = _mm512_set1_ps(*w.add(j));
+            for (a, &v) in a.iter_mut().zip(&vv) {
+                *a = _mm512_fmadd_ps(wj, v, *a);
+            }
+        }
+    }
+    for (a, o) in a.iter().zip(out) {
+        for (c, &a) in a.iter().enumerate() {
+            _mm512_storeu_ps(o.add(e0 + 16 * c), a);
+        }
+    }
 }
 
 #[cfg(test)]
