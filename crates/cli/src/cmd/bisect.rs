@@ -27,7 +27,7 @@ use plumb_model::fault::Fault;
 use plumb_model::{KvType, Precision};
 
 use crate::cmd::common::{
-    check_output, load, parse_kv_type, parse_on_off, parse_precision, Auto, Loaded, ModelArgs, PromptArgs,
+    check_output, load, parse_kv_type, parse_on_off, parse_precision, Auto, Loaded, ModelArgs, PromptArgs, RunChoice,
 };
 use crate::cmd::diff::{GateArgs, ReportArgs};
 use crate::{out, Outcome};
@@ -129,9 +129,7 @@ pub(crate) fn load_a(args: &Args) -> anyhow::Result<Loaded> {
         model: args.a.clone(),
         precision: Some(args.a_precision),
         threads: args.threads,
-        kv_type: args.a_kv_type,
-        flash_attn: args.a_flash_attn,
-        repack: args.a_repack,
+        settings: RunChoice { kv_type: args.a_kv_type, flash_attn: args.a_flash_attn, repack: args.a_repack },
     };
     let mut a = load(&a_args)?;
     if let Some(spec) = &args.inject {
@@ -151,9 +149,7 @@ pub(crate) fn load_b(args: &Args) -> anyhow::Result<Option<Loaded>> {
         model: b_path,
         precision: Some(args.b_precision),
         threads: None,
-        kv_type: args.b_kv_type,
-        flash_attn: args.b_flash_attn,
-        repack: args.b_repack,
+        settings: RunChoice { kv_type: args.b_kv_type, flash_attn: args.b_flash_attn, repack: args.b_repack },
     })?))
 }
 

@@ -48,17 +48,6 @@ pub fn parse_on_off(s: &str) -> Result<Auto<bool>, String> {
     }
 }
 
-/// A ubatch size, or `all` (the whole prompt in one forward pass).
-pub fn parse_ubatch(s: &str) -> Result<Ubatch, String> {
-    match s {
-        "all" => Ok(Ubatch::All),
-        _ => match s.parse::<usize>() {
-            Ok(n) if n > 0 => Ok(Ubatch::Rows(n)),
-            _ => Err(format!("{s:?}: a number of tokens (at least 1) or `all`")),
-        },
-    }
-}
-
 /// How a prompt is cut into forward passes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ubatch {
@@ -89,11 +78,16 @@ impl Ubatch {
     }
 }
 
+/// A ubatch size, `all` (the whole prompt in one forward pass) or `auto`.
 pub fn parse_ubatch_auto(s: &str) -> Result<Auto<Ubatch>, String> {
-    if s == "auto" {
-        return Ok(Auto::Auto);
+    match s {
+        "auto" => Ok(Auto::Auto),
+        "all" => Ok(Auto::Set(Ubatch::All)),
+        _ => match s.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Auto::Set(Ubatch::Rows(n))),
+            _ => Err(format!("{s:?}: a number of tokens (at least 1), `all` or `auto`")),
+        },
     }
-    parse_ubatch(s).map(Auto::Set)
 }
 
 /// Whether llama.cpp's CPU backend, built for this machine, repacks
@@ -111,15 +105,35 @@ pub fn llama_cpp_repacks() -> bool {
     }
 }
 
-/// The three settings that change the arithmetic, as given.
-#[derive(Clone, Copy, Debug)]
+/// The three settings that change the arithmetic, as given: the flags of
+/// every command that runs a model (bisect spells them per side).
+#[derive(clap::Args, Clone, Copy, Debug)]
 pub struct RunChoice {
+    /// KV cache type: `f32`; `f16` (keys and values rounded to f16 as
+    /// stored; the fast precision as llama.cpp's `-ctk f16 -ctv f16`);
+    /// `q8_0` or `q4_0` (blocks of 32, as llama.cpp's `-ctk q8_0 -ctv q8_0`;
+    /// they need flash attention); `auto`: f16 at the fast precision (as
+    /// llama.cpp by default), f32 at the exact one.
+    #[arg(long = "kv-type", default_value = "auto", value_parser = parse_kv_type)]
     pub kv_type: Auto<KvType>,
+    /// Flash attention, as llama.cpp's `-fa on` computes it (the fast
+    /// precision only): `on`, `off` or `auto` (on at the fast precision, as
+    /// llama.cpp's CPU backend resolves its `auto`; off at the exact one).
+    /// Under it a trace has no attn_scores or attn_probs.
+    #[arg(long = "flash-attn", default_value = "auto", value_parser = parse_on_off)]
     pub flash_attn: Auto<bool>,
+    /// Repacked weights, as llama.cpp's CPU backend repacks them at load
+    /// on CPUs with AVX2 (the fast precision only): Q4_K matrices of a
+    /// multiple of 8 rows summed as its interleaved kernels sum them. `on`,
+    /// `off` or `auto` (on at the fast precision where llama.cpp repacks).
+    #[arg(long = "repack", default_value = "auto", value_parser = parse_on_off)]
     pub repack: Auto<bool>,
 }
 
 impl RunChoice {
+    /// Every setting left to the precision.
+    pub const AUTO: RunChoice = RunChoice { kv_type: Auto::Auto, flash_attn: Auto::Auto, repack: Auto::Auto };
+
     /// The settings a run computes with. `auto` is llama.cpp's default at
     /// the fast precision (an f16 cache, flash attention, repacked weights
     /// where its CPU backend repacks them) and transformers' at the exact
@@ -160,34 +174,14 @@ pub struct ModelArgs {
     /// into a chunk per thread.
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
-    /// KV cache type: `f32`; `f16` (keys and values rounded to f16 as
-    /// stored; the fast precision as llama.cpp's `-ctk f16 -ctv f16`);
-    /// `q8_0` or `q4_0` (blocks of 32, as llama.cpp's `-ctk q8_0 -ctv q8_0`;
-    /// they need flash attention); `auto`: f16 at the fast precision (as
-    /// llama.cpp by default), f32 at the exact one.
-    #[arg(long = "kv-type", default_value = "auto", value_parser = parse_kv_type)]
-    pub kv_type: Auto<KvType>,
-    /// Flash attention, as llama.cpp's `-fa on` computes it (the fast
-    /// precision only): `on`, `off` or `auto` (on at the fast precision, as
-    /// llama.cpp's CPU backend resolves its `auto`; off at the exact one).
-    #[arg(long = "flash-attn", default_value = "auto", value_parser = parse_on_off)]
-    pub flash_attn: Auto<bool>,
-    /// Repacked weights, as llama.cpp's CPU backend repacks them at load
-    /// on CPUs with AVX2 (the fast precision only): Q4_K matrices of a
-    /// multiple of 8 rows summed as its interleaved kernels sum them. `on`,
-    /// `off` or `auto` (on at the fast precision where llama.cpp repacks).
-    #[arg(long = "repack", default_value = "auto", value_parser = parse_on_off)]
-    pub repack: Auto<bool>,
+    #[command(flatten)]
+    pub settings: RunChoice,
 }
 
 impl ModelArgs {
     /// The precision asked for: fast unless the command says otherwise.
     pub fn precision(&self) -> Precision {
         self.precision.unwrap_or(Precision::Fast)
-    }
-
-    pub fn choice(&self) -> RunChoice {
-        RunChoice { kv_type: self.kv_type, flash_attn: self.flash_attn, repack: self.repack }
     }
 }
 
@@ -228,7 +222,7 @@ pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
     if let Some(n) = args.threads {
         pool = pool.num_threads(n);
     }
-    let settings = args.choice().resolve(args.precision())?;
+    let settings = args.settings.resolve(args.precision())?;
     pool.build_global().ok();
     let (mut loaded, warning) = Loaded::open(&args.model)?;
     if settings.kv_type.block_type().is_some() && !loaded.model.cfg.head_dim.is_multiple_of(32) {

@@ -22,7 +22,7 @@ use plumb_model::{Model, Precision};
 use serde_json::json;
 
 use crate::cmd::attribute::{self, Attribution};
-use crate::cmd::common::{check_output, load, parse_precision, Auto, ModelArgs, RunChoice};
+use crate::cmd::common::{check_output, load, parse_precision, ModelArgs, RunChoice};
 use crate::cmd::ppl::{sum_exp, Corpus, CorpusArgs, Tokenized};
 use crate::progress::bar;
 use crate::{out, Outcome};
@@ -41,20 +41,14 @@ pub struct Args {
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
     /// B's arithmetic (default: exact when B is A's model or with
-    /// --attribute, else fast).
+    /// --attribute, else fast). B computes with --kv-type, --flash-attn
+    /// and --repack when it is another model at A's precision, else with
+    /// its precision's `auto`.
     #[arg(long, value_parser = parse_precision)]
     pub b_precision: Option<Precision>,
-    /// A's KV cache type, as for `plumb run` (`auto`: f16 at the fast
-    /// precision, f32 at the exact one). These three settings are B's too
-    /// when B is another model at A's precision; otherwise B's are `auto`.
-    #[arg(long = "kv-type", default_value = "auto", value_parser = crate::cmd::common::parse_kv_type)]
-    pub kv_type: Auto<plumb_model::KvType>,
-    /// A's flash attention (the fast precision only): `on`, `off` or `auto`.
-    #[arg(long = "flash-attn", default_value = "auto", value_parser = crate::cmd::common::parse_on_off)]
-    pub flash_attn: Auto<bool>,
-    /// A's repacked weights (the fast precision only): `on`, `off` or `auto`.
-    #[arg(long = "repack", default_value = "auto", value_parser = crate::cmd::common::parse_on_off)]
-    pub repack: Auto<bool>,
+    // A's settings; B's too when B is another model at A's precision.
+    #[command(flatten)]
+    pub settings: RunChoice,
     #[command(flatten)]
     pub corpus: CorpusArgs,
     /// B is this base file (llama-perplexity's `--kl-divergence-base`
@@ -465,9 +459,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         model: a_path.clone(),
         precision: args.precision,
         threads: args.threads,
-        kv_type: args.kv_type,
-        flash_attn: args.flash_attn,
-        repack: args.repack,
+        settings: args.settings,
     })?;
     let model = &loaded.model;
     let precision = args.precision.unwrap_or(Precision::Fast);
@@ -551,9 +543,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     // again where that precision computes with other settings.
     // Another model at A's precision computes with A's settings; any model at
     // another precision with that precision's own.
-    let auto = RunChoice { kv_type: Auto::Auto, flash_attn: Auto::Auto, repack: Auto::Auto };
-    let a_choice = RunChoice { kv_type: args.kv_type, flash_attn: args.flash_attn, repack: args.repack };
-    let b_choice = if args.b.is_some() && b_precision == precision { a_choice } else { auto };
+    let b_choice = if args.b.is_some() && b_precision == precision { args.settings } else { RunChoice::AUTO };
     let b_settings = b_choice.resolve(b_precision)?;
     let b_path = match (&base_in, &args.b) {
         (Some(_), _) => None,
@@ -565,9 +555,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             model: path,
             precision: Some(b_precision),
             threads: args.threads,
-            kv_type: b_choice.kv_type,
-            flash_attn: b_choice.flash_attn,
-            repack: b_choice.repack,
+            settings: b_choice,
         })?),
         None => None,
     };

@@ -97,6 +97,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         eprintln!("prompt ids: {prompt_ids:?}");
     }
     let kernels = kernels_for(precision);
+    // The precision with the settings that change its arithmetic.
+    let settings = plumb_bisect::runs::settings(precision, model.cfg.run_settings());
     let mut gen = Generator::windowed(model, kernels.as_ref(), capacity);
     let mut sampler =
         Sampler::new(SamplerConfig { temp: args.temp, top_k: args.top_k, top_p: args.top_p, seed: args.seed });
@@ -160,7 +162,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             "prompt_ids": prompt_ids,
             "generated": generated,
             "text": text,
-            "settings": plumb_bisect::runs::settings(precision, model.cfg.run_settings()),
+            "settings": settings,
             "ubatch": ubatch,
             "memory_estimate": estimate.to_json(),
         });
@@ -175,7 +177,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         generated.len(),
         gen.as_secs_f64(),
         generated.len() as f64 / gen.as_secs_f64().max(1e-9),
-        plumb_bisect::runs::settings(precision, model.cfg.run_settings()),
+        settings,
         if ubatch < prompt_ids.len() { format!(", ubatch {ubatch}") } else { String::new() },
         rayon::current_num_threads(),
     );

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use plumb_model::generate::{Flow, Generator, Pick, Until};
 use plumb_model::kernels::kernels_for;
 use plumb_model::memory::{self, Estimate, Job};
-use plumb_model::{KvType, NoTrace, Precision};
+use plumb_model::{NoTrace, Precision};
 use plumb_trace::judge::{any_anomaly, first_at, fmt_g, garbage_flags, judge, non_finite, Level, Thresholds, Verdict};
 use plumb_trace::plan::{parse_layers, parse_positions, parse_stages};
 use plumb_trace::spill::Spill;
@@ -21,9 +21,7 @@ use serde_json::json;
 
 use plumb_bisect::runs::trace_meta;
 
-use crate::cmd::common::{
-    load, parse_kv_type, parse_on_off, parse_precision, sha256_file, Auto, ModelArgs, PromptArgs,
-};
+use crate::cmd::common::{load, parse_precision, sha256_file, ModelArgs, PromptArgs, RunChoice};
 use crate::progress::{bar, Progress};
 use crate::style::{paint, ColorChoice, Paint};
 use crate::{out, Outcome};
@@ -42,19 +40,8 @@ pub struct Args {
     pub precision: Precision,
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
-    /// KV cache type: `f32`, `f16`, `q8_0`, `q4_0` or `auto` (as for `plumb
-    /// run`: f16 at the fast precision, f32 at the exact one).
-    #[arg(long = "kv-type", default_value = "auto", value_parser = parse_kv_type)]
-    pub kv_type: Auto<KvType>,
-    /// Flash attention (`--precision fast` only): `on`, `off` or `auto` (on
-    /// at the fast precision). Under it the attn_scores and attn_probs
-    /// stages do not exist.
-    #[arg(long = "flash-attn", default_value = "auto", value_parser = parse_on_off)]
-    pub flash_attn: Auto<bool>,
-    /// Repacked weights (`--precision fast` only): `on`, `off` or `auto` (as
-    /// for `plumb run`).
-    #[arg(long = "repack", default_value = "auto", value_parser = parse_on_off)]
-    pub repack: Auto<bool>,
+    #[command(flatten)]
+    pub settings: RunChoice,
     /// Stages to record: names, globs and aliases, e.g. `attn_norm,ffn_*`.
     #[arg(long, default_value = "*")]
     pub stages: String,
@@ -143,9 +130,7 @@ fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>, Option<Es
         model: model_path.clone(),
         precision: Some(args.precision),
         threads: args.threads,
-        kv_type: args.kv_type,
-        flash_attn: args.flash_attn,
-        repack: args.repack,
+        settings: args.settings,
     };
     let loaded = load(&margs)?;
     let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref());
