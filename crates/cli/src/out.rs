@@ -3,8 +3,43 @@
 
 use std::io::Write;
 
+thread_local! {
+    /// Where [`print`] writes instead of stdout, inside [`captured`].
+    static CAPTURE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with what it prints collected rather than written to stdout:
+/// how the Python package gets a command's report, word for word.
+pub fn captured<R>(f: impl FnOnce() -> R) -> (R, String) {
+    let before = CAPTURE.with(|c| c.borrow_mut().replace(String::new()));
+    let r = f();
+    let text = CAPTURE.with(|c| std::mem::replace(&mut *c.borrow_mut(), before)).unwrap_or_default();
+    (r, text)
+}
+
+/// Standard output as a command streams to it, inside [`captured`] the
+/// capture instead.
+pub struct Stdout;
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        if CAPTURE.with(|c| c.borrow_mut().as_mut().map(|s| s.push_str(&text)).is_some()) {
+            return Ok(buf.len());
+        }
+        std::io::stdout().lock().write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().lock().flush()
+    }
+}
+
 /// Writes `text` to stdout.
 pub fn print(text: &str) -> anyhow::Result<()> {
+    if CAPTURE.with(|c| c.borrow_mut().as_mut().map(|s| s.push_str(text)).is_some()) {
+        return Ok(());
+    }
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(text.as_bytes())?;
     stdout.flush()?;

@@ -104,7 +104,13 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     }
     let a = Trace::load(&args.a)?;
     let b = Trace::load(&args.b)?;
-    let d = diff(&a, &b, &args.gate.gate()?, args.gate.tie_margin);
+    compare(&a, &b, &args)
+}
+
+/// Compares two traces already read (the paths in `args` are not opened)
+/// and prints the report `args` asks for.
+pub fn compare(a: &Trace, b: &Trace, args: &Args) -> anyhow::Result<Outcome> {
+    let d = diff(a, b, &args.gate.gate()?, args.gate.tie_margin);
     if let Some(p) = &args.noise {
         let text = std::fs::read_to_string(p).with_context(|| format!("cannot read band table {}", p.display()))?;
         let table: BandTable =
@@ -127,7 +133,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             b.engine()
         );
     }
-    args.report.emit(&d, &a, &b)?;
+    args.report.emit(&d, a, b)?;
     Ok(if d.diverged() { Outcome::GateFailed } else { Outcome::Ok })
 }
 

@@ -103,7 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let mut sampler =
         Sampler::new(SamplerConfig { temp: args.temp, top_k: args.top_k, top_p: args.top_p, seed: args.seed });
 
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = crate::out::Stdout;
     let stream = !args.json;
     if let (Some(t), true) = (tok.as_ref(), stream) {
         write!(

@@ -21,7 +21,7 @@ use serde_json::json;
 
 use plumb_bisect::runs::trace_meta;
 
-use crate::cmd::common::{load, parse_precision, sha256_file, ModelArgs, PromptArgs, RunChoice};
+use crate::cmd::common::{load, parse_precision, sha256_file, Loaded, ModelArgs, PromptArgs, RunChoice};
 use crate::progress::{bar, Progress};
 use crate::style::{paint, ColorChoice, Paint};
 use crate::{out, Outcome};
@@ -120,12 +120,6 @@ fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>, Option<Es
             bail!("{} exists; pass --force to overwrite it", p.display());
         }
     }
-    let plan = TracePlan {
-        stages: parse_stages(&args.stages)?,
-        layers: args.layers.as_deref().map(parse_layers).transpose()?,
-        tensors: args.tensors,
-        positions: parse_positions(&args.positions)?,
-    };
     let margs = ModelArgs {
         model: model_path.clone(),
         precision: Some(args.precision),
@@ -133,6 +127,27 @@ fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>, Option<Es
         settings: args.settings,
     };
     let loaded = load(&margs)?;
+    let traced = trace_loaded(&loaded, args)?;
+    Ok((traced.trace, traced.generated, Some(traced.memory)))
+}
+
+/// What one traced forward pass gave.
+pub struct Traced {
+    pub trace: Trace,
+    pub generated: Option<Generated>,
+    pub memory: Estimate,
+}
+
+/// Traces `args`' prompt through a model already loaded with `args`'
+/// precision and settings (`args.model` names it in the trace's metadata).
+pub fn trace_loaded(loaded: &Loaded, args: &Args) -> anyhow::Result<Traced> {
+    let model_path = args.model.clone().context("no model to trace")?;
+    let plan = TracePlan {
+        stages: parse_stages(&args.stages)?,
+        layers: args.layers.as_deref().map(parse_layers).transpose()?,
+        tensors: args.tensors,
+        positions: parse_positions(&args.positions)?,
+    };
     let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref());
     let ids = args.prompt.token_ids(tok)?;
     let capacity = ids.len() + args.generate;
@@ -207,7 +222,7 @@ fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>, Option<Es
     let top = top_k(last, args.top);
     let sha = if model_path.is_file() { Some(sha256_file(&model_path)?) } else { None };
     let mut meta =
-        trace_meta(&model_path, &loaded, args.precision, kernels.as_ref(), args.prompt.text.as_deref(), &ids, sha)?;
+        trace_meta(&model_path, loaded, args.precision, kernels.as_ref(), args.prompt.text.as_deref(), &ids, sha)?;
     let top_json: Vec<_> =
         top.iter().map(|(id, p, l)| json!({"id": id, "token": piece(*id), "prob": p, "logit": l})).collect();
     meta.insert("plumb.top".into(), serde_json::to_string(&top_json)?);
@@ -238,7 +253,7 @@ fn run_model(args: &Args) -> anyhow::Result<(Trace, Option<Generated>, Option<Es
     } else {
         None
     };
-    Ok((trace, generated, Some(memory)))
+    Ok(Traced { trace, generated, memory })
 }
 
 /// Whether the plan wants a stage that holds every position only when all
@@ -266,7 +281,7 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f64, f32)> {
     idx.into_iter().map(|i| (i as u32, ((logits[i] - max) as f64).exp() / z, logits[i])).collect()
 }
 
-fn token_texts(trace: &Trace) -> Vec<String> {
+pub fn token_texts(trace: &Trace) -> Vec<String> {
     trace.meta.get("plumb.token_text").and_then(|t| serde_json::from_str(t).ok()).unwrap_or_default()
 }
 
@@ -289,7 +304,7 @@ fn stats_row(name: &str, s: &Stats, style: Paint) -> String {
     }
 }
 
-fn render_text(
+pub fn render_text(
     trace: &Trace,
     verdicts: &[Verdict],
     generated: Option<&Generated>,
@@ -408,7 +423,7 @@ fn render_text(
     Ok(s)
 }
 
-fn render_json(
+pub fn render_json(
     trace: &Trace,
     verdicts: &[Verdict],
     generated: Option<&Generated>,
