@@ -133,15 +133,27 @@ pub struct Loaded {
     pub tokenizer: Option<Tokenizer>,
 }
 
+/// The tokenizer a model file carries in its metadata (GGUF, APR).
+fn embedded_tokenizer(src: &ModelSource) -> std::result::Result<Tokenizer, plumb_model::tokenizer::TokenizerError> {
+    match src {
+        ModelSource::Apr(a) => Tokenizer::from_apr(a),
+        ModelSource::Gguf(g) => Tokenizer::from_gguf(g),
+        ModelSource::Hf(h) => Err(plumb_model::tokenizer::TokenizerError::Invalid(format!(
+            "{}: a folder's tokenizer is its tokenizer.json",
+            h.dir.display()
+        ))),
+    }
+}
+
 impl Loaded {
-    /// Loads a GGUF file or a HuggingFace folder with its tokenizer. A GGUF
-    /// tokenizer plumb cannot use is not fatal (the prompt can be given as
+    /// Loads a GGUF file, an APR file or a HuggingFace folder with its
+    /// tokenizer. A GGUF or APR tokenizer plumb cannot use is not fatal (the prompt can be given as
     /// ids): it comes back as a warning.
     pub fn open(path: &Path) -> Result<(Loaded, Option<String>)> {
         let mut model = Model::load(path).map_err(|source| Error::Load { path: path.into(), source })?;
         let mut warning = None;
         let tokenizer = match &model.source {
-            ModelSource::Gguf(g) => match Tokenizer::from_gguf(g) {
+            ModelSource::Gguf(_) | ModelSource::Apr(_) => match embedded_tokenizer(&model.source) {
                 Ok(t) => {
                     if t.vocab_size() != model.cfg.vocab {
                         return Err(Error::TokenizerSize {

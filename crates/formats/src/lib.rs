@@ -9,6 +9,7 @@
 //! This crate knows nothing about architectures; the model crate decides
 //! which tensors it needs.
 
+pub mod apr;
 pub mod atomic;
 pub mod error;
 pub mod gguf;

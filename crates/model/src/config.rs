@@ -234,6 +234,7 @@ impl ModelConfig {
         let cfg = match src {
             ModelSource::Gguf(g) => Self::from_gguf(g)?,
             ModelSource::Hf(h) => Self::from_hf(&h.dir.join("config.json"), &h.config)?,
+            ModelSource::Apr(a) => Self::from_apr(a)?,
         };
         cfg.check(&src.path())?;
         Ok(cfg)
@@ -403,6 +404,59 @@ impl ModelConfig {
         }
         cfg.moe = hf_moe(path, c, ff, q.moe_norm)?;
         (arch.spec().from_hf)(&mut cfg, c, path)?;
+        Ok(cfg)
+    }
+
+    /// From an APR file's metadata: aprender writes HF's hyperparameter
+    /// names (or their aliases), so they are read as a config.json is; the
+    /// tensors of a file imported from GGUF are GGUF's bytes, so the
+    /// GGUF-side conventions hold (llama's interleaved q/k rows, norm
+    /// weights stored whole). APR metadata has no sliding window, softcap
+    /// or rope scaling keys: families that need them take transformers'
+    /// defaults, which `plumb inspect` shows.
+    pub fn from_apr(a: &plumb_formats::apr::AprFile) -> Result<ModelConfig, ModelError> {
+        let path = a.path();
+        let meta = &a.header.metadata;
+        let first = |keys: &[&str]| keys.iter().find_map(|k| meta.get(*k).filter(|v| !v.is_null())).cloned();
+        let model_type = [meta.get("hf_model_type"), meta.get("model_type"), meta.get("architecture")]
+            .into_iter()
+            .flatten()
+            .filter_map(J::as_str)
+            .find(|n| Arch::from_name(n).is_some())
+            .ok_or_else(|| {
+                let named = first(&["model_type", "architecture"]).unwrap_or(J::Null);
+                bad(path, format!("architecture {named} is not supported ({})", ArchSpec::known()))
+            })?;
+        let mut c = serde_json::Map::new();
+        c.insert("model_type".into(), J::from(model_type));
+        let fields: [(&str, &[&str]); 10] = [
+            ("hidden_size", &["hidden_size", "hidden_dim", "d_model", "n_embd"]),
+            ("num_hidden_layers", &["num_layers", "num_hidden_layers", "n_layers", "n_layer"]),
+            ("num_attention_heads", &["num_heads", "num_attention_heads", "n_heads", "n_head"]),
+            ("num_key_value_heads", &["num_kv_heads", "num_key_value_heads", "n_kv_heads"]),
+            ("vocab_size", &["vocab_size", "n_vocab"]),
+            ("intermediate_size", &["intermediate_size", "intermediate_dim", "ffn_dim", "n_inner"]),
+            ("max_position_embeddings", &["max_position_embeddings", "max_seq_len", "context_length", "n_ctx"]),
+            ("rms_norm_eps", &["rms_norm_eps", "layer_norm_eps", "norm_eps"]),
+            ("rope_theta", &["rope_theta"]),
+            ("head_dim", &["head_dim"]),
+        ];
+        for (hf, aliases) in fields {
+            if let Some(v) = first(aliases) {
+                c.insert(hf.into(), v);
+            }
+        }
+        let has = |n: &str| a.tensor(n).is_some();
+        let output = has("output.weight") || has("lm_head.weight");
+        c.insert("tie_word_embeddings".into(), J::Bool(!output));
+        let mut cfg = Self::from_hf(path, &J::Object(c))?;
+        let from_gguf = meta.get("original_format").and_then(J::as_str) == Some("gguf")
+            || has("token_embd.weight")
+            || a.header.ggml_order();
+        if from_gguf {
+            cfg.unpermute_qk = cfg.arch.spec().quirks.gguf_qk_interleaved;
+            cfg.norm_plus_one = false;
+        }
         Ok(cfg)
     }
 

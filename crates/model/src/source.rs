@@ -1,8 +1,10 @@
-//! Where a model's tensors come from: a GGUF file or a HuggingFace folder,
-//! behind one lookup by canonical (GGUF-style) tensor name.
+//! Where a model's tensors come from: a GGUF file, a HuggingFace folder or
+//! an APR v2 file (aprender's), behind one lookup by canonical (GGUF-style)
+//! tensor name.
 
 use std::path::{Path, PathBuf};
 
+use plumb_formats::apr::AprFile;
 use plumb_formats::gguf::GgufFile;
 use plumb_formats::hf::HfModel;
 use plumb_formats::{Bytes, OwnedTensor, TensorView};
@@ -13,13 +15,17 @@ use crate::{Arch, ModelError};
 pub enum ModelSource {
     Gguf(GgufFile),
     Hf(HfModel),
+    Apr(AprFile),
 }
 
 impl ModelSource {
-    /// Opens a GGUF file, or a folder holding `config.json` and safetensors.
+    /// Opens a GGUF file, an APR file, or a folder holding `config.json`
+    /// and safetensors.
     pub fn open(path: &Path) -> Result<ModelSource, ModelError> {
         if path.is_dir() {
             Ok(ModelSource::Hf(HfModel::open(path)?))
+        } else if AprFile::sniff(path) {
+            Ok(ModelSource::Apr(AprFile::open(path)?))
         } else if path.exists() {
             Ok(ModelSource::Gguf(GgufFile::open(path)?))
         } else {
@@ -31,6 +37,7 @@ impl ModelSource {
         match self {
             ModelSource::Gguf(g) => g.path().to_path_buf(),
             ModelSource::Hf(h) => h.dir.clone(),
+            ModelSource::Apr(a) => a.path().to_path_buf(),
         }
     }
 
@@ -38,15 +45,19 @@ impl ModelSource {
         match self {
             ModelSource::Gguf(_) => "gguf",
             ModelSource::Hf(_) => "safetensors",
+            ModelSource::Apr(_) => "apr",
         }
     }
 
     /// Looks a tensor up by its GGUF name (`blk.3.attn_q.weight`); for a
-    /// HuggingFace folder the name is mapped to the folder's naming.
+    /// HuggingFace folder the name is mapped to the folder's naming, and an
+    /// APR file may use either (aprender keeps GGUF names for llama-like
+    /// models and writes HF ones for qwen).
     pub fn tensor(&self, arch: Arch, gguf_name: &str) -> Option<TensorView<'_>> {
         match self {
             ModelSource::Gguf(g) => g.tensor(gguf_name),
             ModelSource::Hf(h) => hf_name(arch, gguf_name).and_then(|n| h.tensor(&n)),
+            ModelSource::Apr(a) => a.tensor(gguf_name).or_else(|| hf_name(arch, gguf_name).and_then(|n| a.tensor(&n))),
         }
     }
 
@@ -55,6 +66,7 @@ impl ModelSource {
         match self {
             ModelSource::Gguf(g) => g.tensors.iter().map(|t| t.name.clone()).collect(),
             ModelSource::Hf(h) => h.tensors.keys().cloned().collect(),
+            ModelSource::Apr(a) => a.header.tensors.iter().map(|t| t.name.clone()).collect(),
         }
     }
 
@@ -64,8 +76,8 @@ impl ModelSource {
     /// per expert. None when any is missing or the stack is not E deep.
     pub fn stack_owned(&self, arch: Arch, gguf_name: &str, experts: usize) -> Option<Vec<OwnedTensor>> {
         match self {
-            ModelSource::Gguf(g) => {
-                let t = g.tensor_owned(gguf_name)?;
+            ModelSource::Gguf(_) | ModelSource::Apr(_) => {
+                let t = self.tensor_owned(arch, gguf_name)?;
                 let [e, rows, cols] = t.shape[..] else { return None };
                 if e != experts || e == 0 {
                     return None;
@@ -101,6 +113,9 @@ impl ModelSource {
         match self {
             ModelSource::Gguf(g) => g.tensor_owned(gguf_name),
             ModelSource::Hf(h) => hf_name(arch, gguf_name).and_then(|n| h.tensor_owned(&n)),
+            ModelSource::Apr(a) => {
+                a.tensor_owned(gguf_name).or_else(|| hf_name(arch, gguf_name).and_then(|n| a.tensor_owned(&n)))
+            }
         }
     }
 }

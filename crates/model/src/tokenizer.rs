@@ -82,12 +82,70 @@ impl Ord for Bigram {
 
 impl Tokenizer {
     pub fn from_gguf(g: &GgufFile) -> Result<Tokenizer, TokenizerError> {
-        let bad = |m: String| TokenizerError::Invalid(format!("{}: {m}", g.path().display()));
-        let kind = g.str_opt("tokenizer.ggml.model").map_err(|e| bad(e.to_string()))?.unwrap_or("none").to_string();
+        Self::from_metadata(g.path(), &|k| g.get(k))
+    }
+
+    /// The tokenizer aprender stores in an APR file's metadata
+    /// (`tokenizer.vocabulary`, `tokenizer.merges`, ...), read as the GGUF
+    /// keys it was copied from. A SentencePiece vocabulary needs its scores,
+    /// which aprender does not keep: without them it is refused.
+    pub fn from_apr(a: &plumb_formats::apr::AprFile) -> Result<Tokenizer, TokenizerError> {
+        let keys = [
+            ("tokenizer.vocabulary", "tokenizer.ggml.tokens"),
+            ("tokenizer.merges", "tokenizer.ggml.merges"),
+            ("tokenizer.scores", "tokenizer.ggml.scores"),
+            ("tokenizer.token_type", "tokenizer.ggml.token_type"),
+            ("tokenizer.model", "tokenizer.ggml.model"),
+            ("tokenizer.model_type", "tokenizer.ggml.model"),
+            ("tokenizer.bos_token_id", "tokenizer.ggml.bos_token_id"),
+            ("tokenizer.eos_token_id", "tokenizer.ggml.eos_token_id"),
+            ("tokenizer.padding_token_id", "tokenizer.ggml.padding_token_id"),
+            ("tokenizer.add_bos_token", "tokenizer.ggml.add_bos_token"),
+            ("tokenizer.pre_type", "tokenizer.ggml.pre"),
+        ];
+        let mut meta: HashMap<&str, Value> = HashMap::new();
+        for (apr, gguf) in keys {
+            if let Some(v) = a.get(apr).and_then(json_value) {
+                meta.entry(gguf).or_insert(v);
+            }
+        }
+        if !meta.contains_key("tokenizer.ggml.tokens") {
+            return Err(TokenizerError::Invalid(format!("{}: no tokenizer.vocabulary", a.path().display())));
+        }
+        let kind = meta.get("tokenizer.ggml.model").and_then(Value::as_str);
+        if kind == Some("llama") && !meta.contains_key("tokenizer.ggml.scores") {
+            return Err(TokenizerError::Invalid(format!(
+                "{}: a SentencePiece vocabulary without its scores (aprender does not keep them)",
+                a.path().display()
+            )));
+        }
+        Self::from_metadata(a.path(), &|k| meta.get(k))
+    }
+
+    /// A tokenizer from GGUF-named metadata (`tokenizer.ggml.*`), wherever
+    /// it was read from; `path` names the file in errors.
+    pub fn from_metadata<'a>(
+        path: &std::path::Path,
+        get: &dyn Fn(&str) -> Option<&'a Value>,
+    ) -> Result<Tokenizer, TokenizerError> {
+        let bad = |m: String| TokenizerError::Invalid(format!("{}: {m}", path.display()));
+        let str_opt = |k: &str| -> Result<Option<&'a str>, TokenizerError> {
+            match get(k) {
+                None => Ok(None),
+                Some(v) => v.as_str().map(Some).ok_or_else(|| bad(format!("{k} is not a string"))),
+            }
+        };
+        let u64_opt = |k: &str| -> Result<Option<u64>, TokenizerError> {
+            match get(k) {
+                None => Ok(None),
+                Some(v) => v.as_u64().map(Some).ok_or_else(|| bad(format!("{k} is not a non-negative integer"))),
+            }
+        };
+        let kind = str_opt("tokenizer.ggml.model")?.unwrap_or("none").to_string();
         if kind != "llama" && kind != "gpt2" {
             return Err(bad(format!("tokenizer model {kind:?} is not supported (llama, gpt2)")));
         }
-        let arr = |k: &str| g.get(k).and_then(Value::as_array);
+        let arr = |k: &str| -> Option<&'a [Value]> { get(k).and_then(Value::as_array) };
         let tokens: Vec<String> = arr("tokenizer.ggml.tokens")
             .ok_or_else(|| bad("tokenizer.ggml.tokens is missing".into()))?
             .iter()
@@ -121,13 +179,13 @@ impl Tokenizer {
             .collect();
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
         let id = |k: &str| -> Result<Option<u32>, TokenizerError> {
-            match g.u64_opt(k).map_err(|e| bad(e.to_string()))? {
+            match u64_opt(k)? {
                 Some(v) if (v as usize) < n => Ok(Some(v as u32)),
                 Some(v) => Err(bad(format!("{k} = {v} is outside the {n}-token vocabulary"))),
                 None => Ok(None),
             }
         };
-        let flag = |k: &str, default: bool| g.get(k).and_then(Value::as_bool).unwrap_or(default);
+        let flag = |k: &str, default: bool| get(k).and_then(Value::as_bool).unwrap_or(default);
         let mut eog = Vec::new();
         if let Some(e) = id("tokenizer.ggml.eot_token_id")? {
             eog.push(e);
@@ -148,7 +206,7 @@ impl Tokenizer {
                     v.as_str().map(String::from).ok_or_else(|| bad("tokenizer.ggml.merges holds a non-string".into()))
                 })
                 .collect::<Result<_, _>>()?;
-            let pre = g.str_opt("tokenizer.ggml.pre").map_err(|e| bad(e.to_string()))?.unwrap_or("default");
+            let pre = str_opt("tokenizer.ggml.pre")?.unwrap_or("default");
             let tk = byte_level_bpe(&tokens, &types, &merges, pre).map_err(bad)?;
             Backend::Hf { tk: Box::new(tk), byte_level: true }
         } else {
@@ -536,4 +594,21 @@ impl Tokenizer {
             add_bos,
         })
     }
+}
+
+/// A JSON metadata value as the GGUF value it stands for: integers as
+/// u64/i64, other numbers as f64, arrays element by element.
+fn json_value(v: &serde_json::Value) -> Option<Value> {
+    use serde_json::Value as J;
+    Some(match v {
+        J::Bool(b) => Value::Bool(*b),
+        J::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => Value::U64(u),
+            (None, Some(i)) => Value::I64(i),
+            _ => Value::F64(n.as_f64()?),
+        },
+        J::String(s) => Value::String(s.clone()),
+        J::Array(a) => Value::Array(a.iter().map(json_value).collect::<Option<_>>()?),
+        J::Null | J::Object(_) => return None,
+    })
 }

@@ -131,6 +131,12 @@ pub fn unused_tensors(src: &ModelSource, cfg: &ModelConfig) -> Vec<String> {
         .flat_map(|t| match src {
             ModelSource::Gguf(_) => vec![t.name],
             ModelSource::Hf(_) => cfg.arch.spec().hf_names(&t.name, experts),
+            // Under either naming.
+            ModelSource::Apr(_) => {
+                let mut names = cfg.arch.spec().hf_names(&t.name, experts);
+                names.push(t.name);
+                names
+            }
         })
         .collect();
     // Rope factors (llama 3's, longrope's) are read with the configuration.

@@ -6,6 +6,7 @@
 //! for [`stage::Observer`], and diff tools read [`file::Trace`] without ever
 //! seeing the engine.
 
+pub mod aprt;
 pub mod file;
 pub mod judge;
 pub mod paint;

@@ -81,9 +81,10 @@ impl ReportArgs {
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The trace under test.
+    /// The trace under test (a trace file, or a folder of aprender's APRT
+    /// stage dumps from `apr trace --save-tensor`).
     pub a: PathBuf,
-    /// The reference trace.
+    /// The reference trace (likewise).
     pub b: PathBuf,
     #[command(flatten)]
     pub gate: GateArgs,
@@ -102,9 +103,28 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     if let Some(p) = &args.report.html {
         crate::cmd::common::check_output(p, args.force)?;
     }
-    let a = Trace::load(&args.a)?;
-    let b = Trace::load(&args.b)?;
+    let (a, b) = load_pair(&args.a, &args.b)?;
     compare(&a, &b, &args)
+}
+
+/// Reads two traces, either of which may be a folder of aprender's APRT
+/// stage dumps: such a folder is read after the other trace, whose shapes
+/// and token ids it takes.
+pub fn load_pair(a: &std::path::Path, b: &std::path::Path) -> anyhow::Result<(Trace, Trace)> {
+    use plumb_trace::aprt::{is_dump, load_dump};
+    Ok(match (is_dump(a), is_dump(b)) {
+        (true, true) => anyhow::bail!("both sides are APRT folders: give a trace file for one of them"),
+        (true, false) => {
+            let b = Trace::load(b)?;
+            (load_dump(a, &b)?, b)
+        }
+        (false, true) => {
+            let a = Trace::load(a)?;
+            let b = load_dump(b, &a)?;
+            (a, b)
+        }
+        (false, false) => (Trace::load(a)?, Trace::load(b)?),
+    })
 }
 
 /// Compares two traces already read (the paths in `args` are not opened)

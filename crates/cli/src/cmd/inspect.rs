@@ -283,5 +283,52 @@ fn describe(src: &ModelSource) -> anyhow::Result<Described> {
             let metadata = vec![("config.json".to_string(), cfg.clone())];
             Ok((format!("safetensors, {} shard(s)", h.shard_paths.len()), h.total_file_size(), rows, metadata, tok))
         }
+        ModelSource::Apr(a) => {
+            let rows = a
+                .header
+                .tensors
+                .iter()
+                .map(|t| Row {
+                    name: t.name.clone(),
+                    shape: t.shape.clone(),
+                    ty: t.ty.name().to_string(),
+                    bytes: t.len,
+                    offset: Some(t.start),
+                })
+                .collect();
+            // Long arrays (the vocabulary, merges) are summarized as GGUF's are.
+            let metadata = a
+                .header
+                .metadata
+                .iter()
+                .map(|(k, v)| {
+                    let j = match v {
+                        serde_json::Value::Array(items) if items.len() > 16 => {
+                            serde_json::Value::String(format!("[{} items]", items.len()))
+                        }
+                        _ => v.clone(),
+                    };
+                    (k.clone(), j)
+                })
+                .collect();
+            let id = |k: &str| a.get(k).and_then(|v| v.as_u64());
+            let kind = ["tokenizer.model", "tokenizer.model_type"].iter().find_map(|k| a.get(k)?.as_str());
+            let tok = TokenizerInfo {
+                kind: kind.unwrap_or("none").to_string(),
+                vocab: a.get("tokenizer.vocabulary").and_then(|v| v.as_array()).map(|v| v.len()),
+                bos: id("tokenizer.bos_token_id"),
+                eos: id("tokenizer.eos_token_id"),
+            };
+            let h = &a.header;
+            let footer = match h.footer {
+                plumb_formats::apr::Footer::Verified => "footer checksum verified",
+                plumb_formats::apr::Footer::Absent => "no footer checksum",
+            };
+            let format = format!(
+                "APR v{}.{}, flags {:#06x}, header checksum verified, {footer}",
+                h.version.0, h.version.1, h.flags
+            );
+            Ok((format, a.file_size(), rows, metadata, tok))
+        }
     }
 }
