@@ -164,7 +164,7 @@ class Trace:
 
 
 class Model:
-    """A model loaded once (GGUF file or HuggingFace folder), traced as many
+    """A model loaded once (GGUF file, HuggingFace folder or APR file), traced as many
     times as asked.
 
     ``precision`` is ``"exact"`` (transformers' arithmetic, the default, as
@@ -262,13 +262,32 @@ def _as_trace(t: Union[Trace, PathLike]) -> Trace:
     return t if isinstance(t, Trace) else Trace.load(t)
 
 
+def _pair(a: Union[Trace, PathLike], b: Union[Trace, PathLike]) -> Tuple[Trace, Trace]:
+    """Two traces, either of which may be a folder of aprender's APRT stage
+    dumps: such a folder is read after the other side, whose shapes and
+    token ids it takes."""
+    a_dump = not isinstance(a, Trace) and os.path.isdir(a)
+    b_dump = not isinstance(b, Trace) and os.path.isdir(b)
+    if a_dump and b_dump:
+        raise PlumbError("both sides are APRT folders: give a trace for one of them")
+    if a_dump:
+        tb = _as_trace(b)
+        return Trace(_plumb.Trace.load_aprt(os.fspath(a), tb._t)), tb
+    ta = _as_trace(a)
+    if b_dump:
+        return ta, Trace(_plumb.Trace.load_aprt(os.fspath(b), ta._t))
+    return ta, _as_trace(b)
+
+
 def diff(a: Union[Trace, PathLike], b: Union[Trace, PathLike], *, tol: Optional[float] = None,
          gate: Optional[PathLike] = None, noise: Optional[PathLike] = None,
          tie_margin: float = 0.01) -> Report:
     """Compares trace ``a`` (under test) with ``b`` (the reference) stage by
-    stage, as ``plumb diff A B``: a fixed NMSE bound (``tol``, or a ``gate``
-    file), or a band table from ``bisect(save_noise=...)`` (``noise``)."""
-    ta, tb = _as_trace(a), _as_trace(b)
+    stage, as ``plumb diff A B``; either may be a folder of aprender's APRT
+    stage dumps (``apr trace --save-tensor``). The verdict comes from a
+    fixed NMSE bound (``tol``, or a ``gate`` file), or a band table from
+    ``bisect(save_noise=...)`` (``noise``)."""
+    ta, tb = _pair(a, b)
     flags = _flag("--tol", tol) + _flag("--gate", os.fspath(gate) if gate is not None else None)
     flags += _flag("--noise", os.fspath(noise) if noise is not None else None)
     flags += ["--tie-margin", str(tie_margin)]

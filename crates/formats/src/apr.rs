@@ -171,6 +171,9 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<AprHeader, FormatError>
         return Err(at("header", 0, format!("the file is {file_len} bytes, shorter than the 64-byte APR header")));
     }
     let magic: [u8; 4] = bytes[..4].try_into().expect("4 bytes");
+    if &magic == b"APRT" {
+        return Err(at("magic", 0, "an APRT stage dump, not a model (plumb diff reads a folder of them)".into()));
+    }
     if &magic == b"APRN" {
         return Err(at("magic", 0, "an APR v1 file (APRN); plumb reads APR v2".into()));
     }

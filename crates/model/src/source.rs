@@ -24,7 +24,7 @@ impl ModelSource {
     pub fn open(path: &Path) -> Result<ModelSource, ModelError> {
         if path.is_dir() {
             Ok(ModelSource::Hf(HfModel::open(path)?))
-        } else if AprFile::sniff(path) {
+        } else if AprFile::sniff(path) || path.extension().is_some_and(|e| e.eq_ignore_ascii_case("apr")) {
             Ok(ModelSource::Apr(AprFile::open(path)?))
         } else if path.exists() {
             Ok(ModelSource::Gguf(GgufFile::open(path)?))

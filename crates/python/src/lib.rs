@@ -158,6 +158,16 @@ impl PyTrace {
         Ok(PyTrace { trace, report })
     }
 
+    /// A folder of aprender's APRT stage dumps read as a trace, shaped
+    /// after `like` (the trace it will be compared with).
+    #[staticmethod]
+    fn load_aprt(py: Python<'_>, dir: PathBuf, like: &PyTrace) -> PyResult<PyTrace> {
+        let trace = py.detach(|| plumb_trace::aprt::load_dump(&dir, &like.trace)).map_err(|e| failed(e.into()))?;
+        let args = trace_flags(vec!["--from".into(), dir.display().to_string()])?;
+        let report = report_json(&trace, &args, None, None)?;
+        Ok(PyTrace { trace, report })
+    }
+
     /// A trace from arrays: `tensors` maps stage keys (`blk.0.attn_norm`)
     /// to float32 arrays laid out as docs/TRACE_FORMAT.md says; statistics
     /// are computed here, as plumb computes its own.
