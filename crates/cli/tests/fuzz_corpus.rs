@@ -42,6 +42,30 @@ fn gguf_corpus() {
 }
 
 #[test]
+fn apr_corpus() {
+    let all = inputs("apr");
+    assert!(!all.is_empty());
+    for data in all {
+        let h = plumb_formats::apr::parse_header(Path::new("fuzz.apr"), &data).expect("every seed is a valid file");
+        for t in &h.tensors {
+            assert!(t.start + t.len <= data.len() as u64);
+        }
+        // Every prefix, and every single-byte change, is an error or a
+        // checked header: never a panic.
+        for cut in 0..data.len() {
+            let _ = plumb_formats::apr::parse_header(Path::new("fuzz.apr"), &data[..cut]);
+        }
+        for at in 0..data.len() {
+            let mut bad = data.clone();
+            bad[at] ^= 0xA5;
+            if let Ok(h) = plumb_formats::apr::parse_header(Path::new("fuzz.apr"), &bad) {
+                assert!(h.tensors.iter().all(|t| t.start + t.len <= bad.len() as u64));
+            }
+        }
+    }
+}
+
+#[test]
 fn trace_corpus() {
     let all = inputs("trace");
     assert!(!all.is_empty());
