@@ -177,3 +177,30 @@ def test_forward_passes_release_the_gil():
     worker.join()
     assert took > 0.2, took
     assert ticks > 0.1 * rate * took, (ticks, rate, took)
+
+
+APR = ROOT / "testdata" / "apr"
+
+
+def test_apr_model_traces_as_its_gguf(tmp_path):
+    # aprender's conversion of the tiny qwen2 (scripts/gen_apr_fixtures.py)
+    # holds the GGUF's bytes: every stage's statistics are the same.
+    ids = [5, 17, 300, 42, 9]
+    a = plumb.Model(APR / "qwen2-bpe.apr").trace(tokens=ids, bos=False)
+    g = plumb.Model(APR / "qwen2-bpe.gguf").trace(tokens=ids, bos=False)
+    assert a.keys() == g.keys()
+    for k in a.keys():
+        assert a.stats(k) == g.stats(k), k
+    assert plumb.Model(APR / "qwen2-bpe.apr").tokenize("What is 2+2?", bos=False) == \
+        plumb.Model(APR / "qwen2-bpe.gguf").tokenize("What is 2+2?", bos=False)
+
+
+def test_aprt_dump_diff_is_the_command_lines(tmp_path):
+    dump = APR / "qwen2-bpe-aprt"
+    ours = plumb.Model(APR / "qwen2-bpe.gguf").trace("What is 2+2?", bos=False, tensors=True)
+    path = tmp_path / "plumb.safetensors"
+    ours.save(path)
+    report = plumb.diff(dump, ours)
+    code, out = cli("diff", dump, path, "--json")
+    assert report.exit_code == code
+    assert report.json == json.loads(out)

@@ -441,9 +441,18 @@ impl ModelConfig {
             ("rope_theta", &["rope_theta"]),
             ("head_dim", &["head_dim"]),
         ];
+        const REQUIRED: [&str; 5] =
+            ["hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size"];
         for (hf, aliases) in fields {
-            if let Some(v) = first(aliases) {
-                c.insert(hf.into(), v);
+            match first(aliases) {
+                Some(v) => drop(c.insert(hf.into(), v)),
+                None if REQUIRED.contains(&hf) => {
+                    return Err(bad(
+                        path,
+                        format!("the metadata has no {} (nor {})", aliases[0], aliases[1..].join(", ")),
+                    ))
+                }
+                None => {}
             }
         }
         let has = |n: &str| a.tensor(n).is_some();

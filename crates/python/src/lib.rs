@@ -285,8 +285,30 @@ fn diff_traces(py: Python<'_>, a: &PyTrace, b: &PyTrace, flags: Vec<String>) -> 
     // The two paths are placeholders: the traces are already read.
     let argv = ["diff", "a", "b"].into_iter().map(String::from).chain(flags);
     let args = DiffFlags::try_parse_from(argv).map_err(usage)?.args;
-    let (result, text) = py.detach(|| out::captured(|| diff::compare(&a.trace, &b.trace, &args)));
+    let (result, text) = py
+        .detach(|| {
+            let (a, b) = (held(&a.trace)?, held(&b.trace)?);
+            anyhow::Ok(out::captured(|| diff::compare(&a, &b, &args)))
+        })
+        .map_err(failed)?;
     result.map(|o| (code(o), text)).map_err(failed)
+}
+
+/// The trace with every tensor in memory, as a trace read from its file
+/// has them: tensors a model trace keeps on disk are read back, since a
+/// comparison reads them all.
+fn held(t: &Trace) -> anyhow::Result<std::borrow::Cow<'_, Trace>> {
+    let Some(spill) = t.spilled.as_ref().filter(|s| s.shapes().any(|(k, _)| !t.tensors.contains_key(k))) else {
+        return Ok(std::borrow::Cow::Borrowed(t));
+    };
+    let mut all = Trace { spilled: None, ..t.clone() };
+    for (key, shape) in spill.shapes().filter(|(k, _)| !t.tensors.contains_key(*k)) {
+        let mut bytes = Vec::with_capacity(shape.iter().product::<usize>() * 4);
+        spill.copy_to(key, &mut bytes)?;
+        let data = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        all.tensors.insert(key.to_string(), (shape.to_vec(), data));
+    }
+    Ok(std::borrow::Cow::Owned(all))
 }
 
 #[pymodule]

@@ -99,6 +99,23 @@ pub fn load_dump(dir: &Path, like: &Trace) -> Result<Trace, TraceError> {
     if all.is_empty() {
         return Err(invalid(dir, "no APRT files (layer-N/<stage>.bin or <stage>.bin)"));
     }
+    // The dump's token count, from its embedding and the other trace's
+    // width: the ids are the other trace's when the counts agree.
+    let embedding = all.iter().find(|(l, stage, _)| stage == "embedding" && l.unwrap_or(0) == 0);
+    let width = like.stat("embedding").and_then(|s| s.shape.last().copied());
+    if let (Some((_, _, path)), Some(width)) = (embedding, width) {
+        let n = read_file(path)?.1.len();
+        if n != width * like.tokens.len() {
+            return Err(invalid(
+                dir,
+                format!(
+                    "the dump's embedding holds {n} values, {:.2} tokens of the compared trace's width {width}, which has {} tokens: trace the prompt aprender traced (apr trace uses \"What is 2+2?\" with no BOS: -p \"What is 2+2?\" --no-bos)",
+                    n as f64 / width as f64,
+                    like.tokens.len()
+                ),
+            ));
+        }
+    }
     let shape_of = |key: &str| like.stat(key).map(|s| s.shape.clone());
     let mut tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
     let mut skipped: Vec<String> = Vec::new();
@@ -179,21 +196,7 @@ pub fn load_dump(dir: &Path, like: &Trace) -> Result<Trace, TraceError> {
         let axis = parse_key(key).map(|(s, _)| s.token_axis()).unwrap_or(0);
         stats.push((key.clone(), TensorStats::compute(data, shape, axis)));
     }
-    // The dump's token count, from its embedding (or any [tokens, width]
-    // stage); the ids are the other trace's when the counts agree.
-    let dump_tokens = tensors.get("embedding").map(|(s, _)| s[0]);
-    let tokens = match dump_tokens {
-        Some(t) if t != like.tokens.len() => {
-            return Err(invalid(
-                dir,
-                format!(
-                    "the dump holds {t} tokens, the trace compared against {}: trace the prompt aprender traced (apr trace uses \"What is 2+2?\" with no BOS: -p \"What is 2+2?\" --no-bos)",
-                    like.tokens.len()
-                ),
-            ))
-        }
-        _ => like.tokens.clone(),
-    };
+    let tokens = like.tokens.clone();
     let mut meta = BTreeMap::new();
     meta.insert("plumb.engine".into(), "aprender (APRT dump)".into());
     meta.insert("plumb.arch".into(), like.arch().to_string());
