@@ -19,6 +19,8 @@ Writes:
                      aprender writes for qwen)
   llama-f32.apr      `apr import testdata/tiny/llama/llama-f32.gguf`
                      (GGUF tensor names, q/k rows as llama.cpp permutes them)
+  qwen3-f32.apr      `apr import testdata/tiny/qwen3/qwen3-f32.gguf` (HF
+                     names, q/k norms)
   llama-int8.apr     `apr convert llama-f32.apr --quantize int8` (APR Q8)
   llama-int4.apr     `apr convert llama-f32.apr --quantize int4` (APR Q4)
   qwen2-bpe-aprt/    `apr trace qwen2-bpe.apr --save-tensor all
@@ -112,8 +114,9 @@ def main():
     (OUT / "VERSION").write_text(version + "\n")
     bpe_qwen2(OUT / "qwen2-bpe.gguf")
     apr(a.apr, "import", OUT / "qwen2-bpe.gguf", "-o", OUT / "qwen2-bpe.apr", log="apr-import-qwen2.txt")
-    apr(a.apr, "import", ROOT / "testdata/tiny/llama/llama-f32.gguf", "-o", OUT / "llama-f32.apr",
-        log="apr-import-llama.txt")
+    for arch in ["llama", "qwen3"]:
+        apr(a.apr, "import", ROOT / f"testdata/tiny/{arch}/{arch}-f32.gguf", "-o", OUT / f"{arch}-f32.apr",
+            log=f"apr-import-{arch}.txt")
     for q in ["int8", "int4"]:
         apr(a.apr, "convert", OUT / "llama-f32.apr", "--quantize", q, "-o", OUT / f"llama-{q}.apr", "-f",
             log=f"apr-convert-{q}.txt")

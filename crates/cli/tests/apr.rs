@@ -25,6 +25,7 @@ fn apr_models_compute_exactly_what_their_gguf_computes() {
     let pairs = [
         (apr("llama-f32.apr"), root().join("testdata/tiny/llama/llama-f32.gguf")),
         (apr("qwen2-bpe.apr"), apr("qwen2-bpe.gguf")),
+        (apr("qwen3-f32.apr"), root().join("testdata/tiny/qwen3/qwen3-f32.gguf")),
     ];
     for (a, g) in &pairs {
         for precision in ["exact", "fast"] {
