@@ -21,6 +21,10 @@ Writes:
                      (GGUF tensor names, q/k rows as llama.cpp permutes them)
   qwen3-f32.apr      `apr import testdata/tiny/qwen3/qwen3-f32.gguf` (HF
                      names, q/k norms)
+  llama-q8_0-preserve.apr, qwen2-q8_0-preserve.apr
+                     `apr import --preserve-q4k` of the tiny Q8_0 GGUFs:
+                     aprender's other writer (ggml type ids and blocks as
+                     the GGUF has them, GGUF names, no footer)
   llama-int8.apr     `apr convert llama-f32.apr --quantize int8` (APR Q8)
   llama-int4.apr     `apr convert llama-f32.apr --quantize int4` (APR Q4)
   qwen2-bpe-aprt/    `apr trace qwen2-bpe.apr --save-tensor all
@@ -117,6 +121,9 @@ def main():
     for arch in ["llama", "qwen3"]:
         apr(a.apr, "import", ROOT / f"testdata/tiny/{arch}/{arch}-f32.gguf", "-o", OUT / f"{arch}-f32.apr",
             log=f"apr-import-{arch}.txt")
+    for arch in ["llama", "qwen2"]:
+        apr(a.apr, "import", ROOT / f"testdata/tiny/{arch}/{arch}-q8_0.gguf", "-o", OUT / f"{arch}-q8_0-preserve.apr",
+            "--preserve-q4k", log=f"apr-import-{arch}-preserve.txt")
     for q in ["int8", "int4"]:
         apr(a.apr, "convert", OUT / "llama-f32.apr", "--quantize", q, "-o", OUT / f"llama-{q}.apr", "-f",
             log=f"apr-convert-{q}.txt")

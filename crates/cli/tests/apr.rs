@@ -26,6 +26,9 @@ fn apr_models_compute_exactly_what_their_gguf_computes() {
         (apr("llama-f32.apr"), root().join("testdata/tiny/llama/llama-f32.gguf")),
         (apr("qwen2-bpe.apr"), apr("qwen2-bpe.gguf")),
         (apr("qwen3-f32.apr"), root().join("testdata/tiny/qwen3/qwen3-f32.gguf")),
+        // aprender's other writer: ggml's Q8_0 blocks, no footer.
+        (apr("llama-q8_0-preserve.apr"), root().join("testdata/tiny/llama/llama-q8_0.gguf")),
+        (apr("qwen2-q8_0-preserve.apr"), root().join("testdata/tiny/qwen2/qwen2-q8_0.gguf")),
     ];
     for (a, g) in &pairs {
         for precision in ["exact", "fast"] {

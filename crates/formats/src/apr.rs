@@ -124,8 +124,8 @@ pub struct AprHeader {
 }
 
 impl AprHeader {
-    /// Whether dims are in GGUF's order (`--preserve-q4k` files) rather
-    /// than row-major for matrices.
+    /// Whether the file holds ggml's type ids and blocks as GGUF had them
+    /// (`apr import --preserve-q4k`).
     pub fn ggml_order(&self) -> bool {
         self.flags & flags::QUANTIZED != 0
             || self.metadata.get("model_type").and_then(|v| v.as_str()) == Some("transformer_lm_q4k")
@@ -293,7 +293,7 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<AprHeader, FormatError>
         let ty = apr_type(dtype, ggml_order, n, size)
             .ok_or_else(|| at(&field("dtype"), entry_at, format!("unknown or unsupported dtype {dtype}")))?;
         if let AprType::Ggml(g) = ty {
-            let row = if ggml_order { dims[0] } else { dims[ndim - 1] };
+            let row = if ndim >= 3 { dims[0] } else { dims[ndim - 1] };
             if !row.is_multiple_of(g.block_elems() as u64) {
                 return Err(at(
                     &field("dims"),
@@ -327,9 +327,10 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<AprHeader, FormatError>
                 ));
             }
         }
-        // Matrices are [out, in] row-major; GGUF-ordered files and tensors
-        // of three or more dims keep ggml's order, last-contiguous first.
-        let shape: Vec<usize> = if ggml_order || ndim >= 3 {
+        // Matrices are [out, in], row-major (so are those of
+        // `--preserve-q4k` files, whatever aprender's own notes say);
+        // tensors of three or more dims keep ggml's order, contiguous first.
+        let shape: Vec<usize> = if ndim >= 3 {
             dims.iter().rev().map(|&d| d as usize).collect()
         } else {
             dims.iter().map(|&d| d as usize).collect()
