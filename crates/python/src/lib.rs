@@ -244,9 +244,7 @@ impl PyTrace {
             let why = if self.trace.stat(key).is_some() { " (statistics only: trace with tensors=True)" } else { "" };
             return Err(PlumbError::new_err(format!("no tensor {key:?} in this trace{why}")));
         };
-        let mut bytes = Vec::with_capacity(shape.iter().product::<usize>() * 4);
-        spill.copy_to(key, &mut bytes).map_err(|e| failed(e.into()))?;
-        let data: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let data = read_spilled(spill, key, shape).map_err(|e| failed(e.into()))?;
         data.to_pyarray(py).reshape(shape.to_vec())
     }
 
@@ -303,12 +301,16 @@ fn held(t: &Trace) -> anyhow::Result<std::borrow::Cow<'_, Trace>> {
     };
     let mut all = Trace { spilled: None, ..t.clone() };
     for (key, shape) in spill.shapes().filter(|(k, _)| !t.tensors.contains_key(*k)) {
-        let mut bytes = Vec::with_capacity(shape.iter().product::<usize>() * 4);
-        spill.copy_to(key, &mut bytes)?;
-        let data = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        all.tensors.insert(key.to_string(), (shape.to_vec(), data));
+        all.tensors.insert(key.to_string(), (shape.to_vec(), read_spilled(spill, key, shape)?));
     }
     Ok(std::borrow::Cow::Owned(all))
+}
+
+/// One tensor a trace keeps on disk, read back.
+fn read_spilled(spill: &plumb_trace::spill::Spill, key: &str, shape: &[usize]) -> std::io::Result<Vec<f32>> {
+    let mut bytes = Vec::with_capacity(shape.iter().product::<usize>() * 4);
+    spill.copy_to(key, &mut bytes)?;
+    Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
 }
 
 #[pymodule]
