@@ -44,7 +44,7 @@ seeds = {
     "q4k.apr": apr([("a", 12, [1, 256], b"\1" * 144)], {"model_type": "qwen2"}),
     "aprq4.apr": apr([("a", 128, [40], b"\0\x3c" + b"\x12" * 16 + b"\0\x38" + b"\x34" * 16)], {}),
     "aprq8.apr": apr([("a", 129, [3], struct.pack("<f", 0.25) + b"\2\xfe\x7f")], {}),
-    "preserve-q4k.apr": apr([("a", 8, [32, 1], b"\0\x3c" + b"\1" * 32)], {"model_type": "transformer_lm_q4k"},
+    "preserve-q4k.apr": apr([("a", 8, [1, 32], b"\0\x3c" + b"\1" * 32)], {"model_type": "transformer_lm_q4k"},
                             flags=0x0020, footer=False),
 }
 OUT.mkdir(parents=True, exist_ok=True)
