@@ -133,18 +133,6 @@ pub struct Loaded {
     pub tokenizer: Option<Tokenizer>,
 }
 
-/// The tokenizer a model file carries in its metadata (GGUF, APR).
-fn embedded_tokenizer(src: &ModelSource) -> std::result::Result<Tokenizer, plumb_model::tokenizer::TokenizerError> {
-    match src {
-        ModelSource::Apr(a) => Tokenizer::from_apr(a),
-        ModelSource::Gguf(g) => Tokenizer::from_gguf(g),
-        ModelSource::Hf(h) => Err(plumb_model::tokenizer::TokenizerError::Invalid(format!(
-            "{}: a folder's tokenizer is its tokenizer.json",
-            h.dir.display()
-        ))),
-    }
-}
-
 impl Loaded {
     /// Loads a GGUF file, an APR file or a HuggingFace folder with its
     /// tokenizer. A GGUF or APR tokenizer plumb cannot use is not fatal (the prompt can be given as
@@ -152,8 +140,14 @@ impl Loaded {
     pub fn open(path: &Path) -> Result<(Loaded, Option<String>)> {
         let mut model = Model::load(path).map_err(|source| Error::Load { path: path.into(), source })?;
         let mut warning = None;
-        let tokenizer = match &model.source {
-            ModelSource::Gguf(_) | ModelSource::Apr(_) => match embedded_tokenizer(&model.source) {
+        // A file's own tokenizer (GGUF, APR metadata), or a folder's tokenizer.json.
+        let embedded = match &model.source {
+            ModelSource::Gguf(g) => Some(Tokenizer::from_gguf(g)),
+            ModelSource::Apr(a) => Some(Tokenizer::from_apr(a)),
+            ModelSource::Hf(_) => None,
+        };
+        let tokenizer = match (&model.source, embedded) {
+            (_, Some(embedded)) => match embedded {
                 Ok(t) => {
                     if t.vocab_size() != model.cfg.vocab {
                         return Err(Error::TokenizerSize {
@@ -169,10 +163,10 @@ impl Loaded {
                     None
                 }
             },
-            ModelSource::Hf(h) if h.dir.join("tokenizer.json").is_file() => {
+            (ModelSource::Hf(h), None) if h.dir.join("tokenizer.json").is_file() => {
                 Some(Tokenizer::from_hf_dir(&h.dir).map_err(|source| Error::Tokenizer { path: path.into(), source })?)
             }
-            ModelSource::Hf(_) => None,
+            (_, None) => None,
         };
         // The tokenizer holds its own copy of the vocabulary now.
         if let (ModelSource::Gguf(g), Some(_)) = (&mut model.source, &tokenizer) {

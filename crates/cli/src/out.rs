@@ -4,7 +4,8 @@
 use std::io::Write;
 
 thread_local! {
-    /// Where [`print`] writes instead of stdout, inside [`captured`].
+    /// Where [`Stdout`] (and so [`print`]) writes instead of stdout,
+    /// inside [`captured`].
     static CAPTURE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }
 
@@ -35,14 +36,10 @@ impl Write for Stdout {
     }
 }
 
-/// Writes `text` to stdout.
+/// Writes `text` to stdout (or the capture).
 pub fn print(text: &str) -> anyhow::Result<()> {
-    if CAPTURE.with(|c| c.borrow_mut().as_mut().map(|s| s.push_str(text)).is_some()) {
-        return Ok(());
-    }
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(text.as_bytes())?;
-    stdout.flush()?;
+    Stdout.write_all(text.as_bytes())?;
+    Stdout.flush()?;
     Ok(())
 }
 

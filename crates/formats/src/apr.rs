@@ -88,9 +88,6 @@ pub struct AprTensor {
     pub name: String,
     /// Row-major, the last dimension contiguous (as [`TensorView`]).
     pub shape: Vec<usize>,
-    /// The dims as the file stores them.
-    pub stored_dims: Vec<u64>,
-    pub dtype: u8,
     pub ty: AprType,
     /// Absolute byte range in the file.
     pub start: u64,
@@ -117,19 +114,13 @@ pub enum Footer {
 pub struct AprHeader {
     pub version: (u8, u8),
     pub flags: u16,
+    /// Whether dtypes are ggml's ids and blocks as GGUF had them (`apr
+    /// import --preserve-q4k`: flag 0x20, or its model type).
+    pub ggml_ids: bool,
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// Sorted by name, as the file has them.
     pub tensors: Vec<AprTensor>,
     pub footer: Footer,
-}
-
-impl AprHeader {
-    /// Whether the file holds ggml's type ids and blocks as GGUF had them
-    /// (`apr import --preserve-q4k`).
-    pub fn ggml_order(&self) -> bool {
-        self.flags & flags::QUANTIZED != 0
-            || self.metadata.get("model_type").and_then(|v| v.as_str()) == Some("transformer_lm_q4k")
-    }
 }
 
 /// CRC-32 (IEEE, as zlib) of `parts` in turn.
@@ -251,7 +242,7 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<AprHeader, FormatError>
         Ok(_) => return Err(at("metadata", meta_off, "the JSON metadata is not an object".into())),
         Err(e) => return Err(at("metadata", meta_off, format!("not valid JSON: {e}"))),
     };
-    let ggml_order =
+    let ggml_ids =
         fl & flags::QUANTIZED != 0 || metadata.get("model_type").and_then(|v| v.as_str()) == Some("transformer_lm_q4k");
 
     // The index, entry by entry, within [index_off, data_off).
@@ -290,7 +281,7 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<AprHeader, FormatError>
         let Some(n) = n.filter(|&n| n > 0) else {
             return Err(at(&field("dims"), entry_at, format!("{dims:?} is empty or too large for the file")));
         };
-        let ty = apr_type(dtype, ggml_order, n, size)
+        let ty = apr_type(dtype, ggml_ids, n, size)
             .ok_or_else(|| at(&field("dtype"), entry_at, format!("unknown or unsupported dtype {dtype}")))?;
         if let AprType::Ggml(g) = ty {
             let row = if ndim >= 3 { dims[0] } else { dims[ndim - 1] };
@@ -335,7 +326,7 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<AprHeader, FormatError>
         } else {
             dims.iter().map(|&d| d as usize).collect()
         };
-        tensors.push(AprTensor { name, shape, stored_dims: dims, dtype, ty, start: start.unwrap_or(0), len: size });
+        tensors.push(AprTensor { name, shape, ty, start: start.unwrap_or(0), len: size });
     }
 
     // A footer follows the padded data when the file has room for exactly one.
@@ -358,21 +349,21 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<AprHeader, FormatError>
     } else {
         Footer::Absent
     };
-    Ok(AprHeader { version, flags: fl, metadata, tensors, footer })
+    Ok(AprHeader { version, flags: fl, ggml_ids, metadata, tensors, footer })
 }
 
 /// The type of a tensor from its dtype byte. 8 and 9 are APR's Q4 and Q8
 /// in older files, but ggml's Q8_0 in GGUF-ordered ones: the size tells.
-fn apr_type(dtype: u8, ggml_order: bool, n: u64, size: u64) -> Option<AprType> {
+fn apr_type(dtype: u8, ggml_ids: bool, n: u64, size: u64) -> Option<AprType> {
     match dtype {
         APR_Q4 => Some(AprType::Q4),
         APR_Q8 => Some(AprType::Q8),
-        LEGACY_Q4 if AprType::Q4.bytes_for(n) == Some(size) && !ggml_order => Some(AprType::Q4),
-        LEGACY_Q8 if !ggml_order => Some(AprType::Q8),
+        LEGACY_Q4 if AprType::Q4.bytes_for(n) == Some(size) && !ggml_ids => Some(AprType::Q4),
+        LEGACY_Q8 if !ggml_ids => Some(AprType::Q8),
         // F32, F16, BF16, Q4_K, Q6_K in every file; other ggml blocks only
         // where ggml's ids are the file's (--preserve-q4k).
         0 | 1 | 12 | 14 | 30 => GgmlType::from_id(dtype as u32).map(AprType::Ggml),
-        d if ggml_order => GgmlType::from_id(d as u32).map(AprType::Ggml),
+        d if ggml_ids => GgmlType::from_id(d as u32).map(AprType::Ggml),
         _ => None,
     }
 }
@@ -422,15 +413,7 @@ impl AprFile {
     /// Opens and checks `path`, dequantizing any APR Q4/Q8 tensor.
     pub fn open(path: impl AsRef<Path>) -> Result<AprFile, FormatError> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
-        let meta = file.metadata().map_err(|e| FormatError::io(path, e))?;
-        if !meta.is_file() {
-            return Err(FormatError::invalid(path, "not a regular file"));
-        }
-        // SAFETY: the map is read-only; plumb never writes to model files, and
-        // a file truncated underneath us by another process is outside what
-        // any mmap-based reader can defend against.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| FormatError::io(path, e))?;
+        let map = crate::map_file(path)?;
         let header = parse_header(path, &map[..])?;
         let by_name = header.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
         let mut dequantized = HashMap::new();

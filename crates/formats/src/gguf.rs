@@ -9,7 +9,6 @@
 //! here.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -388,16 +387,7 @@ impl GgufFile {
     /// through the returned views.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile, FormatError> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
-        let meta = file.metadata().map_err(|e| FormatError::io(path, e))?;
-        if !meta.is_file() {
-            return Err(FormatError::invalid(path, "not a regular file"));
-        }
-        // SAFETY: the map is read-only; plumb never writes to model files, and
-        // a file truncated underneath us by another process is outside what
-        // any mmap-based reader can defend against.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| FormatError::io(path, e))?;
-        Self::parse(path.to_path_buf(), mmap)
+        Self::parse(path.to_path_buf(), crate::map_file(path)?)
     }
 
     fn parse(path: PathBuf, mmap: Mmap) -> Result<GgufFile, FormatError> {

@@ -19,6 +19,19 @@ pub mod writer;
 pub use error::FormatError;
 pub use plumb_quant::GgmlType;
 
+/// Maps a model file read-only, refusing what is not a regular file.
+pub(crate) fn map_file(path: &std::path::Path) -> Result<memmap2::Mmap, FormatError> {
+    let file = std::fs::File::open(path).map_err(|e| FormatError::io(path, e))?;
+    let meta = file.metadata().map_err(|e| FormatError::io(path, e))?;
+    if !meta.is_file() {
+        return Err(FormatError::invalid(path, "not a regular file"));
+    }
+    // SAFETY: the map is read-only; plumb never writes to model files, and
+    // a file truncated underneath us by another process is outside what
+    // any mmap-based reader can defend against.
+    unsafe { memmap2::Mmap::map(&file) }.map_err(|e| FormatError::io(path, e))
+}
+
 /// Bytes of a tensor in a shared memory map, or owned when plumb had to
 /// rearrange them (e.g. un-permuting rows). Cheap to clone.
 #[derive(Clone)]

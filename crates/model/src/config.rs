@@ -445,7 +445,9 @@ impl ModelConfig {
             ["hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size"];
         for (hf, aliases) in fields {
             match first(aliases) {
-                Some(v) => drop(c.insert(hf.into(), v)),
+                Some(v) => {
+                    c.insert(hf.into(), v);
+                }
                 None if REQUIRED.contains(&hf) => {
                     return Err(bad(
                         path,
@@ -461,7 +463,7 @@ impl ModelConfig {
         let mut cfg = Self::from_hf(path, &J::Object(c))?;
         let from_gguf = meta.get("original_format").and_then(J::as_str) == Some("gguf")
             || has("token_embd.weight")
-            || a.header.ggml_order();
+            || a.header.ggml_ids;
         if from_gguf {
             cfg.unpermute_qk = cfg.arch.spec().quirks.gguf_qk_interleaved;
             cfg.norm_plus_one = false;

@@ -99,24 +99,8 @@ pub fn load_dump(dir: &Path, like: &Trace) -> Result<Trace, TraceError> {
     if all.is_empty() {
         return Err(invalid(dir, "no APRT files (layer-N/<stage>.bin or <stage>.bin)"));
     }
-    // The dump's token count, from its embedding and the other trace's
-    // width: the ids are the other trace's when the counts agree.
-    let embedding = all.iter().find(|(l, stage, _)| stage == "embedding" && l.unwrap_or(0) == 0);
-    let width = like.stat("embedding").and_then(|s| s.shape.last().copied());
-    if let (Some((_, _, path)), Some(width)) = (embedding, width) {
-        let n = read_file(path)?.1.len();
-        if n != width * like.tokens.len() {
-            return Err(invalid(
-                dir,
-                format!(
-                    "the dump's embedding holds {n} values, {:.2} tokens of the compared trace's width {width}, which has {} tokens: trace the prompt aprender traced (apr trace uses \"What is 2+2?\" with no BOS: -p \"What is 2+2?\" --no-bos)",
-                    n as f64 / width as f64,
-                    like.tokens.len()
-                ),
-            ));
-        }
-    }
     let shape_of = |key: &str| like.stat(key).map(|s| s.shape.clone());
+    let width = like.stat("embedding").and_then(|s| s.shape.last().copied());
     let mut tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
     let mut skipped: Vec<String> = Vec::new();
     let has_bias = all.iter().any(|(_, s, _)| s == "qkv_bias");
@@ -127,8 +111,23 @@ pub fn load_dump(dir: &Path, like: &Trace) -> Result<Trace, TraceError> {
             return Err(invalid(path, format!("the header names layer {layer}, its folder {expected}")));
         }
         let what = |why: &str| format!("{} ({why})", path.strip_prefix(dir).unwrap_or(path).display());
-        // aprender writes the embedding with layer 0.
+        // aprender writes the embedding with layer 0. Its count over the
+        // other trace's width is the dump's token count: the ids are the
+        // other trace's only when the counts agree.
         let layer = if stage == "embedding" { None } else { *layer_dir };
+        if let (None, Some(width)) = (layer, width.filter(|_| stage == "embedding")) {
+            let n = values.len();
+            if n != width * like.tokens.len() {
+                return Err(invalid(
+                    dir,
+                    format!(
+                        "the dump's embedding holds {n} values, {:.2} tokens of the compared trace's width {width}, which has {} tokens: trace the prompt aprender traced (apr trace uses \"What is 2+2?\" with no BOS: -p \"What is 2+2?\" --no-bos)",
+                        n as f64 / width as f64,
+                        like.tokens.len()
+                    ),
+                ));
+            }
+        }
         if stage == "qkv_matmul" && has_bias || stage == "attn_scores" {
             skipped.push(what(if stage == "attn_scores" {
                 "masked as 0, not −∞"
