@@ -7,7 +7,10 @@
 #   ONLY=gemma2 scripts/gen_knob_golden.sh q4kv --kv-type q4_0 --flash-attn on
 #   ONLY=none scripts/gen_knob_golden.sh repack --repack on   (tests/repack.rs)
 #   ONLY=none scripts/gen_knob_golden.sh default --kv-type f16 --flash-attn on --repack on --swa-full off
-#       (llama.cpp's defaults, llama-completion's window-sized SWA cache included: tests/repack.rs)
+#       (llama.cpp's defaults, llama-completion's window-sized SWA cache included:
+#       tests/llama_cpp_defaults.rs; made on a CPU without AVX512-FP16), and on a
+#       CPU with it (llama.cpp's f16 arithmetic then differs: --f16-math native):
+#   ONLY=none scripts/gen_knob_golden.sh default_f16math --kv-type f16 --flash-attn on --repack on --swa-full off
 # NAME names the files it writes:
 #   testdata/tiny/llamacpp_greedy_NAME.json   every tiny model's greedy
 #       continuation of 32 tokens from the golden token sequence;
@@ -85,11 +88,16 @@ for case, ids, ub in [("short", short, None), ("long", long_, None), ("long_ubat
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     d = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
     cases[case] = {"tokens": d["tokens"], "ubatch": ub, "generated": d["generated"], "top_logits": d["top_logits"]}
-doc = {"about": f"llama.cpp ({conf}, 2 threads) on the real model: greedy 32 tokens and the prompt's last "
+# llama.cpp built natively on a CPU with AVX512-FP16 updates flash
+# attention's f16 context in f16 arithmetic (plumb's --f16-math native).
+cpu_flags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "").split()
+f16_math = "native" if "avx512_fp16" in cpu_flags else "widened"
+doc = {"about": f"llama.cpp ({conf}, 2 threads, built natively on a CPU whose f16 math is {f16_math}) on the real model: greedy 32 tokens and the prompt's last "
                 "logits' 16 largest [id, value], for 'The capital of France is' and "
                 "testdata/gemma3-270m/long_prompt.txt (plumb's tokenization), whole and in ubatches of 512; "
                 f"made by scripts/gen_knob_golden.sh {name} {' '.join(flags)}",
        "configuration": conf,
+       "f16_math": f16_math,
        "cases": cases}
 with open(f"testdata/gemma3-270m/llamacpp_{name}.json", "w") as f:
     json.dump(doc, f)

@@ -19,6 +19,8 @@ if [[ ! -x "$CACHE/llama-bench" || ! -x "$CACHE/build/bin/llama-completion" ]]; 
     python3 -m pip download --disable-pip-version-check --quiet --no-deps --no-binary llama-cpp-python llama-cpp-python==0.3.36 -d "$CACHE/sdist"
     tar xzf "$CACHE"/sdist/llama_cpp_python-*.tar.gz -C "$CACHE"
     SRC=$(ls -d "$CACHE"/llama_cpp_python-*/vendor/llama.cpp)
+    # cmake from PyPI where the machine has none.
+    command -v cmake >/dev/null || python3 -m pip install --disable-pip-version-check --quiet cmake
     # Native, but without AMX: a VM whose CPU lists AMX may not let a process
     # use it (llama-bench then dies of an illegal instruction).
     cmake -S "$SRC" -B "$CACHE/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \

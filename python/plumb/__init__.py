@@ -56,8 +56,10 @@ def _prompt_flags(prompt: Optional[str], tokens: Optional[Sequence[int]], file: 
     return flags
 
 
-def _settings_flags(prefix: str, kv_type: str, flash_attn: str, repack: str) -> List[str]:
-    return [f"--{prefix}kv-type", kv_type, f"--{prefix}flash-attn", flash_attn, f"--{prefix}repack", repack]
+def _settings_flags(prefix: str, kv_type: str, flash_attn: str, repack: str,
+                    f16_math: str = "auto") -> List[str]:
+    return [f"--{prefix}kv-type", kv_type, f"--{prefix}flash-attn", flash_attn, f"--{prefix}repack", repack,
+            f"--{prefix}f16-math", f16_math]
 
 
 class Trace:
@@ -169,15 +171,17 @@ class Model:
 
     ``precision`` is ``"exact"`` (transformers' arithmetic, the default, as
     for ``plumb trace``) or ``"fast"`` (llama.cpp's). ``kv_type``,
-    ``flash_attn`` and ``repack`` are the command line's settings; ``"auto"``
-    resolves them by precision.
+    ``flash_attn``, ``repack`` and ``f16_math`` are the command line's
+    settings; ``"auto"`` resolves them by precision (and ``f16_math`` by this
+    CPU).
     """
 
     def __init__(self, path: PathLike, precision: str = "exact", threads: Optional[int] = None,
-                 kv_type: str = "auto", flash_attn: str = "auto", repack: str = "auto") -> None:
+                 kv_type: str = "auto", flash_attn: str = "auto", repack: str = "auto",
+                 f16_math: str = "auto") -> None:
         self.path = os.fspath(path)
         self.precision = precision
-        flags = [self.path, "--precision", precision] + _settings_flags("", kv_type, flash_attn, repack)
+        flags = [self.path, "--precision", precision] + _settings_flags("", kv_type, flash_attn, repack, f16_math)
         flags += _flag("--threads", threads)
         self._m = _plumb.Model(flags)
 
@@ -299,8 +303,8 @@ def diff(a: Union[Trace, PathLike], b: Union[Trace, PathLike], *, tol: Optional[
 def bisect(a: PathLike, b: Optional[PathLike] = None, prompt: Optional[str] = None, *,
            tokens: Optional[Sequence[int]] = None, file: Optional[PathLike] = None,
            a_precision: str = "exact", b_precision: str = "exact",
-           a_settings: Tuple[str, str, str] = ("auto", "auto", "auto"),
-           b_settings: Tuple[str, str, str] = ("auto", "auto", "auto"),
+           a_settings: Sequence[str] = ("auto", "auto", "auto", "auto"),
+           b_settings: Sequence[str] = ("auto", "auto", "auto", "auto"),
            tol: Optional[float] = None, gate: Optional[PathLike] = None, isolate: bool = False,
            inject: Optional[str] = None, reference: Optional[PathLike] = None,
            noise: Optional[PathLike] = None, save_noise: Optional[PathLike] = None,
@@ -309,7 +313,7 @@ def bisect(a: PathLike, b: Optional[PathLike] = None, prompt: Optional[str] = No
     ``b_precision``) on the same tokens and names the first stage where they
     part, as ``plumb bisect``: noise-aware by default, a fixed bound with
     ``tol``/``gate``. ``a_settings``/``b_settings`` are (kv_type, flash_attn,
-    repack)."""
+    repack[, f16_math])."""
     argv = ["bisect", os.fspath(a)] + ([os.fspath(b)] if b is not None else [])
     argv += _prompt_flags(prompt, tokens, file, bos, special)
     argv += ["--a-precision", a_precision, "--b-precision", b_precision]

@@ -136,6 +136,21 @@ def test_run_and_command():
     assert plumb.command("inspect", TINY / "llama-f32.gguf", "--json")[0] == 0
 
 
+@needs_real
+def test_f16_math_is_a_setting_of_the_model():
+    # The two builds' f16 arithmetic under flash attention: named in the
+    # engine, and a short prompt's context differs (the heads are 256 wide).
+    native = plumb.Model(REAL, precision="fast", f16_math="native").trace(PROMPT, stages="attn_context", layers="0",
+                                                                          tensors=True)
+    widened = plumb.Model(REAL, precision="fast", f16_math="widened").trace(PROMPT, stages="attn_context", layers="0",
+                                                                            tensors=True)
+    assert native.engine.endswith("f16 arithmetic)") and not widened.engine.endswith("f16 arithmetic)")
+    assert native.meta["plumb.f16_math"] == "native" and widened.meta["plumb.f16_math"] == "widened"
+    assert not np.array_equal(native["blk.0.attn_context"], widened["blk.0.attn_context"])
+    with pytest.raises(plumb.PlumbError, match="needs flash attention"):
+        plumb.Model(REAL, precision="fast", flash_attn="off", f16_math="native")
+
+
 def test_bad_input_raises_plumb_error(tmp_path):
     with pytest.raises(plumb.PlumbError, match="no such file"):
         plumb.Model(tmp_path / "missing.gguf")

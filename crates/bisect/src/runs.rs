@@ -43,6 +43,7 @@ pub fn trace_meta(
     meta.insert("plumb.kv_type".into(), run.kv_type.name().into());
     meta.insert("plumb.flash_attn".into(), if run.flash_attn { "on" } else { "off" }.into());
     meta.insert("plumb.repack".into(), if run.repack { "on" } else { "off" }.into());
+    meta.insert("plumb.f16_math".into(), run.f16_math.name().into());
     meta.insert("plumb.kernels".into(), kernels.describe());
     let piece = |id: u32| -> String { loaded.tokenizer.as_ref().and_then(|t| t.piece(id)).unwrap_or("").to_string() };
     meta.insert("plumb.token_text".into(), serde_json::to_string(&ids.iter().map(|&i| piece(i)).collect::<Vec<_>>())?);
@@ -50,9 +51,9 @@ pub fn trace_meta(
 }
 
 /// A run's settings as engine names show them: the precision, the KV
-/// cache's type where it is not f32, flash attention and repacked weights
-/// where they are on ("fast", "fast, KV f16", "fast, KV f16, flash
-/// attention, repacked").
+/// cache's type where it is not f32, flash attention, repacked weights and
+/// native f16 arithmetic where they are on ("fast", "fast, KV f16", "fast,
+/// KV f16, flash attention, repacked, f16 arithmetic").
 pub fn settings(precision: Precision, run: plumb_model::RunSettings) -> String {
     let mut s = precision.name().to_string();
     if run.kv_type != plumb_model::KvType::F32 {
@@ -63,6 +64,9 @@ pub fn settings(precision: Precision, run: plumb_model::RunSettings) -> String {
     }
     if run.repack {
         s += ", repacked";
+    }
+    if run.f16_math == plumb_model::F16Math::Native {
+        s += ", f16 arithmetic";
     }
     s
 }

@@ -41,8 +41,22 @@ fn tiny_models_with_flash_attention_compute_as_llama_cpp_does() {
         let model = model.to_str().unwrap();
         let tokens = joined(&golden["tokens"]);
         // Flash attention alone, as the goldens were made (an f32 cache,
-        // which flash attention reads as f16 anyway; no repacking).
-        let fast = ["--precision", "fast", "--flash-attn", "on", "--kv-type", "f32", "--repack", "off", "-t", "2"];
+        // which flash attention reads as f16 anyway; no repacking; by a
+        // build without AVX512-FP16).
+        let fast = [
+            "--precision",
+            "fast",
+            "--flash-attn",
+            "on",
+            "--kv-type",
+            "f32",
+            "--repack",
+            "off",
+            "--f16-math",
+            "widened",
+            "-t",
+            "2",
+        ];
         let (code, out, err) =
             plumb(&[&["run", model, "-n", "32", "--json", "--tokens", &tokens, "--ubatch", "all"][..], &fast].concat());
         assert_eq!(code, 0, "{err}");
@@ -79,9 +93,11 @@ fn tiny_models_with_flash_attention_compute_as_llama_cpp_does() {
 #[test]
 #[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
 fn real_model_with_flash_attention_computes_as_llama_cpp_does() {
-    // Flash attention alone: an f32 cache, no repacking, full-size windows.
+    // Flash attention alone: an f32 cache, no repacking, full-size windows,
+    // by a build without AVX512-FP16.
     let settings = RunSettings { flash_attn: true, ..RunSettings::default() };
-    let flags = ["--kv-type", "f32", "--flash-attn", "on", "--repack", "off", "--swa-full", "on"];
+    let flags =
+        ["--kv-type", "f32", "--flash-attn", "on", "--repack", "off", "--swa-full", "on", "--f16-math", "widened"];
     assert_real_model_cases("testdata/gemma3-270m/llamacpp_fa.json", settings, &flags);
 }
 
@@ -132,6 +148,8 @@ fn bisect_names_where_flash_attention_parts_and_exact_refuses_it() {
         "off",
         "--b-kv-type",
         "f32",
+        "--a-f16-math",
+        "widened",
         "--tokens",
         tokens,
         "--tol",

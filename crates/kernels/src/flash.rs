@@ -59,6 +59,64 @@ pub struct FlashPlan {
     /// went through ([`Rotation`]): the queries take the keys' and the
     /// context is turned back by the values'.
     pub rotation: Option<Rotation>,
+    /// The one-row path's f16 context updated in f16 arithmetic, as
+    /// llama.cpp built for a CPU with AVX512-FP16 updates it ([`F16Math`]).
+    pub f16_math: F16Math,
+}
+
+/// How the llama.cpp build being mirrored updates the one-row path's f16
+/// running context (`ggml_vec_scale_f16`, `ggml_vec_mad_f16`).
+///
+/// - [`F16Math::Widened`] (every build without AVX512-FP16): each element
+///   widened to f32, multiplied (and added, fused) by the f32 factor, and
+///   rounded back to f16.
+/// - [`F16Math::Native`] (built with AVX512-FP16: `-march=native` on CPUs
+///   that have it): in whole runs of 128 elements the factor is first
+///   rounded to f16, and each element is one f16 operation, rounded once
+///   (`_mm512_mul_ph`, `_mm512_fmadd_ph`); the elements past the last whole
+///   128 as [`F16Math::Widened`]. Heads narrower than 128 are therefore
+///   unchanged.
+///
+/// plumb computes [`F16Math::Native`] with the CPU's own f16 instructions
+/// where it has them, and otherwise by an exact emulation, so any machine
+/// can mirror either build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum F16Math {
+    #[default]
+    Widened,
+    Native,
+}
+
+/// Elements llama.cpp's AVX512-FP16 build updates per step
+/// (`GGML_F16_STEP`); the rest go one by one.
+pub const F16_STEP: usize = 128;
+
+impl F16Math {
+    /// Whether this CPU has AVX512-FP16, so that llama.cpp built natively
+    /// on it computes in f16 ([`F16Math::Native`]).
+    pub fn cpu_has_native() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return is_x86_feature_detected!("avx512fp16");
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
+    /// `widened` or `native`, as `--f16-math` and traces name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            F16Math::Widened => "widened",
+            F16Math::Native => "native",
+        }
+    }
+
+    /// What llama.cpp built natively on this CPU uses.
+    pub fn of_this_cpu() -> F16Math {
+        if F16Math::cpu_has_native() {
+            F16Math::Native
+        } else {
+            F16Math::Widened
+        }
+    }
 }
 
 /// llama.cpp rotates what it stores in a quantized cache by an orthonormal
@@ -136,10 +194,11 @@ impl FlashPlan {
 /// The cache as flash attention is given it.
 #[derive(Clone, Copy)]
 pub struct FlashCache<'a> {
-    /// Keys and values, [positions, Hkv·hd] from the first position held
-    /// (f16 values, or a block format's).
-    pub keys: &'a [f32],
-    pub values: &'a [f32],
+    /// Keys and values, [positions, Hkv·hd] from the first position held:
+    /// an f16 cache's own bits, or f32 holding what the cache's type gives
+    /// back (a block format's values).
+    pub keys: KvRows<'a>,
+    pub values: KvRows<'a>,
     /// A quantized cache's keys as its blocks, one row of Hkv·hd per
     /// position (the scores read them; `plan.quantized` says so).
     pub key_blocks: Option<(GgmlType, &'a [u8])>,
@@ -147,6 +206,89 @@ pub struct FlashCache<'a> {
     /// window-sized sliding-window cache, [`FlashPlan::n_kv`] of them):
     /// the position each holds.
     pub cells: Option<&'a [Option<usize>]>,
+}
+
+/// Keys or values as a cache holds them: f32, or f16 bits (an f16 cache
+/// under flash attention keeps its elements in two bytes, as llama.cpp's
+/// does; they are widened to f32 a row or a tile at a time, as llama.cpp
+/// widens them, so the sums are the same).
+#[derive(Clone, Copy)]
+pub enum KvRows<'a> {
+    F32(&'a [f32]),
+    F16(&'a [u16]),
+}
+
+impl<'a> KvRows<'a> {
+    /// Elements held.
+    pub fn len(&self) -> usize {
+        match self {
+            KvRows::F32(d) => d.len(),
+            KvRows::F16(d) => d.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Elements at..at + n as f32: borrowed, or widened into `buf`.
+    fn at<'b>(&self, at: usize, n: usize, buf: &'b mut [f32]) -> &'b [f32]
+    where
+        'a: 'b,
+    {
+        match *self {
+            KvRows::F32(d) => &d[at..at + n],
+            KvRows::F16(d) => {
+                widen(&d[at..at + n], &mut buf[..n]);
+                &buf[..n]
+            }
+        }
+    }
+
+    /// Rows `js` (None: a row of zeros), elements off..off + n of each row
+    /// of `stride`, as f32: borrowed, or widened into `buf`.
+    fn rows<'b>(
+        &self,
+        js: &[Option<usize>],
+        stride: usize,
+        off: usize,
+        n: usize,
+        buf: &'b mut Vec<f32>,
+        zeros: &'b [f32],
+    ) -> Vec<&'b [f32]>
+    where
+        'a: 'b,
+    {
+        match *self {
+            KvRows::F32(d) => {
+                js.iter().map(|j| j.map_or(zeros, |j| &d[j * stride + off..j * stride + off + n])).collect()
+            }
+            KvRows::F16(d) => {
+                buf.resize(js.len() * n, 0.0);
+                for (j, out) in js.iter().zip(buf.chunks_exact_mut(n)) {
+                    match j {
+                        Some(j) => widen(&d[j * stride + off..j * stride + off + n], out),
+                        None => out.fill(0.0),
+                    }
+                }
+                buf.chunks_exact(n).collect()
+            }
+        }
+    }
+}
+
+/// f16 bits to f32 (exact; F16C eight at a time where the path has it).
+pub(crate) fn widen(src: &[u16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len());
+    #[cfg(target_arch = "x86_64")]
+    if crate::active_path().uses_avx2() {
+        // SAFETY: the active path has AVX2 and F16C (checked when it was
+        // set or detected); the lengths are equal (asserted).
+        return unsafe { f16c::widen(src, dst) };
+    }
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = half::f16::from_bits(s).to_f32();
+    }
 }
 
 /// ctx[i, h] = softmax(q[i, h]·kᵀ + mask)·v over the positions row i sees,
@@ -239,8 +381,8 @@ pub fn flash_attention(s: &AttnShape, plan: &FlashPlan, q: &[f32], cache: &Flash
                 let (i, h) = (r / heads, r % heads);
                 let q16: Vec<f32> = q[i * qd + h * hd..i * qd + (h + 1) * hd].iter().map(|&v| round_f16(v)).collect();
                 let part = match &order {
-                    Some(o) => one_row(&q16, &kv, h / group * hd, seen_in(o, 0..o.len(), i), score),
-                    None => one_row(&q16, &kv, h / group * hd, visible(i), score),
+                    Some(o) => one_row(&q16, &kv, h / group * hd, seen_in(o, 0..o.len(), i), score, plan.f16_math),
+                    None => one_row(&q16, &kv, h / group * hd, visible(i), score, plan.f16_math),
                 };
                 part.finish(out);
             });
@@ -257,7 +399,7 @@ pub fn flash_attention(s: &AttnShape, plan: &FlashPlan, q: &[f32], cache: &Flash
                     if let Some(o) = &order {
                         let js = seen_in(o, a..b, 0);
                         if !js.is_empty() {
-                            merged.merge(&one_row(&q16, &kv, h / group * hd, js, score));
+                            merged.merge(&one_row(&q16, &kv, h / group * hd, js, score, plan.f16_math));
                         }
                         continue;
                     }
@@ -267,7 +409,7 @@ pub fn flash_attention(s: &AttnShape, plan: &FlashPlan, q: &[f32], cache: &Flash
                     if a >= b {
                         continue;
                     }
-                    merged.merge(&one_row(&q16, &kv, h / group * hd, a..b, score));
+                    merged.merge(&one_row(&q16, &kv, h / group * hd, a..b, score, plan.f16_math));
                 }
                 merged.finish(out);
             });
@@ -313,18 +455,19 @@ impl<'a> Blocks<'a> {
 
 /// The cache as flash attention reads it.
 struct Kv<'a> {
-    keys: &'a [f32],
-    values: &'a [f32],
+    keys: KvRows<'a>,
+    values: KvRows<'a>,
     kvd: usize,
 }
 
-impl Kv<'_> {
-    fn key(&self, j: usize, off: usize, hd: usize) -> &[f32] {
-        &self.keys[j * self.kvd + off..j * self.kvd + off + hd]
-    }
-
-    fn value(&self, j: usize, off: usize, hd: usize) -> &[f32] {
-        &self.values[j * self.kvd + off..j * self.kvd + off + hd]
+impl<'a> Kv<'a> {
+    /// Position j's value, elements off..off + hd, as f32 (widened into
+    /// `buf` where the cache holds f16).
+    fn value<'b>(&self, j: usize, off: usize, hd: usize, buf: &'b mut [f32]) -> &'b [f32]
+    where
+        'a: 'b,
+    {
+        self.values.at(j * self.kvd + off, hd, buf)
     }
 }
 
@@ -384,21 +527,37 @@ impl Partial {
 
 /// llama.cpp's one-row path over positions `js` (in order): q16 the query
 /// rounded to f16, the context accumulated in f16.
-fn one_row(q16: &[f32], kv: &Kv, off: usize, js: impl IntoIterator<Item = usize>, score: Score) -> Partial {
+fn one_row(
+    q16: &[f32],
+    kv: &Kv,
+    off: usize,
+    js: impl IntoIterator<Item = usize>,
+    score: Score,
+    math: F16Math,
+) -> Partial {
     let hd = q16.len();
     let mut p = Partial::empty(hd);
+    let (mut kb, mut vb) = (vec![0f32; hd], vec![0f32; hd]);
     for j in js {
-        let s = score.of(mirror::dot_f16(kv.key(j, off, hd), q16));
+        let at = j * kv.kvd + off;
+        let dot = match kv.keys {
+            KvRows::F32(d) => mirror::dot_f16(&d[at..at + hd], q16),
+            KvRows::F16(d) => mirror::dot_f16_bits(&d[at..at + hd], q16, &mut kb),
+        };
+        let s = score.of(dot);
         let (mut ms, mut vs) = (1f32, 1f32);
         if s > p.max {
             let old = p.max;
             p.max = s;
             ms = (old - s).exp();
-            scale_f16(&mut p.acc, ms);
+            scale_f16(&mut p.acc, ms, math);
         } else {
             vs = (s - p.max).exp();
         }
-        mad_f16(&mut p.acc, kv.value(j, off, hd), vs);
+        match kv.values {
+            KvRows::F32(d) => mad_f16(&mut p.acc, &d[at..at + hd], vs, math),
+            KvRows::F16(d) => mad_f16_bits(&mut p.acc, &d[at..at + hd], vs, math, &mut vb),
+        }
         p.sum = p.sum.mul_add(ms, vs);
     }
     p
@@ -418,6 +577,7 @@ fn one_row_blocks(
 ) -> Partial {
     let hd = keys.hd;
     let mut p = Partial::empty(hd);
+    let mut vb = vec![0f32; hd];
     for j in js {
         let s = score.of(keys.score(j, g, qb));
         let (mut ms, mut vs) = (1f32, 1f32);
@@ -429,7 +589,7 @@ fn one_row_blocks(
         } else {
             vs = (s - p.max).exp();
         }
-        mad_f32(&mut p.acc, kv.value(j, g * hd, hd), vs);
+        mad_f32(&mut p.acc, kv.value(j, g * hd, hd, &mut vb), vs);
         p.sum = p.sum.mul_add(ms, vs);
     }
     p
@@ -439,7 +599,7 @@ fn one_row_blocks(
 fn mad_f32(y: &mut [f32], x: &[f32], v: f32) {
     #[cfg(target_arch = "x86_64")]
     if crate::active_path().uses_avx2() {
-        // SAFETY: as in `scale_f16`.
+        // SAFETY: as in `scale_widened`.
         return unsafe { f16c::mad32(y, x, v) };
     }
     for (y, x) in y.iter_mut().zip(x) {
@@ -447,8 +607,18 @@ fn mad_f32(y: &mut [f32], x: &[f32], v: f32) {
     }
 }
 
-/// y = y·v, each element rounded to f16 (`ggml_vec_scale_f16`).
-fn scale_f16(y: &mut [f32], v: f32) {
+/// y = y·v, each element rounded to f16 (`ggml_vec_scale_f16`), in the
+/// build's arithmetic ([`F16Math`]).
+fn scale_f16(y: &mut [f32], v: f32, math: F16Math) {
+    let whole = if math == F16Math::Native { y.len() / F16_STEP * F16_STEP } else { 0 };
+    // The f32 product of two f16 values is exact: rounding it to f16 is
+    // the one rounding of an f16 multiply.
+    scale_widened(&mut y[..whole], round_f16(v));
+    scale_widened(&mut y[whole..], v);
+}
+
+/// y = y·v, each element rounded to f16, the product in f32.
+fn scale_widened(y: &mut [f32], v: f32) {
     #[cfg(target_arch = "x86_64")]
     if crate::active_path().uses_avx2() {
         // SAFETY: the active path has AVX2, FMA and F16C (checked when it
@@ -458,17 +628,174 @@ fn scale_f16(y: &mut [f32], v: f32) {
     y.iter_mut().for_each(|y| *y = round_f16(*y * v));
 }
 
-/// y += x·v, each element fused and rounded to f16 (`ggml_vec_mad_f16`:
-/// 64 at a time in f32 vectors, the rest one by one — fused too, as the
-/// compiler built it).
-fn mad_f16(y: &mut [f32], x: &[f32], v: f32) {
+/// y += x·v, each element rounded to f16 (`ggml_vec_mad_f16`), in the
+/// build's arithmetic ([`F16Math`]).
+fn mad_f16(y: &mut [f32], x: &[f32], v: f32, math: F16Math) {
+    let whole = if math == F16Math::Native { y.len().min(x.len()) / F16_STEP * F16_STEP } else { 0 };
+    if whole > 0 {
+        half_math::mad(&mut y[..whole], &x[..whole], round_f16(v));
+    }
+    mad_widened(&mut y[whole..], &x[whole.min(x.len())..], v);
+}
+
+/// [`mad_f16`] with `x` given as f16 bits (`buf`: room for x widened,
+/// where no kernel reads the bits directly): the same values.
+fn mad_f16_bits(y: &mut [f32], x: &[u16], v: f32, math: F16Math, buf: &mut [f32]) {
+    assert_eq!(y.len(), x.len());
+    let whole = if math == F16Math::Native { x.len() / F16_STEP * F16_STEP } else { 0 };
+    if whole > 0 {
+        half_math::mad_bits(&mut y[..whole], &x[..whole], round_f16(v));
+    }
+    let (y, x) = (&mut y[whole..], &x[whole..]);
     #[cfg(target_arch = "x86_64")]
     if crate::active_path().uses_avx2() {
-        // SAFETY: as in `scale_f16`.
+        // SAFETY: as in `scale_widened`.
+        return unsafe { f16c::mad_bits(y, x, v) };
+    }
+    widen(x, &mut buf[..x.len()]);
+    mad_widened(y, &buf[..x.len()], v);
+}
+
+/// y += x·v, each element fused in f32 and rounded to f16 (64 at a time in
+/// f32 vectors, the rest one by one — fused too, as the compiler built it).
+fn mad_widened(y: &mut [f32], x: &[f32], v: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::active_path().uses_avx2() {
+        // SAFETY: as in `scale_widened`.
         return unsafe { f16c::mad(y, x, v) };
     }
     for (y, x) in y.iter_mut().zip(x) {
         *y = round_f16(x.mul_add(v, *y));
+    }
+}
+
+/// f16 fused multiply-adds on f16 values held in f32: y = x·v + y rounded
+/// once to f16, as AVX512-FP16's `vfmadd231ph` rounds it.
+mod half_math {
+    use plumb_quant::blocks::round_f16;
+
+    /// y = x·v + y, each element rounded once to f16 (x, v and y hold f16
+    /// values): the CPU's own instruction where it has one, else exactly
+    /// emulated ([`fma16`]).
+    pub(super) fn mad(y: &mut [f32], x: &[f32], v: f32) {
+        #[cfg(target_arch = "x86_64")]
+        if super::F16Math::cpu_has_native() && crate::active_path().uses_avx512f() {
+            let n = y.len().min(x.len()) / 32 * 32;
+            // SAFETY: the CPU has AVX512-FP16 (asked just above) and the
+            // active path AVX512F and F16C.
+            unsafe { native::mad(&mut y[..n], &x[..n], v) };
+            for (y, &x) in y[n..].iter_mut().zip(&x[n..]) {
+                *y = fma16(x, v, *y);
+            }
+            return;
+        }
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = fma16(x, v, *y);
+        }
+    }
+
+    /// [`mad`] with `x` given as f16 bits.
+    pub(super) fn mad_bits(y: &mut [f32], x: &[u16], v: f32) {
+        #[cfg(target_arch = "x86_64")]
+        if super::F16Math::cpu_has_native() && crate::active_path().uses_avx512f() {
+            let n = y.len().min(x.len()) / 32 * 32;
+            // SAFETY: the CPU has AVX512-FP16 (asked just above) and the
+            // active path AVX512F and F16C.
+            unsafe { native::mad_bits(&mut y[..n], &x[..n], v) };
+            for (y, &x) in y[n..].iter_mut().zip(&x[n..]) {
+                *y = fma16(half::f16::from_bits(x).to_f32(), v, *y);
+            }
+            return;
+        }
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = fma16(half::f16::from_bits(x).to_f32(), v, *y);
+        }
+    }
+
+    /// x·v + y rounded once to f16, for f16 values x, v, y. The product is
+    /// exact in f64 (22 bits) and the sum is rounded once there; that
+    /// rounding can never land on a halfway point between two f16 values
+    /// that the exact sum is not on (the sum's lowest bit is within 2⁻³³ of
+    /// its size whenever it is near such a point). The f64 is then taken to
+    /// f16 through f32 rounded to odd, which keeps the second rounding
+    /// correct.
+    pub fn fma16(x: f32, v: f32, y: f32) -> f32 {
+        let exact = f64::from(x) * f64::from(v) + f64::from(y);
+        if !exact.is_finite() {
+            return round_f16(exact as f32);
+        }
+        let r = exact as f32;
+        let odd = if f64::from(r) != exact && r.to_bits() & 1 == 0 {
+            // Round to odd: of r's two neighbours, the one toward the
+            // exact value has an odd last bit.
+            let toward = exact.abs() > f64::from(r).abs();
+            f32::from_bits(if toward { r.to_bits() + 1 } else { r.to_bits() - 1 })
+        } else {
+            r
+        };
+        round_f16(odd)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    pub(super) mod native {
+        use std::arch::x86_64::*;
+
+        /// Two vectors of 16 f32 (each an f16 value) as one of 32 f16.
+        #[inline(always)]
+        unsafe fn halves(p: *const f32) -> __m512i {
+            let lo = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm512_loadu_ps(p));
+            let hi = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm512_loadu_ps(p.add(16)));
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+        }
+
+        /// y = x·v + y, 32 f16 at a time by `vfmadd231ph`.
+        ///
+        /// # Safety
+        /// The CPU has AVX512F and AVX512-FP16; y and x are as long, a
+        /// multiple of 32.
+        #[target_feature(enable = "avx512f,f16c")]
+        pub unsafe fn mad(y: &mut [f32], x: &[f32], v: f32) {
+            assert!(y.len() == x.len() && y.len().is_multiple_of(32));
+            let vv = _mm512_set1_epi16(half::f16::from_f32(v).to_bits() as i16);
+            for i in (0..y.len()).step_by(32) {
+                let mut acc = halves(y.as_ptr().add(i));
+                let xs = halves(x.as_ptr().add(i));
+                std::arch::asm!(
+                    "vfmadd231ph {acc}, {x}, {v}",
+                    acc = inout(zmm_reg) acc,
+                    x = in(zmm_reg) xs,
+                    v = in(zmm_reg) vv,
+                    options(pure, nomem, nostack),
+                );
+                let p = y.as_mut_ptr().add(i);
+                _mm512_storeu_ps(p, _mm512_cvtph_ps(_mm512_castsi512_si256(acc)));
+                _mm512_storeu_ps(p.add(16), _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(acc)));
+            }
+        }
+
+        /// [`mad`] with `x` given as f16 bits, loaded as they are.
+        ///
+        /// # Safety
+        /// As for [`mad`].
+        #[target_feature(enable = "avx512f,f16c")]
+        pub unsafe fn mad_bits(y: &mut [f32], x: &[u16], v: f32) {
+            assert!(y.len() == x.len() && y.len().is_multiple_of(32));
+            let vv = _mm512_set1_epi16(half::f16::from_f32(v).to_bits() as i16);
+            for i in (0..y.len()).step_by(32) {
+                let mut acc = halves(y.as_ptr().add(i));
+                let xs = _mm512_loadu_si512(x.as_ptr().add(i) as *const _);
+                std::arch::asm!(
+                    "vfmadd231ph {acc}, {x}, {v}",
+                    acc = inout(zmm_reg) acc,
+                    x = in(zmm_reg) xs,
+                    v = in(zmm_reg) vv,
+                    options(pure, nomem, nostack),
+                );
+                let p = y.as_mut_ptr().add(i);
+                _mm512_storeu_ps(p, _mm512_cvtph_ps(_mm512_castsi512_si256(acc)));
+                _mm512_storeu_ps(p.add(16), _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(acc)));
+            }
+        }
     }
 }
 
@@ -510,6 +837,34 @@ mod f16c {
         }
     }
 
+    /// f16 bits to f32, eight at a time.
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn widen(src: &[u16], dst: &mut [f32]) {
+        let n = src.len().min(dst.len()) / 8 * 8;
+        for i in (0..n).step_by(8) {
+            let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        }
+        for (d, &s) in dst[n..].iter_mut().zip(&src[n..]) {
+            *d = half::f16::from_bits(s).to_f32();
+        }
+    }
+
+    /// [`mad`] with `x` given as f16 bits, widened as they are loaded.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn mad_bits(y: &mut [f32], x: &[u16], v: f32) {
+        let n = y.len().min(x.len()) / 8 * 8;
+        let vv = _mm256_set1_ps(v);
+        for i in (0..n).step_by(8) {
+            let p = y.as_mut_ptr().add(i);
+            let xs = _mm256_cvtph_ps(_mm_loadu_si128(x.as_ptr().add(i) as *const __m128i));
+            _mm256_storeu_ps(p, round8(_mm256_fmadd_ps(xs, vv, _mm256_loadu_ps(p))));
+        }
+        for (y, &x) in y[n..].iter_mut().zip(&x[n..]) {
+            *y = round_f16(half::f16::from_bits(x).to_f32().mul_add(v, *y));
+        }
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn mad(y: &mut [f32], x: &[f32], v: f32) {
         let n = y.len().min(x.len()) / 8 * 8;
@@ -537,13 +892,17 @@ fn tiled(qs: &[&[f32]], spans: &[std::ops::Range<usize>], kv: &Kv, off: usize, s
     let mut parts: Vec<Partial> = qs.iter().map(|_| Partial::empty(hd)).collect();
     let mut kt = vec![0f32; hd * TILE_KV]; //                                [hd, 64]
     let zeros = vec![0f32; hd];
+    let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
     // Tiles start on multiples of 64, absolute ones too (the first
     // position held is one).
     let mut t0 = lo / TILE_KV * TILE_KV;
     while t0 < hi {
         let t1 = (t0 + TILE_KV).min(hi);
-        let keys: Vec<&[f32]> = (t0..t1).map(|col| kv.key(col, off, hd)).collect();
+        let cols: Vec<Option<usize>> = (t0..t1).map(Some).collect();
+        let keys = kv.keys.rows(&cols, kv.kvd, off, hd, &mut kbuf, &zeros);
         key_tile(&keys, &mut kt);
+        // The tile's values, widened once for every block of rows.
+        let values = kv.values.rows(&cols, kv.kvd, off, hd, &mut vbuf, &zeros);
         // The rows that see part of this tile, four at a time: each key
         // and value of the tile is read once for the four.
         let seen = |r: &usize| spans[*r].start.max(t0) < spans[*r].end.min(t1);
@@ -575,7 +934,7 @@ fn tiled(qs: &[&[f32]], spans: &[std::ops::Range<usize>], kv: &Kv, off: usize, s
                     None => kq[b].fill(0.0),
                 }
             }
-            let vs: Vec<&[f32]> = (from..to).map(|j| kv.value(j, off, hd)).collect();
+            let vs = &values[from - t0..to - t0];
             let mut accs: Vec<&mut [f32]> = Vec::with_capacity(ROWS);
             let mut rest = &mut parts[..];
             let mut taken = 0;
@@ -587,7 +946,7 @@ fn tiled(qs: &[&[f32]], spans: &[std::ops::Range<usize>], kv: &Kv, off: usize, s
                 taken = r + 1;
             }
             let ws: Vec<&[f32]> = kq.iter().take(block.len()).map(|w| &w[from - t0..to - t0]).collect();
-            add_tile(&mut accs, &ws, &vs);
+            add_tile(&mut accs, &ws, vs);
         }
         t0 += TILE_KV;
     }
@@ -612,6 +971,7 @@ fn tiled_cells(
     let mut parts: Vec<Partial> = qs.iter().map(|_| Partial::empty(hd)).collect();
     let mut kt = vec![0f32; hd * TILE_KV]; //                                [hd, 64]
     let zeros = vec![0f32; hd];
+    let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
     for t0 in (0..order.len()).step_by(TILE_KV) {
         let t1 = (t0 + TILE_KV).min(order.len());
         let tile = &order[t0..t1];
@@ -620,8 +980,9 @@ fn tiled_cells(
         if active.is_empty() {
             continue;
         }
-        let keys: Vec<&[f32]> = tile.iter().map(|cell| cell.map_or(&zeros[..], |j| kv.key(j, off, hd))).collect();
+        let keys = kv.keys.rows(tile, kv.kvd, off, hd, &mut kbuf, &zeros);
         key_tile(&keys, &mut kt);
+        let values = kv.values.rows(tile, kv.kvd, off, hd, &mut vbuf, &zeros);
         for block in active.chunks(ROWS) {
             let q4: [&[f32]; ROWS] = std::array::from_fn(|b| block.get(b).map_or(&zeros[..], |&r| qs[r]));
             let mut kq = [[0f32; TILE_KV]; ROWS];
@@ -640,8 +1001,7 @@ fn tiled_cells(
             let from = (0..tile.len()).find(|&c| block.iter().any(|&r| seen(r, c)));
             let Some(from) = from else { continue };
             let to = (0..tile.len()).rev().find(|&c| block.iter().any(|&r| seen(r, c))).map_or(from, |c| c + 1);
-            let vs: Vec<&[f32]> =
-                tile[from..to].iter().map(|cell| cell.map_or(&zeros[..], |j| kv.value(j, off, hd))).collect();
+            let vs = &values[from..to];
             let mut accs: Vec<&mut [f32]> = Vec::with_capacity(ROWS);
             let mut rest = &mut parts[..];
             let mut taken = 0;
@@ -653,7 +1013,7 @@ fn tiled_cells(
                 taken = r + 1;
             }
             let ws: Vec<&[f32]> = kq.iter().take(block.len()).map(|w| &w[from..to]).collect();
-            add_tile(&mut accs, &ws, &vs);
+            add_tile(&mut accs, &ws, vs);
         }
     }
     for (p, out) in parts.iter().zip(outs.iter_mut()) {
@@ -962,6 +1322,119 @@ unsafe fn add_tile_lanes<const N: usize>(out: &[*mut f32; ROWS], w: &[*const f32
 mod tests {
     use super::*;
 
+    /// x·v + y rounded once to f16, by integers: every f16 is a whole
+    /// multiple of 2⁻²⁴, so the exact sum is a whole multiple of 2⁻⁴⁸ below
+    /// 2³⁴, rounded here to the f16 grid (ties to even) with no float
+    /// arithmetic at all.
+    fn fma16_by_integers(x: f32, v: f32, y: f32) -> f32 {
+        let units = |f: f32| -> i128 { (f64::from(f) * 16777216.0) as i128 }; // exact: f16 values
+        let s = units(x) * units(v) + (units(y) << 24); //                        × 2⁻⁴⁸
+        let mag = s.unsigned_abs();
+        // The grid: 2⁻²⁴ (subnormals) or 2^(e−10) for a value in [2^e, 2^(e+1)).
+        let bits = 128 - mag.leading_zeros() as i32; //                            mag < 2^bits
+        let q = (bits - 11).max(24) as u32; //                                     grid step, × 2⁻⁴⁸
+        let (whole, rest, half) = (mag >> q, mag & ((1u128 << q) - 1), 1u128 << (q - 1));
+        let up = rest > half || (rest == half && whole & 1 == 1);
+        let r = ((whole + u128::from(up)) << q) as f64 / 2f64.powi(48);
+        let r = if r > 65504.0 { f64::INFINITY } else { r };
+        (if s < 0 { -r } else { r }) as f32
+    }
+
+    /// f16 values across the range: random bit patterns (subnormals
+    /// included), and values set up so that x·v + y lands on or next to a
+    /// halfway point between two f16 values.
+    fn f16_triples() -> Vec<(f32, f32, f32)> {
+        let f = |b: u16| half::f16::from_bits(b).to_f32();
+        let mut state = 0x9e37_79b9u32;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        };
+        let mut out = Vec::new();
+        while out.len() < 200_000 {
+            let (x, v, y) = (f(next() as u16 & 0x7bff), f(next() as u16), f(next() as u16 & 0xfbff));
+            if x.is_finite() && v.is_finite() && y.is_finite() && (x * v).abs() < 60000.0 {
+                out.push((x, v, y));
+            }
+        }
+        // Ties: y + one half f16 step of y (x·v = step/2), and a hair either side.
+        for k in 0..2000u16 {
+            let y = f(0x3c00 + k);
+            let step = f(0x3c01 + k) - y;
+            for (x, v) in [(step, 0.5), (step * 0.5, 1.0), (step * 0.5 + step / 1024.0, 1.0), (-step * 0.5, 1.0)] {
+                let (x, v) = (plumb_quant::blocks::round_f16(x), plumb_quant::blocks::round_f16(v));
+                out.push((x, v, y));
+                out.push((x, v, -y));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_f16_fused_multiply_add_rounds_once() {
+        for (x, v, y) in f16_triples() {
+            let (got, want) = (half_math::fma16(x, v, y), fma16_by_integers(x, v, y));
+            assert_eq!(got.to_bits(), want.to_bits(), "fma16({x:e}, {v:e}, {y:e}): {got:e}, exactly {want:e}");
+        }
+        // Rounding the f32 fused result instead (the widened build) differs
+        // somewhere in these: the test tells the two apart.
+        assert!(f16_triples().iter().any(|&(x, v, y)| round_f16(x.mul_add(v, y)) != fma16_by_integers(x, v, y)));
+    }
+
+    /// Where the CPU has AVX512-FP16, its own instruction gives the same
+    /// bits as the emulation (elsewhere the emulation alone is checked, above).
+    #[test]
+    fn the_cpus_f16_instructions_agree_with_the_emulation() {
+        #[cfg(target_arch = "x86_64")]
+        if F16Math::cpu_has_native() && crate::active_path().uses_avx512f() {
+            let t = f16_triples();
+            for (i, chunk) in t.chunks_exact(32).enumerate() {
+                for v in [chunk[0].1, round_f16(0.3 + i as f32 * 1e-3)] {
+                    let x: Vec<f32> = chunk.iter().map(|c| c.0).collect();
+                    let mut y: Vec<f32> = chunk.iter().map(|c| c.2).collect();
+                    let want: Vec<f32> = x.iter().zip(&y).map(|(&x, &y)| half_math::fma16(x, v, y)).collect();
+                    // SAFETY: the CPU has AVX512-FP16 and AVX512F (asked above); 32 each.
+                    unsafe { half_math::native::mad(&mut y, &x, v) };
+                    assert_eq!(y, want, "chunk {i}, v = {v:e}");
+                }
+            }
+        }
+    }
+
+    /// llama.cpp's AVX512-FP16 build: whole runs of 128 in f16 arithmetic
+    /// with the factor rounded to f16, the rest widened; heads under 128
+    /// are as the widened build's.
+    #[test]
+    fn native_f16_math_covers_whole_runs_of_128_only() {
+        let v = 0.123_456_79_f32;
+        let x = values(200, 7);
+        let y0 = values(200, 9);
+        let (mut native, mut widened) = (y0.clone(), y0.clone());
+        mad_f16(&mut native, &x, v, F16Math::Native);
+        mad_f16(&mut widened, &x, v, F16Math::Widened);
+        let v16 = round_f16(v);
+        for i in 0..200 {
+            let want = if i < 128 { half_math::fma16(x[i], v16, y0[i]) } else { round_f16(x[i].mul_add(v, y0[i])) };
+            assert_eq!(native[i].to_bits(), want.to_bits(), "element {i}");
+        }
+        assert_ne!(native[..128], widened[..128]);
+        assert_eq!(native[128..], widened[128..]);
+        let (mut a, mut b) = (y0[..96].to_vec(), y0[..96].to_vec());
+        mad_f16(&mut a, &x[..96], v, F16Math::Native);
+        mad_f16(&mut b, &x[..96], v, F16Math::Widened);
+        assert_eq!(a, b);
+        let (mut a, mut b) = (y0.clone(), y0.clone());
+        scale_f16(&mut a, v, F16Math::Native);
+        scale_f16(&mut b, v, F16Math::Widened);
+        for i in 0..200 {
+            let want = if i < 128 { round_f16(y0[i] * v16) } else { round_f16(y0[i] * v) };
+            assert_eq!(a[i].to_bits(), want.to_bits(), "scaled element {i}");
+        }
+        assert_ne!(a[..128], b[..128]);
+    }
+
     fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n).map(|i| round_f16((((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 500.0 - 2.0)).collect()
     }
@@ -1044,8 +1517,15 @@ mod tests {
         assert_eq!(FlashPlan::n_kv(2183, 2152), 2304);
         assert_eq!(FlashPlan::n_kv(2183, 300), 512);
         assert_eq!(FlashPlan::n_kv(300, 300), 512);
-        let plan =
-            |step_rows, n_kv| FlashPlan { step_rows, n_kv, threads: 2, first: 0, quantized: false, rotation: None };
+        let plan = |step_rows, n_kv| FlashPlan {
+            step_rows,
+            n_kv,
+            threads: 2,
+            first: 0,
+            quantized: false,
+            rotation: None,
+            f16_math: F16Math::Widened,
+        };
         assert_eq!(plan(63, 256).path(), FlashPath::OneRow);
         assert_eq!(plan(64, 256).path(), FlashPath::Tiled);
         assert_eq!(plan(1, 256).path(), FlashPath::OneRow);
@@ -1063,18 +1543,70 @@ mod tests {
                 let q = values(t * s.heads * s.hd, 1);
                 let keys = values((p + t) * s.kv_heads * s.hd, 2);
                 let vals = values((p + t) * s.kv_heads * s.hd, 3);
-                let plan = FlashPlan { step_rows: rows, n_kv, threads: 3, first: 0, quantized: false, rotation: None };
+                let plan = FlashPlan {
+                    step_rows: rows,
+                    n_kv,
+                    threads: 3,
+                    first: 0,
+                    quantized: false,
+                    rotation: None,
+                    f16_math: F16Math::Widened,
+                };
                 let mut ctx = vec![0f32; q.len()];
                 flash_attention(
                     &s,
                     &plan,
                     &q,
-                    &FlashCache { keys: &keys, values: &vals, key_blocks: None, cells: None },
+                    &FlashCache { keys: KvRows::F32(&keys), values: KvRows::F32(&vals), key_blocks: None, cells: None },
                     &mut ctx,
                 );
                 let want = plain(&s, &q, &keys, &vals);
                 let worst = ctx.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 assert!(worst < 0.02, "{:?}: worst |Δ| {worst}", plan.path());
+            }
+        }
+    }
+
+    /// A cache holding f16 bits gives the bits of one holding the same
+    /// values in f32, on every path, in cell order too, in both builds'
+    /// arithmetic.
+    #[test]
+    fn f16_bits_and_f32_held_f16_values_attend_alike() {
+        let bits = |v: &[f32]| -> Vec<u16> { v.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect() };
+        for (t, p, rows, n_kv) in [(5, 40, 5, 256), (70, 30, 70, 256), (1, 700, 1, 768)] {
+            for math in [F16Math::Widened, F16Math::Native] {
+                let mut s = shape(t, p, Some(100), None);
+                s.hd = 128;
+                let q = values(t * s.heads * s.hd, 1);
+                let keys = values((p + t) * s.kv_heads * s.hd, 2);
+                let vals = values((p + t) * s.kv_heads * s.hd, 3);
+                let (k16, v16) = (bits(&keys), bits(&vals));
+                let plan = FlashPlan {
+                    step_rows: rows,
+                    n_kv,
+                    threads: 2,
+                    first: 0,
+                    quantized: false,
+                    rotation: None,
+                    f16_math: math,
+                };
+                // Cells in an order of their own: the positions reversed.
+                let reversed: Vec<Option<usize>> = (0..p + t).rev().map(Some).collect();
+                for cells in [None, Some(&reversed[..])] {
+                    let run = |keys: KvRows, values: KvRows| {
+                        let mut ctx = vec![0f32; q.len()];
+                        flash_attention(&s, &plan, &q, &FlashCache { keys, values, key_blocks: None, cells }, &mut ctx);
+                        ctx
+                    };
+                    let (a, b) =
+                        (run(KvRows::F32(&keys), KvRows::F32(&vals)), run(KvRows::F16(&k16), KvRows::F16(&v16)));
+                    assert!(
+                        a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{:?} {math:?} cells {}",
+                        plan.path(),
+                        cells.is_some()
+                    );
+                }
             }
         }
     }
@@ -1088,12 +1620,20 @@ mod tests {
         let vals = values(601 * s.kv_heads * s.hd, 6);
         let run = |n_kv, threads| {
             let mut ctx = vec![0f32; q.len()];
-            let plan = FlashPlan { step_rows: 1, n_kv, threads, first: 0, quantized: false, rotation: None };
+            let plan = FlashPlan {
+                step_rows: 1,
+                n_kv,
+                threads,
+                first: 0,
+                quantized: false,
+                rotation: None,
+                f16_math: F16Math::Widened,
+            };
             flash_attention(
                 &s,
                 &plan,
                 &q,
-                &FlashCache { keys: &keys, values: &vals, key_blocks: None, cells: None },
+                &FlashCache { keys: KvRows::F32(&keys), values: KvRows::F32(&vals), key_blocks: None, cells: None },
                 &mut ctx,
             );
             ctx

@@ -73,6 +73,19 @@ pub fn dot_f16(x: &[f32], y: &[f32]) -> f32 {
     r as f32
 }
 
+/// [`dot_f16`] with `x` given as f16 bits (`buf`: room for x widened, where
+/// no kernel reads the bits directly): the same sums.
+pub fn dot_f16_bits(x: &[u16], y: &[f32], buf: &mut [f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if active_path().uses_avx2() && x.len() == y.len() && x.len().is_multiple_of(LANES) {
+        // SAFETY: the active path has AVX2, FMA and F16C (checked when it
+        // was set or detected); the kernel stops at the shorter slice.
+        return unsafe { lanes::avx2_dot_lanes_f16(x, y) };
+    }
+    crate::flash::widen(x, &mut buf[..x.len()]);
+    dot_f16(&buf[..x.len()], y)
+}
+
 /// [`dot_f32`] of `x` against `out.len()` rows of `ys`, `stride` floats
 /// apart: `out[r]` = Σ x·ys[r·stride..][..x.len()], each bit for bit as
 /// [`dot_f32`] gives it; rows in pairs share the loads of `x`.

@@ -3,9 +3,10 @@
 //! ([`ValueLayout`]).
 
 use plumb_kernels::attention::{ValueLayout, Values, VALUE_PAD};
+use plumb_kernels::flash::KvRows;
 use plumb_kernels::flash::{fwht, Rotation};
 use plumb_kernels::ops::RopeSpan;
-use plumb_quant::blocks::round_f16_slice;
+use plumb_quant::blocks::{f16_bits_slice, round_f16_slice};
 use plumb_quant::GgmlType;
 
 use crate::config::{KvType, ModelConfig};
@@ -52,6 +53,12 @@ pub struct KvCache {
     /// a window and a ubatch of them ([`SwaRing`]).
     ring: Option<SwaRing>,
     kv_dim: usize,
+    /// An f16 cache read by flash attention keeps keys and values as f16
+    /// bits (`k16`, `v16`: rows of kv_dim per position held), two bytes an
+    /// element as llama.cpp's; `k` and `v` then stay empty.
+    half: bool,
+    k16: Vec<Vec<u16>>,
+    v16: Vec<Vec<u16>>,
 }
 
 /// The cells of llama.cpp's sliding-window KV cache when it is not
@@ -148,8 +155,17 @@ fn room(window: Option<usize>, capacity: usize) -> usize {
 /// Bytes one layer takes holding `positions` (the transposed layout's
 /// positions padded to a multiple of 64).
 fn layer_bytes(cfg: &ModelConfig, positions: usize) -> u64 {
+    if halves(cfg) {
+        return positions as u64 * cfg.kv_dim() as u64 * 2 * 2;
+    }
     let blocks = key_row_bytes(cfg.kv_type, cfg.kv_dim()) as u64 * positions as u64;
     (positions as u64 + positions.div_ceil(VALUE_PAD) as u64 * VALUE_PAD as u64) * cfg.kv_dim() as u64 * 4 + blocks
+}
+
+/// Whether the cache keeps f16 bits: an f16 cache (or an f32 one, which
+/// flash attention reads as f16) under flash attention.
+fn halves(cfg: &ModelConfig) -> bool {
+    cfg.flash_attn && matches!(cfg.kv_type, KvType::F16 | KvType::F32)
 }
 
 /// Bytes of one position's key blocks in a quantized cache (0 otherwise).
@@ -221,6 +237,9 @@ impl KvCache {
                 _ => None,
             },
             kv_dim,
+            half: halves(cfg),
+            k16: (0..cfg.n_layer).map(|_| Vec::new()).collect(),
+            v16: (0..cfg.n_layer).map(|_| Vec::new()).collect(),
         }
     }
 
@@ -296,6 +315,8 @@ impl KvCache {
             self.k[l].truncate(held * self.kv_dim);
             self.kq[l].truncate(held * key_row_bytes(self.kind, self.kv_dim));
             self.v[l].truncate(held * self.kv_dim);
+            self.k16[l].truncate(held * self.kv_dim);
+            self.v16[l].truncate(held * self.kv_dim);
             self.vt_len[l] = self.vt_len[l].min(held);
         }
         self.len = self.len.min(len);
@@ -310,8 +331,13 @@ impl KvCache {
             return;
         }
         let kvd = self.kv_dim;
-        let n = (keep_from - self.first[l]).min(self.k[l].len() / kvd.max(1));
-        self.k[l].drain(..n * kvd);
+        let held = if self.half { self.k16[l].len() } else { self.k[l].len() };
+        let n = (keep_from - self.first[l]).min(held / kvd.max(1));
+        let cut = |len: usize| (n * kvd).min(len);
+        let (k, k16, v16) = (cut(self.k[l].len()), cut(self.k16[l].len()), cut(self.v16[l].len()));
+        self.k[l].drain(..k);
+        self.k16[l].drain(..k16);
+        self.v16[l].drain(..v16);
         let kq = (n * key_row_bytes(self.kind, kvd)).min(self.kq[l].len());
         self.kq[l].drain(..kq);
         let rows = (n * kvd).min(self.v[l].len());
@@ -411,6 +437,18 @@ impl KvCache {
         self.forget(l);
         assert!(p >= self.first[l], "layer {l} keeps positions {} on only: cannot store at {p}", self.first[l]);
         let at = p - self.first[l];
+        if self.half {
+            // Flash attention reads rows of f16 (the layout asked is rows).
+            let kvd = self.kv_dim;
+            let want = room(self.window[l], self.capacity).max(at + keys.len() / kvd.max(1)) * kvd;
+            for (dst, src) in [(&mut self.k16[l], keys), (&mut self.v16[l], values)] {
+                dst.truncate(at * kvd);
+                // The whole capacity at once, as for the f32 rows.
+                dst.reserve_exact(want.saturating_sub(dst.len()));
+                dst.extend(f16_bits_slice(src));
+            }
+            return;
+        }
         self.k[l].truncate(at * self.kv_dim);
         let rounded: Vec<f32>;
         let values = match self.kind {
@@ -445,8 +483,21 @@ impl KvCache {
     }
 
     /// Layer `l`'s keys, [positions, kv_dim], from position `first(l)`.
+    /// Not for a cache of f16 bits ([`KvCache::flash_rows`]).
     pub fn keys(&self, l: usize) -> &[f32] {
+        assert!(!self.half, "a flash attention cache holds f16 bits: read it with flash_rows");
         &self.k[l]
+    }
+
+    /// Layer `l`'s keys and values as flash attention reads them, rows of
+    /// [positions, kv_dim] from position `first(l)`: f16 bits, or f32 (a
+    /// block format's values, with its key blocks in [`KvCache::key_blocks`]).
+    pub fn flash_rows(&self, l: usize) -> (KvRows<'_>, KvRows<'_>) {
+        if self.half {
+            return (KvRows::F16(&self.k16[l]), KvRows::F16(&self.v16[l]));
+        }
+        let Values::Rows(values) = self.values(l) else { panic!("flash attention reads values as rows") };
+        (KvRows::F32(&self.k[l]), KvRows::F32(values))
     }
 
     /// The Walsh-Hadamard rotation a quantized cache stores its keys and
@@ -464,6 +515,7 @@ impl KvCache {
     /// Layer `l`'s values in the layout they were last stored in, from
     /// position `first(l)`.
     pub fn values(&self, l: usize) -> Values<'_> {
+        assert!(!self.half, "a flash attention cache holds f16 bits: read it with flash_rows");
         if self.vt_len[l] > 0 {
             Values::Columns { data: &self.vt[l], stride: self.vt_stride(l) }
         } else {

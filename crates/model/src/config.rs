@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use plumb_formats::gguf::GgufFile;
+use plumb_kernels::flash::F16Math;
 use plumb_quant::GgmlType;
 use serde_json::Value as J;
 
@@ -120,16 +121,22 @@ pub struct ModelConfig {
     /// for the window and a ubatch of this many rows, reused as a ring
     /// ([`crate::model::SwaRing`]). None: full-size, positions in order.
     pub swa_ring_ubatch: Option<usize>,
+    /// Flash attention's f16 running context in f16 arithmetic, as
+    /// llama.cpp built for a CPU with AVX512-FP16 computes it (`--f16-math
+    /// native`, [`plumb_kernels::flash::F16Math`]). A setting of the run.
+    pub f16_math: F16Math,
 }
 
 /// What a run sets that changes its arithmetic but not the model: the KV
-/// cache's type, flash attention and repacked weights.
+/// cache's type, flash attention, repacked weights, llama-completion's
+/// window-sized cache and the f16 arithmetic of the build mirrored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RunSettings {
     pub kv_type: KvType,
     pub flash_attn: bool,
     pub repack: bool,
     pub swa_ring_ubatch: Option<usize>,
+    pub f16_math: F16Math,
 }
 
 impl ModelConfig {
@@ -139,6 +146,7 @@ impl ModelConfig {
             flash_attn: self.flash_attn,
             repack: self.repack,
             swa_ring_ubatch: self.swa_ring_ubatch,
+            f16_math: self.f16_math,
         }
     }
 
@@ -149,11 +157,13 @@ impl ModelConfig {
         self.flash_attn = r.flash_attn;
         self.repack = r.repack;
         self.swa_ring_ubatch = r.swa_ring_ubatch;
+        self.f16_math = r.f16_math;
     }
 }
 
 /// The KV cache's element type. F16 rounds every key and value to f16 as
-/// it is stored (held in f32, so the kernels read them as they read f32);
+/// it is stored (under flash attention kept as f16 bits, two bytes an
+/// element; otherwise held in f32, so the kernels read them as f32);
 /// the fast precision then also rounds what it multiplies them by, as
 /// llama.cpp's `-ctk f16 -ctv f16` does. Q8_0 and Q4_0 quantize each block
 /// of 32 as llama.cpp stores them (`-ctk q8_0 -ctv q8_0`): the cache keeps
@@ -512,6 +522,7 @@ impl ModelConfig {
             flash_attn: false,
             repack: false,
             swa_ring_ubatch: None,
+            f16_math: F16Math::Widened,
         }
     }
 

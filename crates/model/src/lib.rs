@@ -26,6 +26,7 @@ pub mod weights;
 pub use config::{Activation, Arch, KvType, ModelConfig, RunSettings};
 pub use model::{KvCache, Model};
 pub use plumb_kernels as kernels;
+pub use plumb_kernels::flash::F16Math;
 pub use plumb_kernels::{Kernels, Precision};
 pub use plumb_trace::stage::{self, NoTrace, Observer, Stage};
 pub use source::ModelSource;

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use plumb_formats::{Bytes, OwnedTensor};
 
-use plumb_kernels::attention::{AttnShape, ValueLayout, Values};
+use plumb_kernels::attention::{AttnShape, ValueLayout};
 use plumb_kernels::flash::{FlashCache, FlashPlan};
 use plumb_kernels::ops::{add_bias, add_in_place, mul_in_place, softcap, RopeSpan, Rotary};
 use plumb_kernels::{Kernels, Weight};
@@ -875,7 +875,6 @@ impl Model {
         if self.flash(k) {
             // No scores or probabilities exist: each row's softmax runs
             // along its positions.
-            let Values::Rows(values) = cache.values(l) else { panic!("flash attention reads values as rows") };
             // A window-sized sliding-window cache: its cells, in its order.
             let ring = if c.layer_sliding[l] { cache.swa_ring().map(|r| r.view()) } else { None };
             let plan = FlashPlan {
@@ -885,8 +884,10 @@ impl Model {
                 first,
                 quantized: cache.key_blocks(l).is_some(),
                 rotation: cache.rotation(),
+                f16_math: c.f16_math,
             };
-            let given = FlashCache { keys: cache.keys(l), values, key_blocks: cache.key_blocks(l), cells: ring };
+            let (keys, values) = cache.flash_rows(l);
+            let given = FlashCache { keys, values, key_blocks: cache.key_blocks(l), cells: ring };
             plumb_kernels::flash::flash_attention(&shape, &plan, q, &given, &mut ctx);
             self.emit(tr, at, Stage::AttnContext, &mut ctx, &[t, qd], rows);
             return ctx;

@@ -76,7 +76,7 @@ struct Model {
 #[pymethods]
 impl Model {
     /// `flags` are `plumb trace`'s: the model path first, then
-    /// `--precision`, `--kv-type`, `--flash-attn`, `--repack`, `-t`.
+    /// `--precision`, `--kv-type`, `--flash-attn`, `--repack`, `--f16-math`, `-t`.
     #[new]
     fn new(py: Python<'_>, flags: Vec<String>) -> PyResult<Model> {
         let args = trace_flags(flags.clone())?;

@@ -30,6 +30,15 @@ pub fn round_f16(x: f32) -> f32 {
     f16::from_f32(x).to_f32()
 }
 
+/// Every element as f16 bits (ties to even), converted a slice at a time
+/// (F16C where the CPU has it): the bits of [`round_f16`]'s values.
+pub fn f16_bits_slice(xs: &[f32]) -> Vec<u16> {
+    use half::slice::HalfFloatSliceExt;
+    let mut h = vec![f16::ZERO; xs.len()];
+    h.convert_from_f32_slice(xs);
+    h.into_iter().map(f16::to_bits).collect()
+}
+
 /// [`round_f16`] of every element, converted a slice at a time (F16C where
 /// the CPU has it): the same values.
 pub fn round_f16_slice(xs: &[f32]) -> Vec<f32> {

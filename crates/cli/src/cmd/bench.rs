@@ -154,6 +154,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             "kv_type": run.kv_type.name(),
             "flash_attn": run.flash_attn,
             "repack": run.repack,
+            "f16_math": run.f16_math.name(),
             "ubatch": match ubatch {
                 Ubatch::All => json!("all"),
                 Ubatch::Rows(n) => json!(n),

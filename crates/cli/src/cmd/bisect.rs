@@ -24,10 +24,11 @@ use anyhow::bail;
 use plumb_bisect::teacher::{teacher_force, TeacherForced};
 use plumb_bisect::Sides;
 use plumb_model::fault::Fault;
-use plumb_model::{KvType, Precision};
+use plumb_model::{F16Math, KvType, Precision};
 
 use crate::cmd::common::{
-    check_output, load, parse_kv_type, parse_on_off, parse_precision, Auto, Loaded, ModelArgs, PromptArgs, RunChoice,
+    check_output, load, parse_f16_math, parse_kv_type, parse_on_off, parse_precision, Auto, Loaded, ModelArgs,
+    PromptArgs, RunChoice,
 };
 use crate::cmd::diff::{GateArgs, ReportArgs};
 use crate::{out, Outcome};
@@ -65,6 +66,13 @@ pub struct Args {
     /// B's repacked weights.
     #[arg(long, default_value = "auto", value_parser = parse_on_off)]
     pub b_repack: Auto<bool>,
+    /// A's f16 arithmetic under flash attention: `widened`, `native` or
+    /// `auto` (as `plumb run --f16-math`: llama.cpp built on this CPU).
+    #[arg(long, default_value = "auto", value_parser = parse_f16_math)]
+    pub a_f16_math: Auto<F16Math>,
+    /// B's f16 arithmetic.
+    #[arg(long, default_value = "auto", value_parser = parse_f16_math)]
+    pub b_f16_math: Auto<F16Math>,
     /// A saved reference trace (with tensors) instead of running B.
     #[arg(long, conflicts_with = "b")]
     pub reference: Option<PathBuf>,
@@ -129,7 +137,12 @@ pub(crate) fn load_a(args: &Args) -> anyhow::Result<Loaded> {
         model: args.a.clone(),
         precision: Some(args.a_precision),
         threads: args.threads,
-        settings: RunChoice { kv_type: args.a_kv_type, flash_attn: args.a_flash_attn, repack: args.a_repack },
+        settings: RunChoice {
+            kv_type: args.a_kv_type,
+            flash_attn: args.a_flash_attn,
+            repack: args.a_repack,
+            f16_math: args.a_f16_math,
+        },
     };
     let mut a = load(&a_args)?;
     if let Some(spec) = &args.inject {
@@ -149,7 +162,12 @@ pub(crate) fn load_b(args: &Args) -> anyhow::Result<Option<Loaded>> {
         model: b_path,
         precision: Some(args.b_precision),
         threads: None,
-        settings: RunChoice { kv_type: args.b_kv_type, flash_attn: args.b_flash_attn, repack: args.b_repack },
+        settings: RunChoice {
+            kv_type: args.b_kv_type,
+            flash_attn: args.b_flash_attn,
+            repack: args.b_repack,
+            f16_math: args.b_f16_math,
+        },
     })?))
 }
 

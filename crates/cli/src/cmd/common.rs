@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use plumb_model::tokenizer::Tokenizer;
-use plumb_model::{KvType, Model, Precision};
+use plumb_model::{F16Math, KvType, Model, Precision};
 
 pub fn parse_precision(s: &str) -> Result<Precision, String> {
     Precision::parse(s).ok_or_else(|| format!("unknown precision {s:?} (available: exact, fast)"))
@@ -45,6 +45,17 @@ pub fn parse_on_off(s: &str) -> Result<Auto<bool>, String> {
         "off" => Ok(Auto::Set(false)),
         "auto" => Ok(Auto::Auto),
         _ => Err(format!("{s:?}: on, off or auto")),
+    }
+}
+
+/// `widened`, `native` or `auto`: the f16 arithmetic of the llama.cpp build
+/// mirrored ([`F16Math`]).
+pub fn parse_f16_math(s: &str) -> Result<Auto<F16Math>, String> {
+    match s {
+        "widened" => Ok(Auto::Set(F16Math::Widened)),
+        "native" => Ok(Auto::Set(F16Math::Native)),
+        "auto" => Ok(Auto::Auto),
+        _ => Err(format!("{s:?}: widened, native or auto")),
     }
 }
 
@@ -128,15 +139,25 @@ pub struct RunChoice {
     /// `off` or `auto` (on at the fast precision where llama.cpp repacks).
     #[arg(long = "repack", default_value = "auto", value_parser = parse_on_off)]
     pub repack: Auto<bool>,
+    /// The f16 arithmetic of the llama.cpp build mirrored, in flash
+    /// attention's f16 running context: `widened` (each f16 widened to
+    /// f32, as every build without AVX512-FP16), `native` (one f16
+    /// operation, as llama.cpp built with `-march=native` on a CPU with
+    /// AVX512-FP16), or `auto` (under flash attention, what llama.cpp built
+    /// on this CPU does).
+    #[arg(long = "f16-math", default_value = "auto", value_parser = parse_f16_math)]
+    pub f16_math: Auto<F16Math>,
 }
 
 impl RunChoice {
     /// Every setting left to the precision.
-    pub const AUTO: RunChoice = RunChoice { kv_type: Auto::Auto, flash_attn: Auto::Auto, repack: Auto::Auto };
+    pub const AUTO: RunChoice =
+        RunChoice { kv_type: Auto::Auto, flash_attn: Auto::Auto, repack: Auto::Auto, f16_math: Auto::Auto };
 
     /// The settings a run computes with. `auto` is llama.cpp's default at
     /// the fast precision (an f16 cache, flash attention, repacked weights
-    /// where its CPU backend repacks them) and transformers' at the exact
+    /// where its CPU backend repacks them, and the f16 arithmetic of
+    /// llama.cpp built on this CPU) and transformers' at the exact
     /// one (an f32 cache, plain attention). A setting given that the
     /// precision cannot compute is refused.
     pub fn resolve(self, precision: Precision) -> anyhow::Result<plumb_model::RunSettings> {
@@ -157,7 +178,14 @@ impl RunChoice {
                 kv_type.name()
             );
         }
-        Ok(plumb_model::RunSettings { kv_type, flash_attn, repack, swa_ring_ubatch: None })
+        // Only flash attention over an f16 (or f32) cache keeps an f16
+        // context; a quantized cache's is f32.
+        let f16_context = flash_attn && kv_type.block_type().is_none();
+        let f16_math = self.f16_math.or(if f16_context { F16Math::of_this_cpu() } else { F16Math::Widened });
+        if f16_math == F16Math::Native && !f16_context {
+            bail!("--f16-math native: a build's f16 arithmetic shows in flash attention's f16 context only, which needs flash attention (the fast precision, --flash-attn on or auto) over an f16 or f32 KV cache");
+        }
+        Ok(plumb_model::RunSettings { kv_type, flash_attn, repack, swa_ring_ubatch: None, f16_math })
     }
 }
 
