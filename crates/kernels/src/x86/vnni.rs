@@ -362,24 +362,33 @@ unsafe fn tile_k<const Q6: bool, const REPACKED: bool>(w: &[Chunk], ys: [&[Block
             if REPACKED && j % 2 == 1 {
                 // llama.cpp's repacked four-row kernel: each pair of
                 // sub-blocks fused into the totals, Σscale·q·y · (d·d_y)
-                // and Σmin·Σy · (dmin·d_y).
+                // (here) and Σmin·Σy · (dmin·d_y) (below).
                 let d = _mm256_load_ps(wp.add(K_D) as *const f32);
-                let neg_dmin = _mm256_load_ps(wp.add(K_NEG_DMIN) as *const f32);
-                let dmin = _mm256_sub_ps(_mm256_setzero_ps(), neg_dmin);
                 for k in 0..8 {
-                    let mut m = _mm256_setzero_si256();
-                    for c in j - 1..=j {
-                        let b = std::ptr::read_unaligned(y[k].bsums.as_ptr().add(2 * c) as *const i32);
-                        m = _mm256_dpwssd_epi32(m, _mm256_load_si256(wp.add(K_PAIRS + c)), _mm256_set1_epi32(b));
-                    }
                     let yd = _mm256_set1_ps(y[k].d);
                     acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[k]), _mm256_mul_ps(d, yd), acc[k]);
-                    acc_min[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(m), _mm256_mul_ps(dmin, yd), acc_min[k]);
                     isum[k] = _mm256_setzero_si256();
                 }
             }
         }
         if REPACKED {
+            // The mins' totals are a running sum of their own, fed pair by
+            // pair in the same order: taken after the scales' loop (which
+            // never touches them), every sum is the same, and the loop
+            // above keeps fewer registers live.
+            let neg_dmin = _mm256_load_ps(wp.add(K_NEG_DMIN) as *const f32);
+            let dmin = _mm256_sub_ps(_mm256_setzero_ps(), neg_dmin);
+            for k in 0..8 {
+                let dy = _mm256_mul_ps(dmin, _mm256_set1_ps(y[k].d));
+                for pair in 0..4 {
+                    let mut m = _mm256_setzero_si256();
+                    for c in 2 * pair..2 * pair + 2 {
+                        let b = std::ptr::read_unaligned(y[k].bsums.as_ptr().add(2 * c) as *const i32);
+                        m = _mm256_dpwssd_epi32(m, _mm256_load_si256(wp.add(K_PAIRS + c)), _mm256_set1_epi32(b));
+                    }
+                    acc_min[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(m), dy, acc_min[k]);
+                }
+            }
             continue;
         }
         let d = _mm256_load_ps(wp.add(K_D) as *const f32);
