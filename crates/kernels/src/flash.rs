@@ -18,9 +18,11 @@
 //!   depend on the thread count, as llama.cpp's do.
 //!
 //! Keys and values are read as f16: llama.cpp casts an f32 cache to f16
-//! before its flash attention, so the caller's cache holds them rounded
-//! (in f32). Values are rows ([positions, Hkv·hd]), as llama.cpp keeps its
-//! V cache untransposed under flash attention.
+//! before its flash attention, so the caller's cache holds them as f16 bits
+//! ([`KvRows::F16`]; a quantized cache gives f32 values back). Values are
+//! rows ([positions, Hkv·hd]), as llama.cpp keeps its V cache untransposed
+//! under flash attention. How the one-row path's f16 context is updated
+//! depends on the CPU llama.cpp was built for ([`F16Math`]).
 
 use plumb_quant::blocks::round_f16;
 use plumb_quant::GgmlType;
