@@ -760,18 +760,7 @@ mod half_math {
             assert!(y.len() == x.len() && y.len().is_multiple_of(32));
             let vv = _mm512_set1_epi16(half::f16::from_f32(v).to_bits() as i16);
             for i in (0..y.len()).step_by(32) {
-                let mut acc = halves(y.as_ptr().add(i));
-                let xs = halves(x.as_ptr().add(i));
-                std::arch::asm!(
-                    "vfmadd231ph {acc}, {x}, {v}",
-                    acc = inout(zmm_reg) acc,
-                    x = in(zmm_reg) xs,
-                    v = in(zmm_reg) vv,
-                    options(pure, nomem, nostack),
-                );
-                let p = y.as_mut_ptr().add(i);
-                _mm512_storeu_ps(p, _mm512_cvtph_ps(_mm512_castsi512_si256(acc)));
-                _mm512_storeu_ps(p.add(16), _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(acc)));
+                fma32(y.as_mut_ptr().add(i), halves(x.as_ptr().add(i)), vv);
             }
         }
 
@@ -784,19 +773,28 @@ mod half_math {
             assert!(y.len() == x.len() && y.len().is_multiple_of(32));
             let vv = _mm512_set1_epi16(half::f16::from_f32(v).to_bits() as i16);
             for i in (0..y.len()).step_by(32) {
-                let mut acc = halves(y.as_ptr().add(i));
-                let xs = _mm512_loadu_si512(x.as_ptr().add(i) as *const _);
-                std::arch::asm!(
-                    "vfmadd231ph {acc}, {x}, {v}",
-                    acc = inout(zmm_reg) acc,
-                    x = in(zmm_reg) xs,
-                    v = in(zmm_reg) vv,
-                    options(pure, nomem, nostack),
-                );
-                let p = y.as_mut_ptr().add(i);
-                _mm512_storeu_ps(p, _mm512_cvtph_ps(_mm512_castsi512_si256(acc)));
-                _mm512_storeu_ps(p.add(16), _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(acc)));
+                fma32(y.as_mut_ptr().add(i), _mm512_loadu_si512(x.as_ptr().add(i) as *const _), vv);
             }
+        }
+
+        /// The 32 f32 at `p` (each an f16 value) += xs·vv in f16, rounded
+        /// once, by `vfmadd231ph`.
+        ///
+        /// # Safety
+        /// As for [`mad`]; `p` is readable and writable for 32 floats.
+        #[inline]
+        #[target_feature(enable = "avx512f,f16c")]
+        unsafe fn fma32(p: *mut f32, xs: __m512i, vv: __m512i) {
+            let mut acc = halves(p);
+            std::arch::asm!(
+                "vfmadd231ph {acc}, {x}, {v}",
+                acc = inout(zmm_reg) acc,
+                x = in(zmm_reg) xs,
+                v = in(zmm_reg) vv,
+                options(pure, nomem, nostack),
+            );
+            _mm512_storeu_ps(p, _mm512_cvtph_ps(_mm512_castsi512_si256(acc)));
+            _mm512_storeu_ps(p.add(16), _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(acc)));
         }
     }
 }
