@@ -69,16 +69,35 @@ pub fn q8_0_q8_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     sumf
 }
 
+/// One Q4_0 block against its Q8_0 block: Σ (q − 8)·y, exact.
+fn q4_0_sum(x: &BlockQ4_0, y: &BlockQ8_0) -> i32 {
+    (0..16)
+        .map(|j| ((x.qs[j] & 0xF) as i32 - 8) * y.qs[j] as i32 + ((x.qs[j] >> 4) as i32 - 8) * y.qs[j + 16] as i32)
+        .sum()
+}
+
 pub fn q4_0_q8_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut sumf = 0f32;
     for (x, y) in blocks::<BlockQ4_0>(w).iter().zip(blocks::<BlockQ8_0>(a)) {
-        let mut sumi = 0i32;
-        for j in 0..16 {
-            sumi += ((x.qs[j] & 0xF) as i32 - 8) * y.qs[j] as i32 + ((x.qs[j] >> 4) as i32 - 8) * y.qs[j + 16] as i32;
-        }
-        sumf += sumi as f32 * (f16_to_f32(x.d) * f16_to_f32(y.d));
+        sumf += q4_0_sum(x, y) as f32 * (f16_to_f32(x.d) * f16_to_f32(y.d));
     }
     sumf
+}
+
+/// Q4_0 as llama.cpp's repacked kernels (its 8×8 interleaved rows, on CPUs
+/// with AVX2) sum it, for every token alike: per block the exact integer
+/// sum, and the running total += sum · (d·d_y) by one fused multiply-add.
+pub fn q4_0_q8_0_repacked(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let xs = blocks::<BlockQ4_0>(w).iter().zip(blocks::<BlockQ8_0>(a));
+    xs.fold(0.0, |acc, (x, y)| b32_repacked(q4_0_sum(x, y), x.d, y.d, acc))
+}
+
+/// One block's step of llama.cpp's repacked 32-element kernels (Q4_0,
+/// IQ4_NL): acc + sum · (d_w·d_y), the product of the scales rounded, the
+/// rest fused.
+#[inline]
+fn b32_repacked(sum: i32, dw: [u8; 2], dy: [u8; 2], acc: f32) -> f32 {
+    (sum as f32).mul_add(f16_to_f32(dw) * f16_to_f32(dy), acc)
 }
 
 pub fn q4_1_q8_1(_n: usize, w: &[u8], a: &[u8]) -> f32 {
@@ -127,17 +146,25 @@ pub fn q5_1_q8_1(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     sumf
 }
 
+/// One IQ4_NL block against its Q8_0 block: Σ table[q]·y, exact.
+pub(crate) fn iq4_nl_sum(x: &BlockIQ4NL, y: &BlockQ8_0) -> i32 {
+    let v = |q: u8| KVALUES_IQ4NL[q as usize] as i32;
+    (0..16).map(|j| v(x.qs[j] & 0xF) * y.qs[j] as i32 + v(x.qs[j] >> 4) * y.qs[j + 16] as i32).sum()
+}
+
 pub fn iq4_nl_q8_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut sumf = 0f32;
     for (x, y) in blocks::<BlockIQ4NL>(w).iter().zip(blocks::<BlockQ8_0>(a)) {
-        let mut sumi = 0i32;
-        for j in 0..16 {
-            sumi += KVALUES_IQ4NL[(x.qs[j] & 0xF) as usize] as i32 * y.qs[j] as i32
-                + KVALUES_IQ4NL[(x.qs[j] >> 4) as usize] as i32 * y.qs[j + 16] as i32;
-        }
-        sumf += (f16_to_f32(x.d) * f16_to_f32(y.d)) * sumi as f32;
+        sumf += (f16_to_f32(x.d) * f16_to_f32(y.d)) * iq4_nl_sum(x, y) as f32;
     }
     sumf
+}
+
+/// IQ4_NL as llama.cpp's repacked kernels sum it (see
+/// [`q4_0_q8_0_repacked`]: the same kernel with the table's values).
+pub fn iq4_nl_q8_0_repacked(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let xs = blocks::<BlockIQ4NL>(w).iter().zip(blocks::<BlockQ8_0>(a));
+    xs.fold(0.0, |acc, (x, y)| b32_repacked(iq4_nl_sum(x, y), x.d, y.d, acc))
 }
 
 pub fn q2_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {

@@ -107,6 +107,21 @@ pub(crate) fn quantize_row(xr: &[f32], out: &mut [u8], ty: GgmlType) {
     }
 }
 
+/// The dot product llama.cpp takes for a product with one activation row,
+/// where it sums in another order than with several (its `vec_dot`, not
+/// its tiled kernels): IQ4_NL on AVX2 (two accumulators). None elsewhere:
+/// the other formats' one-row order is their many-row one.
+pub fn one_token_dot_for(w: GgmlType, path: KernelPath) -> Option<DotFn> {
+    #[cfg(target_arch = "x86_64")]
+    if path.checked().uses_avx2() && w == GgmlType::IQ4_NL {
+        // SAFETY: the path has AVX2, FMA and F16C (checked just above); the
+        // kernel loads only inside the whole blocks it zips.
+        return Some(|n, a, b| unsafe { crate::x86::dot::iq4_nl_q8_0_one(n, a, b) });
+    }
+    let _ = (w, path);
+    None
+}
+
 /// The dot product for weight type `w` on `path`: SIMD where plumb has it,
 /// else the scalar reference.
 pub fn dot_for(w: GgmlType, path: KernelPath) -> DotFn {
@@ -170,17 +185,19 @@ fn avx2_dot(w: GgmlType) -> Option<DotFn> {
 pub const TILED_MIN_TOKENS: usize = 8;
 
 /// Whether llama.cpp's CPU backend repacks a weight of this format and
-/// number of rows into interleaved rows (on CPUs with AVX2; plumb mirrors
-/// its Q4_K kernels: Q4_0, IQ4_NL and MXFP4 repack too, and Q2_K on
-/// AVX-512, and are not mirrored yet).
+/// number of rows into interleaved rows, on CPUs with AVX2: Q4_0, IQ4_NL
+/// and Q4_K in whole eights of rows. (It also repacks MXFP4, which plumb
+/// does not read, and Q2_K on CPUs with AVX-512, whose kernels plumb does
+/// not mirror yet.)
 pub fn repacks(ty: GgmlType, rows: usize) -> bool {
-    ty == GgmlType::Q4_K && rows.is_multiple_of(8)
+    matches!(ty, GgmlType::Q4_0 | GgmlType::IQ4_NL | GgmlType::Q4_K) && rows.is_multiple_of(8)
 }
 
 /// The dot products of a repacked weight ([`repacks`]) as llama.cpp's
 /// repacked kernels sum them: (one-row kernel, four-row kernel). A step of
 /// T tokens takes its first T − T mod 4 through the four-row kernel (none
-/// when T < 4) and the rest through the one-row kernel.
+/// when T < 4) and the rest through the one-row kernel. Q4_0's and
+/// IQ4_NL's two kernels sum alike.
 pub fn repacked_dots_for(w: GgmlType, path: KernelPath) -> Option<(DotFn, DotFn)> {
     #[cfg(target_arch = "x86_64")]
     if path.checked().uses_avx2() {
@@ -193,12 +210,31 @@ pub fn repacked_dots_for(w: GgmlType, path: KernelPath) -> Option<(DotFn, DotFn)
                 // SAFETY: as above.
                 |n, a, b| unsafe { k::q4_k_q8_k_repacked4(n, a, b) },
             )),
+            // SAFETY: as above.
+            GgmlType::Q4_0 => Some((
+                |n, a, b| unsafe { k::q4_0_q8_0_repacked(n, a, b) },
+                |n, a, b| unsafe {
+                    // SAFETY: as above.
+                    k::q4_0_q8_0_repacked(n, a, b)
+                },
+            )),
+            // SAFETY: as above.
+            GgmlType::IQ4_NL => Some((
+                |n, a, b| unsafe { k::iq4_nl_q8_0_repacked(n, a, b) },
+                |n, a, b| unsafe {
+                    // SAFETY: as above.
+                    k::iq4_nl_q8_0_repacked(n, a, b)
+                },
+            )),
             _ => None,
         };
     }
     let _ = path;
+    use crate::dot as r;
     match w {
-        GgmlType::Q4_K => Some((crate::dot::q4_k_q8_k_repacked, crate::dot::q4_k_q8_k_repacked4)),
+        GgmlType::Q4_K => Some((r::q4_k_q8_k_repacked, r::q4_k_q8_k_repacked4)),
+        GgmlType::Q4_0 => Some((r::q4_0_q8_0_repacked, r::q4_0_q8_0_repacked)),
+        GgmlType::IQ4_NL => Some((r::iq4_nl_q8_0_repacked, r::iq4_nl_q8_0_repacked)),
         _ => None,
     }
 }
@@ -610,6 +646,15 @@ impl FastKernels {
             // A few large chunks per thread: each row is independent, so the
             // split never changes a number, only the scheduling overhead.
             let chunk = rows.div_ceil(rayon::current_num_threads() * 64).max(ROWS_PER_TASK);
+            if let Some(one) = one_token_dot_for(w.ty, path) {
+                y.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
+                    for (k, o) in out.iter_mut().enumerate() {
+                        let r = c * chunk + k;
+                        *o = one(cols, &bytes[r * rb..(r + 1) * rb], act.row(0));
+                    }
+                });
+                return;
+            }
             #[cfg(target_arch = "x86_64")]
             if let Some(fmt) = vnni_format(w.ty, path) {
                 use crate::x86::vnni::{act_aux, check_rows_vnni, rows_vnni};

@@ -233,39 +233,46 @@ fn tiled_order_kernels_on(path: KernelPath) {
     }
 }
 
-/// A repacked Q4_K weight: the one-row and four-row orders are the same
-/// bits on every path, close to the unrepacked order, and a T-token linear
-/// takes its rows in whole fours through the four-row order and the rest
-/// through the one-row order (llama.cpp's gemm and gemv split).
+/// A repacked weight (Q4_K, Q4_0, IQ4_NL): the one-row and four-row
+/// orders are the same bits on every path, close to the unrepacked order
+/// and not always its bits, and a T-token linear takes its rows in whole
+/// fours through the four-row order and the rest through the one-row
+/// order (llama.cpp's gemm and gemv split; Q4_0's and IQ4_NL's two orders
+/// are one).
 #[test]
 fn repacked_kernels_are_bit_identical_across_paths_and_split_by_fours() {
     for path in KernelPath::available() {
-        repacked_kernels_on(path);
+        for ty in [GgmlType::Q4_K, GgmlType::Q4_0, GgmlType::IQ4_NL] {
+            repacked_kernels_on(path, ty);
+        }
     }
 }
 
-fn repacked_kernels_on(path: KernelPath) {
+fn repacked_kernels_on(path: KernelPath, ty: GgmlType) {
     use plumb_formats::Bytes;
     use plumb_kernels::fast::{repacked_dots_for, repacks, FastKernels};
     use plumb_kernels::{Kernels, Weight};
-    let ty = GgmlType::Q4_K;
     let mut rng = StdRng::seed_from_u64(17);
     let (one, four) = repacked_dots_for(ty, path).unwrap();
     let (one_ref, four_ref) = repacked_dots_for(ty, KernelPath::Scalar).unwrap();
-    for blocks in [1usize, 3, 8] {
-        let n = blocks * 256;
+    let mut unlike_plain = false;
+    for blocks in [1usize, 3, 8, 21] {
+        let n = blocks * ty.block_elems();
         let w = random_weights(ty, n, &mut rng);
         let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
         let act = quantize_activations(&x, 1, n, act_type(ty));
         let (a, b) = (one(n, &w, act.row(0)), four(n, &w, act.row(0)));
-        assert_eq!(a.to_bits(), one_ref(n, &w, act.row(0)).to_bits(), "{path:?}: one-row, {blocks} blocks");
-        assert_eq!(b.to_bits(), four_ref(n, &w, act.row(0)).to_bits(), "{path:?}: four-row, {blocks} blocks");
+        assert_eq!(a.to_bits(), one_ref(n, &w, act.row(0)).to_bits(), "{ty} {path:?}: one-row, {blocks} blocks");
+        assert_eq!(b.to_bits(), four_ref(n, &w, act.row(0)).to_bits(), "{ty} {path:?}: four-row, {blocks} blocks");
         let unit = scalar_dot(ty).unwrap()(n, &w, act.row(0));
+        let plain = dot_for(ty, path)(n, &w, act.row(0));
         for v in [a, b] {
-            assert!((unit - v).abs() <= 1e-5 * unit.abs().max(1.0), "{unit} vs {v}");
+            assert!((unit - v).abs() <= 1e-5 * unit.abs().max(1.0), "{ty}: {unit} vs {v}");
+            unlike_plain |= v.to_bits() != plain.to_bits();
         }
     }
-    assert!(repacks(ty, 64) && !repacks(ty, 60) && !repacks(GgmlType::Q6_K, 64));
+    assert!(unlike_plain, "{ty} {path:?}: the repacked order always gave the plain kernel's bits");
+    assert!(repacks(ty, 64) && !repacks(ty, 60) && !repacks(GgmlType::Q6_K, 64) && !repacks(GgmlType::Q8_0, 64));
     let k = FastKernels { path };
     let cols = 512;
     let mut split = false;
@@ -292,14 +299,92 @@ fn repacked_kernels_on(path: KernelPath) {
                 assert_eq!(
                     want.to_bits(),
                     y[ti * rows + r].to_bits(),
-                    "{path:?}: {rows} rows × {t} tokens, ({r}, {ti})"
+                    "{ty} {path:?}: {rows} rows × {t} tokens, ({r}, {ti})"
                 );
                 let other = if ti < whole { one } else { four };
                 split |= other(cols, &w.bytes[r * rb..(r + 1) * rb], act.row(ti)).to_bits() != want.to_bits();
             }
         }
     }
-    assert!(split, "the two orders never differed: the test cannot tell them apart");
+    if ty == GgmlType::Q4_K {
+        assert!(split, "the two orders never differed: the test cannot tell them apart");
+    }
+}
+
+/// IQ4_NL against one activation row on AVX2 (llama.cpp's `vec_dot`
+/// order, `one_token_dot_for`): even and odd blocks in two accumulators of
+/// eight lanes (lane k: elements 4k..4k+3), added lane by lane, folded
+/// (lanes k and k+4, then 0+2 and 1+3, then the two), an odd last block
+/// fused on after; a one-token linear takes it, and it is not always the
+/// many-token order's bits.
+#[test]
+fn the_one_token_iq4_nl_kernel_sums_in_vec_dots_order() {
+    use plumb_formats::Bytes;
+    use plumb_kernels::fast::{one_token_dot_for, FastKernels};
+    use plumb_kernels::{Kernels, Weight};
+    use plumb_quant::blocks::{f16_to_f32, KVALUES_IQ4NL};
+    let ty = GgmlType::IQ4_NL;
+    let mut rng = StdRng::seed_from_u64(23);
+    for path in simd_paths() {
+        let one = one_token_dot_for(ty, path).expect("IQ4_NL has a one-token order on SIMD paths");
+        assert!(one_token_dot_for(GgmlType::Q4_0, path).is_none());
+        let mut unlike = false;
+        for blocks in [1usize, 2, 3, 7, 20] {
+            let n = blocks * 32;
+            let w = random_weights(ty, n, &mut rng);
+            let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+            let act = quantize_activations(&x, 1, n, act_type(ty));
+            let a = act.row(0);
+            let mut acc = [[0f32; 8]; 2];
+            let mut tail = None;
+            for b in 0..blocks {
+                let (wb, ab) = (&w[b * 18..(b + 1) * 18], &a[b * 34..(b + 1) * 34]);
+                let d = f16_to_f32([ab[0], ab[1]]) * f16_to_f32([wb[0], wb[1]]);
+                let v = |e: usize| {
+                    let q = if e < 16 { wb[2 + e] & 0xF } else { wb[2 + e - 16] >> 4 };
+                    KVALUES_IQ4NL[q as usize] as i32 * ab[2 + e] as i8 as i32
+                };
+                let lanes: Vec<i32> = (0..8).map(|k| (4 * k..4 * k + 4).map(v).sum()).collect();
+                if b + 1 == blocks && blocks % 2 == 1 {
+                    tail = Some((d, lanes.iter().sum::<i32>()));
+                } else {
+                    for k in 0..8 {
+                        acc[b % 2][k] = d.mul_add(lanes[k] as f32, acc[b % 2][k]);
+                    }
+                }
+            }
+            let s: Vec<f32> = (0..8).map(|k| acc[0][k] + acc[1][k]).collect();
+            let h: Vec<f32> = (0..4).map(|k| s[k] + s[k + 4]).collect();
+            let mut want = (h[0] + h[2]) + (h[1] + h[3]);
+            if let Some((d, sumi)) = tail {
+                want = d.mul_add(sumi as f32, want);
+            }
+            let got = one(n, &w, a);
+            assert_eq!(got.to_bits(), want.to_bits(), "{path:?}: {blocks} blocks");
+            unlike |= got.to_bits() != dot_for(ty, path)(n, &w, a).to_bits();
+        }
+        assert!(unlike, "{path:?}: the one-token order always gave the many-token order's bits");
+        // A one-token linear takes it.
+        let (rows, cols) = (24usize, 7 * 32);
+        let bytes = random_weights(ty, rows * cols, &mut rng);
+        let w = Weight {
+            name: "w".into(),
+            ty,
+            rows,
+            cols,
+            bytes: Bytes::Owned(std::sync::Arc::new(bytes)),
+            repacked: false,
+        };
+        let x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+        let mut y = vec![0f32; rows];
+        FastKernels { path }.linear(&w, &x, 1, &mut y);
+        let act = quantize_activations(&x, 1, cols, act_type(ty));
+        let rb = w.row_bytes();
+        for (r, got) in y.iter().enumerate() {
+            let want = one(cols, &w.bytes[r * rb..(r + 1) * rb], act.row(0));
+            assert_eq!(got.to_bits(), want.to_bits(), "{path:?}: row {r}");
+        }
+    }
 }
 
 #[test]

@@ -26,12 +26,21 @@ use super::{bytes_from_bits_32, d16, hsum_epi32, hsum_ps, nibbles_32, Q8Format};
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn mul_sum_i8_pairs_float(x: __m256i, y: __m256i) -> __m256 {
+    _mm256_cvtepi32_ps(mul_sum_i8_pairs(x, y))
+}
+
+/// Σ x·y over 32 signed bytes each, as 8 i32 lanes (exact).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn mul_sum_i8_pairs(x: __m256i, y: __m256i) -> __m256i {
     // maddubs needs an unsigned left operand: |x| and y with x's sign.
     let ax = _mm256_sign_epi8(x, x);
     let sy = _mm256_sign_epi8(y, x);
     let dot16 = _mm256_maddubs_epi16(ax, sy);
-    let dot32 = _mm256_madd_epi16(dot16, _mm256_set1_epi16(1));
-    _mm256_cvtepi32_ps(dot32)
+    _mm256_madd_epi16(dot16, _mm256_set1_epi16(1))
 }
 
 /// Σ w·a over `n` f32 elements: four accumulators of eight lanes at
@@ -164,6 +173,77 @@ pub unsafe fn iq4_nl_q8_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
         acc = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), acc);
     }
     hsum_ps(acc)
+}
+
+/// Q4_0 summed as llama.cpp's repacked kernels sum it (see
+/// `crate::dot::q4_0_q8_0_repacked`).
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_0_q8_0_repacked(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let xs: &[BlockQ4_0] = bytemuck::cast_slice(w);
+    let ys: &[BlockQ8_0] = bytemuck::cast_slice(a);
+    let off = _mm256_set1_epi8(8);
+    let mut acc = 0f32;
+    for (x, y) in xs.iter().zip(ys) {
+        let qx = _mm256_sub_epi8(nibbles_32(x.qs.as_ptr()), off);
+        let qy = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+        acc = (hsum_epi32(mul_sum_i8_pairs(qx, qy)) as f32).mul_add(d16(x.d) * d16(y.d), acc);
+    }
+    acc
+}
+
+/// IQ4_NL summed as llama.cpp's repacked kernels sum it (see
+/// `crate::dot::iq4_nl_q8_0_repacked`).
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn iq4_nl_q8_0_repacked(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let xs: &[BlockIQ4NL] = bytemuck::cast_slice(w);
+    let ys: &[BlockQ8_0] = bytemuck::cast_slice(a);
+    let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i));
+    let mut acc = 0f32;
+    for (x, y) in xs.iter().zip(ys) {
+        let qx = _mm256_shuffle_epi8(table, nibbles_32(x.qs.as_ptr()));
+        let qy = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+        acc = (hsum_epi32(mul_sum_i8_pairs(qx, qy)) as f32).mul_add(d16(x.d) * d16(y.d), acc);
+    }
+    acc
+}
+
+/// IQ4_NL weights · Q8_0 activations for one token, as llama.cpp's
+/// `vec_dot` sums them (its path for a product with one activation row;
+/// two or more take the order of [`iq4_nl_q8_0`]): even blocks into one
+/// accumulator of eight lanes, odd blocks into another, the two added lane
+/// by lane and folded; an odd last block after, d·Σ added to the total
+/// (fused, as the compiler contracts it).
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn iq4_nl_q8_0_one(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let xs: &[BlockIQ4NL] = bytemuck::cast_slice(w);
+    let ys: &[BlockQ8_0] = bytemuck::cast_slice(a);
+    let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i));
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let pairs = xs.len() / 2 * 2;
+    for (i, (x, y)) in xs[..pairs].iter().zip(ys).enumerate() {
+        let d = _mm256_set1_ps(d16(y.d) * d16(x.d));
+        let qx = _mm256_shuffle_epi8(table, nibbles_32(x.qs.as_ptr()));
+        let qy = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+        acc[i % 2] = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), acc[i % 2]);
+    }
+    let mut sum = hsum_ps(_mm256_add_ps(acc[0], acc[1]));
+    for (x, y) in xs[pairs..].iter().zip(&ys[pairs..]) {
+        let sumi = crate::dot::iq4_nl_sum(x, y);
+        sum = (d16(y.d) * d16(x.d)).mul_add(sumi as f32, sum);
+    }
+    sum
 }
 
 /// Σ over 16 i16 lanes of products with 16-bit scales, as 8 i32 lanes.
