@@ -521,10 +521,21 @@ impl Partial {
     /// out = acc / sum (0 where nothing was seen).
     fn finish(&self, out: &mut [f32]) {
         let inv = if self.sum == 0.0 { 0.0 } else { 1.0 / self.sum };
-        for (o, a) in out.iter_mut().zip(&self.acc) {
-            *o = a * inv;
-        }
+        let n = out.len().min(self.acc.len());
+        out[..n].copy_from_slice(&self.acc[..n]);
+        mul_f32(&mut out[..n], inv);
     }
+}
+
+/// y = y·v, each element one f32 product (vectorized where the path has
+/// AVX2; the same bits either way).
+fn mul_f32(y: &mut [f32], v: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::active_path().uses_avx2() {
+        // SAFETY: as in `scale_widened`.
+        return unsafe { f16c::mul32(y, v) };
+    }
+    y.iter_mut().for_each(|y| *y *= v);
 }
 
 /// llama.cpp's one-row path over positions `js` (in order): q16 the query
@@ -825,6 +836,17 @@ mod f16c {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn mul32(y: &mut [f32], v: f32) {
+        let n = y.len() / 8 * 8;
+        let vv = _mm256_set1_ps(v);
+        for i in (0..n).step_by(8) {
+            let p = y.as_mut_ptr().add(i);
+            _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_loadu_ps(p), vv));
+        }
+        y[n..].iter_mut().for_each(|y| *y *= v);
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn mad32(y: &mut [f32], x: &[f32], v: f32) {
         let n = y.len().min(x.len()) / 8 * 8;
         let vv = _mm256_set1_ps(v);
@@ -914,7 +936,7 @@ fn tiled(qs: &[&[f32]], spans: &[std::ops::Range<usize>], kv: &Kv, off: usize, s
             let mut weights: [Option<std::ops::Range<usize>>; ROWS] = std::array::from_fn(|_| None);
             for (b, &r) in block.iter().enumerate() {
                 let (a, e) = (spans[r].start.max(t0), spans[r].end.min(t1));
-                if online_tile(&mut parts[r], &mut kq[b], |j| (a - t0..e - t0).contains(&j), score) {
+                if online_tile_span(&mut parts[r], &mut kq[b], a - t0..e - t0, score) {
                     weights[b] = Some(a..e);
                 }
             }
@@ -1032,14 +1054,43 @@ fn online_tile(p: &mut Partial, kq: &mut [f32; TILE_KV], seen: impl Fn(usize) ->
     for (j, v) in kq.iter_mut().enumerate() {
         *v = if seen(j) { score.of(*v) } else { f32::NEG_INFINITY };
     }
-    let tile_max = kq.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    fold_tile(p, kq)
+}
+
+/// [`online_tile`] for a row that sees the tile's positions `span` only.
+fn online_tile_span(p: &mut Partial, kq: &mut [f32; TILE_KV], span: std::ops::Range<usize>, score: Score) -> bool {
+    kq[..span.start].fill(f32::NEG_INFINITY);
+    kq[span.end..].fill(f32::NEG_INFINITY);
+    match score.cap {
+        // A plain product per score, which the compiler vectorizes.
+        None => kq[span].iter_mut().for_each(|v| *v *= score.scale),
+        Some(_) => kq[span].iter_mut().for_each(|v| *v = score.of(*v)),
+    }
+    fold_tile(p, kq)
+}
+
+/// The scores of a tile (−∞ where unseen) folded into the row's running
+/// maximum and sum, becoming the weights of its values; false when the
+/// row sees nothing of the tile.
+fn fold_tile(p: &mut Partial, kq: &mut [f32; TILE_KV]) -> bool {
+    // The maximum in eight independent chains, then across them: the same
+    // number as one chain (a maximum is one of the values; only a zero's
+    // sign could differ, and e^(x − ±0) is the same), without one long
+    // chain of dependent steps.
+    let mut m8 = [f32::NEG_INFINITY; 8];
+    for c in kq.chunks_exact(8) {
+        for (m, &v) in m8.iter_mut().zip(c) {
+            *m = m.max(v);
+        }
+    }
+    let tile_max = m8.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     if tile_max == f32::NEG_INFINITY {
         return false;
     }
     let max = p.max.max(tile_max);
     if max > p.max {
         let ms = (p.max - max).exp();
-        p.acc.iter_mut().for_each(|a| *a *= ms);
+        mul_f32(&mut p.acc, ms);
         p.sum *= ms;
     }
     p.max = max;
