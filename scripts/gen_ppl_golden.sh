@@ -30,8 +30,11 @@ print(json.dumps({"ctx": ctx, "config": config, "flags": flags, "running_ppl": r
                   "ppl": float(m.group(1)), "ppl_error": float(m.group(2))}))
 '
 runs=()
-for ctx in 512 256; do
+# ctx 1024 in the default configuration only: two ubatches of 512 a chunk
+# (and two chunks a batch).
+for ctx in 512 256 1024; do
     for config in reference default; do
+        [[ $ctx == 1024 && $config == reference ]] && continue
         flags=(-c "$ctx")
         [[ $config == reference ]] && flags+=(-b "$ctx" -nr -ctk f32 -ctv f32 -fa off)
         out=$("$PPL" -m "$MODEL" -f "$CORPUS" -t "$(nproc)" "${flags[@]}" 2>&1)
