@@ -188,15 +188,19 @@ class Model:
     def trace(self, prompt: Optional[str] = None, *, tokens: Optional[Sequence[int]] = None,
               file: Optional[PathLike] = None, stages: str = "*", layers: Optional[str] = None,
               positions: str = "all", tensors: bool = False, generate: int = 0, top: int = 10,
-              max_memory: Optional[str] = None, bos: bool = True, special: bool = False) -> Trace:
+              max_memory: Optional[str] = None, bos: bool = True, special: bool = False,
+              ubatch: Optional[int] = None) -> Trace:
         """Runs the prompt (text, token ids, or a file) with the stages asked
         traced, as ``plumb trace`` does. ``stages`` takes names, globs and
         aliases (``"attn_norm,ffn_*"``); ``layers`` a list like ``"0-3,17"``;
         ``positions`` ``"all"`` or ``"last"``; ``tensors=True`` keeps the
-        tensors (held on disk until read, not in memory). A trace estimated
+        tensors (held on disk until read, not in memory). ``ubatch=N``
+        computes the prompt N tokens at a time, as llama.cpp's ubatches
+        (the trace then has no attn_scores or attn_probs). A trace estimated
         over ``max_memory`` (e.g. ``"8G"``) is refused before it runs."""
         flags = _prompt_flags(prompt, tokens, file, bos, special)
         flags += ["--stages", stages, "--positions", positions, "--generate", str(generate), "--top", str(top)]
+        flags += _flag("--ubatch", None if ubatch is None else str(ubatch))
         flags += _flag("--layers", layers) + _flag("--tensors", tensors) + _flag("--max-memory", max_memory)
         return Trace(self._m.trace(flags))
 

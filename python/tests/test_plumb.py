@@ -151,6 +151,16 @@ def test_f16_math_is_a_setting_of_the_model():
         plumb.Model(REAL, precision="fast", flash_attn="off", f16_math="native")
 
 
+def test_a_prompt_traced_in_ubatches_covers_every_position():
+    model = plumb.Model(TINY / "llama-q8_0.gguf", precision="fast", flash_attn="off")
+    ids = list(range(3, 43))
+    whole = model.trace(tokens=ids, stages="ffn_down,attn_probs", layers="2", tensors=True)
+    cut = model.trace(tokens=ids, stages="ffn_down,attn_probs", layers="2", tensors=True, ubatch=16)
+    assert cut.meta["plumb.ubatch"] == "16" and cut.engine.endswith(", ubatch 16)")
+    assert whole["blk.2.ffn_down"].shape == cut["blk.2.ffn_down"].shape == (40, 64)
+    assert "blk.2.attn_probs" in whole.keys() and "blk.2.attn_probs" not in cut.keys()
+
+
 def test_bad_input_raises_plumb_error(tmp_path):
     with pytest.raises(plumb.PlumbError, match="no such file"):
         plumb.Model(tmp_path / "missing.gguf")

@@ -53,6 +53,10 @@ pub enum Error {
     IsolateMissing { key: String },
     #[error("--isolate: reference {key} has shape {shape:?}, A needs [{tokens}, {d}]")]
     IsolateShape { key: String, shape: Vec<usize>, tokens: usize, d: usize },
+    #[error(
+        "--isolate runs each layer on the whole prompt at once: leave out A's --a-ubatch ({ubatch} < {tokens} tokens)"
+    )]
+    IsolateUbatch { ubatch: usize, tokens: usize },
     #[error("{tokens} tokens exceed A's context of {ctx}")]
     TooLong { tokens: usize, ctx: usize },
     #[error("vocabularies disagree: A has {a} tokens, B has {b}")]

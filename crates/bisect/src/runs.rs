@@ -29,7 +29,8 @@ pub fn trace_meta(
     sha256: Option<String>,
 ) -> Result<BTreeMap<String, String>> {
     let mut meta = BTreeMap::new();
-    let run = loaded.model.cfg.run_settings();
+    let mut run = loaded.model.cfg.run_settings();
+    let ubatch = run.ubatch.take();
     meta.insert("plumb.engine".into(), format!("plumb {} ({})", env!("CARGO_PKG_VERSION"), settings(precision, run)));
     meta.insert("plumb.model".into(), file_name(model_path));
     if let Some(h) = sha256 {
@@ -44,16 +45,32 @@ pub fn trace_meta(
     meta.insert("plumb.flash_attn".into(), if run.flash_attn { "on" } else { "off" }.into());
     meta.insert("plumb.repack".into(), if run.repack { "on" } else { "off" }.into());
     meta.insert("plumb.f16_math".into(), run.f16_math.name().into());
+
     meta.insert("plumb.kernels".into(), kernels.describe());
     let piece = |id: u32| -> String { loaded.tokenizer.as_ref().and_then(|t| t.piece(id)).unwrap_or("").to_string() };
     meta.insert("plumb.token_text".into(), serde_json::to_string(&ids.iter().map(|&i| piece(i)).collect::<Vec<_>>())?);
+    note_ubatch(&mut meta, ubatch, ids.len());
     Ok(meta)
+}
+
+/// Records in `meta` the ubatches a prompt of `tokens` was computed in:
+/// `plumb.ubatch` (`all`, or the rows of each forward pass where they cut
+/// the prompt) and `…, ubatch N)` at the end of `plumb.engine`.
+pub fn note_ubatch(meta: &mut BTreeMap<String, String>, ubatch: Option<usize>, tokens: usize) {
+    let cut = ubatch.filter(|&u| u < tokens);
+    meta.insert("plumb.ubatch".into(), cut.map_or("all".into(), |u| u.to_string()));
+    if let (Some(u), Some(engine)) = (cut, meta.get_mut("plumb.engine")) {
+        if let Some(open) = engine.strip_suffix(')') {
+            *engine = format!("{open}, ubatch {u})");
+        }
+    }
 }
 
 /// A run's settings as engine names show them: the precision, the KV
 /// cache's type where it is not f32, flash attention, repacked weights and
 /// native f16 arithmetic where they are on ("fast", "fast, KV f16", "fast,
-/// KV f16, flash attention, repacked, f16 arithmetic").
+/// KV f16, flash attention, repacked, f16 arithmetic"). A trace adds its
+/// ubatches ([`note_ubatch`]).
 pub fn settings(precision: Precision, run: plumb_model::RunSettings) -> String {
     let mut s = precision.name().to_string();
     if run.kv_type != plumb_model::KvType::F32 {
@@ -101,6 +118,9 @@ pub fn isolated(path: &Path, a: &Loaded, precision: Precision, b: &Trace, prompt
     let kernels = kernels_for(precision);
     let ids = &b.tokens;
     let t = ids.len();
+    if let Some(u) = m.cfg.ubatch.filter(|&u| u < t) {
+        return Err(Error::IsolateUbatch { ubatch: u, tokens: t });
+    }
     let get = |key: &str| -> Result<Vec<f32>> {
         let (shape, data) = b.tensors.get(key).ok_or_else(|| Error::IsolateMissing { key: key.into() })?;
         if shape != &vec![t, m.cfg.d] {

@@ -80,6 +80,10 @@ impl Observer for Progress<'_> {
         self.inner.substitute(layer, stage, data, shape);
     }
 
+    fn substitutes(&self) -> bool {
+        self.inner.substitutes()
+    }
+
     fn takes_parts(&self) -> bool {
         self.inner.takes_parts()
     }

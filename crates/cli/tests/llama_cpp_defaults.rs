@@ -31,7 +31,14 @@ const GOLDENS: [(&str, F16Math); 2] = [
 ];
 
 fn default_settings(f16_math: F16Math) -> RunSettings {
-    RunSettings { kv_type: KvType::F16, flash_attn: true, repack: true, swa_ring_ubatch: Some(512), f16_math }
+    RunSettings {
+        kv_type: KvType::F16,
+        flash_attn: true,
+        repack: true,
+        swa_ring_ubatch: Some(512),
+        f16_math,
+        ubatch: None,
+    }
 }
 
 fn golden_f16_math(golden: &str) -> String {

@@ -91,6 +91,9 @@ impl Observer for Probe<'_> {
         self.stages.push(d);
     }
 
+    fn substitutes(&self) -> bool {
+        self.isolate
+    }
     fn substitute(&mut self, layer: Option<usize>, stage: Stage, data: &mut [f32], shape: &[usize]) {
         if !self.isolate {
             return;

@@ -125,11 +125,17 @@ pub struct ModelConfig {
     /// llama.cpp built for a CPU with AVX512-FP16 computes it (`--f16-math
     /// native`, [`plumb_kernels::flash::F16Math`]). A setting of the run.
     pub f16_math: F16Math,
+    /// A traced prompt computed in forward passes of at most this many
+    /// rows, as llama.cpp's ubatches (`trace --ubatch`, bisect's
+    /// `--a-ubatch`): [`crate::generate::Generator::prefill`] honours it.
+    /// None: the whole prompt in one pass.
+    pub ubatch: Option<usize>,
 }
 
 /// What a run sets that changes its arithmetic but not the model: the KV
 /// cache's type, flash attention, repacked weights, llama-completion's
-/// window-sized cache and the f16 arithmetic of the build mirrored.
+/// window-sized cache, the f16 arithmetic of the build mirrored and a
+/// traced prompt's ubatches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RunSettings {
     pub kv_type: KvType,
@@ -137,6 +143,7 @@ pub struct RunSettings {
     pub repack: bool,
     pub swa_ring_ubatch: Option<usize>,
     pub f16_math: F16Math,
+    pub ubatch: Option<usize>,
 }
 
 impl ModelConfig {
@@ -147,6 +154,7 @@ impl ModelConfig {
             repack: self.repack,
             swa_ring_ubatch: self.swa_ring_ubatch,
             f16_math: self.f16_math,
+            ubatch: self.ubatch,
         }
     }
 
@@ -158,6 +166,7 @@ impl ModelConfig {
         self.repack = r.repack;
         self.swa_ring_ubatch = r.swa_ring_ubatch;
         self.f16_math = r.f16_math;
+        self.ubatch = r.ubatch;
     }
 }
 
@@ -522,6 +531,7 @@ impl ModelConfig {
             flash_attn: false,
             repack: false,
             swa_ring_ubatch: None,
+            ubatch: None,
             f16_math: F16Math::Widened,
         }
     }

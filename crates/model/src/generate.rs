@@ -13,7 +13,7 @@
 //! ids here, and text is the caller's business.
 
 use plumb_kernels::Kernels;
-use plumb_trace::Observer;
+use plumb_trace::{Observer, Ubatched};
 
 use crate::model::{KvCache, Model};
 use crate::sample::{argmax, Sampler};
@@ -98,10 +98,42 @@ impl<'a> Generator<'a> {
         Generator { model, kernels, cache: KvCache::windowed(&model.cfg, capacity) }
     }
 
-    /// Runs the prompt as one batch; logits of every position when
-    /// `all_logits`, else of the last.
+    /// Runs the prompt as one batch, or in the model's ubatches where it
+    /// sets them ([`crate::config::ModelConfig::ubatch`]); logits of every
+    /// position when `all_logits`, else of the last. In ubatches `obs`
+    /// sees one step over the whole prompt ([`Ubatched`]: without
+    /// attn_scores and attn_probs), and a caller that traces must ask for
+    /// every position's logits, so that every part computes all its rows.
     pub fn prefill(&mut self, ids: &[u32], all_logits: bool, obs: &mut dyn Observer) -> Vec<f32> {
-        self.model.forward(self.kernels, ids, &mut self.cache, all_logits, obs)
+        self.prefill_parts(ids, self.model.cfg.ubatch, all_logits, obs)
+    }
+
+    /// [`Generator::prefill`] in ubatches of `ubatch` rows (None: the
+    /// whole prompt at once), whatever the model's setting.
+    pub fn prefill_parts(
+        &mut self,
+        ids: &[u32],
+        ubatch: Option<usize>,
+        all_logits: bool,
+        obs: &mut dyn Observer,
+    ) -> Vec<f32> {
+        let ubatch = match ubatch {
+            Some(u) if u < ids.len() => u,
+            _ => return self.model.forward(self.kernels, ids, &mut self.cache, all_logits, obs),
+        };
+        let mut parts = Ubatched::new(obs, ids.len());
+        let mut logits = Vec::new();
+        for (i, part) in ids.chunks(ubatch).enumerate() {
+            let from = i * ubatch;
+            parts.part(from, part.len(), from + part.len() == ids.len());
+            let l = self.model.forward(self.kernels, part, &mut self.cache, all_logits, &mut parts);
+            if all_logits {
+                logits.extend_from_slice(&l);
+            } else {
+                logits = l;
+            }
+        }
+        logits
     }
 
     /// Runs the prompt in forward passes of at most `ubatch` tokens, each

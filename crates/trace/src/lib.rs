@@ -15,9 +15,11 @@ pub mod recorder;
 pub mod spill;
 pub mod stage;
 pub mod stats;
+pub mod ubatch;
 
 pub use file::{Trace, TraceError};
 pub use plan::{Positions, TracePlan};
 pub use recorder::Recorder;
 pub use stage::{NoTrace, Observer, Rows, Stage};
 pub use stats::{Stats, TensorStats};
+pub use ubatch::Ubatched;

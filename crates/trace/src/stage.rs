@@ -186,6 +186,12 @@ pub trait Observer {
     /// stage runs on the reference's inputs; observers that only watch
     /// leave this as it is.
     fn substitute(&mut self, _layer: Option<usize>, _stage: Stage, _data: &mut [f32], _shape: &[usize]) {}
+    /// Whether [`Observer::substitute`] may change anything: lets a
+    /// wrapper that must stage the buffer skip the work for observers that
+    /// only watch.
+    fn substitutes(&self) -> bool {
+        false
+    }
     /// Whether this observer takes a step's stages in blocks of rows
     /// ([`Observer::record_part`]) rather than whole: one that keeps only
     /// statistics needs no stage whole, so a long prompt's trace need not

@@ -52,6 +52,15 @@ pub struct Args {
     /// B's KV cache type.
     #[arg(long, default_value = "auto", value_parser = parse_kv_type)]
     pub b_kv_type: Auto<KvType>,
+    /// A's prompt computed N tokens at a time (llama.cpp's ubatches, `-ub`;
+    /// `plumb run`'s default at the fast precision is 512), each part
+    /// attending to the cache the earlier ones filled; the traces then have
+    /// no attn_scores or attn_probs. `all`: one forward pass.
+    #[arg(long, value_name = "N|all", default_value = "all", value_parser = crate::cmd::common::parse_ubatch)]
+    pub a_ubatch: crate::cmd::common::Ubatch,
+    /// B's ubatch.
+    #[arg(long, value_name = "N|all", default_value = "all", value_parser = crate::cmd::common::parse_ubatch)]
+    pub b_ubatch: crate::cmd::common::Ubatch,
     /// A's flash attention (fast precision only): `on`, `off` or `auto` (on
     /// at the fast precision).
     #[arg(long, default_value = "auto", value_parser = parse_on_off)]
@@ -145,6 +154,8 @@ pub(crate) fn load_a(args: &Args) -> anyhow::Result<Loaded> {
         },
     };
     let mut a = load(&a_args)?;
+    let run = a.model.cfg.run_settings();
+    a.model.set_run_settings(plumb_model::RunSettings { ubatch: args.a_ubatch.limit(), ..run });
     if let Some(spec) = &args.inject {
         a.model.fault = Some(Fault::parse(spec, a.model.cfg.head_dim).map_err(|e| anyhow::anyhow!(e))?);
     }
@@ -158,7 +169,7 @@ pub(crate) fn load_b(args: &Args) -> anyhow::Result<Option<Loaded>> {
         return Ok(None);
     }
     let b_path = args.b.clone().unwrap_or_else(|| args.a.clone());
-    Ok(Some(load(&ModelArgs {
+    let mut b = load(&ModelArgs {
         model: b_path,
         precision: Some(args.b_precision),
         threads: None,
@@ -168,7 +179,10 @@ pub(crate) fn load_b(args: &Args) -> anyhow::Result<Option<Loaded>> {
             repack: args.b_repack,
             f16_math: args.b_f16_math,
         },
-    })?))
+    })?;
+    let run = b.model.cfg.run_settings();
+    b.model.set_run_settings(plumb_model::RunSettings { ubatch: args.b_ubatch.limit(), ..run });
+    Ok(Some(b))
 }
 
 /// Says that a saved reference's ids replace the prompt, if one was given.

@@ -89,6 +89,24 @@ impl Ubatch {
     }
 }
 
+impl Ubatch {
+    /// The most rows of a forward pass, None for the whole prompt.
+    pub fn limit(self) -> Option<usize> {
+        match self {
+            Ubatch::All => None,
+            Ubatch::Rows(n) => Some(n),
+        }
+    }
+}
+
+/// A ubatch size or `all` (the whole prompt in one forward pass).
+pub fn parse_ubatch(s: &str) -> Result<Ubatch, String> {
+    match parse_ubatch_auto(s) {
+        Ok(Auto::Set(u)) => Ok(u),
+        _ => Err(format!("{s:?}: a number of tokens (at least 1) or `all`")),
+    }
+}
+
 /// A ubatch size, `all` (the whole prompt in one forward pass) or `auto`.
 pub fn parse_ubatch_auto(s: &str) -> Result<Auto<Ubatch>, String> {
     match s {
@@ -186,7 +204,7 @@ impl RunChoice {
         if f16_math == F16Math::Native && !f16_context {
             bail!("--f16-math native: a build's f16 arithmetic shows in flash attention's f16 context only, which needs flash attention (the fast precision, --flash-attn on or auto) over an f16 or f32 KV cache");
         }
-        Ok(plumb_model::RunSettings { kv_type, flash_attn, repack, swa_ring_ubatch: None, f16_math })
+        Ok(plumb_model::RunSettings { kv_type, flash_attn, repack, swa_ring_ubatch: None, f16_math, ubatch: None })
     }
 }
 

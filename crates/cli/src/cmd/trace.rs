@@ -42,6 +42,13 @@ pub struct Args {
     pub threads: Option<usize>,
     #[command(flatten)]
     pub settings: RunChoice,
+    /// Compute the prompt N tokens at a time, each part attending to the
+    /// cache the earlier ones filled, as llama.cpp's ubatches (`-ub`; its
+    /// default, and `plumb run`'s at the fast precision, is 512). The trace
+    /// still holds every stage over the whole prompt, but no attn_scores or
+    /// attn_probs when the prompt is cut. `all`: one forward pass.
+    #[arg(long, value_name = "N|all", default_value = "all", value_parser = crate::cmd::common::parse_ubatch)]
+    pub ubatch: crate::cmd::common::Ubatch,
     /// Stages to record: names, globs and aliases, e.g. `attn_norm,ffn_*`.
     #[arg(long, default_value = "*")]
     pub stages: String,
@@ -208,9 +215,12 @@ pub fn trace_loaded(loaded: &Loaded, args: &Args) -> anyhow::Result<Traced> {
     };
     let kernels = kernels_for(args.precision);
     let mut gen = Generator::new(model, kernels.as_ref(), capacity);
-    let all_rows = every_row(&rec.plan, model.cfg.n_layer);
+    // A prompt cut into ubatches is traced over every row of each.
+    let ubatch = args.ubatch.limit();
+    let cut = ubatch.is_some_and(|u| u < ids.len());
+    let all_rows = cut || every_row(&rec.plan, model.cfg.n_layer);
     let mut watch = Progress::new(&mut rec, bar("trace", ids.len(), model.cfg.n_layer));
-    let logits = gen.prefill(&ids, all_rows, &mut watch);
+    let logits = gen.prefill_parts(&ids, ubatch, all_rows, &mut watch);
     watch.finish();
     if let Some(e) = rec.spill_error.take() {
         return Err(e).context("writing the traced tensors to a scratch file");
@@ -223,6 +233,7 @@ pub fn trace_loaded(loaded: &Loaded, args: &Args) -> anyhow::Result<Traced> {
     let sha = if model_path.is_file() { Some(sha256_file(&model_path)?) } else { None };
     let mut meta =
         trace_meta(&model_path, loaded, args.precision, kernels.as_ref(), args.prompt.text.as_deref(), &ids, sha)?;
+    plumb_bisect::runs::note_ubatch(&mut meta, ubatch, ids.len());
     let top_json: Vec<_> =
         top.iter().map(|(id, p, l)| json!({"id": id, "token": piece(*id), "prob": p, "logit": l})).collect();
     meta.insert("plumb.top".into(), serde_json::to_string(&top_json)?);
