@@ -172,6 +172,10 @@ fn avx2_dot(w: GgmlType) -> Option<DotFn> {
         // SAFETY: as above.
         GgmlType::IQ4_NL => |n, a, b| unsafe { k::iq4_nl_q8_0(n, a, b) },
         // SAFETY: as above.
+        GgmlType::Q4_1 => |n, a, b| unsafe { k::q4_1_q8_1(n, a, b) },
+        // SAFETY: as above.
+        GgmlType::Q5_1 => |n, a, b| unsafe { k::q5_1_q8_1(n, a, b) },
+        // SAFETY: as above.
         GgmlType::Q4_K => |n, a, b| unsafe { k::q4_k_q8_k(n, a, b) },
         // SAFETY: as above.
         GgmlType::Q5_K => |n, a, b| unsafe { k::q5_k_q8_k(n, a, b) },

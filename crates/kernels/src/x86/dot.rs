@@ -155,6 +155,64 @@ pub unsafe fn q5_0_q8_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     hsum_ps(acc)
 }
 
+/// Σ x·y over 32 unsigned bytes x and signed bytes y, as 8 i32 lanes of
+/// four consecutive elements each, as float (exact sums).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn mul_sum_us8_pairs_float(x: __m256i, y: __m256i) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1)))
+}
+
+/// Q4_1 weights · Q8_1 activations in the order of llama.cpp's AVX2
+/// `vec_dot` (which it takes for any number of rows): per block the
+/// quants' sums in eight lanes times d·d_y, fused into eight running
+/// lanes; the mins m·s fused into a scalar total; the lanes folded, then
+/// that total added.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_1_q8_1(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let xs: &[BlockQ4_1] = bytemuck::cast_slice(w);
+    let ys: &[BlockQ8_1] = bytemuck::cast_slice(a);
+    let mut acc = _mm256_setzero_ps();
+    let mut summs = 0f32;
+    for (x, y) in xs.iter().zip(ys) {
+        summs = d16(x.m).mul_add(d16(y.s), summs);
+        let d = _mm256_set1_ps(d16(x.d) * d16(y.d));
+        let qy = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+        acc = _mm256_fmadd_ps(d, mul_sum_us8_pairs_float(nibbles_32(x.qs.as_ptr()), qy), acc);
+    }
+    hsum_ps(acc) + summs
+}
+
+/// Q5_1 weights · Q8_1 activations in the order of llama.cpp's AVX2
+/// `vec_dot` (see [`q4_1_q8_1`]; the fifth bit or-ed into each quant).
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q5_1_q8_1(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let xs: &[BlockQ5_1] = bytemuck::cast_slice(w);
+    let ys: &[BlockQ8_1] = bytemuck::cast_slice(a);
+    let mut acc = _mm256_setzero_ps();
+    let mut summs = 0f32;
+    for (x, y) in xs.iter().zip(ys) {
+        summs = d16(x.m).mul_add(d16(y.s), summs);
+        let hi = _mm256_and_si256(bytes_from_bits_32(u32::from_le_bytes(x.qh)), _mm256_set1_epi8(0x10));
+        let qx = _mm256_or_si256(nibbles_32(x.qs.as_ptr()), hi);
+        let qy = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+        let d = _mm256_set1_ps(d16(x.d) * d16(y.d));
+        acc = _mm256_fmadd_ps(mul_sum_us8_pairs_float(qx, qy), d, acc);
+    }
+    hsum_ps(acc) + summs
+}
+
 /// IQ4_NL weights · Q8_0 activations (see `crate::dot::iq4_nl_q8_0`).
 ///
 /// # Safety
@@ -412,8 +470,12 @@ pub unsafe fn q6_k_q8_k_tiled_x4(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
 /// into eight f32 lanes; the mins' term in four lanes, one per pair of
 /// sub-blocks, fused multiply-adds, summed (0+2)+(1+3) at the end.
 macro_rules! k_with_mins {
-    ($name:ident, $tiled:ident, $block:ty, $sums:ident) => {
-        /// The one-token kernel (see `crate::dot`'s reference).
+    ($name:ident, $tiled:ident, $block:ty, $sums:ident, $one_min_total:expr) => {
+        /// The one-token kernel, in the order of llama.cpp's AVX2
+        /// `vec_dot`: the scaled quants' sums in eight running lanes; the
+        /// mins' products in four running lanes (Q4_K) or, summed exactly
+        /// first, one running total (Q5_K); the lanes folded, the mins
+        /// added last.
         ///
         /// # Safety
         /// The CPU has AVX2, FMA and F16C.
@@ -428,8 +490,12 @@ macro_rules! k_with_mins {
                 let d = d16(x.d) * y.d;
                 let dmin = -(y.d * d16(x.dmin));
                 let (sumi, msum) = $sums(x, y);
-                for (am, m) in acc_m.iter_mut().zip(msum) {
-                    *am = dmin.mul_add(m as f32, *am);
+                if $one_min_total {
+                    acc_m[0] = dmin.mul_add(msum.iter().sum::<i32>() as f32, acc_m[0]);
+                } else {
+                    for (am, m) in acc_m.iter_mut().zip(msum) {
+                        *am = dmin.mul_add(m as f32, *am);
+                    }
                 }
                 acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
             }
@@ -458,7 +524,7 @@ macro_rules! k_with_mins {
     };
 }
 
-k_with_mins!(q4_k_q8_k, q4_k_q8_k_tiled, BlockQ4K, q4_k_sums);
+k_with_mins!(q4_k_q8_k, q4_k_q8_k_tiled, BlockQ4K, q4_k_sums, false);
 
 /// Q4_K summed as llama.cpp's repacked kernels sum it (see
 /// `crate::dot::q4_k_q8_k_repacked`).
@@ -511,7 +577,7 @@ pub unsafe fn q4_k_q8_k_repacked4(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     }
     acc - acc_min
 }
-k_with_mins!(q5_k_q8_k, q5_k_q8_k_tiled, BlockQ5K, q5_k_sums);
+k_with_mins!(q5_k_q8_k, q5_k_q8_k_tiled, BlockQ5K, q5_k_sums, true);
 
 /// The 128 quants of one half of a Q6_K block as four groups of 32
 /// unsigned 6-bit values (elements 0–31, 32–63, 64–95, 96–127 of the half).
