@@ -167,58 +167,82 @@ pub fn iq4_nl_q8_0_repacked(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     xs.fold(0.0, |acc, (x, y)| b32_repacked(iq4_nl_sum(x, y), x.d, y.d, acc))
 }
 
+/// One Q2_K superblock against its Q8_K block: (Σscale·q·y, Σmin·Σy),
+/// exact.
+fn q2_k_sums(x: &BlockQ2K, y: &BlockQ8K) -> (i32, i32) {
+    let summs: i32 = (0..16).map(|j| (x.scales[j] >> 4) as i32 * y.bsums[j] as i32).sum();
+    let mut isum = 0i32;
+    let mut is = 0;
+    for half in 0..2 {
+        let q2 = &x.qs[half * 32..half * 32 + 32];
+        for shift in [0u32, 2, 4, 6] {
+            for part in 0..2 {
+                let d = (x.scales[is] & 0xF) as i32;
+                let q8 = &y.qs[half * 128 + (shift as usize / 2) * 32 + part * 16..][..16];
+                let s: i32 = (0..16).map(|l| q8[l] as i32 * ((q2[part * 16 + l] >> shift) & 3) as i32).sum();
+                isum += d * s;
+                is += 1;
+            }
+        }
+    }
+    (isum, summs)
+}
+
 pub fn q2_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut sumf = 0f32;
     for (x, y) in blocks::<BlockQ2K>(w).iter().zip(q8k(a)) {
-        let summs: i32 = (0..16).map(|j| (x.scales[j] >> 4) as i32 * y.bsums[j] as i32).sum();
+        let (isum, summs) = q2_k_sums(x, y);
         let dall = y.d * f16_to_f32(x.d);
         let dmin = y.d * f16_to_f32(x.dmin);
-        let mut isum = 0i32;
-        let mut is = 0;
-        for half in 0..2 {
-            let q2 = &x.qs[half * 32..half * 32 + 32];
-            for shift in [0u32, 2, 4, 6] {
-                for part in 0..2 {
-                    let d = (x.scales[is] & 0xF) as i32;
-                    let q8 = &y.qs[half * 128 + (shift as usize / 2) * 32 + part * 16..][..16];
-                    let s: i32 = (0..16).map(|l| q8[l] as i32 * ((q2[part * 16 + l] >> shift) & 3) as i32).sum();
-                    isum += d * s;
-                    is += 1;
-                }
-            }
-        }
         sumf += dall * isum as f32 - dmin * summs as f32;
     }
     sumf
 }
 
+/// Q2_K in llama.cpp's tiled order (see [`q4_k_q8_k_tiled`]).
+pub fn q2_k_q8_k_tiled(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let xs = blocks::<BlockQ2K>(w).iter().zip(q8k(a));
+    xs.fold(0.0, |acc, (x, y)| k_tiled(f16_to_f32(x.d), f16_to_f32(x.dmin), q2_k_sums(x, y), y.d, acc))
+}
+
+/// One Q3_K superblock against its Q8_K block: Σscale·q·y, exact.
+fn q3_k_sum(x: &BlockQ3K, y: &BlockQ8K) -> i32 {
+    let scales = q3k_scales(&x.scales);
+    let mut isum = 0i32;
+    let mut m = 1u8;
+    let mut is = 0;
+    for half in 0..2 {
+        let q3 = &x.qs[half * 32..half * 32 + 32];
+        for shift in [0u32, 2, 4, 6] {
+            for part in 0..2 {
+                let q8 = &y.qs[half * 128 + (shift as usize / 2) * 32 + part * 16..][..16];
+                let mut s = 0i32;
+                for l in 0..16 {
+                    let i = part * 16 + l;
+                    let v = ((q3[i] >> shift) & 3) as i32 - if x.hmask[i] & m != 0 { 0 } else { 4 };
+                    s += v * q8[l] as i32;
+                }
+                isum += (scales[is] as i32 - 32) * s;
+                is += 1;
+            }
+            m <<= 1;
+        }
+    }
+    isum
+}
+
 pub fn q3_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut sumf = 0f32;
     for (x, y) in blocks::<BlockQ3K>(w).iter().zip(q8k(a)) {
-        let scales = q3k_scales(&x.scales);
-        let mut isum = 0i32;
-        let mut m = 1u8;
-        let mut is = 0;
-        for half in 0..2 {
-            let q3 = &x.qs[half * 32..half * 32 + 32];
-            for shift in [0u32, 2, 4, 6] {
-                for part in 0..2 {
-                    let q8 = &y.qs[half * 128 + (shift as usize / 2) * 32 + part * 16..][..16];
-                    let mut s = 0i32;
-                    for l in 0..16 {
-                        let i = part * 16 + l;
-                        let v = ((q3[i] >> shift) & 3) as i32 - if x.hmask[i] & m != 0 { 0 } else { 4 };
-                        s += v * q8[l] as i32;
-                    }
-                    isum += (scales[is] as i32 - 32) * s;
-                    is += 1;
-                }
-                m <<= 1;
-            }
-        }
-        sumf += f16_to_f32(x.d) * y.d * isum as f32;
+        sumf += f16_to_f32(x.d) * y.d * q3_k_sum(x, y) as f32;
     }
     sumf
+}
+
+/// Q3_K in llama.cpp's tiled order (no mins: r = Σ·d, total += r·d_y).
+pub fn q3_k_q8_k_tiled(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let xs = blocks::<BlockQ3K>(w).iter().zip(q8k(a));
+    xs.fold(0.0, |acc, (x, y)| (q3_k_sum(x, y) as f32 * f16_to_f32(x.d)).mul_add(y.d, acc))
 }
 
 /// One Q4_K superblock against its Q8_K block: Σ scale·q·y and
@@ -347,27 +371,36 @@ pub fn q6_k_q8_k_tiled(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     acc
 }
 
+/// One IQ4_XS superblock against its Q8_K block: Σscale·table[q]·y, exact.
+fn iq4_xs_sum(x: &BlockIQ4XS, y: &BlockQ8K) -> i32 {
+    let scales_h = u16::from_le_bytes(x.scales_h);
+    let mut isum = 0i32;
+    for ib in 0..8 {
+        let ls = (((x.scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF) | ((((scales_h >> (2 * ib)) & 3) as u8) << 4)) as i32;
+        let qs = &x.qs[ib * 16..ib * 16 + 16];
+        let q8 = &y.qs[ib * 32..ib * 32 + 32];
+        let mut s = 0i32;
+        for j in 0..16 {
+            s += KVALUES_IQ4NL[(qs[j] & 0xF) as usize] as i32 * q8[j] as i32
+                + KVALUES_IQ4NL[(qs[j] >> 4) as usize] as i32 * q8[j + 16] as i32;
+        }
+        isum += (ls - 32) * s;
+    }
+    isum
+}
+
 pub fn iq4_xs_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut sumf = 0f32;
     for (x, y) in blocks::<BlockIQ4XS>(w).iter().zip(q8k(a)) {
-        let scales_h = u16::from_le_bytes(x.scales_h);
-        let d = f16_to_f32(x.d) * y.d;
-        let mut isum = 0i32;
-        for ib in 0..8 {
-            let ls =
-                (((x.scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF) | ((((scales_h >> (2 * ib)) & 3) as u8) << 4)) as i32;
-            let qs = &x.qs[ib * 16..ib * 16 + 16];
-            let q8 = &y.qs[ib * 32..ib * 32 + 32];
-            let mut s = 0i32;
-            for j in 0..16 {
-                s += KVALUES_IQ4NL[(qs[j] & 0xF) as usize] as i32 * q8[j] as i32
-                    + KVALUES_IQ4NL[(qs[j] >> 4) as usize] as i32 * q8[j + 16] as i32;
-            }
-            isum += (ls - 32) * s;
-        }
-        sumf += d * isum as f32;
+        sumf += f16_to_f32(x.d) * y.d * iq4_xs_sum(x, y) as f32;
     }
     sumf
+}
+
+/// IQ4_XS in llama.cpp's tiled order (see [`q3_k_q8_k_tiled`]).
+pub fn iq4_xs_q8_k_tiled(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let xs = blocks::<BlockIQ4XS>(w).iter().zip(q8k(a));
+    xs.fold(0.0, |acc, (x, y)| (iq4_xs_sum(x, y) as f32 * f16_to_f32(x.d)).mul_add(y.d, acc))
 }
 
 /// The scalar reference dot product for a weight type, if plumb has one.

@@ -171,6 +171,10 @@ fn avx2_dot(w: GgmlType) -> Option<DotFn> {
         GgmlType::Q5_0 => |n, a, b| unsafe { k::q5_0_q8_0(n, a, b) },
         // SAFETY: as above.
         GgmlType::IQ4_NL => |n, a, b| unsafe { k::iq4_nl_q8_0(n, a, b) },
+        // The order of llama.cpp's AVX2 kernels, in scalar code.
+        GgmlType::Q2_K => crate::mirror::kquant_lanes::q2_k_q8_k,
+        GgmlType::Q3_K => crate::mirror::kquant_lanes::q3_k_q8_k,
+        GgmlType::IQ4_XS => crate::mirror::kquant_lanes::iq4_xs_q8_k,
         // SAFETY: as above.
         GgmlType::Q4_1 => |n, a, b| unsafe { k::q4_1_q8_1(n, a, b) },
         // SAFETY: as above.
@@ -287,7 +291,7 @@ fn linear_repacked(
 }
 
 /// The dot product in the order of llama.cpp's tiled K-quant matmul, for
-/// the formats it covers that plumb has (Q4_K, Q5_K, Q6_K).
+/// the formats it covers that plumb has (Q2_K–Q6_K, IQ4_XS).
 pub fn tiled_dot_for(w: GgmlType, path: KernelPath) -> Option<DotFn> {
     #[cfg(target_arch = "x86_64")]
     if path.checked().uses_avx2() {
@@ -300,7 +304,7 @@ pub fn tiled_dot_for(w: GgmlType, path: KernelPath) -> Option<DotFn> {
             GgmlType::Q5_K => Some(|n, a, b| unsafe { k::q5_k_q8_k_tiled(n, a, b) }),
             // SAFETY: as above.
             GgmlType::Q6_K => Some(|n, a, b| unsafe { k::q6_k_q8_k_tiled(n, a, b) }),
-            _ => None,
+            _ => tiled_scalar(w),
         };
     }
     let _ = path;
@@ -308,6 +312,16 @@ pub fn tiled_dot_for(w: GgmlType, path: KernelPath) -> Option<DotFn> {
         GgmlType::Q4_K => Some(crate::dot::q4_k_q8_k_tiled),
         GgmlType::Q5_K => Some(crate::dot::q5_k_q8_k_tiled),
         GgmlType::Q6_K => Some(crate::dot::q6_k_q8_k_tiled),
+        _ => tiled_scalar(w),
+    }
+}
+
+/// The tiled order where plumb has it only as scalar code.
+fn tiled_scalar(w: GgmlType) -> Option<DotFn> {
+    match w {
+        GgmlType::Q2_K => Some(crate::dot::q2_k_q8_k_tiled),
+        GgmlType::Q3_K => Some(crate::dot::q3_k_q8_k_tiled),
+        GgmlType::IQ4_XS => Some(crate::dot::iq4_xs_q8_k_tiled),
         _ => None,
     }
 }

@@ -137,7 +137,7 @@ fn fold16(w: &[f32; 16]) -> f32 {
 
 /// 8 lanes to one, as [`fold16`] ends: 128-bit halves, then (0 + 2) + (1 + 3)
 /// (also the whole reduction of llama.cpp's AVX2 loops).
-fn fold8(v: &[f32; 8]) -> f32 {
+pub(crate) fn fold8(v: &[f32; 8]) -> f32 {
     let x: [f32; 4] = std::array::from_fn(|l| v[4 + l] + v[l]);
     (x[0] + x[2]) + (x[1] + x[3])
 }
@@ -1085,5 +1085,110 @@ fn expf_lanes8(x: f32) -> f32 {
         s1 * s1
     } else {
         s2.mul_add(j, s2) * s1
+    }
+}
+
+/// Q2_K, Q3_K and IQ4_XS weights · Q8_K activations in the order of
+/// llama.cpp's AVX2 `vec_dot` for them (which it takes for any number of
+/// rows): per superblock, exact integer sums in eight lanes — lane k holds,
+/// of every 32-element chunk the kernel loads, elements 4k..4k+4, each
+/// sub-block's sum times its scale — converted and fused into eight running
+/// lanes by the superblock's scale (Q2_K first fuses its mins' products,
+/// lane k holding sub-blocks 2k and 2k+1, by −dmin), the lanes folded at
+/// the end ([`fold8`]).
+pub mod kquant_lanes {
+    use plumb_quant::blocks::*;
+
+    use super::fold8;
+
+    fn lanes8(each: impl FnMut(usize) -> i32) -> [i32; 8] {
+        std::array::from_fn(each)
+    }
+
+    fn fma8(acc: &mut [f32; 8], d: f32, v: &[i32; 8]) {
+        for (a, &x) in acc.iter_mut().zip(v) {
+            *a = d.mul_add(x as f32, *a);
+        }
+    }
+
+    pub fn q2_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+        let xs: &[BlockQ2K] = bytemuck::cast_slice(w);
+        let ys: &[BlockQ8K] = bytemuck::cast_slice(a);
+        let mut acc = [0f32; 8];
+        for (x, y) in xs.iter().zip(ys) {
+            let d = y.d * f16_to_f32(x.d);
+            let dmin = -y.d * f16_to_f32(x.dmin);
+            let m = |j: usize| (x.scales[j] >> 4) as i32 * y.bsums[j] as i32;
+            fma8(&mut acc, dmin, &lanes8(|k| m(2 * k) + m(2 * k + 1)));
+            // Chunks: half h (128 elements), shift s (32 elements each).
+            let sums = lanes8(|k| {
+                let mut t = 0;
+                for h in 0..2 {
+                    for s in 0..4 {
+                        let sc = (x.scales[8 * h + 2 * s + k / 4] & 0xF) as i32;
+                        let e0 = 4 * k;
+                        let q: i32 = (e0..e0 + 4)
+                            .map(|e| ((x.qs[32 * h + e] >> (2 * s)) & 3) as i32 * y.qs[128 * h + 32 * s + e] as i32)
+                            .sum();
+                        t += sc * q;
+                    }
+                }
+                t
+            });
+            fma8(&mut acc, d, &sums);
+        }
+        fold8(&acc)
+    }
+
+    pub fn q3_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+        let xs: &[BlockQ3K] = bytemuck::cast_slice(w);
+        let ys: &[BlockQ8K] = bytemuck::cast_slice(a);
+        let mut acc = [0f32; 8];
+        for (x, y) in xs.iter().zip(ys) {
+            let d = y.d * f16_to_f32(x.d);
+            let scales = q3k_scales(&x.scales);
+            let sums = lanes8(|k| {
+                let mut t = 0;
+                for h in 0..2 {
+                    for s in 0..4 {
+                        let sc = scales[8 * h + 2 * s + k / 4] as i32 - 32;
+                        let bit = 1u8 << (4 * h + s);
+                        let e0 = 4 * k;
+                        let q: i32 = (e0..e0 + 4)
+                            .map(|e| {
+                                let v = ((x.qs[32 * h + e] >> (2 * s)) & 3) as i32
+                                    - if x.hmask[e] & bit != 0 { 0 } else { 4 };
+                                v * y.qs[128 * h + 32 * s + e] as i32
+                            })
+                            .sum();
+                        t += sc * q;
+                    }
+                }
+                t
+            });
+            fma8(&mut acc, d, &sums);
+        }
+        fold8(&acc)
+    }
+
+    pub fn iq4_xs_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+        let xs: &[BlockIQ4XS] = bytemuck::cast_slice(w);
+        let ys: &[BlockQ8K] = bytemuck::cast_slice(a);
+        let mut acc = [0f32; 8];
+        for (x, y) in xs.iter().zip(ys) {
+            let scales_h = u16::from_le_bytes(x.scales_h);
+            let ls = |b: usize| {
+                (((x.scales_l[b / 2] >> (4 * (b % 2))) & 0xF) | ((((scales_h >> (2 * b)) & 3) as u8) << 4)) as i32 - 32
+            };
+            let v = |b: usize, e: usize| {
+                let q = x.qs[16 * b + e % 16];
+                KVALUES_IQ4NL[(if e < 16 { q & 0xF } else { q >> 4 }) as usize] as i32
+            };
+            let sums = lanes8(|k| {
+                (0..8).map(|b| ls(b) * (4 * k..4 * k + 4).map(|e| v(b, e) * y.qs[32 * b + e] as i32).sum::<i32>()).sum()
+            });
+            fma8(&mut acc, f16_to_f32(x.d) * y.d, &sums);
+        }
+        fold8(&acc)
     }
 }
