@@ -8,7 +8,8 @@
 #       trace a kqv_out that is not the context: docs/CONFORMANCE.md);
 #   testdata/tiny/formats/llamacpp_formats.json   each file's greedy 32
 #       tokens and the prompt's last logits' 16 largest, with repacking off
-#       and, for the formats llama.cpp repacks on x86, on.
+#       and, for the formats llama.cpp repacks on x86, on (Q2_K only where
+#       the CPU making them has AVX-512, as llama.cpp repacks it there).
 # The rest of the reference configuration: F32 KV cache, flash attention
 # off, the prompt as one batch, two threads.
 # Needs llama-cpp-python built from its 0.3.36 source package in .venv-ref
@@ -29,7 +30,11 @@ run() { "$PY" reference/llamacpp_trace.py "$D/llama256-$1.gguf" --tokens "$TOKEN
     for f in "${FORMATS[@]}"; do
         off=$(run "$f" --repack off --generate 32 --stages "$STAGES" -o "$D/llamacpp_trace_$f.safetensors")
         printf '%s"%s": {"repack_off": %s' "$sep" "$f" "$off"
-        case $f in q4_0|q4_k|iq4_nl) printf ', "repack_on": %s' "$(run "$f" --repack on --generate 32)";; esac
+        # Q2_K is repacked on CPUs with AVX-512 only.
+        case $f in
+            q4_0 | q4_k | iq4_nl) printf ', "repack_on": %s' "$(run "$f" --repack on --generate 32)" ;;
+            q2_k) if grep -qw avx512f /proc/cpuinfo; then printf ', "repack_on": %s' "$(run "$f" --repack on --generate 32)"; fi ;;
+        esac
         printf '}'
         sep=", "
     done

@@ -170,11 +170,18 @@ pub fn iq4_nl_q8_0_repacked(_n: usize, w: &[u8], a: &[u8]) -> f32 {
 /// One Q2_K superblock against its Q8_K block: (Σscale·q·y, Σmin·Σy),
 /// exact.
 fn q2_k_sums(x: &BlockQ2K, y: &BlockQ8K) -> (i32, i32) {
-    let summs: i32 = (0..16).map(|j| (x.scales[j] >> 4) as i32 * y.bsums[j] as i32).sum();
-    let mut isum = 0i32;
-    let mut is = 0;
-    for half in 0..2 {
+    let [(i0, m0), (i1, m1)] = q2_k_half_sums(x, y);
+    (i0 + i1, m0 + m1)
+}
+
+/// The same for each half of the superblock (128 elements, sub-blocks
+/// 8h..8h+8).
+fn q2_k_half_sums(x: &BlockQ2K, y: &BlockQ8K) -> [(i32, i32); 2] {
+    std::array::from_fn(|half| {
+        let summs: i32 = (8 * half..8 * half + 8).map(|j| (x.scales[j] >> 4) as i32 * y.bsums[j] as i32).sum();
         let q2 = &x.qs[half * 32..half * 32 + 32];
+        let mut isum = 0i32;
+        let mut is = 8 * half;
         for shift in [0u32, 2, 4, 6] {
             for part in 0..2 {
                 let d = (x.scales[is] & 0xF) as i32;
@@ -184,8 +191,36 @@ fn q2_k_sums(x: &BlockQ2K, y: &BlockQ8K) -> (i32, i32) {
                 is += 1;
             }
         }
+        (isum, summs)
+    })
+}
+
+/// Q2_K as llama.cpp's repacked kernels (8×8 interleaved rows, on CPUs with
+/// AVX-512) sum it for a token its one-row kernel takes: per superblock the
+/// exact sums, Σscale·q·y times d·d_y and Σmin·Σy times dmin·d_y each fused
+/// into a running total of its own, their difference at the end.
+pub fn q2_k_q8_k_repacked(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (mut acc, mut acc_min) = (0f32, 0f32);
+    for (x, y) in blocks::<BlockQ2K>(w).iter().zip(q8k(a)) {
+        let (isum, msum) = q2_k_sums(x, y);
+        acc = (isum as f32).mul_add(f16_to_f32(x.d) * y.d, acc);
+        acc_min = (msum as f32).mul_add(f16_to_f32(x.dmin) * y.d, acc_min);
     }
-    (isum, summs)
+    acc - acc_min
+}
+
+/// The same for a token its four-row kernel takes: the totals fed half a
+/// superblock (128 elements) at a time.
+pub fn q2_k_q8_k_repacked4(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (mut acc, mut acc_min) = (0f32, 0f32);
+    for (x, y) in blocks::<BlockQ2K>(w).iter().zip(q8k(a)) {
+        let (d, dmin) = (f16_to_f32(x.d) * y.d, f16_to_f32(x.dmin) * y.d);
+        for (isum, msum) in q2_k_half_sums(x, y) {
+            acc = (isum as f32).mul_add(d, acc);
+            acc_min = (msum as f32).mul_add(dmin, acc_min);
+        }
+    }
+    acc - acc_min
 }
 
 pub fn q2_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {

@@ -192,13 +192,30 @@ fn avx2_dot(w: GgmlType) -> Option<DotFn> {
 /// The fewest tokens for which llama.cpp takes its tiled K-quant matmul.
 pub const TILED_MIN_TOKENS: usize = 8;
 
-/// Whether llama.cpp's CPU backend repacks a weight of this format and
-/// number of rows into interleaved rows, on CPUs with AVX2: Q4_0, IQ4_NL
-/// and Q4_K in whole eights of rows. (It also repacks MXFP4, which plumb
-/// does not read, and Q2_K on CPUs with AVX-512, whose kernels plumb does
-/// not mirror yet.)
+/// Whether llama.cpp's CPU backend, built for this CPU, repacks a weight of
+/// this format and number of rows into interleaved rows: on CPUs with AVX2
+/// Q4_0, IQ4_NL and Q4_K, and on CPUs with AVX-512 Q2_K too, in whole
+/// eights of rows. (It also repacks MXFP4, which plumb does not read.)
 pub fn repacks(ty: GgmlType, rows: usize) -> bool {
-    matches!(ty, GgmlType::Q4_0 | GgmlType::IQ4_NL | GgmlType::Q4_K) && rows.is_multiple_of(8)
+    let repacked = match ty {
+        GgmlType::Q4_0 | GgmlType::IQ4_NL | GgmlType::Q4_K => true,
+        GgmlType::Q2_K => cpu_has_avx512f(),
+        _ => false,
+    };
+    repacked && rows.is_multiple_of(8)
+}
+
+/// Whether this CPU has AVX-512F (what llama.cpp built for it tests to
+/// repack Q2_K), whatever kernel path plumb runs.
+fn cpu_has_avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// The dot products of a repacked weight ([`repacks`]) as llama.cpp's
@@ -218,6 +235,7 @@ pub fn repacked_dots_for(w: GgmlType, path: KernelPath) -> Option<(DotFn, DotFn)
                 // SAFETY: as above.
                 |n, a, b| unsafe { k::q4_k_q8_k_repacked4(n, a, b) },
             )),
+            GgmlType::Q2_K => Some((crate::dot::q2_k_q8_k_repacked, crate::dot::q2_k_q8_k_repacked4)),
             // SAFETY: as above.
             GgmlType::Q4_0 => Some((
                 |n, a, b| unsafe { k::q4_0_q8_0_repacked(n, a, b) },
@@ -241,6 +259,7 @@ pub fn repacked_dots_for(w: GgmlType, path: KernelPath) -> Option<(DotFn, DotFn)
     use crate::dot as r;
     match w {
         GgmlType::Q4_K => Some((r::q4_k_q8_k_repacked, r::q4_k_q8_k_repacked4)),
+        GgmlType::Q2_K => Some((r::q2_k_q8_k_repacked, r::q2_k_q8_k_repacked4)),
         GgmlType::Q4_0 => Some((r::q4_0_q8_0_repacked, r::q4_0_q8_0_repacked)),
         GgmlType::IQ4_NL => Some((r::iq4_nl_q8_0_repacked, r::iq4_nl_q8_0_repacked)),
         _ => None,

@@ -233,7 +233,7 @@ fn tiled_order_kernels_on(path: KernelPath) {
     }
 }
 
-/// A repacked weight (Q4_K, Q4_0, IQ4_NL): the one-row and four-row
+/// A repacked weight (Q4_K, Q4_0, IQ4_NL, Q2_K): the one-row and four-row
 /// orders are the same bits on every path, close to the unrepacked order
 /// and not always its bits, and a T-token linear takes its rows in whole
 /// fours through the four-row order and the rest through the one-row
@@ -242,8 +242,11 @@ fn tiled_order_kernels_on(path: KernelPath) {
 #[test]
 fn repacked_kernels_are_bit_identical_across_paths_and_split_by_fours() {
     for path in KernelPath::available() {
-        for ty in [GgmlType::Q4_K, GgmlType::Q4_0, GgmlType::IQ4_NL] {
-            repacked_kernels_on(path, ty);
+        for ty in [GgmlType::Q4_K, GgmlType::Q4_0, GgmlType::IQ4_NL, GgmlType::Q2_K] {
+            // Q2_K is repacked where the CPU has AVX-512 only.
+            if plumb_kernels::fast::repacks(ty, 64) {
+                repacked_kernels_on(path, ty);
+            }
         }
     }
 }
@@ -306,7 +309,7 @@ fn repacked_kernels_on(path: KernelPath, ty: GgmlType) {
             }
         }
     }
-    if ty == GgmlType::Q4_K {
+    if matches!(ty, GgmlType::Q4_K | GgmlType::Q2_K) {
         assert!(split, "the two orders never differed: the test cannot tell them apart");
     }
 }

@@ -153,8 +153,8 @@ pub struct RunChoice {
     pub flash_attn: Auto<bool>,
     /// Repacked weights, as llama.cpp's CPU backend repacks them at load
     /// on CPUs with AVX2 (the fast precision only): Q4_0, IQ4_NL and Q4_K
-    /// matrices of a multiple of 8 rows summed as its interleaved kernels
-    /// sum them. `on`,
+    /// matrices of a multiple of 8 rows (and Q2_K on CPUs with AVX-512)
+    /// summed as its interleaved kernels sum them. `on`,
     /// `off` or `auto` (on at the fast precision where llama.cpp repacks).
     #[arg(long = "repack", default_value = "auto", value_parser = parse_on_off)]
     pub repack: Auto<bool>,
