@@ -177,22 +177,36 @@ fn q2_k_sums(x: &BlockQ2K, y: &BlockQ8K) -> (i32, i32) {
 /// The same for each half of the superblock (128 elements, sub-blocks
 /// 8h..8h+8).
 fn q2_k_half_sums(x: &BlockQ2K, y: &BlockQ8K) -> [(i32, i32); 2] {
-    std::array::from_fn(|half| {
-        let summs: i32 = (8 * half..8 * half + 8).map(|j| (x.scales[j] >> 4) as i32 * y.bsums[j] as i32).sum();
-        let q2 = &x.qs[half * 32..half * 32 + 32];
-        let mut isum = 0i32;
-        let mut is = 8 * half;
-        for shift in [0u32, 2, 4, 6] {
-            for part in 0..2 {
-                let d = (x.scales[is] & 0xF) as i32;
-                let q8 = &y.qs[half * 128 + (shift as usize / 2) * 32 + part * 16..][..16];
-                let s: i32 = (0..16).map(|l| q8[l] as i32 * ((q2[part * 16 + l] >> shift) & 3) as i32).sum();
-                isum += d * s;
-                is += 1;
-            }
-        }
+    std::array::from_fn(|h| {
+        let summs: i32 = (8 * h..8 * h + 8).map(|j| (x.scales[j] >> 4) as i32 * y.bsums[j] as i32).sum();
+        let isum = (0..4)
+            .flat_map(|s| (0..32).map(move |e| (s, e)))
+            .map(|(s, e)| {
+                q2_k_scale(x, 8 * h + 2 * s + e / 16) * q2_k_quant(x, h, s, e) * y.qs[128 * h + 32 * s + e] as i32
+            })
+            .sum();
         (isum, summs)
     })
+}
+
+/// The K-quants whose superblocks are halves (h) of four 32-element chunks
+/// (s), as their quants are packed two bits a chunk: element `e` of chunk
+/// (h, s) is element 128h + 32s + e of the superblock, in sub-block
+/// 8h + 2s + e/16. Q2_K's quant there.
+pub(crate) fn q2_k_quant(x: &BlockQ2K, h: usize, s: usize, e: usize) -> i32 {
+    ((x.qs[32 * h + e] >> (2 * s)) & 3) as i32
+}
+
+/// Q2_K's scale of a sub-block.
+pub(crate) fn q2_k_scale(x: &BlockQ2K, sub: usize) -> i32 {
+    (x.scales[sub] & 0xF) as i32
+}
+
+/// Q3_K's quant of element `e` of chunk (h, s) (see [`q2_k_quant`]): two
+/// bits, less 4 where its high bit is clear.
+pub(crate) fn q3_k_quant(x: &BlockQ3K, h: usize, s: usize, e: usize) -> i32 {
+    let high = x.hmask[e] & (1 << (4 * h + s)) != 0;
+    ((x.qs[32 * h + e] >> (2 * s)) & 3) as i32 - if high { 0 } else { 4 }
 }
 
 /// Q2_K as llama.cpp's repacked kernels (8×8 interleaved rows, on CPUs with
@@ -243,27 +257,13 @@ pub fn q2_k_q8_k_tiled(_n: usize, w: &[u8], a: &[u8]) -> f32 {
 /// One Q3_K superblock against its Q8_K block: Σscale·q·y, exact.
 fn q3_k_sum(x: &BlockQ3K, y: &BlockQ8K) -> i32 {
     let scales = q3k_scales(&x.scales);
-    let mut isum = 0i32;
-    let mut m = 1u8;
-    let mut is = 0;
-    for half in 0..2 {
-        let q3 = &x.qs[half * 32..half * 32 + 32];
-        for shift in [0u32, 2, 4, 6] {
-            for part in 0..2 {
-                let q8 = &y.qs[half * 128 + (shift as usize / 2) * 32 + part * 16..][..16];
-                let mut s = 0i32;
-                for l in 0..16 {
-                    let i = part * 16 + l;
-                    let v = ((q3[i] >> shift) & 3) as i32 - if x.hmask[i] & m != 0 { 0 } else { 4 };
-                    s += v * q8[l] as i32;
-                }
-                isum += (scales[is] as i32 - 32) * s;
-                is += 1;
-            }
-            m <<= 1;
-        }
-    }
-    isum
+    let chunks = (0..2).flat_map(|h| (0..4).flat_map(move |s| (0..32).map(move |e| (h, s, e))));
+    chunks
+        .map(|(h, s, e)| {
+            let sc = scales[8 * h + 2 * s + e / 16] as i32 - 32;
+            sc * q3_k_quant(x, h, s, e) * y.qs[128 * h + 32 * s + e] as i32
+        })
+        .sum()
 }
 
 pub fn q3_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
@@ -408,20 +408,22 @@ pub fn q6_k_q8_k_tiled(_n: usize, w: &[u8], a: &[u8]) -> f32 {
 
 /// One IQ4_XS superblock against its Q8_K block: Σscale·table[q]·y, exact.
 fn iq4_xs_sum(x: &BlockIQ4XS, y: &BlockQ8K) -> i32 {
-    let scales_h = u16::from_le_bytes(x.scales_h);
-    let mut isum = 0i32;
-    for ib in 0..8 {
-        let ls = (((x.scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF) | ((((scales_h >> (2 * ib)) & 3) as u8) << 4)) as i32;
-        let qs = &x.qs[ib * 16..ib * 16 + 16];
-        let q8 = &y.qs[ib * 32..ib * 32 + 32];
-        let mut s = 0i32;
-        for j in 0..16 {
-            s += KVALUES_IQ4NL[(qs[j] & 0xF) as usize] as i32 * q8[j] as i32
-                + KVALUES_IQ4NL[(qs[j] >> 4) as usize] as i32 * q8[j + 16] as i32;
-        }
-        isum += (ls - 32) * s;
-    }
-    isum
+    (0..8)
+        .map(|b| iq4_xs_scale(x, b) * (0..32).map(|e| iq4_xs_quant(x, b, e) * y.qs[32 * b + e] as i32).sum::<i32>())
+        .sum()
+}
+
+/// IQ4_XS's scale of sub-block `b` (32 elements), less 32.
+pub(crate) fn iq4_xs_scale(x: &BlockIQ4XS, b: usize) -> i32 {
+    let high = ((u16::from_le_bytes(x.scales_h) >> (2 * b)) & 3) as u8;
+    (((x.scales_l[b / 2] >> (4 * (b % 2))) & 0xF) | (high << 4)) as i32 - 32
+}
+
+/// IQ4_XS's value of element `e` of sub-block `b`: the table at its nibble
+/// (low nibbles hold elements 0..16, high ones 16..32).
+pub(crate) fn iq4_xs_quant(x: &BlockIQ4XS, b: usize, e: usize) -> i32 {
+    let q = x.qs[16 * b + e % 16];
+    KVALUES_IQ4NL[(if e < 16 { q & 0xF } else { q >> 4 }) as usize] as i32
 }
 
 pub fn iq4_xs_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {

@@ -227,33 +227,31 @@ pub fn repacked_dots_for(w: GgmlType, path: KernelPath) -> Option<(DotFn, DotFn)
     #[cfg(target_arch = "x86_64")]
     if path.checked().uses_avx2() {
         use crate::x86::dot as k;
-        return match w {
-            // SAFETY: the path has AVX2, FMA and F16C (checked just above);
-            // the kernels load only inside the whole blocks they zip.
+        let simd: Option<(DotFn, DotFn)> = match w {
             GgmlType::Q4_K => Some((
+                // SAFETY: the path has AVX2, FMA and F16C (checked just
+                // above); the kernels load only inside the whole blocks
+                // they zip.
                 |n, a, b| unsafe { k::q4_k_q8_k_repacked(n, a, b) },
                 // SAFETY: as above.
                 |n, a, b| unsafe { k::q4_k_q8_k_repacked4(n, a, b) },
             )),
-            GgmlType::Q2_K => Some((crate::dot::q2_k_q8_k_repacked, crate::dot::q2_k_q8_k_repacked4)),
-            // SAFETY: as above.
-            GgmlType::Q4_0 => Some((
-                |n, a, b| unsafe { k::q4_0_q8_0_repacked(n, a, b) },
-                |n, a, b| unsafe {
-                    // SAFETY: as above.
-                    k::q4_0_q8_0_repacked(n, a, b)
-                },
-            )),
-            // SAFETY: as above.
-            GgmlType::IQ4_NL => Some((
-                |n, a, b| unsafe { k::iq4_nl_q8_0_repacked(n, a, b) },
-                |n, a, b| unsafe {
-                    // SAFETY: as above.
-                    k::iq4_nl_q8_0_repacked(n, a, b)
-                },
-            )),
+            GgmlType::Q4_0 => {
+                // SAFETY: as above.
+                let both: DotFn = |n, a, b| unsafe { k::q4_0_q8_0_repacked(n, a, b) };
+                Some((both, both))
+            }
+            GgmlType::IQ4_NL => {
+                // SAFETY: as above.
+                let both: DotFn = |n, a, b| unsafe { k::iq4_nl_q8_0_repacked(n, a, b) };
+                Some((both, both))
+            }
+            // Q2_K: the scalar forms below.
             _ => None,
         };
+        if simd.is_some() {
+            return simd;
+        }
     }
     let _ = path;
     use crate::dot as r;

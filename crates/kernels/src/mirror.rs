@@ -1100,6 +1100,7 @@ pub mod kquant_lanes {
     use plumb_quant::blocks::*;
 
     use super::fold8;
+    use crate::dot;
 
     fn lanes8(each: impl FnMut(usize) -> i32) -> [i32; 8] {
         std::array::from_fn(each)
@@ -1111,6 +1112,21 @@ pub mod kquant_lanes {
         }
     }
 
+    /// Lane k of a superblock whose chunks are (half h, shift s), as
+    /// [`crate::dot::q2_k_quant`] lays them out: Σ over the chunks of the
+    /// sub-block's scale times Σ quant·y over elements 4k..4k+4.
+    fn chunk_lanes(y: &BlockQ8K, scale: impl Fn(usize) -> i32, quant: impl Fn(usize, usize, usize) -> i32) -> [i32; 8] {
+        lanes8(|k| {
+            let chunks = (0..2).flat_map(|h| (0..4).map(move |s| (h, s)));
+            chunks
+                .map(|(h, s)| {
+                    let q: i32 = (4 * k..4 * k + 4).map(|e| quant(h, s, e) * y.qs[128 * h + 32 * s + e] as i32).sum();
+                    scale(8 * h + 2 * s + k / 4) * q
+                })
+                .sum()
+        })
+    }
+
     pub fn q2_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
         let xs: &[BlockQ2K] = bytemuck::cast_slice(w);
         let ys: &[BlockQ8K] = bytemuck::cast_slice(a);
@@ -1120,21 +1136,7 @@ pub mod kquant_lanes {
             let dmin = -y.d * f16_to_f32(x.dmin);
             let m = |j: usize| (x.scales[j] >> 4) as i32 * y.bsums[j] as i32;
             fma8(&mut acc, dmin, &lanes8(|k| m(2 * k) + m(2 * k + 1)));
-            // Chunks: half h (128 elements), shift s (32 elements each).
-            let sums = lanes8(|k| {
-                let mut t = 0;
-                for h in 0..2 {
-                    for s in 0..4 {
-                        let sc = (x.scales[8 * h + 2 * s + k / 4] & 0xF) as i32;
-                        let e0 = 4 * k;
-                        let q: i32 = (e0..e0 + 4)
-                            .map(|e| ((x.qs[32 * h + e] >> (2 * s)) & 3) as i32 * y.qs[128 * h + 32 * s + e] as i32)
-                            .sum();
-                        t += sc * q;
-                    }
-                }
-                t
-            });
+            let sums = chunk_lanes(y, |sub| dot::q2_k_scale(x, sub), |h, s, e| dot::q2_k_quant(x, h, s, e));
             fma8(&mut acc, d, &sums);
         }
         fold8(&acc)
@@ -1147,25 +1149,7 @@ pub mod kquant_lanes {
         for (x, y) in xs.iter().zip(ys) {
             let d = y.d * f16_to_f32(x.d);
             let scales = q3k_scales(&x.scales);
-            let sums = lanes8(|k| {
-                let mut t = 0;
-                for h in 0..2 {
-                    for s in 0..4 {
-                        let sc = scales[8 * h + 2 * s + k / 4] as i32 - 32;
-                        let bit = 1u8 << (4 * h + s);
-                        let e0 = 4 * k;
-                        let q: i32 = (e0..e0 + 4)
-                            .map(|e| {
-                                let v = ((x.qs[32 * h + e] >> (2 * s)) & 3) as i32
-                                    - if x.hmask[e] & bit != 0 { 0 } else { 4 };
-                                v * y.qs[128 * h + 32 * s + e] as i32
-                            })
-                            .sum();
-                        t += sc * q;
-                    }
-                }
-                t
-            });
+            let sums = chunk_lanes(y, |sub| scales[sub] as i32 - 32, |h, s, e| dot::q3_k_quant(x, h, s, e));
             fma8(&mut acc, d, &sums);
         }
         fold8(&acc)
@@ -1176,16 +1160,11 @@ pub mod kquant_lanes {
         let ys: &[BlockQ8K] = bytemuck::cast_slice(a);
         let mut acc = [0f32; 8];
         for (x, y) in xs.iter().zip(ys) {
-            let scales_h = u16::from_le_bytes(x.scales_h);
-            let ls = |b: usize| {
-                (((x.scales_l[b / 2] >> (4 * (b % 2))) & 0xF) | ((((scales_h >> (2 * b)) & 3) as u8) << 4)) as i32 - 32
-            };
-            let v = |b: usize, e: usize| {
-                let q = x.qs[16 * b + e % 16];
-                KVALUES_IQ4NL[(if e < 16 { q & 0xF } else { q >> 4 }) as usize] as i32
-            };
             let sums = lanes8(|k| {
-                (0..8).map(|b| ls(b) * (4 * k..4 * k + 4).map(|e| v(b, e) * y.qs[32 * b + e] as i32).sum::<i32>()).sum()
+                let lane = |b: usize| -> i32 {
+                    (4 * k..4 * k + 4).map(|e| dot::iq4_xs_quant(x, b, e) * y.qs[32 * b + e] as i32).sum()
+                };
+                (0..8).map(|b| dot::iq4_xs_scale(x, b) * lane(b)).sum()
             });
             fma8(&mut acc, f16_to_f32(x.d) * y.d, &sums);
         }
