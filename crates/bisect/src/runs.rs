@@ -29,8 +29,7 @@ pub fn trace_meta(
     sha256: Option<String>,
 ) -> Result<BTreeMap<String, String>> {
     let mut meta = BTreeMap::new();
-    let mut run = loaded.model.cfg.run_settings();
-    let ubatch = run.ubatch.take();
+    let run = loaded.model.cfg.run_settings();
     meta.insert("plumb.engine".into(), format!("plumb {} ({})", env!("CARGO_PKG_VERSION"), settings(precision, run)));
     meta.insert("plumb.model".into(), file_name(model_path));
     if let Some(h) = sha256 {
@@ -49,7 +48,7 @@ pub fn trace_meta(
     meta.insert("plumb.kernels".into(), kernels.describe());
     let piece = |id: u32| -> String { loaded.tokenizer.as_ref().and_then(|t| t.piece(id)).unwrap_or("").to_string() };
     meta.insert("plumb.token_text".into(), serde_json::to_string(&ids.iter().map(|&i| piece(i)).collect::<Vec<_>>())?);
-    note_ubatch(&mut meta, ubatch, ids.len());
+    note_ubatch(&mut meta, run.ubatch, ids.len());
     Ok(meta)
 }
 

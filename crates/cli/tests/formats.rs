@@ -23,17 +23,6 @@ use plumb_trace::Trace;
 const FORMATS: [&str; 12] =
     ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_nl", "iq4_xs"];
 
-fn avx512f() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 #[test]
 fn every_block_format_computes_as_llama_cpp_does() {
     let dir_path = root().join("testdata/tiny/formats");
@@ -66,7 +55,7 @@ fn every_block_format_computes_as_llama_cpp_does() {
             }
             // llama.cpp repacks Q2_K only on CPUs with AVX-512 (so does
             // plumb, and the golden was made on one).
-            if f == "q2_k" && repack && !avx512f() {
+            if f == "q2_k" && repack && !plumb_kernels::fast::repacks(plumb_quant::GgmlType::Q2_K, 8) {
                 eprintln!("q2_k repacked: this CPU has no AVX-512F, so neither repacks it; not compared");
                 continue;
             }

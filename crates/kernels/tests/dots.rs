@@ -38,6 +38,13 @@ fn random_weights(ty: GgmlType, n: usize, rng: &mut StdRng) -> Vec<u8> {
     bytes
 }
 
+/// A weight of `rows` × `cols` random blocks ([`random_weights`]).
+fn random_weight(ty: GgmlType, rows: usize, cols: usize, repacked: bool, rng: &mut StdRng) -> plumb_kernels::Weight {
+    let bytes = random_weights(ty, rows * cols, rng);
+    let bytes = plumb_formats::Bytes::Owned(std::sync::Arc::new(bytes));
+    plumb_kernels::Weight { name: "w".into(), ty, rows, cols, bytes, repacked }
+}
+
 /// Every SIMD path this CPU supports (empty on a CPU with none).
 fn simd_paths() -> Vec<KernelPath> {
     let paths: Vec<KernelPath> = KernelPath::available().into_iter().filter(|p| *p != KernelPath::Scalar).collect();
@@ -252,9 +259,8 @@ fn repacked_kernels_are_bit_identical_across_paths_and_split_by_fours() {
 }
 
 fn repacked_kernels_on(path: KernelPath, ty: GgmlType) {
-    use plumb_formats::Bytes;
     use plumb_kernels::fast::{repacked_dots_for, repacks, FastKernels};
-    use plumb_kernels::{Kernels, Weight};
+    use plumb_kernels::Kernels;
     let mut rng = StdRng::seed_from_u64(17);
     let (one, four) = repacked_dots_for(ty, path).unwrap();
     let (one_ref, four_ref) = repacked_dots_for(ty, KernelPath::Scalar).unwrap();
@@ -280,15 +286,7 @@ fn repacked_kernels_on(path: KernelPath, ty: GgmlType) {
     let cols = 512;
     let mut split = false;
     for (rows, t) in [(8usize, 1usize), (16, 3), (40, 6), (64, 13), (136, 20)] {
-        let bytes = random_weights(ty, rows * cols, &mut rng);
-        let w = Weight {
-            name: "w".into(),
-            ty,
-            rows,
-            cols,
-            bytes: Bytes::Owned(std::sync::Arc::new(bytes)),
-            repacked: true,
-        };
+        let w = random_weight(ty, rows, cols, true, &mut rng);
         let x: Vec<f32> = (0..t * cols).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
         let mut y = vec![0f32; t * rows];
         k.linear(&w, &x, t, &mut y);
@@ -322,9 +320,8 @@ fn repacked_kernels_on(path: KernelPath, ty: GgmlType) {
 /// many-token order's bits.
 #[test]
 fn the_one_token_iq4_nl_kernel_sums_in_vec_dots_order() {
-    use plumb_formats::Bytes;
     use plumb_kernels::fast::{one_token_dot_for, FastKernels};
-    use plumb_kernels::{Kernels, Weight};
+    use plumb_kernels::Kernels;
     use plumb_quant::blocks::{f16_to_f32, KVALUES_IQ4NL};
     let ty = GgmlType::IQ4_NL;
     let mut rng = StdRng::seed_from_u64(23);
@@ -369,15 +366,7 @@ fn the_one_token_iq4_nl_kernel_sums_in_vec_dots_order() {
         assert!(unlike, "{path:?}: the one-token order always gave the many-token order's bits");
         // A one-token linear takes it.
         let (rows, cols) = (24usize, 7 * 32);
-        let bytes = random_weights(ty, rows * cols, &mut rng);
-        let w = Weight {
-            name: "w".into(),
-            ty,
-            rows,
-            cols,
-            bytes: Bytes::Owned(std::sync::Arc::new(bytes)),
-            repacked: false,
-        };
+        let w = random_weight(ty, rows, cols, false, &mut rng);
         let x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
         let mut y = vec![0f32; rows];
         FastKernels { path }.linear(&w, &x, 1, &mut y);
@@ -401,23 +390,14 @@ fn fast_linear_over_many_tokens_equals_the_one_token_kernel_bit_for_bit() {
 }
 
 fn fast_linear_over_many_tokens_on(path: KernelPath) {
-    use plumb_formats::Bytes;
     use plumb_kernels::fast::{tiled_dot_for, FastKernels, TILED_MIN_TOKENS};
-    use plumb_kernels::{Kernels, Weight};
+    use plumb_kernels::Kernels;
     let k = FastKernels { path };
     let mut rng = StdRng::seed_from_u64(13);
     for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::IQ4_NL, GgmlType::Q4_K, GgmlType::Q6_K] {
         let cols = if ty.block_elems() == 256 { 512 } else { 7 * 32 };
         for (rows, t) in [(5usize, 2usize), (37, 7), (70, 13), (129, 9)] {
-            let bytes = random_weights(ty, rows * cols, &mut rng);
-            let w = Weight {
-                name: "w".into(),
-                ty,
-                rows,
-                cols,
-                bytes: Bytes::Owned(std::sync::Arc::new(bytes)),
-                repacked: false,
-            };
+            let w = random_weight(ty, rows, cols, false, &mut rng);
             let x: Vec<f32> = (0..t * cols).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
             let mut y = vec![0f32; t * rows];
             k.linear(&w, &x, t, &mut y);
@@ -570,7 +550,6 @@ fn linears_on_a_shared_input_equal_one_linear_each_bit_for_bit() {
 }
 
 fn linears_on_a_shared_input_on(path: KernelPath) {
-    use plumb_formats::Bytes;
     use plumb_kernels::fast::FastKernels;
     use plumb_kernels::{Kernels, Weight};
     let k = FastKernels { path };
@@ -578,17 +557,7 @@ fn linears_on_a_shared_input_on(path: KernelPath) {
     let cols = 512;
     let ws: Vec<Weight> = [(GgmlType::Q5_0, 33), (GgmlType::Q4_K, 17), (GgmlType::Q8_0, 8), (GgmlType::Q6_K, 9)]
         .into_iter()
-        .map(|(ty, rows)| {
-            let bytes = random_weights(ty, rows * cols, &mut rng);
-            Weight {
-                name: "w".into(),
-                ty,
-                rows,
-                cols,
-                bytes: Bytes::Owned(std::sync::Arc::new(bytes)),
-                repacked: false,
-            }
-        })
+        .map(|(ty, rows)| random_weight(ty, rows, cols, false, &mut rng))
         .collect();
     for t in [1usize, 5, 12] {
         let x: Vec<f32> = (0..t * cols).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
@@ -661,21 +630,12 @@ fn exact_linear_over_many_tokens_equals_one_token_at_a_time_bit_for_bit() {
 }
 
 fn exact_linear_over_many_tokens_on(path: KernelPath) {
-    use plumb_formats::Bytes;
-    use plumb_kernels::{kernels_with, Precision, Weight};
+    use plumb_kernels::{kernels_with, Precision};
     let k = kernels_with(Precision::Exact, path);
     let mut rng = StdRng::seed_from_u64(37);
     for (ty, cols) in [(GgmlType::Q5_0, 7 * 32), (GgmlType::Q8_0, 640), (GgmlType::Q4_K, 512), (GgmlType::F32, 37)] {
         let rows = 19;
-        let bytes = random_weights(ty, rows * cols, &mut rng);
-        let w = Weight {
-            name: "w".into(),
-            ty,
-            rows,
-            cols,
-            bytes: Bytes::Owned(std::sync::Arc::new(bytes)),
-            repacked: false,
-        };
+        let w = random_weight(ty, rows, cols, false, &mut rng);
         let t = 11;
         let x: Vec<f32> = (0..t * cols).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
         let mut y = vec![0f32; t * rows];
