@@ -100,7 +100,8 @@ impl<'a> Generator<'a> {
 
     /// Runs the prompt as one batch, or in the model's ubatches where it
     /// sets them ([`crate::config::ModelConfig::ubatch`]); logits of every
-    /// position when `all_logits`, else of the last. In ubatches `obs`
+    /// position when `all_logits` (in ubatches, of every position of the
+    /// last part), else of the last. In ubatches `obs`
     /// sees one step over the whole prompt ([`Ubatched`]: without
     /// attn_scores and attn_probs), and a caller that traces must ask for
     /// every position's logits, so that every part computes all its rows.
@@ -121,17 +122,16 @@ impl<'a> Generator<'a> {
             Some(u) if u < ids.len() => u,
             _ => return self.model.forward(self.kernels, ids, &mut self.cache, all_logits, obs),
         };
+        // Only the last part's logits are returned: its last row is the
+        // prompt's, and every part's went to the observer as it came
+        // (keeping them all would hold [T, V] for nothing).
         let mut parts = Ubatched::new(obs, ids.len());
         let mut logits = Vec::new();
         for (i, part) in ids.chunks(ubatch).enumerate() {
             let from = i * ubatch;
             parts.part(from, part.len(), from + part.len() == ids.len());
-            let l = self.model.forward(self.kernels, part, &mut self.cache, all_logits, &mut parts);
-            if all_logits {
-                logits.extend_from_slice(&l);
-            } else {
-                logits = l;
-            }
+            drop(std::mem::take(&mut logits));
+            logits = self.model.forward(self.kernels, part, &mut self.cache, all_logits, &mut parts);
         }
         logits
     }
