@@ -186,47 +186,42 @@ pub fn pack_acts_vnni<'a>(fmt: Q8Family, t: usize, nb: usize, row: impl Fn(usize
     }
 }
 
-/// Lane `r` of each 128-bit half of `v`, in every lane.
-///
-/// # Safety
-/// Called only from functions compiled with AVX2, FMA and F16C (its intrinsics need them).
-#[inline(always)]
-unsafe fn lane(v: __m256, r: usize) -> __m256 {
-    match r {
-        0 => _mm256_shuffle_ps::<0x00>(v, v),
-        1 => _mm256_shuffle_ps::<0x55>(v, v),
-        2 => _mm256_shuffle_ps::<0xAA>(v, v),
-        _ => _mm256_shuffle_ps::<0xFF>(v, v),
-    }
-}
-
 /// One group of four packed weight rows against one group of four packed
 /// tokens over `nb` blocks: `[token][row]`.
 ///
+/// Each 512-bit register holds two weight rows' eight lanes for one token
+/// (rows 0 and 1, or 2 and 3, side by side as they lie in the pack): every
+/// lane sees the same `vpdpbusd`, conversion, scale product and fused
+/// multiply-add as on 256 bits, and each half is summed as [`hsum_ps`]
+/// sums, so the results are those bits; the two halves share each
+/// instruction.
+///
 /// # Safety
-/// The CPU has AVX2, FMA, F16C, AVX512VNNI and AVX512VL;
+/// The CPU has AVX2, FMA, F16C, AVX512F, AVX512VNNI and AVX512VL;
 /// `w.len() >= nb * W_CHUNKS` and `a.len() >= nb * A_CHUNKS` (the callers
 /// slice them so: see `fast::linear_vnni`).
-#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vnni,avx512vl")]
 pub unsafe fn tile_vnni(w: &[Chunk], a: &[Chunk], nb: usize) -> [[f32; 4]; 4] {
     debug_assert!(w.len() >= nb * W_CHUNKS && a.len() >= nb * A_CHUNKS);
-    let mut acc = [[_mm256_setzero_ps(); 4]; 4];
+    // acc[p][k]: rows 2p and 2p + 1 against token k.
+    let mut acc = [[_mm512_setzero_ps(); 4]; 2];
+    // The row scales (chunk 4: d0 d1 d2 d3 twice) spread to a pair's halves.
+    let spread = [
+        _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+        _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2),
+    ];
     let (mut wp, mut ap) = (w.as_ptr(), a.as_ptr());
     for _ in 0..nb {
-        // (A loop, not `array::from_fn`: a closure is compiled without this
-        // function's target features.)
-        let mut wq = [_mm256_setzero_si256(); 4];
-        for (r, q) in wq.iter_mut().enumerate() {
-            *q = _mm256_load_si256(wp.add(r) as *const __m256i);
-        }
-        let da = _mm256_load_ps(wp.add(4) as *const f32);
-        for (k, acc) in acc.iter_mut().enumerate() {
-            let qy = _mm256_load_si256(ap.add(k) as *const __m256i);
-            let corr = _mm256_load_si256(ap.add(4 + k) as *const __m256i);
-            let d = _mm256_mul_ps(da, _mm256_broadcast_ss(&*(ap.add(8) as *const f32).add(k)));
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let sum = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(corr, wq[r], qy));
-                *acc = _mm256_fmadd_ps(lane(d, r), sum, *acc);
+        let wq = [_mm512_loadu_si512(wp as *const __m512i), _mm512_loadu_si512(wp.add(2) as *const __m512i)];
+        let da = _mm512_castps256_ps512(_mm256_load_ps(wp.add(4) as *const f32));
+        let dw = [_mm512_permutexvar_ps(spread[0], da), _mm512_permutexvar_ps(spread[1], da)];
+        for k in 0..4 {
+            let qy = _mm512_broadcast_i64x4(_mm256_load_si256(ap.add(k) as *const __m256i));
+            let corr = _mm512_broadcast_i64x4(_mm256_load_si256(ap.add(4 + k) as *const __m256i));
+            let dy = _mm512_set1_ps(*(ap.add(8) as *const f32).add(k));
+            for p in 0..2 {
+                let sum = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(corr, wq[p], qy));
+                acc[p][k] = _mm512_fmadd_ps(_mm512_mul_ps(dw[p], dy), sum, acc[p][k]);
             }
         }
         wp = wp.add(W_CHUNKS);
@@ -234,8 +229,10 @@ pub unsafe fn tile_vnni(w: &[Chunk], a: &[Chunk], nb: usize) -> [[f32; 4]; 4] {
     }
     let mut out = [[0f32; 4]; 4];
     for k in 0..4 {
-        for r in 0..4 {
-            out[k][r] = hsum_ps(acc[k][r]);
+        for p in 0..2 {
+            let v = _mm512_castps_pd(acc[p][k]);
+            out[k][2 * p] = hsum_ps(_mm256_castpd_ps(_mm512_castpd512_pd256(v)));
+            out[k][2 * p + 1] = hsum_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(v)));
         }
     }
     out
