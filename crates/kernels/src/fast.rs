@@ -513,32 +513,25 @@ fn linear_vnni(fmt: crate::x86::Q8Family, w: &Weight, act: &Activations, t: usiz
 /// [`tiled_dot_for`]'s. The caller checked the path against this CPU.
 #[cfg(target_arch = "x86_64")]
 fn linear_k_vnni(fmt: crate::x86::KQuant, w: &Weight, act: &Activations, t: usize, y: &mut [f32], repacked: bool) {
-    use crate::x86::vnni::{pack_k_rows, tile_k_vnni, Chunk, K_CHUNKS};
+    use crate::x86::vnni::{pack_k_acts, pack_k_rows, tile_k_vnni, Chunk, PairQ8K, K_CHUNKS};
     let (rows, nsb, rb) = (w.rows, w.cols / 256, w.row_bytes());
     let bytes: &[u8] = &w.bytes;
-    // Tokens past the last take a zero row, and their outputs are dropped.
-    let zeros = vec![BlockQ8K { d: 0.0, qs: [0; 256], bsums: [0; 16] }; nsb];
     // Every token's row holds nsb blocks, once for all tiles.
     assert!(act.row_bytes >= nsb * std::mem::size_of::<BlockQ8K>(), "linear_k_vnni: short activation rows");
-    let blocks = |ti: usize| -> &[BlockQ8K] {
-        if ti < t {
-            bytemuck::cast_slice::<u8, BlockQ8K>(act.row(ti))
-        } else {
-            &zeros
-        }
-    };
+    let mut apack: Vec<PairQ8K> = Vec::new();
+    pack_k_acts(t, nsb, |ti| bytemuck::cast_slice::<u8, BlockQ8K>(act.row(ti)), &mut apack);
     let prepare = |r0: usize, r1: usize| {
         let mut wpack: Vec<Chunk> = Vec::new();
         pack_k_rows(fmt, &bytes[r0 * rb..r1 * rb], rb, nsb, &mut wpack);
         wpack
     };
     let tile = |wpack: &Vec<Chunk>, g: usize, h: usize| {
-        let ys: [&[BlockQ8K]; 8] = std::array::from_fn(|k| blocks(8 * g + k));
+        let ag = &apack[g * nsb * 4..(g + 1) * nsb * 4];
         let wg = &wpack[h * nsb * K_CHUNKS..(h + 1) * nsb * K_CHUNKS];
-        // SAFETY: the caller's path has AVX2, FMA, F16C, AVX512VL and
-        // AVX512VNNI (checked against this CPU); every ys[k] holds nsb
-        // blocks (asserted above) and `wg` one group's.
-        unsafe { tile_k_vnni(fmt, wg, ys, nsb, repacked) }
+        // SAFETY: the caller's path has AVX2, FMA, F16C, AVX512F, AVX512VL
+        // and AVX512VNNI (checked against this CPU); `ag` and `wg` hold one
+        // group's nsb superblocks.
+        unsafe { tile_k_vnni(fmt, wg, ag, nsb, repacked) }
     };
     run_tiles::<_, 8, 8>(rows, t, y, prepare, tile);
 }

@@ -239,13 +239,14 @@ pub unsafe fn tile_vnni(w: &[Chunk], a: &[Chunk], nb: usize) -> [[f32; 4]; 4] {
 }
 
 // ---- VNNI register tiles for the K-quants in llama.cpp's tiled order:
-// eight weight rows in the eight i32 lanes × eight tokens. The weights are
-// repacked once per task so that one 32-byte load holds four consecutive
-// quants of each of the eight rows; each token's four matching quants are
-// broadcast, and one `vpdpbusd` advances eight rows at once. The integer
-// sums per superblock are exact whatever the order, and the float steps
-// after them are the one-token kernel's, lane by lane: the results are
-// identical to [`q4_k_q8_k_tiled`] and [`q6_k_q8_k_tiled`].
+// eight weight rows × eight tokens. The weights are repacked once per task
+// so that one 32-byte load holds four consecutive quants of each of the
+// eight rows, and the tokens once per product so that one 8-byte load
+// holds four matching quants of each of two tokens; one `vpdpbusd` on 512
+// bits advances the eight rows against two tokens. The integer sums per
+// superblock are exact whatever the order, and the float steps after them
+// are the one-token kernel's, lane by lane: the results are identical to
+// [`q4_k_q8_k_tiled`] and [`q6_k_q8_k_tiled`].
 
 /// Chunks per (group of eight K-quant rows, superblock): 64 of quants
 /// (unsigned; chunk s holds elements 4s..4s+4 of each row), 16 of
@@ -309,108 +310,178 @@ pub fn pack_k_rows(fmt: KQuant, w: &[u8], rb: usize, nsb: usize, out: &mut Vec<C
     }
 }
 
+/// Two tokens' Q8_K superblocks interleaved for [`tile_k_vnni`]: each
+/// quant step's four bytes of the first token, then the second's; the
+/// same for each pair of 16-element sums; then the two scales.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub struct PairQ8K {
+    qs: [[i8; 8]; 64],
+    bsums: [[i16; 4]; 8],
+    d: [f32; 2],
+}
+
+impl PairQ8K {
+    const ZERO: PairQ8K = PairQ8K { qs: [[0; 8]; 64], bsums: [[0; 4]; 8], d: [0.0; 2] };
+}
+
+/// Packs `t` tokens' Q8_K rows (`row(i)`, `nsb` superblocks each) for
+/// [`tile_k_vnni`]: groups of eight tokens, each four pairs per
+/// superblock (`[group][superblock][pair]`); a short last group is padded
+/// with zero tokens.
+pub fn pack_k_acts<'a>(t: usize, nsb: usize, row: impl Fn(usize) -> &'a [BlockQ8K] + Sync, out: &mut Vec<PairQ8K>) {
+    use rayon::prelude::*;
+    out.clear();
+    out.resize(t.div_ceil(8) * nsb * 4, PairQ8K::ZERO);
+    out.par_chunks_mut(nsb * 4).enumerate().for_each(|(g, group)| {
+        for k in 0..8.min(t - 8 * g) {
+            let (pair, half) = (k / 2, k % 2);
+            for (s, y) in row(8 * g + k)[..nsb].iter().enumerate() {
+                let p = &mut group[s * 4 + pair];
+                for (step, q) in p.qs.iter_mut().enumerate() {
+                    q[4 * half..4 * half + 4].copy_from_slice(&y.qs[4 * step..4 * step + 4]);
+                }
+                for (c, b) in p.bsums.iter_mut().enumerate() {
+                    b[2 * half..2 * half + 2].copy_from_slice(&y.bsums[2 * c..2 * c + 2]);
+                }
+                p.d[half] = y.d;
+            }
+        }
+    });
+}
+
 /// One group of eight packed K-quant rows (format `fmt`, as packed by
-/// [`pack_k_rows`]) against eight tokens' Q8_K rows over `nsb`
-/// superblocks: `[token][row]`.
+/// [`pack_k_rows`]) against one group of eight tokens (as packed by
+/// [`pack_k_acts`]) over `nsb` superblocks: `[token][row]`.
 ///
 /// # Safety
-/// The CPU has AVX2, FMA, F16C, AVX512VNNI and AVX512VL, and every `ys[k]`
-/// holds at least `nsb` blocks (`w`'s length is asserted here).
-#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-pub unsafe fn tile_k_vnni(fmt: KQuant, w: &[Chunk], ys: [&[BlockQ8K]; 8], nsb: usize, repacked: bool) -> [[f32; 8]; 8] {
+/// The CPU has AVX2, FMA, F16C, AVX512F, AVX512VNNI and AVX512VL;
+/// `a` holds one group (`4 * nsb` pairs; `w`'s and `a`'s lengths are
+/// asserted here).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vnni,avx512vl")]
+pub unsafe fn tile_k_vnni(fmt: KQuant, w: &[Chunk], a: &[PairQ8K], nsb: usize, repacked: bool) -> [[f32; 8]; 8] {
     match (fmt, repacked) {
-        (KQuant::Q4K, false) => tile_k::<false, false>(w, ys, nsb),
-        (KQuant::Q4K, true) => tile_k::<false, true>(w, ys, nsb),
-        (KQuant::Q6K, _) => tile_k::<true, false>(w, ys, nsb),
+        (KQuant::Q4K, false) => tile_k::<false, false>(w, a, nsb),
+        (KQuant::Q4K, true) => tile_k::<false, true>(w, a, nsb),
+        (KQuant::Q6K, _) => tile_k::<true, false>(w, a, nsb),
     }
+}
+
+/// Lane `r` of an eight-lane chunk in lanes `2r` and `2r + 1`.
+///
+/// # Safety
+/// Called only from functions compiled with AVX512F.
+#[inline(always)]
+unsafe fn spread(c: *const __m256i) -> __m512i {
+    let dup = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+    _mm512_permutexvar_epi32(dup, _mm512_castsi256_si512(_mm256_load_si256(c)))
 }
 
 /// [`tile_k_vnni`] for Q6_K (`Q6`) or Q4_K, the format a constant so each
 /// is compiled without the other's branches.
 ///
+/// Each 512-bit register holds a pair of tokens against the eight rows,
+/// (row r, token t) in lane 2r + t: the rows' quants and scales are
+/// spread to both lanes of their row, the tokens' interleaved in the pack,
+/// and every lane sees the integers and float operations of the 256-bit
+/// order (one row per lane, one token per register), so the results are
+/// the same bits.
+///
 /// # Safety
 /// As [`tile_k_vnni`].
 #[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-unsafe fn tile_k<const Q6: bool, const REPACKED: bool>(w: &[Chunk], ys: [&[BlockQ8K]; 8], nsb: usize) -> [[f32; 8]; 8] {
-    assert!(w.len() >= nsb * K_CHUNKS, "tile_k_vnni: short weight pack");
-    let ys: [*const BlockQ8K; 8] = ys.map(|y| y.as_ptr());
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vnni,avx512vl")]
+unsafe fn tile_k<const Q6: bool, const REPACKED: bool>(w: &[Chunk], a: &[PairQ8K], nsb: usize) -> [[f32; 8]; 8] {
+    assert!(w.len() >= nsb * K_CHUNKS && a.len() >= nsb * 4, "tile_k_vnni: short packs");
     let (nsub, steps) = if Q6 { (16, 4) } else { (8, 8) };
-    let mut acc = [_mm256_setzero_ps(); 8];
+    let zero = _mm512_setzero_si512();
+    let mut acc = [_mm512_setzero_ps(); 4];
     // Repacked Q4_K: the mins' products in totals of their own.
-    let mut acc_min = [_mm256_setzero_ps(); 8];
+    let mut acc_min = [_mm512_setzero_ps(); 4];
     for s in 0..nsb {
         let wp = w.as_ptr().add(s * K_CHUNKS) as *const __m256i;
-        let y: [&BlockQ8K; 8] = std::array::from_fn(|k| &*ys[k].add(s));
-        let mut isum = [_mm256_setzero_si256(); 8];
+        let ap = a.as_ptr().add(s * 4);
+        // Both tokens' scales of each pair, in alternate lanes.
+        let mut yd = [_mm512_setzero_ps(); 4];
+        for (k, v) in yd.iter_mut().enumerate() {
+            *v = _mm512_castpd_ps(_mm512_set1_pd(std::ptr::read_unaligned((*ap.add(k)).d.as_ptr() as *const f64)));
+        }
+        let mut isum = [zero; 4];
         for j in 0..nsub {
-            let mut p = [_mm256_setzero_si256(); 8];
+            let mut p = [zero; 4];
             for st in j * steps..(j + 1) * steps {
-                let wq = _mm256_load_si256(wp.add(st));
-                for k in 0..8 {
-                    let a = std::ptr::read_unaligned(y[k].qs.as_ptr().add(4 * st) as *const i32);
-                    p[k] = _mm256_dpbusd_epi32(p[k], wq, _mm256_set1_epi32(a));
+                let wq = spread(wp.add(st));
+                for (k, p) in p.iter_mut().enumerate() {
+                    let q = std::ptr::read_unaligned((*ap.add(k)).qs.as_ptr().add(st) as *const i64);
+                    *p = _mm512_dpbusd_epi32(*p, wq, _mm512_set1_epi64(q));
                 }
             }
-            let sc = _mm256_load_si256(wp.add(K_SCALES + j));
-            for k in 0..8 {
-                isum[k] = _mm256_add_epi32(isum[k], _mm256_mullo_epi32(p[k], sc));
+            let sc = spread(wp.add(K_SCALES + j));
+            for k in 0..4 {
+                isum[k] = _mm512_add_epi32(isum[k], _mm512_mullo_epi32(p[k], sc));
             }
             if REPACKED && j % 2 == 1 {
                 // llama.cpp's repacked four-row kernel: each pair of
                 // sub-blocks fused into the totals, Σscale·q·y · (d·d_y)
                 // (here) and Σmin·Σy · (dmin·d_y) (below).
-                let d = _mm256_load_ps(wp.add(K_D) as *const f32);
-                for k in 0..8 {
-                    let yd = _mm256_set1_ps(y[k].d);
-                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[k]), _mm256_mul_ps(d, yd), acc[k]);
-                    isum[k] = _mm256_setzero_si256();
+                let d = _mm512_castsi512_ps(spread(wp.add(K_D)));
+                for k in 0..4 {
+                    acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[k]), _mm512_mul_ps(d, yd[k]), acc[k]);
+                    isum[k] = zero;
                 }
             }
         }
+        let mut pairs = [zero; 8];
+        for (c, v) in pairs.iter_mut().enumerate() {
+            *v = spread(wp.add(K_PAIRS + c));
+        }
+        let bsums = |k: usize, c: usize| {
+            _mm512_set1_epi64(std::ptr::read_unaligned((*ap.add(k)).bsums.as_ptr().add(c) as *const i64))
+        };
+        let neg_dmin = _mm512_castsi512_ps(spread(wp.add(K_NEG_DMIN)));
         if REPACKED {
             // The mins' totals are a running sum of their own, fed pair by
             // pair in the same order: taken after the scales' loop (which
             // never touches them), every sum is the same, and the loop
             // above keeps fewer registers live.
-            let neg_dmin = _mm256_load_ps(wp.add(K_NEG_DMIN) as *const f32);
-            let dmin = _mm256_sub_ps(_mm256_setzero_ps(), neg_dmin);
-            for k in 0..8 {
-                let dy = _mm256_mul_ps(dmin, _mm256_set1_ps(y[k].d));
+            let dmin = _mm512_sub_ps(_mm512_setzero_ps(), neg_dmin);
+            for k in 0..4 {
+                let dy = _mm512_mul_ps(dmin, yd[k]);
                 for pair in 0..4 {
-                    let mut m = _mm256_setzero_si256();
+                    let mut m = zero;
                     for c in 2 * pair..2 * pair + 2 {
-                        let b = std::ptr::read_unaligned(y[k].bsums.as_ptr().add(2 * c) as *const i32);
-                        m = _mm256_dpwssd_epi32(m, _mm256_load_si256(wp.add(K_PAIRS + c)), _mm256_set1_epi32(b));
+                        m = _mm512_dpwssd_epi32(m, pairs[c], bsums(k, c));
                     }
-                    acc_min[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(m), dy, acc_min[k]);
+                    acc_min[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(m), dy, acc_min[k]);
                 }
             }
             continue;
         }
-        let d = _mm256_load_ps(wp.add(K_D) as *const f32);
-        for k in 0..8 {
-            let mut m = _mm256_setzero_si256();
-            for c in 0..8 {
-                let b = std::ptr::read_unaligned(y[k].bsums.as_ptr().add(2 * c) as *const i32);
-                m = _mm256_dpwssd_epi32(m, _mm256_load_si256(wp.add(K_PAIRS + c)), _mm256_set1_epi32(b));
+        let d = _mm512_castsi512_ps(spread(wp.add(K_D)));
+        for k in 0..4 {
+            let mut m = zero;
+            for (c, pc) in pairs.iter().enumerate() {
+                m = _mm512_dpwssd_epi32(m, *pc, bsums(k, c));
             }
-            let yd = _mm256_set1_ps(y[k].d);
             acc[k] = if Q6 {
                 // Σ scale·(q − 32)·y = Σ scale·q·y − 32·Σ scale·Σy.
-                let total = _mm256_sub_epi32(isum[k], _mm256_slli_epi32(m, 5));
-                _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(total), d), yd, acc[k])
+                let total = _mm512_sub_epi32(isum[k], _mm512_slli_epi32::<5>(m));
+                _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(total), d), yd[k], acc[k])
             } else {
-                let neg_dmin = _mm256_load_ps(wp.add(K_NEG_DMIN) as *const f32);
-                let isd = _mm256_mul_ps(_mm256_cvtepi32_ps(isum[k]), d);
-                _mm256_fmadd_ps(_mm256_fmadd_ps(neg_dmin, _mm256_cvtepi32_ps(m), isd), yd, acc[k])
+                let isd = _mm512_mul_ps(_mm512_cvtepi32_ps(isum[k]), d);
+                _mm512_fmadd_ps(_mm512_fmadd_ps(neg_dmin, _mm512_cvtepi32_ps(m), isd), yd[k], acc[k])
             };
         }
     }
     let mut out = [[0f32; 8]; 8];
-    for k in 0..8 {
-        let v = if REPACKED { _mm256_sub_ps(acc[k], acc_min[k]) } else { acc[k] };
-        _mm256_storeu_ps(out[k].as_mut_ptr(), v);
+    for k in 0..4 {
+        let v = if REPACKED { _mm512_sub_ps(acc[k], acc_min[k]) } else { acc[k] };
+        let mut lanes = [0f32; 16];
+        _mm512_storeu_ps(lanes.as_mut_ptr(), v);
+        for r in 0..8 {
+            out[2 * k][r] = lanes[2 * r];
+            out[2 * k + 1][r] = lanes[2 * r + 1];
+        }
     }
     out
 }
