@@ -101,7 +101,8 @@ impl<'a> Generator<'a> {
     /// Runs the prompt as one batch, or in the model's ubatches where it
     /// sets them ([`crate::config::ModelConfig::ubatch`]); logits of every
     /// position when `all_logits` (in ubatches, of every position of the
-    /// last part), else of the last. In ubatches `obs`
+    /// last part; of the last position only where `obs` takes stages in
+    /// parts: [`Model::forward_observed`]), else of the last. In ubatches `obs`
     /// sees one step over the whole prompt ([`Ubatched`]: without
     /// attn_scores and attn_probs), and a caller that traces must ask for
     /// every position's logits, so that every part computes all its rows.
@@ -120,7 +121,8 @@ impl<'a> Generator<'a> {
     ) -> Vec<f32> {
         let ubatch = match ubatch {
             Some(u) if u < ids.len() => u,
-            _ => return self.model.forward(self.kernels, ids, &mut self.cache, all_logits, obs),
+            _ if all_logits => return self.model.forward_observed(self.kernels, ids, &mut self.cache, obs),
+            _ => return self.model.forward(self.kernels, ids, &mut self.cache, false, obs),
         };
         // Only the last part's logits are returned: its last row is the
         // prompt's, and every part's went to the observer as it came
@@ -131,7 +133,11 @@ impl<'a> Generator<'a> {
             let from = i * ubatch;
             parts.part(from, part.len(), from + part.len() == ids.len());
             drop(std::mem::take(&mut logits));
-            logits = self.model.forward(self.kernels, part, &mut self.cache, all_logits, &mut parts);
+            logits = if all_logits {
+                self.model.forward_observed(self.kernels, part, &mut self.cache, &mut parts)
+            } else {
+                self.model.forward(self.kernels, part, &mut self.cache, false, &mut parts)
+            };
         }
         logits
     }

@@ -94,7 +94,8 @@ pub fn estimate(cfg: &ModelConfig, file_bytes: u64, job: Job) -> Estimate {
     let observed = job.plan.is_some_and(|p| p.stages.iter().any(|s| !matches!(s, Stage::FinalNorm | Stage::Logits)));
     // model.rs: a trace whose recorder keeps no tensors, or spills them,
     // takes a long prompt in parts (`Model::in_parts`).
-    let parts = job.plan.is_some_and(|p| !p.tensors || job.spill) && job.prompt > BATCH;
+    let takes_parts = job.plan.is_some_and(|p| !p.tensors || job.spill);
+    let parts = takes_parts && job.prompt > BATCH;
     // Rows a step of the prompt holds at once: an unobserved prompt, and
     // one taken in parts, go in batches.
     let rows = if parts || !(observed || job.all_logits) { job.prompt.min(BATCH) } else { job.prompt } as u64;
@@ -112,7 +113,9 @@ pub fn estimate(cfg: &ModelConfig, file_bytes: u64, job: Job) -> Estimate {
         // Blocks of query rows, 16 at least.
         (SCORES_BUDGET as u64).max(16 * nh * tkv).min(nh * rows * tkv)
     } * 4;
-    let logit_rows = match (job.all_logits, parts) {
+    // Such a recorder takes the logits a few rows at a time, whatever the
+    // prompt (`Model::forward`).
+    let logit_rows = match (job.all_logits, takes_parts) {
         (false, _) => 1,
         (true, true) => ((LOGITS_BUDGET / cfg.vocab).max(2) as u64).min(rows),
         (true, false) => rows,

@@ -281,6 +281,36 @@ impl Model {
         all_logits: bool,
         tr: &mut dyn Observer,
     ) -> Vec<f32> {
+        self.forward_with(k, tokens, cache, all_logits, false, tr)
+    }
+
+    /// [`Model::forward`] with every position's logits, for an observer:
+    /// one that takes stages in parts gets them a few rows at a time
+    /// ([`LOGITS_BUDGET`]) whatever the step's length, and only the last
+    /// position's are returned, so no [T, V] is held (a ubatch of 512 rows
+    /// on a vocabulary of 262144 would be 0.5 GB); any other observer gets
+    /// them whole, and all are returned.
+    pub fn forward_observed(
+        &self,
+        k: &dyn Kernels,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        tr: &mut dyn Observer,
+    ) -> Vec<f32> {
+        self.forward_with(k, tokens, cache, true, true, tr)
+    }
+
+    /// [`Model::forward`], the logits in `blocks` for an observer that
+    /// takes parts ([`Model::forward_observed`]).
+    fn forward_with(
+        &self,
+        k: &dyn Kernels,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        all_logits: bool,
+        blocks: bool,
+        tr: &mut dyn Observer,
+    ) -> Vec<f32> {
         let t = tokens.len();
         let p = cache.len;
         assert!(p + t <= cache.capacity, "KV cache full: {} > {}", p + t, cache.capacity);
@@ -308,7 +338,11 @@ impl Model {
             }
             cache.len = p + i1;
         }
-        let logits = self.head(k, &x, rows, all_logits, tr);
+        let logits = if blocks && all_logits && self.fault.is_none() && tr.takes_parts() {
+            self.head_in_parts(k, &x, &[(0, t)], tr)
+        } else {
+            self.head(k, &x, rows, all_logits, tr)
+        };
         tr.step_done();
         logits
     }
