@@ -610,6 +610,14 @@ def tokenize(L, vocab, text: str, add_bos: bool, special: bool) -> list[int]:
     return [int(buf[i]) for i in range(n)]
 
 
+def kv_types(s: str) -> str:
+    """--kv-type: one cache type for keys and values, or KEYS,VALUES."""
+    types = s.split(",")
+    if not 1 <= len(types) <= 2 or any(t not in ("f32", "f16", "q8_0", "q4_0") for t in types):
+        raise argparse.ArgumentTypeError(f"{s!r}: f32, f16, q8_0 or q4_0, or two of them as KEYS,VALUES")
+    return s
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description="Trace a forward pass in llama.cpp (llama-cpp-python) into a plumb trace file (format 1).",
@@ -629,8 +637,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ubatch", type=int, metavar="N", default=None,
                     help="with --generate: llama.cpp's physical batch (n_ubatch): the prompt is computed N "
                          "tokens at a time (default: the whole prompt at once)")
-    ap.add_argument("--kv-type", choices=["f32", "f16", "q8_0", "q4_0"], default="f32",
-                    help="KV cache type (default f32; llama.cpp's own default is f16)")
+    ap.add_argument("--kv-type", type=kv_types, default="f32", metavar="T|K,V",
+                    help="KV cache type: f32, f16, q8_0 or q4_0 for keys and values, or KEYS,VALUES "
+                         "(llama.cpp's -ctk and -ctv; default f32; llama.cpp's own default is f16)")
     ap.add_argument("--flash-attn", choices=["on", "off"], default="off",
                     help="flash attention (default off, so the kq and kq_soft_max nodes exist; llama.cpp's own "
                          "default, auto, is on for the CPU); under it only kqv_out of the attention is traced")
@@ -669,9 +678,10 @@ def context_params(L, args, n_ctx: int, n_batch: int, n_ubatch: int | None = Non
     cparams.n_threads_batch = threads
     cparams.flash_attn_type = (L.LLAMA_FLASH_ATTN_TYPE_ENABLED if getattr(args, "flash_attn", "off") == "on"
                                else L.LLAMA_FLASH_ATTN_TYPE_DISABLED)
-    kv = {"f32": L.GGML_TYPE_F32, "f16": L.GGML_TYPE_F16, "q8_0": L.GGML_TYPE_Q8_0, "q4_0": L.GGML_TYPE_Q4_0}[args.kv_type]
-    cparams.type_k = kv
-    cparams.type_v = kv
+    kv = {"f32": L.GGML_TYPE_F32, "f16": L.GGML_TYPE_F16, "q8_0": L.GGML_TYPE_Q8_0, "q4_0": L.GGML_TYPE_Q4_0}
+    k, _, v = args.kv_type.partition(",")
+    cparams.type_k = kv[k]
+    cparams.type_v = kv[v or k]
     # llama-cpp-python keeps the sliding-window cache full-size;
     # llama-completion's default cuts it to the window and a ubatch
     cparams.swa_full = getattr(args, "swa_full", "on") == "on"

@@ -6,6 +6,12 @@
 #   ONLY=gemma2 scripts/gen_knob_golden.sh q8kv --kv-type q8_0 --flash-attn on   (tests/kv_quant.rs)
 #   ONLY=gemma2 scripts/gen_knob_golden.sh q4kv --kv-type q4_0 --flash-attn on
 #   ONLY=none scripts/gen_knob_golden.sh repack --repack on   (tests/repack.rs)
+#   keys and values of different types (tests/kv_mixed.rs):
+#   ONLY=gemma2 LONG=1 scripts/gen_knob_golden.sh q8kf16v --kv-type q8_0,f16 --flash-attn on
+#   ONLY=gemma2 LONG=1 scripts/gen_knob_golden.sh q8kf16vnofa --kv-type q8_0,f16 --flash-attn off
+#   ONLY=gemma2 LONG=1 scripts/gen_knob_golden.sh f16kq4v --kv-type f16,q4_0 --flash-attn on
+#   ONLY="llama gemma2" LONG=1 scripts/gen_knob_golden.sh f16kf32v --kv-type f16,f32
+#       (then delete testdata/tiny/llama/llamacpp_trace_f16kf32v*: see tests/kv_mixed.rs)
 #   ONLY=none scripts/gen_knob_golden.sh default --kv-type f16 --flash-attn on --repack on --swa-full off
 #       (llama.cpp's defaults, llama-completion's window-sized SWA cache included:
 #       tests/llama_cpp_defaults.rs; made on a CPU without AVX512-FP16), and on a

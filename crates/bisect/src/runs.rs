@@ -40,7 +40,7 @@ pub fn trace_meta(
         meta.insert("plumb.prompt".into(), p.to_string());
     }
     meta.insert("plumb.precision".into(), precision.name().into());
-    meta.insert("plumb.kv_type".into(), run.kv_type.name().into());
+    meta.insert("plumb.kv_type".into(), run.kv_type.name());
     meta.insert("plumb.flash_attn".into(), if run.flash_attn { "on" } else { "off" }.into());
     meta.insert("plumb.repack".into(), if run.repack { "on" } else { "off" }.into());
     meta.insert("plumb.f16_math".into(), run.f16_math.name().into());
@@ -72,7 +72,7 @@ pub fn note_ubatch(meta: &mut BTreeMap<String, String>, ubatch: Option<usize>, t
 /// ubatches ([`note_ubatch`]).
 pub fn settings(precision: Precision, run: plumb_model::RunSettings) -> String {
     let mut s = precision.name().to_string();
-    if run.kv_type != plumb_model::KvType::F32 {
+    if run.kv_type != plumb_model::KvTypes::default() {
         s += &format!(", KV {}", run.kv_type.name());
     }
     if run.flash_attn {

@@ -113,7 +113,7 @@ fn under_flash_attention_an_f32_cache_computes_as_an_f16_one() {
         model.cfg.flash_attn = true;
         let mut logits = Vec::new();
         for kv in [KvType::F32, KvType::F16] {
-            model.cfg.kv_type = kv;
+            model.cfg.kv_type = kv.into();
             let mut g = Generator::new(&model, k.as_ref(), tokens.len());
             logits.push(g.prefill_in(&tokens, 40, &mut NoTrace));
         }

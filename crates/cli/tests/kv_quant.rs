@@ -77,7 +77,7 @@ fn the_real_model_with_a_quantized_cache_computes_as_llama_cpp_does() {
         let flags = ["--kv-type", kv.name(), "--flash-attn", "on", "--repack", "off"];
         assert_first_layers_bitwise(&flags, &format!("testdata/gemma3-270m/llamacpp_trace_{name}.safetensors"));
         // A windowed cache: the window layers let go of key blocks too.
-        let settings = RunSettings { kv_type: kv, flash_attn: true, ..RunSettings::default() };
+        let settings = RunSettings { kv_type: kv.into(), flash_attn: true, ..RunSettings::default() };
         let flags = [&flags[..], &["--swa-full", "on"]].concat();
         assert_real_model_cases(&format!("testdata/gemma3-270m/llamacpp_{name}.json"), settings, &flags);
     }

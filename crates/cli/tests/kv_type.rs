@@ -65,7 +65,7 @@ fn tiny_models_with_an_f16_cache_compute_as_llama_cpp_does() {
 #[test]
 #[cfg_attr(not(has_real_model), ignore = "needs models/gemma-3-270m-q4_k_m.gguf: run scripts/fetch-model.sh")]
 fn real_model_with_an_f16_cache_computes_as_llama_cpp_does() {
-    let settings = RunSettings { kv_type: KvType::F16, ..RunSettings::default() };
+    let settings = RunSettings { kv_type: KvType::F16.into(), ..RunSettings::default() };
     let flags = ["--kv-type", "f16", "--flash-attn", "off", "--repack", "off"];
     assert_real_model_cases("testdata/gemma3-270m/llamacpp_kv16.json", settings, &flags);
 }

@@ -32,7 +32,7 @@ const GOLDENS: [(&str, F16Math); 2] = [
 
 fn default_settings(f16_math: F16Math) -> RunSettings {
     RunSettings {
-        kv_type: KvType::F16,
+        kv_type: KvType::F16.into(),
         flash_attn: true,
         repack: true,
         swa_ring_ubatch: Some(512),

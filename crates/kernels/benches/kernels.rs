@@ -97,7 +97,8 @@ fn attention(c: &mut Criterion) {
             scale_queries: true,
             full: false,
             future: 0,
-            kv_f16: false,
+            k_f16: false,
+            v_f16: false,
         };
         let q = data(t * heads * hd, 5);
         let keys = data(tkv * kv_heads * hd, 6);

@@ -61,12 +61,14 @@ pub struct AttnShape {
     /// block's scores are as wide as the whole step's). They are scored
     /// only when `full`; their probabilities are 0.
     pub future: usize,
-    /// The cache holds keys and values as f16 (already rounded there). The
-    /// fast precision then rounds the queries and the probabilities to f16
-    /// too, as llama.cpp converts a product's f32 operand to its f16
-    /// weights' type, and sums a row's last elements past the 64 lanes in
-    /// f64 as its f16 dot product does.
-    pub kv_f16: bool,
+    /// The cache holds keys as f16 (already rounded there). The fast
+    /// precision then rounds the queries to f16 too, as llama.cpp converts
+    /// a product's f32 operand to its f16 weights' type, and sums a row's
+    /// last elements past the 64 lanes in f64 as its f16 dot product does.
+    pub k_f16: bool,
+    /// The cache holds values as f16: the fast precision then rounds the
+    /// probabilities to f16 before the context's product, likewise.
+    pub v_f16: bool,
 }
 
 impl AttnShape {
@@ -265,7 +267,7 @@ impl Attention for FastKernels {
         // The queries scaled first where llama.cpp's graph does so, then
         // rounded to the cache's f16 where it holds f16.
         let scaled: Vec<f32>;
-        let (q, post_scale) = match (s.scale_queries, s.kv_f16) {
+        let (q, post_scale) = match (s.scale_queries, s.k_f16) {
             (false, false) => (q, Some(s.scale)),
             (pre, f16) => {
                 let by = if pre { s.scale } else { 1.0 };
@@ -277,8 +279,8 @@ impl Attention for FastKernels {
         // contiguous f16 copy, so several tokens' scores go through its
         // tiled matmul (a head a multiple of 16 long); one token's, and
         // heads of other lengths, are f16 dot products.
-        let tiled_f16 = s.kv_f16 && t > 1 && hd.is_multiple_of(16);
-        if s.kv_f16 && !tiled_f16 && !hd.is_multiple_of(crate::mirror::LANES) {
+        let tiled_f16 = s.k_f16 && t > 1 && hd.is_multiple_of(16);
+        if s.k_f16 && !tiled_f16 && !hd.is_multiple_of(crate::mirror::LANES) {
             // A head shorter than the 64 lanes (or with a tail past them):
             // each score one f16 dot product, row by row.
             f16_scores(s, q, keys, scores);
@@ -353,7 +355,7 @@ impl Attention for FastKernels {
         let Values::Columns { data: vt, stride } = values else { panic!("the fast precision reads values as columns") };
         // Against f16 values the probabilities are rounded to f16 first.
         let rounded: Vec<f32>;
-        let probs = if s.kv_f16 {
+        let probs = if s.v_f16 {
             rounded = probs.iter().map(|&p| round_f16(p)).collect();
             rounded.as_slice()
         } else {
@@ -451,6 +453,44 @@ fn f16_scores(s: &AttnShape, q: &[f32], keys: &[f32], scores: &mut [f32]) {
                 let kj = &keys[j * kvd + kh * hd..j * kvd + (kh + 1) * hd];
                 sh[i * tkv + j] = crate::mirror::dot_f16(qi, kj);
             }
+        }
+    });
+}
+
+/// The fast precision's scores against keys kept in a block format
+/// without flash attention (llama.cpp's `-ctk q8_0|q4_0 -fa off`): its
+/// matrix product takes each query row (scaled first where the graph
+/// scales it, then turned by the keys' Walsh-Hadamard rotation of
+/// `rotate` rows where they went through one) as Q8_0 blocks against the
+/// key blocks, the blocks' dot product in the same order for one token as
+/// for many; then the scale and softcap as over any cache. keys are one
+/// row of kv_dim elements per position, as [`Attention::attn_scores`]
+/// reads them.
+pub fn block_scores(
+    s: &AttnShape,
+    q: &[f32],
+    ty: plumb_quant::GgmlType,
+    blocks: &[u8],
+    rotate: Option<usize>,
+    scores: &mut [f32],
+) {
+    let (t, tkv, hd) = (s.t, s.tkv(), s.hd);
+    let (qd, kvd, group) = (s.heads * hd, s.kv_heads * hd, s.heads / s.kv_heads);
+    assert!(q.len() == t * qd && scores.len() == s.heads * t * tkv, "block_scores: sizes");
+    let mut q = if s.scale_queries { q.iter().map(|v| v * s.scale).collect() } else { q.to_vec() };
+    let post_scale = if s.scale_queries { None } else { Some(s.scale) };
+    if let Some(n) = rotate {
+        crate::flash::fwht(&mut q, n);
+    }
+    let keys = crate::flash::Blocks::new(ty, blocks, kvd, hd);
+    scores.par_chunks_mut(t * tkv).enumerate().for_each(|(h, sh)| {
+        for i in 0..t {
+            let qb = crate::flash::Blocks::query(&q[i * qd + h * hd..i * qd + (h + 1) * hd]);
+            let range = s.first_scored(i)..s.scored(i);
+            for j in range.clone() {
+                sh[i * tkv + j] = keys.score(j, h / group, &qb);
+            }
+            scale_and_cap(&mut sh[i * tkv..(i + 1) * tkv][range], post_scale, s.softcap, Precision::Fast);
         }
     });
 }
@@ -625,7 +665,8 @@ mod tests {
             scale_queries: false,
             full: false,
             future: 0,
-            kv_f16: false,
+            k_f16: false,
+            v_f16: false,
         }
     }
 

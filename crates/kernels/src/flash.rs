@@ -54,13 +54,18 @@ pub struct FlashPlan {
     /// windowed cache drops older ones, in multiples of 64): tiles and
     /// chunks lie on absolute positions, as llama.cpp's cells do.
     pub first: usize,
-    /// The cache is in a block format: llama.cpp then takes the one-row
-    /// path at every step.
+    /// The keys are in a block format (the scores read their blocks).
     pub quantized: bool,
-    /// The Walsh-Hadamard rotation a quantized cache's keys and values
-    /// went through ([`Rotation`]): the queries take the keys' and the
-    /// context is turned back by the values'.
-    pub rotation: Option<Rotation>,
+    /// The values are in a block format: the one-row path keeps its
+    /// context in f32, adding each value as its blocks give it back. With
+    /// either in a block format llama.cpp takes the one-row path at every
+    /// step.
+    pub values_in_blocks: bool,
+    /// The rows of the Walsh-Hadamard rotation ([`Rotation`]) quantized
+    /// keys went through, which the queries take too, and quantized values,
+    /// by which the context is turned back.
+    pub rotate_k: Option<usize>,
+    pub rotate_v: Option<usize>,
     /// The one-row path's f16 context updated in f16 arithmetic, as
     /// llama.cpp built for a CPU with AVX512-FP16 updates it ([`F16Math`]).
     pub f16_math: F16Math,
@@ -181,7 +186,7 @@ impl FlashPlan {
     }
 
     pub fn path(&self) -> FlashPath {
-        if self.quantized {
+        if self.quantized || self.values_in_blocks {
             FlashPath::OneRow
         } else if self.step_rows >= TILE_Q {
             FlashPath::Tiled
@@ -312,8 +317,8 @@ pub fn flash_attention(s: &AttnShape, plan: &FlashPlan, q: &[f32], cache: &Flash
     } else {
         (std::borrow::Cow::Borrowed(q), s.scale)
     };
-    if let Some(r) = plan.rotation {
-        fwht(q.to_mut(), r.k);
+    if let Some(n) = plan.rotate_k {
+        fwht(q.to_mut(), n);
     }
     let scale = s.softcap.map_or(kq_scale, |cap| kq_scale / cap);
     let score = Score { scale, cap: s.softcap };
@@ -365,26 +370,26 @@ pub fn flash_attention(s: &AttnShape, plan: &FlashPlan, q: &[f32], cache: &Flash
                 }
             });
         }
-        FlashPath::OneRow if plan.quantized => {
-            let (ty, blocks) = key_blocks.expect("checked above");
-            let keys = Blocks::new(ty, blocks, kvd, hd);
-            ctx.par_chunks_exact_mut(hd).enumerate().for_each(|(r, out)| {
-                let (i, h) = (r / heads, r % heads);
-                let qb = Blocks::query(&q[i * qd + h * hd..i * qd + (h + 1) * hd]);
-                let part = match &order {
-                    Some(o) => one_row_blocks(&qb, &keys, &kv, h / group, seen_in(o, 0..o.len(), i), score),
-                    None => one_row_blocks(&qb, &keys, &kv, h / group, visible(i), score),
-                };
-                part.finish(out);
-            });
-        }
         FlashPath::OneRow => {
+            // The scores by the keys' type (the query as llama.cpp converts
+            // it for their dot product: Q8_0 blocks, or f16), the context by
+            // the values' (f32 for values in blocks, else f16).
+            let blocks = key_blocks.map(|(ty, data)| Blocks::new(ty, data, kvd, hd));
+            let sum = if plan.values_in_blocks { Context::F32 } else { Context::F16(plan.f16_math) };
             ctx.par_chunks_exact_mut(hd).enumerate().for_each(|(r, out)| {
                 let (i, h) = (r / heads, r % heads);
-                let q16: Vec<f32> = q[i * qd + h * hd..i * qd + (h + 1) * hd].iter().map(|&v| round_f16(v)).collect();
+                let qi = &q[i * qd + h * hd..i * qd + (h + 1) * hd];
+                let (qb, q16): (Vec<u8>, Vec<f32>) = match &blocks {
+                    Some(_) => (Blocks::query(qi), Vec::new()),
+                    None => (Vec::new(), qi.iter().map(|&v| round_f16(v)).collect()),
+                };
+                let keys = match &blocks {
+                    Some(b) => RowKeys::Blocks { qb: &qb, keys: b },
+                    None => RowKeys::Rows { q16: &q16 },
+                };
                 let part = match &order {
-                    Some(o) => one_row(&q16, &kv, h / group * hd, seen_in(o, 0..o.len(), i), score, plan.f16_math),
-                    None => one_row(&q16, &kv, h / group * hd, visible(i), score, plan.f16_math),
+                    Some(o) => one_row_with(keys, &kv, h / group, seen_in(o, 0..o.len(), i), score, sum),
+                    None => one_row_with(keys, &kv, h / group, visible(i), score, sum),
                 };
                 part.finish(out);
             });
@@ -417,13 +422,13 @@ pub fn flash_attention(s: &AttnShape, plan: &FlashPlan, q: &[f32], cache: &Flash
             });
         }
     }
-    if let Some(r) = plan.rotation {
-        fwht(ctx, r.v);
+    if let Some(n) = plan.rotate_v {
+        fwht(ctx, n);
     }
 }
 
 /// A quantized cache's key blocks as the scores read them.
-struct Blocks<'a> {
+pub(crate) struct Blocks<'a> {
     data: &'a [u8],
     /// Bytes of one position's row, and of one head's part of it.
     row: usize,
@@ -433,7 +438,7 @@ struct Blocks<'a> {
 }
 
 impl<'a> Blocks<'a> {
-    fn new(ty: GgmlType, data: &'a [u8], kvd: usize, hd: usize) -> Blocks<'a> {
+    pub(crate) fn new(ty: GgmlType, data: &'a [u8], kvd: usize, hd: usize) -> Blocks<'a> {
         let bytes = |n: usize| ty.bytes_for(n as u64).expect("whole blocks") as usize;
         assert!(hd.is_multiple_of(32), "a block-format cache needs heads of whole blocks");
         let dot = crate::fast::dot_for(ty, crate::active_path());
@@ -442,14 +447,14 @@ impl<'a> Blocks<'a> {
 
     /// A query row as llama.cpp quantizes it for these keys' dot product
     /// (Q8_0, as its CPU quantizes activations).
-    fn query(q: &[f32]) -> Vec<u8> {
+    pub(crate) fn query(q: &[f32]) -> Vec<u8> {
         let mut out = vec![0u8; GgmlType::Q8_0.bytes_for(q.len() as u64).expect("whole blocks") as usize];
         crate::fast::quantize_row(q, &mut out, GgmlType::Q8_0);
         out
     }
 
     /// Position j's key of kv head g · the quantized query.
-    fn score(&self, j: usize, g: usize, qb: &[u8]) -> f32 {
+    pub(crate) fn score(&self, j: usize, g: usize, qb: &[u8]) -> f32 {
         let at = j * self.row + g * self.head;
         (self.dot)(self.hd, &self.data[at..at + self.head], qb)
     }
@@ -539,7 +544,7 @@ fn mul_f32(y: &mut [f32], v: f32) {
 }
 
 /// llama.cpp's one-row path over positions `js` (in order): q16 the query
-/// rounded to f16, the context accumulated in f16.
+/// rounded to f16, f16 keys, the context accumulated in f16.
 fn one_row(
     q16: &[f32],
     kv: &Kv,
@@ -548,14 +553,51 @@ fn one_row(
     score: Score,
     math: F16Math,
 ) -> Partial {
-    let hd = q16.len();
+    one_row_with(RowKeys::Rows { q16 }, kv, off / q16.len(), js, score, Context::F16(math))
+}
+
+/// How the one-row path scores a position: the query rounded to f16
+/// against the keys' rows (f16, `ggml_vec_dot_f16`), or the query's Q8_0
+/// blocks against the keys' blocks (their type's dot product).
+#[derive(Clone, Copy)]
+enum RowKeys<'a> {
+    Rows { q16: &'a [f32] },
+    Blocks { qb: &'a [u8], keys: &'a Blocks<'a> },
+}
+
+/// How the one-row path keeps its context: in f16 (`ggml_vec_scale_f16`,
+/// `ggml_vec_mad_f16`, in the build's arithmetic) against f16 values, in
+/// f32 (`ggml_vec_scale_f32`, `ggml_vec_mad_f32`) against values in
+/// blocks.
+#[derive(Clone, Copy)]
+enum Context {
+    F16(F16Math),
+    F32,
+}
+
+/// llama.cpp's one-row path for kv head `g` over positions `js` (in
+/// order): each score by `keys`, the context by `sum`.
+fn one_row_with(
+    keys: RowKeys,
+    kv: &Kv,
+    g: usize,
+    js: impl IntoIterator<Item = usize>,
+    score: Score,
+    sum: Context,
+) -> Partial {
+    let hd = match keys {
+        RowKeys::Rows { q16 } => q16.len(),
+        RowKeys::Blocks { keys, .. } => keys.hd,
+    };
+    let off = g * hd;
     let mut p = Partial::empty(hd);
     let (mut kb, mut vb) = (vec![0f32; hd], vec![0f32; hd]);
     for j in js {
         let at = j * kv.kvd + off;
-        let dot = match kv.keys {
-            KvRows::F32(d) => mirror::dot_f16(&d[at..at + hd], q16),
-            KvRows::F16(d) => mirror::dot_f16_bits(&d[at..at + hd], q16, &mut kb),
+        let dot = match (keys, kv.keys) {
+            (RowKeys::Blocks { qb, keys }, _) => keys.score(j, g, qb),
+            (RowKeys::Rows { q16 }, KvRows::F32(d)) => mirror::dot_f16(&d[at..at + hd], q16),
+            (RowKeys::Rows { q16 }, KvRows::F16(d)) => mirror::dot_f16_bits(&d[at..at + hd], q16, &mut kb),
         };
         let s = score.of(dot);
         let (mut ms, mut vs) = (1f32, 1f32);
@@ -563,46 +605,18 @@ fn one_row(
             let old = p.max;
             p.max = s;
             ms = (old - s).exp();
-            scale_f16(&mut p.acc, ms, math);
+            match sum {
+                Context::F16(math) => scale_f16(&mut p.acc, ms, math),
+                Context::F32 => p.acc.iter_mut().for_each(|a| *a *= ms),
+            }
         } else {
             vs = (s - p.max).exp();
         }
-        match kv.values {
-            KvRows::F32(d) => mad_f16(&mut p.acc, &d[at..at + hd], vs, math),
-            KvRows::F16(d) => mad_f16_bits(&mut p.acc, &d[at..at + hd], vs, math, &mut vb),
+        match (sum, kv.values) {
+            (Context::F32, _) => mad_f32(&mut p.acc, kv.value(j, off, hd, &mut vb), vs),
+            (Context::F16(math), KvRows::F32(d)) => mad_f16(&mut p.acc, &d[at..at + hd], vs, math),
+            (Context::F16(math), KvRows::F16(d)) => mad_f16_bits(&mut p.acc, &d[at..at + hd], vs, math, &mut vb),
         }
-        p.sum = p.sum.mul_add(ms, vs);
-    }
-    p
-}
-
-/// llama.cpp's one-row path over a quantized cache: scores from the key
-/// blocks and the query's Q8_0 blocks, values as their blocks give them
-/// back, the context accumulated in f32 (`ggml_vec_scale_f32`,
-/// `ggml_vec_mad_f32`).
-fn one_row_blocks(
-    qb: &[u8],
-    keys: &Blocks,
-    kv: &Kv,
-    g: usize,
-    js: impl IntoIterator<Item = usize>,
-    score: Score,
-) -> Partial {
-    let hd = keys.hd;
-    let mut p = Partial::empty(hd);
-    let mut vb = vec![0f32; hd];
-    for j in js {
-        let s = score.of(keys.score(j, g, qb));
-        let (mut ms, mut vs) = (1f32, 1f32);
-        if s > p.max {
-            let old = p.max;
-            p.max = s;
-            ms = (old - s).exp();
-            p.acc.iter_mut().for_each(|a| *a *= ms);
-        } else {
-            vs = (s - p.max).exp();
-        }
-        mad_f32(&mut p.acc, kv.value(j, g * hd, hd, &mut vb), vs);
         p.sum = p.sum.mul_add(ms, vs);
     }
     p
@@ -1503,7 +1517,8 @@ mod tests {
             scale_queries: false,
             full: false,
             future: 0,
-            kv_f16: true,
+            k_f16: true,
+            v_f16: true,
         }
     }
 
@@ -1574,7 +1589,9 @@ mod tests {
             threads: 2,
             first: 0,
             quantized: false,
-            rotation: None,
+            values_in_blocks: false,
+            rotate_k: None,
+            rotate_v: None,
             f16_math: F16Math::Widened,
         };
         assert_eq!(plan(63, 256).path(), FlashPath::OneRow);
@@ -1600,7 +1617,9 @@ mod tests {
                     threads: 3,
                     first: 0,
                     quantized: false,
-                    rotation: None,
+                    values_in_blocks: false,
+                    rotate_k: None,
+                    rotate_v: None,
                     f16_math: F16Math::Widened,
                 };
                 let mut ctx = vec![0f32; q.len()];
@@ -1638,7 +1657,9 @@ mod tests {
                     threads: 2,
                     first: 0,
                     quantized: false,
-                    rotation: None,
+                    values_in_blocks: false,
+                    rotate_k: None,
+                    rotate_v: None,
                     f16_math: math,
                 };
                 // Cells in an order of their own: the positions reversed.
@@ -1677,7 +1698,9 @@ mod tests {
                 threads,
                 first: 0,
                 quantized: false,
-                rotation: None,
+                values_in_blocks: false,
+                rotate_k: None,
+                rotate_v: None,
                 f16_math: F16Math::Widened,
             };
             flash_attention(

@@ -41,22 +41,26 @@ pub struct KvCache {
     /// ([`KvCache::begin_step`]).
     step_end: usize,
     step_rows: usize,
-    /// What keys and values go through as they are stored: f16 rounding,
-    /// or a block format (whose key blocks `kq` keeps).
-    kind: KvType,
+    /// What keys and what values go through as they are stored: f16
+    /// rounding, or a block format (whose key blocks `kq` keeps).
+    k_kind: KvType,
+    v_kind: KvType,
     /// Per layer, a quantized cache's key blocks: one row of kv_dim
     /// elements per position held, as in `k`.
     kq: Vec<Vec<u8>>,
-    /// The rotation a quantized cache applies before quantizing.
-    rotation: Option<Rotation>,
+    /// The rows of the Walsh-Hadamard rotation quantized keys and
+    /// quantized values go through before quantizing ([`Rotation`]).
+    rot_k: Option<usize>,
+    rot_v: Option<usize>,
     /// llama.cpp's cells of its sliding-window cache, where it keeps only
     /// a window and a ubatch of them ([`SwaRing`]).
     ring: Option<SwaRing>,
     kv_dim: usize,
-    /// An f16 cache read by flash attention keeps keys and values as f16
-    /// bits (`k16`, `v16`: rows of kv_dim per position held), two bytes an
-    /// element as llama.cpp's; `k` and `v` then stay empty.
-    half: bool,
+    /// Under flash attention f16 keys and values are kept as f16 bits
+    /// (`k16`, `v16`: rows of kv_dim per position held), two bytes an
+    /// element as llama.cpp's; `k` (or `v`) then stays empty.
+    k_half: bool,
+    v_half: bool,
     k16: Vec<Vec<u16>>,
     v16: Vec<Vec<u16>>,
 }
@@ -155,17 +159,24 @@ fn room(window: Option<usize>, capacity: usize) -> usize {
 /// Bytes one layer takes holding `positions` (the transposed layout's
 /// positions padded to a multiple of 64).
 fn layer_bytes(cfg: &ModelConfig, positions: usize) -> u64 {
-    if halves(cfg) {
-        return positions as u64 * cfg.kv_dim() as u64 * 2 * 2;
-    }
-    let blocks = key_row_bytes(cfg.kv_type, cfg.kv_dim()) as u64 * positions as u64;
-    (positions as u64 + positions.div_ceil(VALUE_PAD) as u64 * VALUE_PAD as u64) * cfg.kv_dim() as u64 * 4 + blocks
+    let (n, kvd) = (positions as u64, cfg.kv_dim() as u64);
+    let keys = if half(cfg, cfg.kv_type.k) {
+        n * kvd * 2
+    } else {
+        n * kvd * 4 + key_row_bytes(cfg.kv_type.k, cfg.kv_dim()) as u64 * n
+    };
+    let values = if half(cfg, cfg.kv_type.v) {
+        n * kvd * 2
+    } else {
+        (n + positions.div_ceil(VALUE_PAD) as u64 * VALUE_PAD as u64) * kvd * 4
+    };
+    keys + values
 }
 
-/// Whether the cache keeps f16 bits: an f16 cache (or an f32 one, which
-/// flash attention reads as f16) under flash attention.
-fn halves(cfg: &ModelConfig) -> bool {
-    cfg.flash_attn && matches!(cfg.kv_type, KvType::F16 | KvType::F32)
+/// Whether the cache keeps keys (or values) of type `t` as f16 bits: f16
+/// ones (or f32, which flash attention reads as f16) under flash attention.
+fn half(cfg: &ModelConfig, t: KvType) -> bool {
+    cfg.flash_attn && matches!(t, KvType::F16 | KvType::F32)
 }
 
 /// Bytes of one position's key blocks in a quantized cache (0 otherwise).
@@ -191,6 +202,16 @@ fn quantize_rows(ty: GgmlType, x: &mut [f32], blocks: Option<&mut Vec<u8>>) {
     plumb_quant::dequant::dequantize(ty, &bytes, x).expect("whole blocks");
     if let Some(b) = blocks {
         b.extend_from_slice(&bytes);
+    }
+}
+
+/// What keys or values of type `t` go through: f32 under flash attention
+/// is read as f16 (llama.cpp casts it).
+fn read_as(cfg: &ModelConfig, t: KvType) -> KvType {
+    if cfg.flash_attn && t == KvType::F32 {
+        KvType::F16
+    } else {
+        t
     }
 }
 
@@ -224,9 +245,13 @@ impl KvCache {
             step_end: 0,
             step_rows: 0,
             // Flash attention reads an f32 cache as f16 (llama.cpp casts it).
-            kind: if cfg.flash_attn && cfg.kv_type == KvType::F32 { KvType::F16 } else { cfg.kv_type },
+            k_kind: read_as(cfg, cfg.kv_type.k),
+            v_kind: read_as(cfg, cfg.kv_type.v),
             kq: (0..cfg.n_layer).map(|_| Vec::new()).collect(),
-            rotation: cfg.kv_type.block_type().and_then(|_| Rotation::for_head(cfg.head_dim)),
+            // llama.cpp rotates quantized keys and quantized values, each
+            // by its own type.
+            rot_k: cfg.kv_type.k.block_type().and_then(|_| Rotation::for_head(cfg.head_dim)).map(|r| r.k),
+            rot_v: cfg.kv_type.v.block_type().and_then(|_| Rotation::for_head(cfg.head_dim)).map(|r| r.v),
             // llama.cpp's cells: the window and a ubatch, padded to 256,
             // at most its context (here the capacity, padded as it pads).
             ring: match (cfg.swa_ring_ubatch, cfg.sliding_window) {
@@ -237,7 +262,8 @@ impl KvCache {
                 _ => None,
             },
             kv_dim,
-            half: halves(cfg),
+            k_half: half(cfg, cfg.kv_type.k),
+            v_half: half(cfg, cfg.kv_type.v),
             k16: (0..cfg.n_layer).map(|_| Vec::new()).collect(),
             v16: (0..cfg.n_layer).map(|_| Vec::new()).collect(),
         }
@@ -313,7 +339,7 @@ impl KvCache {
             );
             let held = len - self.first[l];
             self.k[l].truncate(held * self.kv_dim);
-            self.kq[l].truncate(held * key_row_bytes(self.kind, self.kv_dim));
+            self.kq[l].truncate(held * key_row_bytes(self.k_kind, self.kv_dim));
             self.v[l].truncate(held * self.kv_dim);
             self.k16[l].truncate(held * self.kv_dim);
             self.v16[l].truncate(held * self.kv_dim);
@@ -331,14 +357,14 @@ impl KvCache {
             return;
         }
         let kvd = self.kv_dim;
-        let held = if self.half { self.k16[l].len() } else { self.k[l].len() };
+        let held = if self.k_half { self.k16[l].len() } else { self.k[l].len() };
         let n = (keep_from - self.first[l]).min(held / kvd.max(1));
         let cut = |len: usize| (n * kvd).min(len);
         let (k, k16, v16) = (cut(self.k[l].len()), cut(self.k16[l].len()), cut(self.v16[l].len()));
         self.k[l].drain(..k);
         self.k16[l].drain(..k16);
         self.v16[l].drain(..v16);
-        let kq = (n * key_row_bytes(self.kind, kvd)).min(self.kq[l].len());
+        let kq = (n * key_row_bytes(self.k_kind, kvd)).min(self.kq[l].len());
         self.kq[l].drain(..kq);
         let rows = (n * kvd).min(self.v[l].len());
         self.v[l].drain(..rows);
@@ -437,40 +463,52 @@ impl KvCache {
         self.forget(l);
         assert!(p >= self.first[l], "layer {l} keeps positions {} on only: cannot store at {p}", self.first[l]);
         let at = p - self.first[l];
-        if self.half {
-            // Flash attention reads rows of f16 (the layout asked is rows).
-            let kvd = self.kv_dim;
-            let want = room(self.window[l], self.capacity).max(at + keys.len() / kvd.max(1)) * kvd;
-            for (dst, src) in [(&mut self.k16[l], keys), (&mut self.v16[l], values)] {
-                dst.truncate(at * kvd);
-                // The whole capacity at once, as for the f32 rows.
-                dst.reserve_exact(want.saturating_sub(dst.len()));
-                dst.extend(f16_bits_slice(src));
+        let kvd = self.kv_dim;
+        // The whole capacity at once for f16 bits, as for the f32 rows.
+        let want = room(self.window[l], self.capacity).max(at + keys.len() / kvd.max(1)) * kvd;
+        if self.k_half {
+            // Flash attention reads rows of f16.
+            let dst = &mut self.k16[l];
+            dst.truncate(at * kvd);
+            dst.reserve_exact(want.saturating_sub(dst.len()));
+            dst.extend(f16_bits_slice(keys));
+        } else {
+            self.k[l].truncate(at * kvd);
+            match self.k_kind {
+                KvType::F32 => self.k[l].extend_from_slice(keys),
+                KvType::F16 => self.k[l].extend(round_f16_slice(keys)),
+                KvType::Q8_0 | KvType::Q4_0 => {
+                    let ty = self.k_kind.block_type().expect("a block format");
+                    let mut k = keys.to_vec();
+                    if let Some(n) = self.rot_k {
+                        fwht(&mut k, n);
+                    }
+                    self.kq[l].truncate(at * key_row_bytes(self.k_kind, kvd));
+                    quantize_rows(ty, &mut k, Some(&mut self.kq[l]));
+                    self.k[l].extend_from_slice(&k);
+                }
             }
+        }
+        if self.v_half {
+            let dst = &mut self.v16[l];
+            dst.truncate(at * kvd);
+            dst.reserve_exact(want.saturating_sub(dst.len()));
+            dst.extend(f16_bits_slice(values));
             return;
         }
-        self.k[l].truncate(at * self.kv_dim);
         let rounded: Vec<f32>;
-        let values = match self.kind {
-            KvType::F32 => {
-                self.k[l].extend_from_slice(keys);
-                values
-            }
+        let values = match self.v_kind {
+            KvType::F32 => values,
             KvType::F16 => {
-                self.k[l].extend(round_f16_slice(keys));
                 rounded = round_f16_slice(values);
                 rounded.as_slice()
             }
             KvType::Q8_0 | KvType::Q4_0 => {
-                let ty = self.kind.block_type().expect("a block format");
-                let (mut k, mut v) = (keys.to_vec(), values.to_vec());
-                if let Some(r) = self.rotation {
-                    fwht(&mut k, r.k);
-                    fwht(&mut v, r.v);
+                let ty = self.v_kind.block_type().expect("a block format");
+                let mut v = values.to_vec();
+                if let Some(n) = self.rot_v {
+                    fwht(&mut v, n);
                 }
-                self.kq[l].truncate(at * key_row_bytes(self.kind, self.kv_dim));
-                quantize_rows(ty, &mut k, Some(&mut self.kq[l]));
-                self.k[l].extend_from_slice(&k);
                 quantize_rows(ty, &mut v, None);
                 rounded = v;
                 rounded.as_slice()
@@ -485,7 +523,7 @@ impl KvCache {
     /// Layer `l`'s keys, [positions, kv_dim], from position `first(l)`.
     /// Not for a cache of f16 bits ([`KvCache::flash_rows`]).
     pub fn keys(&self, l: usize) -> &[f32] {
-        assert!(!self.half, "a flash attention cache holds f16 bits: read it with flash_rows");
+        assert!(!self.k_half, "a flash attention cache holds f16 bits: read it with flash_rows");
         &self.k[l]
     }
 
@@ -493,29 +531,37 @@ impl KvCache {
     /// [positions, kv_dim] from position `first(l)`: f16 bits, or f32 (a
     /// block format's values, with its key blocks in [`KvCache::key_blocks`]).
     pub fn flash_rows(&self, l: usize) -> (KvRows<'_>, KvRows<'_>) {
-        if self.half {
-            return (KvRows::F16(&self.k16[l]), KvRows::F16(&self.v16[l]));
+        let keys = if self.k_half { KvRows::F16(&self.k16[l]) } else { KvRows::F32(&self.k[l]) };
+        if self.v_half {
+            return (keys, KvRows::F16(&self.v16[l]));
         }
         let Values::Rows(values) = self.values(l) else { panic!("flash attention reads values as rows") };
-        (KvRows::F32(&self.k[l]), KvRows::F32(values))
+        (keys, KvRows::F32(values))
     }
 
-    /// The Walsh-Hadamard rotation a quantized cache stores its keys and
-    /// values under (heads of a multiple of 64), as llama.cpp's does.
-    pub fn rotation(&self) -> Option<Rotation> {
-        self.rotation
+    /// The rows of the Walsh-Hadamard rotation quantized keys and quantized
+    /// values are stored under (heads of a multiple of 64), as llama.cpp's
+    /// are ([`Rotation`]): (keys', values').
+    pub fn rotations(&self) -> (Option<usize>, Option<usize>) {
+        (self.rot_k, self.rot_v)
+    }
+
+    /// Whether the values are kept in a block format (as their blocks give
+    /// them back).
+    pub fn values_in_blocks(&self) -> bool {
+        self.v_kind.block_type().is_some()
     }
 
     /// A quantized cache's key blocks for layer `l` (one row of kv_dim per
     /// position, from `first(l)`) and their format.
     pub fn key_blocks(&self, l: usize) -> Option<(GgmlType, &[u8])> {
-        self.kind.block_type().map(|ty| (ty, self.kq[l].as_slice()))
+        self.k_kind.block_type().map(|ty| (ty, self.kq[l].as_slice()))
     }
 
     /// Layer `l`'s values in the layout they were last stored in, from
     /// position `first(l)`.
     pub fn values(&self, l: usize) -> Values<'_> {
-        assert!(!self.half, "a flash attention cache holds f16 bits: read it with flash_rows");
+        assert!(!self.v_half, "a flash attention cache holds f16 bits: read it with flash_rows");
         if self.vt_len[l] > 0 {
             Values::Columns { data: &self.vt[l], stride: self.vt_stride(l) }
         } else {
@@ -609,7 +655,7 @@ mod tests {
         let rounded: Vec<f32> = x.iter().map(|&v| plumb_quant::blocks::round_f16(v)).collect();
         assert_eq!(rounded[0], 1.0);
         for (kv, want) in [(KvType::F32, &x), (KvType::F16, &rounded)] {
-            m.cfg.kv_type = kv;
+            m.cfg.kv_type = kv.into();
             for layout in [ValueLayout::Rows, ValueLayout::Columns] {
                 let mut c = KvCache::new(&m.cfg, 4);
                 c.store(0, 0, &x, &x, layout);

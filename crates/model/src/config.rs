@@ -107,7 +107,7 @@ pub struct ModelConfig {
     pub moe: Option<Moe>,
     /// How the KV cache keeps keys and values: a setting of the run (the
     /// commands' `--kv-type`), not of the file; F32 unless asked.
-    pub kv_type: KvType,
+    pub kv_type: KvTypes,
     /// The fast precision's attention as llama.cpp's flash attention
     /// computes it (`--flash-attn on`): keys and values read as f16, one
     /// query row at a time with a running softmax
@@ -138,7 +138,7 @@ pub struct ModelConfig {
 /// traced prompt's ubatches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RunSettings {
-    pub kv_type: KvType,
+    pub kv_type: KvTypes,
     pub flash_attn: bool,
     pub repack: bool,
     pub swa_ring_ubatch: Option<usize>,
@@ -211,6 +211,53 @@ impl KvType {
             KvType::Q4_0 => Some(GgmlType::Q4_0),
             KvType::F32 | KvType::F16 => None,
         }
+    }
+}
+
+/// The KV cache's types: the keys' and the values', which may differ
+/// (llama.cpp's `-ctk` and `-ctv`; `--kv-type K,V`, or one type for both).
+/// A quantized value cache needs flash attention, as llama.cpp's does;
+/// under it a cache whose keys or values are quantized takes the one-row
+/// path, the scores by the keys' type and the context by the values'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KvTypes {
+    pub k: KvType,
+    pub v: KvType,
+}
+
+impl KvTypes {
+    /// One type for keys and values.
+    pub const fn both(t: KvType) -> KvTypes {
+        KvTypes { k: t, v: t }
+    }
+
+    /// `T` (both) or `K,V`.
+    pub fn parse(s: &str) -> Option<KvTypes> {
+        match s.split_once(',') {
+            Some((k, v)) => Some(KvTypes { k: KvType::parse(k)?, v: KvType::parse(v)? }),
+            None => KvType::parse(s).map(KvTypes::both),
+        }
+    }
+
+    /// As [`KvTypes::parse`] reads it: `f16` for both, `q8_0,f16` for
+    /// keys and values that differ.
+    pub fn name(self) -> String {
+        if self.k == self.v {
+            self.k.name().to_string()
+        } else {
+            format!("{},{}", self.k.name(), self.v.name())
+        }
+    }
+
+    /// Whether keys or values are kept in a block format.
+    pub fn any_quantized(self) -> bool {
+        self.k.block_type().is_some() || self.v.block_type().is_some()
+    }
+}
+
+impl From<KvType> for KvTypes {
+    fn from(t: KvType) -> KvTypes {
+        KvTypes::both(t)
     }
 }
 
@@ -527,7 +574,7 @@ impl ModelConfig {
             norm_plus_one: false,
             unpermute_qk: false,
             moe: None,
-            kv_type: KvType::F32,
+            kv_type: KvTypes::default(),
             flash_attn: false,
             repack: false,
             swa_ring_ubatch: None,

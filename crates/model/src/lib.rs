@@ -23,7 +23,7 @@ pub mod source;
 pub mod tokenizer;
 pub mod weights;
 
-pub use config::{Activation, Arch, KvType, ModelConfig, RunSettings};
+pub use config::{Activation, Arch, KvType, KvTypes, ModelConfig, RunSettings};
 pub use model::{KvCache, Model};
 pub use plumb_kernels as kernels;
 pub use plumb_kernels::flash::F16Math;

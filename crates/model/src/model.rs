@@ -901,7 +901,8 @@ impl Model {
             // pre-mask scores.
             full: tr.wants(at, Stage::AttnScores),
             future: 0,
-            kv_f16: c.kv_type == KvType::F16,
+            k_f16: c.kv_type.k == KvType::F16,
+            v_f16: c.kv_type.v == KvType::F16,
         };
         let seen =
             |stage| tr.wants(at, stage) || self.fault.as_ref().is_some_and(|f| f.stage == stage && f.layer == at);
@@ -917,7 +918,9 @@ impl Model {
                 threads: rayon::current_num_threads(),
                 first,
                 quantized: cache.key_blocks(l).is_some(),
-                rotation: cache.rotation(),
+                values_in_blocks: cache.values_in_blocks(),
+                rotate_k: cache.rotations().0,
+                rotate_v: cache.rotations().1,
                 f16_math: c.f16_math,
             };
             let (keys, values) = cache.flash_rows(l);
@@ -940,7 +943,7 @@ impl Model {
                 let s = AttnShape { future: if traced { tkv - s.tkv() } else { 0 }, ..s };
                 let part = Rows { from: rows.from + i0, total: rows.total };
                 let mut scores = vec![0f32; nh * s.t * s.tkv()]; //           [H, T, Tkv]
-                k.attn_scores(&s, &q[i0 * qd..i1 * qd], cache.keys(l), &mut scores);
+                self.scores(k, &s, &q[i0 * qd..i1 * qd], cache, l, &mut scores);
                 if traced {
                     self.emit(tr, at, Stage::AttnScores, &mut scores, &[nh, s.t, tkv], part);
                 }
@@ -957,7 +960,7 @@ impl Model {
         let mut scores = vec![0f32; nh * t * tkv]; //                         [H, T, Tkv]
 
         // scores = q·kᵀ · scale (then softcap)
-        k.attn_scores(&s, q, cache.keys(l), &mut scores);
+        self.scores(k, &s, q, cache, l, &mut scores);
         self.emit(tr, at, Stage::AttnScores, &mut scores, &[nh, t, tkv], rows);
 
         // probs = softmax(scores + causal/sliding mask)
@@ -968,6 +971,16 @@ impl Model {
         k.attn_context(&s, &scores, cache.values(l), &mut ctx);
         self.emit(tr, at, Stage::AttnContext, &mut ctx, &[t, qd], rows);
         ctx
+    }
+
+    /// scores = q·kᵀ · scale (then softcap) against layer `l`'s keys: in
+    /// their blocks where the cache keeps them so (the fast precision
+    /// without flash attention, [`plumb_kernels::attention::block_scores`]).
+    fn scores(&self, k: &dyn Kernels, s: &AttnShape, q: &[f32], cache: &KvCache, l: usize, scores: &mut [f32]) {
+        match cache.key_blocks(l) {
+            Some((ty, blocks)) => plumb_kernels::attention::block_scores(s, q, ty, blocks, cache.rotations().0, scores),
+            None => k.attn_scores(s, q, cache.keys(l), scores),
+        }
     }
 
     /// Whether attention runs as llama.cpp's flash attention: asked for,

@@ -24,7 +24,7 @@ use anyhow::bail;
 use plumb_bisect::teacher::{teacher_force, TeacherForced};
 use plumb_bisect::Sides;
 use plumb_model::fault::Fault;
-use plumb_model::{F16Math, KvType, Precision};
+use plumb_model::{F16Math, KvTypes, Precision};
 
 use crate::cmd::common::{
     check_output, load, parse_f16_math, parse_kv_type, parse_on_off, parse_precision, Auto, Loaded, ModelArgs,
@@ -48,10 +48,10 @@ pub struct Args {
     /// A's KV cache type: `f32`, `f16`, `q8_0`, `q4_0` or `auto` (as for
     /// `plumb run`: f16 at the fast precision, f32 at the exact one).
     #[arg(long, default_value = "auto", value_parser = parse_kv_type)]
-    pub a_kv_type: Auto<KvType>,
+    pub a_kv_type: Auto<KvTypes>,
     /// B's KV cache type.
     #[arg(long, default_value = "auto", value_parser = parse_kv_type)]
-    pub b_kv_type: Auto<KvType>,
+    pub b_kv_type: Auto<KvTypes>,
     /// A's prompt computed N tokens at a time (llama.cpp's ubatches, `-ub`;
     /// `plumb run`'s default at the fast precision is 512), each part
     /// attending to the cache the earlier ones filled; the traces then have

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use plumb_model::tokenizer::Tokenizer;
-use plumb_model::{F16Math, KvType, Model, Precision};
+use plumb_model::{F16Math, KvType, KvTypes, Model, Precision};
 
 pub fn parse_precision(s: &str) -> Result<Precision, String> {
     Precision::parse(s).ok_or_else(|| format!("unknown precision {s:?} (available: exact, fast)"))
@@ -29,13 +29,13 @@ impl<T: Copy> Auto<T> {
     }
 }
 
-pub fn parse_kv_type(s: &str) -> Result<Auto<KvType>, String> {
+pub fn parse_kv_type(s: &str) -> Result<Auto<KvTypes>, String> {
     if s == "auto" {
         return Ok(Auto::Auto);
     }
-    KvType::parse(s)
-        .map(Auto::Set)
-        .ok_or_else(|| format!("unknown KV cache type {s:?} (available: auto, f32, f16, q8_0, q4_0)"))
+    KvTypes::parse(s).map(Auto::Set).ok_or_else(|| {
+        format!("unknown KV cache type {s:?} (available: auto, f32, f16, q8_0, q4_0; or KEYS,VALUES such as q8_0,f16)")
+    })
 }
 
 /// `on`, `off` or `auto`, as llama.cpp spells its flash attention switch.
@@ -141,10 +141,12 @@ pub struct RunChoice {
     /// KV cache type: `f32`; `f16` (keys and values rounded to f16 as
     /// stored; the fast precision as llama.cpp's `-ctk f16 -ctv f16`);
     /// `q8_0` or `q4_0` (blocks of 32, as llama.cpp's `-ctk q8_0 -ctv q8_0`;
-    /// they need flash attention); `auto`: f16 at the fast precision (as
-    /// llama.cpp by default), f32 at the exact one.
+    /// they need flash attention); `KEYS,VALUES` for types that differ
+    /// (llama.cpp's `-ctk KEYS -ctv VALUES`: quantized values need flash
+    /// attention); `auto`: f16 at the fast precision (as llama.cpp by
+    /// default), f32 at the exact one.
     #[arg(long = "kv-type", default_value = "auto", value_parser = parse_kv_type)]
-    pub kv_type: Auto<KvType>,
+    pub kv_type: Auto<KvTypes>,
     /// Flash attention, as llama.cpp's `-fa on` computes it (the fast
     /// precision only): `on`, `off` or `auto` (on at the fast precision, as
     /// llama.cpp's CPU backend resolves its `auto`; off at the exact one).
@@ -181,7 +183,7 @@ impl RunChoice {
     /// precision cannot compute is refused.
     pub fn resolve(self, precision: Precision) -> anyhow::Result<plumb_model::RunSettings> {
         let fast = precision == Precision::Fast;
-        let kv_type = self.kv_type.or(if fast { KvType::F16 } else { KvType::F32 });
+        let kv_type = self.kv_type.or(KvTypes::both(if fast { KvType::F16 } else { KvType::F32 }));
         // A quantized cache turns llama.cpp's `auto` flash attention on.
         let flash_attn = self.flash_attn.or(fast);
         let repack = self.repack.or(fast && llama_cpp_repacks());
@@ -191,15 +193,21 @@ impl RunChoice {
         if repack && !fast {
             bail!("--repack on: repacked weights are a setting of the fast precision (llama.cpp's arithmetic); the exact precision computes as transformers does");
         }
-        if kv_type.block_type().is_some() && !flash_attn {
+        if kv_type.v.block_type().is_some() && !flash_attn {
             bail!(
-                "--kv-type {}: a quantized KV cache needs flash attention (the fast precision, --flash-attn on or auto), as in llama.cpp (its attention without flash attention cannot read quantized values)",
+                "--kv-type {}: a quantized value cache needs flash attention (the fast precision, --flash-attn on or auto), as in llama.cpp (its attention without flash attention cannot read quantized values)",
                 kv_type.name()
             );
         }
-        // Only flash attention over an f16 (or f32) cache keeps an f16
-        // context; a quantized cache's is f32.
-        let f16_context = flash_attn && kv_type.block_type().is_none();
+        if kv_type.k.block_type().is_some() && !fast {
+            bail!(
+                "--kv-type {}: a quantized key cache is a setting of the fast precision (llama.cpp's arithmetic); the exact precision computes as transformers does",
+                kv_type.name()
+            );
+        }
+        // Only flash attention over f16 (or f32) values keeps an f16
+        // context; over quantized values it is f32.
+        let f16_context = flash_attn && kv_type.v.block_type().is_none();
         let f16_math = self.f16_math.or(if f16_context { F16Math::of_this_cpu() } else { F16Math::Widened });
         if f16_math == F16Math::Native && !f16_context {
             bail!("--f16-math native: a build's f16 arithmetic shows in flash attention's f16 context only, which needs flash attention (the fast precision, --flash-attn on or auto) over an f16 or f32 KV cache");
@@ -272,7 +280,7 @@ pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
     let settings = args.settings.resolve(args.precision())?;
     pool.build_global().ok();
     let (mut loaded, warning) = Loaded::open(&args.model)?;
-    if settings.kv_type.block_type().is_some() && !loaded.model.cfg.head_dim.is_multiple_of(32) {
+    if settings.kv_type.any_quantized() && !loaded.model.cfg.head_dim.is_multiple_of(32) {
         bail!(
             "--kv-type {}: the model's heads are {} wide, not whole blocks of 32",
             settings.kv_type.name(),

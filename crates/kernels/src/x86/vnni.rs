@@ -203,8 +203,8 @@ pub fn pack_acts_vnni<'a>(fmt: Q8Family, t: usize, nb: usize, row: impl Fn(usize
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vnni,avx512vl")]
 pub unsafe fn tile_vnni(w: &[Chunk], a: &[Chunk], nb: usize) -> [[f32; 4]; 4] {
     debug_assert!(w.len() >= nb * W_CHUNKS && a.len() >= nb * A_CHUNKS);
-    // acc[p][k]: rows 2p and 2p + 1 against token k.
-    let mut acc = [[_mm512_setzero_ps(); 4]; 2];
+    // acc[k][p]: token k against rows 2p and 2p + 1.
+    let mut acc = [[_mm512_setzero_ps(); 2]; 4];
     // The row scales (chunk 4: d0 d1 d2 d3 twice) spread to a pair's halves.
     let spread = [
         _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
@@ -215,13 +215,13 @@ pub unsafe fn tile_vnni(w: &[Chunk], a: &[Chunk], nb: usize) -> [[f32; 4]; 4] {
         let wq = [_mm512_loadu_si512(wp as *const __m512i), _mm512_loadu_si512(wp.add(2) as *const __m512i)];
         let da = _mm512_castps256_ps512(_mm256_load_ps(wp.add(4) as *const f32));
         let dw = [_mm512_permutexvar_ps(spread[0], da), _mm512_permutexvar_ps(spread[1], da)];
-        for k in 0..4 {
+        for (k, acc) in acc.iter_mut().enumerate() {
             let qy = _mm512_broadcast_i64x4(_mm256_load_si256(ap.add(k) as *const __m256i));
             let corr = _mm512_broadcast_i64x4(_mm256_load_si256(ap.add(4 + k) as *const __m256i));
             let dy = _mm512_set1_ps(*(ap.add(8) as *const f32).add(k));
-            for p in 0..2 {
+            for (p, acc) in acc.iter_mut().enumerate() {
                 let sum = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(corr, wq[p], qy));
-                acc[p][k] = _mm512_fmadd_ps(_mm512_mul_ps(dw[p], dy), sum, acc[p][k]);
+                *acc = _mm512_fmadd_ps(_mm512_mul_ps(dw[p], dy), sum, *acc);
             }
         }
         wp = wp.add(W_CHUNKS);
@@ -230,7 +230,7 @@ pub unsafe fn tile_vnni(w: &[Chunk], a: &[Chunk], nb: usize) -> [[f32; 4]; 4] {
     let mut out = [[0f32; 4]; 4];
     for k in 0..4 {
         for p in 0..2 {
-            let v = _mm512_castps_pd(acc[p][k]);
+            let v = _mm512_castps_pd(acc[k][p]);
             out[k][2 * p] = hsum_ps(_mm256_castpd_ps(_mm512_castpd512_pd256(v)));
             out[k][2 * p + 1] = hsum_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(v)));
         }
@@ -449,8 +449,8 @@ unsafe fn tile_k<const Q6: bool, const REPACKED: bool>(w: &[Chunk], a: &[PairQ8K
                 let dy = _mm512_mul_ps(dmin, yd[k]);
                 for pair in 0..4 {
                     let mut m = zero;
-                    for c in 2 * pair..2 * pair + 2 {
-                        m = _mm512_dpwssd_epi32(m, pairs[c], bsums(k, c));
+                    for (c, pc) in pairs.iter().enumerate().skip(2 * pair).take(2) {
+                        m = _mm512_dpwssd_epi32(m, *pc, bsums(k, c));
                     }
                     acc_min[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(m), dy, acc_min[k]);
                 }
