@@ -14,7 +14,7 @@ cores; plumb's flags in brackets):
 * f16 KV + flash attention, whole and in ubatches of 512 [--kv-type f16
   --flash-attn on (--ubatch 512)]
 * a q8_0 KV cache, flash attention, ubatch 512 [--kv-type q8_0 --flash-attn on
-  --ubatch 512]
+  --ubatch 512], and q8_0 keys or values only [--kv-type q8_0,f16 or f16,q8_0]
 * repacked weights [--repack on], alone and with f16 KV and ubatch 512, with
   and without flash attention (the last is llama.cpp's default configuration
   but for its SWA cache, which llamacpp_trace.py keeps full-size;
@@ -56,6 +56,12 @@ CONFIGS = [
     ("q8_0 KV + flash attention + ubatch 512", ["--no-repack", "--kv-type", "q8_0", "--flash-attn", "on",
                                                 "--ubatch", "512"],
      ["--kv-type", "q8_0", "--flash-attn", "on", "--ubatch", "512"]),
+    ("q8_0 keys, f16 values + flash attention + ubatch 512", ["--no-repack", "--kv-type", "q8_0,f16", "--flash-attn",
+                                                              "on", "--ubatch", "512"],
+     ["--kv-type", "q8_0,f16", "--flash-attn", "on", "--ubatch", "512"]),
+    ("f16 keys, q8_0 values + flash attention + ubatch 512", ["--no-repack", "--kv-type", "f16,q8_0", "--flash-attn",
+                                                              "on", "--ubatch", "512"],
+     ["--kv-type", "f16,q8_0", "--flash-attn", "on", "--ubatch", "512"]),
     ("repacked", ["--repack", "on"], ["--repack", "on"]),
     ("repacked, f16 KV, ubatch 512", ["--repack", "on", "--kv-type", "f16", "--ubatch", "512"],
      ["--repack", "on", "--kv-type", "f16", "--ubatch", "512"]),

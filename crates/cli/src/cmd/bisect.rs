@@ -45,8 +45,9 @@ pub struct Args {
     pub a_precision: Precision,
     #[arg(long, default_value = "exact", value_parser = parse_precision)]
     pub b_precision: Precision,
-    /// A's KV cache type: `f32`, `f16`, `q8_0`, `q4_0` or `auto` (as for
-    /// `plumb run`: f16 at the fast precision, f32 at the exact one).
+    /// A's KV cache type: `f32`, `f16`, `q8_0`, `q4_0`, `KEYS,VALUES` or
+    /// `auto` (as for `plumb run`: f16 at the fast precision, f32 at the
+    /// exact one).
     #[arg(long, default_value = "auto", value_parser = parse_kv_type)]
     pub a_kv_type: Auto<KvTypes>,
     /// B's KV cache type.
