@@ -133,29 +133,22 @@ fn bisect_names_where_flash_attention_parts_and_exact_refuses_it() {
     let model = root().join("testdata/tiny/llama/llama-q8_0.gguf");
     let model = model.to_str().unwrap();
     let tokens = "1,17,255,3,400,511,42,7,99,128,300,5";
-    let (code, out, err) = plumb(&[
-        "bisect",
+    let (code, out, err) = bisect_fast_settings(
         model,
-        "--a-precision",
-        "fast",
-        "--b-precision",
-        "fast",
-        "--a-flash-attn",
-        "on",
-        "--a-kv-type",
-        "f32",
-        "--b-flash-attn",
-        "off",
-        "--b-kv-type",
-        "f32",
-        "--a-f16-math",
-        "widened",
-        "--tokens",
         tokens,
-        "--tol",
-        "1e-12",
-        "--brief",
-    ]);
+        &[
+            "--a-flash-attn",
+            "on",
+            "--a-kv-type",
+            "f32",
+            "--b-flash-attn",
+            "off",
+            "--b-kv-type",
+            "f32",
+            "--a-f16-math",
+            "widened",
+        ],
+    );
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("(fast, flash attention, repacked)"), "{out}");
     assert!(out.contains("first divergence at blk.0.attn_context"), "{out}");

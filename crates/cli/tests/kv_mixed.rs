@@ -164,27 +164,11 @@ fn keys_and_values_are_set_apart_and_refused_where_llama_cpp_or_plumb_cannot() {
         assert_eq!(code, 2, "{bad}: {err}");
         assert!(err.contains("KEYS,VALUES"), "{bad}: {err}");
     }
-    let (code, out, err) = plumb(&[
-        "bisect",
+    let (code, out, err) = bisect_fast_settings(
         gemma2,
-        "--a-precision",
-        "fast",
-        "--b-precision",
-        "fast",
-        "--a-kv-type",
-        "q8_0,f16",
-        "--a-flash-attn",
-        "on",
-        "--b-kv-type",
-        "f16",
-        "--b-flash-attn",
-        "on",
-        "--tokens",
         tokens,
-        "--tol",
-        "1e-12",
-        "--brief",
-    ]);
+        &["--a-kv-type", "q8_0,f16", "--a-flash-attn", "on", "--b-kv-type", "f16", "--b-flash-attn", "on"],
+    );
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("(fast, KV q8_0,f16, flash attention, repacked"), "{out}");
     assert!(out.contains("first divergence at blk.0.attn_context"), "{out}");

@@ -110,27 +110,11 @@ fn a_quantized_cache_needs_flash_attention_and_whole_blocks() {
     let (code, _, err) = plumb(&["run", gemma2.to_str().unwrap(), "--kv-type", "q5_0", "--tokens", tokens]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("available: auto, f32, f16, q8_0, q4_0"), "{err}");
-    let (code, out, err) = plumb(&[
-        "bisect",
+    let (code, out, err) = bisect_fast_settings(
         gemma2.to_str().unwrap(),
-        "--a-precision",
-        "fast",
-        "--b-precision",
-        "fast",
-        "--a-kv-type",
-        "q8_0",
-        "--a-flash-attn",
-        "on",
-        "--b-kv-type",
-        "f16",
-        "--b-flash-attn",
-        "on",
-        "--tokens",
         tokens,
-        "--tol",
-        "1e-12",
-        "--brief",
-    ]);
+        &["--a-kv-type", "q8_0", "--a-flash-attn", "on", "--b-kv-type", "f16", "--b-flash-attn", "on"],
+    );
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("(fast, KV q8_0, flash attention, repacked)"), "{out}");
     assert!(out.contains("first divergence at blk.0.attn_context"), "{out}");

@@ -75,31 +75,24 @@ fn real_model_with_an_f16_cache_computes_as_llama_cpp_does() {
 #[test]
 fn bisect_names_where_an_f16_cache_parts_from_an_f32_one() {
     let model = root().join("testdata/tiny/llama/llama-q8_0.gguf");
-    let (code, out, err) = plumb(&[
-        "bisect",
+    let (code, out, err) = bisect_fast_settings(
         model.to_str().unwrap(),
-        "--a-precision",
-        "fast",
-        "--b-precision",
-        "fast",
-        "--a-kv-type",
-        "f16",
-        "--b-kv-type",
-        "f32",
-        "--a-flash-attn",
-        "off",
-        "--b-flash-attn",
-        "off",
-        "--a-repack",
-        "off",
-        "--b-repack",
-        "off",
-        "--tokens",
         "1,17,255,3,400,511,42,7,99,128,300,5",
-        "--tol",
-        "1e-12",
-        "--brief",
-    ]);
+        &[
+            "--a-kv-type",
+            "f16",
+            "--b-kv-type",
+            "f32",
+            "--a-flash-attn",
+            "off",
+            "--b-flash-attn",
+            "off",
+            "--a-repack",
+            "off",
+            "--b-repack",
+            "off",
+        ],
+    );
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("(fast, KV f16)"), "{out}");
     assert!(out.contains("first divergence at blk.0.attn_scores"), "{out}");

@@ -491,8 +491,8 @@ fn linear_vnni(fmt: crate::x86::Q8Family, w: &Weight, act: &Activations, t: usiz
     pack_acts_vnni(fmt, t, nb, |ti| act.row(ti), &mut apack);
     let prepare = |r0: usize, r1: usize| {
         let mut wpack: Vec<Chunk> = Vec::new();
-        // SAFETY: the caller's path has AVX2, FMA, F16C, AVX512VL and
-        // AVX512VNNI (checked against this CPU); the packer asserts its
+        // SAFETY: the caller's path has AVX2, FMA, F16C, AVX512F, AVX512VL
+        // and AVX512VNNI (checked against this CPU); the packer asserts its
         // lengths.
         unsafe { pack_weights_vnni(fmt, &bytes[r0 * rb..r1 * rb], rb, nb, &mut wpack) };
         wpack

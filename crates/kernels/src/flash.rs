@@ -400,13 +400,14 @@ pub fn flash_attention(s: &AttnShape, plan: &FlashPlan, q: &[f32], cache: &Flash
             let seen = visible(0);
             ctx.par_chunks_exact_mut(hd).enumerate().for_each(|(h, out)| {
                 let q16: Vec<f32> = q[h * hd..(h + 1) * hd].iter().map(|&v| round_f16(v)).collect();
+                let (keys, sum) = (RowKeys::Rows { q16: &q16 }, Context::F16(plan.f16_math));
                 let mut merged = Partial::empty(hd);
                 for c in 0..plan.threads.max(1) {
                     let (a, b) = (c * chunk, ((c + 1) * chunk).min(plan.n_kv));
                     if let Some(o) = &order {
                         let js = seen_in(o, a..b, 0);
                         if !js.is_empty() {
-                            merged.merge(&one_row(&q16, &kv, h / group * hd, js, score, plan.f16_math));
+                            merged.merge(&one_row_with(keys, &kv, h / group, js, score, sum));
                         }
                         continue;
                     }
@@ -416,7 +417,7 @@ pub fn flash_attention(s: &AttnShape, plan: &FlashPlan, q: &[f32], cache: &Flash
                     if a >= b {
                         continue;
                     }
-                    merged.merge(&one_row(&q16, &kv, h / group * hd, a..b, score, plan.f16_math));
+                    merged.merge(&one_row_with(keys, &kv, h / group, a..b, score, sum));
                 }
                 merged.finish(out);
             });
@@ -541,19 +542,6 @@ fn mul_f32(y: &mut [f32], v: f32) {
         return unsafe { f16c::mul32(y, v) };
     }
     y.iter_mut().for_each(|y| *y *= v);
-}
-
-/// llama.cpp's one-row path over positions `js` (in order): q16 the query
-/// rounded to f16, f16 keys, the context accumulated in f16.
-fn one_row(
-    q16: &[f32],
-    kv: &Kv,
-    off: usize,
-    js: impl IntoIterator<Item = usize>,
-    score: Score,
-    math: F16Math,
-) -> Partial {
-    one_row_with(RowKeys::Rows { q16 }, kv, off / q16.len(), js, score, Context::F16(math))
 }
 
 /// How the one-row path scores a position: the query rounded to f16

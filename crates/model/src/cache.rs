@@ -205,6 +205,15 @@ fn quantize_rows(ty: GgmlType, x: &mut [f32], blocks: Option<&mut Vec<u8>>) {
     }
 }
 
+/// Rows of f16 bits (flash attention reads them so) from element `at` on:
+/// `src` rounded, dropping what followed, room for `want` elements made at
+/// once.
+fn put_half(dst: &mut Vec<u16>, at: usize, want: usize, src: &[f32]) {
+    dst.truncate(at);
+    dst.reserve_exact(want.saturating_sub(dst.len()));
+    dst.extend(f16_bits_slice(src));
+}
+
 /// What keys or values of type `t` go through: f32 under flash attention
 /// is read as f16 (llama.cpp casts it).
 fn read_as(cfg: &ModelConfig, t: KvType) -> KvType {
@@ -467,11 +476,7 @@ impl KvCache {
         // The whole capacity at once for f16 bits, as for the f32 rows.
         let want = room(self.window[l], self.capacity).max(at + keys.len() / kvd.max(1)) * kvd;
         if self.k_half {
-            // Flash attention reads rows of f16.
-            let dst = &mut self.k16[l];
-            dst.truncate(at * kvd);
-            dst.reserve_exact(want.saturating_sub(dst.len()));
-            dst.extend(f16_bits_slice(keys));
+            put_half(&mut self.k16[l], at * kvd, want, keys);
         } else {
             self.k[l].truncate(at * kvd);
             match self.k_kind {
@@ -490,10 +495,7 @@ impl KvCache {
             }
         }
         if self.v_half {
-            let dst = &mut self.v16[l];
-            dst.truncate(at * kvd);
-            dst.reserve_exact(want.saturating_sub(dst.len()));
-            dst.extend(f16_bits_slice(values));
+            put_half(&mut self.v16[l], at * kvd, want, values);
             return;
         }
         let rounded: Vec<f32>;

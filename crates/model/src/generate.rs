@@ -121,8 +121,7 @@ impl<'a> Generator<'a> {
     ) -> Vec<f32> {
         let ubatch = match ubatch {
             Some(u) if u < ids.len() => u,
-            _ if all_logits => return self.model.forward_observed(self.kernels, ids, &mut self.cache, obs),
-            _ => return self.model.forward(self.kernels, ids, &mut self.cache, false, obs),
+            _ => return self.model.forward_observed(self.kernels, ids, &mut self.cache, all_logits, obs),
         };
         // Only the last part's logits are returned: its last row is the
         // prompt's, and every part's went to the observer as it came
@@ -133,11 +132,7 @@ impl<'a> Generator<'a> {
             let from = i * ubatch;
             parts.part(from, part.len(), from + part.len() == ids.len());
             drop(std::mem::take(&mut logits));
-            logits = if all_logits {
-                self.model.forward_observed(self.kernels, part, &mut self.cache, &mut parts)
-            } else {
-                self.model.forward(self.kernels, part, &mut self.cache, false, &mut parts)
-            };
+            logits = self.model.forward_observed(self.kernels, part, &mut self.cache, all_logits, &mut parts);
         }
         logits
     }

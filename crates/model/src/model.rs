@@ -284,8 +284,8 @@ impl Model {
         self.forward_with(k, tokens, cache, all_logits, false, tr)
     }
 
-    /// [`Model::forward`] with every position's logits, for an observer:
-    /// one that takes stages in parts gets them a few rows at a time
+    /// [`Model::forward`] for an observer: one that takes stages in parts
+    /// gets every position's logits (`all_logits`) a few rows at a time
     /// ([`LOGITS_BUDGET`]) whatever the step's length, and only the last
     /// position's are returned, so no [T, V] is held (a ubatch of 512 rows
     /// on a vocabulary of 262144 would be 0.5 GB); any other observer gets
@@ -295,9 +295,10 @@ impl Model {
         k: &dyn Kernels,
         tokens: &[u32],
         cache: &mut KvCache,
+        all_logits: bool,
         tr: &mut dyn Observer,
     ) -> Vec<f32> {
-        self.forward_with(k, tokens, cache, true, true, tr)
+        self.forward_with(k, tokens, cache, all_logits, true, tr)
     }
 
     /// [`Model::forward`], the logits in `blocks` for an observer that

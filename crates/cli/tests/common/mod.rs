@@ -31,6 +31,16 @@ pub fn plumb(args: &[&str]) -> (i32, String, String) {
     (out.status.code().unwrap_or(-1), so, se)
 }
 
+/// `plumb bisect MODEL` between two settings of the fast precision
+/// (`settings`: the `--a-…`/`--b-…` flags) on `tokens`, brief, with a
+/// bound of 1e-12 so that any difference is a divergence; returns (exit
+/// code, stdout, stderr).
+pub fn bisect_fast_settings(model: &str, tokens: &str, settings: &[&str]) -> (i32, String, String) {
+    let head = ["bisect", model, "--a-precision", "fast", "--b-precision", "fast"];
+    let tail = ["--tokens", tokens, "--tol", "1e-12", "--brief"];
+    plumb(&[&head[..], settings, &tail].concat())
+}
+
 /// The real Gemma 3 270M (scripts/fetch-model.sh). The tests that call it
 /// are `#[cfg_attr(not(has_real_model), ignore = ...)]`: reported ignored
 /// where it is absent, never passed.

@@ -1,7 +1,7 @@
-//! AVX-512 VNNI kernels of the fast precision (`vpdpbusd` on 256-bit
-//! registers, which needs AVX512VL beside AVX512VNNI): decoding rows of the
-//! Q8_0 family, and register tiles for prefill, of the Q8_0 family and of
-//! the K-quants in llama.cpp's tiled order. Every output is bit-identical
+//! AVX-512 VNNI kernels of the fast precision: decoding rows of the Q8_0
+//! family (`vpdpbusd` on 256-bit registers, which needs AVX512VL beside
+//! AVX512VNNI), and register tiles for prefill on 512-bit ones (AVX512F),
+//! of the Q8_0 family and of the K-quants in llama.cpp's tiled order. Every output is bit-identical
 //! to the AVX2 kernel's in [`super::dot`] that it replaces: the same lane
 //! integers, then the same float operations in the same order.
 //!
